@@ -1,0 +1,224 @@
+"""The engine: readers + pickle VM + rules -> Report + Verdict.
+
+``audit_path`` opens a file once and audits it from that descriptor (``audit_fd``), so a
+loader can audit and load through the same inode. Every format handler runs under one
+per-stream guard: a ``LimitExceeded`` becomes CKG901 and any other exception becomes a
+Problem (CKG902); both make the verdict INCOMPLETE unless something blocks already.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+from .. import __version__ as _version
+from ..context import AuditContext, LimitExceeded, Source, identity_of
+from ..detect import CODE_BEARING, DATA_ONLY_EXTENSIONS, expected_formats, extension_of, sniff
+from ..model import Format, Report, decide
+from ..policy import Limits, Policy
+
+_HEAD = 4096
+
+
+def audit_path(path: str, *, policy: Policy, limits: Limits) -> Report:
+    """Audit a file, a folder, or a sharded checkpoint's index json."""
+    if os.path.isdir(path):
+        from .folder import audit_folder
+
+        return audit_folder(path, policy=policy, limits=limits)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        return unreadable_report(path, e.strerror or str(e), limits)
+    try:
+        report = audit_fd(path, fd, policy=policy, limits=limits)
+    finally:
+        os.close(fd)
+    if report.format is Format.JSON and path.lower().endswith(".index.json"):
+        from .folder import audit_index
+
+        return audit_index(path, policy=policy, limits=limits)
+    return report
+
+
+def unreadable_report(path: str, reason: str, limits: Limits) -> Report:
+    ctx = AuditContext(path, Source.from_bytes(b""), Policy(), limits)
+    ctx.add("CKG010", f"cannot read the file: {reason}", evidence={"reason": reason})
+    return _finish(ctx, Format.UNKNOWN, None)
+
+
+def audit_fd(path: str, fd: int, *, policy: Policy, limits: Limits,
+             name: str | None = None) -> Report:
+    """Audit the open file ``fd`` (reads with pread; never moves its offset)."""
+    import stat
+
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        kind = _kind_of(st.st_mode)
+        ctx = AuditContext(path, Source.from_bytes(b""), policy, limits)
+        ctx.add("CKG010", f"not a regular file ({kind}); nothing was read",
+                evidence={"kind": kind})
+        return _finish(ctx, Format.UNKNOWN, None)
+    deadline = time.monotonic() + limits.max_seconds
+    src = Source(fd, st.st_size, deadline=deadline)
+    ctx = AuditContext(path, src, policy, limits)
+    fmt = _audit(ctx, name or path)
+    return _finish(ctx, fmt, fd)
+
+
+def audit_bytes(data: bytes, name: str, *, policy: Policy, limits: Limits) -> Report:
+    """Audit an in-memory file (the torch.load gate uses this for file-like objects)."""
+    src = Source.from_bytes(data)
+    src.deadline = time.monotonic() + limits.max_seconds
+    ctx = AuditContext(name, src, policy, limits)
+    fmt = _audit(ctx, name)
+    return _finish(ctx, fmt, None)
+
+
+def _kind_of(mode: int) -> str:
+    import stat
+
+    for test, name in ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+Handler = Callable[[AuditContext, str], Format]
+
+
+def _audit(ctx: AuditContext, name: str) -> Format:
+    fmt = Format.UNKNOWN
+    try:
+        head = ctx.source.read(0, _HEAD)
+        fmt, detail = sniff(head, ctx.source.size)
+        handler = _HANDLERS[fmt]
+        fmt = handler(ctx, detail)
+    except LimitExceeded as e:
+        ctx.limit_hit(e)
+    except Exception as e:  # noqa: BLE001 - the engine's per-stream guard (DESIGN.md)
+        ctx.problem(f"internal error while auditing ({type(e).__name__}: {_short(e)})")
+    _check_extension(ctx, name, fmt)
+    return fmt
+
+
+def _short(e: BaseException) -> str:
+    text = str(e)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _check_extension(ctx: AuditContext, name: str, fmt: Format) -> None:
+    ext = extension_of(name)
+    if not ext:
+        return
+    if fmt in CODE_BEARING and ext in DATA_ONLY_EXTENSIONS:
+        ctx.add("CKG003", f"file named '{ext}' holds a {fmt.value} (code-bearing) payload",
+                evidence={"extension": ext, "content": fmt.value})
+        return
+    expected = expected_formats(name)
+    if expected is not None and fmt not in expected and fmt not in (
+            Format.EMPTY, Format.UNKNOWN, Format.WRAPPED):
+        ctx.add("CKG009", f"file named '{ext}' holds {fmt.value} content",
+                evidence={"extension": ext, "content": fmt.value})
+
+
+def _finish(ctx: AuditContext, fmt: Format, fd: int | None) -> Report:
+    findings = tuple(ctx.findings)
+    problems = tuple(ctx.problems)
+    identity = identity_of(fd, ctx.source.regions()) if fd is not None else None
+    return Report(
+        path=ctx.path,
+        format=fmt,
+        verdict=decide(findings, problems),
+        findings=findings,
+        problems=problems,
+        tensors=tuple(ctx.tensors),
+        identity=identity,
+        members=tuple(ctx.members),
+        metadata=tuple(sorted(ctx.metadata.items())),
+        bytes_read=ctx.source.bytes_read,
+        limits=ctx.limits.as_items(),
+        tool_version=_version,
+    )
+
+
+# --- format handlers ---------------------------------------------------------------------
+
+def _empty(ctx: AuditContext, detail: str) -> Format:
+    ctx.add("CKG006", "the file is empty")
+    return Format.EMPTY
+
+
+def _unknown(ctx: AuditContext, detail: str) -> Format:
+    ctx.add("CKG001", "content matches no supported checkpoint format")
+    return Format.UNKNOWN
+
+
+def _wrapped(ctx: AuditContext, detail: str) -> Format:
+    ctx.add("CKG002", f"the file is a {detail} wrapper; ckptguard does not open wrappers, so "
+            "the checkpoint inside is not audited", evidence={"wrapper": detail})
+    return Format.WRAPPED
+
+
+def _zip(ctx: AuditContext, detail: str) -> Format:
+    from .torchfile import audit_zip
+
+    return audit_zip(ctx)
+
+
+def _pickle(ctx: AuditContext, detail: str) -> Format:
+    from .torchfile import audit_raw_pickle
+
+    return audit_raw_pickle(ctx)
+
+
+def _legacy(ctx: AuditContext, detail: str) -> Format:
+    from .torchfile import audit_legacy
+
+    return audit_legacy(ctx)
+
+
+def _legacy_tar(ctx: AuditContext, detail: str) -> Format:
+    from .torchfile import audit_legacy_tar
+
+    return audit_legacy_tar(ctx)
+
+
+def _safetensors(ctx: AuditContext, detail: str) -> Format:
+    from ..readers.safetensors import audit_safetensors
+
+    audit_safetensors(ctx)
+    return Format.SAFETENSORS
+
+
+def _npy(ctx: AuditContext, detail: str) -> Format:
+    from ..readers.numpy import audit_npy
+
+    audit_npy(ctx)
+    return Format.NUMPY_NPY
+
+
+def _json(ctx: AuditContext, detail: str) -> Format:
+    from ..readers.jsonfile import audit_json
+
+    audit_json(ctx)
+    return Format.JSON
+
+
+_HANDLERS: dict[Format, Handler] = {
+    Format.EMPTY: _empty,
+    Format.UNKNOWN: _unknown,
+    Format.WRAPPED: _wrapped,
+    Format.ZIP: _zip,
+    Format.PICKLE: _pickle,
+    Format.TORCH_LEGACY: _legacy,
+    Format.TORCH_LEGACY_TAR: _legacy_tar,
+    Format.SAFETENSORS: _safetensors,
+    Format.NUMPY_NPY: _npy,
+    Format.JSON: _json,
+}
+
+__all__ = ["audit_bytes", "audit_fd", "audit_path", "unreadable_report"]

@@ -1,0 +1,156 @@
+"""The audit context: one file being audited, the descriptor it is read through, and the
+findings, tensors and regions gathered so far.
+
+Every reader and the pickle VM report into an ``AuditContext``; only the engine turns it
+into a ``Report``. ``Source`` reads through one open descriptor with ``os.pread`` so the
+loader can later load *the same inode* and re-check the exact regions the audit relied on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+
+from .model import FileIdentity, Finding, Location, Problem, Region, TensorInfo
+from .policy import DEFAULT_LIMITS, Limits, Policy
+from .rules import make_finding
+
+
+class LimitExceeded(Exception):
+    """Raised inside a loop over untrusted input when a ``Limits`` bound is reached."""
+
+    def __init__(self, limit: str, value: int | float, detail: str = "") -> None:
+        self.limit = limit
+        self.value = value
+        self.detail = detail
+        super().__init__(f"limit {limit}={value} reached" + (f": {detail}" if detail else ""))
+
+
+class Source:
+    """Random-access reads of one open file, counted and bounded."""
+
+    def __init__(self, fd: int, size: int, *, deadline: float | None = None) -> None:
+        self.fd = fd
+        self.size = size
+        self.bytes_read = 0
+        self.deadline = deadline
+        self._regions: dict[tuple[int, int], str] = {}
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Source:
+        return _BytesSource(data)
+
+    def check_time(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise LimitExceeded("max_seconds", self.deadline, "wall-time budget spent")
+
+    def read(self, offset: int, length: int, *, record: bool = False) -> bytes:
+        """Read ``length`` bytes at ``offset`` (fewer at end of file). ``record=True`` keeps
+        the region's SHA-256 for the same-bytes check at load time."""
+        if offset < 0 or length < 0:
+            raise ValueError("negative read")
+        length = max(0, min(length, self.size - offset))
+        if length == 0:
+            return b""
+        chunks = []
+        got = 0
+        while got < length:
+            b = os.pread(self.fd, min(length - got, 1 << 26), offset + got)
+            if not b:
+                break
+            chunks.append(b)
+            got += len(b)
+        data = b"".join(chunks) if len(chunks) != 1 else chunks[0]
+        self.bytes_read += len(data)
+        if record:
+            self._regions[(offset, len(data))] = hashlib.sha256(data).hexdigest()
+        return data
+
+    def regions(self) -> tuple[Region, ...]:
+        return tuple(Region(o, n, h) for (o, n), h in sorted(self._regions.items()))
+
+
+class _BytesSource(Source):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(-1, len(data))
+        self._data = memoryview(data)
+
+    def read(self, offset: int, length: int, *, record: bool = False) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError("negative read")
+        data = bytes(self._data[offset : offset + length])
+        self.bytes_read += len(data)
+        if record:
+            self._regions[(offset, len(data))] = hashlib.sha256(data).hexdigest()
+        return data
+
+
+@dataclass
+class AuditContext:
+    """Mutable state of one file's audit."""
+
+    path: str
+    source: Source
+    policy: Policy
+    limits: Limits = DEFAULT_LIMITS
+    findings: list[Finding] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    tensors: list[TensorInfo] = field(default_factory=list)
+    members: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    _seen: set[tuple[str, str | None, int | None, str]] = field(default_factory=set)
+
+    def loc(self, member: str | None = None, offset: int | None = None) -> Location:
+        return Location(self.path, member, offset)
+
+    def add(
+        self,
+        rule_id: str,
+        message: str,
+        *,
+        member: str | None = None,
+        offset: int | None = None,
+        evidence: dict[str, str] | None = None,
+        severity: object = None,
+    ) -> None:
+        """Record a finding (identical rule+place+message is recorded once)."""
+        key = (rule_id, member, offset, message)
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        from .model import Severity
+
+        sev = severity if isinstance(severity, Severity) else None
+        self.findings.append(
+            make_finding(rule_id, message, self.loc(member, offset), evidence=evidence,
+                         severity=sev)
+        )
+
+    def limit_hit(self, exc: LimitExceeded, *, member: str | None = None,
+                  offset: int | None = None) -> None:
+        self.add(
+            "CKG901",
+            f"audit stopped: limit {exc.limit}={exc.value:g} reached"
+            + (f" ({exc.detail})" if exc.detail else ""),
+            member=member, offset=offset, evidence={"limit": exc.limit},
+        )
+
+    def problem(self, message: str, *, member: str | None = None,
+                offset: int | None = None) -> None:
+        self.problems.append(Problem(message, self.loc(member, offset)))
+        self.add("CKG902", message, member=member, offset=offset)
+
+
+def identity_of(fd: int, regions: tuple[Region, ...] = ()) -> FileIdentity:
+    st = os.fstat(fd)
+    return FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, regions)
+
+
+def is_regular(fd: int) -> bool:
+    return stat.S_ISREG(os.fstat(fd).st_mode)
+
+
+__all__ = ["AuditContext", "LimitExceeded", "Source", "identity_of", "is_regular"]

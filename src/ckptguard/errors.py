@@ -1,0 +1,90 @@
+"""Errors ckptguard raises. Hostile *content* never raises from ``scan()``: it becomes a
+finding. These errors are for misuse (a missing path, a bad policy) and for refusing to
+load what was not proven safe."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model import Report
+
+
+class CkptGuardError(Exception):
+    """Base class of every error ckptguard raises on purpose."""
+
+
+class ScanInputError(CkptGuardError, OSError):
+    """The path to scan cannot be used at all (missing, permission denied, ...)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class PolicyError(CkptGuardError, ValueError):
+    """A policy (file or object) is invalid, e.g. it tries to allow a CRITICAL primitive."""
+
+    def __init__(self, message: str, *, source: str | None = None, entry: str | None = None) -> None:
+        self.source = source
+        self.entry = entry
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{message}")
+
+
+class UnsafeCheckpointError(CkptGuardError):
+    """Raised by the loaders when a checkpoint's verdict is not SAFE. Carries the report."""
+
+    def __init__(self, report: Report, message: str | None = None) -> None:
+        self.report = report
+        super().__init__(message or _describe(report))
+
+
+class IncompleteScanError(UnsafeCheckpointError):
+    """The audit could not decide (verdict INCOMPLETE); the file is not loaded."""
+
+
+class FileChangedError(CkptGuardError):
+    """The file changed between the audit and the load (same-bytes check failed)."""
+
+    def __init__(self, path: str, what: str) -> None:
+        self.path = path
+        self.what = what
+        super().__init__(
+            f"{path}: the file changed between audit and load ({what}); nothing was loaded. "
+            "Re-run the load: it audits the new content."
+        )
+
+
+class LoaderUnavailableError(CkptGuardError, ImportError):
+    """Loading needs an optional dependency that is missing (``pip install 'ckptguard[torch]'``)."""
+
+
+def _describe(report: Report) -> str:
+    from .model import Verdict
+
+    head = f"{report.path}: verdict {report.verdict.value}"
+    lines = [head + (" (not loaded)" if report.verdict is not Verdict.SAFE else "")]
+    for f in report.top_findings(3):
+        lines.append(f"  [{f.rule_id} {f.severity.name}] {f.message} ({f.location})")
+    for p in report.problems[:2]:
+        lines.append(f"  [problem] {p.message} ({p.location})")
+    if report.verdict is Verdict.UNSAFE:
+        lines.append(
+            "  If a flagged global is benign and you trust this file, allow it on purpose with a "
+            "policy (Policy.allow('module', 'name', reason=...) or [tool.ckptguard] in "
+            "pyproject.toml); CRITICAL primitives can never be allowed."
+        )
+    return "\n".join(lines)
+
+
+__all__ = [
+    "CkptGuardError",
+    "FileChangedError",
+    "IncompleteScanError",
+    "LoaderUnavailableError",
+    "PolicyError",
+    "ScanInputError",
+    "UnsafeCheckpointError",
+]

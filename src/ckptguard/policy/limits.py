@@ -1,0 +1,53 @@
+"""Limits: the one value every loop over untrusted input honours."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on the work an audit may do. Hitting one gives INCOMPLETE (CKG901).
+
+    The defaults admit every real checkpoint we know of (a 50,000-tensor ``data.pkl`` uses
+    about 2% of ``max_opcodes``) while keeping a hostile file under ~200 MB and a few
+    seconds.
+    """
+
+    max_opcodes: int = 20_000_000          # pickle opcodes per file
+    max_memo: int = 2_000_000              # live memo entries
+    max_memo_index: int = 1 << 31          # largest memo key (BINPUT/LONG_BINPUT/MEMOIZE)
+    max_stack: int = 5_000_000             # values on the stack, all marks together
+    max_mark_depth: int = 10_000           # nested MARKs
+    max_container_items: int = 20_000_000  # items added to lists/dicts/sets/tuples in all
+    max_literal_bytes: int = 256 * MiB     # one string/bytes/int literal
+    max_line_bytes: int = 64 * 1024        # one text line (GLOBAL, INT, STRING, ...)
+    max_pickle_bytes: int = 2048 * MiB     # one pickle stream
+    max_pickles: int = 64                  # pickle programs in one stream (legacy: 5)
+    max_members: int = 1_000_000           # zip members
+    max_central_directory_bytes: int = 512 * MiB
+    max_decompressed_bytes: int = 512 * MiB  # all deflated members together
+    max_compression_ratio: int = 200       # per deflated member
+    max_header_bytes: int = 64 * MiB       # safetensors / npy header
+    max_tensors: int = 5_000_000
+    max_seconds: float = 120.0             # wall time per file
+    max_files: int = 1_000_000             # files in a folder scan
+    max_json_depth: int = 64               # nesting in JSON headers
+
+    def replace(self, **changes: Any) -> Limits:
+        return replace(self, **changes)
+
+    def as_items(self) -> tuple[tuple[str, float], ...]:
+        return tuple(sorted((k, float(v)) for k, v in asdict(self).items()))
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+DEFAULT_LIMITS = Limits()
+
+__all__ = ["DEFAULT_LIMITS", "Limits"]

@@ -1,0 +1,32 @@
+"""``scan()``: the static audit entry point. Never imports torch."""
+
+from __future__ import annotations
+
+import os
+
+from .errors import ScanInputError
+from .model import Report
+from .policy import DEFAULT_LIMITS, Limits, Policy
+
+
+def scan(
+    path: str | os.PathLike[str],
+    *,
+    policy: Policy | None = None,
+    limits: Limits | None = None,
+) -> Report:
+    """Audit a file, a model folder or a sharded checkpoint's index json.
+
+    Never raises for hostile or broken content: that becomes findings and a verdict
+    (SAFE / UNSAFE / INCOMPLETE). Raises :class:`ScanInputError` only for misuse, such as
+    a path that does not exist.
+    """
+    from .analysis.engine import audit_path
+
+    p = os.fspath(path)
+    if not os.path.lexists(p):
+        raise ScanInputError(p, "no such file or directory")
+    return audit_path(p, policy=policy or Policy(), limits=limits or DEFAULT_LIMITS)
+
+
+__all__ = ["scan"]
