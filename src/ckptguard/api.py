@@ -1,0 +1,126 @@
+"""Audit-then-load entry points: ``safe_load``, ``load_state_dict``, ``iter_state_dict``.
+
+Each one opens the file once, audits it from that descriptor, refuses anything whose
+verdict is not SAFE (:class:`UnsafeCheckpointError` / :class:`IncompleteScanError`, both
+carrying the report), loads the *same inode* and re-checks the file's identity before
+returning (:class:`FileChangedError` when it changed). There is no unsafe fallback.
+
+Importing this module does not import torch; the first load does (and raises
+:class:`LoaderUnavailableError` with an install hint when torch is missing).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from .errors import LoaderUnavailableError
+from .model import Format
+from .policy import DEFAULT_LIMITS, Limits, Policy
+
+if TYPE_CHECKING:
+    from .loaders import StateDictIterator
+
+PathLike = str | os.PathLike[str]
+
+
+def _loaders() -> Any:
+    try:
+        from . import loaders
+    except LoaderUnavailableError:
+        raise
+    except ImportError as e:  # pragma: no cover - torch importable but broken
+        raise LoaderUnavailableError(
+            f"loading needs PyTorch and safetensors ({e}); pip install 'ckptguard[torch]'"
+        ) from e
+    return loaders
+
+
+def safe_load(
+    path: PathLike,
+    map_location: Any = "cpu",
+    *,
+    mmap: bool = True,
+    policy: Policy | None = None,
+    limits: Limits | None = None,
+) -> Any:
+    """Audit ``path``, then load it; raises unless the verdict is SAFE.
+
+    Returns:
+        - torch zip / legacy torch: exactly what ``torch.load(weights_only=True)`` returns
+          (a state dict is usually a ``dict``/``OrderedDict`` of tensors; nested
+          structures are kept). torch zips load with ``mmap=True`` by default; legacy
+          files load without mmap (torch does not support it for them).
+        - safetensors: ``{name: tensor}``, zero-copy views of a private memory map for CPU.
+        - a sharded checkpoint's ``*.index.json``: ``{name: tensor}`` over all shards
+          (every shard audited before anything is loaded).
+        - ``map_location="meta"`` (any format): a flat ``{name: meta tensor}`` built from the
+          audit's tensor records, reading no tensor bytes.
+
+    ``map_location`` is torch's: ``"cpu"``, ``"cuda"``/``"cuda:N"``, ``"meta"``, a
+    ``torch.device``, a dict remap (and, for torch files only, a callable). The policy's
+    user-allowed globals are the only ones added to torch's weights-only set. The default
+    policy is ``Policy()`` (torch's weights-only allowlist only).
+    """
+    ld = _loaders()
+    pol = policy if policy is not None else Policy()
+    lim = limits if limits is not None else DEFAULT_LIMITS
+    af = ld.open_audited(path, policy=pol, limits=lim)
+    try:
+        ld.require_safe(af.report)
+        if af.report.format is Format.JSON:
+            it = ld.iterate_audited(af, map_location, mmap=mmap, policy=pol, limits=lim)
+            with it:
+                return dict(it)
+        return ld.load_audited(af, map_location, mmap=mmap)
+    finally:
+        af.close()
+
+
+def load_state_dict(
+    checkpoint_file: PathLike,
+    is_quantized: bool = False,
+    map_location: Any = "cpu",
+    weights_only: bool = True,
+    *,
+    policy: Policy | None = None,
+    limits: Limits | None = None,
+) -> Any:
+    """Drop-in for ``transformers.modeling_utils.load_state_dict``: same argument names,
+    audited like :func:`safe_load`.
+
+    ``is_quantized`` is accepted for compatibility and changes nothing here.
+    ``weights_only`` is accepted but cannot be turned off: a file that is not SAFE is never
+    loaded, and a SAFE one is always loaded with ``weights_only=True``.
+    """
+    del is_quantized, weights_only
+    return safe_load(checkpoint_file, map_location=map_location, policy=policy, limits=limits)
+
+
+def iter_state_dict(
+    path_or_index: PathLike,
+    map_location: Any = "cpu",
+    *,
+    mmap: bool = True,
+    policy: Policy | None = None,
+    limits: Limits | None = None,
+) -> StateDictIterator:
+    """Yield ``(name, tensor)`` one at a time from a file or a sharded checkpoint's index.
+
+    The audit happens when this is called: every shard is opened and audited (and must be
+    SAFE) before the iterator is returned, so no tensor is handed out from a checkpoint
+    with any unsafe shard. Shards then load one at a time, at most one mapped by the
+    iterator. Names are the safetensors names, or the dotted key paths of the state dict
+    a torch file holds (non-tensor entries are skipped). ``close()`` the iterator (or use
+    it in a ``with``) to release the shard descriptors early.
+    """
+    ld = _loaders()
+    pol = policy if policy is not None else Policy()
+    lim = limits if limits is not None else DEFAULT_LIMITS
+    af = ld.open_audited(path_or_index, policy=pol, limits=lim)
+    it: StateDictIterator = ld.iterate_audited(af, map_location, mmap=mmap, policy=pol,
+                                               limits=lim)
+    return it
+
+
+__all__ = ["iter_state_dict", "load_state_dict", "safe_load"]

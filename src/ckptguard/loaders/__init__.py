@@ -1,0 +1,85 @@
+"""Loaders: the ONLY modules that import torch / call ``torch.load`` (DESIGN.md).
+
+Every entry point here takes a file that was opened once and audited from that
+descriptor (:func:`open_audited`) and whose verdict was checked (:func:`require_safe`);
+it loads the same inode and re-checks the file's identity before handing tensors out.
+
+Importing this package imports torch; without torch it raises
+:class:`~ckptguard.errors.LoaderUnavailableError` with the install hint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..model import Format
+from ..policy import Limits, Policy
+from ._torch import MapLocation, is_meta
+from .base import (
+    LOADABLE_FORMATS,
+    TORCH_FORMATS,
+    AuditedFile,
+    LoaderError,
+    UnsupportedFormatError,
+    open_audited,
+    require_safe,
+    verify_identity,
+)
+from .meta import load_meta
+from .safetensors import load_safetensors
+from .sharded import StateDictIterator, open_shards, parse_index
+from .torchfile import load_torch
+
+
+def load_audited(af: AuditedFile, map_location: MapLocation = "cpu", *,
+                 mmap: bool | None = True, **pickle_load_args: Any) -> Any:
+    """Load a single audited, SAFE file (not an index json).
+
+    torch files return what ``torch.load`` returns; safetensors and meta loads return a
+    flat ``{name: tensor}`` dict.
+    """
+    require_safe(af.report)
+    fmt = af.report.format
+    if fmt not in TORCH_FORMATS and fmt is not Format.SAFETENSORS:
+        raise UnsupportedFormatError(af.report)
+    if is_meta(map_location):
+        af.verify()
+        return load_meta(af.report.tensors)
+    if fmt is Format.SAFETENSORS:
+        return load_safetensors(af, map_location)
+    return load_torch(af, map_location, mmap=mmap, **pickle_load_args)
+
+
+def iterate_audited(af: AuditedFile, map_location: MapLocation = "cpu", *,
+                    mmap: bool | None = True, policy: Policy, limits: Limits
+                    ) -> StateDictIterator:
+    """An iterator over a single file or, for an index json, all of its shards. Takes
+    ownership of ``af`` (closes it)."""
+    try:
+        require_safe(af.report)
+        if af.report.format is Format.JSON:
+            index = parse_index(af)
+            files = open_shards(af, index, policy=policy, limits=limits)
+            af.close()
+        elif af.report.format in TORCH_FORMATS or af.report.format is Format.SAFETENSORS:
+            files = [af]
+        else:
+            raise UnsupportedFormatError(af.report)
+    except BaseException:
+        af.close()
+        raise
+    return StateDictIterator(files, map_location, mmap=mmap)
+
+
+__all__ = [
+    "LOADABLE_FORMATS",
+    "AuditedFile",
+    "LoaderError",
+    "StateDictIterator",
+    "UnsupportedFormatError",
+    "iterate_audited",
+    "load_audited",
+    "open_audited",
+    "require_safe",
+    "verify_identity",
+]

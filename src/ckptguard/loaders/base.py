@@ -1,0 +1,186 @@
+"""Audit-then-load plumbing that needs no torch: open once, audit from that descriptor,
+refuse anything not SAFE, and re-check the file's identity around the load.
+
+The same-bytes rule (DESIGN.md "Same bytes"): the file is opened once; the audit reads it
+through that descriptor with ``pread``; the loader reads the *same inode* through
+``/proc/self/fd/N`` (or ``/dev/fd/N``); before tensors are handed out the descriptor's
+``fstat`` (device, inode, size, mtime) and the SHA-256 of every region the audit relied
+on are compared with the audit's :class:`~ckptguard.model.FileIdentity`, and the original
+path must still name that inode. Any difference raises :class:`FileChangedError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from ..errors import (
+    CkptGuardError,
+    FileChangedError,
+    IncompleteScanError,
+    ScanInputError,
+    UnsafeCheckpointError,
+)
+from ..model import FileIdentity, Format, Report, Verdict
+from ..policy import DEFAULT_LIMITS, Limits, Policy
+
+
+class LoaderError(CkptGuardError, RuntimeError):
+    """The audited file cannot be loaded as asked (inconsistent records, bad arguments)."""
+
+
+class UnsupportedFormatError(LoaderError):
+    """The file is SAFE but ckptguard has no loader for its format (e.g. a raw pickle)."""
+
+    def __init__(self, report: Report, message: str | None = None) -> None:
+        self.report = report
+        super().__init__(
+            message
+            or f"{report.path}: {report.format.value} files cannot be loaded by ckptguard "
+            "(loadable: torch zip, legacy torch, safetensors, sharded index json)"
+        )
+
+
+#: Formats the torch-backed loader reads with ``torch.load(weights_only=True)``.
+TORCH_FORMATS = frozenset({Format.TORCH_ZIP, Format.TORCH_LEGACY})
+#: Every format :func:`ckptguard.safe_load` can hand tensors out for.
+LOADABLE_FORMATS = TORCH_FORMATS | {Format.SAFETENSORS, Format.JSON}
+
+
+def require_safe(report: Report) -> None:
+    """Raise unless the verdict is SAFE: UNSAFE -> UnsafeCheckpointError, INCOMPLETE ->
+    IncompleteScanError. Both carry the report."""
+    if report.verdict is Verdict.SAFE:
+        return
+    if report.verdict is Verdict.INCOMPLETE:
+        raise IncompleteScanError(report)
+    raise UnsafeCheckpointError(report)
+
+
+def fd_path(fd: int) -> str | None:
+    """A path that opens the same open file as ``fd`` (same inode), or None on platforms
+    without one (then loaders read through a duplicate of the descriptor)."""
+    base = "/proc/self/fd" if sys.platform.startswith("linux") else "/dev/fd"
+    candidate = f"{base}/{fd}"
+    try:
+        st_link = os.stat(candidate)
+    except OSError:
+        return None
+    st_fd = os.fstat(fd)
+    if (st_link.st_dev, st_link.st_ino) != (st_fd.st_dev, st_fd.st_ino):
+        return None
+    return candidate
+
+
+def pread_all(fd: int, offset: int, length: int) -> bytes:
+    chunks: list[bytes] = []
+    got = 0
+    while got < length:
+        b = os.pread(fd, min(length - got, 1 << 26), offset + got)
+        if not b:
+            break
+        chunks.append(b)
+        got += len(b)
+    return b"".join(chunks)
+
+
+def check_stat(path: str, fd: int, ident: FileIdentity | None) -> None:
+    """Cheap identity check: the descriptor's fstat and the path's stat."""
+    if ident is None:
+        raise FileChangedError(path, "the audit recorded no file identity")
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (ident.device, ident.inode):
+        raise FileChangedError(path, "the descriptor no longer refers to the audited inode")
+    if st.st_size != ident.size:
+        raise FileChangedError(path, f"size changed from {ident.size} to {st.st_size} bytes")
+    if st.st_mtime_ns != ident.mtime_ns:
+        raise FileChangedError(path, "modification time changed (the file was written to)")
+    try:
+        sp = os.stat(path)
+    except OSError as e:
+        raise FileChangedError(path, f"the path can no longer be opened ({e.strerror or e})") \
+            from None
+    if (sp.st_dev, sp.st_ino) != (ident.device, ident.inode):
+        raise FileChangedError(path, "the path now names a different file (it was replaced)")
+
+
+def verify_identity(path: str, fd: int, ident: FileIdentity | None) -> None:
+    """Full same-bytes check: stat as in :func:`check_stat`, then the SHA-256 of every
+    region the audit relied on, re-read through the same descriptor."""
+    check_stat(path, fd, ident)
+    assert ident is not None
+    for r in ident.regions:
+        data = pread_all(fd, r.offset, r.length)
+        if len(data) != r.length or hashlib.sha256(data).hexdigest() != r.sha256:
+            raise FileChangedError(
+                path, f"bytes {r.offset}..{r.offset + r.length} differ from the audited ones")
+
+
+@dataclass
+class AuditedFile:
+    """An open descriptor and the report of its audit. Close it (or use ``with``)."""
+
+    path: str
+    fd: int
+    report: Report
+    policy: Policy = field(default_factory=Policy)
+    limits: Limits = DEFAULT_LIMITS
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    def __enter__(self) -> AuditedFile:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def check_stat(self) -> None:
+        check_stat(self.path, self.fd, self.report.identity)
+
+    def verify(self) -> None:
+        verify_identity(self.path, self.fd, self.report.identity)
+
+
+def open_audited(path: str | os.PathLike[str], *, policy: Policy | None = None,
+                 limits: Limits | None = None) -> AuditedFile:
+    """Open ``path`` once and audit it from that descriptor. Does not judge the verdict."""
+    from ..analysis.engine import audit_fd
+
+    p = os.fspath(path)
+    pol = policy if policy is not None else Policy()
+    lim = limits if limits is not None else DEFAULT_LIMITS
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+                     | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise ScanInputError(p, "no such file or directory") from None
+    except OSError as e:
+        raise ScanInputError(p, e.strerror or str(e)) from None
+    try:
+        report = audit_fd(p, fd, policy=pol, limits=lim)
+    except BaseException:
+        os.close(fd)
+        raise
+    return AuditedFile(p, fd, report, pol, lim)
+
+
+__all__ = [
+    "LOADABLE_FORMATS",
+    "TORCH_FORMATS",
+    "AuditedFile",
+    "LoaderError",
+    "UnsupportedFormatError",
+    "check_stat",
+    "fd_path",
+    "open_audited",
+    "pread_all",
+    "require_safe",
+    "verify_identity",
+]

@@ -1,0 +1,159 @@
+"""Sharded checkpoints (``*.index.json`` with a ``weight_map``) and one-at-a-time iteration.
+
+Every shard is opened and audited (and must be SAFE) before the first tensor is handed
+out; the descriptors stay open so each shard is later loaded through the inode that was
+audited. Shards are then loaded one after the other: the iterator keeps at most one shard
+mapped (tensors it already handed out keep their own shard's pages alive, as usual).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from ..model import Format
+from ..policy import Limits, Policy
+from ._torch import MapLocation, is_meta, torch
+from .base import (
+    TORCH_FORMATS,
+    AuditedFile,
+    LoaderError,
+    UnsupportedFormatError,
+    open_audited,
+    pread_all,
+    require_safe,
+)
+from .meta import iter_meta
+from .safetensors import iter_safetensors
+from .torchfile import load_torch, state_dict_items
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """A parsed index: shard file names in first-use order and the tensor -> shard map."""
+
+    shards: tuple[str, ...]
+    weight_map: dict[str, str]
+
+
+def _valid_shard_name(name: str) -> bool:
+    if not name or "\x00" in name or "\\" in name or name.startswith("/"):
+        return False
+    if len(name) > 1 and name[1] == ":":  # a Windows drive
+        return False
+    parts = name.split("/")
+    return all(p not in ("", ".", "..") for p in parts)
+
+
+def parse_index(af: AuditedFile) -> ShardIndex:
+    """Read the audited index json through its descriptor and validate its weight map."""
+    size = af.report.identity.size if af.report.identity is not None else 0
+    if size > af.limits.max_header_bytes:
+        raise LoaderError(f"{af.path}: index json is {size} bytes, over max_header_bytes")
+    raw = pread_all(af.fd, 0, size)
+    af.verify()
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise UnsupportedFormatError(af.report, f"{af.path}: not a valid index json ({e})") \
+            from None
+    wm = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(wm, dict) or not wm:
+        raise UnsupportedFormatError(
+            af.report, f"{af.path}: a JSON file without a 'weight_map' is not a sharded "
+            "checkpoint index; nothing to load")
+    shards: dict[str, None] = {}
+    for key, shard in wm.items():
+        if not isinstance(shard, str) or not _valid_shard_name(shard):
+            raise LoaderError(f"{af.path}: weight_map[{key!r}] names an invalid shard path "
+                              f"{shard!r} (must be relative, inside the index's folder)")
+        shards.setdefault(posixpath.normpath(shard), None)
+    return ShardIndex(tuple(shards), {k: posixpath.normpath(v) for k, v in wm.items()})
+
+
+def open_shards(index_af: AuditedFile, index: ShardIndex, *, policy: Policy,
+                limits: Limits) -> list[AuditedFile]:
+    """Open and audit every shard; all must be SAFE and loadable, or all are closed."""
+    folder = os.path.dirname(index_af.path)
+    opened: list[AuditedFile] = []
+    try:
+        for shard in index.shards:
+            af = open_audited(os.path.join(folder, *shard.split("/")), policy=policy,
+                              limits=limits)
+            opened.append(af)
+            require_safe(af.report)
+            if af.report.format not in TORCH_FORMATS | {Format.SAFETENSORS}:
+                raise UnsupportedFormatError(af.report)
+            names = {t.name for t in af.report.tensors}
+            if names:
+                missing = sorted(k for k, v in index.weight_map.items()
+                                 if v == shard and k not in names)
+                if missing:
+                    raise LoaderError(
+                        f"{index_af.path}: the index places {len(missing)} tensor(s) in "
+                        f"{shard} that the shard does not hold (first: {missing[0]!r})")
+    except BaseException:
+        for af in opened:
+            af.close()
+        raise
+    return opened
+
+
+def _close_all(files: list[AuditedFile]) -> None:
+    for af in files:
+        af.close()
+
+
+class StateDictIterator(Iterator[tuple[str, "torch.Tensor"]]):
+    """Yields ``(name, tensor)`` from already-audited files, one file loaded at a time.
+
+    Use it as an iterator; ``close()`` (or ``with``) releases the descriptors early.
+    """
+
+    def __init__(self, files: list[AuditedFile], map_location: MapLocation, *,
+                 mmap: bool | None = True) -> None:
+        self._files = list(files)
+        self._map_location = map_location
+        self._mmap = mmap
+        self._finalizer = weakref.finalize(self, _close_all, self._files)
+        self._gen = self._run()
+
+    def _run(self) -> Iterator[tuple[str, torch.Tensor]]:
+        meta = is_meta(self._map_location)
+        for af in self._files:
+            if meta:
+                af.verify()
+                yield from iter_meta(af.report.tensors)
+            elif af.report.format is Format.SAFETENSORS:
+                yield from iter_safetensors(af, self._map_location)
+            else:
+                obj: Any = load_torch(af, self._map_location, mmap=self._mmap)
+                yield from state_dict_items(af, obj)
+                del obj
+            af.close()
+
+    def __iter__(self) -> StateDictIterator:
+        return self
+
+    def __next__(self) -> tuple[str, torch.Tensor]:
+        return next(self._gen)
+
+    def close(self) -> None:
+        self._gen.close()
+        self._finalizer()
+
+    def __enter__(self) -> StateDictIterator:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+__all__ = ["ShardIndex", "StateDictIterator", "open_shards", "parse_index"]

@@ -1,0 +1,67 @@
+"""torch zip and legacy torch files, loaded with ``torch.load(weights_only=True)``
+through the audited descriptor's inode (``/proc/self/fd/N``).
+
+- torch zip: ``mmap=True`` by default (storages map the file; no host copy for CPU).
+- legacy torch (the pre-1.6 stream format): ``weights_only=True`` *without* mmap, since
+  torch refuses mmap for it.
+
+The only globals beyond torch's weights-only set are the policy's user entries, passed
+through ``torch.serialization.safe_globals`` for the duration of the call. The return
+value is whatever ``torch.load`` returns (a state dict is usually a dict/OrderedDict).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from ..model import Format
+from ._torch import MapLocation, safe_globals, torch, torch_load
+from .base import AuditedFile, LoaderError, fd_path
+
+
+def load_torch(af: AuditedFile, map_location: MapLocation = "cpu", *, mmap: bool | None = True,
+               exact_mmap: bool = False, **pickle_load_args: Any) -> Any:
+    """``torch.load`` the audited file through the same inode, then verify its identity.
+
+    ``mmap`` is dropped for legacy files unless ``exact_mmap`` (the guard passes the
+    caller's value through unchanged, so torch's own rules and errors apply).
+    """
+    legacy = af.report.format is Format.TORCH_LEGACY
+    use_mmap: bool | None = mmap if exact_mmap else (bool(mmap) and not legacy)
+    af.check_stat()
+    path = fd_path(af.fd)
+    with safe_globals(af.policy):
+        if path is not None:
+            obj = torch_load(path, map_location=map_location, weights_only=True,
+                             mmap=use_mmap, **pickle_load_args)
+        else:  # no fd path on this platform: read through a duplicate descriptor
+            with os.fdopen(os.dup(af.fd), "rb") as fh:
+                obj = torch_load(fh, map_location=map_location, weights_only=True,
+                                 mmap=False, **pickle_load_args)
+    af.verify()
+    return obj
+
+
+def iter_tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """``(dotted name, tensor)`` for the tensors of a (possibly nested) state dict; other
+    leaves are skipped."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+        return
+    if not isinstance(obj, Mapping):
+        return
+    for key, value in obj.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        yield from iter_tensors(value, name)
+
+
+def state_dict_items(af: AuditedFile, obj: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    if not isinstance(obj, Mapping):
+        raise LoaderError(f"{af.path}: torch.load returned a {type(obj).__name__}, not a "
+                          "state dict")
+    return iter_tensors(obj)
+
+
+__all__ = ["iter_tensors", "load_torch", "state_dict_items"]
