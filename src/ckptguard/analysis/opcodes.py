@@ -1,0 +1,160 @@
+"""Pickle opcode table (protocols 0-5) and the sets the audit uses.
+
+Values are the opcode bytes as ints. A test checks this table against ``pickletools``.
+"""
+
+from __future__ import annotations
+
+MARK = 0x28            # (
+STOP = 0x2E            # .
+POP = 0x30             # 0
+POP_MARK = 0x31        # 1
+DUP = 0x32             # 2
+FLOAT = 0x46           # F
+INT = 0x49             # I
+BININT = 0x4A          # J
+BININT1 = 0x4B         # K
+LONG = 0x4C            # L
+BININT2 = 0x4D         # M
+NONE = 0x4E            # N
+PERSID = 0x50          # P
+BINPERSID = 0x51       # Q
+REDUCE = 0x52          # R
+STRING = 0x53          # S
+BINSTRING = 0x54       # T
+SHORT_BINSTRING = 0x55  # U
+UNICODE = 0x56         # V
+BINUNICODE = 0x58      # X
+APPEND = 0x61          # a
+BUILD = 0x62           # b
+GLOBAL = 0x63          # c
+DICT = 0x64            # d
+EMPTY_DICT = 0x7D      # }
+APPENDS = 0x65         # e
+GET = 0x67             # g
+BINGET = 0x68          # h
+INST = 0x69            # i
+LONG_BINGET = 0x6A     # j
+LIST = 0x6C            # l
+EMPTY_LIST = 0x5D      # ]
+OBJ = 0x6F             # o
+PUT = 0x70             # p
+BINPUT = 0x71          # q
+LONG_BINPUT = 0x72     # r
+SETITEM = 0x73         # s
+TUPLE = 0x74           # t
+EMPTY_TUPLE = 0x29     # )
+SETITEMS = 0x75        # u
+BINFLOAT = 0x47        # G
+# protocol 2
+PROTO = 0x80
+NEWOBJ = 0x81
+EXT1 = 0x82
+EXT2 = 0x83
+EXT4 = 0x84
+TUPLE1 = 0x85
+TUPLE2 = 0x86
+TUPLE3 = 0x87
+NEWTRUE = 0x88
+NEWFALSE = 0x89
+LONG1 = 0x8A
+LONG4 = 0x8B
+# protocol 3
+BINBYTES = 0x42        # B
+SHORT_BINBYTES = 0x43  # C
+# protocol 4
+SHORT_BINUNICODE = 0x8C
+BINUNICODE8 = 0x8D
+BINBYTES8 = 0x8E
+EMPTY_SET = 0x8F
+ADDITEMS = 0x90
+FROZENSET = 0x91
+NEWOBJ_EX = 0x92
+STACK_GLOBAL = 0x93
+MEMOIZE = 0x94
+FRAME = 0x95
+# protocol 5
+BYTEARRAY8 = 0x96
+NEXT_BUFFER = 0x97
+READONLY_BUFFER = 0x98
+
+NAMES: dict[int, str] = {v: k for k, v in dict(globals()).items()
+                         if k.isupper() and isinstance(v, int)}
+
+#: Opcodes torch's weights-only unpickler (torch/_weights_only_unpickler.py) accepts.
+TORCH_WEIGHTS_ONLY = frozenset({
+    GLOBAL, NEWOBJ, REDUCE, BUILD, APPEND, APPENDS, SETITEM, SETITEMS, MARK, TUPLE, TUPLE1,
+    TUPLE2, TUPLE3, NONE, NEWFALSE, NEWTRUE, EMPTY_TUPLE, EMPTY_LIST, EMPTY_DICT, EMPTY_SET,
+    BININT, BININT1, BININT2, BINFLOAT, BINUNICODE, SHORT_BINSTRING, BINPERSID, BINGET,
+    LONG_BINGET, BINPUT, LONG_BINPUT, LONG1, PROTO, STOP,
+})
+
+#: Fixed argument sizes (bytes after the opcode) for opcodes with fixed-size arguments.
+FIXED_ARG = {
+    BININT: 4, BININT1: 1, BININT2: 2, BINGET: 1, LONG_BINGET: 4, BINPUT: 1, LONG_BINPUT: 4,
+    BINFLOAT: 8, PROTO: 1, EXT1: 1, EXT2: 2, EXT4: 4, FRAME: 8,
+}
+#: Opcodes whose argument is a length-prefixed blob: opcode -> (length bytes, signed).
+COUNTED_ARG = {
+    BINSTRING: (4, True), SHORT_BINSTRING: (1, False), BINUNICODE: (4, False),
+    SHORT_BINUNICODE: (1, False), BINUNICODE8: (8, False), BINBYTES: (4, False),
+    SHORT_BINBYTES: (1, False), BINBYTES8: (8, False), BYTEARRAY8: (8, False),
+    LONG1: (1, False), LONG4: (4, True),
+}
+#: Opcodes whose argument is newline-terminated text (GLOBAL/INST take two lines).
+LINE_ARG = {FLOAT: 1, INT: 1, LONG: 1, PERSID: 1, STRING: 1, UNICODE: 1, GET: 1, PUT: 1,
+            GLOBAL: 2, INST: 2}
+ALL_OPCODES = frozenset(NAMES)
+
+
+def scan_opcodes_prefix(head: bytes, *, min_ops: int = 3) -> bool:
+    """Is ``head`` plausibly the start of a protocol 0/1 pickle? Decode opcodes without
+    semantics: True on STOP or on reaching the end of the window after ``min_ops`` valid
+    opcodes, or when the first opcode is a GLOBAL/INST naming identifiers."""
+    pos, n, ops = 0, len(head), 0
+    while pos < n:
+        op = head[pos]
+        if op not in ALL_OPCODES:
+            return False
+        pos += 1
+        ops += 1
+        if op == STOP:
+            return ops >= 2
+        if op in FIXED_ARG:
+            pos += FIXED_ARG[op]
+        elif op in COUNTED_ARG:
+            width, _signed = COUNTED_ARG[op]
+            if pos + width > n:
+                return ops >= min_ops
+            ln = int.from_bytes(head[pos : pos + width], "little", signed=_signed)
+            if ln < 0:
+                return False
+            pos += width + ln
+        elif op in LINE_ARG:
+            for k in range(LINE_ARG[op]):
+                end = head.find(b"\n", pos)
+                if end < 0:
+                    return ops >= min_ops and n - pos > 256
+                line = head[pos:end]
+                if op in (GLOBAL, INST) and not _identifier_path(line):
+                    return False
+                if op in (INT, LONG, GET, PUT) and not line.strip(b"-+0123456789L"):
+                    pass
+                elif op in (INT, LONG, GET, PUT):
+                    return False
+                pos = end + 1
+                _ = k
+            if op in (GLOBAL, INST) and ops == 1:
+                return True
+    return ops >= min_ops
+
+
+def _identifier_path(line: bytes) -> bool:
+    try:
+        text = line.decode("ascii")
+    except UnicodeDecodeError:
+        return False
+    return bool(text) and all(p.isidentifier() for p in text.split("."))
+
+
+__all__ = ["ALL_OPCODES", "NAMES", "TORCH_WEIGHTS_ONLY", "scan_opcodes_prefix"]

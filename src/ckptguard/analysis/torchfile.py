@@ -1,0 +1,432 @@
+"""Torch checkpoint audits: zip archives (torch.save default), TorchScript archives, legacy
+(pre-zip) streams, legacy tar files, and plain pickles.
+
+Record selection follows torch's reader (caffe2/serialize/inline_container.cc): the
+archive's folder is the first member's name up to its first '/', and records are looked up
+as ``<folder>/<record>`` with miniz's case-insensitive lookup (so case collisions are
+already CKG301 in the zip reader). Only the directory, the small records and ``data.pkl``
+are read; tensor bytes never are.
+"""
+
+from __future__ import annotations
+
+from ..context import AuditContext, LimitExceeded
+from ..detect import TORCH_LEGACY_MAGIC, sniff
+from ..model import Format, TensorInfo
+from ..readers.zipfile import STORED, ZipArchive, ZipEntry, read_archive
+from . import opcodes as O
+from .vm import PickleMode, PickleResult, StorageCatalog, audit_pickle
+
+_TORCH_RECORDS = frozenset({"data.pkl", "version", ".data/version", "byteorder",
+                            ".format_version", ".storage_alignment", ".data/serialization_id"})
+_SMALL_RECORD = 4096
+
+
+# --- zip ---------------------------------------------------------------------------------
+
+def audit_zip(ctx: AuditContext) -> Format:
+    archive = read_archive(ctx)
+    if archive is None:
+        return Format.ZIP
+    names = archive.names()
+    ctx.members.extend(names)
+    if names and all(n.lower().endswith(".npy") for n in names):
+        from ..readers.numpy import audit_npz
+
+        audit_npz(ctx, archive)
+        return Format.NUMPY_NPZ
+    if not names:
+        ctx.add("CKG311", "the archive has no members")
+        return Format.ZIP
+    first = names[0]
+    if "/" not in first:
+        return _generic_zip(ctx, archive, "the first member is not inside a folder, so torch "
+                            "cannot read the archive")
+    prefix = first.split("/", 1)[0] + "/"
+    records: dict[str, ZipEntry] = {}
+    outside: list[ZipEntry] = []
+    for e in archive.entries:
+        if e.name.startswith(prefix):
+            records.setdefault(e.name[len(prefix):], e)
+        else:
+            outside.append(e)
+    ctx.metadata["torch.archive_folder"] = prefix[:-1]
+    is_script = "constants.pkl" in records or any(n == "constants.pkl" or
+                                                   n.endswith("/constants.pkl") for n in names)
+    if is_script:
+        _torchscript(ctx, archive, records, prefix)
+        return Format.TORCHSCRIPT
+    if "data.pkl" not in records:
+        return _generic_zip(ctx, archive, f"no {prefix}data.pkl record: not a torch checkpoint")
+    _torch_zip(ctx, archive, records, prefix, outside)
+    return Format.TORCH_ZIP
+
+
+def _generic_zip(ctx: AuditContext, archive: ZipArchive, why: str) -> Format:
+    ctx.add("CKG002", f"zip archive that is not a torch checkpoint ({why}); its members are "
+            "not audited as weights", evidence={"wrapper": "zip"})
+    for e in archive.entries:
+        _maybe_hidden_pickle(ctx, archive, e, "a member of a non-torch zip")
+    return Format.ZIP
+
+
+def _read_small(ctx: AuditContext, archive: ZipArchive, e: ZipEntry) -> bytes | None:
+    if e.size > _SMALL_RECORD:
+        ctx.add("CKG311", f"record {e.name} is {e.size} bytes, expected a few", member=e.name)
+        return None
+    return archive.read(e, max_bytes=_SMALL_RECORD)
+
+
+def _torch_zip(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEntry],
+               prefix: str, outside: list[ZipEntry]) -> None:
+    version = records.get("version") or records.get(".data/version")
+    if version is None:
+        ctx.add("CKG311", f"no {prefix}version record: torch refuses the archive")
+    else:
+        raw = _read_small(ctx, archive, version)
+        if raw is not None:
+            text = raw.decode("ascii", "replace").strip()
+            if not text.isdigit():
+                ctx.add("CKG311", f"version record {text[:20]!r} is not a number",
+                        member=version.name)
+            else:
+                ctx.metadata["torch.format_version"] = text
+    bo = records.get("byteorder")
+    if bo is not None:
+        raw = _read_small(ctx, archive, bo)
+        if raw is not None and raw not in (b"little", b"big"):
+            ctx.add("CKG311", "byteorder record is neither 'little' nor 'big'", member=bo.name)
+        elif raw is not None:
+            ctx.metadata["torch.byteorder"] = raw.decode()
+    for rec in (".format_version", ".storage_alignment"):
+        e = records.get(rec)
+        if e is not None:
+            raw = _read_small(ctx, archive, e)
+            if raw is not None and not raw.strip().isdigit():
+                ctx.add("CKG311", f"{rec} record is not a number", member=e.name)
+
+    catalog = StorageCatalog()
+    data_records: dict[str, ZipEntry] = {}
+    for rel, e in records.items():
+        if rel.startswith("data/") and len(rel) > 5:
+            key = rel[5:]
+            data_records[key] = e
+            catalog.records[key] = (e.name, e.data_offset, e.size)
+            if e.method != STORED:
+                ctx.add("CKG305", f"tensor record {e.name} is compressed: torch's mmap loader "
+                        "reads it as raw bytes", member=e.name, offset=e.header_offset)
+
+    pkl = records["data.pkl"]
+    data = archive.read(pkl, record=True)
+    result = audit_pickle(ctx, data, member=pkl.name, base_offset=0,
+                          mode=PickleMode.TORCH_ZIP, storages=catalog)
+    if result.complete and result.end < len(data):
+        _after_stop(ctx, data, result, pkl.name)
+    if result.globals:
+        ctx.metadata["pickle.globals"] = str(len({g.full for g in result.globals}))
+    _emit_tensors(ctx, result, catalog)
+
+    for key, e in data_records.items():
+        if key not in catalog.seen:
+            ctx.add("CKG312", f"tensor record {e.name} is not referenced by data.pkl",
+                    member=e.name)
+    for rel, e in records.items():
+        if rel in _TORCH_RECORDS or (rel.startswith("data/") and len(rel) > 5):
+            continue
+        _maybe_hidden_pickle(ctx, archive, e, "a member torch never reads")
+    for e in outside:
+        _maybe_hidden_pickle(ctx, archive, e, f"a member outside the archive folder {prefix}")
+
+
+def _emit_tensors(ctx: AuditContext, result: PickleResult, catalog: StorageCatalog) -> None:
+    for name, rec in result.tensors:
+        st = rec.storage
+        numel = 1
+        for s in rec.shape:
+            numel *= s
+        from .vm import DTYPE_SIZES
+
+        ctx.tensors.append(TensorInfo(
+            name=name,
+            dtype=rec.dtype,
+            shape=rec.shape,
+            stride=rec.stride,
+            storage=None if st is None else (f"data/{st.key}" if not catalog.deferred
+                                             else st.key),
+            storage_offset=rec.storage_offset,
+            nbytes=numel * DTYPE_SIZES.get(rec.dtype, 1),
+            storage_nbytes=None if st is None else st.numel * st.itemsize,
+            data_offset=None if st is None else st.data_offset,
+            device=st.location if st is not None else "meta",
+            requires_grad=rec.requires_grad,
+        ))
+
+
+def _after_stop(ctx: AuditContext, data: bytes, result: PickleResult, member: str | None,
+                base: int = 0) -> None:
+    extra = len(data) - result.end
+    ctx.add("CKG203", f"{extra} bytes follow the pickle's STOP opcode", member=member,
+            offset=base + result.end)
+    tail = data[result.end:]
+    fmt, _ = sniff(tail[:4096], len(tail))
+    if fmt is Format.PICKLE:
+        # A hidden second program: audit it too, so its payload is named.
+        audit_pickle(ctx, data, member=member, base_offset=base, mode=PickleMode.RAW,
+                     start=result.end)
+
+
+def _maybe_hidden_pickle(ctx: AuditContext, archive: ZipArchive, e: ZipEntry, where: str) -> None:
+    if e.size == 0 or e.method not in (0, 8):
+        ctx.add("CKG312", f"{e.name}: {where}", member=e.name)
+        return
+    head_len = min(e.compressed_size, 4096) if e.method == STORED else e.compressed_size
+    if e.method == STORED:
+        head = ctx.source.read(e.data_offset, head_len)
+    else:
+        try:
+            head = archive.read(e, max_bytes=ctx.limits.max_pickle_bytes)[:4096]
+        except LimitExceeded as exc:
+            ctx.limit_hit(exc, member=e.name)
+            return
+    fmt, _ = sniff(head, max(e.size, len(head)))
+    if fmt is not Format.PICKLE:
+        ctx.add("CKG312", f"{e.name}: {where}", member=e.name)
+        return
+    ctx.add("CKG309", f"{e.name} is {where} and holds a pickle program", member=e.name)
+    data = archive.read(e)
+    audit_pickle(ctx, data, member=e.name, mode=PickleMode.RAW)
+
+
+def _torchscript(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEntry],
+                 prefix: str) -> None:
+    code = sorted(r for r in records if r.startswith("code/"))
+    ctx.add("CKG008", f"TorchScript archive with {len(code)} code file(s): torch.jit.load runs "
+            "them and torch.load(weights_only=True) refuses the file",
+            evidence={"code_files": ", ".join(code[:20]) + (" ..." if len(code) > 20 else "")})
+    catalog = StorageCatalog()
+    for rel, e in records.items():
+        if rel.startswith("data/") and len(rel) > 5:
+            catalog.records[rel[5:]] = (e.name, e.data_offset, e.size)
+    for rel, e in sorted(records.items()):
+        if rel.endswith(".pkl"):
+            data = archive.read(e, record=True)
+            audit_pickle(ctx, data, member=e.name, mode=PickleMode.TORCH_ZIP,
+                         storages=catalog if rel == "data.pkl" else StorageCatalog(deferred=True))
+
+
+# --- plain pickles -----------------------------------------------------------------------
+
+def audit_raw_pickle(ctx: AuditContext) -> Format:
+    size = ctx.source.size
+    if size > ctx.limits.max_pickle_bytes:
+        raise LimitExceeded("max_pickle_bytes", ctx.limits.max_pickle_bytes,
+                            f"{size}-byte pickle")
+    data = ctx.source.read(0, size, record=True)
+    result = audit_pickle(ctx, data, mode=PickleMode.RAW)
+    if result.complete and result.end < len(data):
+        _after_stop(ctx, data, result, None)
+    _emit_tensors(ctx, result, StorageCatalog(deferred=True))
+    return Format.PICKLE
+
+
+# --- legacy (pre-zip) streams --------------------------------------------------------------
+
+_LEGACY_PICKLES = ("magic number", "protocol version", "sys info", "main", "storage keys")
+
+
+def audit_legacy(ctx: AuditContext) -> Format:
+    """magic | protocol | sys_info | main pickle | storage keys | raw storages."""
+    src = ctx.source
+    budget = [ctx.limits.max_opcodes]
+    pos = 0
+    catalog = StorageCatalog(deferred=True)
+    results: list[PickleResult] = []
+    for label in _LEGACY_PICKLES:
+        end = pickle_extent(ctx, pos)
+        if end is None:
+            ctx.add("CKG201", f"legacy torch file ends inside its {label} pickle", offset=pos)
+            return Format.TORCH_LEGACY
+        data = src.read(pos, end - pos, record=True)
+        member = f"<{label} pickle>"
+        r = audit_pickle(ctx, data, member=member, base_offset=pos,
+                         mode=PickleMode.TORCH_LEGACY, storages=catalog, budget=budget)
+        results.append(r)
+        if not r.complete:
+            return Format.TORCH_LEGACY
+        pos += r.end
+    magic, proto = results[0].root, results[1].root
+    if magic != TORCH_LEGACY_MAGIC:
+        ctx.add("CKG202", "legacy torch file with a wrong magic number", offset=0)
+    if proto != 1001:
+        ctx.add("CKG202", f"legacy torch protocol version {proto!r}, expected 1001")
+    keys = results[4].root
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        ctx.add("CKG401", "legacy storage-keys pickle is not a list of strings",
+                member="<storage keys pickle>")
+        return Format.TORCH_LEGACY
+    main = results[3]
+    _legacy_storages(ctx, keys, catalog, pos)
+    _emit_tensors(ctx, main, catalog)
+    return Format.TORCH_LEGACY
+
+
+def _legacy_storages(ctx: AuditContext, keys: list[str], catalog: StorageCatalog,
+                     pos: int) -> None:
+    src = ctx.source
+    seen = catalog.seen
+    if len(set(keys)) != len(keys):
+        ctx.add("CKG406", "a storage key is listed twice in the storage-keys pickle")
+    for key in keys:
+        ref = seen.get(key)
+        if ref is None:
+            ctx.add("CKG402", f"storage {key!r} is stored but no tensor references it "
+                    "(torch.load fails)", offset=pos)
+            return
+        head = src.read(pos, 8)
+        if len(head) < 8:
+            ctx.add("CKG201", f"legacy file ends before storage {key!r}", offset=pos)
+            return
+        numel = int.from_bytes(head, "little", signed=True)
+        if numel != ref.numel:
+            ctx.add("CKG403", f"storage {key!r} holds {numel} elements on disk, the pickle "
+                    f"declares {ref.numel}", offset=pos)
+            return
+        ref.data_offset = pos + 8
+        ref.record_size = numel * ref.itemsize
+        pos += 8 + numel * ref.itemsize
+        if pos > src.size:
+            ctx.add("CKG201", f"legacy file ends inside storage {key!r}", offset=src.size)
+            return
+    missing = [k for k in seen if k not in set(keys)]
+    if missing:
+        ctx.add("CKG402", f"storage {missing[0]!r} is referenced but not stored")
+    if pos < src.size:
+        ctx.add("CKG004", f"{src.size - pos} bytes follow the last storage", offset=pos)
+
+
+def pickle_extent(ctx: AuditContext, start: int) -> int | None:
+    """Find the end (just past STOP) of the pickle at ``start`` without running it, reading
+    the stream in chunks. None when the stream ends first."""
+    src = ctx.source
+    limit = min(src.size, start + ctx.limits.max_pickle_bytes)
+    chunk = 1 << 20
+    buf = b""
+    buf_start = start
+    pos = start
+    fixed, counted, lines = O.FIXED_ARG, O.COUNTED_ARG, O.LINE_ARG
+    while True:
+        need = pos - buf_start + 16
+        if need > len(buf):
+            if buf_start + len(buf) >= limit:
+                return None
+            more = src.read(buf_start + len(buf), min(chunk, limit - buf_start - len(buf)))
+            if not more:
+                return None
+            buf += more
+            chunk = min(chunk * 2, 1 << 26)
+            continue
+        i = pos - buf_start
+        op = buf[i]
+        if op == O.STOP:
+            return pos + 1
+        if op in fixed:
+            pos += 1 + fixed[op]
+        elif op in counted:
+            w, signed = counted[op]
+            if i + 1 + w > len(buf):
+                buf += src.read(buf_start + len(buf), w + 16)
+                if i + 1 + w > len(buf):
+                    return None
+            ln = int.from_bytes(buf[i + 1 : i + 1 + w], "little", signed=signed)
+            if ln < 0:
+                return pos + 1 + w  # malformed: let the VM report it
+            pos += 1 + w + ln
+            if pos > limit:
+                return None
+        elif op in lines:
+            k = lines[op]
+            j = i + 1
+            while k:
+                nl = buf.find(b"\n", j)
+                if nl < 0:
+                    if buf_start + len(buf) >= limit:
+                        return None
+                    buf += src.read(buf_start + len(buf), chunk)
+                    continue
+                j = nl + 1
+                k -= 1
+            pos = buf_start + j
+        elif op in O.ALL_OPCODES:
+            pos += 1
+        else:
+            return pos + 1  # invalid opcode: the VM reports it
+        # drop consumed bytes now and then to bound memory
+        if pos - buf_start > (1 << 26):
+            cut = pos - buf_start
+            buf = buf[cut:]
+            buf_start = pos
+
+
+# --- legacy tar --------------------------------------------------------------------------
+
+def audit_legacy_tar(ctx: AuditContext) -> Format:
+    import io
+    import tarfile
+
+    ctx.add("CKG007", "legacy tar-format torch checkpoint: torch.load(weights_only=True) "
+            "refuses it")
+    src = ctx.source
+
+    class _Reader(io.RawIOBase):
+        def __init__(self) -> None:
+            self.pos = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def seekable(self) -> bool:
+            return True
+
+        def tell(self) -> int:
+            return self.pos
+
+        def seek(self, off: int, whence: int = 0) -> int:
+            self.pos = off if whence == 0 else (self.pos + off if whence == 1 else src.size + off)
+            return self.pos
+
+        def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+            data = src.read(self.pos, len(b))
+            b[: len(data)] = data
+            self.pos += len(data)
+            return len(data)
+
+    try:
+        with tarfile.open(fileobj=io.BufferedReader(_Reader()), mode="r:") as tar:
+            members = []
+            for i, m in enumerate(tar):
+                if i >= ctx.limits.max_members:
+                    raise LimitExceeded("max_members", ctx.limits.max_members)
+                members.append(m)
+    except tarfile.TarError as e:
+        ctx.add("CKG202", f"legacy tar file is not a valid tar archive ({e})")
+        return Format.TORCH_LEGACY_TAR
+    ctx.members.extend(m.name for m in members)
+    for m in members:
+        if not m.isfile():
+            continue
+        if m.size > ctx.limits.max_pickle_bytes:
+            raise LimitExceeded("max_pickle_bytes", ctx.limits.max_pickle_bytes, m.name)
+        head = src.read(m.offset_data, min(m.size, 4096))
+        fmt, _ = sniff(head, m.size)
+        if fmt is not Format.PICKLE:
+            continue
+        data = src.read(m.offset_data, m.size, record=True)
+        r = audit_pickle(ctx, data, member=m.name, mode=PickleMode.TORCH_LEGACY,
+                         storages=StorageCatalog(deferred=True))
+        if m.name in ("sys_info", "pickle") and r.complete and r.end < len(data):
+            _after_stop(ctx, data, r, m.name)
+    return Format.TORCH_LEGACY_TAR
+
+
+__all__ = ["audit_legacy", "audit_legacy_tar", "audit_raw_pickle", "audit_zip",
+           "pickle_extent"]

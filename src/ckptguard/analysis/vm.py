@@ -1,0 +1,1212 @@
+"""The symbolic pickle VM.
+
+It decodes every opcode of protocols 0-5 the way CPython's C unpickler does and runs the
+program over *symbolic* values: imports become ``Global`` records (never imported), calls
+become ``Call`` records (never called). After the run we know every global the program
+could reach, every call it would make, on what, and the tensor records it would build.
+
+Decisions are made here with the policy and the rule registry:
+- a global outside the allowlist is CKG102 (CKG101/CKG104 when denied), SAFE only when all
+  reachable globals are allowlisted;
+- calls/instantiations of anything but a plain imported global are CKG103;
+- in torch modes, opcodes outside the weights-only subset are CKG110 and persistent ids
+  must be well-formed storage references (CKG401-406).
+
+The loop is deliberately one function with inlined opcode handlers ordered by frequency
+in real checkpoints: it is the hot path of every scan.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import codecs
+import enum
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..context import AuditContext, LimitExceeded
+from ..model import Severity
+from ..policy import classify_global
+from . import opcodes as O
+
+_BIG_LITERAL = 4096  # literals longer than this are kept as Blob placeholders (no copy)
+_unpack_d = struct.Struct(">d").unpack_from
+_unpack_i = struct.Struct("<i").unpack_from
+
+
+class PickleMode(enum.Enum):
+    """How a pickle will be loaded, which decides what SAFE requires."""
+
+    TORCH_ZIP = "torch-zip"        # data.pkl of a torch zip: torch's weights-only unpickler
+    TORCH_LEGACY = "torch-legacy"  # the pickles of a legacy torch stream
+    RAW = "raw"                    # a plain pickle: pickle.load
+
+
+# --- symbolic values ---------------------------------------------------------------------
+
+class Global:
+    __slots__ = ("full", "module", "name", "offset", "status")
+
+    def __init__(self, module: str, name: str, full: str, offset: int, status: str) -> None:
+        self.module = module
+        self.name = name
+        self.full = full
+        self.offset = offset
+        self.status = status  # "allow" | "policy" | "deny" | "unknown"
+
+    def __repr__(self) -> str:
+        return f"Global({self.full})"
+
+
+class Call:
+    """The result of REDUCE / NEWOBJ / NEWOBJ_EX / INST / OBJ."""
+
+    __slots__ = ("args", "func", "items", "kind", "offset", "state", "tensor")
+
+    def __init__(self, func: object, args: object, offset: int, kind: str) -> None:
+        self.func = func
+        self.args = args
+        self.offset = offset
+        self.kind = kind
+        self.items: list[tuple[object, object]] | None = None
+        self.state: object = None
+        self.tensor: TensorRecord | None = None
+
+    def __repr__(self) -> str:
+        return f"Call({self.func!r})"
+
+
+class PersRef:
+    __slots__ = ("offset", "pid", "storage")
+
+    def __init__(self, pid: object, offset: int) -> None:
+        self.pid = pid
+        self.offset = offset
+        self.storage: StorageRef | None = None
+
+
+class Blob:
+    """A literal too large to copy: only its kind, length and position are kept."""
+
+    __slots__ = ("kind", "length", "offset")
+
+    def __init__(self, kind: str, length: int, offset: int) -> None:
+        self.kind = kind
+        self.length = length
+        self.offset = offset
+
+
+class Opaque:
+    """A value the VM cannot know statically (an EXT code, an out-of-band buffer)."""
+
+    __slots__ = ("offset", "what")
+
+    def __init__(self, what: str, offset: int) -> None:
+        self.what = what
+        self.offset = offset
+
+
+# --- storages and tensors ----------------------------------------------------------------
+
+#: storage class name -> (dtype name, itemsize)
+STORAGE_DTYPES: dict[str, tuple[str, int]] = {
+    "DoubleStorage": ("float64", 8), "FloatStorage": ("float32", 4),
+    "HalfStorage": ("float16", 2), "LongStorage": ("int64", 8), "IntStorage": ("int32", 4),
+    "ShortStorage": ("int16", 2), "CharStorage": ("int8", 1), "ByteStorage": ("uint8", 1),
+    "BoolStorage": ("bool", 1), "BFloat16Storage": ("bfloat16", 2),
+    "ComplexDoubleStorage": ("complex128", 16), "ComplexFloatStorage": ("complex64", 8),
+    "QInt8Storage": ("qint8", 1), "QInt32Storage": ("qint32", 4), "QUInt8Storage": ("quint8", 1),
+    "QUInt4x2Storage": ("quint4x2", 1), "QUInt2x4Storage": ("quint2x4", 1),
+    "UntypedStorage": ("uint8", 1), "TypedStorage": ("uint8", 1),
+}
+#: torch dtype name (as in ``torch.<name>``) -> itemsize
+DTYPE_SIZES: dict[str, int] = {
+    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "complex128": 16, "complex64": 8,
+    "complex32": 4, "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1, "uint16": 2,
+    "uint32": 4, "uint64": 8, "bool": 1, "qint8": 1, "qint32": 4, "quint8": 1, "quint4x2": 1,
+    "quint2x4": 1, "float8_e4m3fn": 1, "float8_e5m2": 1, "float8_e4m3fnuz": 1,
+    "float8_e5m2fnuz": 1, "float8_e8m0fnu": 1, "float4_e2m1fn_x2": 1, "bits8": 1,
+    "bits16": 2, "bits1x8": 1, "bits2x4": 1, "bits4x2": 1,
+    **{f"uint{i}": 1 for i in range(1, 8)}, **{f"int{i}": 1 for i in range(1, 8)},
+}
+_LOCATION_PREFIXES = ("cpu", "cuda", "meta", "mps", "xpu", "hpu", "xla", "privateuseone",
+                      "mtia", "ipu", "lazy", "vulkan", "hip", "ve", "fpga", "maia")
+
+
+@dataclass
+class StorageRef:
+    key: str
+    dtype: str
+    itemsize: int
+    numel: int
+    location: str
+    offset: int  # of the persistent id in the pickle (file-absolute)
+    member: str | None = None
+    data_offset: int | None = None
+    record_size: int | None = None
+
+
+@dataclass
+class TensorRecord:
+    storage: StorageRef | None
+    storage_offset: int
+    shape: tuple[int, ...]
+    stride: tuple[int, ...] | None
+    dtype: str
+    requires_grad: bool
+    offset: int
+    kind: str = "tensor"
+
+
+@dataclass
+class StorageCatalog:
+    """What the container says about storage records: key -> (member, data offset, size).
+
+    For torch zips the engine fills it from the archive; for legacy streams storage data
+    follows the pickles and sizes are checked afterwards (``records`` stays empty and
+    ``deferred`` is True)."""
+
+    records: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+    deferred: bool = False
+    seen: dict[str, StorageRef] = field(default_factory=dict)
+
+
+@dataclass
+class PickleResult:
+    end: int                 # offset in data just past STOP (or where decoding stopped)
+    complete: bool           # reached STOP
+    root: object = None
+    globals: list[Global] = field(default_factory=list)
+    tensors: list[tuple[str, TensorRecord]] = field(default_factory=list)
+    opcodes: int = 0
+
+
+class _Stop(Exception):
+    """Decoding cannot continue (the finding is already recorded)."""
+
+
+# --- the VM ------------------------------------------------------------------------------
+
+class _VM:
+    def __init__(self, ctx: AuditContext, data: bytes | memoryview, member: str | None,
+                 base: int, mode: PickleMode, catalog: StorageCatalog | None,
+                 opcode_budget: list[int]) -> None:
+        self.ctx = ctx
+        self.data = bytes(data) if isinstance(data, memoryview) else data
+        self.member = member
+        self.base = base
+        self.mode = mode
+        self.torch = mode is not PickleMode.RAW
+        self.catalog = catalog
+        self.budget = opcode_budget
+        self.globals: list[Global] = []
+        self.proto = 0
+        self._global_cache: dict[tuple[str, str, bool], Global] = {}
+        self._flagged_ops: set[int] = set()
+        self.items_budget = ctx.limits.max_container_items
+
+    # -- findings -----------------------------------------------------------------------
+    def add(self, rule_id: str, message: str, pos: int, evidence: dict[str, str] | None = None,
+            severity: Severity | None = None) -> None:
+        self.ctx.add(rule_id, message, member=self.member, offset=self.base + pos,
+                     evidence=evidence, severity=severity)
+
+    def malformed(self, message: str, pos: int) -> _Stop:
+        self.add("CKG202", message, pos)
+        return _Stop()
+
+    def truncated(self, what: str, pos: int) -> _Stop:
+        self.add("CKG201", f"pickle ends inside {what}", pos)
+        return _Stop()
+
+    # -- globals ------------------------------------------------------------------------
+    def resolve(self, module: str, name: str, pos: int, how: str) -> Global:
+        key = (module, name, self.proto < 3)
+        g = self._global_cache.get(key)
+        if g is not None:
+            return g
+        policy = self.ctx.policy
+        raw = f"{module}.{name}"
+        # What the loader will import: torch's weights-only unpickler always applies its
+        # (smaller) rename table; pickle applies _compat_pickle's when protocol < 3.
+        candidates: list[str] = []
+        if self.torch:
+            candidates.append(_torch_mapped(module, name))
+        # What a plain pickle.load (or torch.load(weights_only=False)) would import.
+        candidates.append(_py_mapped(module, name) if self.proto < 3 else raw)
+        candidates = list(dict.fromkeys(candidates))
+        effective = candidates[0]
+        status, reason = _worst([classify_global(c, policy) for c in candidates])
+        g = Global(module, name, effective, self.base + pos, status)
+        self._global_cache[key] = g
+        self.globals.append(g)
+        ev = {"module": _clip(module), "name": _clip(name), "global": _clip(effective)}
+        if "." in name:
+            ev["dotted"] = "yes"
+        if candidates != [raw]:
+            ev["imported_as"] = _clip(", ".join(candidates))
+            if status in ("allow", "policy") and effective != raw:
+                self.add("CKG108", f"{raw} is imported as {effective}", pos, ev)
+        if "." in name and status in ("allow", "policy"):
+            self.add("CKG107", f"dotted global name {_clip(module)} / {_clip(name)}", pos, ev)
+        if status == "deny":
+            rule_id, why = reason.split(":", 1)
+            self.add(rule_id, f"{how} imports {_clip(effective)}: {why}", pos, ev)
+        elif status == "unknown":
+            self.add("CKG102", f"{how} imports {_clip(effective)}, which is not on the "
+                     "weights-only allowlist", pos, ev)
+        elif status == "policy":
+            self.add("CKG106", f"{_clip(effective)} allowed by policy: {reason}", pos, ev)
+        if not _valid_dotted(module) or not _valid_dotted(name):
+            self.add("CKG204", f"{how} names a global that is not a valid identifier path "
+                     f"({_clip(module)!r}, {_clip(name)!r})", pos, ev)
+        return g
+
+    # -- the run ------------------------------------------------------------------------
+    def run(self, start: int) -> PickleResult:
+        data = self.data
+        n = len(data)
+        pos = start
+        stack: list[Any] = []
+        metastack: list[list[Any]] = []
+        memo: dict[int, Any] = {}
+        limits = self.ctx.limits
+        max_memo = limits.max_memo
+        max_stack = limits.max_stack
+        max_mark = limits.max_mark_depth
+        torch_mode = self.torch
+        allowed_ops = O.TORCH_WEIGHTS_ONLY
+        frame_end = -1  # end of the current FRAME (Python's unframer semantics), -1 if none
+        count = 0
+        op_pos = pos
+        result = PickleResult(end=pos, complete=False)
+        depth_total = 0
+        try:
+            while True:
+                if pos >= n:
+                    raise self.truncated("the program (no STOP opcode)", pos)
+                op_pos = pos
+                op = data[pos]
+                pos += 1
+                count += 1
+                if not count & 0xFFFF:
+                    self.budget[0] -= 0x10000
+                    if self.budget[0] < 0:
+                        raise LimitExceeded("max_opcodes", limits.max_opcodes)
+                    self.ctx.source.check_time()
+                    if len(stack) + depth_total > max_stack:
+                        raise LimitExceeded("max_stack", max_stack)
+                if torch_mode and op not in allowed_ops and op not in self._flagged_ops:
+                    self._flag_op(op, op_pos)
+                if frame_end >= 0 and pos > frame_end:
+                    # opcode byte itself lies past the frame: the frame ended exactly
+                    frame_end = -1
+                # ---- most frequent opcodes in torch pickles first ----
+                if op == 0x71:  # BINPUT
+                    if pos >= n:
+                        raise self.truncated("BINPUT", op_pos)
+                    if not stack:
+                        raise self.malformed("BINPUT with an empty stack", op_pos)
+                    memo[data[pos]] = stack[-1]
+                    pos += 1
+                elif op == 0x68:  # BINGET
+                    if pos >= n:
+                        raise self.truncated("BINGET", op_pos)
+                    try:
+                        stack.append(memo[data[pos]])
+                    except KeyError:
+                        raise self.malformed(f"BINGET of memo key {data[pos]} that was never "
+                                             "stored", op_pos) from None
+                    pos += 1
+                elif op == 0x4B:  # BININT1
+                    if pos >= n:
+                        raise self.truncated("BININT1", op_pos)
+                    stack.append(data[pos])
+                    pos += 1
+                elif op == 0x58 or op == 0x8C or op == 0x8D:  # BINUNICODE / SHORT_ / 8
+                    w = 4 if op == 0x58 else (1 if op == 0x8C else 8)
+                    if pos + w > n:
+                        raise self.truncated(O.NAMES[op], op_pos)
+                    ln = int.from_bytes(data[pos : pos + w], "little")
+                    pos += w
+                    if pos + ln > n:
+                        raise self.truncated(f"a {ln}-byte {O.NAMES[op]} literal", op_pos)
+                    if ln > _BIG_LITERAL:
+                        self._check_literal(ln, op_pos)
+                        stack.append(Blob("str", ln, self.base + pos))
+                        self._check_utf8(data, pos, ln, op_pos)
+                    else:
+                        try:
+                            stack.append(data[pos : pos + ln].decode("utf-8", "surrogatepass"))
+                        except UnicodeDecodeError:
+                            raise self.malformed(f"{O.NAMES[op]} is not valid UTF-8",
+                                                 op_pos) from None
+                    pos += ln
+                elif op == 0x28:  # MARK
+                    if len(metastack) >= max_mark:
+                        raise LimitExceeded("max_mark_depth", max_mark)
+                    metastack.append(stack)
+                    depth_total += len(stack)
+                    stack = []
+                elif op == 0x74:  # TUPLE
+                    if not metastack:
+                        raise self.malformed("TUPLE without MARK", op_pos)
+                    items = tuple(stack)
+                    stack = metastack.pop()
+                    depth_total -= len(stack)
+                    stack.append(items)
+                elif op == 0x52:  # REDUCE
+                    if len(stack) < 2:
+                        raise self.malformed("REDUCE with fewer than two stack items", op_pos)
+                    args = stack.pop()
+                    func = stack[-1]
+                    stack[-1] = self.call(func, args, op_pos, "REDUCE")
+                elif op == 0x86:  # TUPLE2
+                    if len(stack) < 2:
+                        raise self.malformed("TUPLE2 stack underflow", op_pos)
+                    b = stack.pop()
+                    stack[-1] = (stack[-1], b)
+                elif op == 0x85:  # TUPLE1
+                    if not stack:
+                        raise self.malformed("TUPLE1 stack underflow", op_pos)
+                    stack[-1] = (stack[-1],)
+                elif op == 0x87:  # TUPLE3
+                    if len(stack) < 3:
+                        raise self.malformed("TUPLE3 stack underflow", op_pos)
+                    c = stack.pop()
+                    b = stack.pop()
+                    stack[-1] = (stack[-1], b, c)
+                elif op == 0x89:  # NEWFALSE
+                    stack.append(False)
+                elif op == 0x88:  # NEWTRUE
+                    stack.append(True)
+                elif op == 0x29:  # EMPTY_TUPLE
+                    stack.append(())
+                elif op == 0x4E:  # NONE
+                    stack.append(None)
+                elif op == 0x51:  # BINPERSID
+                    if not stack:
+                        raise self.malformed("BINPERSID stack underflow", op_pos)
+                    stack[-1] = self.persistent(stack[-1], op_pos)
+                elif op == 0x63:  # GLOBAL
+                    module, pos = self._line(data, pos, n, op_pos, "GLOBAL module")
+                    name, pos = self._line(data, pos, n, op_pos, "GLOBAL name")
+                    stack.append(self.resolve(self._utf8(module, op_pos),
+                                              self._utf8(name, op_pos), op_pos, "GLOBAL"))
+                elif op == 0x72:  # LONG_BINPUT
+                    if pos + 4 > n:
+                        raise self.truncated("LONG_BINPUT", op_pos)
+                    if not stack:
+                        raise self.malformed("LONG_BINPUT with an empty stack", op_pos)
+                    idx = int.from_bytes(data[pos : pos + 4], "little")
+                    pos += 4
+                    self._memo_index(idx, op_pos)
+                    memo[idx] = stack[-1]
+                    if len(memo) > max_memo:
+                        raise LimitExceeded("max_memo", max_memo)
+                elif op == 0x6A:  # LONG_BINGET
+                    if pos + 4 > n:
+                        raise self.truncated("LONG_BINGET", op_pos)
+                    idx = int.from_bytes(data[pos : pos + 4], "little")
+                    pos += 4
+                    try:
+                        stack.append(memo[idx])
+                    except KeyError:
+                        raise self.malformed(f"LONG_BINGET of memo key {idx} that was never "
+                                             "stored", op_pos) from None
+                elif op == 0x75:  # SETITEMS
+                    if not metastack:
+                        raise self.malformed("SETITEMS without MARK", op_pos)
+                    items = stack
+                    stack = metastack.pop()
+                    depth_total -= len(stack)
+                    if not stack:
+                        raise self.malformed("SETITEMS with no target", op_pos)
+                    if len(items) % 2:
+                        raise self.malformed("SETITEMS with an odd number of items", op_pos)
+                    self.setitems(stack[-1], items, op_pos)
+                elif op == 0x73:  # SETITEM
+                    if len(stack) < 3:
+                        raise self.malformed("SETITEM stack underflow", op_pos)
+                    v = stack.pop()
+                    k = stack.pop()
+                    self.setitems(stack[-1], [k, v], op_pos)
+                elif op == 0x7D:  # EMPTY_DICT
+                    stack.append({})
+                elif op == 0x5D:  # EMPTY_LIST
+                    stack.append([])
+                elif op == 0x4A:  # BININT
+                    if pos + 4 > n:
+                        raise self.truncated("BININT", op_pos)
+                    stack.append(_unpack_i(data, pos)[0])
+                    pos += 4
+                elif op == 0x4D:  # BININT2
+                    if pos + 2 > n:
+                        raise self.truncated("BININT2", op_pos)
+                    stack.append(data[pos] | (data[pos + 1] << 8))
+                    pos += 2
+                elif op == 0x8A or op == 0x8B:  # LONG1 / LONG4
+                    w = 1 if op == 0x8A else 4
+                    if pos + w > n:
+                        raise self.truncated(O.NAMES[op], op_pos)
+                    ln = int.from_bytes(data[pos : pos + w], "little", signed=(w == 4))
+                    pos += w
+                    if ln < 0:
+                        raise self.malformed("LONG4 with a negative byte count", op_pos)
+                    if pos + ln > n:
+                        raise self.truncated(f"a {ln}-byte LONG literal", op_pos)
+                    self._check_literal(ln, op_pos)
+                    if ln > _BIG_LITERAL:
+                        stack.append(Blob("int", ln, self.base + pos))
+                    else:
+                        stack.append(int.from_bytes(data[pos : pos + ln], "little", signed=True))
+                    pos += ln
+                elif op == 0x62:  # BUILD
+                    if len(stack) < 2:
+                        raise self.malformed("BUILD stack underflow", op_pos)
+                    state = stack.pop()
+                    self.build(stack[-1], state, op_pos)
+                elif op == 0x61:  # APPEND
+                    if len(stack) < 2:
+                        raise self.malformed("APPEND stack underflow", op_pos)
+                    v = stack.pop()
+                    self.append(stack[-1], [v], op_pos)
+                elif op == 0x65:  # APPENDS
+                    if not metastack:
+                        raise self.malformed("APPENDS without MARK", op_pos)
+                    items = stack
+                    stack = metastack.pop()
+                    depth_total -= len(stack)
+                    if not stack:
+                        raise self.malformed("APPENDS with no target", op_pos)
+                    self.append(stack[-1], items, op_pos)
+                elif op == 0x47:  # BINFLOAT
+                    if pos + 8 > n:
+                        raise self.truncated("BINFLOAT", op_pos)
+                    stack.append(_unpack_d(data, pos)[0])
+                    pos += 8
+                elif op == 0x81:  # NEWOBJ
+                    if len(stack) < 2:
+                        raise self.malformed("NEWOBJ stack underflow", op_pos)
+                    args = stack.pop()
+                    cls = stack[-1]
+                    stack[-1] = self.call(cls, args, op_pos, "NEWOBJ")
+                elif op == 0x80:  # PROTO
+                    if pos >= n:
+                        raise self.truncated("PROTO", op_pos)
+                    proto = data[pos]
+                    pos += 1
+                    if proto > 5:
+                        raise self.malformed(f"unsupported pickle protocol {proto}", op_pos)
+                    if op_pos != start:
+                        self.add("CKG204", "PROTO opcode in the middle of the program", op_pos)
+                    self.proto = proto
+                elif op == 0x2E:  # STOP
+                    if not stack:
+                        raise self.malformed("STOP with an empty stack", op_pos)
+                    result.root = stack.pop()
+                    result.complete = True
+                    if metastack or stack:
+                        # pickle.py ignores leftovers; torch's unpickler too: flag, go on
+                        self.add("CKG204", "values or MARKs left on the stack at STOP", op_pos)
+                    if frame_end >= 0 and pos != frame_end and pos < n:
+                        self.add("CKG204", "STOP inside a FRAME that declares more bytes",
+                                 op_pos)
+                    break
+                # ---- everything else ----
+                else:
+                    pos, stack, frame_end = self._rare(op, op_pos, pos, data, n, stack,
+                                                       metastack, memo, frame_end)
+                    depth_total = sum(len(s) for s in metastack) if metastack else 0
+                if frame_end >= 0 and pos > frame_end:
+                    self.add("CKG204", f"{O.NAMES.get(op, hex(op))} straddles the end of its "
+                             "FRAME (pickle.py refuses, the C unpickler accepts)", op_pos)
+                    frame_end = -1
+        except _Stop:
+            pass
+        except IndexError:
+            self.add("CKG202", f"stack underflow at {O.NAMES.get(data[op_pos], '?')}", op_pos)
+        except LimitExceeded as e:
+            self.ctx.limit_hit(e, member=self.member, offset=self.base + op_pos)
+        self.budget[0] -= count & 0xFFFF
+        result.end = pos
+        result.opcodes = count
+        result.globals = self.globals
+        return result
+
+    def _flag_op(self, op: int, pos: int) -> None:
+        self._flagged_ops.add(op)
+        name = O.NAMES.get(op)
+        if name is None:
+            return  # invalid opcode: reported by the decoder
+        self.add("CKG110", f"opcode {name} is outside what torch's weights-only unpickler "
+                 "accepts", pos, {"opcode": name})
+
+    def _memo_index(self, idx: int, pos: int) -> None:
+        if idx > self.ctx.limits.max_memo_index:
+            raise LimitExceeded("max_memo_index", self.ctx.limits.max_memo_index)
+        if idx > (1 << 24):
+            self.add("CKG204", f"memo index {idx}: the C unpickler allocates a memo array of "
+                     "that size", pos)
+
+    def _check_literal(self, ln: int, pos: int) -> None:
+        if ln > self.ctx.limits.max_literal_bytes:
+            raise LimitExceeded("max_literal_bytes", self.ctx.limits.max_literal_bytes,
+                                f"{ln}-byte literal")
+
+    def _check_utf8(self, data: bytes, pos: int, ln: int, op_pos: int) -> None:
+        dec = codecs.getincrementaldecoder("utf-8")("surrogatepass")
+        step = 1 << 20
+        try:
+            for i in range(pos, pos + ln, step):
+                dec.decode(data[i : min(i + step, pos + ln)], final=(i + step >= pos + ln))
+        except UnicodeDecodeError:
+            raise self.malformed("string literal is not valid UTF-8", op_pos) from None
+
+    def _line(self, data: bytes, pos: int, n: int, op_pos: int, what: str) -> tuple[bytes, int]:
+        limit = self.ctx.limits.max_line_bytes
+        end = data.find(b"\n", pos, min(n, pos + limit + 1))
+        if end < 0:
+            if n - pos > limit:
+                raise LimitExceeded("max_line_bytes", limit, f"{what} line")
+            raise self.truncated(what, op_pos)
+        return data[pos:end], end + 1
+
+    def _utf8(self, b: bytes, pos: int) -> str:
+        try:
+            return b.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.malformed("GLOBAL name is not valid UTF-8", pos) from None
+
+    # -- semantics of calls and containers -----------------------------------------------
+    def call(self, func: object, args: object, pos: int, how: str) -> Call:
+        c = Call(func, args, self.base + pos, how)
+        if isinstance(func, Global):
+            if not isinstance(args, tuple):
+                if isinstance(args, (Call, PersRef, Opaque)):
+                    self.add("CKG103", f"{how} of {_clip(func.full)} with arguments computed at "
+                             "load time", pos)
+                elif how != "NEWOBJ_EX":
+                    raise self.malformed(f"{how} arguments are not a tuple", pos)
+            if func.status in ("allow", "policy"):
+                self._rebuild(c, func, args, pos)
+        elif isinstance(func, Call):
+            self.add("CKG103", f"{how} calls the result of an earlier call "
+                     f"({_describe(func)})", pos, {"callable": _describe(func)})
+        elif isinstance(func, (PersRef, Opaque)):
+            self.add("CKG103", f"{how} calls a value resolved at load time "
+                     f"({_describe(func)})", pos, {"callable": _describe(func)})
+        else:
+            raise self.malformed(f"{how} calls a {type(func).__name__} literal, which is not "
+                                 "callable", pos)
+        return c
+
+    def setitems(self, target: object, items: list[Any], pos: int) -> None:
+        self._count_items(len(items) // 2)
+        if isinstance(target, dict):
+            try:
+                for i in range(0, len(items), 2):
+                    target[items[i]] = items[i + 1]
+            except TypeError:
+                raise self.malformed("unhashable dictionary key", pos) from None
+            return
+        if isinstance(target, Call) and isinstance(target.func, Global) and \
+                target.func.full in _DICT_LIKE:
+            if target.items is None:
+                target.items = []
+            target.items.extend(zip(items[::2], items[1::2]))
+            return
+        self._bad_target("SETITEM(S)", target, pos)
+
+    def append(self, target: object, items: list[Any], pos: int) -> None:
+        self._count_items(len(items))
+        if isinstance(target, list):
+            target.extend(items)
+            return
+        self._bad_target("APPEND(S)", target, pos)
+
+    def _count_items(self, k: int) -> None:
+        self.items_budget -= k
+        if self.items_budget < 0:
+            raise LimitExceeded("max_container_items", self.ctx.limits.max_container_items)
+
+    def _bad_target(self, how: str, target: object, pos: int) -> None:
+        if isinstance(target, (Call, PersRef, Opaque)):
+            self.add("CKG111", f"{how} on {_describe(target)}: calls a method of an object the "
+                     "weights-only loader does not allow it on", pos,
+                     {"target": _describe(target)})
+        elif isinstance(target, (set, frozenset)) and how == "ADDITEMS":
+            return
+        else:
+            raise self.malformed(f"{how} on a {type(target).__name__}", pos)
+
+    def build(self, target: object, state: object, pos: int) -> None:
+        if isinstance(target, Call) and isinstance(target.func, Global):
+            full = target.func.full
+            if full in _BUILDABLE or target.tensor is not None or target.func.status == "policy":
+                target.state = state
+                return
+            if target.func.status in ("allow",) and self.torch:
+                # torch's loader allows BUILD on allowlisted types only
+                target.state = state
+                return
+            self.add("CKG111", f"BUILD sets state on {_clip(full)} instance (runs its "
+                     "__setstate__ or writes its __dict__)", pos, {"target": _clip(full)})
+            return
+        if isinstance(target, (Call, PersRef, Opaque)):
+            self.add("CKG111", f"BUILD on {_describe(target)}", pos, {"target": _describe(target)})
+            return
+        raise self.malformed(f"BUILD on a {type(target).__name__} literal", pos)
+
+    def persistent(self, pid: object, pos: int) -> PersRef:
+        ref = PersRef(pid, self.base + pos)
+        if not self.torch:
+            self.add("CKG109", "persistent id in a plain pickle: pickle.load has no "
+                     "persistent_load and the loading application decides what it means",
+                     pos, {"pid": _clip(repr(_plain(pid)))})
+            return ref
+        if not (isinstance(pid, tuple) and pid and pid[0] in ("storage", b"storage")):
+            self.add("CKG109", "persistent id that is not a storage reference", pos,
+                     {"pid": _clip(repr(_plain(pid)))})
+            return ref
+        ref.storage = self._storage(pid, pos)
+        return ref
+
+    def _storage(self, pid: tuple[Any, ...], pos: int) -> StorageRef | None:
+        legacy = self.mode is PickleMode.TORCH_LEGACY
+        want = 6 if legacy else 5
+        if len(pid) != want:
+            self.add("CKG401", f"storage persistent id has {len(pid)} fields, expected {want}",
+                     pos)
+            return None
+        stype, key, location, numel = pid[1], pid[2], pid[3], pid[4]
+        if not isinstance(stype, Global) or stype.status not in ("allow", "policy"):
+            self.add("CKG401", "storage persistent id does not name an allowlisted storage "
+                     "type", pos)
+            return None
+        sname = stype.full.rsplit(".", 1)[-1]
+        dt = STORAGE_DTYPES.get(sname)
+        if dt is None:
+            self.add("CKG401", f"storage type {_clip(stype.full)} is not a storage class", pos)
+            return None
+        if isinstance(key, bytes):
+            key = key.decode("ascii", "replace")
+        if isinstance(location, bytes):
+            location = location.decode("ascii", "replace")
+        if not isinstance(key, str) or not isinstance(location, str) or \
+                not isinstance(numel, int) or isinstance(numel, bool) or numel < 0 or \
+                numel >= (1 << 62):
+            self.add("CKG401", "storage persistent id has a malformed key, location or size",
+                     pos, {"pid": _clip(repr(_plain(pid)))})
+            return None
+        if not location.startswith(_LOCATION_PREFIXES):
+            self.add("CKG407", f"storage location {_clip(location)!r} is not a known device",
+                     pos, {"location": _clip(location)})
+        dtype, itemsize = dt
+        ref = StorageRef(key, dtype, itemsize, numel, location, self.base + pos)
+        cat = self.catalog
+        if cat is None:
+            return ref
+        prev = cat.seen.get(key)
+        if prev is not None:
+            if (prev.dtype, prev.numel) != (dtype, numel) and not (
+                    prev.numel * prev.itemsize == numel * itemsize):
+                self.add("CKG406", f"storage {_clip(key)} referenced as {prev.dtype}[{prev.numel}] "
+                         f"and {dtype}[{numel}]", pos, {"key": _clip(key)})
+            return prev
+        cat.seen[key] = ref
+        if cat.deferred:
+            return ref
+        rec = cat.records.get(key)
+        if rec is None:
+            self.add("CKG402", f"storage {_clip(key)} has no data/{_clip(key)} record in the "
+                     "archive", pos, {"key": _clip(key)})
+            return ref
+        member, data_off, size = rec
+        ref.member, ref.data_offset, ref.record_size = member, data_off, size
+        if size != numel * itemsize:
+            self.add("CKG403", f"storage {_clip(key)} declares {numel} x {itemsize} bytes but its "
+                     f"record holds {size}", pos, {"key": _clip(key)})
+        return ref
+
+    def _rebuild(self, c: Call, func: Global, args: object, pos: int) -> None:
+        full = func.full
+        if not isinstance(args, tuple):
+            return
+        if full in _REBUILD_STORAGE_FNS:
+            self._tensor_from_storage(c, full, args, pos)
+        elif full in _PARAM_FNS:
+            if args and isinstance(args[0], Call) and args[0].tensor is not None:
+                t = args[0].tensor
+                rg = bool(args[1]) if len(args) > 1 and isinstance(args[1], bool) else False
+                c.tensor = TensorRecord(t.storage, t.storage_offset, t.shape, t.stride, t.dtype,
+                                        rg, t.offset, "parameter")
+        elif full == "torch._tensor._rebuild_from_type_v2":
+            if len(args) >= 3 and isinstance(args[2], tuple):
+                inner = args[2]
+                for v in inner:
+                    if isinstance(v, Call) and v.tensor is not None:
+                        c.tensor = v.tensor
+                        break
+        elif full == "torch._utils._rebuild_meta_tensor_no_storage":
+            if len(args) >= 3 and isinstance(args[0], Global) and _int_tuple(args[1]) and \
+                    _int_tuple(args[2]):
+                dtype = args[0].full.rsplit(".", 1)[-1]
+                c.tensor = TensorRecord(None, 0, tuple(args[1]), tuple(args[2]), dtype,
+                                        bool(args[3]) if len(args) > 3 else False,
+                                        self.base + pos, "meta")
+
+    def _tensor_from_storage(self, c: Call, full: str, args: tuple[Any, ...], pos: int) -> None:
+        v3 = full.endswith("_v3")
+        need = 8 if v3 else 4
+        if len(args) < need - (1 if v3 else 0) or len(args) < 4:
+            self.add("CKG408", f"{full.rsplit('.', 1)[-1]} called with {len(args)} arguments",
+                     pos)
+            return
+        sref, offset, size, stride = args[0], args[1], args[2], args[3]
+        storage = sref.storage if isinstance(sref, PersRef) else None
+        if isinstance(sref, PersRef) and storage is None:
+            return  # already reported
+        if not isinstance(sref, PersRef):
+            self.add("CKG408", f"{full.rsplit('.', 1)[-1]}: first argument is not a storage "
+                     "reference", pos)
+            return
+        if isinstance(size, Call) and isinstance(size.func, Global) and \
+                size.func.full == "torch.Size" and isinstance(size.args, tuple) and size.args:
+            size = size.args[0]
+        if not _int_tuple(size) or not _int_tuple(stride) or not isinstance(offset, int) or \
+                isinstance(offset, bool):
+            self.add("CKG405", "tensor size, stride or offset is not a tuple of integers", pos)
+            return
+        if len(size) != len(stride):
+            self.add("CKG405", f"tensor has {len(size)} sizes but {len(stride)} strides", pos)
+            return
+        if offset < 0 or any(s < 0 for s in size) or any(s < 0 for s in stride):
+            self.add("CKG405", "negative tensor size, stride or storage offset", pos,
+                     {"size": _clip(repr(size)), "stride": _clip(repr(stride))})
+            return
+        if offset >= (1 << 62) or any(s >= (1 << 62) for s in size + stride):
+            self.add("CKG405", "tensor size, stride or offset overflows 62 bits", pos)
+            return
+        dtype, itemsize = storage.dtype, storage.itemsize
+        if v3:
+            dt = args[6] if len(args) > 6 else None
+            if not isinstance(dt, Global) or dt.full.rsplit(".", 1)[-1] not in DTYPE_SIZES:
+                self.add("CKG408", "_rebuild_tensor_v3 without a known dtype", pos)
+                return
+            dtype = dt.full.rsplit(".", 1)[-1]
+            itemsize = DTYPE_SIZES[dtype]
+        elif full.endswith("_rebuild_qtensor"):
+            pass
+        rg = bool(args[4]) if len(args) > 4 and isinstance(args[4], bool) else False
+        numel = 1
+        for s in size:
+            numel *= s
+        if numel > 0:
+            last = offset + sum((s - 1) * st for s, st in zip(size, stride))
+            storage_elems = (storage.numel * storage.itemsize) // itemsize
+            if last >= storage_elems:
+                self.add("CKG404", f"tensor view reaches element {last} of a storage holding "
+                         f"{storage_elems} {dtype} elements", pos,
+                         {"storage": _clip(storage.key)})
+                return
+        c.tensor = TensorRecord(storage, offset, tuple(size), tuple(stride), dtype, rg,
+                                self.base + pos, "qtensor" if "qtensor" in full else "tensor")
+
+    # -- rare opcodes -----------------------------------------------------------------------
+    def _rare(self, op: int, op_pos: int, pos: int, data: bytes, n: int, stack: list[Any],
+              metastack: list[list[Any]], memo: dict[int, Any],
+              frame_end: int) -> tuple[int, list[Any], int]:
+        if op == 0x93:  # STACK_GLOBAL
+            if len(stack) < 2:
+                raise self.malformed("STACK_GLOBAL stack underflow", op_pos)
+            name = stack.pop()
+            module = stack.pop()
+            if isinstance(module, str) and isinstance(name, str):
+                stack.append(self.resolve(module, name, op_pos, "STACK_GLOBAL"))
+            elif isinstance(module, (Call, PersRef, Opaque)) or isinstance(name, (Call, PersRef,
+                                                                                  Opaque)):
+                self.add("CKG103", "STACK_GLOBAL with a module or name computed at load time",
+                         op_pos)
+                stack.append(Opaque("computed global", self.base + op_pos))
+            elif isinstance(module, Blob) or isinstance(name, Blob):
+                raise LimitExceeded("max_line_bytes", self.ctx.limits.max_line_bytes,
+                                    "STACK_GLOBAL name")
+            else:
+                raise self.malformed("STACK_GLOBAL operands are not strings", op_pos)
+        elif op == 0x94:  # MEMOIZE
+            if not stack:
+                raise self.malformed("MEMOIZE with an empty stack", op_pos)
+            idx = len(memo)
+            memo[idx] = stack[-1]
+            if idx > self.ctx.limits.max_memo:
+                raise LimitExceeded("max_memo", self.ctx.limits.max_memo)
+        elif op == 0x95:  # FRAME
+            if pos + 8 > n:
+                raise self.truncated("FRAME", op_pos)
+            ln = int.from_bytes(data[pos : pos + 8], "little")
+            pos += 8
+            if frame_end >= 0 and pos <= frame_end:
+                self.add("CKG204", "FRAME starts inside another frame (pickle.py refuses)",
+                         op_pos)
+            if pos + ln > n:
+                self.add("CKG204", f"FRAME declares {ln} bytes but only {n - pos} remain",
+                         op_pos)
+            frame_end = pos + ln
+        elif op == 0x30:  # POP
+            if stack:
+                stack.pop()
+            elif metastack:
+                stack = metastack.pop()
+            else:
+                raise self.malformed("POP stack underflow", op_pos)
+        elif op == 0x31:  # POP_MARK
+            if not metastack:
+                raise self.malformed("POP_MARK without MARK", op_pos)
+            stack = metastack.pop()
+        elif op == 0x32:  # DUP
+            if not stack:
+                raise self.malformed("DUP stack underflow", op_pos)
+            stack.append(stack[-1])
+        elif op == 0x6C or op == 0x64 or op == 0x91:  # LIST / DICT / FROZENSET
+            if not metastack:
+                raise self.malformed(f"{O.NAMES[op]} without MARK", op_pos)
+            items = stack
+            stack = metastack.pop()
+            self._count_items(len(items))
+            if op == 0x6C:
+                stack.append(list(items))
+            elif op == 0x64:
+                if len(items) % 2:
+                    raise self.malformed("DICT with an odd number of items", op_pos)
+                d: dict[Any, Any] = {}
+                try:
+                    for i in range(0, len(items), 2):
+                        d[items[i]] = items[i + 1]
+                except TypeError:
+                    raise self.malformed("unhashable dictionary key", op_pos) from None
+                stack.append(d)
+            else:
+                try:
+                    stack.append(frozenset(items))
+                except TypeError:
+                    raise self.malformed("unhashable frozenset item", op_pos) from None
+        elif op == 0x8F:  # EMPTY_SET
+            stack.append(set())
+        elif op == 0x90:  # ADDITEMS
+            if not metastack:
+                raise self.malformed("ADDITEMS without MARK", op_pos)
+            items = stack
+            stack = metastack.pop()
+            if not stack:
+                raise self.malformed("ADDITEMS with no target", op_pos)
+            target = stack[-1]
+            self._count_items(len(items))
+            if isinstance(target, set):
+                try:
+                    target.update(items)
+                except TypeError:
+                    raise self.malformed("unhashable set item", op_pos) from None
+            else:
+                self._bad_target("ADDITEMS", target, op_pos)
+        elif op in (0x42, 0x43, 0x8E, 0x96, 0x54, 0x55):  # bytes-like counted literals
+            w, signed = O.COUNTED_ARG[op]
+            if pos + w > n:
+                raise self.truncated(O.NAMES[op], op_pos)
+            ln = int.from_bytes(data[pos : pos + w], "little", signed=signed)
+            pos += w
+            if ln < 0:
+                raise self.malformed(f"{O.NAMES[op]} with a negative byte count", op_pos)
+            if pos + ln > n:
+                raise self.truncated(f"a {ln}-byte {O.NAMES[op]} literal", op_pos)
+            self._check_literal(ln, op_pos)
+            if ln > _BIG_LITERAL:
+                stack.append(Blob("bytes", ln, self.base + pos))
+            elif op in (0x54, 0x55):
+                # Python 2 str: decoded with the loader's encoding (torch: utf-8; pickle: ASCII)
+                raw = data[pos : pos + ln]
+                stack.append(raw.decode("latin-1"))
+            elif op == 0x96:
+                stack.append(bytearray(data[pos : pos + ln]))
+            else:
+                stack.append(data[pos : pos + ln])
+            pos += ln
+        elif op == 0x49 or op == 0x4C:  # INT / LONG (text)
+            line, pos = self._line(data, pos, n, op_pos, O.NAMES[op])
+            stack.append(self._text_int(line, op == 0x4C, op_pos))
+        elif op == 0x46:  # FLOAT (text)
+            line, pos = self._line(data, pos, n, op_pos, "FLOAT")
+            try:
+                stack.append(float(line))
+            except ValueError:
+                raise self.malformed("FLOAT literal is not a number", op_pos) from None
+        elif op == 0x53:  # STRING (text, quoted)
+            line, pos = self._line(data, pos, n, op_pos, "STRING")
+            if len(line) < 2 or line[:1] != line[-1:] or line[:1] not in (b"'", b'"'):
+                raise self.malformed("STRING literal is not quoted", op_pos)
+            try:
+                value = codecs.escape_decode(line[1:-1])[0]
+            except ValueError:
+                raise self.malformed("STRING literal has an invalid escape", op_pos) from None
+            stack.append(value.decode("latin-1"))
+        elif op == 0x56:  # UNICODE (text, raw-unicode-escape)
+            line, pos = self._line(data, pos, n, op_pos, "UNICODE")
+            try:
+                stack.append(line.decode("raw-unicode-escape"))
+            except UnicodeDecodeError:
+                raise self.malformed("UNICODE literal has an invalid escape", op_pos) from None
+        elif op == 0x67:  # GET (text)
+            line, pos = self._line(data, pos, n, op_pos, "GET")
+            idx = self._text_int(line, False, op_pos)
+            if not isinstance(idx, int) or idx not in memo:
+                raise self.malformed(f"GET of memo key {_clip(repr(line))} that was never stored",
+                                     op_pos)
+            stack.append(memo[idx])
+        elif op == 0x70:  # PUT (text)
+            line, pos = self._line(data, pos, n, op_pos, "PUT")
+            idx = self._text_int(line, False, op_pos)
+            if not isinstance(idx, int) or isinstance(idx, bool) or idx < 0:
+                raise self.malformed("PUT with a negative or non-integer index", op_pos)
+            if not stack:
+                raise self.malformed("PUT with an empty stack", op_pos)
+            self._memo_index(idx, op_pos)
+            memo[idx] = stack[-1]
+        elif op == 0x69:  # INST
+            module, pos = self._line(data, pos, n, op_pos, "INST module")
+            name, pos = self._line(data, pos, n, op_pos, "INST name")
+            if not metastack:
+                raise self.malformed("INST without MARK", op_pos)
+            items = tuple(stack)
+            stack = metastack.pop()
+            g = self.resolve(self._utf8(module, op_pos), self._utf8(name, op_pos), op_pos, "INST")
+            stack.append(self.call(g, items, op_pos, "INST"))
+        elif op == 0x6F:  # OBJ
+            if not metastack:
+                raise self.malformed("OBJ without MARK", op_pos)
+            items = stack
+            stack = metastack.pop()
+            if not items:
+                raise self.malformed("OBJ with no class", op_pos)
+            stack.append(self.call(items[0], tuple(items[1:]), op_pos, "OBJ"))
+        elif op == 0x92:  # NEWOBJ_EX
+            if len(stack) < 3:
+                raise self.malformed("NEWOBJ_EX stack underflow", op_pos)
+            kwargs = stack.pop()
+            args = stack.pop()
+            cls = stack[-1]
+            if not isinstance(kwargs, dict) and not isinstance(kwargs, (Call, Opaque)):
+                raise self.malformed("NEWOBJ_EX keyword arguments are not a dict", op_pos)
+            stack[-1] = self.call(cls, args, op_pos, "NEWOBJ_EX")
+        elif op in (0x82, 0x83, 0x84):  # EXT1/2/4
+            w = {0x82: 1, 0x83: 2, 0x84: 4}[op]
+            if pos + w > n:
+                raise self.truncated(O.NAMES[op], op_pos)
+            code = int.from_bytes(data[pos : pos + w], "little", signed=(w == 4))
+            pos += w
+            self.add("CKG105", f"{O.NAMES[op]} {code}: the global comes from the loading "
+                     "process's copyreg extension registry", op_pos, {"code": str(code)})
+            stack.append(Opaque(f"extension code {code}", self.base + op_pos))
+        elif op == 0x50:  # PERSID (text)
+            line, pos = self._line(data, pos, n, op_pos, "PERSID")
+            try:
+                pid: object = line.decode("ascii")
+            except UnicodeDecodeError:
+                raise self.malformed("PERSID id is not ASCII", op_pos) from None
+            stack.append(self.persistent(pid, op_pos))
+        elif op == 0x97 or op == 0x98:  # NEXT_BUFFER / READONLY_BUFFER
+            if op == 0x97:
+                self.add("CKG202", "NEXT_BUFFER: the pickle needs out-of-band buffers, which "
+                         "no model loader supplies", op_pos)
+                stack.append(Opaque("out-of-band buffer", self.base + op_pos))
+            elif not stack:
+                raise self.malformed("READONLY_BUFFER stack underflow", op_pos)
+        else:
+            raise self.malformed(f"invalid opcode 0x{op:02x}", op_pos)
+        return pos, stack, frame_end
+
+    def _text_int(self, line: bytes, is_long: bool, pos: int) -> int | bool:
+        if not is_long and line in (b"00", b"01"):
+            return line == b"01"
+        text = line[:-1] if is_long and line.endswith(b"L") else line
+        if not _CANONICAL_INT(text):
+            self.add("CKG204", f"non-canonical integer literal {_clip(repr(line))} (decoders "
+                     "disagree on such forms)", pos)
+        if len(text) > 4300:
+            raise LimitExceeded("max_line_bytes", 4300, "integer literal digits")
+        try:
+            return int(text, 0) if not _CANONICAL_INT(text) else int(text)
+        except ValueError:
+            raise self.malformed(f"invalid integer literal {_clip(repr(line))}", pos) from None
+
+
+def _canonical_int(text: bytes) -> bool:
+    if text[:1] == b"-":
+        text = text[1:]
+    return bool(text) and text.isdigit() and (text == b"0" or text[:1] != b"0")
+
+
+_CANONICAL_INT = _canonical_int
+
+_DICT_LIKE = frozenset({"collections.OrderedDict", "collections.Counter"})
+_BUILDABLE = frozenset({"collections.OrderedDict", "torch.nn.parameter.Parameter",
+                        "torch.Tensor"})
+_REBUILD_STORAGE_FNS = frozenset({
+    "torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_tensor_v3", "torch._utils._rebuild_qtensor",
+})
+_PARAM_FNS = frozenset({"torch._utils._rebuild_parameter",
+                        "torch._utils._rebuild_parameter_with_state"})
+
+
+def _int_tuple(v: object) -> bool:
+    return isinstance(v, tuple) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+
+
+def _valid_dotted(s: str) -> bool:
+    return bool(s) and all(p.isidentifier() for p in s.split("."))
+
+
+def _torch_mapped(module: str, name: str) -> str:
+    from ._torch_names import IMPORT_MAPPING, NAME_MAPPING
+
+    if (module, name) in NAME_MAPPING:
+        module, name = NAME_MAPPING[(module, name)]
+    elif module in IMPORT_MAPPING:
+        module = IMPORT_MAPPING[module]
+    return f"{module}.{name}"
+
+
+def _py_mapped(module: str, name: str) -> str:
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    return f"{module}.{name}"
+
+
+_ORDER = {"deny": 0, "unknown": 1, "policy": 2, "allow": 3}
+
+
+def _worst(statuses: list[tuple[str, str]]) -> tuple[str, str]:
+    return min(statuses, key=lambda s: _ORDER[s[0]])
+
+
+def _clip(s: str, n: int = 160) -> str:
+    return s if len(s) <= n else s[:n] + "..."
+
+
+def _describe(v: object) -> str:
+    if isinstance(v, Call):
+        return f"result of {_describe(v.func)}(...)"
+    if isinstance(v, Global):
+        return _clip(v.full)
+    if isinstance(v, PersRef):
+        return "a persistent id"
+    if isinstance(v, Opaque):
+        return v.what
+    return type(v).__name__
+
+
+def _plain(v: object, depth: int = 0) -> object:
+    if depth > 3:
+        return "..."
+    if isinstance(v, tuple):
+        return tuple(_plain(x, depth + 1) for x in v[:8])
+    if isinstance(v, Global):
+        return v.full
+    if isinstance(v, (Call, PersRef, Opaque, Blob)):
+        return _describe(v)
+    return v
+
+
+# --- naming tensors ----------------------------------------------------------------------
+
+def name_tensors(root: object, max_tensors: int) -> list[tuple[str, TensorRecord]]:
+    """Walk the unpickled structure and name every tensor record by its key path."""
+    out: list[tuple[str, TensorRecord]] = []
+    active: set[int] = set()
+    todo: list[tuple[object, str]] = [(root, "")]
+    while todo:
+        v, name = todo.pop()
+        if isinstance(v, Call):
+            if v.tensor is not None:
+                out.append((name, v.tensor))
+                if len(out) > max_tensors:
+                    raise LimitExceeded("max_tensors", max_tensors)
+                continue
+            if id(v) in active:
+                continue
+            active.add(id(v))
+            if v.items:
+                for k, x in reversed(v.items):
+                    todo.append((x, _join(name, k)))
+            elif isinstance(v.args, tuple) and isinstance(v.func, Global) and \
+                    v.func.full.startswith("torch."):
+                for i, x in reversed(list(enumerate(v.args))):
+                    if isinstance(x, (Call, tuple, list, dict)):
+                        todo.append((x, _join(name, i)))
+            if isinstance(v.state, dict):
+                for k, x in reversed(list(v.state.items())):
+                    todo.append((x, _join(name, k)))
+        elif isinstance(v, dict):
+            if id(v) in active:
+                continue
+            active.add(id(v))
+            for k, x in reversed(list(v.items())):
+                todo.append((x, _join(name, k)))
+        elif isinstance(v, (list, tuple)):
+            if id(v) in active:
+                continue
+            active.add(id(v))
+            for i, x in reversed(list(enumerate(v))):
+                if isinstance(x, (Call, tuple, list, dict)):
+                    todo.append((x, _join(name, i)))
+    return out
+
+
+def _join(prefix: str, key: object) -> str:
+    k = key if isinstance(key, str) else (key.decode("utf-8", "replace") if isinstance(key, bytes)
+                                          else str(key) if isinstance(key, (int, float)) else "?")
+    return k if not prefix else f"{prefix}.{k}"
+
+
+# --- entry point -------------------------------------------------------------------------
+
+def audit_pickle(
+    ctx: AuditContext,
+    data: bytes | memoryview,
+    *,
+    member: str | None = None,
+    base_offset: int = 0,
+    mode: PickleMode = PickleMode.RAW,
+    storages: StorageCatalog | None = None,
+    start: int = 0,
+    budget: list[int] | None = None,
+) -> PickleResult:
+    """Run one pickle program starting at ``start`` in ``data``; findings go to ``ctx``.
+
+    ``budget`` is a one-element list holding the opcodes left for the whole file (several
+    pickles in one stream share it)."""
+    b = budget if budget is not None else [ctx.limits.max_opcodes]
+    vm = _VM(ctx, data, member, base_offset, mode, storages, b)
+    result = vm.run(start)
+    if result.complete:
+        try:
+            result.tensors = name_tensors(result.root, ctx.limits.max_tensors)
+        except LimitExceeded as e:
+            ctx.limit_hit(e, member=member)
+    return result
+
+
+__all__ = [
+    "DTYPE_SIZES",
+    "STORAGE_DTYPES",
+    "PickleMode",
+    "PickleResult",
+    "StorageCatalog",
+    "StorageRef",
+    "TensorRecord",
+    "audit_pickle",
+    "name_tensors",
+]

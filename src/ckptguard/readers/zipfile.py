@@ -1,0 +1,470 @@
+"""A strict zip reader: EOCD, Zip64, central directory and local headers parsed by hand.
+
+Anything two zip readers could disagree on is a finding (CKG3xx): Python's ``zipfile``
+trusts the central directory and tolerates prefixes, miniz (torch) scans the EOCD from the
+end and looks names up case-insensitively, streaming readers trust local headers. The
+reader never follows member names onto the file system and reads only the directory,
+the local headers (coalesced into few reads) and the members the caller asks for.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+from ..context import AuditContext, LimitExceeded
+
+_EOCD_SIG = b"PK\x05\x06"
+_Z64_LOC_SIG = b"PK\x06\x07"
+_Z64_EOCD_SIG = b"PK\x06\x06"
+_CEN_SIG = b"PK\x01\x02"
+_LOC_SIG = b"PK\x03\x04"
+_DD_SIG = b"PK\x07\x08"
+_EOCD = struct.Struct("<4sHHHHIIH")            # 22 bytes
+_Z64_LOC = struct.Struct("<4sIQI")              # 20 bytes
+_Z64_EOCD = struct.Struct("<4sQHHIIQQQQ")       # 56 bytes
+_CEN = struct.Struct("<4sHHHHHHIIIHHHHHII")     # 46 bytes
+_LOC = struct.Struct("<4sHHHHHIIIHH")           # 30 bytes
+_MAX_COMMENT = 0xFFFF
+
+#: General-purpose flag bits we accept: 1-2 (deflate options), 3 (data descriptor),
+#: 11 (UTF-8 names). Bit 0/6 are encryption; everything else is unknown to us.
+_OK_FLAGS = 0x0002 | 0x0004 | 0x0008 | 0x0800
+STORED, DEFLATED = 0, 8
+
+
+@dataclass(frozen=True)
+class ZipEntry:
+    index: int
+    name: str
+    raw_name: bytes
+    header_offset: int
+    data_offset: int
+    compressed_size: int
+    size: int
+    method: int
+    flags: int
+    crc32: int
+    end: int  # first byte after data (and data descriptor)
+
+
+class ZipArchive:
+    """The parsed directory of a zip file. ``read`` returns a member's bytes within limits."""
+
+    def __init__(self, ctx: AuditContext, entries: list[ZipEntry], cd_offset: int,
+                 comment: bytes) -> None:
+        self.ctx = ctx
+        self.entries = entries
+        self.cd_offset = cd_offset
+        self.comment = comment
+        self.by_name: dict[str, ZipEntry] = {}
+        for e in entries:
+            self.by_name.setdefault(e.name, e)
+        self._decompressed = 0
+
+    def names(self) -> list[str]:
+        return [e.name for e in self.entries]
+
+    def read(self, entry: ZipEntry, *, record: bool = True, check_crc: bool = True,
+             max_bytes: int | None = None) -> bytes:
+        """Return the member's uncompressed bytes (CRC checked; CKG303 on mismatch)."""
+        ctx = self.ctx
+        limit = ctx.limits.max_pickle_bytes if max_bytes is None else max_bytes
+        if entry.size > limit:
+            raise LimitExceeded("max_pickle_bytes", limit, f"member {entry.name} is "
+                                f"{entry.size} bytes")
+        raw = ctx.source.read(entry.data_offset, entry.compressed_size, record=record)
+        if len(raw) != entry.compressed_size:
+            ctx.add("CKG310", f"member {entry.name} is cut off by the end of the file",
+                    member=entry.name, offset=entry.data_offset)
+            return raw
+        if entry.method == STORED:
+            data = raw
+        elif entry.method == DEFLATED:
+            data = self._inflate(entry, raw)
+        else:
+            return b""
+        if check_crc and (zlib.crc32(data) & 0xFFFFFFFF) != entry.crc32:
+            ctx.add("CKG303", f"member {entry.name}: CRC-32 mismatch (central directory says "
+                    f"{entry.crc32:08x})", member=entry.name, offset=entry.data_offset)
+        if len(data) != entry.size:
+            ctx.add("CKG302", f"member {entry.name}: {len(data)} bytes after decompression, "
+                    f"central directory says {entry.size}", member=entry.name,
+                    offset=entry.data_offset)
+        return data
+
+    def _inflate(self, entry: ZipEntry, raw: bytes) -> bytes:
+        lim = self.ctx.limits
+        budget = lim.max_decompressed_bytes - self._decompressed
+        cap = min(budget, max(entry.size, 0) + 1, entry.compressed_size * lim.max_compression_ratio
+                  + 4096)
+        d = zlib.decompressobj(-15)
+        try:
+            data = d.decompress(raw, cap)
+        except zlib.error as e:
+            self.ctx.add("CKG310", f"member {entry.name}: invalid deflate stream ({e})",
+                         member=entry.name, offset=entry.data_offset)
+            return b""
+        self._decompressed += len(data)
+        if d.unconsumed_tail:
+            if len(data) >= budget:
+                raise LimitExceeded("max_decompressed_bytes", lim.max_decompressed_bytes,
+                                    f"member {entry.name}")
+            if len(data) > entry.size:
+                self.ctx.add("CKG302", f"member {entry.name} inflates past its declared size "
+                             f"{entry.size}", member=entry.name, offset=entry.data_offset)
+            else:
+                raise LimitExceeded("max_compression_ratio", lim.max_compression_ratio,
+                                    f"member {entry.name}")
+        return data
+
+
+def read_archive(ctx: AuditContext) -> ZipArchive | None:
+    """Parse and cross-check the archive. Findings go to ``ctx``; None if unusable."""
+    src = ctx.source
+    size = src.size
+    tail_len = min(size, _EOCD.size + _MAX_COMMENT + _Z64_LOC.size + _Z64_EOCD.size)
+    tail_start = size - tail_len
+    tail = src.read(tail_start, tail_len, record=True)
+
+    # --- EOCD: exactly one, ending exactly at the end of the file -------------------------
+    candidates = []
+    pos = tail.rfind(_EOCD_SIG)
+    while pos >= 0:
+        if len(tail) - pos >= _EOCD.size:
+            candidates.append(pos)
+        pos = tail.rfind(_EOCD_SIG, 0, pos)
+    eocd_pos = None
+    for c in candidates:
+        (_sig, _disk, _cd_disk, _n_disk, _n, _cd_size, _cd_off, clen) = _EOCD.unpack_from(tail, c)
+        if c + _EOCD.size + clen == len(tail):
+            eocd_pos = c
+            break
+    if eocd_pos is None:
+        if candidates:
+            c = candidates[0]
+            clen = _EOCD.unpack_from(tail, c)[7]
+            extra = len(tail) - (c + _EOCD.size + clen)
+            if extra > 0:
+                ctx.add("CKG004", f"{extra} bytes follow the end-of-central-directory record",
+                        offset=tail_start + c + _EOCD.size + clen)
+                eocd_pos = c
+        if eocd_pos is None:
+            ctx.add("CKG310", "no end-of-central-directory record: not a complete zip archive")
+            return None
+    real_candidates = [c for c in candidates if c != eocd_pos]
+    if real_candidates:
+        ctx.add("CKG307", f"{len(candidates)} end-of-central-directory signatures; readers "
+                "that scan from the end may pick another one",
+                offset=tail_start + real_candidates[0])
+    (_sig, disk, cd_disk, n_disk, n_total, cd_size, cd_off, clen) = _EOCD.unpack_from(tail, eocd_pos)
+    eocd_abs = tail_start + eocd_pos
+    comment = tail[eocd_pos + _EOCD.size : eocd_pos + _EOCD.size + clen]
+    if disk != 0 or cd_disk != 0 or n_disk != n_total:
+        ctx.add("CKG310", "multi-disk (split) archive", offset=eocd_abs)
+        return None
+
+    # --- Zip64 ------------------------------------------------------------------------------
+    cd_end_limit = eocd_abs
+    loc_pos = eocd_pos - _Z64_LOC.size
+    if loc_pos >= 0 and tail[loc_pos : loc_pos + 4] == _Z64_LOC_SIG:
+        _s, z_disk, z_off, z_ndisks = _Z64_LOC.unpack_from(tail, loc_pos)
+        cd_end_limit = tail_start + loc_pos
+        if z_off + _Z64_EOCD.size > cd_end_limit:
+            ctx.add("CKG310", "Zip64 locator points past its own position",
+                    offset=tail_start + loc_pos)
+            return None
+        z = src.read(z_off, _Z64_EOCD.size, record=True)
+        if len(z) < _Z64_EOCD.size or z[:4] != _Z64_EOCD_SIG:
+            ctx.add("CKG310", "Zip64 end-of-central-directory record missing",
+                    offset=z_off)
+            return None
+        (_s, rec_size, _vm, _vn, zdisk, zcd_disk, zn_disk, zn_total, zcd_size,
+         zcd_off) = _Z64_EOCD.unpack_from(z, 0)
+        if z_off + 12 + rec_size != cd_end_limit:
+            ctx.add("CKG306", "bytes between the Zip64 record and its locator belong to "
+                    "nothing", offset=z_off)
+        cd_end_limit = z_off
+        for small, big, what in ((n_total, zn_total, "entry count"), (cd_size, zcd_size,
+                                 "directory size"), (cd_off, zcd_off, "directory offset")):
+            sentinel = 0xFFFF if what == "entry count" else 0xFFFFFFFF
+            if small != sentinel and small != big:
+                ctx.add("CKG310", f"EOCD and Zip64 EOCD disagree on the {what} "
+                        f"({small} vs {big})", offset=eocd_abs)
+        n_total, cd_size, cd_off = zn_total, zcd_size, zcd_off
+
+    if n_total > ctx.limits.max_members:
+        raise LimitExceeded("max_members", ctx.limits.max_members, f"{n_total} members")
+    if cd_size > ctx.limits.max_central_directory_bytes:
+        raise LimitExceeded("max_central_directory_bytes",
+                            ctx.limits.max_central_directory_bytes)
+    if cd_off + cd_size > cd_end_limit:
+        ctx.add("CKG310", "central directory extends past its end record", offset=cd_off)
+        return None
+    if cd_off + cd_size < cd_end_limit:
+        ctx.add("CKG004", f"{cd_end_limit - cd_off - cd_size} bytes between the central "
+                "directory and its end record", offset=cd_off + cd_size)
+    cd = src.read(cd_off, cd_size, record=True)
+    entries = _parse_central(ctx, cd, cd_off, n_total)
+    if entries is None:
+        return None
+    archive = ZipArchive(ctx, entries, cd_off, comment)
+    _check_names(ctx, entries)
+    _check_locals(ctx, entries, cd_off)
+    return archive
+
+
+def _parse_central(ctx: AuditContext, cd: bytes, cd_off: int, n_total: int) -> list[ZipEntry] | None:
+    entries: list[ZipEntry] = []
+    pos = 0
+    unpack = _CEN.unpack_from
+    for i in range(n_total):
+        if pos + _CEN.size > len(cd) or cd[pos : pos + 4] != _CEN_SIG:
+            ctx.add("CKG310", f"central directory entry {i} is missing or corrupt",
+                    offset=cd_off + pos)
+            return None
+        (_sig, _vm, _vn, flags, method, _t, _d, crc, csize, usize, nlen, xlen, clen,
+         disk, _ia, _ea, hoff) = unpack(cd, pos)
+        name_b = cd[pos + 46 : pos + 46 + nlen]
+        extra = cd[pos + 46 + nlen : pos + 46 + nlen + xlen]
+        end = pos + 46 + nlen + xlen + clen
+        if end > len(cd):
+            ctx.add("CKG310", f"central directory entry {i} runs past the directory",
+                    offset=cd_off + pos)
+            return None
+        if 0xFFFFFFFF in (csize, usize, hoff):
+            z = _zip64_extra(extra, usize == 0xFFFFFFFF, csize == 0xFFFFFFFF,
+                             hoff == 0xFFFFFFFF)
+            if z is None:
+                ctx.add("CKG310", f"entry {i}: Zip64 sizes announced but no valid Zip64 "
+                        "extra field", offset=cd_off + pos)
+                return None
+            usize, csize, hoff = (z[0] if z[0] is not None else usize,
+                                  z[1] if z[1] is not None else csize,
+                                  z[2] if z[2] is not None else hoff)
+        if flags & 0x0800:
+            try:
+                name = name_b.decode("utf-8")
+            except UnicodeDecodeError:
+                ctx.add("CKG302", f"entry {i}: name flagged UTF-8 is not valid UTF-8",
+                        offset=cd_off + pos)
+                name = name_b.decode("utf-8", "surrogateescape")
+        else:
+            # Python's zipfile decodes such names as cp437 while miniz keeps raw bytes: any
+            # non-ASCII byte makes the name mean different things to different readers.
+            if any(b >= 0x80 for b in name_b):
+                ctx.add("CKG302", f"entry {i}: non-ASCII name without the UTF-8 flag "
+                        "(cp437 vs raw bytes)", offset=cd_off + pos)
+            name = name_b.decode("utf-8", "surrogateescape")
+        if disk != 0:
+            ctx.add("CKG310", f"entry {name}: starts on another disk", member=name)
+        entries.append(ZipEntry(i, name, name_b, hoff, -1, csize, usize, method, flags, crc, -1))
+        pos = end
+    if pos != len(cd):
+        ctx.add("CKG306", f"{len(cd) - pos} bytes in the central directory belong to no entry",
+                offset=cd_off + pos)
+    for e in entries:
+        if e.flags & 0x0041:
+            ctx.add("CKG304", f"member {e.name} is encrypted", member=e.name,
+                    offset=e.header_offset)
+        elif e.flags & ~_OK_FLAGS & 0xFFFF:
+            ctx.add("CKG304", f"member {e.name} uses unsupported flag bits "
+                    f"0x{e.flags & ~_OK_FLAGS & 0xFFFF:04x}", member=e.name,
+                    offset=e.header_offset)
+        if e.method not in (STORED, DEFLATED):
+            ctx.add("CKG305", f"member {e.name} uses compression method {e.method}",
+                    member=e.name, offset=e.header_offset, evidence={"method": str(e.method)})
+    return entries
+
+
+def _zip64_extra(extra: bytes, need_u: bool, need_c: bool,
+                 need_o: bool) -> tuple[int | None, int | None, int | None] | None:
+    pos = 0
+    while pos + 4 <= len(extra):
+        hid, hlen = struct.unpack_from("<HH", extra, pos)
+        body = extra[pos + 4 : pos + 4 + hlen]
+        if hid == 0x0001:
+            vals: list[int | None] = []
+            p = 0
+            for need in (need_u, need_c, need_o):
+                if need:
+                    if p + 8 > len(body):
+                        return None
+                    vals.append(struct.unpack_from("<Q", body, p)[0])
+                    p += 8
+                else:
+                    vals.append(None)
+            return vals[0], vals[1], vals[2]
+        pos += 4 + hlen
+    return None
+
+
+def _check_names(ctx: AuditContext, entries: list[ZipEntry]) -> None:
+    seen: dict[bytes, ZipEntry] = {}
+    folded: dict[str, ZipEntry] = {}
+    for e in entries:
+        if e.raw_name in seen:
+            ctx.add("CKG301", f"duplicate member name {e.name!r} (entries {seen[e.raw_name].index} "
+                    f"and {e.index})", member=e.name, offset=e.header_offset)
+        else:
+            seen[e.raw_name] = e
+            key = e.name.casefold()
+            other = folded.get(key)
+            if other is not None:
+                ctx.add("CKG301", f"member names {other.name!r} and {e.name!r} differ only in "
+                        "case (torch's reader looks names up case-insensitively)",
+                        member=e.name, offset=e.header_offset)
+            else:
+                folded[key] = e
+        n = e.name
+        parts = n.replace("\\", "/").split("/")
+        if (n.startswith(("/", "\\")) or "\\" in n or ".." in parts or ":" in parts[0]
+                or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in n) or not n):
+            ctx.add("CKG308", f"unsafe member name {n!r}", member=n, offset=e.header_offset)
+
+
+def _check_locals(ctx: AuditContext, entries: list[ZipEntry], cd_off: int) -> None:
+    """Read every local header (coalescing nearby ones into single reads), compare it with
+    the central directory, locate data and data descriptors, and check for overlaps, gaps
+    and a prefix."""
+    src = ctx.source
+    order = sorted(range(len(entries)), key=lambda i: entries[i].header_offset)
+    # Coalesce reads: a window covers consecutive headers whose data is small.
+    window_gap = 1 << 16
+    windows: list[tuple[int, int, list[int]]] = []
+    for i in order:
+        e = entries[i]
+        start = e.header_offset
+        need_end = start + _LOC.size + len(e.raw_name) + 0xFFFF  # name + max extra (trimmed below)
+        need_end = min(need_end, start + _LOC.size + len(e.raw_name) + 1024)
+        if windows and start - windows[-1][1] <= window_gap and need_end - windows[-1][0] <= (1 << 24):
+            ws, we, idx = windows[-1]
+            windows[-1] = (ws, max(we, need_end), idx + [i])
+        else:
+            windows.append((start, need_end, [i]))
+    prev_end = 0
+    prev_name = None
+    fixed: list[ZipEntry | None] = [None] * len(entries)
+    for ws, we, idx in windows:
+        we = min(we, cd_off)
+        buf = src.read(ws, max(0, we - ws), record=True) if we > ws else b""
+        for i in idx:
+            e = entries[i]
+            rel = e.header_offset - ws
+            hdr = buf[rel : rel + _LOC.size]
+            if len(hdr) < _LOC.size or hdr[:4] != _LOC_SIG:
+                if e.header_offset + _LOC.size > cd_off:
+                    ctx.add("CKG306", f"member {e.name}: local header lies outside the member "
+                            "area", member=e.name, offset=e.header_offset)
+                else:
+                    ctx.add("CKG302", f"member {e.name}: no local header at offset "
+                            f"{e.header_offset}", member=e.name, offset=e.header_offset)
+                continue
+            (_s, _v, lflags, lmethod, _t, _d, lcrc, lcsize, lusize, lnlen, lxlen) = _LOC.unpack_from(hdr)
+            name_end = rel + _LOC.size + lnlen
+            if name_end > len(buf):
+                buf_ext = src.read(e.header_offset, _LOC.size + lnlen + lxlen, record=True)
+                lname = buf_ext[_LOC.size : _LOC.size + lnlen]
+                lextra = buf_ext[_LOC.size + lnlen : _LOC.size + lnlen + lxlen]
+            else:
+                lname = buf[rel + _LOC.size : name_end]
+                lextra = buf[name_end : name_end + lxlen]
+                if len(lextra) < lxlen:
+                    lextra = src.read(e.header_offset + _LOC.size + lnlen, lxlen, record=True)
+            data_off = e.header_offset + _LOC.size + lnlen + lxlen
+            if lname != e.raw_name:
+                ctx.add("CKG302", f"local header names {lname!r}, central directory "
+                        f"{e.raw_name!r}", member=e.name, offset=e.header_offset)
+            if lmethod != e.method:
+                ctx.add("CKG302", f"member {e.name}: compression method {lmethod} locally, "
+                        f"{e.method} centrally", member=e.name, offset=e.header_offset)
+            if (lflags ^ e.flags) & ~0x0006 & 0xFFFF:
+                ctx.add("CKG302", f"member {e.name}: flags 0x{lflags:04x} locally, "
+                        f"0x{e.flags:04x} centrally", member=e.name, offset=e.header_offset)
+            end = data_off + e.compressed_size
+            if lflags & 0x0008:
+                # Sizes live in the data descriptor that follows the data.
+                if (lcrc, lcsize, lusize) != (0, 0, 0) and not (
+                        lcrc == e.crc32 and lcsize in (e.compressed_size, 0xFFFFFFFF)):
+                    ctx.add("CKG302", f"member {e.name}: local header sizes/CRC disagree with "
+                            "the central directory", member=e.name, offset=e.header_offset)
+                # miniz (torch) writes a 64-bit descriptor exactly when the header offset
+                # or the size needs 64 bits (torch.serialization._load mirrors this rule)
+                z64 = e.compressed_size >= 0xFFFFFFFF or e.size >= 0xFFFFFFFF or \
+                    e.header_offset >= 0xFFFFFFFF
+                end = _check_descriptor(ctx, e, end, z64)
+            else:
+                lz = (lcsize, lusize)
+                if 0xFFFFFFFF in lz:
+                    z = _zip64_extra(lextra, lusize == 0xFFFFFFFF, lcsize == 0xFFFFFFFF, False)
+                    if z is not None:
+                        lusize = z[0] if z[0] is not None else lusize
+                        lcsize = z[1] if z[1] is not None else lcsize
+                if (lcrc, lcsize, lusize) != (e.crc32, e.compressed_size, e.size):
+                    ctx.add("CKG302", f"member {e.name}: local header CRC/sizes "
+                            f"({lcrc:08x}, {lcsize}, {lusize}) disagree with the central "
+                            f"directory ({e.crc32:08x}, {e.compressed_size}, {e.size})",
+                            member=e.name, offset=e.header_offset)
+            if end > cd_off:
+                ctx.add("CKG306", f"member {e.name} extends into the central directory",
+                        member=e.name, offset=e.header_offset)
+            if e.header_offset < prev_end:
+                ctx.add("CKG306", f"member {e.name} overlaps member {prev_name}", member=e.name,
+                        offset=e.header_offset)
+            elif e.header_offset > prev_end:
+                if prev_end == 0:
+                    ctx.add("CKG005", f"{e.header_offset} bytes precede the first zip member",
+                            offset=0)
+                else:
+                    ctx.add("CKG306", f"{e.header_offset - prev_end} bytes before member "
+                            f"{e.name} belong to no member", member=e.name, offset=prev_end)
+            prev_end = max(prev_end, end)
+            prev_name = e.name
+            fixed[i] = ZipEntry(e.index, e.name, e.raw_name, e.header_offset, data_off,
+                                e.compressed_size, e.size, e.method, e.flags, e.crc32, end)
+    if entries and prev_end < cd_off:
+        ctx.add("CKG306", f"{cd_off - prev_end} bytes between the last member and the central "
+                "directory belong to no member", offset=prev_end)
+    if not entries and cd_off > 0:
+        ctx.add("CKG005", f"{cd_off} bytes precede an empty archive's directory", offset=0)
+    for i, f in enumerate(fixed):
+        if f is not None:
+            entries[i] = f
+        else:
+            e = entries[i]
+            entries[i] = ZipEntry(e.index, e.name, e.raw_name, e.header_offset,
+                                  e.header_offset + _LOC.size + len(e.raw_name),
+                                  e.compressed_size, e.size, e.method, e.flags, e.crc32,
+                                  e.header_offset)
+
+
+def _check_descriptor(ctx: AuditContext, e: ZipEntry, data_end: int, z64: bool) -> int:
+    n = 24 if z64 else 16
+    dd = ctx.source.read(data_end, n)
+    if dd[:4] != _DD_SIG:
+        # The signature is optional in the spec; torch always writes it.
+        alt = dd[:12] if not z64 else dd[:20]
+        if len(alt) < (12 if not z64 else 20):
+            ctx.add("CKG306", f"member {e.name}: data descriptor cut off", member=e.name,
+                    offset=data_end)
+            return data_end
+        body, n = alt, len(alt)
+    else:
+        body = dd[4:n]
+        if len(body) < n - 4:
+            ctx.add("CKG306", f"member {e.name}: data descriptor cut off", member=e.name,
+                    offset=data_end)
+            return data_end
+    if z64:
+        crc, cs, us = struct.unpack_from("<IQQ", body, 0)
+    else:
+        crc, cs, us = struct.unpack_from("<III", body, 0)
+    if (crc, cs, us) != (e.crc32, e.compressed_size, e.size):
+        ctx.add("CKG302", f"member {e.name}: data descriptor ({crc:08x}, {cs}, {us}) disagrees "
+                f"with the central directory ({e.crc32:08x}, {e.compressed_size}, {e.size})",
+                member=e.name, offset=data_end)
+    return data_end + n
+
+
+__all__ = ["DEFLATED", "STORED", "ZipArchive", "ZipEntry", "read_archive"]
