@@ -1,0 +1,114 @@
+"""Helpers shared by the commands: policy and limits options, output, TTY checks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from collections.abc import Callable
+from typing import IO, Any, TypeVar
+
+import click
+
+from ..errors import PolicyError
+from ..policy import DEFAULT_LIMITS, Limits, Policy
+from ..report.escape import escape_untrusted
+from .exitcodes import ExitCode
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def is_tty(stream: IO[str] | IO[bytes] | Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def color_wanted(stream: Any) -> bool:
+    """Colours on a TTY only, and never with NO_COLOR set."""
+    return is_tty(stream) and not os.environ.get("NO_COLOR")
+
+
+def text_width(stream: Any) -> int:
+    if is_tty(stream):
+        return max(shutil.get_terminal_size((160, 24)).columns, 60)
+    return 160
+
+
+def err(message: str) -> None:
+    """One line on stderr (the message is escaped: it may hold untrusted names)."""
+    click.echo(escape_untrusted(message, 1000), err=True)
+
+
+def fail(message: str, code: ExitCode = ExitCode.UNDECIDED) -> click.exceptions.Exit:
+    err(f"error: {message}")
+    return click.exceptions.Exit(int(code))
+
+
+def policy_option(f: F) -> F:
+    return click.option(
+        "--policy", "policy_file", type=click.Path(dir_okay=False, path_type=str),
+        help="TOML policy file (extra allowed globals, each with a reason). Default: the "
+             "[tool.ckptguard] table of the nearest pyproject.toml.")(f)
+
+
+def limit_option(f: F) -> F:
+    return click.option(
+        "--limit", "limit_items", multiple=True, metavar="NAME=VALUE",
+        help="Change one audit limit, e.g. max_seconds=600 (repeatable; names in "
+             "docs/cli.md).")(f)
+
+
+def load_policy(policy_file: str | None) -> Policy:
+    try:
+        if policy_file is not None:
+            return Policy.from_file(policy_file)
+        return Policy.discover(os.getcwd())
+    except PolicyError as e:
+        raise fail(f"invalid policy: {e}") from None
+
+
+def load_limits(items: tuple[str, ...]) -> Limits:
+    limits = DEFAULT_LIMITS
+    names = set(Limits.names())
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in names:
+            raise click.BadParameter(f"{item!r}: expected NAME=VALUE with NAME one of "
+                                     f"{', '.join(sorted(names))}", param_hint="--limit")
+        kind = type(getattr(DEFAULT_LIMITS, name))
+        try:
+            parsed = kind(value.strip())
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: {value!r} is not a valid {kind.__name__}",
+                                     param_hint="--limit") from None
+        if parsed <= 0:
+            raise click.BadParameter(f"{item!r}: must be positive", param_hint="--limit")
+        limits = limits.replace(**{name: parsed})
+    return limits
+
+
+def write_output(text: str, output: str | None) -> None:
+    if output is None or output == "-":
+        click.echo(text, nl=False)
+        return
+    try:
+        with open(output, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+    except OSError as e:
+        raise fail(f"cannot write {output}: {e.strerror or e}") from None
+
+
+def stdout() -> Any:
+    return click.get_text_stream("stdout")
+
+
+def stderr() -> Any:
+    return click.get_text_stream("stderr")
+
+
+__all__ = ["color_wanted", "err", "fail", "is_tty", "limit_option", "load_limits",
+           "load_policy", "policy_option", "stderr", "stdout", "text_width", "write_output"]
+

@@ -1,0 +1,263 @@
+"""Turn the command line's PATHs (and ``--hf-cache``) into the list of files to scan.
+
+* Folders are walked here (not by ``scan()``) so the CLI can show per-file progress, apply
+  ``--exclude`` and spread files over ``--workers``. The walk is sorted, does not follow
+  directory links (each one is noted), skips VCS folders, and never fails: an unreadable
+  folder becomes an entry the scan reports as unreadable.
+* Inside folders, files are kept by content (``ckptguard.detect.sniff``) with the extension
+  as a hint; files named on the command line are always scanned.
+* The same file reached under several names (hard links, symlinks, the Hugging Face cache's
+  snapshot links to one blob) is scanned once and reported under each name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..detect import EXTENSION_HINTS, extension_of, sniff
+from ..model import Format
+
+VCS_DIRS = frozenset({".git", ".hg", ".svn"})
+_HEAD = 4096
+
+
+@dataclass
+class Target:
+    """One file to scan: ``path`` is opened; the report is shown under each of ``names``."""
+
+    path: str
+    names: list[str]
+    size: int = 0
+    order: list[int] = field(default_factory=list)  # discovery position of each name
+    metadata: list[dict[str, str]] = field(default_factory=list)  # extra metadata per name
+    unreadable: str | None = None  # a folder that could not be listed: reported, not scanned
+
+
+@dataclass
+class Discovery:
+    targets: list[Target] = field(default_factory=list)
+    skipped: int = 0
+    notes: list[str] = field(default_factory=list)
+    _by_key: dict[tuple[int, int, str], Target] = field(default_factory=dict)
+    _seq: int = 0
+
+    def _next(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def add(self, path: str, name: str, *, metadata: dict[str, str] | None = None) -> None:
+        """Add a file, merging it with an earlier name for the same file and extension (the
+        extension matters to the audit, so different ones are scanned separately)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISREG(st.st_mode):
+            key = (st.st_dev, st.st_ino, extension_of(name))
+            prior = self._by_key.get(key)
+            if prior is not None:
+                if name not in prior.names:
+                    prior.names.append(name)
+                    prior.order.append(self._next())
+                    prior.metadata.append(dict(metadata or {}))
+                return
+            target = Target(path, [name], st.st_size, order=[self._next()],
+                            metadata=[dict(metadata or {})])
+            self._by_key[key] = target
+        else:
+            target = Target(path, [name], 0, order=[self._next()], metadata=[dict(metadata or {})])
+        self.targets.append(target)
+
+    def add_unreadable_dir(self, path: str, reason: str) -> None:
+        self.targets.append(Target(path, [path], 0, order=[self._next()], unreadable=reason))
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.size for t in self.targets)
+
+
+def is_excluded(rel: str, name: str, patterns: Iterable[str]) -> bool:
+    """``--exclude`` globs match the path relative to the walked folder or the bare name."""
+    rel = rel.replace(os.sep, "/")
+    return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _model_extension(name: str) -> bool:
+    ext = extension_of(name)
+    hints = EXTENSION_HINTS.get(ext)
+    return hints is not None and Format.UNKNOWN not in hints and ext != ".json"
+
+
+def looks_like_model(path: str, name: str) -> bool:
+    """Keep a file found in a folder? By content first: any format ckptguard audits, except
+    empty files and JSON other than a sharded index; files with a model extension always.
+    Anything that cannot be read or is not a regular file is kept (the scan reports it)."""
+    if _model_extension(name):
+        return True
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return True
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return True
+        head = os.pread(fd, _HEAD, 0)
+        fmt, _ = sniff(head, st.st_size)
+    except Exception:  # noqa: BLE001 - fail closed: a file we cannot classify is scanned
+        return True
+    finally:
+        os.close(fd)
+    if fmt in (Format.UNKNOWN, Format.EMPTY):
+        return False
+    if fmt is Format.JSON:
+        return name.lower().endswith(".index.json")
+    return True
+
+
+def walk_folder(root: str, excludes: tuple[str, ...], found: Discovery, *,
+                display_root: str | None = None, metadata: dict[str, str] | None = None
+                ) -> None:
+    """Walk ``root`` in sorted order; add the files that look like models to ``found``."""
+    stack: list[tuple[str, str]] = [(root, "")]
+    while stack:
+        folder, rel_folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            found.add_unreadable_dir(folder, e.strerror or str(e))
+            continue
+        subdirs: list[tuple[str, str]] = []
+        for entry in entries:
+            rel = f"{rel_folder}/{entry.name}" if rel_folder else entry.name
+            if is_excluded(rel, entry.name, excludes):
+                continue
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+                is_link = entry.is_symlink()
+            except OSError:
+                is_dir, is_link = False, False
+            if is_dir:
+                if is_link:
+                    found.notes.append(f"directory link not followed: {entry.path}")
+                elif entry.name not in VCS_DIRS:
+                    subdirs.append((entry.path, rel))
+                continue
+            name = entry.path if display_root is None else f"{display_root}/{rel}"
+            if looks_like_model(entry.path, entry.name):
+                meta = metadata
+                if metadata is not None and is_link:
+                    meta = {**metadata,
+                            "hf_cache.blob": os.path.basename(os.path.realpath(entry.path))}
+                found.add(entry.path, name, metadata=meta)
+            else:
+                found.skipped += 1
+        # depth-first, in name order: push in reverse so the first name pops first
+        stack.extend(reversed(subdirs))
+
+
+def default_hf_cache() -> str:
+    """The Hugging Face hub cache as huggingface_hub finds it."""
+    env = os.environ
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if env.get(var):
+            return os.path.expanduser(env[var])
+    if env.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(env["HF_HOME"]), "hub")
+    xdg = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "huggingface", "hub")
+
+
+_REPO_KINDS = {"models": "", "datasets": "datasets/", "spaces": "spaces/"}
+
+
+def repo_display(folder_name: str) -> str | None:
+    """``models--org--name`` -> ``org/name``; ``datasets--org--name`` -> ``datasets/org/name``."""
+    parts = folder_name.split("--")
+    if len(parts) < 2 or parts[0] not in _REPO_KINDS:
+        return None
+    return _REPO_KINDS[parts[0]] + "/".join(parts[1:])
+
+
+def walk_hf_cache(cache: str, excludes: tuple[str, ...], found: Discovery) -> None:
+    """Add every file of every snapshot as ``org/name@revision/file`` (each blob is scanned
+    once), then blobs no snapshot points to as ``org/name/blobs/<sha>``."""
+    try:
+        with os.scandir(cache) as it:
+            repos = sorted((e for e in it if e.is_dir(follow_symlinks=False)),
+                           key=lambda e: e.name)
+    except OSError as e:
+        found.add_unreadable_dir(cache, e.strerror or str(e))
+        return
+    for repo in repos:
+        display = repo_display(repo.name)
+        if display is None:
+            continue
+        snapshots = os.path.join(repo.path, "snapshots")
+        try:
+            with os.scandir(snapshots) as it:
+                revisions = sorted((e.name for e in it if e.is_dir(follow_symlinks=False)))
+        except FileNotFoundError:
+            revisions = []
+        except OSError as e:
+            found.add_unreadable_dir(snapshots, e.strerror or str(e))
+            revisions = []
+        for rev in revisions:
+            meta = {"hf_cache.repo": display, "hf_cache.revision": rev}
+            walk_folder(os.path.join(snapshots, rev), excludes, found,
+                        display_root=f"{display}@{rev}", metadata=meta)
+        _unreferenced_blobs(repo.path, display, excludes, found)
+
+
+def _unreferenced_blobs(repo: str, display: str, excludes: tuple[str, ...],
+                        found: Discovery) -> None:
+    blobs = os.path.join(repo, "blobs")
+    try:
+        with os.scandir(blobs) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        found.add_unreadable_dir(blobs, e.strerror or str(e))
+        return
+    seen = {(k[0], k[1]) for k in found._by_key}
+    for entry in entries:
+        if entry.name.endswith(".incomplete"):
+            found.notes.append(f"partial download not scanned: {entry.path}")
+            continue
+        name = f"{display}/blobs/{entry.name}"
+        if is_excluded(f"blobs/{entry.name}", entry.name, excludes):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=True)
+        except OSError:
+            st = None
+        if st is not None and (st.st_dev, st.st_ino) in seen:
+            continue
+        if looks_like_model(entry.path, entry.name):
+            found.add(entry.path, name, metadata={"hf_cache.repo": display})
+        else:
+            found.skipped += 1
+
+
+def discover(paths: Iterable[str], *, excludes: tuple[str, ...] = (),
+             hf_cache: str | None = None) -> Discovery:
+    found = Discovery()
+    for path in paths:
+        if os.path.isdir(path):
+            walk_folder(path, excludes, found,
+                        display_root=None)
+        else:
+            found.add(path, path)  # named explicitly: always scanned (missing -> reported)
+    if hf_cache is not None:
+        walk_hf_cache(hf_cache, excludes, found)
+    return found
+
+
+__all__ = ["Discovery", "Target", "default_hf_cache", "discover", "is_excluded",
+           "looks_like_model", "repo_display", "walk_folder", "walk_hf_cache"]

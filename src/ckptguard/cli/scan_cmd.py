@@ -1,0 +1,115 @@
+"""``ckptguard scan PATH...``"""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from ..report import FORMATTERS, FormatOptions, ScanResult, render, summary_line
+from .common import (
+    color_wanted,
+    err,
+    fail,
+    is_tty,
+    limit_option,
+    load_limits,
+    load_policy,
+    policy_option,
+    stderr,
+    stdout,
+    text_width,
+    write_output,
+)
+from .discover import default_hf_cache, discover
+from .exitcodes import FAIL_ON, ExitCode, exit_code
+from .progress import ScanProgress
+from .runner import run_targets
+
+
+@click.command("scan")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=str))
+@click.option("--hf-cache", "hf_cache", is_flag=False, flag_value="", default=None,
+              metavar="[DIR]",
+              help="Scan the Hugging Face hub cache (DIR, or HF_HUB_CACHE / HF_HOME/hub / "
+                   "~/.cache/huggingface/hub). Each blob is scanned once and reported as "
+                   "org/name@revision/file.")
+@click.option("--exclude", "excludes", multiple=True, metavar="GLOB",
+              help="Skip files and folders whose relative path or name matches GLOB "
+                   "(repeatable).")
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Scan files in N processes (output order stays the input order).")
+@policy_option
+@limit_option
+@click.option("--fail-on", "fail_on", type=click.Choice(list(FAIL_ON)), default=None,
+              help="Exit 1 only for a blocking finding at or above this severity ('any': "
+                   "any blocking finding). Default: any file that is not SAFE fails.")
+@click.option("--format", "fmt", type=click.Choice(list(FORMATTERS)), default="text",
+              show_default=True, help="Report format.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Write the report to FILE instead of stdout (the summary line still goes "
+                   "to stderr).")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Text format: list every finding with its evidence and advice.")
+@click.option("--progress/--no-progress", "show_progress", default=None,
+              help="Progress bar on stderr (default: only when stderr is a terminal).")
+def scan_command(paths: tuple[str, ...], hf_cache: str | None, excludes: tuple[str, ...],
+                 workers: int, policy_file: str | None, limit_items: tuple[str, ...],
+                 fail_on: str | None, fmt: str, output: str | None, verbose: bool,
+                 show_progress: bool | None) -> None:
+    """Audit checkpoint files and folders without loading them.
+
+    Folders are walked recursively; files are picked by content (the extension is a hint).
+    Exit status: 0 all SAFE, 1 unsafe findings, 2 could not decide (INCOMPLETE, empty scan,
+    interrupted, usage error).
+    """
+    if not paths and hf_cache is None:
+        raise click.UsageError("give at least one PATH or --hf-cache")
+    policy = load_policy(policy_file)
+    limits = load_limits(limit_items)
+    cache_dir: str | None = None
+    if hf_cache is not None:
+        cache_dir = hf_cache or default_hf_cache()
+        if not os.path.isdir(cache_dir):
+            raise fail(f"Hugging Face cache not found: {cache_dir}")
+
+    found = discover(paths, excludes=excludes, hf_cache=cache_dir)
+    if not found.targets:
+        result = ScanResult(skipped=found.skipped, notes=tuple(found.notes),
+                            policy=policy.extra)
+        _emit(result, fmt, output, verbose)
+        err("no files to scan" + (f" ({found.skipped} files skipped: not model files)"
+                                  if found.skipped else ""))
+        raise click.exceptions.Exit(int(ExitCode.UNDECIDED))
+
+    enabled = is_tty(stderr()) if show_progress is None else show_progress
+    progress = ScanProgress(enabled=enabled, total_files=len(found.targets),
+                            total_bytes=found.total_bytes, stream=stderr())
+    with progress:
+        outcome = run_targets(found.targets, policy=policy, limits=limits, workers=workers,
+                              on_start=progress.start, on_done=progress.done)
+    planned = sum(len(t.names) for t in found.targets)
+    result = ScanResult(reports=tuple(outcome.reports), skipped=found.skipped,
+                        notes=tuple(found.notes), interrupted=outcome.interrupted,
+                        planned=planned, policy=policy.extra)
+    _emit(result, fmt, output, verbose)
+    if outcome.interrupted:
+        err(f"interrupted: {summary_line(result)}")
+    code = exit_code(result.reports, fail_on=fail_on, interrupted=outcome.interrupted)
+    raise click.exceptions.Exit(int(code))
+
+
+def _emit(result: ScanResult, fmt: str, output: str | None, verbose: bool) -> None:
+    to_stdout = output is None or output == "-"
+    stream = stdout()
+    options = FormatOptions(
+        color=to_stdout and fmt == "text" and color_wanted(stream),
+        width=text_width(stream) if to_stdout else 160,
+        verbose=verbose,
+    )
+    write_output(render(fmt, result, options), output)
+    if not to_stdout:
+        err(summary_line(result))
+
+
+__all__ = ["scan_command"]

@@ -1,0 +1,174 @@
+"""SARIF 2.1.0 output for code-scanning tools (GitHub, Azure DevOps, ...).
+
+* rule metadata (id, name, descriptions, help, default level, security-severity) comes from
+  the rule registry (:mod:`ckptguard.rules`), every rule listed, in registry order, so
+  ``ruleIndex`` values are stable;
+* a result's physical location is the scanned file (a relative URI under ``%SRCROOT%`` when
+  the path is relative) with ``region.byteOffset`` (offsets are file offsets); the archive
+  member is a logical location (``kind: "member"``) and ``properties.archiveMember``;
+* ``partialFingerprints`` identify a finding across runs (rule, file, member, offset).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.parse
+from typing import Any
+
+from ..model import Effect, Finding, Report, Severity
+from ..rules import RULES, Rule
+from .jsonreport import dumps, tool_info
+from .options import FormatOptions
+from .result import ScanResult
+
+SARIF_VERSION = "2.1.0"
+SARIF_SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
+INFORMATION_URI = "https://github.com/ckptguard/ckptguard"
+
+#: GitHub reads ``security-severity`` (0-10) to rank security results.
+SECURITY_SEVERITY = {
+    Severity.CRITICAL: "9.8",
+    Severity.HIGH: "8.0",
+    Severity.MEDIUM: "5.5",
+    Severity.LOW: "3.0",
+    Severity.INFO: "0.0",
+}
+
+_RULE_INDEX = {rule_id: i for i, rule_id in enumerate(RULES)}
+
+
+def level_of(effect: Effect, severity: Severity) -> str:
+    """SARIF level: blocking findings are errors, undecided ones warnings, notes notes."""
+    if effect is Effect.BLOCKS:
+        return "error"
+    if effect is Effect.UNDECIDED:
+        return "warning"
+    return "note"
+
+
+def rule_descriptor(r: Rule) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "name": r.name,
+        "shortDescription": {"text": r.title},
+        "fullDescription": {"text": r.title},
+        "help": {"text": r.advice},
+        "defaultConfiguration": {"level": level_of(r.effect, r.severity)},
+        "properties": {
+            "tags": ["security"],
+            "precision": "very-high",
+            "problem.severity": "error" if r.effect is Effect.BLOCKS else (
+                "warning" if r.effect is Effect.UNDECIDED else "recommendation"),
+            "security-severity": SECURITY_SEVERITY[r.severity],
+            "severity": str(r.severity),
+            "effect": r.effect.value,
+        },
+    }
+
+
+def artifact_location(path: str) -> dict[str, Any]:
+    """A URI for ``path``: relative paths stay relative (under ``%SRCROOT%``), absolute ones
+    become ``file://`` URIs. Undecodable bytes and control characters are percent-encoded."""
+    raw = os.fsencode(path)
+    if os.path.isabs(path):
+        return {"uri": "file://" + urllib.parse.quote(raw, safe="/")}
+    if raw.startswith(b"./"):
+        raw = raw[2:]
+    return {"uri": urllib.parse.quote(raw, safe="/"), "uriBaseId": "%SRCROOT%"}
+
+
+def _fingerprint(f: Finding) -> str:
+    loc = f.location
+    key = "\0".join([f.rule_id, loc.path, loc.member or "", str(loc.offset)])
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def _result(f: Finding, report: Report) -> dict[str, Any]:
+    loc = f.location
+    physical: dict[str, Any] = {"artifactLocation": artifact_location(loc.path)}
+    if loc.offset is not None:
+        physical["region"] = {"byteOffset": loc.offset}
+    location: dict[str, Any] = {"physicalLocation": physical}
+    if loc.member is not None:
+        location["logicalLocations"] = [{"name": loc.member, "kind": "member"}]
+    props: dict[str, Any] = {
+        "severity": str(f.severity),
+        "effect": f.effect.value,
+        "verdict": report.verdict.value,
+        "format": report.format.value,
+        "location": str(loc),
+    }
+    if loc.member is not None:
+        props["archiveMember"] = loc.member
+    if f.evidence:
+        props["evidence"] = dict(f.evidence)
+    out: dict[str, Any] = {
+        "ruleId": f.rule_id,
+        "level": level_of(f.effect, f.severity),
+        "message": {"text": f"{f.message} ({loc})"},
+        "locations": [location],
+        "partialFingerprints": {"ckptguardFinding/v1": _fingerprint(f)},
+        "properties": props,
+    }
+    if f.rule_id in _RULE_INDEX:
+        out["ruleIndex"] = _RULE_INDEX[f.rule_id]
+    return out
+
+
+def _flatten(reports: tuple[Report, ...]) -> list[Report]:
+    out: list[Report] = []
+    for r in reports:
+        out.append(r)
+        out.extend(_flatten(r.children))
+    return out
+
+
+def sarif_document(result: ScanResult) -> dict[str, Any]:
+    reports = _flatten(result.reports)
+    results = [_result(f, r) for r in reports for f in r.findings]
+    notifications: list[dict[str, Any]] = []
+    for r in reports:
+        for p in r.problems:
+            notifications.append({
+                "level": "error",
+                "message": {"text": f"{p.message} ({p.location})"},
+                "locations": [{"physicalLocation": {
+                    "artifactLocation": artifact_location(p.location.path)}}],
+            })
+    for note in result.notes:
+        notifications.append({"level": "note", "message": {"text": note}})
+    tool = tool_info()
+    invocation: dict[str, Any] = {
+        "executionSuccessful": not result.interrupted,
+        "properties": {"summary": result.summary()},
+    }
+    if notifications:
+        invocation["toolExecutionNotifications"] = notifications
+    run: dict[str, Any] = {
+        "tool": {"driver": {
+            "name": tool["name"],
+            "version": tool["version"],
+            "semanticVersion": tool["version"],
+            "informationUri": INFORMATION_URI,
+            "rules": [rule_descriptor(r) for r in RULES.values()],
+        }},
+        "invocations": [invocation],
+        "artifacts": [{"location": artifact_location(r.path),
+                       "properties": {"verdict": r.verdict.value, "format": r.format.value}}
+                      for r in reports],
+        "results": results,
+        "columnKind": "unicodeCodePoints",
+        "properties": {
+            "policy": [{"global": e.full_path, "reason": e.reason, "source": e.source}
+                       for e in result.policy],
+        },
+    }
+    return {"$schema": SARIF_SCHEMA_URI, "version": SARIF_VERSION, "runs": [run]}
+
+
+def format_sarif(result: ScanResult, options: FormatOptions) -> str:
+    return dumps(sarif_document(result))
+
+
+__all__ = ["SARIF_VERSION", "artifact_location", "format_sarif", "level_of", "sarif_document"]
