@@ -311,8 +311,8 @@ def _audit_embedded_pickle(ctx: AuditContext, view: _View, hdr: NpyHeader, *,
     base = view.at(hdr.data_offset)
     result = audit_pickle(ctx, data, member=member, base_offset=base or 0,
                           mode=PickleMode.RAW)
-    end = getattr(result, "end", len(data))
-    if isinstance(end, int) and end < len(data) and not any(
+    end = result.end
+    if result.complete and end < len(data) and not any(
             f.rule_id == "CKG203" and f.location.member == member for f in ctx.findings):
         ctx.add("CKG203", f"{len(data) - end} bytes follow the STOP opcode of the object "
                 "array's pickle", member=member,
