@@ -69,7 +69,7 @@ def safe_load(
     try:
         ld.require_safe(af.report)
         if af.report.format is Format.JSON:
-            it = ld.iterate_audited(af, map_location, mmap=mmap, policy=pol, limits=lim)
+            it = ld.iterate_audited(af, map_location, mmap=mmap)
             with it:
                 return dict(it)
         return ld.load_audited(af, map_location, mmap=mmap)
@@ -118,8 +118,7 @@ def iter_state_dict(
     pol = policy if policy is not None else Policy()
     lim = limits if limits is not None else DEFAULT_LIMITS
     af = ld.open_audited(path_or_index, policy=pol, limits=lim)
-    it: StateDictIterator = ld.iterate_audited(af, map_location, mmap=mmap, policy=pol,
-                                               limits=lim)
+    it: StateDictIterator = ld.iterate_audited(af, map_location, mmap=mmap)
     return it
 
 

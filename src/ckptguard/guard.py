@@ -98,13 +98,12 @@ def is_torch_load_guarded() -> bool:
     return gate.is_active()
 
 
-_env_guard: TorchLoadGuard | None = None
+_env_guard: list[TorchLoadGuard] = []  # the one process-wide guard the env switch made
 
 
 def _enable_from_env(policy: Policy) -> None:
-    global _env_guard
-    if _env_guard is None:
-        _env_guard = guard_torch_load(policy=policy)
+    if not _env_guard:
+        _env_guard.append(guard_torch_load(policy=policy))
 
 
 class _TorchImportHook(importlib.abc.MetaPathFinder):

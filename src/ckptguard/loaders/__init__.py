@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 from ..model import Format
-from ..policy import Limits, Policy
 from ._torch import MapLocation, is_meta
 from .base import (
     LOADABLE_FORMATS,
@@ -27,7 +26,7 @@ from .base import (
 )
 from .meta import load_meta
 from .safetensors import load_safetensors
-from .sharded import StateDictIterator, open_shards, parse_index
+from .sharded import StateDictIterator, audit_index_for, open_shards, parse_index
 from .torchfile import load_torch
 
 
@@ -51,15 +50,16 @@ def load_audited(af: AuditedFile, map_location: MapLocation = "cpu", *,
 
 
 def iterate_audited(af: AuditedFile, map_location: MapLocation = "cpu", *,
-                    mmap: bool | None = True, policy: Policy, limits: Limits
-                    ) -> StateDictIterator:
-    """An iterator over a single file or, for an index json, all of its shards. Takes
-    ownership of ``af`` (closes it)."""
+                    mmap: bool | None = True) -> StateDictIterator:
+    """An iterator over a single file or, for an index json, all of its shards (every
+    shard audited and SAFE before this returns). Takes ownership of ``af`` (closes it)."""
     try:
         require_safe(af.report)
         if af.report.format is Format.JSON:
+            index_report = audit_index_for(af)
+            require_safe(index_report)
             index = parse_index(af)
-            files = open_shards(af, index, policy=policy, limits=limits)
+            files = open_shards(af, index_report, index)
             af.close()
         elif af.report.format in TORCH_FORMATS or af.report.format is Format.SAFETENSORS:
             files = [af]

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 
 from ..model import TensorInfo
 from ._torch import dtype_of, torch
+from .base import LoaderError
 
 
 def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -28,7 +29,7 @@ def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
 def _extent_bytes(info: TensorInfo, stride: tuple[int, ...], itemsize: int) -> int:
     if math.prod(info.shape) == 0:
         return info.storage_offset * itemsize
-    last = info.storage_offset + sum((d - 1) * s for d, s in zip(info.shape, stride))
+    last = info.storage_offset + sum((d - 1) * s for d, s in zip(info.shape, stride, strict=True))
     return (last + 1) * itemsize
 
 
@@ -39,11 +40,14 @@ def iter_meta(infos: Iterable[TensorInfo]) -> Iterator[tuple[str, torch.Tensor]]
         dt = dtype_of(info.dtype)
         shape = tuple(info.shape)
         stride = tuple(info.stride) if info.stride is not None else contiguous_stride(shape)
+        if len(stride) != len(shape) or min(shape, default=0) < 0:
+            raise LoaderError(f"tensor {info.name!r}: shape {shape} and stride {stride} "
+                              "do not fit together")
         need = max(_extent_bytes(info, stride, dt.itemsize), info.storage_nbytes or 0)
         key = (info.file, info.storage) if info.storage is not None else None
         storage = storages.get(key) if key is not None else None
         if storage is None or storage.nbytes() < need:
-            storage = torch.UntypedStorage(need, device="meta")
+            storage = torch.UntypedStorage(need, device="meta")  # type: ignore[no-untyped-call]
             if key is not None:
                 storages[key] = storage
         t = torch.empty(0, dtype=dt, device="meta")

@@ -48,7 +48,7 @@ def iter_safetensors(af: AuditedFile, map_location: MapLocation = "cpu"
     counts = [_check(af, info, dt) for info, dt in plan]
     mm = _map(af)
     af.verify()
-    for (info, dt), numel in zip(plan, counts):
+    for (info, dt), numel in zip(plan, counts, strict=True):
         shape = tuple(info.shape)
         if numel == 0 or mm is None or info.data_offset is None:
             t = torch.empty(shape, dtype=dt, device=device)

@@ -1,9 +1,12 @@
 """Sharded checkpoints (``*.index.json`` with a ``weight_map``) and one-at-a-time iteration.
 
-Every shard is opened and audited (and must be SAFE) before the first tensor is handed
-out; the descriptors stay open so each shard is later loaded through the inode that was
-audited. Shards are then loaded one after the other: the iterator keeps at most one shard
-mapped (tensors it already handed out keep their own shard's pages alive, as usual).
+The index is audited as the formats layer audits it (``analysis.folder.audit_index``:
+weight map, shard names and links, every shard, index/shard cross-checks) and must be
+SAFE before the first tensor is handed out. Each shard is then opened once and checked to
+be the very bytes its audit saw (inode, size, mtime, SHA-256 of the audited regions); the
+descriptors stay open so each shard is later loaded through that inode. Shards are then
+loaded one after the other: the iterator keeps at most one shard mapped (tensors it
+already handed out keep their own shard's pages alive, as usual).
 """
 
 from __future__ import annotations
@@ -12,22 +15,22 @@ import json
 import os
 import posixpath
 import weakref
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from ..model import Format
-from ..policy import Limits, Policy
+from ..errors import FileChangedError
+from ..model import Format, Report
 from ._torch import MapLocation, is_meta, torch
 from .base import (
     TORCH_FORMATS,
     AuditedFile,
     LoaderError,
     UnsupportedFormatError,
-    open_audited,
     pread_all,
     require_safe,
+    verify_identity,
 )
 from .meta import iter_meta
 from .safetensors import iter_safetensors
@@ -77,27 +80,49 @@ def parse_index(af: AuditedFile) -> ShardIndex:
     return ShardIndex(tuple(shards), {k: posixpath.normpath(v) for k, v in wm.items()})
 
 
-def open_shards(index_af: AuditedFile, index: ShardIndex, *, policy: Policy,
-                limits: Limits) -> list[AuditedFile]:
-    """Open and audit every shard; all must be SAFE and loadable, or all are closed."""
+def audit_index_for(af: AuditedFile) -> Report:
+    """Audit the index as the formats layer does (``audit_index``: the weight map, every
+    shard, the cross-checks) and make sure it describes the index ``af`` holds open."""
+    from ..analysis.folder import audit_index
+
+    report = audit_index(af.path, policy=af.policy, limits=af.limits)
+    verify_identity(af.path, af.fd, report.identity)
+    return report
+
+
+def open_shards(index_af: AuditedFile, index_report: Report, index: ShardIndex
+                ) -> list[AuditedFile]:
+    """Open every shard the SAFE ``index_report`` audited and check that each descriptor
+    holds exactly the audited bytes (inode, size, mtime, audited regions); returns them
+    in weight-map order. On any failure all are closed."""
+    require_safe(index_report)
     folder = os.path.dirname(index_af.path)
+    children = {os.path.normpath(c.path): c for c in index_report.children}
     opened: list[AuditedFile] = []
     try:
         for shard in index.shards:
-            af = open_audited(os.path.join(folder, *shard.split("/")), policy=policy,
-                              limits=limits)
+            path = os.path.join(folder, *shard.split("/"))
+            child = children.get(os.path.normpath(path))
+            if child is None:
+                raise LoaderError(f"{index_af.path}: shard {shard!r} has no audit report")
+            require_safe(child)
+            if child.format not in TORCH_FORMATS | {Format.SAFETENSORS}:
+                raise UnsupportedFormatError(child)
+            try:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError as e:
+                raise FileChangedError(path, f"cannot reopen the shard ({e.strerror or e})") \
+                    from None
+            af = AuditedFile(path, fd, child, index_af.policy, index_af.limits)
             opened.append(af)
-            require_safe(af.report)
-            if af.report.format not in TORCH_FORMATS | {Format.SAFETENSORS}:
-                raise UnsupportedFormatError(af.report)
-            names = {t.name for t in af.report.tensors}
-            if names:
-                missing = sorted(k for k, v in index.weight_map.items()
-                                 if v == shard and k not in names)
-                if missing:
-                    raise LoaderError(
-                        f"{index_af.path}: the index places {len(missing)} tensor(s) in "
-                        f"{shard} that the shard does not hold (first: {missing[0]!r})")
+            af.verify()
+            names = {t.name for t in child.tensors}
+            missing = sorted(k for k, v in index.weight_map.items()
+                             if v == shard and k not in names)
+            if names and missing:
+                raise LoaderError(
+                    f"{index_af.path}: the index places {len(missing)} tensor(s) in "
+                    f"{shard} that the shard does not hold (first: {missing[0]!r})")
     except BaseException:
         for af in opened:
             af.close()
@@ -122,9 +147,9 @@ class StateDictIterator(Iterator[tuple[str, "torch.Tensor"]]):
         self._map_location = map_location
         self._mmap = mmap
         self._finalizer = weakref.finalize(self, _close_all, self._files)
-        self._gen = self._run()
+        self._gen: Generator[tuple[str, torch.Tensor], None, None] = self._run()
 
-    def _run(self) -> Iterator[tuple[str, torch.Tensor]]:
+    def _run(self) -> Generator[tuple[str, torch.Tensor], None, None]:
         meta = is_meta(self._map_location)
         for af in self._files:
             if meta:
@@ -156,4 +181,4 @@ class StateDictIterator(Iterator[tuple[str, "torch.Tensor"]]):
         self.close()
 
 
-__all__ = ["ShardIndex", "StateDictIterator", "open_shards", "parse_index"]
+__all__ = ["ShardIndex", "StateDictIterator", "audit_index_for", "open_shards", "parse_index"]
