@@ -61,6 +61,12 @@ def test_torch_zip_bit_exact(tmp_path: Path, container: type) -> None:
     assert frozenset({"embed.weight", "lm_head.weight"}) in sharing(ours)
 
 
+def test_torch_zip_without_mmap(tmp_path: Path) -> None:
+    path = save_torch(tmp_path / "model.pt", benign_state_dict())
+    assert_same_state_dict(ckptguard.safe_load(path, mmap=False),
+                           torch.load(path, weights_only=True))
+
+
 def test_torch_legacy_bit_exact(tmp_path: Path) -> None:
     path = save_torch(tmp_path / "model.bin", legacy_state_dict(), legacy=True)
     ours = ckptguard.safe_load(path)
@@ -123,6 +129,8 @@ def test_meta_reads_no_tensor_bytes(tmp_path: Path, kind: str) -> None:
     ours = ckptguard.safe_load(path, map_location="meta")
     r1, _ = io_chars()
     assert r1 - r0 < size // 8, (r1 - r0, size)  # the audit reads headers, not 16 MB of data
+    if kind == "zip":  # tied weights share one meta storage, as in the file
+        assert ours["tied"].untyped_storage()._cdata == ours["b"].untyped_storage()._cdata
     for k, v in big.items():
         assert ours[k].device.type == "meta"
         assert (ours[k].dtype, tuple(ours[k].shape), ours[k].stride()) == (

@@ -218,3 +218,8 @@ def test_environment_switch_off() -> None:
     assert install_from_env({}) is False
     assert install_from_env({ENV_VAR: "0"}) is False
     assert not is_torch_load_guarded()
+
+
+def test_missing_path_is_file_not_found(tmp_path: Path) -> None:
+    with ckptguard.guard_torch_load(), pytest.raises(FileNotFoundError):
+        torch.load(tmp_path / "missing.pt")

@@ -18,6 +18,7 @@ plus the policy's user-allowed globals). Everything else is torch's.
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import os
@@ -25,6 +26,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ScanInputError
 from ..model import Format
 from ..policy import Limits, Policy
 from . import _torch
@@ -100,7 +102,13 @@ def _load_path(f: Any, cfg: GuardConfig, map_location: Any, mmap: bool | None,
     path = os.fspath(f)
     if isinstance(path, bytes):
         path = os.fsdecode(path)
-    with open_audited(path, policy=cfg.policy, limits=cfg.limits) as af:
+    try:
+        af = open_audited(path, policy=cfg.policy, limits=cfg.limits)
+    except ScanInputError:
+        if not os.path.lexists(path):  # torch.load's own error type for a missing file
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
+        raise
+    with af:
         require_safe(af.report)
         if af.report.format is Format.SAFETENSORS and path.endswith(".safetensors"):
             if isinstance(map_location, dict) or (
