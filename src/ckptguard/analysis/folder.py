@@ -211,25 +211,23 @@ def _index_report(path: str, *, policy: Policy, limits: Limits, folder: str | No
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
         return unreadable_report(path, e.strerror or str(e), limits)
+    ctx = AuditContext(path, Source.from_bytes(b""), policy, limits)  # index-level findings
     try:
         base = audit_fd(path, fd, policy=policy, limits=limits)
         if base.format is not Format.JSON or any(
                 f.rule_id in ("CKG010", "CKG901") for f in base.findings):
             weight_map = None
         else:
-            ctx = AuditContext(path, Source(fd, os.fstat(fd).st_size), policy, limits)
-            weight_map = _read_weight_map(ctx)
+            weight_map = _read_weight_map(ctx, Source(fd, os.fstat(fd).st_size))
     finally:
         os.close(fd)
     if weight_map is None:
-        if not any(f.rule_id in ("CKG701", "CKG901", "CKG010") for f in base.findings):
-            ctx = AuditContext(path, Source.from_bytes(b""), policy, limits)
+        if not any(f.rule_id in ("CKG701", "CKG901", "CKG010")
+                   for f in base.findings + tuple(ctx.findings)):
             ctx.add("CKG701", "the index has no readable weight_map")
-            base = replace(base, findings=base.findings + tuple(ctx.findings),
-                           verdict=combine_verdicts(base.findings + tuple(ctx.findings),
-                                                    base.problems, ()))
-        return base
-    ctx = AuditContext(path, Source.from_bytes(b""), policy, limits)
+        findings = base.findings + tuple(ctx.findings)
+        return replace(base, findings=findings,
+                       verdict=combine_verdicts(findings, base.problems, ()))
     checker = _ShardCheck(ctx, path, weight_map, policy=policy, limits=limits, folder=folder,
                           folder_reports=folder_reports)
     checker.run()
@@ -248,11 +246,13 @@ def _index_report(path: str, *, policy: Policy, limits: Limits, folder: str | No
     )
 
 
-def _read_weight_map(ctx: AuditContext) -> dict[str, str] | None:
-    size = ctx.source.size
+def _read_weight_map(ctx: AuditContext, source: Source) -> dict[str, str] | None:
+    """The index's weight_map (read again through the audited descriptor); index-level
+    findings go to ``ctx``. JSON-level defects were already reported by the JSON audit."""
+    size = source.size
     if size > ctx.limits.max_header_bytes:
         return None
-    data = ctx.source.read(0, size)
+    data = source.read(0, size)
     try:
         parsed = parse_json(data, max_depth=ctx.limits.max_json_depth)
     except JsonError:
