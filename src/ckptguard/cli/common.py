@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 from collections.abc import Callable
 from typing import IO, Any, TypeVar
@@ -102,11 +103,11 @@ def write_output(text: str, output: str | None) -> None:
 
 
 def stdout() -> Any:
-    return click.get_text_stream("stdout")
+    return sys.stdout
 
 
 def stderr() -> Any:
-    return click.get_text_stream("stderr")
+    return sys.stderr
 
 
 __all__ = ["color_wanted", "err", "fail", "is_tty", "limit_option", "load_limits",

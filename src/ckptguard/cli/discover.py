@@ -15,7 +15,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ..detect import EXTENSION_HINTS, extension_of, sniff
@@ -44,6 +44,7 @@ class Discovery:
     notes: list[str] = field(default_factory=list)
     _by_key: dict[tuple[int, int, str], Target] = field(default_factory=dict)
     _seq: int = 0
+    linked: set[str] = field(default_factory=set)  # real paths that snapshot links point to
 
     def _next(self) -> int:
         self._seq += 1
@@ -123,42 +124,49 @@ def walk_folder(root: str, excludes: tuple[str, ...], found: Discovery, *,
                 display_root: str | None = None, metadata: dict[str, str] | None = None
                 ) -> None:
     """Walk ``root`` in sorted order; add the files that look like models to ``found``."""
-    stack: list[tuple[str, str]] = [(root, "")]
-    while stack:
-        folder, rel_folder = stack.pop()
+    stack: list[tuple[Iterator[os.DirEntry[str]], str]] = []
+
+    def enter(folder: str, rel_folder: str) -> None:
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
             found.add_unreadable_dir(folder, e.strerror or str(e))
+            return
+        stack.append((iter(entries), rel_folder))
+
+    enter(root, "")
+    while stack:
+        entries, rel_folder = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
             continue
-        subdirs: list[tuple[str, str]] = []
-        for entry in entries:
-            rel = f"{rel_folder}/{entry.name}" if rel_folder else entry.name
-            if is_excluded(rel, entry.name, excludes):
-                continue
-            try:
-                is_dir = entry.is_dir(follow_symlinks=True)
-                is_link = entry.is_symlink()
-            except OSError:
-                is_dir, is_link = False, False
-            if is_dir:
-                if is_link:
-                    found.notes.append(f"directory link not followed: {entry.path}")
-                elif entry.name not in VCS_DIRS:
-                    subdirs.append((entry.path, rel))
-                continue
-            name = entry.path if display_root is None else f"{display_root}/{rel}"
-            if looks_like_model(entry.path, entry.name):
-                meta = metadata
-                if metadata is not None and is_link:
-                    meta = {**metadata,
-                            "hf_cache.blob": os.path.basename(os.path.realpath(entry.path))}
-                found.add(entry.path, name, metadata=meta)
-            else:
-                found.skipped += 1
-        # depth-first, in name order: push in reverse so the first name pops first
-        stack.extend(reversed(subdirs))
+        rel = f"{rel_folder}/{entry.name}" if rel_folder else entry.name
+        if is_excluded(rel, entry.name, excludes):
+            continue
+        try:
+            is_dir = entry.is_dir(follow_symlinks=True)
+            is_link = entry.is_symlink()
+        except OSError:
+            is_dir, is_link = False, False
+        if is_dir:
+            if is_link:
+                found.notes.append(f"directory link not followed: {entry.path}")
+            elif entry.name not in VCS_DIRS:
+                enter(entry.path, rel)  # depth-first, in name order
+            continue
+        name = entry.path if display_root is None else f"{display_root}/{rel}"
+        real = os.path.realpath(entry.path) if is_link else entry.path
+        if metadata is not None:
+            found.linked.add(real)
+        if looks_like_model(entry.path, entry.name):
+            meta = metadata
+            if metadata is not None and is_link:
+                meta = {**metadata, "hf_cache.blob": os.path.basename(real)}
+            found.add(entry.path, name, metadata=meta)
+        else:
+            found.skipped += 1
 
 
 def default_hf_cache() -> str:
@@ -225,7 +233,6 @@ def _unreferenced_blobs(repo: str, display: str, excludes: tuple[str, ...],
     except OSError as e:
         found.add_unreadable_dir(blobs, e.strerror or str(e))
         return
-    seen = {(k[0], k[1]) for k in found._by_key}
     for entry in entries:
         if entry.name.endswith(".incomplete"):
             found.notes.append(f"partial download not scanned: {entry.path}")
@@ -233,14 +240,11 @@ def _unreferenced_blobs(repo: str, display: str, excludes: tuple[str, ...],
         name = f"{display}/blobs/{entry.name}"
         if is_excluded(f"blobs/{entry.name}", entry.name, excludes):
             continue
-        try:
-            st = entry.stat(follow_symlinks=True)
-        except OSError:
-            st = None
-        if st is not None and (st.st_dev, st.st_ino) in seen:
+        if os.path.realpath(entry.path) in found.linked:
             continue
         if looks_like_model(entry.path, entry.name):
-            found.add(entry.path, name, metadata={"hf_cache.repo": display})
+            found.add(entry.path, name, metadata={"hf_cache.repo": display,
+                                                  "hf_cache.blob": entry.name})
         else:
             found.skipped += 1
 

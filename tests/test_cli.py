@@ -1,0 +1,478 @@
+"""CliRunner tests: every option and exit code of ``ckptguard scan``, the HF cache layout,
+hostile names, and golden outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jsonschema
+import pytest
+from click.testing import CliRunner, Result
+
+import ckptguard
+from ckptguard.cli import cli
+from ckptguard.cli.discover import default_hf_cache, repo_display
+from cli_helpers import (
+    evil_pickle,
+    hf_cache,
+    model_folder,
+    namespace_pickle,
+    safetensors_bytes,
+    write,
+)
+from golden_util import check_golden
+
+ROOT = Path(__file__).resolve().parents[1]
+SARIF_SCHEMA = json.loads((Path(__file__).parent / "data" / "sarif-schema-2.1.0.json")
+                          .read_text(encoding="utf-8"))
+JSON_SCHEMA = json.loads((ROOT / "docs" / "report-schema.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture()
+def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME",
+                "NO_COLOR"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+def scan_json(*args: str) -> tuple[int, dict]:
+    res = run("scan", "--format", "json", *args)
+    doc = json.loads(res.stdout)
+    jsonschema.Draft202012Validator(JSON_SCHEMA).validate(doc)
+    return res.exit_code, doc
+
+
+def paths(doc: dict) -> list[str]:
+    return [r["path"] for r in doc["reports"]]
+
+
+def normalise_json(text: str) -> str:
+    """Drop what changes between runs (inode, mtime, version) for golden files."""
+    doc = json.loads(text)
+    doc["tool"]["version"] = "<version>"
+    for r in doc["reports"]:
+        r["identity"] = None
+        r["tool_version"] = "<version>"
+    return json.dumps(doc, indent=2, ensure_ascii=True) + "\n"
+
+
+def normalise_sarif(text: str) -> str:
+    doc = json.loads(text)
+    drv = doc["runs"][0]["tool"]["driver"]
+    drv["version"] = drv["semanticVersion"] = "<version>"
+    return json.dumps(doc, indent=2, ensure_ascii=True) + "\n"
+
+
+# --- exit codes ------------------------------------------------------------------------------
+
+def test_safe_file_exits_0(here: Path) -> None:
+    write(here / "ok.safetensors", safetensors_bytes())
+    res = run("scan", "ok.safetensors")
+    assert res.exit_code == 0, res.output
+    assert "1 file scanned: 1 SAFE, 0 UNSAFE, 0 INCOMPLETE" in res.stdout
+
+
+def test_unsafe_file_exits_1(here: Path) -> None:
+    write(here / "evil.pkl", evil_pickle())
+    res = run("scan", "evil.pkl")
+    assert res.exit_code == 1
+    assert "CKG101" in res.stdout and "UNSAFE" in res.stdout
+    assert "evil.pkl@" in res.stdout  # location path:member@offset
+
+
+def test_incomplete_exits_2(here: Path) -> None:
+    write(here / "empty.bin", b"")
+    res = run("scan", "empty.bin")
+    assert res.exit_code == 2
+    assert "INCOMPLETE" in res.stdout
+
+
+def test_unsafe_beats_incomplete(here: Path) -> None:
+    write(here / "empty.bin", b"")
+    write(here / "evil.pkl", evil_pickle())
+    assert run("scan", "empty.bin", "evil.pkl").exit_code == 1
+
+
+def test_missing_path_is_reported_not_fatal(here: Path) -> None:
+    write(here / "ok.safetensors", safetensors_bytes())
+    code, doc = scan_json("ok.safetensors", "nope.pt")
+    assert code == 2
+    assert paths(doc) == ["ok.safetensors", "nope.pt"]
+    assert doc["reports"][1]["findings"][0]["rule_id"] == "CKG010"
+
+
+def test_empty_scan_says_so_and_exits_2(here: Path) -> None:
+    (here / "empty_dir").mkdir()
+    res = run("scan", "empty_dir")
+    assert res.exit_code == 2
+    assert "no files to scan" in res.stderr
+    write(here / "only_text" / "README.md", b"# hello\n")
+    res = run("scan", "only_text")
+    assert res.exit_code == 2
+    assert "1 files skipped" in res.stderr
+
+
+def test_usage_errors_exit_2(here: Path) -> None:
+    assert run("scan").exit_code == 2
+    assert run("scan", "--format", "xml", ".").exit_code == 2
+    assert run("scan", "--fail-on", "low", ".").exit_code == 2
+    assert run("scan", "--workers", "0", ".").exit_code == 2
+    assert run("scan", "--limit", "bogus=1", ".").exit_code == 2
+    assert run("scan", "--limit", "max_opcodes=abc", ".").exit_code == 2
+    assert run("scan", "--limit", "max_opcodes=-1", ".").exit_code == 2
+    assert run("nosuchcommand").exit_code == 2
+
+
+def test_internal_error_never_exits_0(here: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(here / "ok.safetensors", safetensors_bytes())
+
+    def boom(*a: object, **k: object) -> object:
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr("ckptguard.cli.runner.scan", boom)
+    res = run("scan", "ok.safetensors")
+    assert res.exit_code == 2
+    assert "kaboom" in res.stdout  # recorded as a CKG902 finding
+
+    monkeypatch.setattr("ckptguard.cli.scan_cmd.discover", boom)
+    res = run("scan", "ok.safetensors")
+    assert res.exit_code == 2
+    assert "internal error" in res.stderr and "kaboom" in res.stderr
+
+
+def test_ctrl_c_stops_with_partial_summary(here: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(4):
+        write(here / "m" / f"f{i}.safetensors", safetensors_bytes())
+    import ckptguard.cli.runner as runner
+
+    real = runner.scan_one
+    calls = []
+
+    def interrupting(*a: object, **k: object) -> object:
+        calls.append(a)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner, "scan_one", interrupting)
+    res = run("scan", "m")
+    assert res.exit_code == 2
+    assert "2 files scanned: 2 SAFE" in res.stdout
+    assert "interrupted after 2 of 4 files" in res.stdout
+    assert "interrupted" in res.stderr
+    code, doc = scan_json("m")  # the next run is complete again
+    assert code == 0 and doc["summary"]["interrupted"] is False
+
+
+# --- --fail-on --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("files, fail_on, expected", [
+    (["ns.pkl"], None, 1),
+    (["ns.pkl"], "critical", 0),
+    (["ns.pkl"], "high", 0),
+    (["ns.pkl"], "medium", 1),
+    (["ns.pkl"], "any", 1),
+    (["evil.pkl"], "critical", 1),
+    (["ok.safetensors"], "any", 0),
+    (["empty.bin"], "critical", 2),
+    (["empty.bin", "ns.pkl"], "critical", 2),
+    (["empty.bin", "evil.pkl"], "critical", 1),
+])
+def test_fail_on(here: Path, files: list[str], fail_on: str | None, expected: int) -> None:
+    write(here / "ns.pkl", namespace_pickle())
+    write(here / "evil.pkl", evil_pickle())
+    write(here / "empty.bin", b"")
+    write(here / "ok.safetensors", safetensors_bytes())
+    args = ["scan", *files] + (["--fail-on", fail_on] if fail_on else [])
+    assert run(*args).exit_code == expected
+
+
+# --- folders, exclude, workers, links ----------------------------------------------------------
+
+def test_folder_walk_sorted_by_content(here: Path) -> None:
+    model_folder(here / "m")
+    write(here / "m" / "disguised.txt", evil_pickle())   # picked by content
+    write(here / "m" / "weights.bin", b"ZZZZ not really")  # picked by extension
+    code, doc = scan_json("m")
+    assert code == 1
+    assert paths(doc) == ["m/disguised.txt", "m/empty.bin", "m/safe.safetensors",
+                          "m/sub/evil.pkl", "m/weights.bin"]
+    assert doc["summary"]["skipped"] == 1
+    assert doc["reports"][0]["verdict"] == "UNSAFE"
+
+
+def test_exclude(here: Path) -> None:
+    model_folder(here / "m")
+    code, doc = scan_json("m", "--exclude", "*.pkl", "--exclude", "empty.bin")
+    assert code == 0
+    assert paths(doc) == ["m/safe.safetensors"]
+    code, doc = scan_json("m", "--exclude", "sub")
+    assert "m/sub/evil.pkl" not in paths(doc)
+
+
+def test_vcs_folders_skipped(here: Path) -> None:
+    write(here / "repo" / ".git" / "objects" / "x.pkl", evil_pickle())
+    write(here / "repo" / "ok.safetensors", safetensors_bytes())
+    code, doc = scan_json("repo")
+    assert code == 0 and paths(doc) == ["repo/ok.safetensors"]
+
+
+def test_workers_same_output_order(here: Path) -> None:
+    for i in range(12):
+        data = evil_pickle() if i % 5 == 0 else safetensors_bytes()
+        write(here / "m" / f"f{i:02d}.{'pkl' if i % 5 == 0 else 'safetensors'}", data)
+    code1, doc1 = scan_json("m")
+    code4, doc4 = scan_json("m", "--workers", "4")
+    assert code1 == code4 == 1
+    assert paths(doc1) == paths(doc4) == sorted(paths(doc1))
+    assert [r["verdict"] for r in doc1["reports"]] == [r["verdict"] for r in doc4["reports"]]
+
+
+def test_symlink_loops_and_special_files(here: Path) -> None:
+    m = here / "m"
+    write(m / "ok.safetensors", safetensors_bytes())
+    (m / "self").symlink_to("self")              # a link loop (ELOOP)
+    (m / "a").symlink_to("b")
+    (m / "b").symlink_to("a")
+    (m / "dirloop").symlink_to(".")              # a directory link: not followed
+    (m / "dangling.pt").symlink_to("missing.pt")
+    os.mkfifo(m / "fifo.pt")                     # must not block the scan
+    code, doc = scan_json("m")
+    assert code == 2
+    by_path = {r["path"]: r for r in doc["reports"]}
+    for name in ("m/self", "m/a", "m/b", "m/dangling.pt", "m/fifo.pt"):
+        assert by_path[name]["verdict"] == "INCOMPLETE", name
+        assert by_path[name]["findings"][0]["rule_id"] == "CKG010"
+    assert by_path["m/ok.safetensors"]["verdict"] == "SAFE"
+    assert any("directory link not followed: m/dirloop" in n for n in doc["notes"])
+
+
+def test_same_file_twice_scanned_once_reported_twice(here: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    write(here / "a.safetensors", safetensors_bytes())
+    os.link(here / "a.safetensors", here / "b.safetensors")
+    import ckptguard.cli.runner as runner
+
+    real = runner.scan_one
+    calls: list[str] = []
+
+    def counting(path: str, *a: object) -> object:
+        calls.append(path)
+        return real(path, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner, "scan_one", counting)
+    code, doc = scan_json(".")
+    assert code == 0
+    assert paths(doc) == ["./a.safetensors", "./b.safetensors"]
+    assert len(calls) == 1
+
+
+# --- Hugging Face cache -----------------------------------------------------------------------
+
+def test_hf_cache_layout(here: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = hf_cache(here / "hub")
+    import ckptguard.cli.runner as runner
+
+    real = runner.scan_one
+    calls: list[str] = []
+
+    def counting(path: str, *a: object) -> object:
+        calls.append(path)
+        return real(path, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner, "scan_one", counting)
+    code, doc = scan_json("--hf-cache", str(cache))
+    assert code == 1
+    assert paths(doc) == [
+        "datasets/org/data@r9/data.safetensors",
+        "org/name@r1/model.safetensors",
+        "org/name@r2/extra/pytorch_model.bin",
+        "org/name@r2/model.safetensors",
+    ]
+    assert len(calls) == 3  # the shared blob once
+    by_path = {r["path"]: r for r in doc["reports"]}
+    evil = by_path["org/name@r2/extra/pytorch_model.bin"]
+    assert evil["verdict"] == "UNSAFE"
+    assert evil["findings"][0]["location"]["path"] == "org/name@r2/extra/pytorch_model.bin"
+    assert evil["metadata"]["hf_cache.blob"] == "2" * 40
+    assert by_path["org/name@r1/model.safetensors"]["metadata"]["hf_cache.revision"] == "r1"
+    assert by_path["org/name@r2/model.safetensors"]["metadata"]["hf_cache.revision"] == "r2"
+    assert doc["summary"]["skipped"] == 2  # config.json in r1 and r2: one blob, two names
+    assert any("partial download not scanned" in n for n in doc["notes"])
+
+
+def test_hf_cache_default_location(here: Path) -> None:
+    cache = hf_cache(here / "custom")
+    res = run("scan", "--hf-cache", "--format", "json", env={"HF_HUB_CACHE": str(cache)})
+    assert res.exit_code == 1 and len(json.loads(res.stdout)["reports"]) == 4
+    home = here / "hfhome"
+    hf_cache(home / "hub")
+    res = run("scan", "--hf-cache", "--format", "json", env={"HF_HOME": str(home)})
+    assert res.exit_code == 1 and len(json.loads(res.stdout)["reports"]) == 4
+    res = run("scan", "--hf-cache", env={"HF_HUB_CACHE": str(here / "missing")})
+    assert res.exit_code == 2 and "cache not found" in res.stderr
+
+
+def test_hf_cache_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert repo_display("models--org--name") == "org/name"
+    assert repo_display("models--gpt2") == "gpt2"
+    assert repo_display("datasets--o--d") == "datasets/o/d"
+    assert repo_display(".locks") is None
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    assert default_hf_cache() == os.path.expanduser("~/.cache/huggingface/hub")
+    monkeypatch.setenv("XDG_CACHE_HOME", "/x")
+    assert default_hf_cache() == "/x/huggingface/hub"
+    monkeypatch.setenv("HF_HOME", "/h")
+    assert default_hf_cache() == "/h/hub"
+    monkeypatch.setenv("HF_HUB_CACHE", "/c")
+    assert default_hf_cache() == "/c"
+
+
+# --- policy -----------------------------------------------------------------------------------
+
+POLICY = """
+[tool.ckptguard]
+allow = [{ global = "argparse.Namespace", reason = "hparams saved by our trainer" }]
+"""
+
+
+def test_policy_file(here: Path) -> None:
+    write(here / "ns.pkl", namespace_pickle())
+    (here / "policy.toml").write_text(POLICY)
+    assert run("scan", "ns.pkl").exit_code == 1
+    res = run("scan", "ns.pkl", "--policy", "policy.toml", "-v")
+    assert res.exit_code == 0, res.output
+    assert "hparams saved by our trainer" in res.stdout
+    code, doc = scan_json("ns.pkl", "--policy", "policy.toml")
+    assert code == 0
+    assert doc["policy"] == [{"global": "argparse.Namespace",
+                              "reason": "hparams saved by our trainer",
+                              "source": "policy.toml"}]
+
+
+def test_policy_discovered_from_pyproject(here: Path) -> None:
+    write(here / "ns.pkl", namespace_pickle())
+    (here / "pyproject.toml").write_text("[project]\nname = 'x'\n" + POLICY)
+    assert run("scan", "ns.pkl").exit_code == 0
+
+
+def test_policy_errors_exit_2(here: Path) -> None:
+    write(here / "ns.pkl", namespace_pickle())
+    (here / "bad.toml").write_text('allow = [{ global = "os.system", reason = "no" }]\n')
+    res = run("scan", "ns.pkl", "--policy", "bad.toml")
+    assert res.exit_code == 2 and "invalid policy" in res.stderr
+    (here / "noreason.toml").write_text('allow = [{ global = "argparse.Namespace" }]\n')
+    assert run("scan", "ns.pkl", "--policy", "noreason.toml").exit_code == 2
+    assert run("scan", "ns.pkl", "--policy", "missing.toml").exit_code == 2
+
+
+def test_limit_option(here: Path) -> None:
+    write(here / "evil.pkl", evil_pickle())
+    assert run("scan", "evil.pkl", "--limit", "max_seconds=60").exit_code == 1
+
+
+# --- formats and output -----------------------------------------------------------------------
+
+def test_output_file(here: Path) -> None:
+    write(here / "ok.safetensors", safetensors_bytes())
+    res = run("scan", "ok.safetensors", "--format", "sarif", "--output", "out.sarif")
+    assert res.exit_code == 0
+    assert res.stdout == ""
+    assert "1 file scanned" in res.stderr
+    doc = json.loads((here / "out.sarif").read_text())
+    jsonschema.Draft4Validator(SARIF_SCHEMA).validate(doc)
+    res = run("scan", "ok.safetensors", "--output", str(here / "nodir" / "x.txt"))
+    assert res.exit_code == 2 and "cannot write" in res.stderr
+
+
+def test_no_colour_without_tty(here: Path) -> None:
+    write(here / "evil.pkl", evil_pickle())
+    res = run("scan", "evil.pkl")
+    assert "\x1b" not in res.output
+
+
+def test_progress_flag_without_tty_is_harmless(here: Path) -> None:
+    write(here / "ok.safetensors", safetensors_bytes())
+    res = run("scan", "ok.safetensors", "--no-progress")
+    assert res.exit_code == 0 and res.stderr == ""
+
+
+def _golden_folder(here: Path) -> None:
+    write(here / "m" / "a.safetensors", safetensors_bytes(metadata={"format": "pt"}))
+    write(here / "m" / "empty.bin", b"")
+    write(here / "m" / "unknown.bin", b"ZZZZ this is not a checkpoint\n")
+    write(here / "m" / "notes.txt", b"ZZZ skipped\n")
+
+
+@pytest.mark.parametrize("fmt, suffix", [("text", "txt"), ("json", "json"), ("sarif", "sarif")])
+def test_cli_golden(here: Path, fmt: str, suffix: str) -> None:
+    _golden_folder(here)
+    res = run("scan", "m", "--format", fmt)
+    assert res.exit_code == 2
+    out = res.stdout
+    if fmt == "json":
+        jsonschema.Draft202012Validator(JSON_SCHEMA).validate(json.loads(out))
+        out = normalise_json(out)
+    elif fmt == "sarif":
+        jsonschema.Draft4Validator(SARIF_SCHEMA).validate(json.loads(out))
+        out = normalise_sarif(out)
+    check_golden(f"cli-scan.{suffix}", out)
+
+
+# --- hostile names ----------------------------------------------------------------------------
+
+HOSTILE_NAMES = [
+    "esc\x1b[31mred\x1b[0m.pkl",
+    "new\nline.pkl",
+    "cr\rreturn\x07bell.pkl",
+    "rtl\u202elkp.pt",
+    "long-" + "x" * 240 + ".pkl",
+]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "sarif"])
+def test_hostile_names_escaped_everywhere(here: Path, fmt: str) -> None:
+    for name in HOSTILE_NAMES:
+        write(here / "h" / name, evil_pickle())
+    res = run("scan", "h", "--format", fmt, "-v")
+    assert res.exit_code == 1
+    out = res.output
+    for bad in ("\x1b", "\r", "\x07", "\u202e"):
+        assert bad not in out, (fmt, repr(bad))
+    if fmt == "text":
+        assert "esc\\x1b[31mred" in out and "new\\x0aline" in out and "rtl\\u202elkp" in out
+        assert "x" * 240 not in out  # truncated
+        assert "new\nline" not in out  # no raw newline from a name
+    else:
+        doc = json.loads(res.stdout)
+        if fmt == "json":
+            assert sorted(paths(doc)) == sorted("h/" + n for n in HOSTILE_NAMES)
+        else:
+            jsonschema.Draft4Validator(SARIF_SCHEMA).validate(doc)
+            uris = {a["location"]["uri"] for a in doc["runs"][0]["artifacts"]}
+            assert "h/new%0Aline.pkl" in uris
+
+
+def test_undecodable_file_name(here: Path) -> None:
+    raw = os.fsencode(str(here / "h")) + b"/bad\xff\xfename.pkl"
+    os.makedirs(here / "h")
+    with open(raw, "wb") as fh:
+        fh.write(evil_pickle())
+    for fmt in ("text", "json", "sarif"):
+        res = run("scan", "h", "--format", fmt)
+        assert res.exit_code == 1
+        assert "\\udcff" in res.output or "%FF" in res.output
+
+
+def test_version() -> None:
+    res = run("--version")
+    assert res.exit_code == 0 and ckptguard.__version__ in res.stdout
