@@ -62,6 +62,23 @@ def test_sharded_safetensors_folder_is_safe(tmp_path: Path) -> None:
     assert {t.name for t in child(r, S1).tensors} == {"enc.w", "enc.b"}
 
 
+def test_json_arrays_and_other_data_are_skipped(tmp_path: Path) -> None:
+    sharded_safetensors(tmp_path)
+    (tmp_path / "modules.json").write_text(json.dumps([{"idx": 0, "type": "x"}]))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\na b\n")
+    os.symlink(tmp_path / "nowhere", tmp_path / "README.md")
+    r = ckptguard.scan(tmp_path)
+    assert r.verdict is Verdict.SAFE and r.rule_ids() == set()
+    assert dict(r.metadata)["skipped_files"] == "3"
+
+
+def test_garbage_index_is_still_audited(tmp_path: Path) -> None:
+    sharded_safetensors(tmp_path)
+    (tmp_path / ST).write_bytes(b"\x00garbage")
+    r = ckptguard.scan(tmp_path)
+    assert r.verdict is Verdict.UNSAFE and {"CKG001", "CKG701"} <= r.rule_ids()
+
+
 def test_scan_index_json_audits_its_shards(tmp_path: Path) -> None:
     d = tmp_path / "model"
     sharded_safetensors(d)

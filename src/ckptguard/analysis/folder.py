@@ -29,7 +29,11 @@ from .engine import audit_fd, audit_path, unreadable_report
 
 #: Extensions audited whatever their content (a mismatch is the file's own finding).
 MODEL_EXTENSIONS = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib",
-                              ".npy", ".npz", ".safetensors", ".json"})
+                              ".npy", ".npz", ".safetensors"})
+#: ``.json`` files are audited when their content is a JSON object (or code-bearing); a JSON
+#: array such as sentence-transformers' ``modules.json`` is data and skipped. Index files are
+#: audited whatever their content.
+INDEX_SUFFIX = ".index.json"
 CODE_EXTENSIONS = frozenset({".py"})
 #: Content formats audited whatever the file's name.
 AUDITED_FORMATS = CODE_BEARING | frozenset({Format.SAFETENSORS, Format.NUMPY_NPY,
@@ -94,11 +98,12 @@ def _walk(ctx: AuditContext, root: str) -> _Walk:
 
 def _classify(entry: os.DirEntry[str], rel: str, out: _Walk, subdirs: list[str]) -> None:
     ext = extension_of(entry.name)
+    is_link = False
     try:
         is_link = entry.is_symlink()
         st = os.stat(entry.path) if is_link else entry.stat(follow_symlinks=False)
     except OSError as e:  # dangling link, loop, permission
-        if ext in MODEL_EXTENSIONS or ext in CODE_EXTENSIONS or entry.is_symlink():
+        if ext in MODEL_EXTENSIONS or ext in CODE_EXTENSIONS or ext == ".json":
             out.unreadable[rel] = e.strerror or str(e)
         else:
             out.skipped.append(rel)
@@ -114,7 +119,7 @@ def _classify(entry: os.DirEntry[str], rel: str, out: _Walk, subdirs: list[str])
     if ext in CODE_EXTENSIONS:
         out.code.append(rel)
         return
-    if ext in MODEL_EXTENSIONS:
+    if ext in MODEL_EXTENSIONS or entry.name.lower().endswith(INDEX_SUFFIX):
         out.files.append(rel)
         return
     if not stat.S_ISREG(st.st_mode):
@@ -154,7 +159,7 @@ def audit_folder(path: str, *, policy: Policy, limits: Limits) -> Report:
     reports: dict[str, Report] = {}
     for rel, reason in walk.unreadable.items():
         reports[rel] = unreadable_report(os.path.join(path, rel), reason, limits)
-    indexes = [r for r in walk.files if r.lower().endswith(".index.json")]
+    indexes = [r for r in walk.files if r.lower().endswith(INDEX_SUFFIX)]
     for rel in walk.files:
         if rel not in indexes:
             reports[rel] = audit_path(os.path.join(path, rel), policy=policy, limits=limits)
