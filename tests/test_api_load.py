@@ -108,14 +108,7 @@ def test_load_state_dict_signature(tmp_path: Path) -> None:
 
 # --- meta: no tensor bytes ------------------------------------------------------------------
 
-LEGACY_READAHEAD = pytest.mark.xfail(
-    reason="the legacy audit's pickle_extent reads 1 MiB ahead per pickle (5 pickles), "
-    "which reaches into the storages; needs a smaller first chunk in analysis/torchfile.py",
-    strict=False)
-
-
-@pytest.mark.parametrize("kind", ["zip", pytest.param("legacy", marks=LEGACY_READAHEAD),
-                                  "safetensors"])
+@pytest.mark.parametrize("kind", ["zip", "legacy", "safetensors"])
 def test_meta_reads_no_tensor_bytes(tmp_path: Path, kind: str) -> None:
     big = {"w": torch.randn(4 << 20), "b": torch.randn(16, 8), "s": torch.tensor(1.0)}
     big["tied"] = big["b"]

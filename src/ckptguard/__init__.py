@@ -72,3 +72,18 @@ __all__ = [
     "safe_load",
     "scan",
 ]
+
+
+def _install_gate_from_env() -> None:
+    """``CKPTGUARD_GUARD_TORCH_LOAD=1`` turns the torch.load gate on for the whole process
+    (it hooks torch as soon as torch is imported; importing ckptguard never imports it)."""
+    import os
+
+    if os.environ.get("CKPTGUARD_GUARD_TORCH_LOAD", "").strip().lower() in {"1", "true", "yes",
+                                                                             "on"}:
+        from .guard import install_from_env
+
+        install_from_env()
+
+
+_install_gate_from_env()

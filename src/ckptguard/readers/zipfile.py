@@ -9,6 +9,7 @@ the local headers (coalesced into few reads) and the members the caller asks for
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -318,10 +319,17 @@ def _check_names(ctx: AuditContext, entries: list[ZipEntry]) -> None:
             else:
                 folded[key] = e
         n = e.name
-        parts = n.replace("\\", "/").split("/")
-        if (n.startswith(("/", "\\")) or "\\" in n or ".." in parts or ":" in parts[0]
-                or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in n) or not n):
+        if not n or _SUSPECT_NAME.search(n) and _unsafe_name(n):
             ctx.add("CKG308", f"unsafe member name {n!r}", member=n, offset=e.header_offset)
+
+
+_SUSPECT_NAME = re.compile(r"[\x00-\x1f\x7f\\:]|^/|\.\.")
+
+
+def _unsafe_name(n: str) -> bool:
+    parts = n.split("/")
+    return (n.startswith("/") or "\\" in n or ".." in parts or ":" in parts[0]
+            or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in n))
 
 
 def _check_locals(ctx: AuditContext, entries: list[ZipEntry], cd_off: int) -> None:
@@ -336,11 +344,12 @@ def _check_locals(ctx: AuditContext, entries: list[ZipEntry], cd_off: int) -> No
     for i in order:
         e = entries[i]
         start = e.header_offset
-        need_end = start + _LOC.size + len(e.raw_name) + 0xFFFF  # name + max extra (trimmed below)
-        need_end = min(need_end, start + _LOC.size + len(e.raw_name) + 1024)
-        if windows and start - windows[-1][1] <= window_gap and need_end - windows[-1][0] <= (1 << 24):
-            ws, we, idx = windows[-1]
-            windows[-1] = (ws, max(we, need_end), idx + [i])
+        need_end = start + _LOC.size + len(e.raw_name) + 1024  # name + typical extra
+        if windows and start - windows[-1][1] <= window_gap and \
+                need_end - windows[-1][0] <= (1 << 24):
+            last = windows[-1]
+            last[2].append(i)
+            windows[-1] = (last[0], max(last[1], need_end), last[2])
         else:
             windows.append((start, need_end, [i]))
     prev_end = 0
