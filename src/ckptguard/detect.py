@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 
+from .analysis.opcodes import ALL_OPCODES, scan_opcodes_prefix
 from .model import Format
 
 #: torch.serialization.MAGIC_NUMBER, as the legacy format pickles it (protocol 2, LONG1).
@@ -27,11 +28,8 @@ WRAPPERS: tuple[tuple[bytes, int, str], ...] = (
     (b"GGUF", 0, "gguf"),
 )
 
-#: Every opcode byte of pickle protocols 0-5 (pickletools' table; checked by a test).
-PICKLE_OPCODE_BYTES = frozenset(
-    b"()-.0123FGIJKLMNPQRSTUVXabcdeghijlopqrstu}]"
-    + bytes(range(0x80, 0x99))
-)
+#: Every opcode byte of pickle protocols 0-5 (one table: analysis/opcodes.py).
+PICKLE_OPCODE_BYTES = ALL_OPCODES
 _PROTO = 0x80
 
 #: Extension -> formats whose content may legitimately carry that extension.
@@ -102,8 +100,6 @@ def looks_like_text_pickle(head: bytes) -> bool:
     """A protocol 0/1 pickle has no magic. Accept the bytes when they decode as a run of
     well-formed opcodes (a GLOBAL/INST with identifier names, or several opcodes in a row
     reaching STOP or the end of the window); text files fail within a few bytes."""
-    from .analysis.opcodes import scan_opcodes_prefix
-
     return scan_opcodes_prefix(head)
 
 

@@ -107,10 +107,15 @@ LINE_ARG = {FLOAT: 1, INT: 1, LONG: 1, PERSID: 1, STRING: 1, UNICODE: 1, GET: 1,
 ALL_OPCODES = frozenset(NAMES)
 
 
+_NUMERIC_LINE = frozenset(b"0123456789abcdefABCDEFxXoObB_+-L \t\r")
+
+
 def scan_opcodes_prefix(head: bytes, *, min_ops: int = 3) -> bool:
     """Is ``head`` plausibly the start of a protocol 0/1 pickle? Decode opcodes without
     semantics: True on STOP or on reaching the end of the window after ``min_ops`` valid
-    opcodes, or when the first opcode is a GLOBAL/INST naming identifiers."""
+    opcodes, when the first opcode is a GLOBAL/INST naming identifiers, or when an opcode's
+    argument is structurally impossible for text (a negative byte count). Text files fail
+    within a few bytes (a space, '#', '{' are no opcodes)."""
     pos, n, ops = 0, len(head), 0
     while pos < n:
         op = head[pos]
@@ -123,27 +128,26 @@ def scan_opcodes_prefix(head: bytes, *, min_ops: int = 3) -> bool:
         if op in FIXED_ARG:
             pos += FIXED_ARG[op]
         elif op in COUNTED_ARG:
-            width, _signed = COUNTED_ARG[op]
+            width, signed = COUNTED_ARG[op]
             if pos + width > n:
                 return ops >= min_ops
-            ln = int.from_bytes(head[pos : pos + width], "little", signed=_signed)
+            ln = int.from_bytes(head[pos : pos + width], "little", signed=signed)
             if ln < 0:
-                return False
+                return True  # a malformed binary pickle, not text: let the VM report it
             pos += width + ln
         elif op in LINE_ARG:
-            for k in range(LINE_ARG[op]):
+            for _ in range(LINE_ARG[op]):
                 end = head.find(b"\n", pos)
+                line = head[pos:] if end < 0 else head[pos:end]
+                if op in (GLOBAL, INST) and not _identifier_path(line.rstrip(b"\r")):
+                    return False
+                if op in (INT, LONG, GET, PUT) and (len(line) > 64 or
+                                                   not set(line) <= _NUMERIC_LINE):
+                    return False
                 if end < 0:
-                    return ops >= min_ops and n - pos > 256
-                line = head[pos:end]
-                if op in (GLOBAL, INST) and not _identifier_path(line):
-                    return False
-                if op in (INT, LONG, GET, PUT) and not line.strip(b"-+0123456789L"):
-                    pass
-                elif op in (INT, LONG, GET, PUT):
-                    return False
+                    # the line runs past the window: an absurdly long name is still a pickle
+                    return op in (GLOBAL, INST) or ops >= min_ops
                 pos = end + 1
-                _ = k
             if op in (GLOBAL, INST) and ops == 1:
                 return True
     return ops >= min_ops

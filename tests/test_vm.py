@@ -1,0 +1,243 @@
+"""The symbolic pickle VM: every opcode family, every verdict-changing construct.
+
+Each test builds a pickle program byte by byte and asserts the verdict and the rule ID.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import ckptguard
+from ckptguard import Limits, Policy, Severity, Verdict
+from ckptguard.model import Report
+
+
+def scan(tmp_path: Path, data: bytes, name: str = "x.pkl", **kw: object) -> Report:
+    p = tmp_path / name
+    p.write_bytes(data)
+    return ckptguard.scan(p, **kw)  # type: ignore[arg-type]
+
+
+def u(s: str) -> bytes:  # BINUNICODE
+    b = s.encode()
+    return b"X" + struct.pack("<I", len(b)) + b
+
+
+def su(s: str) -> bytes:  # SHORT_BINUNICODE (protocol 4)
+    b = s.encode()
+    return b"\x8c" + bytes([len(b)]) + b
+
+
+def assert_verdict(r: Report, verdict: Verdict, *rules: str) -> None:
+    got = r.rule_ids()
+    assert r.verdict is verdict, (r.verdict, [(f.rule_id, f.message) for f in r.findings])
+    for rid in rules:
+        assert rid in got, (rid, [(f.rule_id, f.message) for f in r.findings])
+
+
+# --- benign data -------------------------------------------------------------------------
+
+PLAIN = {"ints": [0, 1, -1, 255, 256, 65535, 65536, -(2**31), 2**31, 2**70, -(2**70)],
+         "floats": [0.0, -1.5, float("inf")], "text": ["", "é", "x" * 300],
+         "bytes": [b"\x01", b"\x00\xff" * 10], "nested": {"a": (1, (2, (3,))), "b": [[], {}]},
+         "flags": (None, True, False), "cplx": complex(1, 2), "ba": bytearray(b"ab"),
+         "set": {1, 2, 3}}
+
+
+@pytest.mark.parametrize("proto", range(6))
+def test_plain_data_pickles_are_safe_in_every_protocol(tmp_path: Path, proto: int) -> None:
+    r = scan(tmp_path, pickle.dumps(PLAIN, protocol=proto))
+    assert_verdict(r, Verdict.SAFE)
+    assert not [f for f in r.findings if f.severity >= Severity.MEDIUM]
+
+
+# --- globals and calls -------------------------------------------------------------------
+
+def test_global_reduce_os_system_is_critical(tmp_path: Path) -> None:
+    r = scan(tmp_path, b"\x80\x02cposix\nsystem\n" + u("true") + b"\x85R.")
+    assert_verdict(r, Verdict.UNSAFE, "CKG101")
+    assert r.max_severity is Severity.CRITICAL
+    f = next(f for f in r.findings if f.rule_id == "CKG101")
+    assert f.location.offset == 2 and f.evidence_dict["global"] == "posix.system"
+
+
+def test_stack_global_through_memo(tmp_path: Path) -> None:
+    prog = (b"\x80\x04" + su("builtins") + b"\x94" + su("eval") + b"\x94"
+            + b"h\x00h\x01\x93" + su("1") + b"\x85R.")
+    r = scan(tmp_path, prog)
+    assert_verdict(r, Verdict.UNSAFE, "CKG101")
+
+
+def test_dotted_name_through_allowed_module(tmp_path: Path) -> None:
+    prog = b"\x80\x04" + su("torch.serialization") + su("os.system") + b"\x93" + su("x") + b"\x85R."
+    r = scan(tmp_path, prog)
+    assert_verdict(r, Verdict.UNSAFE, "CKG101")
+
+
+def test_dunder_attribute_chain(tmp_path: Path) -> None:
+    prog = b"\x80\x04" + su("collections") + su("OrderedDict.__class__.__subclasses__") + \
+        b"\x93)R."
+    assert_verdict(scan(tmp_path, prog), Verdict.UNSAFE, "CKG101")
+
+
+def test_py2_builtin_name_is_renamed_and_caught(tmp_path: Path) -> None:
+    r = scan(tmp_path, b"\x80\x02c__builtin__\neval\n" + u("1") + b"\x85R.")
+    assert_verdict(r, Verdict.UNSAFE, "CKG101")
+
+
+def test_inst_and_obj(tmp_path: Path) -> None:
+    assert_verdict(scan(tmp_path, b"(S'true'\nios\nsystem\n."), Verdict.UNSAFE, "CKG101")
+    assert_verdict(scan(tmp_path, b"\x80\x02(csubprocess\nPopen\n" + u("true") + b"o."),
+                   Verdict.UNSAFE, "CKG101")
+
+
+def test_newobj_ex_of_unknown_class(tmp_path: Path) -> None:
+    prog = b"\x80\x04" + su("argparse") + su("Namespace") + b"\x93)}\x92."
+    r = scan(tmp_path, prog)
+    assert_verdict(r, Verdict.UNSAFE, "CKG102")
+    assert r.max_severity is Severity.MEDIUM
+
+
+def test_nested_deserializer_is_critical(tmp_path: Path) -> None:
+    inner = b"cposix\nsystem\n(S'true'\ntR."
+    prog = b"\x80\x02c_pickle\nloads\nC" + bytes([len(inner)]) + inner + b"\x85R."
+    assert_verdict(scan(tmp_path, prog), Verdict.UNSAFE, "CKG104")
+
+
+def test_call_of_a_call_result(tmp_path: Path) -> None:
+    # collections.OrderedDict() is allowed; calling its result is not weights-only
+    prog = b"\x80\x02ccollections\nOrderedDict\n)R)R."
+    assert_verdict(scan(tmp_path, prog), Verdict.UNSAFE, "CKG103")
+
+
+def test_getattr_gadget(tmp_path: Path) -> None:
+    prog = (b"\x80\x02cbuiltins\ngetattr\ncbuiltins\n__import__\n" + u("os") + b"\x85R"
+            + u("system") + b"\x86R" + u("true") + b"\x85R.")
+    assert_verdict(scan(tmp_path, prog), Verdict.UNSAFE, "CKG101", "CKG103")
+
+
+def test_extension_registry(tmp_path: Path) -> None:
+    assert_verdict(scan(tmp_path, b"\x80\x02\x82\x01)R."), Verdict.UNSAFE, "CKG105")
+
+
+def test_persistent_id_in_plain_pickle(tmp_path: Path) -> None:
+    assert_verdict(scan(tmp_path, b"\x80\x02" + u("x") + b"Q."), Verdict.UNSAFE, "CKG109")
+    assert_verdict(scan(tmp_path, b"Pabc\n."), Verdict.UNSAFE, "CKG109")
+
+
+def test_build_on_unknown_object(tmp_path: Path) -> None:
+    prog = b"\x80\x02cargparse\nNamespace\n)R}b."
+    assert_verdict(scan(tmp_path, prog), Verdict.UNSAFE, "CKG102", "CKG111")
+
+
+def test_policy_allows_a_benign_global_on_purpose(tmp_path: Path) -> None:
+    prog = b"\x80\x02cargparse\nNamespace\n)R."
+    pol = Policy().allow("argparse", "Namespace", reason="hparams")
+    r = scan(tmp_path, prog, policy=pol)
+    assert_verdict(r, Verdict.SAFE, "CKG106")
+
+
+# --- program structure -------------------------------------------------------------------
+
+def test_truncated_is_incomplete(tmp_path: Path) -> None:
+    r = scan(tmp_path, pickle.dumps({"a": [1, 2, 3]}, protocol=2)[:-3])
+    assert_verdict(r, Verdict.INCOMPLETE, "CKG201")
+
+
+def test_payload_before_error_still_reported(tmp_path: Path) -> None:
+    r = scan(tmp_path, b"\x80\x02cposix\nsystem\n" + u("true") + b"\x85R\xff")
+    assert_verdict(r, Verdict.UNSAFE, "CKG101", "CKG202")
+    r = scan(tmp_path, b"\x80\x02cposix\nsystem\n" + u("true") + b"\x85R")  # no STOP
+    assert_verdict(r, Verdict.UNSAFE, "CKG101", "CKG201")
+
+
+def test_invalid_opcode_and_underflow(tmp_path: Path) -> None:
+    assert_verdict(scan(tmp_path, b"\x80\x02\xff."), Verdict.UNSAFE, "CKG202")
+    assert_verdict(scan(tmp_path, b"\x80\x02R."), Verdict.UNSAFE, "CKG202")
+    assert_verdict(scan(tmp_path, b"\x80\x02h\x05."), Verdict.UNSAFE, "CKG202")  # memo miss
+
+
+def test_hidden_second_pickle_after_stop(tmp_path: Path) -> None:
+    first = pickle.dumps({"w": 1}, protocol=2)
+    second = b"\x80\x02cposix\nsystem\n" + u("true") + b"\x85R."
+    r = scan(tmp_path, first + second)
+    assert_verdict(r, Verdict.UNSAFE, "CKG203", "CKG101")
+
+
+def test_non_canonical_int_literals(tmp_path: Path) -> None:
+    for lit in (b"+1", b"0x10", b"1_0", b"007"):
+        assert_verdict(scan(tmp_path, b"I" + lit + b"\n."), Verdict.UNSAFE, "CKG204")
+    assert_verdict(scan(tmp_path, b"I01\n."), Verdict.SAFE)  # True, as pickle writes it
+
+
+def test_frame_straddle_and_nested_frame(tmp_path: Path) -> None:
+    body = su("abc") + b"."
+    good = b"\x80\x04\x95" + struct.pack("<Q", len(body)) + body
+    assert_verdict(scan(tmp_path, good), Verdict.SAFE)
+    short = b"\x80\x04\x95" + struct.pack("<Q", 2) + body  # frame ends inside the string
+    assert_verdict(scan(tmp_path, short), Verdict.UNSAFE, "CKG204")
+
+
+def test_negative_binstring_length(tmp_path: Path) -> None:
+    assert_verdict(scan(tmp_path, b"T\xff\xff\xff\xff."), Verdict.UNSAFE, "CKG202")
+
+
+def test_unhashable_key(tmp_path: Path) -> None:
+    assert_verdict(scan(tmp_path, b"\x80\x02}]]s."), Verdict.UNSAFE, "CKG202")
+
+
+# --- limits ------------------------------------------------------------------------------
+
+def test_mark_depth_limit(tmp_path: Path) -> None:
+    r = scan(tmp_path, b"(" * 200 + b".", limits=Limits(max_mark_depth=100))
+    assert_verdict(r, Verdict.INCOMPLETE, "CKG901")
+
+
+def test_long_global_line_limit(tmp_path: Path) -> None:
+    r = scan(tmp_path, b"c" + b"a" * 5000 + b"\nb\n.", limits=Limits(max_line_bytes=1024))
+    assert_verdict(r, Verdict.INCOMPLETE, "CKG901")
+
+
+def test_literal_limit(tmp_path: Path) -> None:
+    r = scan(tmp_path, b"\x80\x03B" + struct.pack("<I", 10000) + b"x" * 10000 + b".",
+             limits=Limits(max_literal_bytes=4096))
+    assert_verdict(r, Verdict.INCOMPLETE, "CKG901")
+
+
+def test_huge_length_claim_is_truncation_not_allocation(tmp_path: Path) -> None:
+    r = scan(tmp_path, b"\x80\x04\x8e" + struct.pack("<Q", 2**62) + b"xx.")
+    assert_verdict(r, Verdict.INCOMPLETE, "CKG201")
+
+
+# --- property: plain data round-trips as SAFE ---------------------------------------------
+
+# (b"" is pickled as builtins.bytes() below protocol 3, outside torch's allowlist)
+_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+                  st.text(max_size=20), st.binary(min_size=1, max_size=20))
+_data = st.recursive(_leaf, lambda c: st.one_of(
+    st.lists(c, max_size=5), st.tuples(c, c), st.dictionaries(st.text(max_size=5), c, max_size=5)),
+    max_leaves=30)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=_data, proto=st.integers(0, 5))
+def test_property_plain_data_is_safe(tmp_path: Path, value: object, proto: int) -> None:
+    r = scan(tmp_path, pickle.dumps(value, protocol=proto))
+    assert r.verdict is Verdict.SAFE, [(f.rule_id, f.message) for f in r.findings]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(blob=st.binary(max_size=200))
+def test_property_any_bytes_give_a_report(tmp_path: Path, blob: bytes) -> None:
+    r = scan(tmp_path, b"\x80\x02" + blob)
+    assert r.verdict in (Verdict.SAFE, Verdict.UNSAFE, Verdict.INCOMPLETE)
+    assert not r.problems, r.problems
+    if r.verdict is Verdict.SAFE:
+        # SAFE must mean pickle itself loads it without touching any global
+        pickle.loads(b"\x80\x02" + blob)
