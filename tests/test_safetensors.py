@@ -115,9 +115,14 @@ def _direct(blob: bytes) -> AuditContext:
     pytest.param(b"\x02\x00\x00", id="shorter-than-length-field"),
 ])
 def test_bad_length_field(tmp_path: Path, blob: bytes) -> None:
-    # the sniff does not call this safetensors: unknown content, never SAFE
+    # content alone is not safetensors, but under a .safetensors name the validator runs
+    # and names the defect; under another name it stays unknown content (never SAFE)
     r = ckptguard.scan(write(tmp_path, blob))
-    assert r.verdict is Verdict.INCOMPLETE and "CKG001" in r.rule_ids()
+    assert r.verdict is Verdict.UNSAFE and "CKG501" in r.rule_ids()
+    other = tmp_path / "blob.bin"
+    other.write_bytes(blob)
+    r2 = ckptguard.scan(other)
+    assert r2.verdict is Verdict.INCOMPLETE and "CKG001" in r2.rule_ids()
     # the reader itself, handed such bytes, names the defect
     ctx = _direct(blob)
     assert decide(ctx.findings) is Verdict.UNSAFE

@@ -27,19 +27,18 @@ def audit_path(path: str, *, policy: Policy, limits: Limits) -> Report:
         from .folder import audit_folder
 
         return audit_folder(path, policy=policy, limits=limits)
+    if path.lower().endswith(".index.json") and os.path.isfile(path):
+        from .folder import audit_index
+
+        return audit_index(path, policy=policy, limits=limits)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
         return unreadable_report(path, e.strerror or str(e), limits)
     try:
-        report = audit_fd(path, fd, policy=policy, limits=limits)
+        return audit_fd(path, fd, policy=policy, limits=limits)
     finally:
         os.close(fd)
-    if report.format is Format.JSON and path.lower().endswith(".index.json"):
-        from .folder import audit_index
-
-        return audit_index(path, policy=policy, limits=limits)
-    return report
 
 
 def unreadable_report(path: str, reason: str, limits: Limits) -> Report:
@@ -95,6 +94,8 @@ def _audit(ctx: AuditContext, name: str) -> Format:
     try:
         head = ctx.source.read(0, _HEAD)
         fmt, detail = sniff(head, ctx.source.size)
+        if fmt is Format.UNKNOWN and extension_of(name) == ".safetensors":
+            fmt = Format.SAFETENSORS  # let the validator name what is wrong with the header
         handler = _HANDLERS[fmt]
         fmt = handler(ctx, detail)
     except LimitExceeded as e:
