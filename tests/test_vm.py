@@ -241,3 +241,28 @@ def test_property_any_bytes_give_a_report(tmp_path: Path, blob: bytes) -> None:
     if r.verdict is Verdict.SAFE:
         # SAFE must mean pickle itself loads it without touching any global
         pickle.loads(b"\x80\x02" + blob)
+
+
+# --- call shapes torch's loader refuses, allocation primitives ----------------------------
+
+def test_calling_a_dtype_constant_is_malformed(tmp_path: Path) -> None:
+    assert_verdict(scan(tmp_path, b"\x80\x02ctorch\nfloat32\n)R."), Verdict.UNSAFE, "CKG202")
+
+
+def test_newobj_on_a_rebuild_function_is_malformed(tmp_path: Path) -> None:
+    prog = b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n)\x81."
+    assert_verdict(scan(tmp_path, prog), Verdict.UNSAFE, "CKG202")
+
+
+def test_legacy_tensor_type_call_is_an_allocation_primitive(tmp_path: Path) -> None:
+    prog = b"\x80\x02ctorch\nFloatTensor\nJ\x00\xca\x9a;\x85R."  # FloatTensor(10**9)
+    r = scan(tmp_path, prog)
+    assert_verdict(r, Verdict.UNSAFE, "CKG408")
+    assert r.max_severity is Severity.MEDIUM
+
+
+def test_huge_bytearray_is_an_allocation_primitive(tmp_path: Path) -> None:
+    prog = b"\x80\x02cbuiltins\nbytearray\nJ\x00\x00\x00@\x85R."  # bytearray(2**30)
+    assert_verdict(scan(tmp_path, prog), Verdict.UNSAFE, "CKG408")
+    small = pickle.dumps(bytearray(b"abc"), protocol=2)
+    assert_verdict(scan(tmp_path, small), Verdict.SAFE)

@@ -29,6 +29,7 @@ from typing import Any
 from ..context import AuditContext, LimitExceeded
 from ..model import Severity
 from ..policy import classify_global
+from ..policy.defaults import ALLOW_KINDS
 from . import opcodes as O
 
 _BIG_LITERAL = 4096  # literals longer than this are kept as Blob placeholders (no copy)
@@ -49,7 +50,7 @@ class PickleMode(enum.Enum):
 # --- symbolic values ---------------------------------------------------------------------
 
 class Global:
-    __slots__ = ("full", "module", "name", "offset", "ok", "rebuild", "status")
+    __slots__ = ("full", "kind", "module", "name", "offset", "ok", "rebuild", "status")
 
     def __init__(self, module: str, name: str, full: str, offset: int, status: str) -> None:
         self.module = module
@@ -57,8 +58,11 @@ class Global:
         self.full = full
         self.offset = offset
         self.status = status  # "allow" | "policy" | "deny" | "unknown"
-        self.ok = status in ("allow", "policy")
-        # does calling it build a tensor record? (checked once, not per call)
+        # what calling it means, for allowlisted globals (policy entries count as classes)
+        self.kind = ALLOW_KINDS.get(full, "class")
+        # plain calls of it are weights-only (checked once here, not per call)
+        self.ok = status in ("allow", "policy") and self.kind in ("class", "function")
+        # does calling it build a tensor record?
         self.rebuild = self.ok and full in _TENSOR_BUILDERS
 
     def __repr__(self) -> str:
@@ -362,7 +366,8 @@ class _VM:
                 elif op == 0x52:  # REDUCE
                     args = stack.pop()
                     func = stack[-1]
-                    if type(func) is Global and func.ok and type(args) is tuple:
+                    if type(func) is Global and func.ok and type(args) is tuple and \
+                            func.full != "builtins.bytearray":
                         c = Call(func, args, base + op_pos, "REDUCE")
                         if func.rebuild:
                             self._rebuild(c, func, args, op_pos)
@@ -585,6 +590,17 @@ class _VM:
     def call(self, func: object, args: object, pos: int, how: str) -> Call:
         c = Call(func, args, self.base + pos, how)
         if isinstance(func, Global):
+            if func.status in ("allow", "policy"):
+                if func.kind == "value":
+                    raise self.malformed(f"{how} calls {_clip(func.full)}, a constant that is not "
+                                         "callable", pos)
+                if func.kind == "allocator":
+                    self.add("CKG408", f"{how} calls the legacy tensor type "
+                             f"{_clip(func.full)}: an allocation primitive torch.save never "
+                             "writes", pos, {"global": _clip(func.full)})
+                elif func.kind == "function" and how in ("NEWOBJ", "NEWOBJ_EX"):
+                    raise self.malformed(f"{how} on the function {_clip(func.full)}, which has no "
+                                         "__new__ to call", pos)
             if not isinstance(args, tuple):
                 if isinstance(args, (Call, PersRef, Opaque)):
                     self.add("CKG103", f"{how} of {_clip(func.full)} with arguments computed at "
@@ -593,6 +609,10 @@ class _VM:
                     raise self.malformed(f"{how} arguments are not a tuple", pos)
             if func.rebuild:
                 self._rebuild(c, func, args, pos)
+            if func.full == "builtins.bytearray" and isinstance(args, tuple) and args and \
+                    isinstance(args[0], int) and args[0] > (1 << 20):
+                self.add("CKG408", f"bytearray({args[0]}): an allocation no checkpoint needs",
+                         pos)
         elif isinstance(func, Call):
             self.add("CKG103", f"{how} calls the result of an earlier call "
                      f"({_describe(func)})", pos, {"callable": _describe(func)})
@@ -802,6 +822,10 @@ class _VM:
         elif full.endswith("_rebuild_qtensor"):
             pass
         rg = bool(args[4]) if len(args) > 4 and isinstance(args[4], bool) else False
+        hooks = args[5] if len(args) > 5 else None
+        if isinstance(hooks, Call) and hooks.items or isinstance(hooks, dict) and hooks:
+            self.add("CKG408", "tensor with backward hooks: torch.save never writes them and "
+                     "the loader would attach callables to the tensor", pos)
         numel = 1
         for s in size:
             numel *= s

@@ -355,3 +355,19 @@ DENY_ATTRIBUTES: frozenset[str] = frozenset({
     "__mro__", "__loader__", "__spec__", "__self__", "__func__", "__closure__", "__call__",
     "f_globals", "f_locals", "gi_frame", "load", "loads", "getattr", "setattr", "open",
 })
+
+
+def _kind(reason: str) -> str:
+    if reason in (DTYPE, QSCHEME, LEGACY_STORAGE):
+        return "value"      # a constant: calling it fails in torch's loader
+    if reason == LEGACY_TENSOR:
+        return "allocator"  # torch.FloatTensor(n) allocates n elements: never in torch.save
+    if reason == REBUILD:
+        return "function"
+    return "class"
+
+
+#: full path -> "class" | "function" | "value" | "allocator", for call-shape checks.
+ALLOW_KINDS: dict[str, str] = {f"{m}.{n}": _kind(r) for m, n, r in ALLOW}
+ALLOW_KINDS["_codecs.encode"] = "function"
+ALLOW_KINDS["torch.serialization._get_layout"] = "function"
