@@ -96,14 +96,38 @@ def _audit(ctx: AuditContext, name: str) -> Format:
         fmt, detail = sniff(head, ctx.source.size)
         if fmt is Format.UNKNOWN and extension_of(name) == ".safetensors":
             fmt = Format.SAFETENSORS  # let the validator name what is wrong with the header
+        elif fmt is Format.UNKNOWN and _has_eocd(ctx):
+            # a zip with bytes before it (polyglot / prefixed archive): central-directory
+            # readers such as Python's zipfile still open it
+            fmt = Format.ZIP
         handler = _HANDLERS[fmt]
         fmt = handler(ctx, detail)
+        if fmt in (Format.PICKLE, Format.TORCH_LEGACY) and _has_eocd(ctx):
+            # a pickle/zip polyglot: torch.load reads the pickle, zip readers the archive
+            ctx.add("CKG004", "a zip archive is appended to the pickle stream (polyglot)")
+            from .torchfile import audit_zip
+
+            audit_zip(ctx)
     except LimitExceeded as e:
         ctx.limit_hit(e)
     except Exception as e:  # noqa: BLE001 - the engine's per-stream guard (DESIGN.md)
         ctx.problem(f"internal error while auditing ({type(e).__name__}: {_short(e)})")
     _check_extension(ctx, name, fmt)
     return fmt
+
+
+def _has_eocd(ctx: AuditContext) -> bool:
+    size = ctx.source.size
+    if size < 22:
+        return False
+    n = min(size, 22 + 0xFFFF)
+    tail = ctx.source.read(size - n, n)
+    i = tail.rfind(b"PK\x05\x06")
+    if i < 0 or len(tail) - i < 22:
+        return False
+    # the EOCD's comment must end exactly at the end of the file
+    comment_len = int.from_bytes(tail[i + 20 : i + 22], "little")
+    return i + 22 + comment_len == len(tail)
 
 
 def _short(e: BaseException) -> str:

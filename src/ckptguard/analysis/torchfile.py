@@ -116,6 +116,11 @@ def _torch_zip(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEnt
                 ctx.add("CKG305", f"tensor record {e.name} is compressed: torch's mmap loader "
                         "reads it as raw bytes", member=e.name, offset=e.header_offset)
 
+    for rel, e in records.items():
+        if e.method != STORED and not rel.startswith("data/"):
+            ctx.add("CKG305", f"record {e.name} is compressed (method {e.method}); torch.save "
+                    "never compresses, and byte-level scanners see no opcodes in it",
+                    member=e.name, offset=e.header_offset)
     pkl = records["data.pkl"]
     data = archive.read(pkl, record=True)
     result = audit_pickle(ctx, data, member=pkl.name, base_offset=0,

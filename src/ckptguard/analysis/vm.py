@@ -22,6 +22,7 @@ import _compat_pickle
 import codecs
 import enum
 import gc
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -256,9 +257,9 @@ class _VM:
             ev["dotted"] = "yes"
         if candidates != [raw]:
             ev["imported_as"] = _clip(", ".join(candidates))
-            if status in ("allow", "policy") and effective != raw:
-                self.add("CKG108", f"{raw} is imported as {effective}", pos, ev)
-        if "." in name and status in ("allow", "policy"):
+            self.add("CKG108", f"{_clip(raw)} is imported as {_clip(', '.join(candidates))}",
+                     pos, ev)
+        if "." in name:
             self.add("CKG107", f"dotted global name {_clip(module)} / {_clip(name)}", pos, ev)
         if status == "deny":
             rule_id, why = reason.split(":", 1)
@@ -732,8 +733,7 @@ class _VM:
             return ref
         prev = cat.seen.get(key)
         if prev is not None:
-            if (prev.dtype, prev.numel) != (dtype, numel) and not (
-                    prev.numel * prev.itemsize == numel * itemsize):
+            if (prev.dtype, prev.numel) != (dtype, numel):
                 self.add("CKG406", f"storage {_clip(key)} referenced as {prev.dtype}[{prev.numel}] "
                          f"and {dtype}[{numel}]", pos, {"key": _clip(key)})
             return prev
@@ -1054,18 +1054,72 @@ class _VM:
         return pos, stack, frame_end
 
     def _text_int(self, line: bytes, is_long: bool, pos: int) -> int | bool:
-        if not is_long and line in (b"00", b"01"):
-            return line == b"01"
-        text = line[:-1] if is_long and line.endswith(b"L") else line
-        if not _CANONICAL_INT(text):
-            self.add("CKG204", f"non-canonical integer literal {_clip(repr(line))} (decoders "
-                     "disagree on such forms)", pos)
-        if len(text) > 4300:
+        """Decode an INT/LONG/GET/PUT text literal the way pickle.load (the C unpickler)
+        does; where pickle.py would read it differently, report CKG204 and go on with the C
+        value, which is what a real load uses."""
+        if len(line) > 4300:
             raise LimitExceeded("max_line_bytes", 4300, "integer literal digits")
+        c_val = _c_long(line) if is_long else _c_int(line)
+        py_val = _py_long(line) if is_long else _py_int(line)
+        if c_val is None:
+            raise self.malformed(f"invalid integer literal {_clip(repr(line))}", pos)
+        if py_val is None or type(py_val) is not type(c_val) or py_val != c_val:
+            self.add("CKG204", f"integer literal {_clip(repr(line))} reads as {c_val!r} in the C "
+                     f"unpickler and as {py_val!r} in pickle.py", pos)
+        elif not _canonical_int(line[:-1] if is_long and line.endswith(b"L") else line) and \
+                line not in (b"00", b"01"):
+            self.add("CKG204", f"non-canonical integer literal {_clip(repr(line))}: pickle never "
+                     "writes it and other decoders (pickletools-based scanners) read it "
+                     "differently", pos)
+        return c_val
+
+
+_STRTOL = re.compile(rb"[ \t\n\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+
+
+def _c_int(line: bytes) -> int | bool | None:
+    """_pickle.c load_int: strtol(s, &end, 0) must consume the whole line, else
+    PyLong_FromString(s, NULL, 0); a 3-byte line (with its newline) holding 0/1 is a bool."""
+    m = _STRTOL.match(line)
+    value: int | None = None
+    if m is not None and m.end() == len(line):
+        digits = m.group(2)
+        base = 16 if digits[:2] in (b"0x", b"0X") else (8 if digits[:1] == b"0" and
+                                                        len(digits) > 1 else 10)
+        v = int(digits, base) if digits not in (b"0",) else 0
+        v = -v if m.group(1) == b"-" else v
+        if -(1 << 63) <= v < (1 << 63):
+            value = v
+    if value is None:
         try:
-            return int(text, 0) if not _CANONICAL_INT(text) else int(text)
+            value = int(line, 0)
         except ValueError:
-            raise self.malformed(f"invalid integer literal {_clip(repr(line))}", pos) from None
+            return None
+    if len(line) + 1 == 3 and value in (0, 1):
+        return bool(value)
+    return value
+
+
+def _py_int(line: bytes) -> int | bool | None:
+    if line == b"00":
+        return False
+    if line == b"01":
+        return True
+    try:
+        return int(line, 0)
+    except ValueError:
+        return None
+
+
+def _c_long(line: bytes) -> int | None:
+    text = line[:-1] if line.endswith(b"L") else line
+    try:
+        return int(text, 0)
+    except ValueError:
+        return None
+
+
+_py_long = _c_long
 
 
 def _canonical_int(text: bytes) -> bool:
