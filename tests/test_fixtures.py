@@ -42,7 +42,7 @@ def _id(e: dict[str, Any]) -> str:
 
 def test_generate_is_deterministic_and_committed() -> None:
     r = subprocess.run([sys.executable, str(FIXTURES / "generate.py"), "--check"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+                       cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -93,9 +93,11 @@ def test_payload_fires(entry: dict[str, Any], tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("CKPTGUARD")}
     env["PIP_NO_INPUT"] = "1"
     r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180)
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180,
+                       check=False)
     assert (tmp_path / MARKER).exists(), (
-        f"{entry['path']}: {loader} did not run the payload\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+        f"{entry['path']}: {loader} did not run the payload\n"
+        f"{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
 
 
 # --------------------------------------------------------------------- benign is benign
@@ -111,7 +113,7 @@ def test_benign_loads_weights_only(entry: dict[str, Any]) -> None:
 def test_medium_refused_by_weights_only(entry: dict[str, Any]) -> None:
     """Medium fixtures are benign-looking but NOT weights-only: torch refuses them too."""
     torch = pytest.importorskip("torch")
-    with pytest.raises(Exception):  # noqa: B017 - pickle.UnpicklingError or RuntimeError
+    with pytest.raises(Exception):
         torch.load(FIXTURES / entry["path"], weights_only=True, map_location="cpu")
 
 
@@ -159,7 +161,7 @@ def _pickles_of(path: Path) -> list[tuple[str, bytes]]:
                     if info.filename.endswith(".pkl") or info.filename.lower().endswith(".pkl"):
                         try:
                             out.append((info.filename, zf.read(info)))
-                        except Exception:  # noqa: BLE001 - a broken member: no opinion
+                        except Exception:
                             continue
         except zipfile.BadZipFile:
             return []
@@ -189,7 +191,7 @@ def test_fickling_second_opinion(entry: dict[str, Any]) -> None:
     for member, data in _pickles_of(FIXTURES / entry["path"]):
         try:
             sev = _fickling_severity(data)
-        except Exception:  # noqa: BLE001 - fickling cannot parse it: no opinion
+        except Exception:
             continue
         if sev >= FS.LIKELY_UNSAFE:
             flagged.append(f"{member or 'file'}: {sev.name}")
