@@ -28,6 +28,7 @@ class ScanProgress:
         self.done_bytes = 0
         self._progress: Any = None
         self._task: Any = None
+        self._name_room = 40
         if not self.enabled:
             return
         from rich.console import Console
@@ -37,7 +38,6 @@ class ScanProgress:
             Progress,
             SpinnerColumn,
             TextColumn,
-            TimeElapsedColumn,
         )
 
         console = Console(file=stream, force_terminal=True, highlight=False, markup=False,
@@ -45,16 +45,17 @@ class ScanProgress:
         self._progress = Progress(
             SpinnerColumn(),
             TextColumn("scanning", markup=False),
-            BarColumn(),
+            BarColumn(bar_width=20),
             MofNCompleteColumn(),
             TextColumn("files", markup=False),
             TextColumn("{task.fields[bytes]}", markup=False),
-            TimeElapsedColumn(),
             TextColumn("{task.fields[current]}", markup=False),
             console=console,
             transient=True,
             refresh_per_second=8,
         )
+        # the current file gets what is left of the line (the other columns take ~62)
+        self._name_room = max(console.width - 64, 12)
         self._task = self._progress.add_task("scan", total=total_files,
                                              bytes=self._bytes_text(), current="")
 
@@ -73,14 +74,15 @@ class ScanProgress:
 
     def start(self, target: Target) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, current=escape_untrusted(target.names[0], 60))
+            self._progress.update(self._task,
+                                  current=escape_untrusted(target.names[0], self._name_room))
 
     def done(self, target: Target, nbytes: int) -> None:
         if self._progress is None:
             return
         self.done_bytes += nbytes
         self._progress.update(self._task, advance=1, bytes=self._bytes_text(),
-                              current=escape_untrusted(target.names[0], 60))
+                              current=escape_untrusted(target.names[0], self._name_room))
 
 
 __all__ = ["ScanProgress"]
