@@ -9,11 +9,6 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from click.testing import CliRunner, Result
-
-import ckptguard
-from ckptguard.cli import cli
-from ckptguard.cli.discover import default_hf_cache, repo_display
 from cli_helpers import (
     evil_pickle,
     hf_cache,
@@ -22,7 +17,12 @@ from cli_helpers import (
     safetensors_bytes,
     write,
 )
+from click.testing import CliRunner, Result
 from golden_util import check_golden
+
+import ckptguard
+from ckptguard.cli import cli
+from ckptguard.cli.discover import default_hf_cache, repo_display
 
 ROOT = Path(__file__).resolve().parents[1]
 SARIF_SCHEMA = json.loads((Path(__file__).parent / "data" / "sarif-schema-2.1.0.json")
@@ -60,6 +60,7 @@ def normalise_json(text: str) -> str:
     doc["tool"]["version"] = "<version>"
     for r in doc["reports"]:
         r["identity"] = None
+        r["bytes_read"] = 0  # how much the engine reads is its own business
         r["tool_version"] = "<version>"
     return json.dumps(doc, indent=2, ensure_ascii=True) + "\n"
 
@@ -476,3 +477,25 @@ def test_undecodable_file_name(here: Path) -> None:
 def test_version() -> None:
     res = run("--version")
     assert res.exit_code == 0 and ckptguard.__version__ in res.stdout
+
+
+def test_skip_non_models_for_hooks(here: Path) -> None:
+    write(here / "README.md", b"# hi\n")
+    write(here / "disguised.png", evil_pickle())
+    assert run("scan", "README.md").exit_code == 2           # named: always scanned
+    res = run("scan", "--skip-non-models", "README.md")
+    assert res.exit_code == 0 and "no files to scan" in res.stderr
+    assert run("scan", "--skip-non-models", "README.md", "disguised.png").exit_code == 1
+
+
+def test_pre_commit_hook_definition() -> None:
+    text = (ROOT / ".pre-commit-hooks.yaml").read_text(encoding="utf-8")
+    assert "- id: ckptguard" in text
+    entry = next(ln.split(":", 1)[1].strip() for ln in text.splitlines()
+                 if ln.strip().startswith("entry:"))
+    args = entry.split()
+    assert args[:2] == ["ckptguard", "scan"]
+    from ckptguard.cli.scan_cmd import scan_command
+
+    known = {opt for p in scan_command.params for opt in getattr(p, "opts", [])}
+    assert all(a in known for a in args[2:] if a.startswith("-"))

@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
+from cli_helpers import evil_pickle, safetensors_bytes, write
 from click.testing import CliRunner, Result
 
 from ckptguard.cli import cli
-from cli_helpers import evil_pickle, safetensors_bytes, write
 
 torch = pytest.importorskip("torch")
 

@@ -6,8 +6,8 @@ Skipped when tmux is not installed.
 from __future__ import annotations
 
 import os
-import re
 import pickle
+import re
 import shlex
 import shutil
 import subprocess
@@ -59,13 +59,14 @@ def test_progress_bar_in_terminal(tmp_path: Path) -> None:
         assert "60 files scanned: 60 SAFE" in final
         assert "scanning" not in final.split("60 files scanned")[-1]
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, check=False)
 
 
 def test_no_progress_when_not_a_tty(tmp_path: Path) -> None:
     (tmp_path / "a.pkl").write_bytes(pickle.dumps([1, 2, 3]))
     res = subprocess.run([sys.executable, "-m", "ckptguard.cli", "scan", str(tmp_path)],
-                         capture_output=True, text=True, env={**os.environ, "NO_COLOR": ""})
+                         capture_output=True, text=True, env={**os.environ, "NO_COLOR": ""},
+                         check=False)
     assert res.returncode == 0, res.stderr
     assert res.stderr == ""
     assert "\x1b" not in res.stdout
@@ -103,4 +104,4 @@ def test_ctrl_c_in_terminal(tmp_path: Path, workers: str) -> None:
         assert "interrupted after" in final
         assert "Traceback" not in final
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, check=False)

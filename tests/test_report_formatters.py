@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from golden_util import check_golden
 
 from ckptguard.model import (
     Effect,
@@ -25,7 +26,6 @@ from ckptguard.report.escape import escape_untrusted, has_unsafe_chars
 from ckptguard.report.jsonreport import SCHEMA_VERSION
 from ckptguard.report.sarif import artifact_location, sarif_document
 from ckptguard.rules import RULES, make_finding
-from golden_util import check_golden
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_SCHEMA = ROOT / "docs" / "report-schema.json"

@@ -67,9 +67,9 @@ def convert_command(src: str, dst: str, force: bool, policy_file: str | None,
         click.echo(f"  {len(result.copied)} tensor(s) written as contiguous copies "
                    "(shared memory or non-contiguous)")
     if result.skipped:
-        click.echo(f"  {len(result.skipped)} non-tensor entr{'y' if len(result.skipped) == 1 else 'ies'} "
-                   "not written: " + ", ".join(escape_untrusted(s, 60)
-                                               for s in result.skipped[:10]))
+        n = len(result.skipped)
+        names = ", ".join(escape_untrusted(s, 60) for s in result.skipped[:10])
+        click.echo(f"  {n} non-tensor entr{'y' if n == 1 else 'ies'} not written: {names}")
     raise click.exceptions.Exit(int(ExitCode.OK))
 
 

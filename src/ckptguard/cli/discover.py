@@ -209,7 +209,7 @@ def walk_hf_cache(cache: str, excludes: tuple[str, ...], found: Discovery) -> No
         snapshots = os.path.join(repo.path, "snapshots")
         try:
             with os.scandir(snapshots) as it:
-                revisions = sorted((e.name for e in it if e.is_dir(follow_symlinks=False)))
+                revisions = sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
         except FileNotFoundError:
             revisions = []
         except OSError as e:
@@ -250,14 +250,18 @@ def _unreferenced_blobs(repo: str, display: str, excludes: tuple[str, ...],
 
 
 def discover(paths: Iterable[str], *, excludes: tuple[str, ...] = (),
-             hf_cache: str | None = None) -> Discovery:
+             hf_cache: str | None = None, filter_files: bool = False) -> Discovery:
+    """Files named in ``paths`` are always scanned (a missing one is reported), unless
+    ``filter_files``: then they are kept by content like files found in folders."""
     found = Discovery()
     for path in paths:
         if os.path.isdir(path):
-            walk_folder(path, excludes, found,
-                        display_root=None)
+            walk_folder(path, excludes, found, display_root=None)
+        elif filter_files and os.path.lexists(path) and not looks_like_model(
+                path, os.path.basename(path)):
+            found.skipped += 1
         else:
-            found.add(path, path)  # named explicitly: always scanned (missing -> reported)
+            found.add(path, path)
     if hf_cache is not None:
         walk_hf_cache(hf_cache, excludes, found)
     return found

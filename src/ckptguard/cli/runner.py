@@ -81,7 +81,7 @@ def _expand(target: Target, report: Report) -> list[tuple[int, Report]]:
     order = target.order or list(range(len(target.names)))
     metas = target.metadata or [{} for _ in target.names]
     return [(seq, relabel(report, name, meta))
-            for seq, name, meta in zip(order, target.names, metas)]
+            for seq, name, meta in zip(order, target.names, metas, strict=True)]
 
 
 def _ignore_sigint() -> None:

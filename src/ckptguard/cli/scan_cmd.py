@@ -37,6 +37,9 @@ from .runner import run_targets
 @click.option("--exclude", "excludes", multiple=True, metavar="GLOB",
               help="Skip files and folders whose relative path or name matches GLOB "
                    "(repeatable).")
+@click.option("--skip-non-models", is_flag=True,
+              help="Filter the files named on the command line by content too, and exit 0 "
+                   "when none of them is a model file (for pre-commit hooks).")
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Scan files in N processes (output order stays the input order).")
 @policy_option
@@ -53,10 +56,11 @@ from .runner import run_targets
               help="Text format: list every finding with its evidence and advice.")
 @click.option("--progress/--no-progress", "show_progress", default=None,
               help="Progress bar on stderr (default: only when stderr is a terminal).")
-def scan_command(paths: tuple[str, ...], hf_cache: str | None, excludes: tuple[str, ...],
-                 workers: int, policy_file: str | None, limit_items: tuple[str, ...],
-                 fail_on: str | None, fmt: str, output: str | None, verbose: bool,
-                 show_progress: bool | None) -> None:
+def scan_command(  # noqa: PLR0917 - click passes options as arguments
+        paths: tuple[str, ...], hf_cache: str | None, excludes: tuple[str, ...],
+        skip_non_models: bool, workers: int, policy_file: str | None,
+        limit_items: tuple[str, ...], fail_on: str | None, fmt: str, output: str | None,
+        verbose: bool, show_progress: bool | None) -> None:
     """Audit checkpoint files and folders without loading them.
 
     Folders are walked recursively; files are picked by content (the extension is a hint).
@@ -73,14 +77,16 @@ def scan_command(paths: tuple[str, ...], hf_cache: str | None, excludes: tuple[s
         if not os.path.isdir(cache_dir):
             raise fail(f"Hugging Face cache not found: {cache_dir}")
 
-    found = discover(paths, excludes=excludes, hf_cache=cache_dir)
+    found = discover(paths, excludes=excludes, hf_cache=cache_dir,
+                     filter_files=skip_non_models)
     if not found.targets:
         result = ScanResult(skipped=found.skipped, notes=tuple(found.notes),
                             policy=policy.extra)
         _emit(result, fmt, output, verbose)
         err("no files to scan" + (f" ({found.skipped} files skipped: not model files)"
                                   if found.skipped else ""))
-        raise click.exceptions.Exit(int(ExitCode.UNDECIDED))
+        ok = skip_non_models and found.skipped > 0 and not found.notes
+        raise click.exceptions.Exit(int(ExitCode.OK if ok else ExitCode.UNDECIDED))
 
     enabled = is_tty(stderr()) if show_progress is None else show_progress
     progress = ScanProgress(enabled=enabled, total_files=len(found.targets),

@@ -145,7 +145,7 @@ def convert_to_safetensors(src: str | os.PathLike[str], dst: str | os.PathLike[s
     try:
         try:
             save_file(prepared, tmp, metadata=metadata)
-        except Exception as e:  # noqa: BLE001 - safetensors' own refusal, reported
+        except Exception as e:
             raise ConversionError(f"writing safetensors failed: {e}") from e
         check = scan(tmp, policy=pol, limits=lim)
         if check.verdict is not Verdict.SAFE:

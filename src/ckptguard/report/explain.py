@@ -119,7 +119,11 @@ def _decompile(data: bytes, limits: Limits,
     return lines, None, warn.getvalue() or None, used
 
 
-def _pickle_streams(path: str, report: Report, limits: Limits) -> tuple[list[tuple[str, int, bytes, int]], str | None]:
+Stream = tuple[str, int, bytes, int]  # label, file offset, bytes, most programs to read
+
+
+def _pickle_streams(path: str, report: Report, limits: Limits
+                    ) -> tuple[list[Stream], str | None]:
     """(label, file offset, bytes, max programs) for each pickle stream in the file."""
     fmt = report.format
     cap = limits.max_pickle_bytes
@@ -146,7 +150,7 @@ def _pickle_streams(path: str, report: Report, limits: Limits) -> tuple[list[tup
 
 
 def _zip_pickles(path: str, report: Report, limits: Limits
-                 ) -> tuple[list[tuple[str, int, bytes, int]], str | None]:
+                 ) -> tuple[list[Stream], str | None]:
     from ..context import AuditContext, Source
     from ..readers.zipfile import read_archive
 
@@ -182,7 +186,7 @@ def explain(path: str, report: Report, *, limits: Limits, max_lines: int | None 
             lines, error, warnings, used = _decompile(data[pos:], limits, flagged)
             if max_lines is not None and len(lines) > max_lines:
                 cut = len(lines) - max_lines
-                lines = lines[:max_lines] + [ExplainedLine(f"# ... {cut} more statements")]
+                lines = [*lines[:max_lines], ExplainedLine(f"# ... {cut} more statements")]
             name = label if count == 1 else f"{label} (program {n + 1})"
             result.programs.append(Program(
                 name, base + pos, tuple(lines), error,
@@ -216,16 +220,16 @@ def format_explain_text(ex: Explanation, options: FormatOptions) -> str:
                            style="bold"))
         for w in prog.warnings:
             console.print(Text(f"# fickling: {w}", style="dim"))
-        for line in prog.lines:
-            if line.marks:
+        for stmt in prog.lines:
+            if stmt.marks:
                 t = Text(">> ", style="bold red")
-                t.append(line.text)
-                sev = line.marks[0].split(" ")[-1]
+                t.append(stmt.text)
+                sev = stmt.marks[0].split(" ")[-1]
                 style = next((s for k, s in SEVERITY_STYLE.items() if str(k) == sev), "red")
-                t.append("    # <-- flagged: " + ", ".join(line.marks), style=style)
+                t.append("    # <-- flagged: " + ", ".join(stmt.marks), style=style)
                 console.print(t)
             else:
-                console.print(Text("   " + line.text))
+                console.print(Text("   " + stmt.text))
         if prog.error:
             console.print(Text(f"# stopped: {escape_untrusted(prog.error)}", style="yellow"))
     return "".join(line.rstrip() + "\n" for line in buf.getvalue().splitlines())
