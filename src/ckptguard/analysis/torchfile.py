@@ -43,11 +43,19 @@ def audit_zip(ctx: AuditContext) -> Format:
         return _generic_zip(ctx, archive, "the first member is not inside a folder, so torch "
                             "cannot read the archive")
     prefix = first.split("/", 1)[0] + "/"
+    # torch looks records up as "<prefix><record>" through miniz, which compares names
+    # ignoring ASCII case: mirror that, so archive/DATA.PKL is the data.pkl torch loads.
+    lprefix = _ascii_lower(prefix)
     records: dict[str, ZipEntry] = {}
     outside: list[ZipEntry] = []
     for e in archive.entries:
-        if e.name.startswith(prefix):
-            records.setdefault(e.name[len(prefix):], e)
+        lname = _ascii_lower(e.name)
+        if lname.startswith(lprefix):
+            rel = lname[len(lprefix):]
+            if e.name != prefix + rel and rel in _TORCH_RECORDS | {"constants.pkl"}:
+                ctx.add("CKG301", f"member {e.name!r} is the record {prefix}{rel} only because "
+                        "torch's reader ignores case", member=e.name, offset=e.header_offset)
+            records.setdefault(rel, e)
         else:
             outside.append(e)
     ctx.metadata["torch.archive_folder"] = prefix[:-1]
@@ -60,6 +68,13 @@ def audit_zip(ctx: AuditContext) -> Format:
         return _generic_zip(ctx, archive, f"no {prefix}data.pkl record: not a torch checkpoint")
     _torch_zip(ctx, archive, records, prefix, outside)
     return Format.TORCH_ZIP
+
+
+def _ascii_lower(name: str) -> str:
+    return name.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 
 
 def _generic_zip(ctx: AuditContext, archive: ZipArchive, why: str) -> Format:

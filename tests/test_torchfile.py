@@ -1,0 +1,60 @@
+"""Torch record selection mirrors torch's reader; tensor records come out right."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import ckptguard
+from ckptguard import Verdict
+
+torch = pytest.importorskip("torch")
+
+
+def test_case_insensitive_record_lookup_like_torch(tmp_path: Path) -> None:
+    """torch's miniz lookup ignores ASCII case: archive/DATA.PKL *is* data.pkl to torch."""
+    src_path = tmp_path / "u.pt"
+    torch.save({"w": torch.zeros(2)}, src_path)
+    upper = tmp_path / "upper.pt"
+    with zipfile.ZipFile(src_path) as src, zipfile.ZipFile(upper, "w") as z:
+        for info in src.infolist():
+            z.writestr(info.filename.replace("data.pkl", "DATA.PKL"), src.read(info.filename))
+    assert torch.equal(torch.load(upper, weights_only=True)["w"], torch.zeros(2))  # torch reads it
+    r = ckptguard.scan(upper)
+    assert r.format is ckptguard.Format.TORCH_ZIP
+    assert r.verdict is Verdict.UNSAFE and "CKG301" in r.rule_ids()
+
+
+def test_tensor_records_match_torch(tmp_path: Path) -> None:
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    sd = {"a": base, "t": base.t(), "s": base[1:, 2:4], "h": torch.ones(3, dtype=torch.bfloat16),
+          "f8": torch.zeros(5, dtype=torch.float8_e5m2), "z": torch.tensor(2.0),
+          "e": torch.zeros(0, 3), "p": torch.nn.Parameter(torch.ones(2))}
+    p = tmp_path / "m.pt"
+    torch.save(sd, p)
+    r = ckptguard.scan(p)
+    assert r.verdict is Verdict.SAFE, r.findings
+    got = {t.name: t for t in r.tensors}
+    loaded = torch.load(p, weights_only=True)
+    assert set(got) == set(loaded)
+    for name, t in loaded.items():
+        info = got[name]
+        assert info.dtype == str(t.dtype).removeprefix("torch."), name
+        assert info.shape == tuple(t.shape) and info.stride == t.stride(), name
+        assert info.storage_offset == t.storage_offset(), name
+        assert info.requires_grad == t.requires_grad, name
+    # views share the storage record of their base
+    assert got["t"].storage == got["a"].storage == got["s"].storage
+    # only the directory, local headers, small records and data.pkl were read
+    assert r.bytes_read < p.stat().st_size + 16384
+
+
+def test_scan_reads_directory_and_data_pkl_only(tmp_path: Path) -> None:
+    p = tmp_path / "big.pt"
+    torch.save({"w": torch.empty(16 << 20, dtype=torch.float32), "b": torch.zeros(8)}, p)
+    assert p.stat().st_size > 64 << 20
+    r = ckptguard.scan(p)
+    assert r.verdict is Verdict.SAFE
+    assert r.bytes_read < 64 << 10, r.bytes_read  # not one tensor byte beyond header windows
