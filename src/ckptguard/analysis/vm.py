@@ -24,6 +24,7 @@ import enum
 import gc
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ from ..policy import classify_global
 from ..policy.defaults import ALLOW_KINDS
 from . import opcodes as O
 
+_MAX_KEY_DEPTH = 1000  # tuples hashed as dict keys / set items (C recursion)
 _BIG_LITERAL = 4096  # literals longer than this are kept as Blob placeholders (no copy)
 _unpack_d = struct.Struct(">d").unpack_from
 _unpack_i = struct.Struct("<i").unpack_from
@@ -628,6 +630,7 @@ class _VM:
     def setitems(self, target: object, items: list[Any], pos: int) -> None:
         self._count_items(len(items) // 2)
         if isinstance(target, dict):
+            self._hash_guard(items[0::2], pos)
             try:
                 for i in range(0, len(items), 2):
                     target[items[i]] = items[i + 1]
@@ -648,6 +651,45 @@ class _VM:
             target.extend(items)
             return
         self._bad_target("APPEND(S)", target, pos)
+
+    def _hash_guard(self, keys: list[Any], pos: int) -> None:
+        """Bound the work of hashing ``keys`` before a dict/set/frozenset hashes them.
+
+        CPython hashes a tuple by hashing its items recursively in C, without caching: a
+        tuple nested a million deep (one TUPLE1 byte per level) overflows the C stack and
+        kills the process, and a tuple DAG built through the memo ((t, t) nested n deep)
+        costs 2**n. Hashing work is charged to ``max_container_items``; nesting deeper than
+        ``_MAX_KEY_DEPTH`` is malformed (it crashes CPython's unpickler as well)."""
+        for k in keys:
+            if type(k) is not tuple or not k:
+                continue
+            # cost: items hashed (with repeats, as the hash does); computed once per node
+            cost: dict[int, tuple[int, int]] = {}  # id -> (items hashed, nesting height)
+            todo: list[tuple[tuple[Any, ...], bool, int]] = [(k, False, 1)]
+            while todo:
+                t, done, depth = todo.pop()
+                if done:
+                    c, h = len(t), 1
+                    for x in t:
+                        if type(x) is tuple and x:
+                            cx, hx = cost[id(x)]
+                            c, h = c + cx, max(h, hx + 1)
+                    cost[id(t)] = (c, h)
+                    continue
+                if id(t) in cost:
+                    continue
+                if depth > _MAX_KEY_DEPTH:
+                    raise self.malformed(f"hashed tuple nested more than {_MAX_KEY_DEPTH} deep "
+                                         "(CPython's recursive hash overflows the C stack)", pos)
+                todo.append((t, True, depth))
+                for x in t:
+                    if type(x) is tuple and x and id(x) not in cost:
+                        todo.append((x, False, depth + 1))
+            total, height = cost[id(k)]
+            if height > _MAX_KEY_DEPTH:
+                raise self.malformed(f"hashed tuple nested {height} deep (CPython's recursive "
+                                     "hash overflows the C stack)", pos)
+            self._count_items(total)
 
     def _count_items(self, k: int) -> None:
         self.items_budget -= k
@@ -909,6 +951,7 @@ class _VM:
                 if len(items) % 2:
                     raise self.malformed("DICT with an odd number of items", op_pos)
                 d: dict[Any, Any] = {}
+                self._hash_guard(items[0::2], op_pos)
                 try:
                     for i in range(0, len(items), 2):
                         d[items[i]] = items[i + 1]
@@ -916,6 +959,7 @@ class _VM:
                     raise self.malformed("unhashable dictionary key", op_pos) from None
                 stack.append(d)
             else:
+                self._hash_guard(items, op_pos)
                 try:
                     stack.append(frozenset(items))
                 except TypeError:
@@ -932,6 +976,7 @@ class _VM:
             target = stack[-1]
             self._count_items(len(items))
             if isinstance(target, set):
+                self._hash_guard(items, op_pos)
                 try:
                     target.update(items)
                 except TypeError:
@@ -1215,47 +1260,96 @@ def _plain(v: object, depth: int = 0) -> object:
 
 # --- naming tensors ----------------------------------------------------------------------
 
-def name_tensors(root: object, max_tensors: int) -> list[tuple[str, TensorRecord]]:
-    """Walk the unpickled structure and name every tensor record by its key path."""
+def name_tensors(root: object, max_tensors: int,
+                 max_depth: int = 10_000) -> list[tuple[str, TensorRecord]]:
+    """Walk the unpickled structure and name every tensor record by its key path.
+
+    Depth-first with one lazy iterator per open container and the path kept as a list of
+    keys: memory grows with the nesting depth, not with the number of items, and a name is
+    joined only when a tensor is found (a pickle nesting a million one-byte tuples must not
+    cost a million names of a million characters). Names are bounded in total and the
+    walk in depth (``max_depth``: containers nested deeper are a limit, CKG901)."""
     out: list[tuple[str, TensorRecord]] = []
-    active: set[int] = set()
-    todo: list[tuple[object, str]] = [(root, "")]
-    while todo:
-        v, name = todo.pop()
-        if isinstance(v, Call):
-            if v.tensor is not None:
-                out.append((name, v.tensor))
-                if len(out) > max_tensors:
-                    raise LimitExceeded("max_tensors", max_tensors)
-                continue
-            if id(v) in active:
-                continue
-            active.add(id(v))
-            if v.items:
-                for k, x in reversed(v.items):
-                    todo.append((x, _join(name, k)))
-            elif isinstance(v.args, tuple) and isinstance(v.func, Global) and \
-                    v.func.full.startswith("torch."):
-                for i, x in reversed(list(enumerate(v.args))):
-                    if isinstance(x, (Call, tuple, list, dict)):
-                        todo.append((x, _join(name, i)))
-            if isinstance(v.state, dict):
-                for k, x in reversed(list(v.state.items())):
-                    todo.append((x, _join(name, k)))
-        elif isinstance(v, dict):
-            if id(v) in active:
-                continue
-            active.add(id(v))
-            for k, x in reversed(list(v.items())):
-                todo.append((x, _join(name, k)))
-        elif isinstance(v, (list, tuple)):
-            if id(v) in active:
-                continue
-            active.add(id(v))
-            for i, x in reversed(list(enumerate(v))):
-                if isinstance(x, (Call, tuple, list, dict)):
-                    todo.append((x, _join(name, i)))
+    visited: set[int] = set()
+    path: list[str] = []
+    name_chars = 0
+    if isinstance(root, Call) and root.tensor is not None:
+        return [("", root.tensor)]
+    if not isinstance(root, _WALKED):
+        return out
+    visited.add(id(root))
+    frames: list[Iterator[tuple[object, object]]] = [_children(root)]
+    while frames:
+        nxt = next(frames[-1], None)
+        if nxt is None:
+            frames.pop()
+            if path:
+                path.pop()
+            continue
+        key, v = nxt
+        if isinstance(v, Call) and v.tensor is not None:
+            name = _path_name(path, _key_text(key))
+            name_chars += len(name)
+            if name_chars > _MAX_NAME_CHARS:
+                raise LimitExceeded("max_tensors", max_tensors,
+                                    f"tensor names longer than {_MAX_NAME_CHARS} characters "
+                                    "in total")
+            out.append((name, v.tensor))
+            if len(out) > max_tensors:
+                raise LimitExceeded("max_tensors", max_tensors)
+            continue
+        if id(v) in visited or (not v and not isinstance(v, Call)):
+            continue  # seen, or an empty container (holds nothing to name)
+        if len(frames) >= max_depth:
+            raise LimitExceeded("max_mark_depth", max_depth,
+                                "containers nested deeper while naming tensors")
+        visited.add(id(v))
+        path.append(_key_text(key))
+        frames.append(_children(v))
     return out
+
+
+_WALKED = (Call, dict, list, tuple)
+_MAX_NAME_CHARS = 64 * 1024 * 1024
+
+
+def _children(v: object) -> Iterator[tuple[object, object]]:
+    """(key, child) pairs of a container that may hold tensor records, in pickle order."""
+    if isinstance(v, Call):
+        if v.items:
+            for k, x in v.items:
+                if isinstance(x, _WALKED):
+                    yield k, x
+        elif isinstance(v.args, tuple) and isinstance(v.func, Global) and \
+                v.func.full.startswith("torch."):
+            for i, x in enumerate(v.args):
+                if isinstance(x, _WALKED):
+                    yield i, x
+        if isinstance(v.state, dict):
+            for k, x in v.state.items():
+                if isinstance(x, _WALKED):
+                    yield k, x
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            if isinstance(x, _WALKED):
+                yield k, x
+    elif isinstance(v, (list, tuple)):
+        for i, x in enumerate(v):
+            if isinstance(x, _WALKED):
+                yield i, x
+
+
+def _path_name(path: list[str], last: str) -> str:
+    """What folding ``_join`` over the path gives: leading empty keys vanish."""
+    parts = [*path, last]
+    for i, p in enumerate(parts):
+        if p:
+            return ".".join(parts[i:])
+    return ""
+
+
+def _key_text(key: object) -> str:
+    return _join("", key)
 
 
 def _join(prefix: str, key: object) -> str:
@@ -1295,7 +1389,8 @@ def audit_pickle(
             gc.enable()
     if result.complete:
         try:
-            result.tensors = name_tensors(result.root, ctx.limits.max_tensors)
+            result.tensors = name_tensors(result.root, ctx.limits.max_tensors,
+                                          ctx.limits.max_mark_depth)
         except LimitExceeded as e:
             ctx.limit_hit(e, member=member)
     return result

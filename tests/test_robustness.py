@@ -1,0 +1,176 @@
+"""Hostile input never wins: every robustness fixture gets a verdict within its time and
+memory bound, from ``scan()`` and from the CLI, with no traceback.
+
+Each check runs in a child process (a crash of the auditor must fail the test, not kill the
+test run) and measures the child's peak RSS with ``os.wait4``. The scan's own wall time is
+measured inside the child (the bound of the manifest, 2 s by default); the whole child
+process, interpreter start and imports included, gets a generous 10 s on the shared machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ROBUST = ROOT / "fixtures" / "robustness"
+MANIFEST = ROBUST / "manifest.json"
+BENIGN = ROOT / "fixtures" / "benign"
+
+PROCESS_SECONDS = 10.0   # whole child process: interpreter start, imports, scan, report
+DEFAULT_MAX_MB = 200
+DEFAULT_MAX_SECONDS = 2.0
+
+_SCAN_CHILD = r"""
+import json, sys, time
+t0 = time.monotonic()
+import ckptguard
+t = time.monotonic()
+r = ckptguard.scan(sys.argv[1])
+dt = time.monotonic() - t
+print(json.dumps({"verdict": r.verdict.value, "rules": sorted(r.rule_ids()),
+                  "problems": [p.message for p in r.problems], "seconds": dt,
+                  "format": r.format.value}))
+"""
+
+
+_RSS: dict[int, float] = {}
+
+
+def _last_child_rss_mb(p: subprocess.Popen[bytes]) -> float:
+    rss = _RSS.pop(p.pid, None)
+    if rss is None:  # not reaped through wait4: the peak over all children is an upper bound
+        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    return rss
+
+
+class _Wait4Popen(subprocess.Popen):  # type: ignore[type-arg]
+    """Popen that reaps with os.wait4 so each child's own peak RSS is known."""
+
+    def _try_wait(self, wait_flags: int) -> tuple[int, int]:  # type: ignore[override]
+        try:
+            pid, sts, ru = os.wait4(self.pid, wait_flags)
+        except ChildProcessError:
+            return self.pid, 0
+        if pid == self.pid:
+            _RSS[pid] = ru.ru_maxrss / 1024.0  # Linux: KiB
+        return pid, sts
+
+
+
+def run_child(argv: list[str], timeout: float = 60.0) -> tuple[int, str, str, float, float]:
+    """Run ``argv``; return (exit status or -signal, stdout, stderr, wall s, peak RSS MiB)."""
+    env = dict(os.environ)
+    env.setdefault("PYTHONHASHSEED", "0")
+    env["NO_COLOR"] = "1"
+    env["COLUMNS"] = "200"
+    t = time.monotonic()
+    p = _Wait4Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                         cwd=str(ROOT), stdin=subprocess.DEVNULL)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        pytest.fail(f"{argv[-1]}: child still running after {timeout} s")
+    wall = time.monotonic() - t
+    rss_mb = _last_child_rss_mb(p)
+    return p.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), wall, \
+        rss_mb
+
+
+def scan_child(path: Path | str, timeout: float = 60.0) -> tuple[dict[str, object], float, float]:
+    """``ckptguard.scan`` in a child: (result, whole-process wall s, peak RSS MiB)."""
+    rc, out, err, wall, rss = run_child([sys.executable, "-c", _SCAN_CHILD, str(path)], timeout)
+    assert "Traceback" not in err, err[-3000:]
+    assert rc == 0, f"scan child exited with {rc}: {err[-2000:]}"
+    return json.loads(out.strip().splitlines()[-1]), wall, rss
+
+
+def cli_child(path: Path | str, timeout: float = 60.0) -> tuple[int, dict[str, object], float,
+                                                                  float]:
+    rc, out, err, wall, rss = run_child(
+        [sys.executable, "-m", "ckptguard.cli", "scan", str(path), "--format", "json"], timeout)
+    assert "Traceback" not in err and "Traceback" not in out, (err + out)[-3000:]
+    assert rc in (0, 1, 2), f"CLI exited with {rc}: {err[-2000:]}"
+    return rc, json.loads(out), wall, rss
+
+
+EXIT = {"SAFE": 0, "UNSAFE": 1, "INCOMPLETE": 2}
+
+
+def check_bounds(what: str, res: dict[str, object], wall: float, rss: float,
+                 max_seconds: float = DEFAULT_MAX_SECONDS, max_mb: float = DEFAULT_MAX_MB) -> None:
+    assert float(res["seconds"]) < max_seconds, f"{what}: scan took {res['seconds']:.2f} s"  # type: ignore[arg-type]
+    assert wall < PROCESS_SECONDS, f"{what}: child process took {wall:.1f} s"
+    assert rss < max_mb, f"{what}: peak RSS {rss:.0f} MiB"
+
+
+# --- regressions for crashes found while building this suite ---------------------------------
+
+def _write(tmp_path: Path, name: str, data: bytes) -> Path:
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+def test_deep_tuple_dict_key_is_not_a_crash(tmp_path: Path) -> None:
+    """A million TUPLE1 opcodes then SETITEM: hashing the key recursed in C and the auditor
+    died with SIGSEGV. Now CKG202 (CPython's unpickler would crash the same way)."""
+    p = _write(tmp_path, "deep_tuple_key.pkl", b"\x80\x02}N" + b"\x85" * 1_000_000 + b"Ns.")
+    res, wall, rss = scan_child(p)
+    assert res["verdict"] == "UNSAFE" and "CKG202" in res["rules"]  # type: ignore[operator]
+    check_bounds("deep tuple key", res, wall, rss)
+
+
+def test_deep_tuple_frozenset_item_is_not_a_crash(tmp_path: Path) -> None:
+    p = _write(tmp_path, "deep_tuple_fs.pkl", b"\x80\x04(N" + b"\x85" * 1_000_000 + b"\x91.")
+    res, wall, rss = scan_child(p)
+    assert res["verdict"] == "UNSAFE" and "CKG202" in res["rules"]  # type: ignore[operator]
+    check_bounds("deep tuple frozenset", res, wall, rss)
+
+
+def test_memo_shared_tuple_dag_key_is_bounded(tmp_path: Path) -> None:
+    """(t, t) nested 80 deep through the memo: 80 bytes per level, 2**80 work to hash."""
+    prog = b"\x80\x02}NN\x86q\x000" + b"h\x00h\x00\x86q\x000" * 80 + b"h\x00Ns."
+    p = _write(tmp_path, "dag_key.pkl", prog)
+    res, wall, rss = scan_child(p)
+    assert res["verdict"] == "INCOMPLETE" and res["rules"] == ["CKG901"]
+    check_bounds("tuple dag key", res, wall, rss)
+
+
+def test_deep_nesting_naming_is_linear(tmp_path: Path) -> None:
+    """A million nested one-byte tuples: naming tensors joined a name per level (quadratic,
+    ~45 s) and kept every pending name (620 MB). Now bounded by max_mark_depth."""
+    p = _write(tmp_path, "deep_tuple_root.pkl", b"\x80\x02N" + b"\x85" * 1_000_000 + b".")
+    res, wall, rss = scan_child(p)
+    assert res["verdict"] == "INCOMPLETE" and res["rules"] == ["CKG901"]
+    check_bounds("deep tuple root", res, wall, rss)
+
+
+def test_tensor_names_unchanged_by_iterative_walk() -> None:
+    """The walk names tensors exactly as before: key paths joined with '.', list indices,
+    leading empty keys dropped, shared tensors under every name."""
+    import ckptguard
+
+    for p in sorted(BENIGN.glob("*.pt")):
+        r = ckptguard.scan(p)
+        names = [t.name for t in r.tensors]
+        assert all(n == n.strip(".") for n in names), (p.name, names)
+    from ckptguard.analysis.vm import Call, Global, TensorRecord, name_tensors
+
+    rec = TensorRecord(None, 0, (1,), (1,), "float32", False, 0)
+    g = Global("torch._utils", "_rebuild_tensor_v2", "torch._utils._rebuild_tensor_v2", 0,
+               "allow")
+    c = Call(g, (), 0, "REDUCE")
+    c.tensor = rec
+    root = {"": {"a": c, "b": [1, c, (c,)]}, "x": {"": c}, 3: c}
+    assert [n for n, _ in name_tensors(root, 10)] == ["a", "b.1", "b.2.0", "x.", "3"]
+    assert name_tensors(c, 10) == [("", rec)]
