@@ -25,7 +25,7 @@ from ckptguard.cli import cli
 from ckptguard.cli.discover import default_hf_cache, repo_display
 
 ROOT = Path(__file__).resolve().parents[1]
-SARIF_SCHEMA = json.loads((Path(__file__).parent / "data" / "sarif-schema-2.1.0.json")
+SARIF_SCHEMA = json.loads((Path(__file__).parent / "data" / "sarif-2.1.0-subset.schema.json")
                           .read_text(encoding="utf-8"))
 JSON_SCHEMA = json.loads((ROOT / "docs" / "report-schema.json").read_text(encoding="utf-8"))
 
@@ -390,7 +390,7 @@ def test_output_file(here: Path) -> None:
     assert res.stdout == ""
     assert "1 file scanned" in res.stderr
     doc = json.loads((here / "out.sarif").read_text())
-    jsonschema.Draft4Validator(SARIF_SCHEMA).validate(doc)
+    jsonschema.Draft202012Validator(SARIF_SCHEMA).validate(doc)
     res = run("scan", "ok.safetensors", "--output", str(here / "nodir" / "x.txt"))
     assert res.exit_code == 2 and "cannot write" in res.stderr
 
@@ -424,7 +424,7 @@ def test_cli_golden(here: Path, fmt: str, suffix: str) -> None:
         jsonschema.Draft202012Validator(JSON_SCHEMA).validate(json.loads(out))
         out = normalise_json(out)
     elif fmt == "sarif":
-        jsonschema.Draft4Validator(SARIF_SCHEMA).validate(json.loads(out))
+        jsonschema.Draft202012Validator(SARIF_SCHEMA).validate(json.loads(out))
         out = normalise_sarif(out)
     check_golden(f"cli-scan.{suffix}", out)
 
@@ -458,7 +458,7 @@ def test_hostile_names_escaped_everywhere(here: Path, fmt: str) -> None:
         if fmt == "json":
             assert sorted(paths(doc)) == sorted("h/" + n for n in HOSTILE_NAMES)
         else:
-            jsonschema.Draft4Validator(SARIF_SCHEMA).validate(doc)
+            jsonschema.Draft202012Validator(SARIF_SCHEMA).validate(doc)
             uris = {a["location"]["uri"] for a in doc["runs"][0]["artifacts"]}
             assert "h/new%0Aline.pkl" in uris
 

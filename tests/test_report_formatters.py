@@ -30,13 +30,13 @@ from ckptguard.rules import RULES, make_finding
 ROOT = Path(__file__).resolve().parents[1]
 DOC_SCHEMA = ROOT / "docs" / "report-schema.json"
 PKG_SCHEMA = ROOT / "src" / "ckptguard" / "report" / "report-schema.json"
-SARIF_SCHEMA = Path(__file__).parent / "data" / "sarif-schema-2.1.0.json"
+SARIF_SCHEMA = Path(__file__).parent / "data" / "sarif-2.1.0-subset.schema.json"
 HOSTILE = "evil\x1b[31mred\x1b[0m\nline\r\u202egnp.pt"
 
 
 def sarif_validator() -> jsonschema.protocols.Validator:
     schema = json.loads(SARIF_SCHEMA.read_text(encoding="utf-8"))
-    return jsonschema.Draft4Validator(schema)
+    return jsonschema.Draft202012Validator(schema)
 
 
 def json_validator() -> jsonschema.protocols.Validator:
@@ -242,10 +242,22 @@ def test_schema_rejects_bad_documents() -> None:
         json_validator().validate(doc)
 
 
-def test_sarif_schema_is_the_official_one() -> None:
-    schema = json.loads(SARIF_SCHEMA.read_text(encoding="utf-8"))
-    assert schema["id"].endswith("sarif-schema-2.1.0.json")
-    assert schema["properties"]["version"]["enum"] == ["2.1.0"]
+def test_sarif_subset_schema_is_strict() -> None:
+    """Our offline SARIF 2.1.0 subset schema rejects what the specification forbids."""
+    v = sarif_validator()
+    ok = {"version": "2.1.0", "runs": [{"tool": {"driver": {"name": "x"}},
+                                        "results": [{"message": {"text": "m"}, "level": "error"}]}]}
+    v.validate(ok)
+    run = {"tool": {"driver": {"name": "x"}}}
+    for bad in ({"version": "2.0.0", "runs": [run]},
+                {"version": "2.1.0", "runs": [{"tool": {"driver": {}}}]},
+                {"version": "2.1.0", "runs": [{**run, "results": [{"message": {"text": "m"},
+                                                                   "level": "fatal"}]}]},
+                {"version": "2.1.0", "runs": [{**run, "results": [{"message": {"text": "m"},
+                                                                   "bogus": 1}]}]},
+                {"version": "2.1.0", "runs": [{**run, "results": [{"ruleId": "x"}]}]}):
+        with pytest.raises(jsonschema.ValidationError):
+            v.validate(bad)
 
 
 # --- escaping -------------------------------------------------------------------------------

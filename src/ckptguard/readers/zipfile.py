@@ -95,6 +95,67 @@ class ZipArchive:
                     offset=entry.data_offset)
         return data
 
+    def head(self, entry: ZipEntry, n: int = 4096) -> bytes:
+        """The first ``n`` uncompressed bytes of a member, inflating no more than that."""
+        if entry.method == STORED:
+            return self.ctx.source.read(entry.data_offset, min(n, entry.compressed_size))
+        raw = self.ctx.source.read(entry.data_offset, min(entry.compressed_size, 1 << 16))
+        try:
+            return zlib.decompressobj(-15).decompress(raw, n)
+        except zlib.error:
+            return b""
+
+    def verify(self, entry: ZipEntry) -> None:
+        """Check a member's CRC and size like ``read`` without keeping its bytes: inflated in
+        1 MiB steps under the same ratio and total budgets (a zip bomb costs time up to the
+        budget, never memory)."""
+        ctx, lim = self.ctx, self.ctx.limits
+        if entry.method != DEFLATED:
+            self.read(entry, record=False)
+            return
+        raw = ctx.source.read(entry.data_offset, entry.compressed_size)
+        if len(raw) != entry.compressed_size:
+            ctx.add("CKG310", f"member {entry.name} is cut off by the end of the file",
+                    member=entry.name, offset=entry.data_offset)
+            return
+        cap = min(max(entry.size, 0) + 1, entry.compressed_size * lim.max_compression_ratio
+                  + 4096)
+        d = zlib.decompressobj(-15)
+        crc = total = 0
+        buf = raw
+        try:
+            while True:
+                budget = lim.max_decompressed_bytes - self._decompressed
+                chunk = d.decompress(buf, min(1 << 20, max(1, cap - total), max(1, budget)))
+                buf = d.unconsumed_tail
+                crc = zlib.crc32(chunk, crc)
+                total += len(chunk)
+                self._decompressed += len(chunk)
+                if not buf or not chunk:
+                    break
+                if self._decompressed >= lim.max_decompressed_bytes:
+                    raise LimitExceeded("max_decompressed_bytes", lim.max_decompressed_bytes,
+                                        f"member {entry.name}")
+                if total >= cap:
+                    if total > entry.size:
+                        ctx.add("CKG302", f"member {entry.name} inflates past its declared "
+                                f"size {entry.size}", member=entry.name,
+                                offset=entry.data_offset)
+                        return
+                    raise LimitExceeded("max_compression_ratio", lim.max_compression_ratio,
+                                        f"member {entry.name}")
+        except zlib.error as e:
+            ctx.add("CKG310", f"member {entry.name}: invalid deflate stream ({e})",
+                    member=entry.name, offset=entry.data_offset)
+            return
+        if (crc & 0xFFFFFFFF) != entry.crc32:
+            ctx.add("CKG303", f"member {entry.name}: CRC-32 mismatch (central directory says "
+                    f"{entry.crc32:08x})", member=entry.name, offset=entry.data_offset)
+        if total != entry.size:
+            ctx.add("CKG302", f"member {entry.name}: {total} bytes after decompression, "
+                    f"central directory says {entry.size}", member=entry.name,
+                    offset=entry.data_offset)
+
     def _inflate(self, entry: ZipEntry, raw: bytes) -> bytes:
         lim = self.ctx.limits
         budget = lim.max_decompressed_bytes - self._decompressed
@@ -125,9 +186,19 @@ def read_archive(ctx: AuditContext) -> ZipArchive | None:
     """Parse and cross-check the archive. Findings go to ``ctx``; None if unusable."""
     src = ctx.source
     size = src.size
-    tail_len = min(size, _EOCD.size + _MAX_COMMENT + _Z64_LOC.size + _Z64_EOCD.size)
+    # Fast path: an EOCD with no comment ends the file, where every reader looks first
+    # (Python's zipfile) or finds it first scanning backwards (miniz). Only otherwise is the
+    # whole comment-sized tail searched.
+    short = min(size, _EOCD.size + _Z64_LOC.size + _Z64_EOCD.size)
+    tail = src.read(size - short, short, record=True)
+    if not (len(tail) >= _EOCD.size and tail[-_EOCD.size:-_EOCD.size + 4] == _EOCD_SIG
+            and tail[-2:] == b"\x00\x00"):
+        tail = src.read(size - min(size, _EOCD.size + _MAX_COMMENT + _Z64_LOC.size +
+                                   _Z64_EOCD.size),
+                        min(size, _EOCD.size + _MAX_COMMENT + _Z64_LOC.size + _Z64_EOCD.size),
+                        record=True)
+    tail_len = len(tail)
     tail_start = size - tail_len
-    tail = src.read(tail_start, tail_len, record=True)
 
     # --- EOCD: exactly one, ending exactly at the end of the file -------------------------
     candidates = []
@@ -428,6 +499,7 @@ def _check_locals(ctx: AuditContext, entries: list[ZipEntry], cd_off: int) -> No
                 else:
                     ctx.add("CKG306", f"{e.header_offset - prev_end} bytes before member "
                             f"{e.name} belong to no member", member=e.name, offset=prev_end)
+                _look_for_hidden_directory(ctx, prev_end, e.header_offset)
             prev_end = max(prev_end, end)
             prev_name = e.name
             fixed[i] = ZipEntry(e.index, e.name, e.raw_name, e.header_offset, data_off,
@@ -435,6 +507,7 @@ def _check_locals(ctx: AuditContext, entries: list[ZipEntry], cd_off: int) -> No
     if entries and prev_end < cd_off:
         ctx.add("CKG306", f"{cd_off - prev_end} bytes between the last member and the central "
                 "directory belong to no member", offset=prev_end)
+        _look_for_hidden_directory(ctx, prev_end, cd_off)
     if not entries and cd_off > 0:
         ctx.add("CKG005", f"{cd_off} bytes precede an empty archive's directory", offset=0)
     for i, f in enumerate(fixed):
@@ -446,6 +519,16 @@ def _check_locals(ctx: AuditContext, entries: list[ZipEntry], cd_off: int) -> No
                                   e.header_offset + _LOC.size + len(e.raw_name),
                                   e.compressed_size, e.size, e.method, e.flags, e.crc32,
                                   e.header_offset)
+
+
+def _look_for_hidden_directory(ctx: AuditContext, start: int, end: int) -> None:
+    """Unaccounted bytes holding another end-of-central-directory record: a reader that
+    finds that one (forward scanners, streaming readers) sees a different archive."""
+    gap = ctx.source.read(start, min(end - start, 1 << 20))
+    i = gap.find(_EOCD_SIG)
+    if i >= 0:
+        ctx.add("CKG307", "a second end-of-central-directory record hides in bytes that belong "
+                "to no member", offset=start + i)
 
 
 def _check_descriptor(ctx: AuditContext, e: ZipEntry, data_end: int, z64: bool) -> int:
