@@ -174,3 +174,41 @@ def test_tensor_names_unchanged_by_iterative_walk() -> None:
     root = {"": {"a": c, "b": [1, c, (c,)]}, "x": {"": c}, 3: c}
     assert [n for n, _ in name_tensors(root, 10)] == ["a", "b.1", "b.2.0", "x.", "3"]
     assert name_tensors(c, 10) == [("", rec)]
+
+
+def _gen():  # the fixture generator, importable without installing it
+    sys.path.insert(0, str(ROOT / "fixtures"))
+    try:
+        import generate_robustness
+    finally:
+        sys.path.pop(0)
+    return generate_robustness
+
+
+def test_deflated_unused_member_is_sniffed_not_inflated(tmp_path: Path) -> None:
+    """A member torch never reads was inflated whole just to sniff its first 4 KiB: a 1 MB
+    zip bomb member held 420 MB. Now 4 KiB are inflated to sniff, the CRC is streamed."""
+    raw, crc = _gen().zeros_deflated(1 << 30)
+    data = _gen().zip_with_raw_member(b"archive/extra.bin", raw, 1 << 30, crc, folder_pkl=True)
+    p = _write(tmp_path, "bomb.pt", data)
+    res, wall, rss = scan_child(p)
+    assert res["verdict"] == "UNSAFE" and "CKG901" in res["rules"]  # type: ignore[operator]
+    check_bounds("hidden bomb", res, wall, rss, max_mb=100)
+
+
+def test_unused_deflated_member_crc_still_checked(tmp_path: Path) -> None:
+    import zlib
+
+    import ckptguard
+
+    g = _gen()
+    body = b"not a pickle, just notes " * 100
+    raw = g.deflate_raw(body)
+    good = g.zip_with_raw_member(b"archive/notes.txt", raw, len(body),
+                                 zlib.crc32(body) & 0xFFFFFFFF, folder_pkl=True)
+    bad = g.zip_with_raw_member(b"archive/notes.txt", raw, len(body),
+                                (zlib.crc32(body) + 1) & 0xFFFFFFFF, folder_pkl=True)
+    r_good = ckptguard.scan(_write(tmp_path, "good.pt", good))
+    r_bad = ckptguard.scan(_write(tmp_path, "bad.pt", bad))
+    assert "CKG303" not in r_good.rule_ids()
+    assert "CKG303" in r_bad.rule_ids() and r_bad.verdict.value == "UNSAFE"
