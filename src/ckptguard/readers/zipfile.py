@@ -415,7 +415,11 @@ def _check_locals(ctx: AuditContext, entries: list[ZipEntry], cd_off: int) -> No
     for i in order:
         e = entries[i]
         start = e.header_offset
-        need_end = start + _LOC.size + len(e.raw_name) + 1024  # name + typical extra
+        # name + typical extra; for small members also their data and data descriptor, so
+        # checking descriptors costs no extra read (50k tiny tensors: 1 read, not 50k)
+        need_end = start + _LOC.size + len(e.raw_name) + 1024
+        if e.compressed_size <= 4096:
+            need_end += e.compressed_size + 24
         if windows and start - windows[-1][1] <= window_gap and \
                 need_end - windows[-1][0] <= (1 << 24):
             last = windows[-1]
@@ -473,7 +477,9 @@ def _check_locals(ctx: AuditContext, entries: list[ZipEntry], cd_off: int) -> No
                 # or the size needs 64 bits (torch.serialization._load mirrors this rule)
                 z64 = e.compressed_size >= 0xFFFFFFFF or e.size >= 0xFFFFFFFF or \
                     e.header_offset >= 0xFFFFFFFF
-                end = _check_descriptor(ctx, e, end, z64)
+                dd_rel = end - ws
+                dd = buf[dd_rel : dd_rel + 24] if 0 <= dd_rel and dd_rel + 24 <= len(buf) else None
+                end = _check_descriptor(ctx, e, end, z64, dd)
             else:
                 lz = (lcsize, lusize)
                 if 0xFFFFFFFF in lz:
@@ -531,9 +537,10 @@ def _look_for_hidden_directory(ctx: AuditContext, start: int, end: int) -> None:
                 "to no member", offset=start + i)
 
 
-def _check_descriptor(ctx: AuditContext, e: ZipEntry, data_end: int, z64: bool) -> int:
+def _check_descriptor(ctx: AuditContext, e: ZipEntry, data_end: int, z64: bool,
+                      buffered: bytes | None = None) -> int:
     n = 24 if z64 else 16
-    dd = ctx.source.read(data_end, n)
+    dd = buffered[:n] if buffered is not None else ctx.source.read(data_end, n)
     if dd[:4] != _DD_SIG:
         # The signature is optional in the spec; torch always writes it.
         alt = dd[:12] if not z64 else dd[:20]
