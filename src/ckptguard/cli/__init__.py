@@ -34,26 +34,36 @@ class GuardedGroup(click.Group):
             raise click.exceptions.Exit(int(ExitCode.UNDECIDED)) from None
 
 
-@click.group(cls=GuardedGroup, context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(GuardedGroup):
+    """Subcommands are imported when used, so ``ckptguard scan`` pays only for scanning."""
+
+    _commands = {
+        "scan": (".scan_cmd", "scan_command"),
+        "inspect": (".inspect_cmd", "inspect_command"),
+        "explain": (".explain_cmd", "explain_command"),
+        "convert": (".convert_cmd", "convert_command"),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self._commands)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        spec = self._commands.get(cmd_name)
+        if spec is None:
+            return None
+        import importlib
+
+        command: click.Command = getattr(importlib.import_module(spec[0], __name__), spec[1])
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ckptguard")
 def cli() -> None:
     """ckptguard: prove a checkpoint is only weights before loading it.
 
     Exit status: 0 safe, 1 unsafe findings, 2 could not decide (or usage error).
     """
-
-
-def _register() -> None:
-    from .convert_cmd import convert_command
-    from .explain_cmd import explain_command
-    from .inspect_cmd import inspect_command
-    from .scan_cmd import scan_command
-
-    for cmd in (scan_command, inspect_command, explain_command, convert_command):
-        cli.add_command(cmd)
-
-
-_register()
 
 
 def main() -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 import signal
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import ScanInputError
 from ..model import Finding, Format, Location, Problem, Report, decide
@@ -15,6 +15,9 @@ from ..policy import Limits, Policy
 from ..rules import make_finding
 from ..scan_api import scan
 from .discover import Target
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 
 def scan_one(path: str, policy: Policy, limits: Limits, unreadable: str | None = None) -> Report:
@@ -105,6 +108,9 @@ def run_targets(targets: list[Target], *, policy: Policy, limits: Limits, worker
         except KeyboardInterrupt:
             interrupted = True
     else:
+        # imported here: a sequential scan should not pay for the process-pool machinery
+        from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
         pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
         pending: dict[Future[Report], int] = {}
         try:
