@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import stat
 import subprocess
 import sys
 import time
@@ -212,3 +213,132 @@ def test_unused_deflated_member_crc_still_checked(tmp_path: Path) -> None:
     r_bad = ckptguard.scan(_write(tmp_path, "bad.pt", bad))
     assert "CKG303" not in r_good.rule_ids()
     assert "CKG303" in r_bad.rule_ids() and r_bad.verdict.value == "UNSAFE"
+
+
+# --- the generated corpus --------------------------------------------------------------------
+
+def _manifest() -> list[dict[str, object]]:
+    return json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else []
+
+
+def test_generator_is_deterministic_and_committed() -> None:
+    rc = subprocess.run([sys.executable, str(ROOT / "fixtures" / "generate_robustness.py"),
+                         "--check"], check=False, capture_output=True, text=True,
+                        timeout=300)
+    assert rc.returncode == 0, rc.stderr
+    total = sum(p.stat().st_size for p in ROBUST.iterdir() if p.is_file())
+    assert total < 8 << 20
+
+
+@pytest.mark.parametrize("entry", _manifest(), ids=lambda e: str(e["path"]))
+def test_fixture_scan_bounded(entry: dict[str, object]) -> None:
+    path = ROBUST / str(entry["path"])
+    res, wall, rss = scan_child(path)
+    assert res["verdict"] == entry["verdict"], (res, entry["technique"])
+    assert set(entry["rule_ids"]) <= set(res["rules"]), res  # type: ignore[arg-type]
+    assert not res["problems"], res["problems"]  # an internal error is a bug, not a verdict
+    check_bounds(str(entry["path"]), res, wall, rss, float(entry["max_seconds"]),  # type: ignore[arg-type]
+                 float(entry["max_mb"]))  # type: ignore[arg-type]
+    print(f"BOUND {entry['path']} scan={res['seconds']:.3f}s rss={rss:.0f}MiB")
+
+
+@pytest.mark.parametrize("entry", _manifest(), ids=lambda e: str(e["path"]))
+def test_fixture_cli_bounded(entry: dict[str, object]) -> None:
+    path = ROBUST / str(entry["path"])
+    rc, doc, wall, rss = cli_child(path)
+    (rep,) = doc["reports"]  # type: ignore[misc]
+    assert rep["verdict"] == entry["verdict"]
+    assert rc == EXIT[str(entry["verdict"])]
+    assert wall < PROCESS_SECONDS, f"CLI took {wall:.1f} s"
+    assert rss < float(entry["max_mb"]), f"CLI peak RSS {rss:.0f} MiB"  # type: ignore[arg-type]
+
+
+# --- inputs that cannot be committed: special files, truncations ---------------------------
+
+def test_fifo_does_not_block(tmp_path: Path) -> None:
+    fifo = tmp_path / "weights.pt"
+    os.mkfifo(fifo)
+    res, wall, rss = scan_child(fifo, timeout=20)
+    assert res["verdict"] == "INCOMPLETE" and res["rules"] == ["CKG010"]
+    check_bounds("fifo", res, wall, rss)
+    rc, _doc, _w, _r = cli_child(fifo, timeout=20)
+    assert rc == 2
+
+
+@pytest.mark.parametrize("dev", ["/dev/null", "/dev/zero", "/dev/urandom"])
+def test_devices(dev: str) -> None:
+    if not os.path.exists(dev):
+        pytest.skip(f"no {dev}")
+    res, wall, rss = scan_child(dev, timeout=20)
+    assert res["verdict"] == "INCOMPLETE" and res["rules"] == ["CKG010"]
+    check_bounds(dev, res, wall, rss)
+
+
+def test_directories(tmp_path: Path) -> None:
+    """A directory is a model-folder scan, never SAFE when it holds nothing to load."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res, wall, rss = scan_child(empty)
+    assert res["verdict"] == "INCOMPLETE"
+    check_bounds("dir", res, wall, rss)
+    rc, _doc, _w, _r = cli_child(empty)
+    assert rc == 2
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root reads every file: chmod 000 cannot make one unreadable")
+    p = tmp_path / "locked.pt"
+    p.write_bytes(b"\x80\x02N.")
+    p.chmod(0)
+    try:
+        res, wall, rss = scan_child(p)
+        assert res["verdict"] == "INCOMPLETE" and res["rules"] == ["CKG010"]
+        check_bounds("unreadable", res, wall, rss)
+    finally:
+        p.chmod(stat.S_IRUSR | stat.S_IWUSR)
+
+
+def test_unreadable_proc_file() -> None:
+    """A path whose read fails after open (EIO/EACCES at read time) is not a traceback."""
+    p = "/proc/self/mem"  # open succeeds, reading offset 0 fails
+    res, wall, rss = scan_child(p, timeout=20)
+    assert res["verdict"] != "SAFE"
+    check_bounds(p, res, wall, rss)
+
+
+def _truncation_sources() -> list[tuple[str, bytes]]:
+    import struct as st
+
+    out = [(p.name, p.read_bytes()) for p in (BENIGN / "linear.pt", BENIGN / "legacy_format.pt",
+                                              BENIGN / "shared_storage.pt") if p.is_file()]
+    hdr = b'{"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"b":{"dtype":"I8","shape"' \
+          b':[3],"data_offsets":[16,19]}}'
+    out.append(("small.safetensors", st.pack("<Q", len(hdr)) + hdr + bytes(19)))
+    h = b"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"
+    h += b" " * (63 - (10 + len(h)) % 64) + b"\n"
+    out.append(("small.npy", b"\x93NUMPY\x01\x00" + st.pack("<H", len(h)) + h + bytes(24)))
+    out.append(("raw.pkl", b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01K\x01X\x01\x00\x00\x00bq"
+                           b"\x02]q\x03(G?\xf0\x00\x00\x00\x00\x00\x00N\x88eu."))
+    return out
+
+
+@pytest.mark.parametrize("name,data", _truncation_sources(), ids=lambda v: v if
+                         isinstance(v, str) else "")
+def test_truncated_at_every_offset(name: str, data: bytes) -> None:
+    """Every proper prefix of a valid file gets a verdict, never SAFE, never an internal
+    error, each within the time bound (in-process: thousands of scans)."""
+    from ckptguard.analysis.engine import audit_bytes
+    from ckptguard.policy import DEFAULT_LIMITS, Policy
+
+    policy = Policy()
+    full = audit_bytes(data, name, policy=policy, limits=DEFAULT_LIMITS)
+    assert full.verdict.value == "SAFE", (name, sorted(full.rule_ids()))
+    worst = 0.0
+    for cut in range(len(data)):
+        t = time.monotonic()
+        r = audit_bytes(data[:cut], name, policy=policy, limits=DEFAULT_LIMITS)
+        worst = max(worst, time.monotonic() - t)
+        assert r.verdict.value != "SAFE", (name, cut)
+        assert not r.problems, (name, cut, r.problems)
+    assert worst < DEFAULT_MAX_SECONDS
