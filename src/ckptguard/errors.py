@@ -26,7 +26,8 @@ class ScanInputError(CkptGuardError, OSError):
 class PolicyError(CkptGuardError, ValueError):
     """A policy (file or object) is invalid, e.g. it tries to allow a CRITICAL primitive."""
 
-    def __init__(self, message: str, *, source: str | None = None, entry: str | None = None) -> None:
+    def __init__(self, message: str, *, source: str | None = None,
+                 entry: str | None = None) -> None:
         self.source = source
         self.entry = entry
         where = f"{source}: " if source else ""

@@ -256,8 +256,10 @@ class FileIdentity:
         )
 
 
-def decide(findings: tuple[Finding, ...] | list[Finding], problems: tuple[Problem, ...] | list[Problem] = ()) -> Verdict:
-    """The one verdict rule: any blocking finding -> UNSAFE; else anything undecided -> INCOMPLETE."""
+def decide(findings: tuple[Finding, ...] | list[Finding],
+           problems: tuple[Problem, ...] | list[Problem] = ()) -> Verdict:
+    """The one verdict rule: a blocking finding -> UNSAFE; else anything undecided ->
+    INCOMPLETE; else SAFE."""
     if any(f.effect is Effect.BLOCKS for f in findings):
         return Verdict.UNSAFE
     if problems or any(f.effect is Effect.UNDECIDED for f in findings):

@@ -48,7 +48,8 @@ _RULES: tuple[Rule, ...] = (
          "Treat the file as hostile: nothing legitimate disguises a pickle as a data-only format."),
     Rule("CKG004", "trailing-data", S.HIGH, B,
          "Bytes follow the end of the container or pickle; another reader may see them.",
-         "Re-save the checkpoint with the original tool; appended bytes can hide a second payload."),
+         "Re-save the checkpoint with the original tool; appended bytes can hide a second "
+         "payload."),
     Rule("CKG005", "leading-data", S.HIGH, B,
          "Bytes precede the container (a polyglot or prefixed archive).",
          "Re-save the checkpoint; prefixed archives are read differently by different tools."),

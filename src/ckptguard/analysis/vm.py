@@ -337,7 +337,7 @@ class _VM:
                     metastack.append(stack)
                     depth_total += len(stack)
                     stack = []
-                elif op == 0x58 or op == 0x8C or op == 0x8D:  # BINUNICODE / SHORT_ / 8
+                elif op in {0x58, 0x8C, 0x8D}:  # BINUNICODE / SHORT_BINUNICODE / BINUNICODE8
                     if op in bad_ops:
                         bad_ops.discard(op)
                         self._flag_op(op, op_pos)
@@ -360,10 +360,10 @@ class _VM:
                                                  op_pos) from None
                     pos += ln
                 elif op == 0x74:  # TUPLE
-                    items = tuple(stack)
+                    tup = tuple(stack)
                     stack = metastack.pop()
                     depth_total -= len(stack)
-                    stack.append(items)
+                    stack.append(tup)
                 elif op == 0x85:  # TUPLE1
                     stack[-1] = (stack[-1],)
                 elif op == 0x52:  # REDUCE
@@ -445,7 +445,7 @@ class _VM:
                         raise self.truncated("BININT2", op_pos)
                     stack.append(data[pos] | (data[pos + 1] << 8))
                     pos += 2
-                elif op == 0x8A or op == 0x8B:  # LONG1 / LONG4
+                elif op in {0x8A, 0x8B}:  # LONG1 / LONG4
                     if op in bad_ops:
                         bad_ops.discard(op)
                         self._flag_op(op, op_pos)
@@ -641,7 +641,7 @@ class _VM:
                 target.func.full in _DICT_LIKE:
             if target.items is None:
                 target.items = []
-            target.items.extend(zip(items[::2], items[1::2]))
+            target.items.extend(zip(items[::2], items[1::2], strict=True))
             return
         self._bad_target("SETITEM(S)", target, pos)
 
@@ -813,9 +813,8 @@ class _VM:
                     if isinstance(v, Call) and v.tensor is not None:
                         c.tensor = v.tensor
                         break
-        elif full == "torch._utils._rebuild_meta_tensor_no_storage":
-            if len(args) >= 3 and isinstance(args[0], Global) and _int_tuple(args[1]) and \
-                    _int_tuple(args[2]):
+        elif full == "torch._utils._rebuild_meta_tensor_no_storage" and len(args) >= 3 and \
+                isinstance(args[0], Global) and _int_tuple(args[1]) and _int_tuple(args[2]):
                 dtype = args[0].full.rsplit(".", 1)[-1]
                 c.tensor = TensorRecord(None, 0, tuple(args[1]), tuple(args[2]), dtype,
                                         bool(args[3]) if len(args) > 3 else False,
@@ -830,12 +829,12 @@ class _VM:
             return
         sref, offset, size, stride = args[0], args[1], args[2], args[3]
         storage = sref.storage if isinstance(sref, PersRef) else None
-        if isinstance(sref, PersRef) and storage is None:
-            return  # already reported
         if not isinstance(sref, PersRef):
             self.add("CKG408", f"{full.rsplit('.', 1)[-1]}: first argument is not a storage "
                      "reference", pos)
             return
+        if storage is None:
+            return  # the persistent id was malformed: already reported
         if isinstance(size, Call) and isinstance(size.func, Global) and \
                 size.func.full == "torch.Size" and isinstance(size.args, tuple) and size.args:
             size = size.args[0]
@@ -865,7 +864,7 @@ class _VM:
             pass
         rg = bool(args[4]) if len(args) > 4 and isinstance(args[4], bool) else False
         hooks = args[5] if len(args) > 5 else None
-        if isinstance(hooks, Call) and hooks.items or isinstance(hooks, dict) and hooks:
+        if (isinstance(hooks, Call) and hooks.items) or (isinstance(hooks, dict) and hooks):
             self.add("CKG408", "tensor with backward hooks: torch.save never writes them and "
                      "the loader would attach callables to the tensor", pos)
         numel = 1
@@ -873,7 +872,7 @@ class _VM:
             numel *= s
         if numel > 0:
             last = offset
-            for s, st in zip(size, stride):
+            for s, st in zip(size, stride, strict=True):
                 last += (s - 1) * st
             storage_elems = (storage.numel * storage.itemsize) // itemsize
             if last >= storage_elems:
@@ -939,7 +938,7 @@ class _VM:
             if not stack:
                 raise self.malformed("DUP stack underflow", op_pos)
             stack.append(stack[-1])
-        elif op == 0x6C or op == 0x64 or op == 0x91:  # LIST / DICT / FROZENSET
+        elif op in {0x6C, 0x64, 0x91}:  # LIST / DICT / FROZENSET
             if not metastack:
                 raise self.malformed(f"{O.NAMES[op]} without MARK", op_pos)
             items = stack
@@ -1005,7 +1004,7 @@ class _VM:
             else:
                 stack.append(data[pos : pos + ln])
             pos += ln
-        elif op == 0x49 or op == 0x4C:  # INT / LONG (text)
+        elif op in {0x49, 0x4C}:  # INT / LONG (text)
             line, pos = self._line(data, pos, n, op_pos, O.NAMES[op])
             stack.append(self._text_int(line, op == 0x4C, op_pos))
         elif op == 0x46:  # FLOAT (text)
@@ -1050,10 +1049,10 @@ class _VM:
             name, pos = self._line(data, pos, n, op_pos, "INST name")
             if not metastack:
                 raise self.malformed("INST without MARK", op_pos)
-            items = tuple(stack)
+            inst_args = tuple(stack)
             stack = metastack.pop()
             g = self.resolve(self._utf8(module, op_pos), self._utf8(name, op_pos), op_pos, "INST")
-            stack.append(self.call(g, items, op_pos, "INST"))
+            stack.append(self.call(g, inst_args, op_pos, "INST"))
         elif op == 0x6F:  # OBJ
             if not metastack:
                 raise self.malformed("OBJ without MARK", op_pos)
@@ -1087,7 +1086,7 @@ class _VM:
             except UnicodeDecodeError:
                 raise self.malformed("PERSID id is not ASCII", op_pos) from None
             stack.append(self.persistent(pid, op_pos))
-        elif op == 0x97 or op == 0x98:  # NEXT_BUFFER / READONLY_BUFFER
+        elif op in {0x97, 0x98}:  # NEXT_BUFFER / READONLY_BUFFER
             if op == 0x97:
                 self.add("CKG202", "NEXT_BUFFER: the pickle needs out-of-band buffers, which "
                          "no model loader supplies", op_pos)
@@ -1193,12 +1192,7 @@ _PARAM_FNS = frozenset({"torch._utils._rebuild_parameter",
 
 
 def _int_tuple(v: object) -> bool:
-    if type(v) is not tuple:
-        return False
-    for x in v:
-        if type(x) is not int:
-            return False
-    return True
+    return type(v) is tuple and all(type(x) is int for x in v)
 
 
 def _valid_dotted(s: str) -> bool:

@@ -7,7 +7,7 @@ the library, render with :mod:`ckptguard.report` and choose the exit code
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 
@@ -37,7 +37,7 @@ class GuardedGroup(click.Group):
 class LazyGroup(GuardedGroup):
     """Subcommands are imported when used, so ``ckptguard scan`` pays only for scanning."""
 
-    _commands = {
+    _commands: ClassVar[dict[str, tuple[str, str]]] = {
         "scan": (".scan_cmd", "scan_command"),
         "inspect": (".inspect_cmd", "inspect_command"),
         "explain": (".explain_cmd", "explain_command"),

@@ -109,7 +109,7 @@ def run_targets(targets: list[Target], *, policy: Policy, limits: Limits, worker
             interrupted = True
     else:
         # imported here: a sequential scan should not pay for the process-pool machinery
-        from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
         pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
         pending: dict[Future[Report], int] = {}

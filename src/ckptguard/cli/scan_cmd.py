@@ -56,7 +56,7 @@ from .runner import run_targets
               help="Text format: list every finding with its evidence and advice.")
 @click.option("--progress/--no-progress", "show_progress", default=None,
               help="Progress bar on stderr (default: only when stderr is a terminal).")
-def scan_command(  # noqa: PLR0917 - click passes options as arguments
+def scan_command(
         paths: tuple[str, ...], hf_cache: str | None, excludes: tuple[str, ...],
         skip_non_models: bool, workers: int, policy_file: str | None,
         limit_items: tuple[str, ...], fail_on: str | None, fmt: str, output: str | None,

@@ -20,7 +20,8 @@ REBUILD = "torch's own tensor rebuild function; builds a tensor from a storage r
 
 #: (module, name, reason) for every global SAFE by default.
 ALLOW: tuple[tuple[str, str, str], ...] = (
-    ("_codecs", "encode", "protocol-2 pickles encode bytes as _codecs.encode(latin-1 str); returns bytes only"),
+    ("_codecs", "encode",
+     "protocol-2 pickles encode bytes as _codecs.encode(latin-1 str); returns bytes only"),
     ("builtins", "bytearray", "plain data type (bytearray values)"),
     ("builtins", "complex", "plain data type (complex scalars)"),
     ("builtins", "set", "plain data type (set values in protocol-2 pickles)"),

@@ -89,7 +89,7 @@ class Policy:
     # -- construction ---------------------------------------------------------------------
     def allow(self, module: str, name: str, *, reason: str, source: str = "<api>") -> Policy:
         entry = AllowEntry(f"{module}.{name}", reason, source)
-        return Policy(self.extra + (entry,))
+        return Policy((*self.extra, entry))
 
     @classmethod
     def from_entries(cls, entries: Iterable[AllowEntry]) -> Policy:

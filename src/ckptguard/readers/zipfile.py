@@ -230,7 +230,8 @@ def read_archive(ctx: AuditContext) -> ZipArchive | None:
         ctx.add("CKG307", f"{len(candidates)} end-of-central-directory signatures; readers "
                 "that scan from the end may pick another one",
                 offset=tail_start + real_candidates[0])
-    (_sig, disk, cd_disk, n_disk, n_total, cd_size, cd_off, clen) = _EOCD.unpack_from(tail, eocd_pos)
+    (_sig, disk, cd_disk, n_disk, n_total, cd_size, cd_off, clen) = _EOCD.unpack_from(
+        tail, eocd_pos)
     eocd_abs = tail_start + eocd_pos
     comment = tail[eocd_pos + _EOCD.size : eocd_pos + _EOCD.size + clen]
     if disk != 0 or cd_disk != 0 or n_disk != n_total:
@@ -242,6 +243,9 @@ def read_archive(ctx: AuditContext) -> ZipArchive | None:
     loc_pos = eocd_pos - _Z64_LOC.size
     if loc_pos >= 0 and tail[loc_pos : loc_pos + 4] == _Z64_LOC_SIG:
         _s, z_disk, z_off, z_ndisks = _Z64_LOC.unpack_from(tail, loc_pos)
+        if z_disk != 0 or z_ndisks > 1:
+            ctx.add("CKG310", "multi-disk (split) Zip64 archive", offset=tail_start + loc_pos)
+            return None
         cd_end_limit = tail_start + loc_pos
         if z_off + _Z64_EOCD.size > cd_end_limit:
             ctx.add("CKG310", "Zip64 locator points past its own position",
@@ -254,6 +258,9 @@ def read_archive(ctx: AuditContext) -> ZipArchive | None:
             return None
         (_s, rec_size, _vm, _vn, zdisk, zcd_disk, zn_disk, zn_total, zcd_size,
          zcd_off) = _Z64_EOCD.unpack_from(z, 0)
+        if zdisk != 0 or zcd_disk != 0 or zn_disk != zn_total:
+            ctx.add("CKG310", "multi-disk (split) Zip64 archive", offset=z_off)
+            return None
         if z_off + 12 + rec_size != cd_end_limit:
             ctx.add("CKG306", "bytes between the Zip64 record and its locator belong to "
                     "nothing", offset=z_off)
@@ -261,7 +268,7 @@ def read_archive(ctx: AuditContext) -> ZipArchive | None:
         for small, big, what in ((n_total, zn_total, "entry count"), (cd_size, zcd_size,
                                  "directory size"), (cd_off, zcd_off, "directory offset")):
             sentinel = 0xFFFF if what == "entry count" else 0xFFFFFFFF
-            if small != sentinel and small != big:
+            if small not in (sentinel, big):
                 ctx.add("CKG310", f"EOCD and Zip64 EOCD disagree on the {what} "
                         f"({small} vs {big})", offset=eocd_abs)
         n_total, cd_size, cd_off = zn_total, zcd_size, zcd_off
@@ -287,7 +294,8 @@ def read_archive(ctx: AuditContext) -> ZipArchive | None:
     return archive
 
 
-def _parse_central(ctx: AuditContext, cd: bytes, cd_off: int, n_total: int) -> list[ZipEntry] | None:
+def _parse_central(ctx: AuditContext, cd: bytes, cd_off: int,
+                   n_total: int) -> list[ZipEntry] | None:
     entries: list[ZipEntry] = []
     pos = 0
     unpack = _CEN.unpack_from
@@ -390,7 +398,7 @@ def _check_names(ctx: AuditContext, entries: list[ZipEntry]) -> None:
             else:
                 folded[key] = e
         n = e.name
-        if not n or _SUSPECT_NAME.search(n) and _unsafe_name(n):
+        if not n or (_SUSPECT_NAME.search(n) and _unsafe_name(n)):
             ctx.add("CKG308", f"unsafe member name {n!r}", member=n, offset=e.header_offset)
 
 
@@ -430,8 +438,8 @@ def _check_locals(ctx: AuditContext, entries: list[ZipEntry], cd_off: int) -> No
     prev_end = 0
     prev_name = None
     fixed: list[ZipEntry | None] = [None] * len(entries)
-    for ws, we, idx in windows:
-        we = min(we, cd_off)
+    for ws, window_end, idx in windows:
+        we = min(window_end, cd_off)
         buf = src.read(ws, max(0, we - ws), record=True) if we > ws else b""
         for i in idx:
             e = entries[i]
@@ -445,7 +453,8 @@ def _check_locals(ctx: AuditContext, entries: list[ZipEntry], cd_off: int) -> No
                     ctx.add("CKG302", f"member {e.name}: no local header at offset "
                             f"{e.header_offset}", member=e.name, offset=e.header_offset)
                 continue
-            (_s, _v, lflags, lmethod, _t, _d, lcrc, lcsize, lusize, lnlen, lxlen) = _LOC.unpack_from(hdr)
+            (_s, _v, lflags, lmethod, _t, _d, lcrc, lcsize, lusize, lnlen,
+             lxlen) = _LOC.unpack_from(hdr)
             name_end = rel + _LOC.size + lnlen
             if name_end > len(buf):
                 buf_ext = src.read(e.header_offset, _LOC.size + lnlen + lxlen, record=True)
@@ -478,7 +487,7 @@ def _check_locals(ctx: AuditContext, entries: list[ZipEntry], cd_off: int) -> No
                 z64 = e.compressed_size >= 0xFFFFFFFF or e.size >= 0xFFFFFFFF or \
                     e.header_offset >= 0xFFFFFFFF
                 dd_rel = end - ws
-                dd = buf[dd_rel : dd_rel + 24] if 0 <= dd_rel and dd_rel + 24 <= len(buf) else None
+                dd = buf[dd_rel : dd_rel + 24] if dd_rel >= 0 and dd_rel + 24 <= len(buf) else None
                 end = _check_descriptor(ctx, e, end, z64, dd)
             else:
                 lz = (lcsize, lusize)
