@@ -58,3 +58,30 @@ def test_scan_reads_directory_and_data_pkl_only(tmp_path: Path) -> None:
     r = ckptguard.scan(p)
     assert r.verdict is Verdict.SAFE
     assert r.bytes_read < 64 << 10, r.bytes_read  # not one tensor byte beyond header windows
+
+
+def _jit_archive(tmp_path: Path) -> Path:
+    p = tmp_path / "script.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), p)
+    return p
+
+
+def test_real_torchscript_archive_reports_its_code_and_nothing_else(tmp_path: Path) -> None:
+    r = ckptguard.scan(_jit_archive(tmp_path))
+    assert r.format is ckptguard.Format.TORCHSCRIPT
+    assert r.verdict is Verdict.UNSAFE
+    assert r.rule_ids() == {"CKG008"}, [(f.rule_id, f.message) for f in r.findings]
+    code = dict(r.findings[0].evidence)["code_files"]
+    assert "code/__torch__/torch/nn/modules/linear.py" in code
+
+
+def test_payload_injected_into_torchscript_constants_is_caught(tmp_path: Path) -> None:
+    src = _jit_archive(tmp_path)
+    evil = tmp_path / "evil.pt"
+    payload = b"\x80\x02cposix\nsystem\nX\x04\x00\x00\x00true\x85R."
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(evil, "w") as zout:
+        for info in zin.infolist():
+            data = payload if info.filename.endswith("/constants.pkl") else zin.read(info)
+            zout.writestr(info.filename, data)
+    r = ckptguard.scan(evil)
+    assert r.verdict is Verdict.UNSAFE and {"CKG008", "CKG101"} <= r.rule_ids()

@@ -145,7 +145,11 @@ def scan_opcodes_prefix(head: bytes, *, min_ops: int = 3) -> bool:
                                                    not set(line) <= _NUMERIC_LINE):
                     return False
                 if end < 0:
-                    # the line runs past the window: an absurdly long name is still a pickle
+                    # The line runs past the window. An absurdly long GLOBAL/INST name is
+                    # still a pickle (a scanner-flooding trick); a short unterminated line
+                    # at the end of the data (b"little") is just text.
+                    if n - pos <= 256:
+                        return False
                     return op in (GLOBAL, INST) or ops >= min_ops
                 pos = end + 1
             if op in (GLOBAL, INST) and ops == 1:

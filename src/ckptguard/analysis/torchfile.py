@@ -224,11 +224,20 @@ def _torchscript(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipE
     for rel, e in records.items():
         if rel.startswith("data/") and len(rel) > 5:
             catalog.records[rel[5:]] = (e.name, e.data_offset, e.size)
-    for rel, e in sorted(records.items()):
-        if rel.endswith(".pkl"):
-            data = archive.read(e, record=True)
-            audit_pickle(ctx, data, member=e.name, mode=PickleMode.TORCH_ZIP,
-                         storages=catalog if rel == "data.pkl" else StorageCatalog(deferred=True))
+    # Every pickle-bearing member is audited (data.pkl, constants.pkl, the code's
+    # *.debug_pkl source maps, anything else), by content.
+    for e in archive.entries:
+        if e.size == 0 or e.name.endswith("/") or e.method not in (0, 8) or (
+                e.name.startswith(prefix + "data/") and len(e.name) > len(prefix) + 5):
+            continue
+        head = ctx.source.read(e.data_offset, min(e.compressed_size, 4096)) \
+            if e.method == STORED else archive.read(e)[:4096]
+        if sniff(head, max(e.size, len(head)))[0] is not Format.PICKLE:
+            continue
+        data = archive.read(e, record=True)
+        is_data = _ascii_lower(e.name) == _ascii_lower(prefix) + "data.pkl"
+        audit_pickle(ctx, data, member=e.name, mode=PickleMode.TORCHSCRIPT,
+                     storages=catalog if is_data else StorageCatalog(deferred=True))
 
 
 # --- plain pickles -----------------------------------------------------------------------

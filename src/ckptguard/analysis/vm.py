@@ -47,6 +47,7 @@ class PickleMode(enum.Enum):
 
     TORCH_ZIP = "torch-zip"        # data.pkl of a torch zip: torch's weights-only unpickler
     TORCH_LEGACY = "torch-legacy"  # the pickles of a legacy torch stream
+    TORCHSCRIPT = "torchscript"    # a TorchScript archive's pickles (torch.jit.load)
     RAW = "raw"                    # a plain pickle: pickle.load
 
 
@@ -64,7 +65,8 @@ class Global:
         # what calling it means, for allowlisted globals (policy entries count as classes)
         self.kind = ALLOW_KINDS.get(full, "class")
         # plain calls of it are weights-only (checked once here, not per call)
-        self.ok = status in ("allow", "policy") and self.kind in ("class", "function")
+        self.ok = status in ("allow", "policy", "script") and self.kind in ("class",
+                                                                             "function")
         # does calling it build a tensor record?
         self.rebuild = self.ok and full in _TENSOR_BUILDERS
 
@@ -239,6 +241,14 @@ class _VM:
         g = self._global_cache.get(key)
         if g is not None:
             return g
+        if self.mode is PickleMode.TORCHSCRIPT and (
+                module == "__torch__" or module.startswith(("__torch__.", "torch.jit._pickle"))):
+            # TorchScript resolves these from the archive's own code (reported as CKG008),
+            # not by importing Python modules.
+            g = Global(module, name, f"{module}.{name}", self.base + pos, "script")
+            self._global_cache[key] = g
+            self.globals.append(g)
+            return g
         policy = self.ctx.policy
         raw = f"{module}.{name}"
         # What the loader will import: torch's weights-only unpickler always applies its
@@ -288,7 +298,10 @@ class _VM:
         max_memo = limits.max_memo
         max_stack = limits.max_stack
         max_mark = limits.max_mark_depth
-        bad_ops = set(range(256)) - O.TORCH_WEIGHTS_ONLY if self.torch else set()
+        # torch.load(weights_only=True) accepts a subset of opcodes; TorchScript pickles go
+        # through TorchScript's own unpickler instead.
+        bad_ops = set(range(256)) - O.TORCH_WEIGHTS_ONLY if self.mode in (
+            PickleMode.TORCH_ZIP, PickleMode.TORCH_LEGACY) else set()
         frame_end = -1  # end of the current FRAME (Python's unframer semantics), -1 if none
         op_pos = pos
         result = PickleResult(end=pos, complete=False)
@@ -709,7 +722,8 @@ class _VM:
     def build(self, target: object, state: object, pos: int) -> None:
         if isinstance(target, Call) and isinstance(target.func, Global):
             full = target.func.full
-            if full in _BUILDABLE or target.tensor is not None or target.func.status == "policy":
+            if full in _BUILDABLE or target.tensor is not None or \
+                    target.func.status in ("policy", "script"):
                 target.state = state
                 return
             if target.func.status in ("allow",) and self.torch:
