@@ -58,6 +58,22 @@ class FileChangedError(CkptGuardError):
         )
 
 
+class LoaderError(CkptGuardError, RuntimeError):
+    """The audited file cannot be loaded as asked (inconsistent records, bad arguments)."""
+
+
+class UnsupportedFormatError(LoaderError):
+    """The file is SAFE but ckptguard has no loader for its format (e.g. a raw pickle)."""
+
+    def __init__(self, report: Report, message: str | None = None) -> None:
+        self.report = report
+        super().__init__(
+            message
+            or f"{report.path}: {report.format.value} files cannot be loaded by ckptguard "
+            "(loadable: torch zip, legacy torch, safetensors, sharded index json)"
+        )
+
+
 class LoaderUnavailableError(CkptGuardError, ImportError):
     """Loading needs an optional dependency that is missing (``pip install 'ckptguard[torch]'``)."""
 
@@ -84,8 +100,10 @@ __all__ = [
     "CkptGuardError",
     "FileChangedError",
     "IncompleteScanError",
+    "LoaderError",
     "LoaderUnavailableError",
     "PolicyError",
     "ScanInputError",
     "UnsafeCheckpointError",
+    "UnsupportedFormatError",
 ]

@@ -18,31 +18,15 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from ..errors import (
-    CkptGuardError,
     FileChangedError,
     IncompleteScanError,
+    LoaderError,
     ScanInputError,
     UnsafeCheckpointError,
+    UnsupportedFormatError,
 )
 from ..model import FileIdentity, Format, Report, Verdict
 from ..policy import DEFAULT_LIMITS, Limits, Policy
-
-
-class LoaderError(CkptGuardError, RuntimeError):
-    """The audited file cannot be loaded as asked (inconsistent records, bad arguments)."""
-
-
-class UnsupportedFormatError(LoaderError):
-    """The file is SAFE but ckptguard has no loader for its format (e.g. a raw pickle)."""
-
-    def __init__(self, report: Report, message: str | None = None) -> None:
-        self.report = report
-        super().__init__(
-            message
-            or f"{report.path}: {report.format.value} files cannot be loaded by ckptguard "
-            "(loadable: torch zip, legacy torch, safetensors, sharded index json)"
-        )
-
 
 #: Formats the torch-backed loader reads with ``torch.load(weights_only=True)``.
 TORCH_FORMATS = frozenset({Format.TORCH_ZIP, Format.TORCH_LEGACY})
