@@ -266,3 +266,25 @@ def test_huge_bytearray_is_an_allocation_primitive(tmp_path: Path) -> None:
     assert_verdict(scan(tmp_path, prog), Verdict.UNSAFE, "CKG408")
     small = pickle.dumps(bytearray(b"abc"), protocol=2)
     assert_verdict(scan(tmp_path, small), Verdict.SAFE)
+
+
+def test_build_on_a_rebuilt_tensor_is_flagged(tmp_path: Path) -> None:
+    """torch.load would run tensor.set_(*state), re-pointing the audited tensor."""
+    import zipfile
+
+    torch = pytest.importorskip("torch")
+    src = tmp_path / "src.pt"
+    torch.save({"w": torch.zeros(2)}, src)
+    with zipfile.ZipFile(src) as z:
+        names = z.namelist()
+        pkl = next(n for n in names if n.endswith("data.pkl"))
+        data = z.read(pkl)
+        # ... REDUCE (the _rebuild_tensor_v2 call) then: EMPTY_TUPLE BUILD before SETITEMS
+        i = data.rindex(b"R")
+        evil = data[:i + 1] + b")b" + data[i + 1:]
+        out = tmp_path / "evil.pt"
+        with zipfile.ZipFile(out, "w") as zo:
+            for n in names:
+                zo.writestr(n, evil if n == pkl else z.read(n))
+    r = ckptguard.scan(out)
+    assert r.verdict is Verdict.UNSAFE and "CKG408" in r.rule_ids(), r.findings

@@ -722,8 +722,14 @@ class _VM:
     def build(self, target: object, state: object, pos: int) -> None:
         if isinstance(target, Call) and isinstance(target.func, Global):
             full = target.func.full
-            if full in _BUILDABLE or target.tensor is not None or \
-                    target.func.status in ("policy", "script"):
+            if target.tensor is not None and self.mode is not PickleMode.TORCHSCRIPT:
+                # torch would run tensor.set_(*state) / __setstate__ on the rebuilt tensor,
+                # re-pointing it after the audit recorded its storage and layout
+                self.add("CKG408", f"BUILD sets state on a tensor built by {_clip(full)}: "
+                         "torch.save never writes this and the tensor would no longer be the "
+                         "one audited", pos)
+                return
+            if full in _BUILDABLE or target.func.status in ("policy", "script"):
                 target.state = state
                 return
             if target.func.status in ("allow",) and self.torch:
