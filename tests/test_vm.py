@@ -288,3 +288,28 @@ def test_build_on_a_rebuilt_tensor_is_flagged(tmp_path: Path) -> None:
                 zo.writestr(n, evil if n == pkl else z.read(n))
     r = ckptguard.scan(out)
     assert r.verdict is Verdict.UNSAFE and "CKG408" in r.rule_ids(), r.findings
+
+
+def test_rebuild_state_that_swaps_tensor_data_is_flagged(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    t = torch.zeros(2)
+    t.note = "fine"  # a user attribute: torch.save writes _rebuild_from_type_v2 with state
+    p = tmp_path / "ok.pt"
+    torch.save({"t": t}, p)
+    r = ckptguard.scan(p)
+    assert r.verdict is Verdict.SAFE, r.findings
+    # the same program with the state key renamed to 'data' would swap the tensor
+    import zipfile
+
+    with zipfile.ZipFile(p) as z:
+        names = z.namelist()
+        pkl = next(n for n in names if n.endswith("data.pkl"))
+        data = z.read(pkl)
+        assert b"X\x04\x00\x00\x00note" in data
+        evil = data.replace(b"X\x04\x00\x00\x00note", b"X\x04\x00\x00\x00data")
+        out = tmp_path / "evil.pt"
+        with zipfile.ZipFile(out, "w") as zo:
+            for n in names:
+                zo.writestr(n, evil if n == pkl else z.read(n))
+    r = ckptguard.scan(out)
+    assert r.verdict is Verdict.UNSAFE and "CKG408" in r.rule_ids(), r.findings

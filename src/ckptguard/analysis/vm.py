@@ -821,12 +821,16 @@ class _VM:
         if full in _REBUILD_STORAGE_FNS:
             self._tensor_from_storage(c, full, args, pos)
         elif full in _PARAM_FNS:
+            if full.endswith("_with_state") and len(args) >= 4:
+                self._check_tensor_state(args[3], full, pos)
             if args and isinstance(args[0], Call) and args[0].tensor is not None:
                 t = args[0].tensor
                 rg = bool(args[1]) if len(args) > 1 and isinstance(args[1], bool) else False
                 c.tensor = TensorRecord(t.storage, t.storage_offset, t.shape, t.stride, t.dtype,
                                         rg, t.offset, "parameter")
         elif full == "torch._tensor._rebuild_from_type_v2":
+            if len(args) >= 4:
+                self._check_tensor_state(args[3], full, pos)
             if len(args) >= 3 and isinstance(args[2], tuple):
                 inner = args[2]
                 for v in inner:
@@ -839,6 +843,18 @@ class _VM:
                 c.tensor = TensorRecord(None, 0, tuple(args[1]), tuple(args[2]), dtype,
                                         bool(args[3]) if len(args) > 3 else False,
                                         self.base + pos, "meta")
+
+    def _check_tensor_state(self, state: object, full: str, pos: int) -> None:
+        """The state torch applies with setattr on a rebuilt tensor: user attributes are
+        fine; private names and tensor properties (data, grad, __class__...) would change
+        the tensor after the audit recorded it."""
+        dicts = [state] if isinstance(state, dict) else (
+            [x for x in state if isinstance(x, dict)] if isinstance(state, tuple) else [])
+        for d in dicts:
+            for k in d:
+                if not isinstance(k, str) or k.startswith("_") or k in _TENSOR_PROPERTIES:
+                    self.add("CKG408", f"{_clip(full.rsplit('.', 1)[-1])} sets attribute "
+                             f"{_clip(repr(k))} on the rebuilt tensor", pos)
 
     def _tensor_from_storage(self, c: Call, full: str, args: tuple[Any, ...], pos: int) -> None:
         v3 = full.endswith("_v3")
@@ -1199,6 +1215,11 @@ _TENSOR_BUILDERS = frozenset({
     "torch._utils._rebuild_tensor_v3", "torch._utils._rebuild_qtensor",
     "torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state",
     "torch._tensor._rebuild_from_type_v2", "torch._utils._rebuild_meta_tensor_no_storage",
+})
+#: Tensor properties whose setters change what the tensor is.
+_TENSOR_PROPERTIES = frozenset({
+    "data", "grad", "requires_grad", "device", "dtype", "shape", "layout", "names", "real",
+    "imag", "T", "mT", "H", "mH", "is_leaf", "grad_fn", "retains_grad", "output_nr",
 })
 _DICT_LIKE = frozenset({"collections.OrderedDict", "collections.Counter"})
 _BUILDABLE = frozenset({"collections.OrderedDict", "torch.nn.parameter.Parameter",
