@@ -34,6 +34,10 @@ from ..policy import classify_global
 from ..policy.defaults import ALLOW_KINDS
 from . import opcodes as O
 
+#: dtypes that may require gradients (torch raises for the others at load time)
+_GRAD_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16", "complex128",
+                          "complex64", "complex32", "float8_e4m3fn", "float8_e5m2",
+                          "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu"})
 _MAX_KEY_DEPTH = 1000  # tuples hashed as dict keys / set items (C recursion)
 _BIG_LITERAL = 4096  # literals longer than this are kept as Blob placeholders (no copy)
 _unpack_d = struct.Struct(">d").unpack_from
@@ -315,8 +319,17 @@ class _VM:
                 pos += 1
                 if pos > checkpoint:
                     # Every opcode consumes at least one byte, so the loop is bounded by the
-                    # pickle's size; the clock and the stack are checked every 256 KiB.
+                    # pickle's size; the clock and the stack are checked every 256 KiB. The
+                    # checkpoint is also pulled to the end of a FRAME, so frame boundaries
+                    # cost nothing per opcode: we get here at the first opcode at or past it.
+                    if 0 <= frame_end <= op_pos:
+                        if op_pos > frame_end:
+                            self.add("CKG204", "an opcode straddles the end of its FRAME "
+                                     "(pickle.py refuses, the C unpickler accepts)", frame_end)
+                        frame_end = -1
                     checkpoint = pos + _CHECK_EVERY
+                    if frame_end >= 0:
+                        checkpoint = min(checkpoint, frame_end - 1)
                     self.ctx.source.check_time()
                     if len(stack) + depth_total > max_stack:
                         raise LimitExceeded("max_stack", max_stack)
@@ -537,11 +550,8 @@ class _VM:
                     pos, stack, frame_end = self._rare(op, op_pos, pos, data, n, stack,
                                                        metastack, memo, frame_end)
                     depth_total = sum(len(s) for s in metastack) if metastack else 0
-                if frame_end >= 0 and pos >= frame_end and op != 0x95:
-                    if pos > frame_end and op_pos < frame_end:
-                        self.add("CKG204", f"{O.NAMES.get(op, hex(op))} straddles the end of "
-                                 "its FRAME (pickle.py refuses, the C unpickler accepts)", op_pos)
-                    frame_end = -1
+                    if frame_end >= 0:
+                        checkpoint = min(checkpoint, frame_end - 1)
         except _Stop:
             pass
         except struct.error:
@@ -654,6 +664,13 @@ class _VM:
                 target.func.full in _DICT_LIKE:
             if target.items is None:
                 target.items = []
+            keys = items[0::2]
+            self._hash_guard(keys, pos)
+            try:
+                for k in keys:
+                    hash(k)  # the loader inserts into a real OrderedDict: unhashable fails
+            except TypeError:
+                raise self.malformed("unhashable dictionary key", pos) from None
             target.items.extend(zip(items[::2], items[1::2], strict=True))
             return
         self._bad_target("SETITEM(S)", target, pos)
@@ -826,6 +843,10 @@ class _VM:
             if args and isinstance(args[0], Call) and args[0].tensor is not None:
                 t = args[0].tensor
                 rg = bool(args[1]) if len(args) > 1 and isinstance(args[1], bool) else False
+                if rg and t.dtype not in _GRAD_DTYPES:
+                    self.add("CKG408", f"requires_grad on a {t.dtype} parameter: torch refuses "
+                             "to load it", pos)
+                    return
                 c.tensor = TensorRecord(t.storage, t.storage_offset, t.shape, t.stride, t.dtype,
                                         rg, t.offset, "parameter")
         elif full == "torch._tensor._rebuild_from_type_v2":
@@ -881,11 +902,12 @@ class _VM:
         if len(size) != len(stride):
             self.add("CKG405", f"tensor has {len(size)} sizes but {len(stride)} strides", pos)
             return
-        if offset < 0 or any(s < 0 for s in size) or any(s < 0 for s in stride):
+        dims = size + stride  # min/max are C loops: this runs once per tensor
+        if offset < 0 or (dims and min(dims) < 0):
             self.add("CKG405", "negative tensor size, stride or storage offset", pos,
                      {"size": _clip(repr(size)), "stride": _clip(repr(stride))})
             return
-        if offset >= (1 << 62) or any(s >= (1 << 62) for s in size + stride):
+        if offset >= (1 << 62) or (dims and max(dims) >= (1 << 62)):
             self.add("CKG405", "tensor size, stride or offset overflows 62 bits", pos)
             return
         dtype, itemsize = storage.dtype, storage.itemsize
@@ -899,6 +921,10 @@ class _VM:
         elif full.endswith("_rebuild_qtensor"):
             pass
         rg = bool(args[4]) if len(args) > 4 and isinstance(args[4], bool) else False
+        if rg and dtype not in _GRAD_DTYPES:
+            self.add("CKG408", f"requires_grad on a {dtype} tensor: torch refuses to load it "
+                     "(only floating point and complex tensors can require gradients)", pos)
+            return
         hooks = args[5] if len(args) > 5 else None
         if (isinstance(hooks, Call) and hooks.items) or (isinstance(hooks, dict) and hooks):
             self.add("CKG408", "tensor with backward hooks: torch.save never writes them and "
@@ -1233,7 +1259,12 @@ _PARAM_FNS = frozenset({"torch._utils._rebuild_parameter",
 
 
 def _int_tuple(v: object) -> bool:
-    return type(v) is tuple and all(type(x) is int for x in v)
+    if type(v) is not tuple:
+        return False
+    for x in v:  # noqa: SIM110 - a plain loop: all(genexpr) costs a generator per tensor
+        if type(x) is not int:
+            return False
+    return True
 
 
 def _valid_dotted(s: str) -> bool:
@@ -1352,7 +1383,16 @@ def _children(v: object) -> Iterator[tuple[object, object]]:
     """(key, child) pairs of a container that may hold tensor records, in pickle order."""
     if isinstance(v, Call):
         if v.items:
-            for k, x in v.items:
+            # the loader builds a real dict: a repeated key keeps its first position and
+            # its last value (the overwritten value is not in the loaded object)
+            merged: dict[Any, object] = {}
+            try:
+                for k, x in v.items:
+                    merged[k] = x
+                pairs: Any = merged.items()
+            except TypeError:
+                pairs = v.items
+            for k, x in pairs:
                 if isinstance(x, _WALKED):
                     yield k, x
         elif isinstance(v.args, tuple) and isinstance(v.func, Global) and \
