@@ -38,6 +38,9 @@ from . import opcodes as O
 _GRAD_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16", "complex128",
                           "complex64", "complex32", "float8_e4m3fn", "float8_e5m2",
                           "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu"})
+#: positional arity (min, max) of torch's tensor rebuild functions
+_REBUILD_ARITY = {"_rebuild_tensor": (4, 4), "_rebuild_tensor_v2": (6, 7),
+                  "_rebuild_tensor_v3": (7, 8), "_rebuild_qtensor": (7, 7)}
 _MAX_KEY_DEPTH = 1000  # tuples hashed as dict keys / set items (C recursion)
 _BIG_LITERAL = 4096  # literals longer than this are kept as Blob placeholders (no copy)
 _unpack_d = struct.Struct(">d").unpack_from
@@ -879,8 +882,8 @@ class _VM:
 
     def _tensor_from_storage(self, c: Call, full: str, args: tuple[Any, ...], pos: int) -> None:
         v3 = full.endswith("_v3")
-        need = 8 if v3 else 4
-        if len(args) < need - (1 if v3 else 0) or len(args) < 4:
+        lo, hi = _REBUILD_ARITY.get(full.rsplit(".", 1)[-1], (4, 8))
+        if not lo <= len(args) <= hi:  # torch raises TypeError on any other arity
             self.add("CKG408", f"{full.rsplit('.', 1)[-1]} called with {len(args)} arguments",
                      pos)
             return
