@@ -1,0 +1,28 @@
+"""atheris target: the vm parser (input audited as 'x.pkl').
+
+    python fuzz/fuzz_vm.py fuzz/corpus/vm -max_total_time=60
+"""
+
+from __future__ import annotations
+
+import sys
+
+import atheris
+
+with atheris.instrument_imports():
+    from _common import check
+
+    import ckptguard.analysis.engine
+    import ckptguard.analysis.vm
+    import ckptguard.readers.numpy
+    import ckptguard.readers.safetensors
+    import ckptguard.readers.zipfile  # noqa: F401
+
+
+def TestOneInput(data: bytes) -> None:
+    check(data, "x.pkl")
+
+
+if __name__ == "__main__":
+    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Fuzz()
