@@ -29,7 +29,25 @@ PROCESS_SECONDS = 10.0   # whole child process: interpreter start, imports, scan
 DEFAULT_MAX_MB = 200
 DEFAULT_MAX_SECONDS = 2.0
 
-_SCAN_CHILD = r"""
+# Peak RSS of this process image only. ru_maxrss from wait4 is not enough on its own: Linux
+# carries the pre-exec image's high-water mark into the child's ru_maxrss, so a child forked
+# from a test process that imported torch reports >= that process's RSS. VmHWM is reset at
+# exec. Printed last on stderr and read by run_child.
+_HWM = r"""
+def _ckg_hwm():
+    import sys
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    sys.stderr.write("\nCKG_VMHWM_KB=" + line.split()[1] + "\n")
+    except OSError:
+        pass
+import atexit
+atexit.register(_ckg_hwm)
+"""
+
+_SCAN_CHILD = _HWM + r"""
 import json, sys, time
 t0 = time.monotonic()
 import ckptguard
@@ -83,6 +101,9 @@ def run_child(argv: list[str], timeout: float = 60.0) -> tuple[int, str, str, fl
         pytest.fail(f"{argv[-1]}: child still running after {timeout} s")
     wall = time.monotonic() - t
     rss_mb = _last_child_rss_mb(p)
+    text = err.decode("utf-8", "replace")
+    if "CKG_VMHWM_KB=" in text:
+        rss_mb = int(text.rsplit("CKG_VMHWM_KB=", 1)[1].split()[0]) / 1024.0
     return p.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), wall, \
         rss_mb
 
@@ -97,8 +118,10 @@ def scan_child(path: Path | str, timeout: float = 60.0) -> tuple[dict[str, objec
 
 def cli_child(path: Path | str, timeout: float = 60.0) -> tuple[int, dict[str, object], float,
                                                                   float]:
+    cli = _HWM + "import runpy, sys\nsys.argv = ['ckptguard'] + sys.argv[1:]\n" \
+        "runpy.run_module('ckptguard.cli', run_name='__main__')\n"
     rc, out, err, wall, rss = run_child(
-        [sys.executable, "-m", "ckptguard.cli", "scan", str(path), "--format", "json"], timeout)
+        [sys.executable, "-c", cli, "scan", str(path), "--format", "json"], timeout)
     assert "Traceback" not in err and "Traceback" not in out, (err + out)[-3000:]
     assert rc in (0, 1, 2), f"CLI exited with {rc}: {err[-2000:]}"
     return rc, json.loads(out), wall, rss
