@@ -127,8 +127,8 @@ def test_usage_errors_exit_2(here: Path) -> None:
     assert run("scan", "--fail-on", "low", ".").exit_code == 2
     assert run("scan", "--workers", "0", ".").exit_code == 2
     assert run("scan", "--limit", "bogus=1", ".").exit_code == 2
-    assert run("scan", "--limit", "max_opcodes=abc", ".").exit_code == 2
-    assert run("scan", "--limit", "max_opcodes=-1", ".").exit_code == 2
+    assert run("scan", "--limit", "max_objects=abc", ".").exit_code == 2
+    assert run("scan", "--limit", "max_objects=-1", ".").exit_code == 2
     assert run("nosuchcommand").exit_code == 2
 
 

@@ -313,3 +313,15 @@ def test_rebuild_state_that_swaps_tensor_data_is_flagged(tmp_path: Path) -> None
                 zo.writestr(n, evil if n == pkl else z.read(n))
     r = ckptguard.scan(out)
     assert r.verdict is Verdict.UNSAFE and "CKG408" in r.rule_ids(), r.findings
+
+
+def test_object_flood_hidden_in_tuples_hits_max_objects(tmp_path: Path) -> None:
+    """Rounds of MARK + many EMPTY_DICT + TUPLE keep the stack short and add no container
+    items, yet build millions of objects: the live-object bound stops it."""
+    # build a tuple of 10,000 new dicts, pin it in the memo, pop it; 50 times
+    prog = b"\x80\x02" + b"".join(
+        b"(" + b"}" * 10_000 + b"tr" + struct.pack("<I", i) + b"0" for i in range(50)) + b"N."
+    r = scan(tmp_path, prog, limits=Limits(max_objects=100_000))
+    assert_verdict(r, Verdict.INCOMPLETE, "CKG901")
+    assert any(f.evidence_dict.get("limit") == "max_objects" for f in r.findings)
+    assert_verdict(scan(tmp_path, prog), Verdict.SAFE)  # 500k objects fit the default

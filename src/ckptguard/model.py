@@ -74,7 +74,7 @@ class Effect(str, enum.Enum):
         return self.value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Location:
     """Where a finding sits: ``path:member@offset``."""
 
@@ -98,7 +98,7 @@ class Location:
         return cls(path=d["path"], member=d.get("member"), offset=d.get("offset"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Finding:
     """One thing the audit found, under a stable rule ID."""
 
@@ -153,7 +153,7 @@ class Problem:
         return cls(message=d["message"], location=Location.from_dict(d["location"]))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorInfo:
     """A tensor as the audit reconstructed it, without reading its data.
 
@@ -210,7 +210,7 @@ class TensorInfo:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Region:
     """A byte range the audit read and relied on, with its SHA-256 (for the same-bytes check)."""
 

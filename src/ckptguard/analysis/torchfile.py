@@ -263,7 +263,6 @@ _LEGACY_PICKLES = ("magic number", "protocol version", "sys info", "main", "stor
 def audit_legacy(ctx: AuditContext) -> Format:
     """magic | protocol | sys_info | main pickle | storage keys | raw storages."""
     src = ctx.source
-    budget = [ctx.limits.max_opcodes]
     pos = 0
     catalog = StorageCatalog(deferred=True)
     results: list[PickleResult] = []
@@ -275,7 +274,7 @@ def audit_legacy(ctx: AuditContext) -> Format:
         data = src.read(pos, end - pos, record=True)
         member = f"<{label} pickle>"
         r = audit_pickle(ctx, data, member=member, base_offset=pos,
-                         mode=PickleMode.TORCH_LEGACY, storages=catalog, budget=budget)
+                         mode=PickleMode.TORCH_LEGACY, storages=catalog)
         results.append(r)
         if not r.complete:
             return Format.TORCH_LEGACY

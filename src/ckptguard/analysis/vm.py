@@ -24,6 +24,7 @@ import enum
 import gc
 import re
 import struct
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +47,8 @@ _BIG_LITERAL = 4096  # literals longer than this are kept as Blob placeholders (
 _unpack_d = struct.Struct(">d").unpack_from
 _unpack_i = struct.Struct("<i").unpack_from
 _unpack_I = struct.Struct("<I").unpack_from
-_CHECK_EVERY = 1 << 18
+_CHECK_EVERY = 1 << 16
+_allocated_blocks = sys.getallocatedblocks
 
 
 class PickleMode(enum.Enum):
@@ -156,7 +158,7 @@ _LOCATION_PREFIXES = ("cpu", "cuda", "meta", "mps", "xpu", "hpu", "xla", "privat
                       "mtia", "ipu", "lazy", "vulkan", "hip", "ve", "fpga", "maia")
 
 
-@dataclass
+@dataclass(slots=True)
 class StorageRef:
     key: str
     dtype: str
@@ -169,7 +171,7 @@ class StorageRef:
     record_size: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class TensorRecord:
     storage: StorageRef | None
     storage_offset: int
@@ -212,8 +214,7 @@ class _Stop(Exception):
 
 class _VM:
     def __init__(self, ctx: AuditContext, data: bytes | memoryview, member: str | None,
-                 base: int, mode: PickleMode, catalog: StorageCatalog | None,
-                 opcode_budget: list[int]) -> None:
+                 base: int, mode: PickleMode, catalog: StorageCatalog | None) -> None:
         self.ctx = ctx
         self.data = bytes(data) if isinstance(data, memoryview) else data
         self.member = member
@@ -221,7 +222,6 @@ class _VM:
         self.mode = mode
         self.torch = mode is not PickleMode.RAW
         self.catalog = catalog
-        self.budget = opcode_budget
         self.globals: list[Global] = []
         self.proto = 0
         self._global_cache: dict[tuple[str, str, bool], Global] = {}
@@ -315,6 +315,8 @@ class _VM:
         depth_total = 0
         base = self.base
         checkpoint = pos + _CHECK_EVERY
+        max_objects = limits.max_objects
+        blocks0 = _allocated_blocks()
         try:
             while True:
                 op_pos = pos
@@ -338,6 +340,11 @@ class _VM:
                         raise LimitExceeded("max_stack", max_stack)
                     if len(memo) > max_memo:  # at most 64k puts happen between checks
                         raise LimitExceeded("max_memo", max_memo)
+                    # Memory: objects the program built so far (a C counter, so nearly free;
+                    # it sees the whole process, so concurrent threads count too).
+                    if _allocated_blocks() - blocks0 > max_objects:
+                        raise LimitExceeded("max_objects", max_objects,
+                                            "the program builds too many objects")
                 # ---- most frequent opcodes in torch pickles first (measured) ----
                 # Stack underflow raises IndexError, reported by the handler below.
                 if op == 0x72:  # LONG_BINPUT
@@ -1447,14 +1454,9 @@ def audit_pickle(
     mode: PickleMode = PickleMode.RAW,
     storages: StorageCatalog | None = None,
     start: int = 0,
-    budget: list[int] | None = None,
 ) -> PickleResult:
-    """Run one pickle program starting at ``start`` in ``data``; findings go to ``ctx``.
-
-    ``budget`` is a one-element list holding the opcodes left for the whole file (several
-    pickles in one stream share it)."""
-    b = budget if budget is not None else [ctx.limits.max_opcodes]
-    vm = _VM(ctx, data, member, base_offset, mode, storages, b)
+    """Run one pickle program starting at ``start`` in ``data``; findings go to ``ctx``."""
+    vm = _VM(ctx, data, member, base_offset, mode, storages)
     # The VM allocates millions of small tuples and lists that form no garbage cycles while
     # it runs; the cyclic collector would re-traverse them thousands of times (35% of the
     # run). It is paused for the run and restored after, whatever happens.

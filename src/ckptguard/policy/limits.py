@@ -12,12 +12,13 @@ MiB = 1024 * 1024
 class Limits:
     """Bounds on the work an audit may do. Hitting one gives INCOMPLETE (CKG901).
 
-    The defaults admit every real checkpoint we know of (a 50,000-tensor ``data.pkl`` uses
-    about 2% of ``max_opcodes``) while keeping a hostile file under ~200 MB and a few
-    seconds.
+    The defaults admit every real checkpoint we know of (a 50,000-tensor ``data.pkl``
+    creates about 800,000 objects, 40% of ``max_objects``) while keeping a hostile file
+    under ~200 MB and a few seconds. There is no opcode cap: every opcode consumes at least
+    one byte, so ``max_pickle_bytes`` and ``max_seconds`` bound the decoding loop.
     """
 
-    max_opcodes: int = 20_000_000          # pickle opcodes per file
+    max_objects: int = 2_000_000           # live objects one pickle program may build
     max_memo: int = 2_000_000              # live memo entries
     max_memo_index: int = 1 << 31          # largest memo key (BINPUT/LONG_BINPUT/MEMOIZE)
     max_stack: int = 5_000_000             # values on the stack, all marks together

@@ -35,7 +35,7 @@ _OK_FLAGS = 0x0002 | 0x0004 | 0x0008 | 0x0800
 STORED, DEFLATED = 0, 8
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ZipEntry:
     index: int
     name: str

@@ -87,7 +87,8 @@ def _decompile(data: bytes, limits: Limits,
             pickled = Pickled.load(stream, fail_on_decode_error=False)
             used = stream.tell()
             interp = Interpreter(pickled, limits=InterpreterLimits(
-                max_opcodes=max(limits.max_opcodes, 1), max_stack_depth=max(limits.max_stack, 1),
+                # every opcode takes at least one byte of the program
+                max_opcodes=max(len(data), 1), max_stack_depth=max(limits.max_stack, 1),
                 max_memo_size=max(limits.max_memo, 1), max_get_ratio=1_000_000))
             module = interp.to_ast()
     except Exception as e:  # noqa: BLE001 - fickling failing on hostile input is reported
