@@ -429,7 +429,7 @@ def _check_locals(ctx: AuditContext, entries: list[ZipEntry], cd_off: int) -> No
         if e.compressed_size <= 4096:
             need_end += e.compressed_size + 24
         if windows and start - windows[-1][1] <= window_gap and \
-                need_end - windows[-1][0] <= (1 << 24):
+                need_end - windows[-1][0] <= (1 << 20):
             last = windows[-1]
             last[2].append(i)
             windows[-1] = (last[0], max(last[1], need_end), last[2])
