@@ -109,12 +109,24 @@ def run_targets(targets: list[Target], *, policy: Policy, limits: Limits, worker
             interrupted = True
     else:
         # imported here: a sequential scan should not pay for the process-pool machinery
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        import threading
+        from concurrent.futures import FIRST_COMPLETED, InvalidStateError, ProcessPoolExecutor, wait
 
-        pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
-        pending: dict[Future[Report], int] = {}
+        # Ctrl-C in a terminal signals the whole process group. Workers are started with
+        # SIGINT ignored (inherited at fork, so there is no start-up window in which one
+        # dies of it and breaks the pool); only this process handles the interrupt.
+        old_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            for i, t in enumerate(targets):
+            pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
+            pending: dict[Future[Report], int] = {}
+            it = iter(enumerate(targets))
+            for i, t in it:  # the first submit starts the workers
+                pending[pool.submit(scan_one, t.path, policy, limits, t.unreadable)] = i
+                break
+        finally:
+            signal.signal(signal.SIGINT, old_handler)
+        try:
+            for i, t in it:
                 pending[pool.submit(scan_one, t.path, policy, limits, t.unreadable)] = i
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -129,12 +141,20 @@ def run_targets(targets: list[Target], *, policy: Policy, limits: Limits, worker
             pool.shutdown(wait=True)
         except KeyboardInterrupt:
             interrupted = True
-            for fut in pending:
-                fut.cancel()
-            procs = getattr(pool, "_processes", None) or {}
-            for proc in list(procs.values()):
-                proc.terminate()
-            pool.shutdown(wait=False, cancel_futures=True)
+            # Files not started are cancelled; the few in flight finish (each is bounded by
+            # the audit limits). CPython 3.11's executor can still report a cancelled
+            # future from its manager thread while shutting down: that is not our error.
+            previous_hook = threading.excepthook
+
+            def _quiet(args: threading.ExceptHookArgs) -> None:
+                if not isinstance(args.exc_value, InvalidStateError):
+                    previous_hook(args)
+
+            threading.excepthook = _quiet
+            try:
+                pool.shutdown(wait=True, cancel_futures=True)
+            finally:
+                threading.excepthook = previous_hook
     ordered: list[tuple[int, Report]] = []
     for i in sorted(results):
         ordered.extend(_expand(targets[i], results[i]))
