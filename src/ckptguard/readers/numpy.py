@@ -103,6 +103,8 @@ class ZipArchiveLike(Protocol):
     @property
     def entries(self) -> Sequence[Any]: ...
     def read(self, entry: Any) -> bytes: ...
+    def head(self, entry: Any, n: int = 4096) -> bytes: ...
+    def verify(self, entry: Any) -> None: ...
 
 
 # --- descr -------------------------------------------------------------------------------
@@ -344,10 +346,36 @@ def audit_npz(ctx: AuditContext, archive: ZipArchiveLike) -> None:
             continue
         if int(entry.method) == 0:
             view = _member_view(ctx, int(entry.data_offset), int(entry.size))
+            _audit_view(ctx, view, member=member, name=key)
         else:
-            data = archive.read(entry)
-            view = _bytes_view(data)
-        _audit_view(ctx, view, member=member, name=key)
+            # Inflate lazily: the header from the member's first bytes; the whole member only
+            # when an object array's pickle must be audited. A numeric array's CRC and size
+            # are checked by streaming, so a large (or bomb) member costs no memory.
+            lazy = _InflatingView(archive, entry)
+            _audit_view(ctx, lazy.view(), member=member, name=key)
+            if not lazy.inflated:
+                archive.verify(entry)
+
+
+class _InflatingView:
+    _HEAD = 1 << 16
+
+    def __init__(self, archive: ZipArchiveLike, entry: Any) -> None:
+        self.archive = archive
+        self.entry = entry
+        self.inflated = False
+        self._data: bytes | None = None
+
+    def _read(self, offset: int, length: int, record: bool) -> bytes:
+        if self._data is None and offset + length <= self._HEAD:
+            return bytes(self.archive.head(self.entry, offset + length)[offset : offset + length])
+        if self._data is None:
+            self._data = bytes(self.archive.read(self.entry))
+            self.inflated = True
+        return self._data[offset : offset + length]
+
+    def view(self) -> _View:
+        return _View(self._read, int(self.entry.size), None)
 
 
 def _member_view(ctx: AuditContext, base: int, size: int) -> _View:
