@@ -269,3 +269,23 @@ def test_npz_member_size_mismatch(tmp_path: Path) -> None:
         z.writestr("a.npy", npy(HEADER_OK, b"\0" * 20))
     r = ckptguard.scan(p)
     assert r.verdict is Verdict.UNSAFE and "CKG603" in r.rule_ids()
+
+
+def test_compressed_npz_is_streamed_and_crc_checked(tmp_path: Path) -> None:
+    """A numeric member of np.savez_compressed is audited from its header and a streamed
+    CRC check, never inflated whole; a flipped byte in its compressed data is caught."""
+    np = pytest.importorskip("numpy")
+    import zipfile
+
+    p = tmp_path / "w.npz"
+    np.savez_compressed(p, w=np.random.default_rng(0).standard_normal(300_000).astype("<f4"))
+    r = ckptguard.scan(p)
+    assert r.verdict is Verdict.SAFE and [t.name for t in r.tensors] == ["w"]
+    info = zipfile.ZipFile(p).infolist()[0]
+    data = bytearray(p.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + info.compress_size // 2] ^= 0x55  # deep inside the deflated array data
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(bytes(data))
+    r = ckptguard.scan(bad)
+    assert r.verdict is Verdict.UNSAFE and r.rule_ids() & {"CKG303", "CKG310"}, r.findings

@@ -30,7 +30,7 @@ class Limits:
     max_pickles: int = 64                  # pickle programs in one stream (legacy: 5)
     max_members: int = 1_000_000           # zip members
     max_central_directory_bytes: int = 512 * MiB
-    max_decompressed_bytes: int = 512 * MiB  # all deflated members together
+    max_decompressed_bytes: int = 128 * MiB  # deflated bytes held in memory, all members
     max_compression_ratio: int = 200       # per deflated member
     max_header_bytes: int = 64 * MiB       # safetensors / npy header
     max_tensors: int = 5_000_000
