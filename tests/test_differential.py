@@ -59,11 +59,8 @@ def torch_zip(pkl: bytes, storages: dict[str, bytes] | None = None, folder: str 
 
 # --- torch side ----------------------------------------------------------------------------
 
-_WORKER = r"""
-import json, sys, warnings
-warnings.filterwarnings("ignore")
-import torch
-
+# One tensor walker, used in this process and (as source) in the torch worker process.
+_WALK_SRC = r"""
 def walk(obj, prefix, out, seen):
     if isinstance(obj, torch.Tensor):
         out.append({"name": prefix, "dtype": str(obj.dtype).replace("torch.", ""),
@@ -80,7 +77,16 @@ def walk(obj, prefix, out, seen):
         seen.add(id(obj))
         for i, v in enumerate(obj):
             walk(v, str(i) if not prefix else f"{prefix}.{i}", out, seen)
+"""
+_walk_ns: dict[str, Any] = {"torch": torch}
+exec(_WALK_SRC, _walk_ns)
+_walk = _walk_ns["walk"]
 
+_WORKER = r"""
+import json, sys, warnings
+warnings.filterwarnings("ignore")
+import torch
+""" + _WALK_SRC + r"""
 for line in sys.stdin:
     path = line.strip()
     try:
@@ -142,24 +148,6 @@ def compare_with_torch_inprocess(data: bytes, r: Report) -> None:
     out: list[dict[str, Any]] = []
     _walk(obj, "", out, set())
     assert sorted(out, key=lambda d: (d["name"], d["storage_offset"])) == ours(r)
-
-
-def _walk(obj: Any, prefix: str, out: list[dict[str, Any]], seen: set[int]) -> None:
-    if isinstance(obj, torch.Tensor):
-        out.append({"name": prefix, "dtype": str(obj.dtype).replace("torch.", ""),
-                    "shape": list(obj.shape), "stride": list(obj.stride()),
-                    "storage_offset": obj.storage_offset()})
-        return
-    if id(obj) in seen:
-        return
-    if isinstance(obj, dict):
-        seen.add(id(obj))
-        for k, v in obj.items():
-            _walk(v, k if not prefix else f"{prefix}.{k}", out, seen)
-    elif isinstance(obj, (list, tuple)):
-        seen.add(id(obj))
-        for i, v in enumerate(obj):
-            _walk(v, str(i) if not prefix else f"{prefix}.{i}", out, seen)
 
 
 # --- pickle programs, op by op -------------------------------------------------------------

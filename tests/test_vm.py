@@ -268,25 +268,28 @@ def test_huge_bytearray_is_an_allocation_primitive(tmp_path: Path) -> None:
     assert_verdict(scan(tmp_path, small), Verdict.SAFE)
 
 
-def test_build_on_a_rebuilt_tensor_is_flagged(tmp_path: Path) -> None:
-    """torch.load would run tensor.set_(*state), re-pointing the audited tensor."""
+def _with_data_pkl(src: Path, out: Path, transform: object) -> Path:
+    """Copy the torch zip ``src`` to ``out`` with its data.pkl passed through ``transform``."""
     import zipfile
 
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(out, "w") as zo:
+        for n in z.namelist():
+            data = z.read(n)
+            zo.writestr(n, transform(data) if n.endswith("/data.pkl") else data)  # type: ignore[operator]
+    return out
+
+
+def test_build_on_a_rebuilt_tensor_is_flagged(tmp_path: Path) -> None:
+    """torch.load would run tensor.set_(*state), re-pointing the audited tensor."""
     torch = pytest.importorskip("torch")
     src = tmp_path / "src.pt"
     torch.save({"w": torch.zeros(2)}, src)
-    with zipfile.ZipFile(src) as z:
-        names = z.namelist()
-        pkl = next(n for n in names if n.endswith("data.pkl"))
-        data = z.read(pkl)
-        # ... REDUCE (the _rebuild_tensor_v2 call) then: EMPTY_TUPLE BUILD before SETITEMS
-        i = data.rindex(b"R")
-        evil = data[:i + 1] + b")b" + data[i + 1:]
-        out = tmp_path / "evil.pt"
-        with zipfile.ZipFile(out, "w") as zo:
-            for n in names:
-                zo.writestr(n, evil if n == pkl else z.read(n))
-    r = ckptguard.scan(out)
+
+    def add_build(data: bytes) -> bytes:
+        i = data.rindex(b"R")  # the _rebuild_tensor_v2 REDUCE: then EMPTY_TUPLE BUILD
+        return data[:i + 1] + b")b" + data[i + 1:]
+
+    r = ckptguard.scan(_with_data_pkl(src, tmp_path / "evil.pt", add_build))
     assert r.verdict is Verdict.UNSAFE and "CKG408" in r.rule_ids(), r.findings
 
 
@@ -298,20 +301,13 @@ def test_rebuild_state_that_swaps_tensor_data_is_flagged(tmp_path: Path) -> None
     torch.save({"t": t}, p)
     r = ckptguard.scan(p)
     assert r.verdict is Verdict.SAFE, r.findings
-    # the same program with the state key renamed to 'data' would swap the tensor
-    import zipfile
+    key = b"X\x04\x00\x00\x00note"
 
-    with zipfile.ZipFile(p) as z:
-        names = z.namelist()
-        pkl = next(n for n in names if n.endswith("data.pkl"))
-        data = z.read(pkl)
-        assert b"X\x04\x00\x00\x00note" in data
-        evil = data.replace(b"X\x04\x00\x00\x00note", b"X\x04\x00\x00\x00data")
-        out = tmp_path / "evil.pt"
-        with zipfile.ZipFile(out, "w") as zo:
-            for n in names:
-                zo.writestr(n, evil if n == pkl else z.read(n))
-    r = ckptguard.scan(out)
+    def rename(data: bytes) -> bytes:
+        assert key in data
+        return data.replace(key, b"X\x04\x00\x00\x00data")  # would swap the tensor
+
+    r = ckptguard.scan(_with_data_pkl(p, tmp_path / "evil.pt", rename))
     assert r.verdict is Verdict.UNSAFE and "CKG408" in r.rule_ids(), r.findings
 
 
