@@ -35,7 +35,7 @@ _OK_FLAGS = 0x0002 | 0x0004 | 0x0008 | 0x0800
 STORED, DEFLATED = 0, 8
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ZipEntry:
     index: int
     name: str
@@ -59,9 +59,6 @@ class ZipArchive:
         self.entries = entries
         self.cd_offset = cd_offset
         self.comment = comment
-        self.by_name: dict[str, ZipEntry] = {}
-        for e in entries:
-            self.by_name.setdefault(e.name, e)
         self._decompressed = 0
 
     def names(self) -> list[str]:
@@ -340,7 +337,9 @@ def _parse_central(ctx: AuditContext, cd: bytes, cd_off: int,
             name = name_b.decode("utf-8", "surrogateescape")
         if disk != 0:
             ctx.add("CKG310", f"entry {name}: starts on another disk", member=name)
-        entries.append(ZipEntry(i, name, name_b, hoff, -1, csize, usize, method, flags, crc, -1))
+        # data_offset/end are provisional until the local header is read (_check_locals)
+        entries.append(ZipEntry(i, name, name_b, hoff, hoff + _LOC.size + len(name_b), csize,
+                                usize, method, flags, crc, hoff))
         pos = end
     if pos != len(cd):
         ctx.add("CKG306", f"{len(cd) - pos} bytes in the central directory belong to no entry",
@@ -438,7 +437,6 @@ def _check_locals(ctx: AuditContext, entries: list[ZipEntry], cd_off: int) -> No
             windows.append((start, need_end, [i]))
     prev_end = 0
     prev_name = None
-    fixed: list[ZipEntry | None] = [None] * len(entries)
     for ws, window_end, idx in windows:
         we = min(window_end, cd_off)
         buf = src.read(ws, max(0, we - ws), record=True) if we > ws else b""
@@ -518,23 +516,13 @@ def _check_locals(ctx: AuditContext, entries: list[ZipEntry], cd_off: int) -> No
                 _look_for_hidden_directory(ctx, prev_end, e.header_offset)
             prev_end = max(prev_end, end)
             prev_name = e.name
-            fixed[i] = ZipEntry(e.index, e.name, e.raw_name, e.header_offset, data_off,
-                                e.compressed_size, e.size, e.method, e.flags, e.crc32, end)
+            e.data_offset, e.end = data_off, end
     if entries and prev_end < cd_off:
         ctx.add("CKG306", f"{cd_off - prev_end} bytes between the last member and the central "
                 "directory belong to no member", offset=prev_end)
         _look_for_hidden_directory(ctx, prev_end, cd_off)
     if not entries and cd_off > 0:
         ctx.add("CKG005", f"{cd_off} bytes precede an empty archive's directory", offset=0)
-    for i, f in enumerate(fixed):
-        if f is not None:
-            entries[i] = f
-        else:
-            e = entries[i]
-            entries[i] = ZipEntry(e.index, e.name, e.raw_name, e.header_offset,
-                                  e.header_offset + _LOC.size + len(e.raw_name),
-                                  e.compressed_size, e.size, e.method, e.flags, e.crc32,
-                                  e.header_offset)
 
 
 def _look_for_hidden_directory(ctx: AuditContext, start: int, end: int) -> None:
