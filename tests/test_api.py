@@ -60,3 +60,12 @@ def test_scan_path_never_imports_torch(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", SCAN_WITHOUT_TORCH, str(z), str(legacy), str(raw),
                           str(tmp_path)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", out.stdout
+
+
+def test_refusal_of_a_critical_file_offers_no_policy(tmp_path: Path) -> None:
+    from ckptguard import UnsafeCheckpointError
+
+    p = tmp_path / "x.pkl"
+    p.write_bytes(b"\x80\x02cposix\nsystem\nX\x04\x00\x00\x00true\x85R.")
+    msg = str(UnsafeCheckpointError(ckptguard.scan(p)))
+    assert "CKG101" in msg and "no policy can allow" in msg and "[tool.ckptguard]" not in msg

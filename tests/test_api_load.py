@@ -173,7 +173,8 @@ def test_unsafe_message_explains_how_to_allow(tmp_path: Path) -> None:
         ckptguard.safe_load(path)
     msg = str(ei.value)
     assert "argparse" in msg and "Namespace" in msg
-    assert "Policy.allow" in msg
+    assert '{ global = "argparse.Namespace", reason = "..." }' in msg  # the exact TOML entry
+    assert "Policy().allow(" in msg
     policy = Policy().allow("argparse", "Namespace", reason="trainer hyper-parameters")
     out = ckptguard.safe_load(path, policy=policy)
     assert out["args"].a == 1 and torch.equal(out["w"], torch.ones(2))

@@ -79,7 +79,7 @@ class LoaderUnavailableError(CkptGuardError, ImportError):
 
 
 def _describe(report: Report) -> str:
-    from .model import Verdict
+    from .model import Severity, Verdict
 
     head = f"{report.path}: verdict {report.verdict.value}"
     lines = [head + (" (not loaded)" if report.verdict is not Verdict.SAFE else "")]
@@ -88,11 +88,22 @@ def _describe(report: Report) -> str:
     for p in report.problems[:2]:
         lines.append(f"  [problem] {p.message} ({p.location})")
     if report.verdict is Verdict.UNSAFE:
-        lines.append(
-            "  If a flagged global is benign and you trust this file, allow it on purpose with a "
-            "policy (Policy.allow('module', 'name', reason=...) or [tool.ckptguard] in "
-            "pyproject.toml); CRITICAL primitives can never be allowed."
-        )
+        findings = report.all_findings()
+        if any(f.severity is Severity.CRITICAL for f in findings):
+            lines.append("  It reaches a code-execution primitive: do not load it; no policy "
+                         "can allow that.")
+        else:
+            benign = sorted({g for f in findings if f.rule_id == "CKG102"
+                             and (g := f.evidence_dict.get("global"))})
+            if benign:
+                entries = ", ".join(f'{{ global = "{g}", reason = "..." }}' for g in benign[:5])
+                lines.append(
+                    "  If you trust this file and these globals are benign, allow them on "
+                    "purpose (with a reason) in pyproject.toml or a --policy file:\n"
+                    f"    [tool.ckptguard]\n    allow = [{entries}]\n"
+                    "  or in Python: Policy().allow(module, name, reason=...). With that policy, "
+                    "`ckptguard convert --policy FILE SRC DST.safetensors` writes a copy that "
+                    "needs none.")
     return "\n".join(lines)
 
 
