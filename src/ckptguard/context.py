@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import time
 from dataclasses import dataclass, field
 
@@ -149,8 +148,4 @@ def identity_of(fd: int, regions: tuple[Region, ...] = ()) -> FileIdentity:
     return FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, regions)
 
 
-def is_regular(fd: int) -> bool:
-    return stat.S_ISREG(os.fstat(fd).st_mode)
-
-
-__all__ = ["AuditContext", "LimitExceeded", "Source", "identity_of", "is_regular"]
+__all__ = ["AuditContext", "LimitExceeded", "Source", "identity_of"]

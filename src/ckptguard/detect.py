@@ -81,7 +81,7 @@ def sniff(head: bytes, size: int) -> tuple[Format, str]:
         return Format.SAFETENSORS, ""
     if head[:1] == bytes([_PROTO]) and len(head) >= 2 and head[1] <= 5:
         return Format.PICKLE, f"protocol {head[1]}"
-    if head[:1] and head[0] in PICKLE_OPCODE_BYTES and looks_like_text_pickle(head):
+    if head[:1] and head[0] in PICKLE_OPCODE_BYTES and scan_opcodes_prefix(head):
         return Format.PICKLE, "protocol 0/1"
     stripped = head.lstrip()
     if stripped.startswith(b"{"):
@@ -94,13 +94,6 @@ def _is_safetensors(head: bytes, size: int) -> bool:
         return False
     (n,) = struct.unpack_from("<Q", head, 0)
     return 2 <= n <= size - 8 and head[8:9] == b"{"
-
-
-def looks_like_text_pickle(head: bytes) -> bool:
-    """A protocol 0/1 pickle has no magic. Accept the bytes when they decode as a run of
-    well-formed opcodes (a GLOBAL/INST with identifier names, or several opcodes in a row
-    reaching STOP or the end of the window); text files fail within a few bytes."""
-    return scan_opcodes_prefix(head)
 
 
 def expected_formats(name: str) -> frozenset[Format] | None:

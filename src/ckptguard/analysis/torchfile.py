@@ -197,11 +197,7 @@ def _maybe_hidden_pickle(ctx: AuditContext, archive: ZipArchive, e: ZipEntry, wh
     if e.size == 0 or e.method not in (0, 8):
         ctx.add("CKG312", f"{e.name}: {where}", member=e.name)
         return
-    # Sniff from the first 4 KiB only: a deflated member is never inflated whole just to
-    # look at its head (a 1 MB zip bomb member held 420 MB here).
-    head = archive.head(e, 4096)
-    fmt, _ = sniff(head, max(e.size, len(head)))
-    if fmt is not Format.PICKLE:
+    if not _holds_pickle(archive, e):
         ctx.add("CKG312", f"{e.name}: {where}", member=e.name)
         if e.method != STORED:
             try:
@@ -212,6 +208,14 @@ def _maybe_hidden_pickle(ctx: AuditContext, archive: ZipArchive, e: ZipEntry, wh
     ctx.add("CKG309", f"{e.name} is {where} and holds a pickle program", member=e.name)
     data = archive.read(e)
     audit_pickle(ctx, data, member=e.name, mode=PickleMode.RAW)
+
+
+def _holds_pickle(archive: ZipArchive, e: ZipEntry) -> bool:
+    """Does a member hold a pickle program? Sniffed from its first 4 KiB only: a deflated
+    member is never inflated whole just to look at its head (a 1 MB zip bomb member held
+    420 MB that way)."""
+    head = archive.head(e, 4096)
+    return sniff(head, max(e.size, len(head)))[0] is Format.PICKLE
 
 
 def _torchscript(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEntry],
@@ -230,9 +234,7 @@ def _torchscript(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipE
         if e.size == 0 or e.name.endswith("/") or e.method not in (0, 8) or (
                 e.name.startswith(prefix + "data/") and len(e.name) > len(prefix) + 5):
             continue
-        head = ctx.source.read(e.data_offset, min(e.compressed_size, 4096)) \
-            if e.method == STORED else archive.read(e)[:4096]
-        if sniff(head, max(e.size, len(head)))[0] is not Format.PICKLE:
+        if not _holds_pickle(archive, e):
             continue
         data = archive.read(e, record=True)
         is_data = _ascii_lower(e.name) == _ascii_lower(prefix) + "data.pkl"

@@ -203,7 +203,6 @@ class PickleResult:
     root: object = None
     globals: list[Global] = field(default_factory=list)
     tensors: list[tuple[str, TensorRecord]] = field(default_factory=list)
-    opcodes: int = 0
 
 
 class _Stop(Exception):
@@ -225,7 +224,6 @@ class _VM:
         self.globals: list[Global] = []
         self.proto = 0
         self._global_cache: dict[tuple[str, str, bool], Global] = {}
-        self._flagged_ops: set[int] = set()
         self.items_budget = ctx.limits.max_container_items
 
     # -- findings -----------------------------------------------------------------------
@@ -579,7 +577,6 @@ class _VM:
         return result
 
     def _flag_op(self, op: int, pos: int) -> None:
-        self._flagged_ops.add(op)
         name = O.NAMES.get(op)
         if name is None:
             return  # invalid opcode: reported by the decoder
@@ -1175,8 +1172,8 @@ class _VM:
         value, which is what a real load uses."""
         if len(line) > 4300:
             raise LimitExceeded("max_line_bytes", 4300, "integer literal digits")
-        c_val = _c_long(line) if is_long else _c_int(line)
-        py_val = _py_long(line) if is_long else _py_int(line)
+        c_val = _long_literal(line) if is_long else _c_int(line)
+        py_val = _long_literal(line) if is_long else _py_int(line)
         if c_val is None:
             raise self.malformed(f"invalid integer literal {_clip(repr(line))}", pos)
         if py_val is None or type(py_val) is not type(c_val) or py_val != c_val:
@@ -1227,7 +1224,8 @@ def _py_int(line: bytes) -> int | bool | None:
         return None
 
 
-def _c_long(line: bytes) -> int | None:
+def _long_literal(line: bytes) -> int | None:
+    """LONG: both unpicklers strip one trailing 'L' and read the rest with base 0."""
     text = line[:-1] if line.endswith(b"L") else line
     try:
         return int(text, 0)
@@ -1235,16 +1233,10 @@ def _c_long(line: bytes) -> int | None:
         return None
 
 
-_py_long = _c_long
-
-
 def _canonical_int(text: bytes) -> bool:
     if text[:1] == b"-":
         text = text[1:]
     return bool(text) and text.isdigit() and (text == b"0" or text[:1] != b"0")
-
-
-_CANONICAL_INT = _canonical_int
 
 _TENSOR_BUILDERS = frozenset({
     "torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2",
