@@ -35,7 +35,7 @@ def test_report_round_trips_through_json(tmp_path: Path) -> None:
     p = tmp_path / "x.pkl"
     p.write_bytes(b"\x80\x02cposix\nsystem\nX\x04\x00\x00\x00true\x85R.")
     r = ckptguard.scan(p)
-    assert r.verdict is Verdict.UNSAFE
+    assert r.verdict is Verdict.UNSAFE and "CKG101" in r.rule_ids()
     again = Report.from_dict(json.loads(json.dumps(r.to_dict())))
     assert again == r
 

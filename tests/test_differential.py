@@ -252,8 +252,6 @@ def tensor_case(draw: st.DrawFn) -> tuple[bytes, dict[str, bytes], list[str], st
             p.glob("torch._utils", draw(st.sampled_from(["_rebuild_tensor_v2",
                                                          "_rebuild_tensor"])), "global")
             rebuild_memo = p.put()
-            if p.b[-1:] != b"\x94" and "_rebuild_tensor_v2" not in p.globals[-1]:
-                pass
         is_v2 = p.globals[-1].endswith("_v2") if rebuild_memo is not None else True
         # storage: new or shared
         if sto_meta and draw(st.booleans()):

@@ -235,9 +235,8 @@ def test_property_plain_data_is_safe(tmp_path: Path, value: object, proto: int) 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(blob=st.binary(max_size=200))
 def test_property_any_bytes_give_a_report(tmp_path: Path, blob: bytes) -> None:
-    r = scan(tmp_path, b"\x80\x02" + blob)
-    assert r.verdict in (Verdict.SAFE, Verdict.UNSAFE, Verdict.INCOMPLETE)
-    assert not r.problems, r.problems
+    r = scan(tmp_path, b"\x80\x02" + blob)  # must return, never raise
+    assert not r.problems, r.problems  # no internal error on any input
     if r.verdict is Verdict.SAFE:
         # SAFE must mean pickle itself loads it without touching any global
         pickle.loads(b"\x80\x02" + blob)
