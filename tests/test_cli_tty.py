@@ -25,20 +25,29 @@ def _tmux(*args: str) -> str:
     return subprocess.run(["tmux", *args], check=True, capture_output=True, text=True).stdout
 
 
-def test_progress_bar_in_terminal(tmp_path: Path) -> None:
+def _scan_in_tmux(tmp_path: Path, files: int, *args: str) -> tuple[str, Path]:
+    """Start ``ckptguard scan ARGS <folder of FILES pickles>`` in a real terminal (a tmux
+    session); return the session name and the file the exit status is written to."""
     folder = tmp_path / "models"
     folder.mkdir()
     # pickles with many opcodes: slow enough to scan (tens of ms each) to see the bar
     payload = pickle.dumps([list(range(1000)) for _ in range(200)], protocol=4)
-    for i in range(60):
-        (folder / f"f{i:02d}.pkl").write_bytes(payload)
+    for i in range(files):
+        (folder / f"f{i:03d}.pkl").write_bytes(payload)
     done = tmp_path / "done"
     session = f"ckg-{uuid.uuid4().hex[:8]}"
-    cmd = (f"{shlex.quote(sys.executable)} -m ckptguard.cli scan {shlex.quote(str(folder))}; "
+    cmd = (f"{shlex.quote(sys.executable)} -m ckptguard.cli scan "
+           f"{' '.join(shlex.quote(a) for a in args)} {shlex.quote(str(folder))}; "
            f"echo EXIT=$? > {shlex.quote(str(done))}; sleep 30")
     env_prefix = "env -u NO_COLOR -u COLUMNS -u LINES TERM=xterm-256color "
     _tmux("new-session", "-d", "-s", session, "-x", "200", "-y", "50",
           env_prefix + "bash -c " + shlex.quote(cmd))
+    _tmux("set-option", "-t", session, "remain-on-exit", "on")
+    return session, done
+
+
+def test_progress_bar_in_terminal(tmp_path: Path) -> None:
+    session, done = _scan_in_tmux(tmp_path, 60)
     try:
         seen_bar = ""
         deadline = time.monotonic() + 60
@@ -74,20 +83,7 @@ def test_no_progress_when_not_a_tty(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_ctrl_c_in_terminal(tmp_path: Path, workers: str) -> None:
-    folder = tmp_path / "models"
-    folder.mkdir()
-    payload = pickle.dumps([list(range(1000)) for _ in range(200)], protocol=4)
-    for i in range(200):
-        (folder / f"f{i:03d}.pkl").write_bytes(payload)
-    done = tmp_path / "done"
-    session = f"ckg-{uuid.uuid4().hex[:8]}"
-    cmd = (f"env -u COLUMNS -u LINES TERM=xterm-256color {shlex.quote(sys.executable)} "
-           "-m ckptguard.cli scan "
-           f"--workers {workers} "
-           f"{shlex.quote(str(folder))}; echo EXIT=$? > {shlex.quote(str(done))}; sleep 30")
-    _tmux("new-session", "-d", "-s", session, "-x", "200", "-y", "50",
-          "bash -c " + shlex.quote(cmd))
-    _tmux("set-option", "-t", session, "remain-on-exit", "on")
+    session, done = _scan_in_tmux(tmp_path, 200, "--workers", workers)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
