@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from .model import FileIdentity, Finding, Location, Problem, Region, TensorInfo
+from .model import FileIdentity, Finding, Location, Problem, Region, Severity, TensorInfo
 from .policy import DEFAULT_LIMITS, Limits, Policy
 from .rules import make_finding
 
@@ -113,19 +113,16 @@ class AuditContext:
         member: str | None = None,
         offset: int | None = None,
         evidence: dict[str, str] | None = None,
-        severity: object = None,
+        severity: Severity | None = None,
     ) -> None:
         """Record a finding (identical rule+place+message is recorded once)."""
         key = (rule_id, member, offset, message)
         if key in self._seen:
             return
         self._seen.add(key)
-        from .model import Severity
-
-        sev = severity if isinstance(severity, Severity) else None
         self.findings.append(
             make_finding(rule_id, message, self.loc(member, offset), evidence=evidence,
-                         severity=sev)
+                         severity=severity)
         )
 
     def limit_hit(self, exc: LimitExceeded, *, member: str | None = None,

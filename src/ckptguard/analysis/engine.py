@@ -116,8 +116,11 @@ def _audit_file(ctx: AuditContext, name: str) -> Format:
             fmt = Format.ZIP
         handler = _HANDLERS[fmt]
         fmt = handler(ctx, detail)
-        if fmt in (Format.PICKLE, Format.TORCH_LEGACY) and _has_eocd(ctx):
-            # a pickle/zip polyglot: torch.load reads the pickle, zip readers the archive
+        if fmt in (Format.PICKLE, Format.TORCH_LEGACY) and \
+                any(f.rule_id in ("CKG203", "CKG004") for f in ctx.findings) and _has_eocd(ctx):
+            # A pickle/zip polyglot: torch.load reads the pickle, zip readers the archive.
+            # Only possible when the audit found bytes after the stream, so a clean file
+            # costs no tail read.
             ctx.add("CKG004", "a zip archive is appended to the pickle stream (polyglot)")
             from .torchfile import audit_zip
 
