@@ -62,6 +62,12 @@ class LoaderError(CkptGuardError, RuntimeError):
     """The audited file cannot be loaded as asked (inconsistent records, bad arguments)."""
 
 
+class UnauditedLoadError(LoaderError):
+    """torch's internal loader was reached without an audit while the torch.load gate is
+    active (a direct call to ``torch.serialization._load``), or the gate cannot be enabled
+    so that it covers every caller. Nothing was unpickled."""
+
+
 class UnsupportedFormatError(LoaderError):
     """The file is SAFE but ckptguard has no loader for its format (e.g. a raw pickle)."""
 
@@ -115,6 +121,7 @@ __all__ = [
     "LoaderUnavailableError",
     "PolicyError",
     "ScanInputError",
+    "UnauditedLoadError",
     "UnsafeCheckpointError",
     "UnsupportedFormatError",
 ]
