@@ -50,7 +50,13 @@ def _routes() -> dict[str, Loader]:
 
     table = {"loader": torch.load}
     kept_in_dict = table["loader"]
-    wrapped = functools.wraps(torch.load)(lambda f, **kw: torch.load(f, **kw))
+    original = torch.load
+
+    @functools.wraps(original)
+    def wrapped(f: Any, **kw: Any) -> Any:  # a library's wrapper, made before the gate
+        kw.setdefault("map_location", "cpu")
+        return original(f, **kw)
+
     return {
         "torch.load": lambda f: torch.load(f, weights_only=False),
         "torch.serialization.load": lambda f: torch.serialization.load(f, weights_only=False),
@@ -65,7 +71,7 @@ def _routes() -> dict[str, Loader]:
         "staticmethod": lambda f: Holder.load(f, weights_only=False),
         "kept in a dict": lambda f: kept_in_dict(f, weights_only=False),
         "third-party wrapper": lambda f: wrapped(f, weights_only=False),
-        "getattr": lambda f: getattr(torch, "load")(f, weights_only=False),  # noqa: B009
+        "getattr": lambda f: getattr(torch, "load")(f, weights_only=False),
         "__call__": lambda f: torch.load.__call__(f, weights_only=False),
         "mmap": lambda f: torch.load(f, mmap=True, weights_only=False),
     }
