@@ -42,6 +42,12 @@ class UnsafeCheckpointError(CkptGuardError):
         super().__init__(message or _describe(report))
 
 
+class TensorInvariantError(UnsafeCheckpointError):
+    """A tensor the loader rebuilt breaks an invariant torch does not check (sparse indices
+    out of bounds, bad quantization parameters, a nested tensor outside its buffer). The
+    report carries the finding (CKG420-CKG423) and verdict UNSAFE; nothing was handed out."""
+
+
 class IncompleteScanError(UnsafeCheckpointError):
     """The audit could not decide (verdict INCOMPLETE); the file is not loaded."""
 
@@ -121,6 +127,7 @@ __all__ = [
     "LoaderUnavailableError",
     "PolicyError",
     "ScanInputError",
+    "TensorInvariantError",
     "UnauditedLoadError",
     "UnsafeCheckpointError",
     "UnsupportedFormatError",

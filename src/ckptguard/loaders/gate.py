@@ -49,6 +49,7 @@ from ..policy import DEFAULT_LIMITS, Limits, Policy
 from . import _torch
 from ._torch import INSIDE_AUDITED_LOAD, ORIGINAL_CODE, safe_globals, torch
 from .base import open_audited, require_safe
+from .invariants import check_loaded
 from .safetensors import load_safetensors
 from .torchfile import load_torch
 
@@ -241,8 +242,10 @@ def _load_filelike(f: Any, cfg: GuardConfig, map_location: Any, mmap: bool | Non
     report = audit_bytes(data, name, policy=cfg.policy, limits=cfg.limits)
     require_safe(report)
     with safe_globals(cfg.policy):
-        return _torch.torch_load(io.BytesIO(data), map_location=map_location,
-                                 weights_only=True, mmap=mmap, **pickle_load_args)
+        obj = _torch.torch_load(io.BytesIO(data), map_location=map_location,
+                                weights_only=True, mmap=mmap, **pickle_load_args)
+    check_loaded(obj, report)
+    return obj
 
 
 def dispatch(f: Any, map_location: Any, pickle_module: Any, weights_only: bool | None,
