@@ -29,7 +29,7 @@ def import_failure(exc: BaseException) -> LoaderUnavailableError:
     """A :class:`LoaderUnavailableError` that says why ``import torch`` failed: missing,
     out of memory (``MemoryError``, ``ENOMEM``, a shared library that cannot be mapped under
     ``RLIMIT_AS``) or otherwise broken. Only a missing ``torch`` module says "not installed"."""
-    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == "torch":
+    if isinstance(exc, ModuleNotFoundError) and exc.name == "torch":
         return LoaderUnavailableError(
             "loading checkpoints needs PyTorch, which is not installed: "
             "pip install 'ckptguard[torch]' (scanning works without it)")
