@@ -39,6 +39,13 @@ HOSTILE = {Path(e["path"]).stem.removeprefix("invariant_"): FIXTURES / e["path"]
 BENIGN = {Path(e["path"]).stem.removeprefix("invariant_ok_"): FIXTURES / e["path"]
           for e in FAMILY if e["path"].startswith("benign/")}
 
+#: fixtures whose problem the pickle spells out: the audit itself reports CKG421.
+STATIC = frozenset({
+    "q_scale_nan", "q_scale_inf", "q_scale_zero", "q_scale_negative",
+    "q_zero_point_past_quint8", "q_zero_point_negative_quint8", "q_zero_point_past_qint8",
+    "q_scheme_symmetric", "qc_axis_past", "qc_axis_negative", "qc_too_few_scales",
+})
+
 #: fixture -> the refusal: a ckptguard rule, or "torch" (torch's own rebuild refuses it).
 EXPECTED: dict[str, str] = {
     **{k: "CKG420" for k in (
@@ -51,10 +58,10 @@ EXPECTED: dict[str, str] = {
     **{k: "CKG421" for k in (
         "q_scale_nan", "q_scale_inf", "q_scale_zero", "q_scale_negative",
         "q_zero_point_past_quint8", "q_zero_point_negative_quint8", "q_zero_point_past_qint8",
+        "q_scheme_symmetric", "qc_axis_past", "qc_axis_negative", "qc_too_few_scales",
         "qc_scale_nan", "qc_scale_zero", "qc_zero_point_past_qint8")},
     **{k: "CKG422" for k in ("nested_negative_offset", "nested_zero_stride")},
-    **{k: "torch" for k in ("qc_axis_past", "qc_axis_negative", "qc_too_few_scales",
-                            "nested_offset_past_buffer", "nested_negative_size",
+    **{k: "torch" for k in ("nested_offset_past_buffer", "nested_negative_size",
                             "nested_counts_disagree")},
 }
 
@@ -78,7 +85,18 @@ def _assert_refused(exc: BaseException, rule: str) -> None:
     assert f"[{rule} HIGH]" in str(exc)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(STATIC))
+def test_static_variant_is_unsafe_at_scan(name: str) -> None:
+    path = HOSTILE[name]
+    report = ckptguard.scan(path)
+    assert report.verdict is Verdict.UNSAFE and "CKG421" in report.rule_ids()
+    with pytest.raises(UnsafeCheckpointError) as ei:
+        ckptguard.safe_load(path)
+    assert not isinstance(ei.value, TensorInvariantError)  # refused before torch runs
+    assert "CKG421" in ei.value.report.rule_ids()
+
+
+@pytest.mark.parametrize("name", sorted(set(EXPECTED) - STATIC))
 def test_hostile_variant_is_refused(name: str) -> None:
     path = HOSTILE[name]
     rule = EXPECTED[name]
@@ -239,6 +257,70 @@ def test_quint8_zero_point_edges(zp: int, ok: bool) -> None:
         assert ei.value.rule_id == "CKG421"
 
 
+@pytest.mark.parametrize(("scale", "ok"), [(0.5, True), (1e-30, True), (0.0, False),
+                                           (-1.0, False), (float("nan"), False),
+                                           (float("inf"), False)])
+def test_per_tensor_scale_at_load(scale: float, ok: bool) -> None:
+    """The loader's own check (defence in depth behind the audit's CKG421)."""
+    t = torch._empty_affine_quantized((2,), scale=scale, zero_point=0, dtype=torch.qint8)
+    if ok:
+        check_tensor(t)
+    else:
+        with pytest.raises(Violation) as ei:
+            check_tensor(t)
+        assert ei.value.rule_id == "CKG421"
+
+
+def test_static_and_load_zero_point_tables_agree() -> None:
+    from ckptguard.analysis.qparams import ZERO_POINT_RANGES
+
+    assert {f"torch.{k}": v for k, v in ZERO_POINT_RANGES.items()} == QUANTIZED_RANGES
+
+
 def test_meta_tensors_are_not_checked() -> None:
     check_tensor(torch.sparse_coo_tensor(torch.tensor([[9]]), torch.ones(1), (2,),
                                          check_invariants=False).to("meta"))
+
+
+# --- the audit's quantizer table (analysis/qparams.py), both directions ----------------------
+
+class _G:
+    def __init__(self, full: str) -> None:
+        self.full = full
+
+
+class _Rec:
+    def __init__(self, n: int) -> None:
+        self.tensor = type("R", (), {"shape": (n,)})()
+
+
+@pytest.mark.parametrize(("params", "size", "dtype", "problem"), [
+    ((_G("torch.per_tensor_affine"), 0.1, 10), (2, 3), "quint8", None),
+    ((_G("torch.per_tensor_affine"), 0.1, 255), (2, 3), "quint8", None),
+    ((_G("torch.per_tensor_affine"), 0.1, 256), (2, 3), "quint8", "zero point"),
+    ((_G("torch.per_tensor_affine"), 0.1, -129), (2, 3), "qint8", "zero point"),
+    ((_G("torch.per_tensor_affine"), 0.0, 0), (2, 3), "qint8", "scale"),
+    ((_G("torch.per_tensor_affine"), float("nan"), 0), (2, 3), "qint8", "scale"),
+    ((_G("torch.per_tensor_affine"), 0.1), (2, 3), "qint8", "needs 3"),
+    ((_G("torch.per_tensor_symmetric"), 0.1, 0), (2, 3), "qint8", "cannot be rebuilt"),
+    ((_G("torch.per_channel_symmetric"), _Rec(2), _Rec(2), 0), (2, 3), "qint8",
+     "cannot be rebuilt"),
+    ((_G("torch.per_channel_affine"), _Rec(2), _Rec(2), 0), (2, 3), "qint8", None),
+    ((_G("torch.per_channel_affine"), _Rec(3), _Rec(3), 1), (2, 3), "qint8", None),
+    ((_G("torch.per_channel_affine_float_qparams"), _Rec(2), _Rec(2), 0), (2, 3), "quint8",
+     None),
+    ((_G("torch.per_channel_affine"), _Rec(2), _Rec(2), 2), (2, 3), "qint8", "axis"),
+    ((_G("torch.per_channel_affine"), _Rec(2), _Rec(2), -1), (2, 3), "qint8", "axis"),
+    ((_G("torch.per_channel_affine"), _Rec(1), _Rec(2), 0), (2, 3), "qint8", "1 scales"),
+    ((_G("torch.per_channel_affine"), _Rec(2), [0, 0, 0], 0), (2, 3), "qint8", "3 zero points"),
+    ("not a tuple", (2, 3), "qint8", "not a tuple"),
+])
+def test_qparams_table(params: Any, size: tuple[int, ...], dtype: str,
+                       problem: str | None) -> None:
+    from ckptguard.analysis.qparams import qparams_problem
+
+    got = qparams_problem(params, size, dtype)
+    if problem is None:
+        assert got is None
+    else:
+        assert got is not None and problem in got
