@@ -9,6 +9,8 @@ import functools
 import multiprocessing
 import os
 import pickle
+import subprocess
+import sys
 import sysconfig
 from collections.abc import Callable
 from pathlib import Path
@@ -204,3 +206,51 @@ def test_forked_worker_inherits_the_gate(tmp_path: Path) -> None:
     with ckptguard.guard_torch_load(), ctx.Pool(1) as pool:
         assert pool.apply(load_in_worker, (str(path),)) == "UnsafeCheckpointError CKG101"
     assert not marker.exists()
+
+
+def _child_env(tmp_path: Path, *, pth: bool, policy: Path | None = None) -> dict[str, str]:
+    base = tmp_path / "userbase"
+    if pth:
+        write_pth(_user_site(base))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CKPTGUARD")}
+    env.update({ENV_VAR: "1", "PYTHONUSERBASE": str(base)})
+    if policy is not None:
+        env["CKPTGUARD_POLICY"] = str(policy)
+    return env
+
+
+_PLAIN_CHILD = """
+import torch  # this program never imports ckptguard itself
+try:
+    torch.load({path!r}, weights_only=False)
+    print("loaded")
+except Exception as e:
+    print(type(e).__name__)
+"""
+
+
+@pytest.mark.parametrize("pth", [True, False])
+def test_subprocess_with_pth_is_gated(tmp_path: Path, pth: bool) -> None:
+    marker = tmp_path / "pwned"
+    path = hostile_torch_zip(tmp_path / "evil.pt", marker)
+    r = subprocess.run([sys.executable, "-c", _PLAIN_CHILD.format(path=str(path))],
+                       capture_output=True, text=True, env=_child_env(tmp_path, pth=pth),
+                       timeout=180, check=False)
+    if pth:
+        assert r.stdout.strip() == "UnsafeCheckpointError", r.stderr[-2000:]
+        assert not marker.exists()
+    else:  # control: without the hook the variable alone does nothing, the payload runs
+        assert r.stdout.strip() == "loaded", r.stderr[-2000:]
+        assert marker.exists()
+
+
+def test_unusable_policy_file_fails_closed(tmp_path: Path) -> None:
+    """CKPTGUARD_POLICY names a file that cannot be used: the gate still turns on and
+    refuses every load (the start-up hook cannot stop the interpreter, so it must not
+    silently leave torch.load unguarded)."""
+    path = save_torch(tmp_path / "m.pt", {"x": torch.ones(2)})
+    r = subprocess.run([sys.executable, "-c", _PLAIN_CHILD.format(path=str(path))],
+                       capture_output=True, text=True,
+                       env=_child_env(tmp_path, pth=True, policy=tmp_path / "missing.toml"),
+                       timeout=180, check=False)
+    assert r.stdout.strip() == "PolicyError", (r.stdout, r.stderr[-2000:])

@@ -192,13 +192,15 @@ class _TorchImportHook(importlib.abc.MetaPathFinder):
         return spec
 
 
-def install_from_env(environ: Mapping[str, str] | None = None) -> bool:
+def install_from_env(environ: Mapping[str, str] | None = None, *, strict: bool = True) -> bool:
     """Honour ``CKPTGUARD_GUARD_TORCH_LOAD``: if it is set to 1/true/yes/on, enable the
     gate process-wide (now if torch is imported, else right after torch is imported).
     ``CKPTGUARD_POLICY`` names an optional policy TOML file. Returns whether it is on.
 
     Fails closed: if the policy file cannot be used, the gate is still enabled and refuses
-    every ``torch.load`` with that error, and the error is raised here too."""
+    every ``torch.load`` with that error; with ``strict`` (the default) the error is raised
+    here too (``import ckptguard`` passes ``strict=False``: the import must succeed so that
+    the refusing gate is in place)."""
     env = os.environ if environ is None else environ
     if env.get(ENV_VAR, "").strip().lower() not in _TRUE:
         return False
@@ -215,7 +217,7 @@ def install_from_env(environ: Mapping[str, str] | None = None) -> bool:
         _enable_from_env(policy, refusal)
     elif not any(isinstance(h, _TorchImportHook) for h in sys.meta_path):
         sys.meta_path.insert(0, _TorchImportHook(policy, refusal))
-    if refusal is not None:
+    if refusal is not None and strict:
         raise refusal
     return True
 
