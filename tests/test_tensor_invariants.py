@@ -324,3 +324,15 @@ def test_qparams_table(params: Any, size: tuple[int, ...], dtype: str,
         assert got is None
     else:
         assert got is not None and problem in got
+
+
+def test_view_outside_storage_is_refused() -> None:
+    """Defence in depth behind torch's set_ and the audit's CKG404: a strided tensor whose
+    view leaves its storage (its storage shrunk after the view was made) is refused."""
+    base = torch.arange(12.0)
+    view = base.view(3, 4)
+    check_tensor(view)
+    base.untyped_storage().resize_(16)  # 4 float32 elements left under a 12-element view
+    with pytest.raises(Violation) as ei:
+        check_tensor(view)
+    assert ei.value.rule_id == "CKG404"

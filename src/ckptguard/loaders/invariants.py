@@ -11,7 +11,8 @@ writes or reads out of bounds on first use. The audit sees only the records (the
 ========================  ===============================================================
 layout / kind             check (rule)
 ========================  ===============================================================
-strided                   storage bounds: torch's ``set_`` (and the audit's CKG404/405)
+strided                   view inside its storage (torch's ``set_`` and the audit's
+                          CKG404/405 already ensure it; re-checked here, CKG404)
 strided, quantized        scale(s) finite and > 0, zero point(s) in the dtype's range,
                           per-channel axis in range and one scale/zero point per channel
                           (CKG421)
@@ -177,8 +178,22 @@ def check_tensor(t: torch.Tensor) -> None:
         _check_sparse_compressed(t)
     elif t.is_nested:
         _check_nested(t)
-    elif t.is_quantized:
-        _check_quantized(t)
+    else:
+        _check_view(t)
+        if t.is_quantized:
+            _check_quantized(t)
+
+
+def _check_view(t: torch.Tensor) -> None:
+    if t.numel() == 0:
+        return
+    stride = t.stride()
+    if any(st < 0 for st in stride) or t.storage_offset() < 0:
+        raise Violation("CKG404", "negative stride or storage offset")
+    last = t.storage_offset() + sum((s - 1) * st for s, st in zip(t.shape, stride, strict=True))
+    elems = t.untyped_storage().nbytes() // max(t.element_size(), 1)
+    if last >= elems:
+        raise Violation("CKG404", f"view reaches element {last} of a storage of {elems}")
 
 
 def _walk(obj: Any) -> Iterator[tuple[str, torch.Tensor]]:
