@@ -62,8 +62,8 @@ try:
 except (ImportError, MemoryError, OSError) as _e:
     raise import_failure(_e) from _e
 
-#: The name under which the gate's dispatcher lives in ``torch.serialization``'s namespace
-#: (see :mod:`.gate`), and the name that keeps torch's own ``load`` code across re-imports.
+#: The name in ``torch.serialization``'s namespace that keeps torch's own ``load`` code
+#: (so a second import of ckptguard never mistakes the gate's trampoline for it).
 ORIGINAL_CODE_NAME = "_ckptguard_original_load_code"
 _ns = vars(torch.serialization)
 #: The code object of torch's own ``torch.serialization.load`` (the gate swaps the
