@@ -183,6 +183,11 @@ def _fickling_severity(data: bytes) -> Any:
 @pytest.mark.parametrize("entry", HOSTILE, ids=_id)
 def test_fickling_second_opinion(entry: dict[str, Any]) -> None:
     pytest.importorskip("fickling")
+    if entry["family"] == "tensor-invariants" and entry["verdict"] == "SAFE":
+        # fickling objects to torch's sparse/quantized/nested rebuild functions themselves
+        # (its verdict is the same for valid ones); these files scan SAFE on purpose and are
+        # refused at load time: tests/test_tensor_invariants.py asserts each refusal
+        pytest.skip("refused by the loader, not the scan (see test_tensor_invariants.py)")
     from fickling.analysis import Severity as FS
 
     import ckptguard

@@ -31,6 +31,7 @@ from ckptguard.guard import ENV_VAR, TorchLoadGuard, install_from_env, is_torch_
 from ckptguard.loaders import _torch, gate
 
 REAL_LOAD = _torch.ORIGINAL_LOAD
+TORCH_LOAD = torch.load  # the public function object: the gate never replaces the name
 SRC = str(Path(ckptguard.__file__).resolve().parents[1])
 
 
@@ -38,7 +39,10 @@ SRC = str(Path(ckptguard.__file__).resolve().parents[1])
 def _no_leftover_guard() -> object:
     yield
     assert gate.current() is None, "a test left a guard enabled"
-    assert torch.load is REAL_LOAD and torch.serialization.load is REAL_LOAD
+    assert torch.load is TORCH_LOAD and torch.serialization.load is TORCH_LOAD
+    assert TORCH_LOAD.__code__ is _torch.ORIGINAL_CODE, "the gate's code was left installed"
+    for name in gate.BACKSTOPPED:
+        assert not hasattr(getattr(torch.serialization, name), "__ckptguard_backstop__")
 
 
 @pytest.fixture
@@ -53,10 +57,12 @@ def test_context_manager_patches_and_restores() -> None:
     assert not is_torch_load_guarded()
     with ckptguard.guard_torch_load() as g:
         assert isinstance(g, TorchLoadGuard) and g.active
-        assert torch.load is not REAL_LOAD and torch.serialization.load is torch.load
+        # the names still name torch's own function; its code is the gate's trampoline
+        assert torch.load is TORCH_LOAD and torch.serialization.load is TORCH_LOAD
+        assert TORCH_LOAD.__code__ is gate.TRAMPOLINE_CODE and gate.is_installed()
         assert is_torch_load_guarded()
     assert not g.active
-    assert torch.load is REAL_LOAD and not is_torch_load_guarded()
+    assert TORCH_LOAD.__code__ is _torch.ORIGINAL_CODE and not is_torch_load_guarded()
 
 
 def test_process_wide_switch_and_nesting() -> None:

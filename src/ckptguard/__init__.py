@@ -83,7 +83,7 @@ def _install_gate_from_env() -> None:
                                                                              "on"}:
         from .guard import install_from_env
 
-        install_from_env()
+        install_from_env(strict=False)  # a bad policy file: every torch.load refuses
 
 
 _install_gate_from_env()

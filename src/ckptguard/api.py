@@ -41,6 +41,7 @@ def safe_load(
     map_location: Any = "cpu",
     *,
     mmap: bool = True,
+    copy: bool = False,
     policy: Policy | None = None,
     limits: Limits | None = None,
 ) -> Any:
@@ -61,6 +62,19 @@ def safe_load(
     ``torch.device``, a dict remap (and, for torch files only, a callable). The policy's
     user-allowed globals are the only ones added to torch's weights-only set. The default
     policy is ``Policy()`` (torch's weights-only allowlist only).
+
+    ``copy=False`` (the default) keeps CPU tensors on memory maps of the file: cheap, but
+    the tensors keep following the file after this returns (a rewrite changes them, a
+    truncation makes the next read die with SIGBUS). Pass ``copy=True`` when the file may
+    change or be truncated while you still use the tensors (a shared or network folder, a
+    cache that other processes update, a long-running server): every tensor then owns its
+    memory (torch files load without mmap; safetensors are read with ``pread``).
+
+    Every returned tensor is checked for the invariants torch skips (sparse indices,
+    quantization parameters, nested offsets); a violation raises
+    :class:`~ckptguard.errors.TensorInvariantError` (a subclass of
+    :class:`UnsafeCheckpointError`, rules CKG420-CKG423). A file that changes under the load
+    raises :class:`~ckptguard.FileChangedError`.
     """
     ld = _loaders()
     pol = policy if policy is not None else Policy()
@@ -69,10 +83,10 @@ def safe_load(
     try:
         ld.require_safe(af.report)
         if af.report.format is Format.JSON:
-            it = ld.iterate_audited(af, map_location, mmap=mmap)
+            it = ld.iterate_audited(af, map_location, mmap=mmap, copy=copy)
             with it:
                 return dict(it)
-        return ld.load_audited(af, map_location, mmap=mmap)
+        return ld.load_audited(af, map_location, mmap=mmap, copy=copy)
     finally:
         af.close()
 
@@ -83,6 +97,7 @@ def load_state_dict(
     map_location: Any = "cpu",
     weights_only: bool = True,
     *,
+    copy: bool = False,
     policy: Policy | None = None,
     limits: Limits | None = None,
 ) -> Any:
@@ -91,10 +106,12 @@ def load_state_dict(
 
     ``is_quantized`` is accepted for compatibility and changes nothing here.
     ``weights_only`` is accepted but cannot be turned off: a file that is not SAFE is never
-    loaded, and a SAFE one is always loaded with ``weights_only=True``.
+    loaded, and a SAFE one is always loaded with ``weights_only=True``. ``copy`` as in
+    :func:`safe_load`.
     """
     del is_quantized, weights_only
-    return safe_load(checkpoint_file, map_location=map_location, policy=policy, limits=limits)
+    return safe_load(checkpoint_file, map_location=map_location, copy=copy, policy=policy,
+                     limits=limits)
 
 
 def iter_state_dict(
@@ -102,6 +119,7 @@ def iter_state_dict(
     map_location: Any = "cpu",
     *,
     mmap: bool = True,
+    copy: bool = False,
     policy: Policy | None = None,
     limits: Limits | None = None,
 ) -> StateDictIterator:
@@ -112,13 +130,14 @@ def iter_state_dict(
     with any unsafe shard. Shards then load one at a time, at most one mapped by the
     iterator. Names are the safetensors names, or the dotted key paths of the state dict
     a torch file holds (non-tensor entries are skipped). ``close()`` the iterator (or use
-    it in a ``with``) to release the shard descriptors early.
+    it in a ``with``) to release the shard descriptors early. ``copy`` as in
+    :func:`safe_load` (tensors own their memory instead of following the file).
     """
     ld = _loaders()
     pol = policy if policy is not None else Policy()
     lim = limits if limits is not None else DEFAULT_LIMITS
     af = ld.open_audited(path_or_index, policy=pol, limits=lim)
-    it: StateDictIterator = ld.iterate_audited(af, map_location, mmap=mmap)
+    it: StateDictIterator = ld.iterate_audited(af, map_location, mmap=mmap, copy=copy)
     return it
 
 

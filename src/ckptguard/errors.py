@@ -42,6 +42,12 @@ class UnsafeCheckpointError(CkptGuardError):
         super().__init__(message or _describe(report))
 
 
+class TensorInvariantError(UnsafeCheckpointError):
+    """A tensor the loader rebuilt breaks an invariant torch does not check (sparse indices
+    out of bounds, bad quantization parameters, a nested tensor outside its buffer). The
+    report carries the finding (CKG420-CKG423) and verdict UNSAFE; nothing was handed out."""
+
+
 class IncompleteScanError(UnsafeCheckpointError):
     """The audit could not decide (verdict INCOMPLETE); the file is not loaded."""
 
@@ -60,6 +66,12 @@ class FileChangedError(CkptGuardError):
 
 class LoaderError(CkptGuardError, RuntimeError):
     """The audited file cannot be loaded as asked (inconsistent records, bad arguments)."""
+
+
+class UnauditedLoadError(LoaderError):
+    """torch's internal loader was reached without an audit while the torch.load gate is
+    active (a direct call to ``torch.serialization._load``), or the gate cannot be enabled
+    so that it covers every caller. Nothing was unpickled."""
 
 
 class UnsupportedFormatError(LoaderError):
@@ -115,6 +127,8 @@ __all__ = [
     "LoaderUnavailableError",
     "PolicyError",
     "ScanInputError",
+    "TensorInvariantError",
+    "UnauditedLoadError",
     "UnsafeCheckpointError",
     "UnsupportedFormatError",
 ]

@@ -1,14 +1,14 @@
 """The torch.load gate: route every ``torch.load`` in the process through the audit.
 
-    with ckptguard.guard_torch_load():          # scoped
+    with ckptguard.guard_torch_load():          # scoped to this thread / async task
         model.load_state_dict(torch.load(path))
 
-    handle = ckptguard.guard_torch_load()       # process-wide switch, until...
+    handle = ckptguard.guard_torch_load()       # on for this context until...
     handle.disable()
 
 or set ``CKPTGUARD_GUARD_TORCH_LOAD=1`` in the environment (optionally with
-``CKPTGUARD_POLICY=/path/to/policy.toml``): :func:`install_from_env` then turns the gate
-on as soon as torch is imported (at once if it already is).
+``CKPTGUARD_POLICY=/path/to/policy.toml``) and ``import ckptguard``: the gate turns on for
+the whole process as soon as torch is imported (at once if it already is).
 
 Guarded, ``torch.load(path)`` opens the file once, audits it from that descriptor, loads
 the same inode with ``weights_only=True`` and re-checks identity; ``torch.load(fileobj)``
@@ -17,6 +17,35 @@ verdict is not SAFE raises :class:`~ckptguard.UnsafeCheckpointError` (or
 :class:`~ckptguard.IncompleteScanError`) and never reaches torch's unpickler. Otherwise
 ``torch.load`` behaves as usual (``map_location``, ``mmap``, the returned structure);
 ``pickle_module`` and ``weights_only=False`` are ignored.
+
+What is covered, while any guard is active in the process:
+
+- every call of torch's ``load`` function, however it was reached: ``torch.load``,
+  ``torch.serialization.load``, ``from torch import load`` taken before the gate was
+  enabled, a reference kept in a default argument, a ``functools.partial``, another
+  library's wrapper around it, ``torch.hub.load_state_dict_from_url``. The gate swaps the
+  *code* of that one function object (see :mod:`ckptguard.loaders.gate`), so no reference
+  to it walks around the audit;
+- direct calls of torch's internal loaders ``torch.serialization._load`` and
+  ``torch.serialization._legacy_load`` through that module (they raise
+  :class:`~ckptguard.errors.UnauditedLoadError`; they cannot be audited because they get
+  an already opened reader);
+- threads and asyncio tasks: each load runs under the policy its own context entered; a
+  context that entered none gets the environment switch's policy, or else the default
+  policy ``Policy()``;
+- child processes that inherit the environment variable and import ckptguard at start-up:
+  install :data:`PTH_LINE` as a ``.pth`` file (:func:`write_pth`) in the interpreter's
+  site-packages and set ``CKPTGUARD_GUARD_TORCH_LOAD=1`` before starting them
+  (``multiprocessing`` spawn / forkserver workers, subprocesses). Forked children inherit
+  the installed gate and the forking context's guards. Or enable a guard in the worker
+  yourself (``Pool(initializer=ckptguard.guard.install_from_env)``).
+
+Not covered: other deserializers (``pickle.load``, ``numpy.load(allow_pickle=True)``,
+``torch.jit.load`` / TorchScript, ``torch.package``, ``torch.distributed.checkpoint``
+readers), references to torch's internal ``_load`` taken before the gate was enabled
+(``torch.distributed._serialization`` imports it by name), a copy of ``load``'s code
+made into a new function before the gate was enabled, processes that neither import
+ckptguard nor inherit an installed gate, and code that restores torch's internals itself.
 
 This module never imports torch itself; enabling the gate imports the loaders.
 """
@@ -33,21 +62,46 @@ from collections.abc import Mapping, Sequence
 from types import ModuleType, TracebackType
 from typing import Any
 
+from .errors import CkptGuardError, PolicyError
 from .policy import DEFAULT_LIMITS, Limits, Policy
 
 ENV_VAR = "CKPTGUARD_GUARD_TORCH_LOAD"
 POLICY_ENV_VAR = "CKPTGUARD_POLICY"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 
+#: One line for a ``.pth`` file in site-packages: every Python start-up that sees
+#: ``CKPTGUARD_GUARD_TORCH_LOAD`` set imports ckptguard, which enables the gate (costs
+#: nothing when the variable is unset). This is how spawned worker processes get the gate.
+PTH_LINE = (f"import os; os.environ.get({ENV_VAR!r}, '').strip() and __import__('ckptguard')"
+            "\n")
+#: The file name :func:`write_pth` uses.
+PTH_NAME = "ckptguard-gate.pth"
+
+
+def write_pth(site_dir: str | os.PathLike[str]) -> str:
+    """Write :data:`PTH_LINE` to ``site_dir/ckptguard-gate.pth`` (e.g. the directory from
+    ``sysconfig.get_path("purelib")``) and return its path."""
+    path = os.path.join(os.fspath(site_dir), PTH_NAME)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(PTH_LINE)
+    return path
+
 
 class TorchLoadGuard:
     """A handle on one activation of the gate. Active from :meth:`enable` (which
     :func:`guard_torch_load` calls) until :meth:`disable` or the end of a ``with`` block.
-    Guards nest; the innermost active one's policy applies."""
 
-    def __init__(self, policy: Policy | None = None, limits: Limits | None = None) -> None:
+    The policy applies to loads started in the context that enabled it (its thread or
+    asyncio task, and tasks created from it later); guards nest, the innermost active one
+    applies. ``everywhere=True`` makes it the fallback for every context that entered no
+    guard of its own (the environment switch does that)."""
+
+    def __init__(self, policy: Policy | None = None, limits: Limits | None = None, *,
+                 everywhere: bool = False) -> None:
         self.policy = policy if policy is not None else Policy()
         self.limits = limits if limits is not None else DEFAULT_LIMITS
+        self.everywhere = everywhere
+        self._refusal: CkptGuardError | None = None
         self._cfg: Any = None
         self._lock = threading.Lock()
 
@@ -60,8 +114,9 @@ class TorchLoadGuard:
 
         with self._lock:
             if self._cfg is None:
-                self._cfg = gate.GuardConfig(self.policy, self.limits)
-                gate.push(self._cfg)
+                cfg = gate.GuardConfig(self.policy, self.limits, self._refusal)
+                gate.push(cfg, everywhere=self.everywhere)
+                self._cfg = cfg
         return self
 
     def disable(self) -> None:
@@ -81,11 +136,12 @@ class TorchLoadGuard:
         self.disable()
 
 
-def guard_torch_load(*, policy: Policy | None = None,
-                     limits: Limits | None = None) -> TorchLoadGuard:
+def guard_torch_load(*, policy: Policy | None = None, limits: Limits | None = None,
+                     everywhere: bool = False) -> TorchLoadGuard:
     """Turn the gate on now; returns the handle (a context manager that turns it off on
-    exit, or call ``.disable()``)."""
-    return TorchLoadGuard(policy, limits).enable()
+    exit, or call ``.disable()``). The policy applies to this thread / asyncio task;
+    ``everywhere=True`` also makes it the policy of contexts that entered no guard."""
+    return TorchLoadGuard(policy, limits, everywhere=everywhere).enable()
 
 
 def is_torch_load_guarded() -> bool:
@@ -101,16 +157,19 @@ def is_torch_load_guarded() -> bool:
 _env_guard: list[TorchLoadGuard] = []  # the one process-wide guard the env switch made
 
 
-def _enable_from_env(policy: Policy) -> None:
+def _enable_from_env(policy: Policy, refusal: CkptGuardError | None) -> None:
     if not _env_guard:
-        _env_guard.append(guard_torch_load(policy=policy))
+        g = TorchLoadGuard(policy, everywhere=True)
+        g._refusal = refusal
+        _env_guard.append(g.enable())
 
 
 class _TorchImportHook(importlib.abc.MetaPathFinder):
     """Enables the gate right after ``import torch`` finishes."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, refusal: CkptGuardError | None) -> None:
         self.policy = policy
+        self.refusal = refusal
 
     def find_spec(self, fullname: str, path: Sequence[str] | None,
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
@@ -123,37 +182,54 @@ class _TorchImportHook(importlib.abc.MetaPathFinder):
             return spec
         loader = spec.loader
         exec_module = loader.exec_module
-        policy = self.policy
+        policy, refusal = self.policy, self.refusal
 
         def exec_and_guard(module: ModuleType) -> None:
             exec_module(module)
-            _enable_from_env(policy)
+            _enable_from_env(policy, refusal)
 
         loader.exec_module = exec_and_guard  # type: ignore[method-assign]
         return spec
 
 
-def install_from_env(environ: Mapping[str, str] | None = None) -> bool:
+def install_from_env(environ: Mapping[str, str] | None = None, *, strict: bool = True) -> bool:
     """Honour ``CKPTGUARD_GUARD_TORCH_LOAD``: if it is set to 1/true/yes/on, enable the
     gate process-wide (now if torch is imported, else right after torch is imported).
-    ``CKPTGUARD_POLICY`` names an optional policy TOML file. Returns whether it is on."""
+    ``CKPTGUARD_POLICY`` names an optional policy TOML file. Returns whether it is on.
+
+    Fails closed: if the policy file cannot be used, the gate is still enabled and refuses
+    every ``torch.load`` with that error; with ``strict`` (the default) the error is raised
+    here too (``import ckptguard`` passes ``strict=False``: the import must succeed so that
+    the refusing gate is in place)."""
     env = os.environ if environ is None else environ
     if env.get(ENV_VAR, "").strip().lower() not in _TRUE:
         return False
     policy_file = env.get(POLICY_ENV_VAR, "").strip()
-    policy = Policy.from_file(policy_file) if policy_file else Policy()
+    refusal: CkptGuardError | None = None
+    policy = Policy()
+    if policy_file:
+        try:
+            policy = Policy.from_file(policy_file)
+        except (CkptGuardError, OSError, ValueError) as e:
+            refusal = e if isinstance(e, CkptGuardError) else PolicyError(
+                f"cannot read the policy file: {e}", source=policy_file)
     if "torch" in sys.modules:
-        _enable_from_env(policy)
+        _enable_from_env(policy, refusal)
     elif not any(isinstance(h, _TorchImportHook) for h in sys.meta_path):
-        sys.meta_path.insert(0, _TorchImportHook(policy))
+        sys.meta_path.insert(0, _TorchImportHook(policy, refusal))
+    if refusal is not None and strict:
+        raise refusal
     return True
 
 
 __all__ = [
     "ENV_VAR",
     "POLICY_ENV_VAR",
+    "PTH_LINE",
+    "PTH_NAME",
     "TorchLoadGuard",
     "guard_torch_load",
     "install_from_env",
     "is_torch_load_guarded",
+    "write_pth",
 ]

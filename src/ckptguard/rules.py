@@ -195,6 +195,26 @@ _RULES: tuple[Rule, ...] = (
     Rule("CKG408", "malformed-tensor-record", S.MEDIUM, B,
          "A tensor rebuild call has arguments of the wrong shape or type.",
          "Re-save the checkpoint with torch.save."),
+    # tensor invariants torch's loaders skip: checked on every tensor a loader rebuilt,
+    # before it is handed out (ckptguard.loaders.invariants); the file is refused
+    Rule("CKG420", "sparse-index-out-of-bounds", S.HIGH, B,
+         "A sparse tensor's indices point outside its shape, or its compressed indices are "
+         "not a valid (monotonic, in-range) index array; torch writes out of bounds on first "
+         "use.",
+         "Do not use this file; torch.load skips this check unless sparse invariant checking "
+         "is on."),
+    Rule("CKG421", "bad-quantization-parameters", S.HIGH, B,
+         "A quantized tensor has a non-finite or non-positive scale, a zero point outside its "
+         "dtype's range, or a per-channel axis or parameter count that does not fit its shape.",
+         "Do not use this file; re-quantize the model with torch's observers."),
+    Rule("CKG422", "nested-tensor-out-of-bounds", S.HIGH, B,
+         "A nested tensor's component sizes, strides or offsets reach outside its buffer or "
+         "repeat elements (negative offset, zero stride).",
+         "Do not use this file; re-save the nested tensor with torch.save."),
+    Rule("CKG423", "unsupported-tensor-layout", S.HIGH, B,
+         "A loaded tensor has a layout whose invariants ckptguard cannot check (for example "
+         "mkldnn).",
+         "Convert the tensor to a strided or sparse layout and re-save the checkpoint."),
     # --- safetensors ------------------------------------------------------------------------
     Rule("CKG501", "safetensors-header", S.HIGH, B,
          "The safetensors header is invalid (length field, UTF-8, JSON object, types).",

@@ -34,6 +34,7 @@ from ..model import Severity
 from ..policy import classify_global
 from ..policy.defaults import ALLOW_KINDS
 from . import opcodes as O
+from .qparams import qparams_problem
 
 #: dtypes that may require gradients (torch raises for the others at load time)
 _GRAD_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16", "complex128",
@@ -926,7 +927,10 @@ class _VM:
             dtype = dt.full.rsplit(".", 1)[-1]
             itemsize = DTYPE_SIZES[dtype]
         elif full.endswith("_rebuild_qtensor"):
-            pass
+            bad = qparams_problem(args[4], tuple(size), dtype)  # gate helper's CKG421
+            if bad is not None:
+                self.add("CKG421", bad, pos)
+                return
         rg = bool(args[4]) if len(args) > 4 and isinstance(args[4], bool) else False
         if rg and dtype not in _GRAD_DTYPES:
             self.add("CKG408", f"requires_grad on a {dtype} tensor: torch refuses to load it "

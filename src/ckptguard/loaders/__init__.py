@@ -31,11 +31,11 @@ from .torchfile import load_torch
 
 
 def load_audited(af: AuditedFile, map_location: MapLocation = "cpu", *,
-                 mmap: bool | None = True, **pickle_load_args: Any) -> Any:
+                 mmap: bool | None = True, copy: bool = False, **pickle_load_args: Any) -> Any:
     """Load a single audited, SAFE file (not an index json).
 
     torch files return what ``torch.load`` returns; safetensors and meta loads return a
-    flat ``{name: tensor}`` dict.
+    flat ``{name: tensor}`` dict. ``copy``: tensors own their memory (nothing mapped).
     """
     require_safe(af.report)
     fmt = af.report.format
@@ -45,12 +45,12 @@ def load_audited(af: AuditedFile, map_location: MapLocation = "cpu", *,
         af.verify()
         return load_meta(af.report.tensors)
     if fmt is Format.SAFETENSORS:
-        return load_safetensors(af, map_location)
-    return load_torch(af, map_location, mmap=mmap, **pickle_load_args)
+        return load_safetensors(af, map_location, copy=copy)
+    return load_torch(af, map_location, mmap=mmap, copy=copy, **pickle_load_args)
 
 
 def iterate_audited(af: AuditedFile, map_location: MapLocation = "cpu", *,
-                    mmap: bool | None = True) -> StateDictIterator:
+                    mmap: bool | None = True, copy: bool = False) -> StateDictIterator:
     """An iterator over a single file or, for an index json, all of its shards (every
     shard audited and SAFE before this returns). Takes ownership of ``af`` (closes it)."""
     try:
@@ -68,7 +68,7 @@ def iterate_audited(af: AuditedFile, map_location: MapLocation = "cpu", *,
     except BaseException:
         af.close()
         raise
-    return StateDictIterator(files, map_location, mmap=mmap)
+    return StateDictIterator(files, map_location, mmap=mmap, copy=copy)
 
 
 __all__ = [

@@ -1,44 +1,107 @@
 """The one place torch is imported, plus the helpers every torch-backed loader shares:
-the original ``torch.load`` (never the guarded one), dtype names, ``map_location`` and
-the policy's extra globals for ``torch.serialization.safe_globals``."""
+the original ``torch.load`` (never the gated one), dtype names, ``map_location`` and
+the policy's extra globals for torch's weights-only unpickler (registered thread-safely).
+
+Importing torch can fail for reasons other than its absence (an address-space limit, a
+broken install); :func:`import_failure` names the real cause.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
-from collections.abc import Callable
+import threading
+import types
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 from ..errors import LoaderUnavailableError
 from ..policy import Policy
 from .base import LoaderError
 
+_MEMORY_HINTS = ("cannot allocate memory", "failed to map segment", "out of memory",
+                 "std::bad_alloc", "memoryerror")
+
+
+def import_failure(exc: BaseException) -> LoaderUnavailableError:
+    """A :class:`LoaderUnavailableError` that says why ``import torch`` failed: missing,
+    out of memory (``MemoryError``, ``ENOMEM``, a shared library that cannot be mapped under
+    ``RLIMIT_AS``) or otherwise broken. Only a missing ``torch`` module says "not installed"."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name == "torch":
+        return LoaderUnavailableError(
+            "loading checkpoints needs PyTorch, which is not installed: "
+            "pip install 'ckptguard[torch]' (scanning works without it)")
+    text = f"{type(exc).__name__}: {exc}"
+    low = text.lower()
+    memory = (isinstance(exc, MemoryError)
+              or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM)
+              or any(h in low for h in _MEMORY_HINTS))
+    if memory:
+        limit = ""
+        try:
+            import resource
+
+            soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+            if soft != resource.RLIM_INFINITY:
+                limit = f" (the address-space limit RLIMIT_AS is {soft} bytes)"
+        except (ImportError, OSError, ValueError):  # pragma: no cover - no resource module
+            pass
+        return LoaderUnavailableError(
+            f"PyTorch is installed but could not be imported: out of memory{limit} ({text}). "
+            "Free memory or raise the limit; scanning works without torch.")
+    return LoaderUnavailableError(
+        f"PyTorch is installed but could not be imported ({text}); fix the installation "
+        "(scanning works without torch)")
+
+
 try:
     import torch
     import torch.serialization
-except ImportError as _e:  # pragma: no cover - exercised only without torch
-    raise LoaderUnavailableError(
-        "loading checkpoints needs PyTorch, which is not installed: "
-        "pip install 'ckptguard[torch]' (scanning works without it)"
-    ) from _e
+except (ImportError, MemoryError, OSError) as _e:
+    raise import_failure(_e) from _e
 
-#: Marker attribute set on the guard's wrapper so the original can always be found.
-WRAPPED_ATTR = "__ckptguard_original__"
-
-
-def _unwrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-    while hasattr(fn, WRAPPED_ATTR):
-        fn = getattr(fn, WRAPPED_ATTR)
-    return fn
+#: The name in ``torch.serialization``'s namespace that keeps torch's own ``load`` code
+#: (so a second import of ckptguard never mistakes the gate's trampoline for it).
+ORIGINAL_CODE_NAME = "_ckptguard_original_load_code"
+_ns = vars(torch.serialization)
+#: The code object of torch's own ``torch.serialization.load`` (the gate swaps the
+#: function's code; this keeps the original even if ckptguard is imported again).
+ORIGINAL_CODE: types.CodeType = _ns.setdefault(ORIGINAL_CODE_NAME,
+                                               torch.serialization.load.__code__)
 
 
-#: torch's own ``torch.load``, captured before any guard wraps it. Loaders call it only
-#: after a SAFE verdict (tests replace it to prove hostile files never reach it).
-ORIGINAL_LOAD: Callable[..., Any] = _unwrap(torch.serialization.load)
+def _pristine_load() -> Callable[..., Any]:
+    fn = torch.serialization.load
+    copy = types.FunctionType(ORIGINAL_CODE, fn.__globals__, fn.__name__, fn.__defaults__,
+                              fn.__closure__)
+    copy.__kwdefaults__ = dict(fn.__kwdefaults__ or {})
+    copy.__doc__ = fn.__doc__
+    copy.__qualname__ = fn.__qualname__
+    copy.__module__ = fn.__module__
+    return copy
+
+
+#: torch's own ``torch.load`` (a private copy of the function with torch's code, never the
+#: gate's). Loaders call it only after a SAFE verdict (tests replace it to prove hostile
+#: files never reach it).
+ORIGINAL_LOAD: Callable[..., Any] = _pristine_load()
+
+#: True while this context is inside one of ckptguard's own audited loads (the gate's
+#: backstop on torch's internal loaders lets exactly those through).
+INSIDE_AUDITED_LOAD: ContextVar[bool] = ContextVar("ckptguard_inside_audited_load",
+                                                   default=False)
 
 
 def torch_load(f: Any, **kwargs: Any) -> Any:
-    """Call the original ``torch.load`` (looked up at call time, so tests can replace it)."""
-    return ORIGINAL_LOAD(f, **kwargs)
+    """Call the original ``torch.load`` (looked up at call time, so tests can replace it),
+    marked as an audited load for the gate's backstop."""
+    token = INSIDE_AUDITED_LOAD.set(True)
+    try:
+        return ORIGINAL_LOAD(f, **kwargs)
+    finally:
+        INSIDE_AUDITED_LOAD.reset(token)
 
 
 #: safetensors dtype codes -> torch dtype attribute names.
@@ -132,17 +195,80 @@ def extra_safe_globals(policy: Policy | None) -> list[Any]:
     return [(resolve_global(e.full_path), e.full_path) for e in policy.extra]
 
 
-def safe_globals(policy: Policy | None) -> Any:
-    """``torch.serialization.safe_globals`` with the policy's extras and nothing else."""
-    return torch.serialization.safe_globals(extra_safe_globals(policy))
+# torch keeps its user-allowed globals in ONE process-wide set; its ``safe_globals``
+# context manager adds on entry and removes on exit, so the first of two concurrent loads
+# to finish removes entries the other still needs. Registration here is reference-counted
+# under a lock: an entry stays in torch's set while any load needs it, and an entry that
+# was already there (the user's own ``add_safe_globals``) is never removed.
+_sg_lock = threading.Lock()
+_sg_counts: dict[Any, int] = {}
+_sg_ours: set[Any] = set()
+
+
+def _torch_remove_safe_globals(entries: list[Any]) -> None:
+    # torch has no public "remove"; its context manager's exit is the removal every
+    # supported torch version provides.
+    cm: Any = torch.serialization.safe_globals(entries)
+    cm.__exit__(None, None, None)
+
+
+def register_safe_globals(entries: list[Any]) -> None:
+    """Add ``entries`` to torch's weights-only set (reference-counted, thread-safe)."""
+    with _sg_lock:
+        present = set(torch.serialization.get_safe_globals())
+        new = []
+        for e in entries:
+            n = _sg_counts.get(e, 0)
+            if n == 0 and e not in present:
+                _sg_ours.add(e)
+                new.append(e)
+            _sg_counts[e] = n + 1
+        if new:
+            torch.serialization.add_safe_globals(new)
+
+
+def release_safe_globals(entries: list[Any]) -> None:
+    """Undo one :func:`register_safe_globals` of ``entries``."""
+    with _sg_lock:
+        gone = []
+        for e in entries:
+            n = _sg_counts.get(e, 0) - 1
+            if n > 0:
+                _sg_counts[e] = n
+                continue
+            _sg_counts.pop(e, None)
+            if e in _sg_ours:
+                _sg_ours.discard(e)
+                gone.append(e)
+        if gone:
+            _torch_remove_safe_globals(gone)
+
+
+@contextlib.contextmanager
+def safe_globals(policy: Policy | None) -> Iterator[None]:
+    """The policy's extras (and nothing else) in torch's weights-only set for the duration,
+    safe to use from many threads at once (unlike ``torch.serialization.safe_globals``)."""
+    entries = extra_safe_globals(policy)
+    if not entries:
+        yield
+        return
+    register_safe_globals(entries)
+    try:
+        yield
+    finally:
+        release_safe_globals(entries)
 
 
 __all__ = [
+    "INSIDE_AUDITED_LOAD",
+    "ORIGINAL_CODE",
     "ORIGINAL_LOAD",
-    "WRAPPED_ATTR",
     "dtype_of",
     "extra_safe_globals",
+    "import_failure",
     "is_meta",
+    "register_safe_globals",
+    "release_safe_globals",
     "resolve_global",
     "safe_globals",
     "single_device",

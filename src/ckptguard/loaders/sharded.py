@@ -142,10 +142,11 @@ class StateDictIterator(Iterator[tuple[str, "torch.Tensor"]]):
     """
 
     def __init__(self, files: list[AuditedFile], map_location: MapLocation, *,
-                 mmap: bool | None = True) -> None:
+                 mmap: bool | None = True, copy: bool = False) -> None:
         self._files = list(files)
         self._map_location = map_location
         self._mmap = mmap
+        self._copy = copy
         self._finalizer = weakref.finalize(self, _close_all, self._files)
         self._gen: Generator[tuple[str, torch.Tensor], None, None] = self._run()
 
@@ -156,9 +157,10 @@ class StateDictIterator(Iterator[tuple[str, "torch.Tensor"]]):
                 af.verify()
                 yield from iter_meta(af.report.tensors)
             elif af.report.format is Format.SAFETENSORS:
-                yield from iter_safetensors(af, self._map_location)
+                yield from iter_safetensors(af, self._map_location, copy=self._copy)
             else:
-                obj: Any = load_torch(af, self._map_location, mmap=self._mmap)
+                obj: Any = load_torch(af, self._map_location, mmap=self._mmap,
+                                      copy=self._copy)
                 yield from state_dict_items(af, obj)
                 del obj
             af.close()

@@ -13,34 +13,60 @@ value is whatever ``torch.load`` returns (a state dict is usually a dict/Ordered
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from ..errors import FileChangedError
 from ..model import Format
 from ._torch import MapLocation, safe_globals, torch, torch_load
 from .base import AuditedFile, LoaderError, fd_path
+from .invariants import check_loaded
+
+#: What torch raises when the bytes under it change mid-load (a torn or truncated file):
+#: translated to FileChangedError when the file's identity no longer matches the audit.
+LOAD_FAILURES: tuple[type[BaseException], ...] = (
+    RuntimeError, OSError, EOFError, ValueError, LookupError, TypeError, AttributeError,
+    pickle.UnpicklingError)
+
+
+def translate_if_changed(af: AuditedFile, error: BaseException) -> None:
+    """After a load failed with ``error``: if the file is no longer the audited one, raise
+    :class:`FileChangedError` (chained to ``error``); otherwise return (re-raise it)."""
+    try:
+        af.verify()
+    except FileChangedError as changed:
+        raise changed from error
 
 
 def load_torch(af: AuditedFile, map_location: MapLocation = "cpu", *, mmap: bool | None = True,
-               exact_mmap: bool = False, **pickle_load_args: Any) -> Any:
-    """``torch.load`` the audited file through the same inode, then verify its identity.
+               exact_mmap: bool = False, copy: bool = False, **pickle_load_args: Any) -> Any:
+    """``torch.load`` the audited file through the same inode, verify its identity and the
+    tensor invariants torch skips (:mod:`.invariants`), then return what torch returned.
 
     ``mmap`` is dropped for legacy files unless ``exact_mmap`` (the guard passes the
-    caller's value through unchanged, so torch's own rules and errors apply).
+    caller's value through unchanged, so torch's own rules and errors apply). ``copy``
+    loads without mmap, so the tensors own their memory and no longer follow the file.
+    A load that fails because the file changed under it raises :class:`FileChangedError`.
     """
     legacy = af.report.format is Format.TORCH_LEGACY
-    use_mmap: bool | None = mmap if exact_mmap else (bool(mmap) and not legacy)
+    use_mmap: bool | None = mmap if exact_mmap else (bool(mmap) and not legacy and not copy)
     af.check_stat()
     path = fd_path(af.fd)
-    with safe_globals(af.policy):
-        if path is not None:
-            obj = torch_load(path, map_location=map_location, weights_only=True,
-                             mmap=use_mmap, **pickle_load_args)
-        else:  # no fd path on this platform: read through a duplicate descriptor
-            with os.fdopen(os.dup(af.fd), "rb") as fh:
-                obj = torch_load(fh, map_location=map_location, weights_only=True,
-                                 mmap=False, **pickle_load_args)
+    try:
+        with safe_globals(af.policy):
+            if path is not None:
+                obj = torch_load(path, map_location=map_location, weights_only=True,
+                                 mmap=use_mmap, **pickle_load_args)
+            else:  # no fd path on this platform: read through a duplicate descriptor
+                with os.fdopen(os.dup(af.fd), "rb") as fh:
+                    obj = torch_load(fh, map_location=map_location, weights_only=True,
+                                     mmap=False, **pickle_load_args)
+    except LOAD_FAILURES as e:
+        translate_if_changed(af, e)
+        raise
     af.verify()
+    check_loaded(obj, af.report)
     return obj
 
 
@@ -64,4 +90,5 @@ def state_dict_items(af: AuditedFile, obj: Any) -> Iterator[tuple[str, torch.Ten
     return iter_tensors(obj)
 
 
-__all__ = ["iter_tensors", "load_torch", "state_dict_items"]
+__all__ = ["LOAD_FAILURES", "iter_tensors", "load_torch", "state_dict_items",
+           "translate_if_changed"]
