@@ -24,15 +24,21 @@ from ..policy import DEFAULT_LIMITS, Limits, Policy
 BATCH = 16  # targets per task: amortises task overhead, keeps results flowing
 
 
+_SESSIONS: dict[int, Any] = {}  # one pooled HTTP client per worker process and concurrency
+
+
 def _scan_batch(targets: list[str], policy: Policy, limits: Limits, concurrency: int
                 ) -> list[tuple[str, dict[str, Any]]]:
-    from .http import RemoteOptions
+    from .http import RemoteOptions, Session
     from .scan import iter_scan
     from .targets import hub_token
 
-    opts = RemoteOptions(concurrency=concurrency, token=hub_token())
+    sess = _SESSIONS.get(concurrency)
+    if sess is None:  # kept for the worker's life: connections are reused across batches
+        sess = _SESSIONS[concurrency] = Session(
+            RemoteOptions(concurrency=concurrency, token=hub_token()))
     return [(t, r.to_dict()) for t, r in iter_scan(targets, policy=policy, limits=limits,
-                                                   options=opts)]
+                                                   session=sess)]
 
 
 def scan_on_dask(targets: Iterable[str], *, address: str | None = None, client: Any = None,

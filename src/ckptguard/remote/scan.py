@@ -11,6 +11,7 @@ file again from its own bytes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Callable, Iterable, Iterator
@@ -218,17 +219,21 @@ def _bounded_map(fn: Callable[[str], Report | None], items: Iterable[str], concu
 
 def iter_scan(targets: Iterable[str], *, policy: Policy | None = None,
               limits: Limits | None = None, options: RemoteOptions | None = None,
-              scan_local: Callable[[str, Policy, Limits], Report] | None = None
-              ) -> Iterator[tuple[str, Report]]:
+              scan_local: Callable[[str, Policy, Limits], Report] | None = None,
+              session: Session | None = None) -> Iterator[tuple[str, Report]]:
     """Scan many targets (URLs, hub ids, local paths) with bounded concurrency, yielding
     ``(target, report)`` as each finishes. Never raises for one target: a malformed one
-    becomes a CKG910 report."""
+    becomes a CKG910 report. A given ``session`` is used and left open (its options
+    apply); otherwise one is made for the call."""
     policy = policy or Policy()
     limits = limits or DEFAULT_LIMITS
-    options = options or RemoteOptions(token=hub_token())
     from .targets import is_remote
 
-    with Session(options) as sess:
+    with contextlib.ExitStack() as stack:
+        if session is None:
+            session = stack.enter_context(Session(options or RemoteOptions(token=hub_token())))
+        sess = session
+
         def one(t: str) -> Report:
             if is_remote(t):
                 try:
@@ -238,7 +243,7 @@ def iter_scan(targets: Iterable[str], *, policy: Policy | None = None,
                                          limits)
             return (scan_local or _scan_local)(t, policy, limits)
 
-        for t, rep in _bounded_map(one, targets, options.concurrency):
+        for t, rep in _bounded_map(one, targets, sess.options.concurrency):
             assert rep is not None
             yield t, rep
 
