@@ -370,3 +370,62 @@ def test_cli_scan_url(server: NginxServer) -> None:
     doc = json.loads(bad.stdout)
     verdicts = {r["path"]: r["verdict"] for r in doc["reports"]}
     assert verdicts[_url(server, "hostile/global_reduce_posix_system.pkl")] == "UNSAFE"
+
+
+def test_empty_remote_file_is_reported_like_a_local_one(server: NginxServer) -> None:
+    (server.www / "files" / "empty.bin").write_bytes(b"")
+    r = scan_remote(_url(server, "empty.bin"), options=FAST)
+    local = ckptguard.scan(server.www / "files" / "empty.bin")
+    assert r.verdict is local.verdict is Verdict.INCOMPLETE
+    assert r.rule_ids() == local.rule_ids() == {"CKG006"}
+
+
+class _Flaky(BaseHTTPRequestHandler):
+    failures = 2
+    status = 503
+    body = b""
+    seen: list[int] = []
+
+    def log_message(self, *a: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        cls = type(self)
+        if len(cls.seen) < cls.failures:
+            cls.seen.append(cls.status)
+            self.send_response(cls.status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        cls.seen.append(200)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(cls.body)))
+        self.end_headers()
+        self.wfile.write(cls.body)
+
+
+@pytest.mark.parametrize(("status", "failures", "retries", "expect"), [
+    (503, 2, 3, Verdict.UNSAFE),       # transient: retried with back-off, then audited
+    (429, 1, 3, Verdict.UNSAFE),
+    (503, 5, 2, Verdict.INCOMPLETE),   # still failing after the retries: CKG910
+    (404, 1, 3, Verdict.INCOMPLETE),   # not transient: no retry, CKG910
+    (416, 1, 0, Verdict.UNSAFE),       # first range refused: asked once more without a range
+])
+def test_retries(status: int, failures: int, retries: int, expect: Verdict) -> None:
+    body = (FIXTURES / "hostile/global_reduce_posix_system.pkl").read_bytes()
+    handler = type("H", (_Flaky,), {"failures": failures, "status": status, "body": body,
+                                   "seen": []})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        r = scan_remote(f"http://127.0.0.1:{httpd.server_address[1]}/m.pkl",
+                        options=RemoteOptions(retries=retries, backoff=0.01, timeout=5))
+    finally:
+        httpd.shutdown()
+    assert r.verdict is expect
+    if expect is Verdict.UNSAFE:
+        assert "CKG101" in r.rule_ids()
+        assert handler.seen == [status] * failures + [200]
+    else:
+        assert r.rule_ids() == {"CKG910"}
+        assert len(handler.seen) == (1 if status == 404 else retries + 1)
