@@ -9,6 +9,7 @@ and, for each file, measures in one run:
   - ``ckptguard scan URL`` as a whole process (the CLI, start-up included), median wall;
   - the in-process audit (``ckptguard.scan(url)``): wall, bytes transferred (nginx's own
     access log, body bytes), number of requests;
+  - the checkpoints of bench/gen.py plus a 400 MB .npy and a 100-array .npz made here;
   - the peer every other scanner needs first: downloading the whole file (httpx stream to
     nothing), median wall.
 Prints a Markdown table; ``--json`` writes the raw numbers.
@@ -51,6 +52,18 @@ def _download(url: str) -> int:
     return n
 
 
+def _numpy_files(ckpts: Path) -> None:
+    """A 400 MB .npy and a 100-array .npz beside the torch checkpoints (once)."""
+    import numpy as np
+
+    npy = ckpts / "array.npy"
+    if not npy.exists():
+        np.save(npy, np.zeros((10_000, 10_000), dtype=np.float32))
+    npz = ckpts / "arrays.npz"
+    if not npz.exists():
+        np.savez(npz, **{f"a{i}": np.zeros((256, 1024), dtype=np.float32) for i in range(100)})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ckpts", default=str(HERE / "out" / "ckpts"))
@@ -58,7 +71,9 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     ckpts = Path(a.ckpts)
-    files = sorted(p for p in ckpts.iterdir() if p.suffix in (".bin", ".safetensors"))
+    _numpy_files(ckpts)
+    files = sorted(p for p in ckpts.iterdir()
+                   if p.suffix in (".bin", ".safetensors", ".npy", ".npz"))
     if not files:
         sys.exit(f"no checkpoints in {ckpts}: run bench/gen.py first")
     srv = NginxServer(ckpts.parent).start()
