@@ -28,6 +28,18 @@ class LimitExceeded(Exception):
         super().__init__(f"limit {limit}={value} reached" + (f": {detail}" if detail else ""))
 
 
+class SourceError(Exception):
+    """A read failed for a reason the source can name (a remote server changed the file
+    between two ranges, refused a range, timed out...). The engine records it as the
+    source's own finding instead of an internal error."""
+
+    def __init__(self, rule_id: str, message: str, evidence: dict[str, str] | None = None) -> None:
+        self.rule_id = rule_id
+        self.message = message
+        self.evidence = dict(evidence or {})
+        super().__init__(message)
+
+
 class Source:
     """Random-access reads of one open file, counted and bounded."""
 
@@ -145,4 +157,4 @@ def identity_of(fd: int, regions: tuple[Region, ...] = ()) -> FileIdentity:
     return FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, regions)
 
 
-__all__ = ["AuditContext", "LimitExceeded", "Source", "identity_of"]
+__all__ = ["AuditContext", "LimitExceeded", "Source", "SourceError", "identity_of"]

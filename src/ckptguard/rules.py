@@ -269,6 +269,25 @@ _RULES: tuple[Rule, ...] = (
     Rule("CKG902", "audit-error", S.MEDIUM, U,
          "The audit of a stream failed unexpectedly; the file is not proven safe.",
          "Please report this with the file's report (no need to share the file)."),
+    # --- remote scans (http(s) URLs, hf:// ids) --------------------------------------------
+    Rule("CKG910", "remote-unavailable", S.MEDIUM, U,
+         "The remote file could not be read (not found, private or gated, refused range, "
+         "timeout, connection or server error).",
+         "Check the URL or hub id and your access (HF_TOKEN for private or gated repos), "
+         "then scan again."),
+    Rule("CKG911", "remote-changed", S.HIGH, U,
+         "The remote file changed while it was read (ETag or If-Range mismatch), or the "
+         "server's sizes contradict each other: no single version of the file was audited.",
+         "Scan again; if it persists, download the file and scan the local copy."),
+    Rule("CKG912", "remote-no-ranges", S.MEDIUM, U,
+         "The server does not serve byte ranges and the file is larger than the streaming "
+         "cap, so the audit could not read it.",
+         "Download the file and scan it locally, or raise the cap with "
+         "--limit max_remote_stream_bytes=N."),
+    Rule("CKG913", "remote-unversioned", S.MEDIUM, U,
+         "The file took several range requests and the server sends neither ETag nor "
+         "Last-Modified, so the ranges cannot be proven to come from one version of it.",
+         "Prefer a server or mirror that sends validators, or download and scan locally."),
 )
 
 RULES: dict[str, Rule] = {r.id: r for r in _RULES}

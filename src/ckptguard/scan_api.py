@@ -15,7 +15,8 @@ def scan(
     policy: Policy | None = None,
     limits: Limits | None = None,
 ) -> Report:
-    """Audit a file, a model folder or a sharded checkpoint's index json.
+    """Audit a file, a model folder, a sharded checkpoint's index json, or a remote file
+    (``http(s)://...``, ``hf://ORG/NAME[@REV][/FILE]``) read with HTTP range requests.
 
     Never raises for hostile or broken content: that becomes findings and a verdict
     (SAFE / UNSAFE / INCOMPLETE). Raises :class:`ScanInputError` only for misuse, such as
@@ -24,6 +25,12 @@ def scan(
     from .analysis.engine import audit_path
 
     p = os.fspath(path)
+    from .remote.targets import is_remote
+
+    if is_remote(p):
+        from .remote.scan import scan_remote
+
+        return scan_remote(p, policy=policy, limits=limits)
     if not os.path.lexists(p):
         raise ScanInputError(p, "no such file or directory")
     return audit_path(p, policy=policy or Policy(), limits=limits or DEFAULT_LIMITS)

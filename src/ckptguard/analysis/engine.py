@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from .. import __version__ as _version
-from ..context import AuditContext, LimitExceeded, Source, identity_of
+from ..context import AuditContext, LimitExceeded, Source, SourceError, identity_of
 from ..detect import CODE_BEARING, DATA_ONLY_EXTENSIONS, expected_formats, extension_of, sniff
 from ..model import Format, Report, decide
 from ..policy import Limits, Policy
@@ -69,10 +69,16 @@ def audit_fd(path: str, fd: int, *, policy: Policy, limits: Limits,
 
 def audit_bytes(data: bytes, name: str, *, policy: Policy, limits: Limits) -> Report:
     """Audit an in-memory file (the torch.load gate uses this for file-like objects)."""
-    src = Source.from_bytes(data)
+    return audit_source(name, Source.from_bytes(data), policy=policy, limits=limits)
+
+
+def audit_source(path: str, src: Source, *, policy: Policy, limits: Limits,
+                 name: str | None = None) -> Report:
+    """Audit one file read through ``src`` (in memory, or over HTTP ranges); the report
+    carries no file identity, since there is no local inode to load from."""
     src.deadline = time.monotonic() + limits.max_seconds
-    ctx = AuditContext(name, src, policy, limits)
-    fmt = _audit(ctx, name)
+    ctx = AuditContext(path, src, policy, limits)
+    fmt = _audit(ctx, name or path)
     return _finish(ctx, fmt, None)
 
 
@@ -127,6 +133,8 @@ def _audit_file(ctx: AuditContext, name: str) -> Format:
             audit_zip(ctx)
     except LimitExceeded as e:
         ctx.limit_hit(e)
+    except SourceError as e:
+        ctx.add(e.rule_id, e.message, evidence=e.evidence)
     except Exception as e:  # noqa: BLE001 - the engine's per-stream guard (DESIGN.md)
         ctx.problem(f"internal error while auditing ({type(e).__name__}: {_short(e)})")
     _check_extension(ctx, name, fmt)
@@ -263,4 +271,4 @@ _HANDLERS: dict[Format, Handler] = {
     Format.JSON: _json,
 }
 
-__all__ = ["audit_bytes", "audit_fd", "audit_path", "unreadable_report"]
+__all__ = ["audit_bytes", "audit_fd", "audit_path", "audit_source", "unreadable_report"]

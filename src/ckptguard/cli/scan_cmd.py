@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 
+from ..model import Report
+from ..policy import Limits, Policy
 from ..report import FORMATTERS, FormatOptions, ScanResult, render, summary_line
 from .common import (
     color_wanted,
@@ -56,21 +59,42 @@ from .runner import run_targets
               help="Text format: list every finding with its evidence and advice.")
 @click.option("--progress/--no-progress", "show_progress", default=None,
               help="Progress bar on stderr (default: only when stderr is a terminal).")
+@click.option("--from-file", "from_file", default=None, metavar="LIST",
+              help="Scan the targets listed in LIST (one path, URL or hf:// id a line; '-' "
+                   "reads standard input) and write one JSON object a line as each finishes.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Remote files (URLs, hf:// ids) fetched at once.")
+@click.option("--dask", "dask_address", default=None, metavar="ADDRESS",
+              help="With --from-file: run the scans on a Dask cluster (tcp://HOST:8786, or "
+                   "'local' for one on this machine). Needs ckptguard[distributed].")
 def scan_command(
         paths: tuple[str, ...], hf_cache: str | None, excludes: tuple[str, ...],
         skip_non_models: bool, workers: int, policy_file: str | None,
         limit_items: tuple[str, ...], fail_on: str | None, fmt: str, output: str | None,
-        verbose: bool, show_progress: bool | None) -> None:
+        verbose: bool, show_progress: bool | None, from_file: str | None, concurrency: int,
+        dask_address: str | None) -> None:
     """Audit checkpoint files and folders without loading them.
 
+    PATH may also be an http(s) URL or a hub id (hf://ORG/NAME[@REV][/FILE]): the file is
+    audited through HTTP range requests, reading only what the audit needs, before anything
+    is downloaded (HF_ENDPOINT and HF_TOKEN are honoured; the token is never printed).
     Folders are walked recursively; files are picked by content (the extension is a hint).
     Exit status: 0 all SAFE, 1 unsafe findings, 2 could not decide (INCOMPLETE, empty scan,
     interrupted, usage error).
     """
-    if not paths and hf_cache is None:
-        raise click.UsageError("give at least one PATH or --hf-cache")
     policy = load_policy(policy_file)
     limits = load_limits(limit_items)
+    if from_file is not None:
+        _scan_list(from_file, paths, policy, limits, concurrency, dask_address, output,
+                   fail_on)
+    if dask_address is not None:
+        raise click.UsageError("--dask works with --from-file")
+    if not paths and hf_cache is None:
+        raise click.UsageError("give at least one PATH or --hf-cache")
+    from ..remote.targets import is_remote
+
+    remote = [p for p in paths if is_remote(p)]
+    paths = tuple(p for p in paths if not is_remote(p))
     cache_dir: str | None = None
     if hf_cache is not None:
         cache_dir = hf_cache or default_hf_cache()
@@ -79,7 +103,13 @@ def scan_command(
 
     found = discover(paths, excludes=excludes, hf_cache=cache_dir,
                      filter_files=skip_non_models)
-    if not found.targets:
+    remote_reports: list[Report] = []
+    if remote:
+        from .scan_list import scan_remote_targets
+
+        remote_reports = scan_remote_targets(remote, policy=policy, limits=limits,
+                                             concurrency=concurrency)
+    if not found.targets and not remote_reports:
         result = ScanResult(skipped=found.skipped, notes=tuple(found.notes),
                             policy=policy.extra)
         _emit(result, fmt, output, verbose)
@@ -94,14 +124,48 @@ def scan_command(
     with progress:
         outcome = run_targets(found.targets, policy=policy, limits=limits, workers=workers,
                               on_start=progress.start, on_done=progress.done)
-    planned = sum(len(t.names) for t in found.targets)
-    result = ScanResult(reports=tuple(outcome.reports), skipped=found.skipped,
+    planned = sum(len(t.names) for t in found.targets) + len(remote_reports)
+    result = ScanResult(reports=(*outcome.reports, *remote_reports), skipped=found.skipped,
                         notes=tuple(found.notes), interrupted=outcome.interrupted,
                         planned=planned, policy=policy.extra)
     _emit(result, fmt, output, verbose)
     if outcome.interrupted:
         err(f"interrupted: {summary_line(result)}")
     code = exit_code(result.reports, fail_on=fail_on, interrupted=outcome.interrupted)
+    raise click.exceptions.Exit(int(code))
+
+
+def _scan_list(from_file: str, paths: tuple[str, ...], policy: Policy, limits: Limits,
+               concurrency: int, dask_address: str | None, output: str | None,
+               fail_on: str | None) -> None:
+    """``--from-file``: JSON Lines, one per target, streamed as scans finish."""
+    from .scan_list import open_list, read_targets, run_list
+
+    if paths:
+        raise click.UsageError("give targets either as PATHs or with --from-file, not both")
+    stream = open_list(from_file)
+    out = stdout() if output in (None, "-") else None
+    try:
+        if out is None:
+            assert output is not None
+            try:
+                fh = open(output, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
+            except OSError as e:
+                raise fail(f"cannot write {output}: {e.strerror or e}") from None
+            with fh:
+                reports = run_list(read_targets(stream), policy=policy, limits=limits,
+                                   concurrency=concurrency, dask=dask_address, out=fh)
+        else:
+            reports = run_list(read_targets(stream), policy=policy, limits=limits,
+                               concurrency=concurrency, dask=dask_address, out=out)
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+    result = ScanResult(reports=tuple(reports))
+    err(summary_line(result))
+    code = exit_code(result.reports, fail_on=fail_on, interrupted=False)
+    if not reports:
+        code = ExitCode.UNDECIDED
     raise click.exceptions.Exit(int(code))
 
 

@@ -37,6 +37,7 @@ class Limits:
     max_seconds: float = 120.0             # wall time per file
     max_files: int = 1_000_000             # files in a folder scan
     max_json_depth: int = 64               # nesting in JSON headers
+    max_remote_stream_bytes: int = 256 * MiB  # a file from a server without byte ranges
 
     def replace(self, **changes: Any) -> Limits:
         return replace(self, **changes)

@@ -1,0 +1,339 @@
+"""Reading a remote file with HTTP range requests, as a :class:`~ckptguard.context.Source`.
+
+The audit asks for byte ranges (the zip directory, the local headers it needs, the pickle);
+:class:`HttpSource` turns each into one ``Range`` request (at least ``MIN_FETCH`` bytes,
+kept in a small cache), so a 4 GB checkpoint is judged from well under a megabyte.
+
+One version of the file, or none: the first response's ``ETag`` (or ``Last-Modified``) is
+sent as ``If-Range`` with every later request; a server that answers with the whole file
+(``200``), another validator, a different total size or a body of the wrong length has
+changed the file under us, and the read fails with CKG911 (INCOMPLETE, never SAFE).
+
+The HTTP client is httpx: timeouts per phase, redirects followed within a limit (and the
+``Authorization`` header dropped when a redirect leaves the origin, so a hub token never
+reaches a CDN), streamed bodies that can be abandoned unread, a thread-safe pooled client.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..context import Source, SourceError
+from ..errors import CkptGuardError
+
+if TYPE_CHECKING:
+    import httpx
+
+MIN_FETCH = 4096           # bytes: the smallest range asked for (headers are tiny)
+CACHE_BYTES = 64 << 20     # fetched ranges kept for re-reads, all spans together
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
+_UNSATISFIED = re.compile(r"bytes\s+\*/(\d+)\s*$")
+
+
+class Failure(enum.Enum):
+    """Why a remote read failed: each maps to one rule and one piece of advice."""
+
+    NOT_FOUND = "not found (404)"
+    DENIED = "access denied (401/403: private or gated; set HF_TOKEN)"
+    RANGE_REFUSED = "range not satisfiable (416)"
+    HTTP_STATUS = "unexpected HTTP status"
+    TIMEOUT = "timed out"
+    CONNECTION = "connection failed"
+    REDIRECTS = "too many redirects"
+    CHANGED = "the file changed between two range requests"
+    INCONSISTENT = "the server's sizes contradict each other"
+    TOO_BIG_WITHOUT_RANGES = "no byte ranges, and the file exceeds the streaming cap"
+    BAD_RESPONSE = "malformed response"
+    BAD_TARGET = "malformed target"
+
+    @property
+    def rule_id(self) -> str:
+        if self in (Failure.CHANGED, Failure.INCONSISTENT):
+            return "CKG911"
+        if self is Failure.TOO_BIG_WITHOUT_RANGES:
+            return "CKG912"
+        return "CKG910"
+
+
+class RemoteError(CkptGuardError):
+    """A remote read failed; ``failure`` says why, ``url`` is safe to print."""
+
+    def __init__(self, failure: Failure, url: str, detail: str = "") -> None:
+        self.failure = failure
+        self.url = url
+        self.detail = detail
+        super().__init__(f"{url}: {failure.value}" + (f" ({detail})" if detail else ""))
+
+    def as_source_error(self) -> SourceError:
+        return SourceError(self.failure.rule_id, str(self),
+                           {"failure": self.failure.name, "url": self.url})
+
+
+@dataclass(frozen=True)
+class RemoteOptions:
+    """How remote scans talk to servers."""
+
+    timeout: float = 30.0          # seconds per connect / read phase
+    retries: int = 3               # extra tries on connection errors, 429 and 5xx
+    backoff: float = 0.25          # seconds before the first retry; doubles each time
+    max_redirects: int = 5
+    concurrency: int = 4           # files fetched at once
+    token: str | None = field(default=None, repr=False)  # bearer token for hub requests
+    user_agent: str = "ckptguard"
+
+
+class Session:
+    """One pooled, thread-safe httpx client with retries and typed failures."""
+
+    def __init__(self, options: RemoteOptions | None = None) -> None:
+        import httpx
+
+        self.options = options or RemoteOptions()
+        self.requests = 0
+        self._client = httpx.Client(
+            follow_redirects=True,
+            max_redirects=self.options.max_redirects,
+            timeout=httpx.Timeout(self.options.timeout),
+            headers={"User-Agent": self.options.user_agent, "Accept-Encoding": "identity"},
+            limits=httpx.Limits(max_connections=max(4, self.options.concurrency * 2)),
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _headers(self, auth: bool, extra: dict[str, str]) -> dict[str, str]:
+        h = dict(extra)
+        if auth and self.options.token:
+            h["Authorization"] = f"Bearer {self.options.token}"
+        return h
+
+    def open(self, url: str, display: str, headers: dict[str, str], *,
+             auth: bool) -> httpx.Response:
+        """Send a GET and return the streamed response (status < 400), retrying transient
+        failures with exponential back-off; the caller closes it."""
+        import httpx
+
+        delay = self.options.backoff
+        for attempt in range(self.options.retries + 1):
+            last = attempt == self.options.retries
+            self.requests += 1
+            try:
+                req = self._client.build_request("GET", url, headers=self._headers(auth, headers))
+                resp = self._client.send(req, stream=True)
+            except httpx.TooManyRedirects as e:
+                raise RemoteError(Failure.REDIRECTS, display,
+                                  f"more than {self.options.max_redirects}") from e
+            except httpx.TimeoutException as e:
+                if last:
+                    raise RemoteError(Failure.TIMEOUT, display,
+                                      f"{self.options.timeout:g} s per phase") from e
+            except httpx.TransportError as e:
+                if last:
+                    raise RemoteError(Failure.CONNECTION, display, type(e).__name__) from e
+            else:
+                code = resp.status_code
+                if code < 400:
+                    return resp
+                resp.close()
+                if code in (429, 500, 502, 503, 504) and not last:
+                    pass  # transient: retry
+                elif code == 404:
+                    raise RemoteError(Failure.NOT_FOUND, display)
+                elif code in (401, 403):
+                    raise RemoteError(Failure.DENIED, display, f"HTTP {code}")
+                elif code == 416:
+                    raise RemoteError(Failure.RANGE_REFUSED, display)
+                else:
+                    raise RemoteError(Failure.HTTP_STATUS, display, f"HTTP {code}")
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def get_bytes(self, url: str, display: str, *, cap: int, auth: bool) -> bytes:
+        """A whole (small) response body, refused past ``cap`` bytes."""
+        resp = self.open(url, display, {}, auth=auth)
+        try:
+            return _read_capped(resp, cap, display)
+        finally:
+            resp.close()
+
+
+def _read_capped(resp: httpx.Response, cap: int, display: str,
+                 failure: Failure = Failure.TOO_BIG_WITHOUT_RANGES) -> bytes:
+    """The body, refused (``failure``) once it passes ``cap`` bytes: never read further."""
+    declared = resp.headers.get("Content-Length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise RemoteError(failure, display, f"{int(declared)} bytes > {cap}")
+    chunks: list[bytes] = []
+    got = 0
+    for chunk in resp.iter_raw():
+        got += len(chunk)
+        if got > cap:
+            raise RemoteError(failure, display, f"more than {cap} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class HttpSource(Source):
+    """Random-access reads of one remote file through range requests."""
+
+    def __init__(self, session: Session, url: str, display: str, *, auth: bool,
+                 stream_cap: int) -> None:
+        super().__init__(-1, 0)
+        self.session = session
+        self.url = url            # becomes the final URL after the first redirect chain
+        self.display = display
+        self.auth = auth
+        self.validator: str | None = None   # strong ETag or Last-Modified
+        self.etag: str | None = None
+        self.ranges = True
+        self.fetches = 1          # GET requests made for this file (the first included)
+        self._spans: list[tuple[int, bytes]] = []
+        self._cached = 0
+        self._first(stream_cap)
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _first(self, stream_cap: int) -> None:
+        resp = self._get({"Range": f"bytes=0-{MIN_FETCH * 16 - 1}"}, allow_416=True)
+        try:
+            self.url = str(resp.url)
+            # a redirect to another origin drops auth (httpx does too): never resend it there
+            self.etag = resp.headers.get("ETag")
+            if self.etag and self.etag.startswith("W/"):
+                self.etag = None  # weak validators cannot guard a range (RFC 9110 13.1.5)
+            self.validator = self.etag or resp.headers.get("Last-Modified")
+            if resp.status_code == 416:
+                m = _UNSATISFIED.match(resp.headers.get("Content-Range", ""))
+                if not m or int(m.group(1)) != 0:
+                    raise RemoteError(Failure.RANGE_REFUSED, self.display)
+                self.size = 0
+                return
+            if resp.status_code == 200:
+                # the server ignores ranges: take the whole body, up to the cap
+                self.ranges = False
+                data = _read_capped(resp, stream_cap, self.display)
+                self.size = len(data)
+                self.bytes_read += len(data)
+                self._keep(0, data)
+                return
+            if resp.status_code != 206:
+                raise RemoteError(Failure.HTTP_STATUS, self.display, f"HTTP {resp.status_code}")
+            start, end, total = self._content_range(resp)
+            if start != 0 or total is None:
+                raise RemoteError(Failure.INCONSISTENT, self.display,
+                                  "first range does not start at 0 or has no total size")
+            self.size = total
+            data = self._body(resp, end - start + 1)
+            self.bytes_read += len(data)
+            self._keep(0, data)
+        finally:
+            resp.close()
+
+    def _get(self, headers: dict[str, str], *, allow_416: bool = False) -> httpx.Response:
+        try:
+            return self.session.open(self.url, self.display, headers, auth=self.auth)
+        except RemoteError as e:
+            if allow_416 and e.failure is Failure.RANGE_REFUSED:
+                # an empty file: ask again without a range to learn its size
+                return self.session.open(self.url, self.display, {}, auth=self.auth)
+            raise
+
+    def _content_range(self, resp: httpx.Response) -> tuple[int, int, int | None]:
+        m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+        if not m:
+            raise RemoteError(Failure.BAD_RESPONSE, self.display, "206 without Content-Range")
+        start, end = int(m.group(1)), int(m.group(2))
+        total = None if m.group(3) == "*" else int(m.group(3))
+        if end < start or (total is not None and end >= total):
+            raise RemoteError(Failure.INCONSISTENT, self.display,
+                              f"Content-Range {start}-{end}/{total}")
+        return start, end, total
+
+    def _body(self, resp: httpx.Response, expected: int) -> bytes:
+        data = _read_capped(resp, expected, self.display, Failure.INCONSISTENT)
+        if len(data) != expected:
+            raise RemoteError(Failure.INCONSISTENT, self.display,
+                              f"body of {len(data)} bytes for a range of {expected}")
+        return data
+
+    # -- cache ----------------------------------------------------------------------------
+    def _keep(self, offset: int, data: bytes) -> None:
+        if not data:
+            return
+        self._spans.append((offset, data))
+        self._cached += len(data)
+        while self._cached > CACHE_BYTES and len(self._spans) > 1:
+            _, old = self._spans.pop(0)
+            self._cached -= len(old)
+
+    def _cached_read(self, offset: int, length: int) -> bytes | None:
+        for start, data in reversed(self._spans):
+            if start <= offset and offset + length <= start + len(data):
+                return data[offset - start : offset - start + length]
+        return None
+
+    # -- Source ---------------------------------------------------------------------------
+    def read(self, offset: int, length: int, *, record: bool = False) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError("negative read")
+        length = max(0, min(length, self.size - offset))
+        if length == 0:
+            return b""
+        data = self._cached_read(offset, length)
+        if data is None:
+            try:
+                data = self._fetch(offset, length)
+            except RemoteError as e:
+                raise e.as_source_error() from e
+        if record:
+            import hashlib
+
+            self._regions[(offset, len(data))] = hashlib.sha256(data).hexdigest()
+        return data
+
+    def _fetch(self, offset: int, length: int) -> bytes:
+        self.check_time()
+        want = min(max(length, MIN_FETCH), self.size - offset)
+        headers = {"Range": f"bytes={offset}-{offset + want - 1}"}
+        if self.validator:
+            headers["If-Range"] = self.validator
+        resp = self._get(headers)
+        self.fetches += 1
+        try:
+            if resp.status_code == 200:
+                raise RemoteError(Failure.CHANGED, self.display,
+                                  "the server answered a range with the whole file "
+                                  "(If-Range did not match)" if self.validator else
+                                  "the server stopped serving ranges")
+            if resp.status_code != 206:
+                raise RemoteError(Failure.HTTP_STATUS, self.display, f"HTTP {resp.status_code}")
+            etag = resp.headers.get("ETag")
+            if self.etag and etag != self.etag:
+                raise RemoteError(Failure.CHANGED, self.display, "ETag changed")
+            start, end, total = self._content_range(resp)
+            if total is not None and total != self.size:
+                raise RemoteError(Failure.INCONSISTENT, self.display,
+                                  f"size {total} after {self.size}")
+            if start != offset or end != offset + want - 1:
+                raise RemoteError(Failure.INCONSISTENT, self.display,
+                                  f"asked {offset}-{offset + want - 1}, got {start}-{end}")
+            data = self._body(resp, want)
+        finally:
+            resp.close()
+        self.bytes_read += len(data)
+        self._keep(offset, data)
+        return data[:length]
+
+
+__all__ = ["CACHE_BYTES", "MIN_FETCH", "Failure", "HttpSource", "RemoteError", "RemoteOptions",
+           "Session"]
