@@ -158,6 +158,14 @@ def test_gate_refuses_a_foreign_code_swap(monkeypatch: pytest.MonkeyPatch) -> No
 
 # --- worker processes -------------------------------------------------------------------
 
+def _importable_path() -> str:
+    """PYTHONPATH that makes ckptguard importable while site.py runs the user site's .pth
+    files, as it is when ckptguard is installed into site-packages (an editable install's
+    own .pth in the global site-packages runs only after the user site's)."""
+    pkg_root = str(Path(ckptguard.__file__).resolve().parents[1])
+    return os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH", "")) if p)
+
+
 def _user_site(base: Path) -> Path:
     site = Path(sysconfig.get_path("purelib", f"{os.name}_user", {"userbase": str(base)}))
     site.mkdir(parents=True, exist_ok=True)
@@ -176,6 +184,7 @@ def test_spawned_worker_is_gated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         pth = write_pth(_user_site(base))
         assert Path(pth).read_text() == PTH_LINE
         monkeypatch.setenv("PYTHONUSERBASE", str(base))
+        monkeypatch.setenv("PYTHONPATH", _importable_path())
     else:
         initializer = install_from_env
     ctx = multiprocessing.get_context("spawn")
@@ -213,7 +222,7 @@ def _child_env(tmp_path: Path, *, pth: bool, policy: Path | None = None) -> dict
     if pth:
         write_pth(_user_site(base))
     env = {k: v for k, v in os.environ.items() if not k.startswith("CKPTGUARD")}
-    env.update({ENV_VAR: "1", "PYTHONUSERBASE": str(base)})
+    env.update({ENV_VAR: "1", "PYTHONUSERBASE": str(base), "PYTHONPATH": _importable_path()})
     if policy is not None:
         env["CKPTGUARD_POLICY"] = str(policy)
     return env
