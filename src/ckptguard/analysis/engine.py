@@ -63,6 +63,13 @@ def audit_fd(path: str, fd: int, *, policy: Policy, limits: Limits,
     deadline = time.monotonic() + limits.max_seconds
     src = Source(fd, st.st_size, deadline=deadline)
     ctx = AuditContext(path, src, policy, limits)
+    if st.st_nlink > 1:
+        # Another path names these bytes (a shard hard-linked from outside the model
+        # folder passes every path check). The audit read the bytes themselves, and
+        # safe_load re-checks identity, so this is a note, not a block (SECURITY.md).
+        ctx.add("CKG706", f"the file has {st.st_nlink} hard links: another path, possibly "
+                "outside this folder, names the same bytes",
+                evidence={"links": str(st.st_nlink), "inode": str(st.st_ino)})
     fmt = _audit(ctx, name or path)
     return _finish(ctx, fmt, fd)
 
