@@ -660,7 +660,7 @@ def python_zipfile_view(ctx: AuditContext) -> list[_PyMember] | str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            zf = _pyzip.ZipFile(f)  # type: ignore[arg-type]
+            zf = _pyzip.ZipFile(f)
             infos = zf.infolist()
     except LimitExceeded:
         raise
