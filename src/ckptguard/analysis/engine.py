@@ -15,7 +15,15 @@ from collections.abc import Callable
 
 from .. import __version__ as _version
 from ..context import AuditContext, LimitExceeded, Source, identity_of
-from ..detect import CODE_BEARING, DATA_ONLY_EXTENSIONS, expected_formats, extension_of, sniff
+from ..detect import (
+    CODE_BEARING,
+    DATA_ONLY_EXTENSIONS,
+    Reading,
+    expected_formats,
+    extension_of,
+    sniff,
+    unaudited_readings,
+)
 from ..model import Format, Report, decide
 from ..policy import Limits, Policy
 
@@ -112,6 +120,7 @@ def _audit(ctx: AuditContext, name: str) -> Format:
 
 def _audit_file(ctx: AuditContext, name: str) -> Format:
     fmt = Format.UNKNOWN
+    head = b""
     try:
         head = ctx.source.read(0, _HEAD)
         fmt, detail = sniff(head, ctx.source.size)
@@ -123,6 +132,8 @@ def _audit_file(ctx: AuditContext, name: str) -> Format:
             fmt = Format.ZIP
         handler = _HANDLERS[fmt]
         fmt = handler(ctx, detail)
+        zip_audited = fmt in (Format.ZIP, Format.TORCH_ZIP, Format.TORCHSCRIPT,
+                              Format.NUMPY_NPZ)
         if fmt in (Format.PICKLE, Format.TORCH_LEGACY) and \
                 any(f.rule_id in ("CKG203", "CKG004") for f in ctx.findings) and _has_eocd(ctx):
             # A pickle/zip polyglot: torch.load reads the pickle, zip readers the archive.
@@ -132,6 +143,17 @@ def _audit_file(ctx: AuditContext, name: str) -> Format:
             from .torchfile import audit_zip
 
             audit_zip(ctx)
+            zip_audited = True
+        # Every other reader of the same bytes (detect.py's reader table): the readings the
+        # format's own audit does not cover are audited too.
+        todo = unaudited_readings(fmt, head, name)
+        if todo:
+            from .readings import audit_readings
+
+            needs_zip = not zip_audited and any(r in todo for r in (Reading.ZIP_MINIZ,
+                                                                    Reading.ZIP_PYTHON))
+            audit_readings(ctx, fmt, todo, zip_audited=zip_audited,
+                           has_eocd=needs_zip and _has_eocd(ctx))
     except LimitExceeded as e:
         ctx.limit_hit(e)
     except Exception as e:  # noqa: BLE001 - the engine's per-stream guard (DESIGN.md)
