@@ -5,10 +5,10 @@ loaders that may open the file take besides the sniffed format's. This module au
 
 - a pickle from byte 0 (pickle.load, numpy.load's fallback, torch.load's legacy path): a
   linear opcode walk finds where CPython's unpickler must stop at the latest (an invalid
-  opcode, STOP, the end of the file, a persistent id for readers without
-  ``persistent_load``) and whether a GLOBAL/INST/STACK_GLOBAL/EXT opcode lies before it.
+  opcode, STOP, the end of the file, an EXT code, a persistent id for readers without
+  ``persistent_load``) and whether a GLOBAL/INST/STACK_GLOBAL opcode lies before it.
   Only then is the prefix run through the symbolic VM in a scratch context; when the VM
-  reaches a global (or an extension code), the reading is live: CKG011 plus the VM's
+  reaches a global, the reading is live: CKG011 plus the VM's
   findings, under the member ``<pickle reading>``. Benign files stop within a few bytes.
 - a zip through miniz (torch.jit.load takes any name): when an end record ends the file,
   the archive is audited too.
@@ -25,8 +25,12 @@ from . import opcodes as O
 PICKLE_READING = "<pickle reading>"
 
 #: Opcodes that name a callable (every call needs one first).
-_NAMING = frozenset({O.GLOBAL, O.INST, O.STACK_GLOBAL, O.EXT1, O.EXT2, O.EXT4})
+_NAMING = frozenset({O.GLOBAL, O.INST, O.STACK_GLOBAL})
 _PERSISTENT = frozenset({O.PERSID, O.BINPERSID})
+#: EXT codes resolve through the loading process's copyreg registry, which is empty unless
+#: the process fills it: the unpickler dies there. (A byte 0x82-0x84 starts 1 in 85 real
+#: safetensors headers; a file whose own audit runs pickle reports EXT as CKG105.)
+_EXT = frozenset({O.EXT1, O.EXT2, O.EXT4})
 
 
 def audit_readings(ctx: AuditContext, fmt: Format, todo: dict[Reading, frozenset[Loader]],
@@ -67,13 +71,12 @@ def _pickle_reading(ctx: AuditContext, fmt: Format, loaders: frozenset[Loader], 
     data = ctx.source.read(0, end, record=True)
     scratch = AuditContext(ctx.path, ctx.source, ctx.policy, ctx.limits)
     result = audit_pickle(scratch, data, member=PICKLE_READING, mode=PickleMode.RAW)
-    live = bool(result.globals) or any(f.rule_id == "CKG105" for f in scratch.findings)
-    if not live:
+    if not result.globals:
         return  # the unpickler fails before it names anything
     names = sorted({g.full for g in result.globals})
     ctx.add("CKG011", f"read as a pickle from byte 0 ({_names(loaders)}), this "
             f"{fmt.value} file is a program that imports "
-            f"{', '.join(names[:5]) or 'an extension-registry global'}",
+            f"{', '.join(names[:5])}",
             member=PICKLE_READING, offset=0,
             evidence={"readers": _names(loaders), "globals": ", ".join(names[:20])})
     for f in scratch.findings:
@@ -102,7 +105,7 @@ def pickle_walk(ctx: AuditContext, *, persistent_ok: bool) -> tuple[int, bool]:
                                     "the file read as a pickle from byte 0 runs past the limit")
             return size, naming
         op = win.byte(pos)
-        if op not in O.ALL_OPCODES or (op in _PERSISTENT and not persistent_ok):
+        if op not in O.ALL_OPCODES or op in _EXT or (op in _PERSISTENT and not persistent_ok):
             return pos, naming
         naming = naming or op in _NAMING
         if op == O.STOP:
