@@ -418,3 +418,50 @@ def test_hard_linked_shard_is_noted(tmp_path: Path) -> None:
     assert "CKG706" in {f.rule_id for f in rf.all_findings()}
     os.unlink(outside)
     assert "CKG706" not in ckptguard.scan(folder / "pytorch_model.bin").rule_ids()
+
+
+# --- npz: every SAFE verdict agrees with numpy.load through CPython's zipfile ---------------
+
+@st.composite
+def npz_case(draw: st.DrawFn) -> bytes:
+    import numpy as np
+
+    arrays = {f"a{i}": np.arange(draw(st.integers(0, 6)), dtype=draw(st.sampled_from(
+        ["<f4", "<i8", "|u1", "<f2"]))) for i in range(draw(st.integers(1, 3)))}
+    buf = io.BytesIO()
+    (np.savez_compressed if draw(st.booleans()) else np.savez)(buf, **arrays)
+    b = bytearray(buf.getvalue())
+    for _ in range(draw(st.integers(0, 3))):
+        kind = draw(st.integers(0, 3))
+        i = draw(st.integers(0, len(b) - 1))
+        if kind == 0:
+            b[i] ^= draw(st.integers(1, 255))
+        elif kind == 1:  # aim at the directory and end records
+            j = max(0, len(b) - draw(st.integers(1, 200)))
+            b[j] ^= draw(st.integers(1, 255))
+        elif kind == 2:
+            b[i:i] = draw(st.binary(min_size=1, max_size=8))
+        else:
+            del b[i : i + draw(st.integers(1, 8))]
+    return bytes(b)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(npz_case())
+def test_npz_safe_means_numpy_reads_the_same(data: bytes) -> None:
+    import tempfile
+
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as d:
+        r = scan(Path(d), "arrays.npz", data)
+    if r.verdict is not Verdict.SAFE:
+        return
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        assert z.namelist() == list(r.members)
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        got = sorted((k, str(npz[k].dtype), list(npz[k].shape)) for k in npz.files)
+    ours = sorted((t.name, t.dtype, list(t.shape)) for t in r.tensors)
+    dtype_names = {"float32": "float32", "int64": "int64", "uint8": "uint8",
+                   "float16": "float16"}
+    assert [(k, dtype_names.get(dt, dt), s) for k, dt, s in got] == ours

@@ -347,6 +347,7 @@ def audit_npz(ctx: AuditContext, archive: ZipArchiveLike) -> None:
         if int(entry.method) == 0:
             view = _member_view(ctx, int(entry.data_offset), int(entry.size))
             _audit_view(ctx, view, member=member, name=key)
+            archive.verify(entry)  # numpy reads through zipfile, which checks the CRC
         else:
             # Inflate lazily: the header from the member's first bytes; the whole member only
             # when an object array's pickle must be audited. A numeric array's CRC and size
