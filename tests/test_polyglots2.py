@@ -465,3 +465,38 @@ def test_npz_safe_means_numpy_reads_the_same(data: bytes) -> None:
     dtype_names = {"float32": "float32", "int64": "int64", "uint8": "uint8",
                    "float16": "float16"}
     assert [(k, dtype_names.get(dt, dt), s) for k, dt, s in got] == ours
+
+
+def test_security_md_writes_the_reader_table_out() -> None:
+    from ckptguard.detect import reader_table_rows
+
+    text = (ROOT / "SECURITY.md").read_text(encoding="utf-8")
+    for row in reader_table_rows():
+        assert row in text, row
+
+
+# --- text files whose lines CPython's unpickler reads as numbers -----------------------------
+
+TEXT_PREFIXES = [b"I0\x00 model card: see README\n", b"L12\x00 weights v2\n",
+                 b"F1.5\x00 release notes\n", b"I7\x00x\np0\x00 cached\n",
+                 b"I1\x00 a\nI2\x00 b\n0"]
+
+
+@pytest.mark.parametrize("prefix", TEXT_PREFIXES)
+@pytest.mark.parametrize("pname", ["global_reduce", "inst", "exec"])
+def test_text_lines_the_c_unpickler_accepts(prefix: bytes, pname: str,
+                                            tmp_path: Path) -> None:
+    """strtol-style parsing stops at a NUL: CPython runs what follows. Whatever the format
+    sniffing says about such a file, the pickle reading names its global (CKG011)."""
+    data = prefix + PAYLOADS[pname]()
+    assert reached(data) in ("posix.system", "builtins.exec")
+    for name in ("README.md", "config.json", "notes.txt", "model.bin"):
+        r = scan(tmp_path, name, data)
+        why = (name, r.format, sorted(r.rule_ids()))
+        assert r.verdict is Verdict.UNSAFE, why
+        if r.format is Format.PICKLE:
+            # sniffed as a pickle: its own audit reads it from byte 0 (the VM's text
+            # parsing decides between CKG202 and the payload's CKG101)
+            assert r.rule_ids() & {"CKG101", "CKG202"}, why
+        else:
+            assert "CKG011" in r.rule_ids() and r.max_severity is Severity.CRITICAL, why

@@ -275,6 +275,13 @@ def reading_of(loader: Loader, head: Head, name: NameKind) -> Reading:
     raise AssertionError(f"no rule for {loader}")  # the table test proves this unreachable
 
 
+def reader_table_rows() -> list[str]:
+    """LOADER_RULES as the markdown rows SECURITY.md shows (a test keeps them in sync)."""
+    return [f"| {r.loader.value} | {'any' if r.head is None else r.head.value} | "
+            f"{'any' if r.name is None else r.name.value} | {r.reading.value} |"
+            for r in LOADER_RULES]
+
+
 def plausible_loaders(fmt: Format, name: str) -> frozenset[Loader]:
     """Every loader that may plausibly open this file: by its content, by its name, and
     the loaders that take any file."""
@@ -320,6 +327,7 @@ __all__ = [
     "head_kind",
     "name_kind",
     "plausible_loaders",
+    "reader_table_rows",
     "reading_of",
     "readings",
     "sniff",

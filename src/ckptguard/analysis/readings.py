@@ -17,9 +17,11 @@ loaders that may open the file take besides the sniffed format's. This module au
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..context import AuditContext, LimitExceeded
 from ..detect import Loader, Reading
-from ..model import Format
+from ..model import Format, Severity
 from . import opcodes as O
 
 PICKLE_READING = "<pickle reading>"
@@ -63,20 +65,25 @@ def _names(loaders: frozenset[Loader]) -> str:
 
 def _pickle_reading(ctx: AuditContext, fmt: Format, loaders: frozenset[Loader], *,
                     persistent_ok: bool) -> None:
-    end, naming = pickle_walk(ctx, persistent_ok=persistent_ok)
-    if not naming:
+    walk = pickle_walk(ctx, persistent_ok=persistent_ok)
+    if walk.first_naming < 0:
         return
     from .vm import PickleMode, audit_pickle
 
-    data = ctx.source.read(0, end, record=True)
+    data = ctx.source.read(0, walk.end, record=True)
     scratch = AuditContext(ctx.path, ctx.source, ctx.policy, ctx.limits)
     result = audit_pickle(scratch, data, member=PICKLE_READING, mode=PickleMode.RAW)
     if not result.globals:
-        return  # the unpickler fails before it names anything
+        if walk.text_before_naming and any(
+                f.rule_id in ("CKG202", "CKG204") for f in scratch.findings):
+            # The VM refused a text opcode (INT/LONG/FLOAT/... lines) before the first
+            # global; CPython's C unpickler parses those lines more leniently (strtol stops
+            # at a NUL): the reading cannot be ruled out.
+            _uncertain(ctx, fmt, loaders, data, walk.first_naming)
+        return  # otherwise the unpickler fails before it names anything
     names = sorted({g.full for g in result.globals})
     ctx.add("CKG011", f"read as a pickle from byte 0 ({_names(loaders)}), this "
-            f"{fmt.value} file is a program that imports "
-            f"{', '.join(names[:5])}",
+            f"{fmt.value} file is a program that imports {', '.join(names[:5])}",
             member=PICKLE_READING, offset=0,
             evidence={"readers": _names(loaders), "globals": ", ".join(names[:20])})
     for f in scratch.findings:
@@ -85,11 +92,36 @@ def _pickle_reading(ctx: AuditContext, fmt: Format, loaders: frozenset[Loader], 
     ctx.problems.extend(scratch.problems)
 
 
-def pickle_walk(ctx: AuditContext, *, persistent_ok: bool) -> tuple[int, bool]:
-    """Decode opcodes from byte 0 without semantics. Returns (end, names_a_callable): where
-    any unpickler must have stopped at the latest (just past STOP, or at an invalid opcode,
-    the end of the file, or a persistent id when ``persistent_ok`` is False) and whether an
-    opcode that names a callable lies before that. Raises LimitExceeded when the walk is
+def _uncertain(ctx: AuditContext, fmt: Format, loaders: frozenset[Loader], data: bytes,
+               at: int) -> None:
+    from ..policy import classify_global
+
+    name = "a global"
+    severity = None
+    if data[at] in (O.GLOBAL, O.INST):
+        parts = data[at + 1 :].split(b"\n", 2)
+        if len(parts) == 3:
+            name = (parts[0] + b"." + parts[1]).decode("utf-8", "replace")[:120]
+            if classify_global(name, ctx.policy)[0] == "deny":
+                severity = Severity.CRITICAL
+    ctx.add("CKG011", f"read as a pickle from byte 0 ({_names(loaders)}), this {fmt.value} "
+            f"file reaches {name} at byte {at} after text opcodes that CPython's unpickler "
+            "parses more leniently than the audit", member=PICKLE_READING, offset=at,
+            evidence={"readers": _names(loaders), "globals": name}, severity=severity)
+
+
+@dataclass(frozen=True)
+class Walk:
+    end: int                   # where every unpickler has stopped at the latest
+    first_naming: int          # offset of the first GLOBAL/INST/STACK_GLOBAL, -1 if none
+    text_before_naming: bool   # a newline-terminated opcode comes before it
+
+
+def pickle_walk(ctx: AuditContext, *, persistent_ok: bool) -> Walk:
+    """Decode opcodes from byte 0 without semantics: where any unpickler must have stopped
+    at the latest (just past STOP, or at an invalid opcode, the end of the file, an EXT
+    code, or a persistent id when ``persistent_ok`` is False) and where the first opcode
+    that names a callable lies before that. Raises LimitExceeded when the walk is
     still going at ``max_pickle_bytes`` and the file goes on."""
     src = ctx.source
     size = src.size
@@ -97,19 +129,26 @@ def pickle_walk(ctx: AuditContext, *, persistent_ok: bool) -> tuple[int, bool]:
     fixed, counted, lines = O.FIXED_ARG, O.COUNTED_ARG, O.LINE_ARG
     win = _Window(ctx)
     pos = 0
-    naming = False
+    first = -1
+    text = False
+
+    def done(end: int) -> Walk:
+        return Walk(end, first, text and first >= 0)
     while True:
         if pos >= limit:
             if pos < size:
                 raise LimitExceeded("max_pickle_bytes", ctx.limits.max_pickle_bytes,
                                     "the file read as a pickle from byte 0 runs past the limit")
-            return size, naming
+            return done(size)
         op = win.byte(pos)
         if op not in O.ALL_OPCODES or op in _EXT or (op in _PERSISTENT and not persistent_ok):
-            return pos, naming
-        naming = naming or op in _NAMING
+            return done(pos)
+        if op in _NAMING and first < 0:
+            first = pos
+        elif op in lines and first < 0:
+            text = True
         if op == O.STOP:
-            return pos + 1, naming
+            return done(pos + 1)
         pos += 1
         if op in fixed:
             pos += fixed[op]
@@ -117,10 +156,10 @@ def pickle_walk(ctx: AuditContext, *, persistent_ok: bool) -> tuple[int, bool]:
             w, signed = counted[op]
             raw = win.get(pos, w)
             if len(raw) < w:
-                return size, naming
+                return done(size)
             ln = int.from_bytes(raw, "little", signed=signed)
             if ln < 0:
-                return pos, naming
+                return done(pos)
             pos += w + ln
         elif op in lines:
             for _ in range(lines[op]):
@@ -129,7 +168,7 @@ def pickle_walk(ctx: AuditContext, *, persistent_ok: bool) -> tuple[int, bool]:
                     if limit < size:
                         raise LimitExceeded("max_pickle_bytes", ctx.limits.max_pickle_bytes,
                                             "a text opcode of the pickle reading has no end")
-                    return size, naming
+                    return done(size)
                 pos = nl + 1
 
 
@@ -183,4 +222,4 @@ class _Window:
                 return -1
 
 
-__all__ = ["PICKLE_READING", "audit_readings", "pickle_walk"]
+__all__ = ["PICKLE_READING", "Walk", "audit_readings", "pickle_walk"]
