@@ -65,6 +65,9 @@ class ZipArchive:
         self.cd_offset = cd_offset
         self.comment = comment
         self._decompressed = 0
+        #: True when CPython's zipfile provably reads the same directory (see
+        #: ``python_canonical``); otherwise ``compare_python_zipfile`` runs zipfile itself.
+        self.python_canonical = False
 
     def names(self) -> list[str]:
         return [e.name for e in self.entries]
@@ -265,6 +268,7 @@ def read_archive(ctx: AuditContext) -> ZipArchive | None:
 
     # --- Zip64 ------------------------------------------------------------------------------
     cd_end_limit = eocd_abs
+    z64_plain = True
     loc_pos = eocd_pos - _Z64_LOC.size
     if loc_pos >= 0 and tail[loc_pos : loc_pos + 4] == _Z64_LOC_SIG:
         _s, z_disk, z_off, z_ndisks = _Z64_LOC.unpack_from(tail, loc_pos)
@@ -286,6 +290,7 @@ def read_archive(ctx: AuditContext) -> ZipArchive | None:
         if zdisk != 0 or zcd_disk != 0 or zn_disk != zn_total:
             ctx.add("CKG310", "multi-disk (split) Zip64 archive", offset=z_off)
             return None
+        z64_plain = rec_size == _Z64_EOCD.size - 12
         if rec_size != _Z64_EOCD.size - 12:
             # Python's zipfile assumes no extensible data and reads the 56 bytes just before
             # the locator, miniz follows the locator: extensible data lets the two readers
@@ -317,17 +322,28 @@ def read_archive(ctx: AuditContext) -> ZipArchive | None:
         ctx.add("CKG004", f"{cd_end_limit - cd_off - cd_size} bytes between the central "
                 "directory and its end record", offset=cd_off + cd_size)
     cd = src.read(cd_off, cd_size, record=True)
-    entries = _parse_central(ctx, cd, cd_off, n_total)
+    entries_canonical = [True]
+    entries = _parse_central(ctx, cd, cd_off, n_total, entries_canonical)
     if entries is None:
         return None
     archive = ZipArchive(ctx, entries, cd_off, comment)
+    # zipfile's fast path takes the last 22 bytes when they are an EOCD without a comment;
+    # it reads the 56 bytes before a Zip64 locator (the same record only without
+    # extensible data) and shifts offsets by "concat" unless the directory ends right where
+    # the end records begin.
+    archive.python_canonical = (eocd_pos + _EOCD.size == tail_len and clen == 0
+                                and z64_plain and cd_off + cd_size == cd_end_limit
+                                and entries_canonical[0])
     _check_names(ctx, entries)
     _check_locals(ctx, entries, cd_off)
     return archive
 
 
-def _parse_central(ctx: AuditContext, cd: bytes, cd_off: int,
-                   n_total: int) -> list[ZipEntry] | None:
+def _parse_central(ctx: AuditContext, cd: bytes, cd_off: int, n_total: int,
+                   canonical: list[bool]) -> list[ZipEntry] | None:
+    """Parse ``n_total`` central-directory entries. ``canonical[0]`` is cleared when
+    CPython's zipfile could read an entry differently (its name decoding and NUL cut, its
+    extra-field and Zip64 decoding, its version check, its size-driven loop)."""
     entries: list[ZipEntry] = []
     pos = 0
     unpack = _CEN.unpack_from
@@ -336,7 +352,7 @@ def _parse_central(ctx: AuditContext, cd: bytes, cd_off: int,
             ctx.add("CKG310", f"central directory entry {i} is missing or corrupt",
                     offset=cd_off + pos)
             return None
-        (_sig, _vm, _vn, flags, method, _t, _d, crc, csize, usize, nlen, xlen, clen,
+        (_sig, _vm, vn, flags, method, _t, _d, crc, csize, usize, nlen, xlen, clen,
          disk, _ia, _ea, hoff) = unpack(cd, pos)
         name_b = cd[pos + 46 : pos + 46 + nlen]
         extra = cd[pos + 46 + nlen : pos + 46 + nlen + xlen]
@@ -345,6 +361,8 @@ def _parse_central(ctx: AuditContext, cd: bytes, cd_off: int,
             ctx.add("CKG310", f"central directory entry {i} runs past the directory",
                     offset=cd_off + pos)
             return None
+        if canonical[0] and not _python_same_entry(name_b, flags, vn, extra):
+            canonical[0] = False
         if 0xFFFFFFFF in (csize, usize, hoff):
             z = _zip64_extra(extra, usize == 0xFFFFFFFF, csize == 0xFFFFFFFF,
                              hoff == 0xFFFFFFFF)
@@ -381,6 +399,7 @@ def _parse_central(ctx: AuditContext, cd: bytes, cd_off: int,
                                 usize, method, flags, crc, hoff))
         pos = end
     if pos != len(cd):
+        canonical[0] = False  # zipfile reads entries until the directory size is used up
         ctx.add("CKG306", f"{len(cd) - pos} bytes in the central directory belong to no entry",
                 offset=cd_off + pos)
     for e in entries:
@@ -395,6 +414,22 @@ def _parse_central(ctx: AuditContext, cd: bytes, cd_off: int,
             ctx.add("CKG305", f"member {e.name} uses compression method {e.method}",
                     member=e.name, offset=e.header_offset, evidence={"method": str(e.method)})
     return entries
+
+
+def _python_same_entry(name: bytes, flags: int, version_needed: int, extra: bytes) -> bool:
+    """Does CPython's zipfile read this entry exactly as the strict reader does? Plain
+    ASCII (or UTF-8-flagged) names without NUL, version needed <= 63, and extra fields that
+    are well formed with at most one Zip64 field."""
+    if b"\0" in name or version_needed > 63 or (not flags & 0x0800 and not name.isascii()):
+        return False
+    pos = zip64 = 0
+    while pos + 4 <= len(extra):
+        hid, hlen = struct.unpack_from("<HH", extra, pos)
+        if pos + 4 + hlen > len(extra):
+            return False
+        zip64 += hid == 0x0001
+        pos += 4 + hlen
+    return pos == len(extra) and zip64 <= 1
 
 
 def _zip64_extra(extra: bytes, need_u: bool, need_c: bool,
@@ -672,7 +707,8 @@ class _PyMember:
     why: str = ""
 
 
-def python_zipfile_view(ctx: AuditContext) -> list[_PyMember] | str:
+def python_zipfile_view(ctx: AuditContext,
+                        known: dict[int, ZipEntry] | None = None) -> list[_PyMember] | str:
     """The members as CPython's ``zipfile`` reads them (its end-record search, Zip64 handling
     without following the locator, "concat" prefix shift, extra fields, name decoding), each
     with the data offset ``ZipFile.open`` would read from. A string: why zipfile refuses."""
@@ -693,9 +729,18 @@ def python_zipfile_view(ctx: AuditContext) -> list[_PyMember] | str:
         raise LimitExceeded("max_members", ctx.limits.max_members, f"{len(infos)} members")
     out: list[_PyMember] = []
     for zi in infos:
-        ctx.source.check_time()
         data_off: int | None = None
         why = ""
+        mine = known.get(zi.header_offset) if known is not None else None
+        if mine is not None and mine.raw_name == zi.orig_filename.encode(
+                "utf-8" if zi.flag_bits & 0x0800 else "cp437", "replace"):
+            # the same local header the strict reader parsed (and compared with this
+            # name): ZipFile.open computes the same data offset from it
+            out.append(_PyMember(zi.filename, zi.header_offset, mine.data_offset,
+                                 zi.compress_size, zi.file_size, zi.compress_type,
+                                 zi.flag_bits, zi.CRC))
+            continue
+        ctx.source.check_time()
         hdr = ctx.source.read(zi.header_offset, _LOC.size, record=True) \
             if zi.header_offset >= 0 else b""
         if len(hdr) != _LOC.size or hdr[:4] != _LOC_SIG:
@@ -718,10 +763,14 @@ def python_zipfile_view(ctx: AuditContext) -> list[_PyMember] | str:
 
 def compare_python_zipfile(ctx: AuditContext, archive: ZipArchive) -> ZipArchive | None:
     """Read the archive a second time the way CPython's ``zipfile`` does and report every
-    disagreement with the miniz-style reading (CKG313). Returns the Python reading as an
+    disagreement with the miniz-style reading (CKG313). A canonical archive (end records
+    and directory laid out so that zipfile's algorithm provably reads the same entries,
+    ``ZipArchive.python_canonical``) skips the second reading. Returns the Python reading as an
     archive of the members that differ (for the caller to audit as numpy would read
     them), or None when both readers agree."""
-    view = python_zipfile_view(ctx)
+    if archive.python_canonical:
+        return None
+    view = python_zipfile_view(ctx, {e.header_offset: e for e in archive.entries})
     if isinstance(view, str):
         ctx.add("CKG313", "Python's zipfile (numpy.load, every Python program) cannot open "
                 f"the archive that torch's reader opens ({view[:160]})",
