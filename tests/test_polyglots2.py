@@ -546,3 +546,17 @@ def test_python_canonical_fast_path_is_sound(data: bytes) -> None:
     for m, e in zip(view, archive.entries, strict=True):
         # a member zipfile cannot open has a local-header finding (which blocks) already
         assert m.data_offset == e.data_offset or e.name in blocked, (m, e)
+
+
+def test_non_utf8_archive_folder_is_no_internal_error(tmp_path: Path) -> None:
+    """Regression (fuzz_zip): a folder name that is not UTF-8 (kept with surrogate escapes)
+    crashed the TorchScript-name check with UnicodeEncodeError."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("a/data.pkl", b"\x80\x02}.")
+        z.writestr("a/version", b"3\n")
+    data = buf.getvalue().replace(b"a/data.pkl", b"\xff/data.pkl").replace(
+        b"a/version", b"\xff/version")
+    r = scan(tmp_path, "x.pt", data)
+    assert not r.problems and "CKG902" not in r.rule_ids()
+    assert r.verdict is Verdict.UNSAFE and "CKG302" in r.rule_ids()  # non-ASCII, no UTF-8 flag

@@ -71,7 +71,7 @@ def audit_zip(ctx: AuditContext) -> Format:
     ctx.metadata["torch.archive_folder"] = prefix[:-1]
     # torch's TorchScript check sees each name as miniz copies it into a C buffer: cut at
     # the first NUL and at the buffer size.
-    script_name = (prefix + "constants.pkl").encode()
+    script_name = (prefix + "constants.pkl").encode("utf-8", "surrogateescape")
     is_script = "constants.pkl" in records or any(
         n == "constants.pkl" or n.endswith("/constants.pkl") for n in names) or any(
         e.raw_name.split(b"\0", 1)[0][:TORCH_NAME_BUFFER - 1] == script_name
