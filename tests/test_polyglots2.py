@@ -560,3 +560,32 @@ def test_non_utf8_archive_folder_is_no_internal_error(tmp_path: Path) -> None:
     r = scan(tmp_path, "x.pt", data)
     assert not r.problems and "CKG902" not in r.rule_ids()
     assert r.verdict is Verdict.UNSAFE and "CKG302" in r.rule_ids()  # non-ASCII, no UTF-8 flag
+
+
+# --- torch zips that numpy.load reads as an npz ----------------------------------------------
+
+@pytest.mark.parametrize("where", ["record", "notes.bin", "extra.npy", "data/x"])
+@pytest.mark.parametrize("pname", sorted(PAYLOADS))
+def test_torch_zip_member_numpy_reads_as_object_array(where: str, pname: str,
+                                                      tmp_path: Path) -> None:
+    data = FAM["torch_zip_npy_member"](PAYLOADS[pname](), where=where, seed=where + pname)
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        blob = next(z.read(n) for n in z.namelist() if z.read(n).startswith(b"\x93NUMPY"))
+    assert reached(blob[blob.index(b"\n") + 1:]) in ("posix.system", "builtins.exec")
+    for name in ("pytorch_model.bin", "w.pt", "w.npz"):
+        r = scan(tmp_path, name, data)
+        assert r.verdict is Verdict.UNSAFE, (where, name, sorted(r.rule_ids()))
+        assert {"CKG602", "CKG101"} <= r.rule_ids(), (where, name, sorted(r.rule_ids()))
+
+
+def test_torch_zip_with_numeric_npy_record_stays_safe(tmp_path: Path) -> None:
+    """Control: a tensor record that happens to be a numeric .npy runs nothing in numpy."""
+    torch = pytest.importorskip("torch")
+    g = FAM
+    blob = g["_npy"]("<f4", (3,), bytes(12))
+    n = len(blob)
+    pkl = g["state_dict"]([("weight", g["tensor"]("0", "ByteStorage", n, 0, (n,), (1,)))])
+    data = g["build_zip"](g["torch_entries"](pkl, [("0", blob)], seed="numeric"))
+    r = scan(tmp_path, "w.pt", data)
+    assert r.verdict is Verdict.SAFE and "CKG602" not in r.rule_ids(), sorted(r.rule_ids())
+    assert torch.load(tmp_path / "w.pt", weights_only=True, mmap=True)["weight"].numel() == n

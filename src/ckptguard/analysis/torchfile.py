@@ -50,8 +50,10 @@ def audit_zip(ctx: AuditContext) -> Format:
         return Format.ZIP
     first = names[0]
     if "/" not in first:
-        return _generic_zip(ctx, archive, "the first member is not inside a folder, so torch "
-                            "cannot read the archive")
+        fmt = _generic_zip(ctx, archive, "the first member is not inside a folder, so torch "
+                           "cannot read the archive")
+        _numpy_reading(ctx, archive)
+        return fmt
     prefix = first.split("/", 1)[0] + "/"
     # torch looks records up as "<prefix><record>" through miniz, which compares names
     # ignoring ASCII case: mirror that, so archive/DATA.PKL is the data.pkl torch loads.
@@ -78,11 +80,22 @@ def audit_zip(ctx: AuditContext) -> Format:
         for e in archive.entries)
     if is_script:
         _torchscript(ctx, archive, records, prefix)
-        return Format.TORCHSCRIPT
-    if "data.pkl" not in records:
-        return _generic_zip(ctx, archive, f"no {prefix}data.pkl record: not a torch checkpoint")
-    _torch_zip(ctx, archive, records, prefix, outside)
-    return Format.TORCH_ZIP
+        fmt = Format.TORCHSCRIPT
+    elif "data.pkl" not in records:
+        fmt = _generic_zip(ctx, archive, f"no {prefix}data.pkl record: not a torch checkpoint")
+    else:
+        _torch_zip(ctx, archive, records, prefix, outside)
+        fmt = Format.TORCH_ZIP
+    _numpy_reading(ctx, archive)
+    return fmt
+
+
+def _numpy_reading(ctx: AuditContext, archive: ZipArchive) -> None:
+    """numpy.load reads every zip as an npz (detect.py's reader table): members that start
+    like an object-dtype .npy, tensor records included, are audited as numpy runs them."""
+    from ..readers.numpy import audit_numpy_reading
+
+    audit_numpy_reading(ctx, archive, archive.entries)
 
 
 def _python_reading(ctx: AuditContext, archive: ZipArchive) -> None:

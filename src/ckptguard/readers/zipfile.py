@@ -53,6 +53,9 @@ class ZipEntry:
     flags: int
     crc32: int
     end: int  # first byte after data (and data descriptor)
+    #: the first stored bytes when the local-header pass read them anyway (magic sniffing
+    #: without another read)
+    stored_head: bytes | None = None
 
 
 class ZipArchive:
@@ -102,6 +105,9 @@ class ZipArchive:
 
     def head(self, entry: ZipEntry, n: int = 4096) -> bytes:
         """The first ``n`` uncompressed bytes of a member, inflating no more than that."""
+        if entry.method == STORED and entry.stored_head is not None and \
+                n <= len(entry.stored_head):
+            return entry.stored_head[:n]
         if entry.method == STORED:
             return self.ctx.source.read(entry.data_offset, min(n, entry.compressed_size))
         raw = self.ctx.source.read(entry.data_offset, min(entry.compressed_size, 1 << 16))
@@ -596,6 +602,9 @@ def _check_locals(ctx: AuditContext, entries: list[ZipEntry], cd_off: int) -> No
             prev_end = max(prev_end, end)
             prev_name = e.name
             e.data_offset, e.end = data_off, end
+            d_rel = data_off - ws
+            if d_rel >= 0:
+                e.stored_head = buf[d_rel : d_rel + min(16, e.compressed_size)]
     if entries and prev_end < cd_off:
         ctx.add("CKG306", f"{cd_off - prev_end} bytes between the last member and the central "
                 "directory belong to no member", offset=prev_end)
