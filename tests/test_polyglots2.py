@@ -589,3 +589,18 @@ def test_torch_zip_with_numeric_npy_record_stays_safe(tmp_path: Path) -> None:
     r = scan(tmp_path, "w.pt", data)
     assert r.verdict is Verdict.SAFE and "CKG602" not in r.rule_ids(), sorted(r.rule_ids())
     assert torch.load(tmp_path / "w.pt", weights_only=True, mmap=True)["weight"].numel() == n
+
+
+AGREEMENT = {"torch_version_zero.pt": "CKG311", "torch_version_eleven.pt": "CKG311",
+             "torch_data_version_wins.pt": "CKG311", "torch_member_outside_folder.pt": "CKG311",
+             "torch_stored_size_mismatch.pt": "CKG316"}
+
+
+@pytest.mark.parametrize("name", sorted(AGREEMENT))
+def test_archives_torch_refuses_are_not_safe(name: str) -> None:
+    torch = pytest.importorskip("torch")
+    p = ROOT / "fixtures" / "hostile" / name
+    with pytest.raises(Exception):
+        torch.load(p, weights_only=True, mmap=True)
+    r = ckptguard.scan(p)
+    assert r.verdict is Verdict.UNSAFE and AGREEMENT[name] in r.rule_ids()
