@@ -604,3 +604,18 @@ def test_archives_torch_refuses_are_not_safe(name: str) -> None:
         torch.load(p, weights_only=True, mmap=True)
     r = ckptguard.scan(p)
     assert r.verdict is Verdict.UNSAFE and AGREEMENT[name] in r.rule_ids()
+
+
+@pytest.mark.parametrize("i", range(0, len(NPZ_VARIANTS), 5))
+def test_npz_differential_fires_with_numpy_load(i: int, tmp_path: Path) -> None:
+    """The generated differentials are real attacks: numpy.load(allow_pickle=True) runs the
+    hidden object array's pickle (inert payload: it creates the marker file)."""
+    import subprocess
+
+    kw = NPZ_VARIANTS[i]
+    (tmp_path / "a.npz").write_bytes(FAM["npz_z64_differential"](PAYLOADS["exec"](), **kw))
+    script = ("import numpy\nr = numpy.load('a.npz', allow_pickle=True)\n"
+              "for k in r.files:\n    r[k]\n")
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                   timeout=120, check=False)
+    assert (tmp_path / FAM["MARKER"]).exists(), kw

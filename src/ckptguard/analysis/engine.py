@@ -153,7 +153,7 @@ def _audit_file(ctx: AuditContext, name: str) -> Format:
             needs_zip = not zip_audited and any(r in todo for r in (Reading.ZIP_MINIZ,
                                                                     Reading.ZIP_PYTHON))
             audit_readings(ctx, fmt, todo, zip_audited=zip_audited,
-                           has_eocd=needs_zip and _has_eocd(ctx))
+                           has_eocd=needs_zip and _has_eocd(ctx), head=head)
     except LimitExceeded as e:
         ctx.limit_hit(e)
     except Exception as e:  # noqa: BLE001 - the engine's per-stream guard (DESIGN.md)

@@ -36,14 +36,14 @@ _EXT = frozenset({O.EXT1, O.EXT2, O.EXT4})
 
 
 def audit_readings(ctx: AuditContext, fmt: Format, todo: dict[Reading, frozenset[Loader]],
-                   *, zip_audited: bool, has_eocd: bool) -> None:
+                   *, zip_audited: bool, has_eocd: bool, head: bytes = b"") -> None:
     """Audit each reading in ``todo`` (from ``detect.unaudited_readings``)."""
     if Reading.PICKLE_TORCH in todo:
         # a superset of the plain reading: persistent ids do not stop it
         _pickle_reading(ctx, fmt, todo[Reading.PICKLE_TORCH] |
-                        todo.get(Reading.PICKLE, frozenset()), persistent_ok=True)
+                        todo.get(Reading.PICKLE, frozenset()), persistent_ok=True, head=head)
     elif Reading.PICKLE in todo:
-        _pickle_reading(ctx, fmt, todo[Reading.PICKLE], persistent_ok=False)
+        _pickle_reading(ctx, fmt, todo[Reading.PICKLE], persistent_ok=False, head=head)
     if (Reading.ZIP_MINIZ in todo or Reading.ZIP_PYTHON in todo) and not zip_audited and \
             has_eocd:
         loaders = todo.get(Reading.ZIP_MINIZ, frozenset()) | todo.get(Reading.ZIP_PYTHON,
@@ -64,8 +64,8 @@ def _names(loaders: frozenset[Loader]) -> str:
 
 
 def _pickle_reading(ctx: AuditContext, fmt: Format, loaders: frozenset[Loader], *,
-                    persistent_ok: bool) -> None:
-    walk = pickle_walk(ctx, persistent_ok=persistent_ok)
+                    persistent_ok: bool, head: bytes) -> None:
+    walk = pickle_walk(ctx, persistent_ok=persistent_ok, head=head)
     if walk.first_naming < 0:
         return
     from .vm import PickleMode, audit_pickle
@@ -117,7 +117,7 @@ class Walk:
     text_before_naming: bool   # a newline-terminated opcode comes before it
 
 
-def pickle_walk(ctx: AuditContext, *, persistent_ok: bool) -> Walk:
+def pickle_walk(ctx: AuditContext, *, persistent_ok: bool, head: bytes = b"") -> Walk:
     """Decode opcodes from byte 0 without semantics: where any unpickler must have stopped
     at the latest (just past STOP, or at an invalid opcode, the end of the file, an EXT
     code, or a persistent id when ``persistent_ok`` is False) and where the first opcode
@@ -127,7 +127,7 @@ def pickle_walk(ctx: AuditContext, *, persistent_ok: bool) -> Walk:
     size = src.size
     limit = min(size, ctx.limits.max_pickle_bytes)
     fixed, counted, lines = O.FIXED_ARG, O.COUNTED_ARG, O.LINE_ARG
-    win = _Window(ctx)
+    win = _Window(ctx, head)
     pos = 0
     first = -1
     text = False
@@ -175,10 +175,12 @@ def pickle_walk(ctx: AuditContext, *, persistent_ok: bool) -> Walk:
 class _Window:
     """Sequential reads of the source in growing chunks, keeping only recent bytes."""
 
-    def __init__(self, ctx: AuditContext) -> None:
+    def __init__(self, ctx: AuditContext, head: bytes = b"") -> None:
         self.src = ctx.source
         self.start = 0
-        self.buf = self.src.read(0, min(self.src.size, 4096))
+        # the engine's first read of the file, when it has one: no second read for the
+        # common case (an unpickler that dies within a few bytes)
+        self.buf = head or self.src.read(0, min(self.src.size, 4096))
         self.chunk = 1 << 16
 
     def _fill(self, upto: int) -> None:
