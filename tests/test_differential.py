@@ -1,5 +1,5 @@
-"""Differential proof against the loader: SAFE implies torch.load(weights_only=True) accepts
-the file and returns exactly the tensors we reported; a file torch loads has every
+"""Differential proof against the loader: SAFE implies torch.load(weights_only=True,
+mmap=True) accepts the file and returns exactly the tensors we reported; a file torch loads has every
 non-allowlisted global it names reported; fickling's "overtly malicious" is never SAFE.
 
 Pickles are generated op by op (hypothesis) with inert globals from both sides of the
@@ -90,7 +90,7 @@ import torch
 for line in sys.stdin:
     path = line.strip()
     try:
-        obj = torch.load(path, weights_only=True, map_location="cpu")
+        obj = torch.load(path, weights_only=True, mmap=True, map_location="cpu")
         out = []
         walk(obj, "", out, set())
         res = {"ok": True, "tensors": out}
@@ -459,3 +459,103 @@ def test_differential_regressions(worker: Any, tmp_path: Path, name: str) -> Non
         assert t["ok"] and t["tensors"] == [] and ours(r) == []
     else:
         assert not t["ok"] and r.verdict is not Verdict.SAFE and "CKG408" in r.rule_ids()
+
+
+# --- archive-level mutations: what torch's reader refuses must not be SAFE -------------------
+
+VERSIONS = [b"3\n", b"3", b"1", b"10", b"0", b"11", b"-1", b" 3abc", b"", b"x",
+            b"99999999999999999999999", b"\x003", b"\xef\xbc\x93"]
+
+
+def _patch_central_size(blob: bytes, member: str, delta: int) -> bytes:
+    """Change a member's uncompressed size in the central directory only."""
+    b = bytearray(blob)
+    i = b.rfind(b"PK\x01\x02")
+    while i >= 0:
+        nlen = int.from_bytes(b[i + 28 : i + 30], "little")
+        if b[i + 46 : i + 46 + nlen] == member.encode():
+            usize = int.from_bytes(b[i + 24 : i + 28], "little")
+            b[i + 24 : i + 28] = (usize + delta).to_bytes(4, "little")
+            return bytes(b)
+        i = b.rfind(b"PK\x01\x02", 0, i)
+    raise AssertionError(member)
+
+
+@st.composite
+def archive_case(draw: st.DrawFn) -> bytes:
+    """A benign torch.save-layout archive bent at the archive level: version records (which
+    one, order, value), long names, members outside the folder, a TorchScript marker,
+    stored members whose sizes disagree."""
+    pkl = (b"\x80\x02}q\x00X\x01\x00\x00\x00wq\x01ctorch._utils\n_rebuild_tensor_v2\nq\x02"
+           b"((X\x07\x00\x00\x00storageq\x03ctorch\nFloatStorage\nq\x04X\x01\x00\x00\x000q\x05"
+           b"X\x03\x00\x00\x00cpuq\x06K\x02tq\x07QK\x00K\x02\x85K\x01\x85\x89ccollections\n"
+           b"OrderedDict\n)Rq\x08tq\tRq\ns.")
+    folder = draw(st.sampled_from(["archive", "m", "a" * draw(st.sampled_from([8, 505, 520]))]))
+    recs: list[tuple[str, bytes]] = [("data.pkl", pkl), (".format_version", b"1"),
+                                     (".storage_alignment", b"64"), ("byteorder", b"little"),
+                                     ("data/0", struct.pack("<2f", 1.0, 2.0))]
+    version = draw(st.sampled_from(VERSIONS))
+    where = draw(st.sampled_from(["version", ".data/version", "both", "both-reversed",
+                                  "none"]))
+    other = draw(st.sampled_from(VERSIONS))
+    if where in ("version", "both"):
+        recs.append(("version", version))
+    if where in ("both", "both-reversed", ".data/version"):
+        recs.append((".data/version", other if where != ".data/version" else version))
+    if where == "both-reversed":
+        recs.append(("version", version))
+    extra = draw(st.sampled_from(["", "", "long", "outside", "constants"]))
+    names = [f"{folder}/{n}" for n, _ in recs]
+    blobs = [d for _, d in recs]
+    if extra == "long":
+        names.append(f"{folder}/" + "x" * draw(st.integers(490, 530)))
+        blobs.append(b"hi")
+    elif extra == "outside":
+        names.append("other/notes.txt")
+        blobs.append(b"hi")
+    elif extra == "constants":
+        names.append(f"{folder}/constants.pkl")
+        blobs.append(b"\x80\x02).")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in zip(names, blobs, strict=True):
+            z.writestr(zipfile.ZipInfo(name, date_time=DATE), data)
+    blob = buf.getvalue()
+    if draw(st.integers(0, 4)) == 0:
+        blob = _patch_central_size(blob, draw(st.sampled_from(names)),
+                                   draw(st.sampled_from([-1, 1, 7])))
+    return blob
+
+
+@DIFF
+@given(archive_case())
+def test_archive_mutations_torch_agrees(worker: Any, blob: bytes) -> None:
+    """Every SAFE verdict on these archives is followed by torch.load(weights_only=True,
+    mmap=True) succeeding with the audited records (``_check``)."""
+    with tempfile.TemporaryDirectory() as d:
+        _check(worker, blob, [], Path(d))
+
+
+@pytest.mark.parametrize(("version", "data_version", "safe"), [
+    (b"3\n", None, True), (b"10", None, True), (b"0", None, False), (b"11", None, False),
+    (b"0", b"3", True), (b"3", b"0", False), (None, b"3", True), (None, None, False)])
+def test_version_records_as_torch_reads_them(worker: Any, tmp_path: Path, version: bytes | None,
+                                             data_version: bytes | None, safe: bool) -> None:
+    """torch reads .data/version when present, else version, and accepts 1..10."""
+    buf = io.BytesIO()
+    base = zipfile.ZipFile(io.BytesIO(torch_zip(REGRESSIONS["ordereddict_repeated_key"],
+                                                {"0": bytes(4)})))
+    with zipfile.ZipFile(buf, "w") as z:
+        for info in base.infolist():
+            if info.filename.endswith("/version"):
+                continue
+            z.writestr(info, base.read(info))
+        if version is not None:
+            z.writestr(zipfile.ZipInfo("archive/version", date_time=DATE), version)
+        if data_version is not None:
+            z.writestr(zipfile.ZipInfo("archive/.data/version", date_time=DATE), data_version)
+    r, t = _check(worker, buf.getvalue(), [], tmp_path)
+    assert t["ok"] is safe, t
+    assert (r.verdict is Verdict.SAFE) is safe, sorted(r.rule_ids())
+    if not safe:
+        assert "CKG311" in r.rule_ids()

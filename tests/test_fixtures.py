@@ -74,7 +74,9 @@ _LOADERS = {
     "pickle.load": "import pickle\nwith open(F, 'rb') as fh:\n    pickle.load(fh)\n",
     "torch.load": "import torch\ntorch.load(F, weights_only=False)\n",
     "torch.load_legacy": "import torch\ntorch.load(F, weights_only=False)\n",
-    "numpy.load": "import numpy\nnumpy.load(F, allow_pickle=True)\n",
+    # an npz loads lazily: its arrays are read (and object arrays unpickled) on access
+    "numpy.load": "import numpy\nr = numpy.load(F, allow_pickle=True)\n"
+                  "for k in getattr(r, 'files', []):\n    r[k]\n",
 }
 
 

@@ -6,7 +6,9 @@ and an npz needs the zip directory and happens in the engine (``refine_zip``).
 
 from __future__ import annotations
 
+import enum
 import struct
+from dataclasses import dataclass
 
 from .analysis.opcodes import ALL_OPCODES, scan_opcodes_prefix
 from .model import Format
@@ -111,13 +113,223 @@ def extension_of(name: str) -> str:
     return "." + lower.rsplit(".", 1)[-1]
 
 
+# --- every reader of the same bytes ----------------------------------------------------------
+#
+# SAFE must hold for every program that may read the file, not only for the format sniffed
+# above (DESIGN.md principle 2). This is THE table of who reads what, and how: each loader
+# decides from the first bytes (and torch.load also from the name) how it reads the file.
+# The engine audits every reading a plausible loader takes (analysis/readings.py), and
+# SECURITY.md ("Every reader") writes the same table out. tests/test_readings.py pins it.
+
+
+class Loader(str, enum.Enum):
+    """A program that may be pointed at a checkpoint file."""
+
+    TORCH_LOAD = "torch.load"
+    TORCH_JIT_LOAD = "torch.jit.load"
+    PICKLE_LOAD = "pickle.load"
+    NUMPY_LOAD = "numpy.load(allow_pickle=True)"
+    SAFETENSORS_LOAD = "safetensors"
+    JSON_LOAD = "json.load"
+
+
+class Head(str, enum.Enum):
+    """What a loader looks at in the first bytes before choosing how to read."""
+
+    ZIP_LOCAL = "PK\\x03\\x04 at byte 0"       # torch._is_zipfile, numpy's zip test
+    ZIP_EMPTY = "PK\\x05\\x06 at byte 0"       # numpy's zip test only
+    NPY = "\\x93NUMPY at byte 0"                # numpy's npy test
+    TAR = "ustar at byte 257"                   # torch's legacy path tries tarfile first
+    OTHER = "anything else"
+
+
+class NameKind(str, enum.Enum):
+    """What torch.load sees in the name (it is the only loader that looks)."""
+
+    SAFETENSORS = "path ends in .safetensors"   # torch.load hands it to safetensors
+    OTHER = "any other name (or a file object)"
+
+
+class Reading(str, enum.Enum):
+    """How a loader reads the bytes."""
+
+    PICKLE = "pickle program from byte 0; a persistent id fails"
+    PICKLE_TORCH = "pickle program from byte 0 with torch's legacy persistent_load"
+    ZIP_MINIZ = "zip through miniz: end record from the end, central directory, records"
+    ZIP_PYTHON = "zip through CPython's zipfile; members starting \\x93NUMPY are arrays"
+    NPY = "npy header; an object array's data is a pickle"
+    TAR = "legacy torch tar: its members' pickles"
+    SAFETENSORS = "8-byte header length, JSON header, raw tensor bytes"
+    JSON = "JSON text"
+
+    @property
+    def runs_code(self) -> bool:
+        """Can this reading import or call anything named by the file?"""
+        return self not in (Reading.SAFETENSORS, Reading.JSON)
+
+
+@dataclass(frozen=True)
+class LoaderRule:
+    """``loader`` reads a file whose first bytes are ``head`` and whose name is ``name``
+    (None: any) as ``reading``."""
+
+    loader: Loader
+    head: Head | None
+    name: NameKind | None
+    reading: Reading
+
+
+_L, _H, _N, _R = Loader, Head, NameKind, Reading
+#: How each loader reads the first bytes (torch/serialization.py load/_is_zipfile/
+#: _legacy_load, numpy/lib/_npyio_impl.py load, pickle, safetensors, json). First match wins.
+LOADER_RULES: tuple[LoaderRule, ...] = (
+    LoaderRule(_L.TORCH_LOAD, None, _N.SAFETENSORS, _R.SAFETENSORS),
+    LoaderRule(_L.TORCH_LOAD, _H.ZIP_LOCAL, None, _R.ZIP_MINIZ),
+    LoaderRule(_L.TORCH_LOAD, _H.TAR, None, _R.TAR),
+    LoaderRule(_L.TORCH_LOAD, None, None, _R.PICKLE_TORCH),
+    LoaderRule(_L.TORCH_JIT_LOAD, None, None, _R.ZIP_MINIZ),
+    LoaderRule(_L.PICKLE_LOAD, None, None, _R.PICKLE),
+    LoaderRule(_L.NUMPY_LOAD, _H.ZIP_LOCAL, None, _R.ZIP_PYTHON),
+    LoaderRule(_L.NUMPY_LOAD, _H.ZIP_EMPTY, None, _R.ZIP_PYTHON),
+    LoaderRule(_L.NUMPY_LOAD, _H.NPY, None, _R.NPY),
+    LoaderRule(_L.NUMPY_LOAD, None, None, _R.PICKLE),
+    LoaderRule(_L.SAFETENSORS_LOAD, None, None, _R.SAFETENSORS),
+    LoaderRule(_L.JSON_LOAD, None, None, _R.JSON),
+)
+
+#: Loaders that take any file whatever its name or content says (they never look at the
+#: name, and they fall back to unpickling): always plausible.
+ANY_FILE_LOADERS = frozenset({Loader.PICKLE_LOAD, Loader.NUMPY_LOAD, Loader.TORCH_LOAD})
+
+#: Format (by content) -> loaders that read that content on purpose.
+FORMAT_LOADERS: dict[Format, frozenset[Loader]] = {
+    Format.TORCH_ZIP: frozenset({Loader.TORCH_LOAD}),
+    Format.TORCHSCRIPT: frozenset({Loader.TORCH_JIT_LOAD, Loader.TORCH_LOAD}),
+    Format.TORCH_LEGACY: frozenset({Loader.TORCH_LOAD}),
+    Format.TORCH_LEGACY_TAR: frozenset({Loader.TORCH_LOAD}),
+    Format.PICKLE: frozenset({Loader.PICKLE_LOAD, Loader.TORCH_LOAD}),
+    Format.SAFETENSORS: frozenset({Loader.SAFETENSORS_LOAD}),
+    Format.NUMPY_NPY: frozenset({Loader.NUMPY_LOAD}),
+    Format.NUMPY_NPZ: frozenset({Loader.NUMPY_LOAD}),
+    Format.ZIP: frozenset({Loader.NUMPY_LOAD, Loader.TORCH_LOAD}),
+    Format.WRAPPED: frozenset(),
+    Format.JSON: frozenset({Loader.JSON_LOAD}),
+    Format.MODEL_FOLDER: frozenset(),
+    Format.EMPTY: frozenset(),
+    Format.UNKNOWN: frozenset(),
+}
+
+#: Extension -> loaders a file of that name is handed to.
+NAME_LOADERS: dict[str, frozenset[Loader]] = {
+    ".safetensors": frozenset({Loader.SAFETENSORS_LOAD, Loader.TORCH_LOAD}),
+    ".npy": frozenset({Loader.NUMPY_LOAD}),
+    ".npz": frozenset({Loader.NUMPY_LOAD}),
+    ".json": frozenset({Loader.JSON_LOAD}),
+    **{ext: frozenset({Loader.TORCH_LOAD, Loader.TORCH_JIT_LOAD})
+       for ext in (".pt", ".pth", ".bin", ".ckpt", ".model", ".dat", ".data")},
+    **{ext: frozenset({Loader.PICKLE_LOAD}) for ext in (".pkl", ".pickle", ".joblib")},
+}
+
+#: Readings each format's own audit (analysis/engine.py handlers) already covers.
+AUDITED_BY_FORMAT: dict[Format, frozenset[Reading]] = {
+    Format.TORCH_ZIP: frozenset({Reading.ZIP_MINIZ, Reading.ZIP_PYTHON}),
+    Format.TORCHSCRIPT: frozenset({Reading.ZIP_MINIZ, Reading.ZIP_PYTHON}),
+    Format.NUMPY_NPZ: frozenset({Reading.ZIP_MINIZ, Reading.ZIP_PYTHON}),
+    Format.ZIP: frozenset({Reading.ZIP_MINIZ, Reading.ZIP_PYTHON}),
+    Format.TORCH_LEGACY: frozenset({Reading.PICKLE, Reading.PICKLE_TORCH}),
+    Format.PICKLE: frozenset({Reading.PICKLE, Reading.PICKLE_TORCH}),
+    Format.TORCH_LEGACY_TAR: frozenset({Reading.TAR}),
+    Format.SAFETENSORS: frozenset({Reading.SAFETENSORS}),
+    Format.NUMPY_NPY: frozenset({Reading.NPY}),
+    Format.JSON: frozenset({Reading.JSON}),
+    Format.WRAPPED: frozenset(),
+    Format.MODEL_FOLDER: frozenset(),
+    Format.EMPTY: frozenset(),
+    Format.UNKNOWN: frozenset(),
+}
+
+
+def head_kind(head: bytes) -> Head:
+    """What the loaders' magic tests see in the first bytes."""
+    if head.startswith(b"PK\x03\x04"):
+        return Head.ZIP_LOCAL
+    if head.startswith(b"PK\x05\x06"):
+        return Head.ZIP_EMPTY
+    if head.startswith(b"\x93NUMPY"):
+        return Head.NPY
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return Head.TAR
+    return Head.OTHER
+
+
+def name_kind(name: str) -> NameKind:
+    # torch.load tests os.fspath(f).endswith(".safetensors"): case-sensitive
+    return NameKind.SAFETENSORS if name.endswith(".safetensors") else NameKind.OTHER
+
+
+def reading_of(loader: Loader, head: Head, name: NameKind) -> Reading:
+    """How ``loader`` reads a file with these first bytes and this name (LOADER_RULES)."""
+    for r in LOADER_RULES:
+        if r.loader is loader and r.head in (None, head) and r.name in (None, name):
+            return r.reading
+    raise AssertionError(f"no rule for {loader}")  # the table test proves this unreachable
+
+
+def reader_table_rows() -> list[str]:
+    """LOADER_RULES as the markdown rows SECURITY.md shows (a test keeps them in sync)."""
+    return [f"| {r.loader.value} | {'any' if r.head is None else r.head.value} | "
+            f"{'any' if r.name is None else r.name.value} | {r.reading.value} |"
+            for r in LOADER_RULES]
+
+
+def plausible_loaders(fmt: Format, name: str) -> frozenset[Loader]:
+    """Every loader that may plausibly open this file: by its content, by its name, and
+    the loaders that take any file."""
+    return (FORMAT_LOADERS.get(fmt, frozenset()) | NAME_LOADERS.get(extension_of(name),
+                                                                   frozenset())
+            | ANY_FILE_LOADERS)
+
+
+def readings(fmt: Format, head: bytes, name: str) -> dict[Reading, frozenset[Loader]]:
+    """Each way the file will be read -> the loaders that read it that way."""
+    hk, nk = head_kind(head), name_kind(name)
+    out: dict[Reading, set[Loader]] = {}
+    for loader in sorted(plausible_loaders(fmt, name), key=lambda x: x.value):
+        out.setdefault(reading_of(loader, hk, nk), set()).add(loader)
+    return {r: frozenset(ls) for r, ls in out.items()}
+
+
+def unaudited_readings(fmt: Format, head: bytes, name: str) -> dict[Reading, frozenset[Loader]]:
+    """The code-running readings the format's own audit does not cover."""
+    covered = AUDITED_BY_FORMAT.get(fmt, frozenset())
+    return {r: ls for r, ls in readings(fmt, head, name).items()
+            if r.runs_code and r not in covered}
+
+
 __all__ = [
+    "ANY_FILE_LOADERS",
+    "AUDITED_BY_FORMAT",
     "CODE_BEARING",
     "DATA_ONLY_EXTENSIONS",
     "EXTENSION_HINTS",
+    "FORMAT_LOADERS",
+    "LOADER_RULES",
+    "NAME_LOADERS",
     "TORCH_LEGACY_MAGIC",
     "WRAPPERS",
+    "Head",
+    "Loader",
+    "LoaderRule",
+    "NameKind",
+    "Reading",
     "expected_formats",
     "extension_of",
+    "head_kind",
+    "name_kind",
+    "plausible_loaders",
+    "reader_table_rows",
+    "reading_of",
+    "readings",
     "sniff",
+    "unaudited_readings",
 ]

@@ -69,6 +69,12 @@ _RULES: tuple[Rule, ...] = (
     Rule("CKG010", "unreadable-file", S.MEDIUM, U,
          "The file could not be read (permission, not a regular file, I/O error).",
          "Fix the permissions or point ckptguard at the regular file itself."),
+    Rule("CKG011", "pickle-reading-polyglot", S.HIGH, B,
+         "Read as a pickle from its first byte (pickle.load, numpy.load(allow_pickle=True), "
+         "torch.load on a name not ending in .safetensors), the file is a program that reaches "
+         "a global or a call, whatever format it also is.",
+         "Do not load this file with any loader; the findings under '<pickle reading>' name "
+         "what that reading imports and calls."),
     # --- globals and callables -------------------------------------------------------------
     Rule("CKG101", "code-execution-global", S.CRITICAL, B,
          "The pickle program reaches a known code-execution, file, process or network "
@@ -170,6 +176,21 @@ _RULES: tuple[Rule, ...] = (
     Rule("CKG312", "zip-unused-member", S.LOW, N,
          "A member is neither a torch record nor referenced by the pickle.",
          "Harmless for torch; remove it when re-saving."),
+    Rule("CKG313", "zip-reader-disagreement", S.HIGH, B,
+         "CPython's zipfile (numpy.load for npz, every Python program) and miniz (torch) read "
+         "different members, offsets or sizes from the archive, or only one can open it.",
+         "Do not load this file: a reader other than the audited one would see other content."),
+    Rule("CKG314", "zip64-extensible-data", S.HIGH, B,
+         "The Zip64 end-of-central-directory record carries extensible data: Python's zipfile "
+         "ignores the locator and reads another record than miniz.",
+         "Re-save the archive; no checkpoint writer emits Zip64 extensible data."),
+    Rule("CKG315", "zip-name-too-long", S.HIGH, B,
+         "A member name does not fit torch's 512-byte name buffer: torch sees a truncated name.",
+         "Re-save the checkpoint with torch.save."),
+    Rule("CKG316", "zip-stored-size-mismatch", S.HIGH, B,
+         "A stored member's compressed and uncompressed sizes differ (or a non-empty member "
+         "has no compressed bytes): miniz refuses the archive, other readers do not.",
+         "Re-save the checkpoint with torch.save."),
     # --- tensor records ---------------------------------------------------------------------
     Rule("CKG401", "malformed-storage-record", S.HIGH, B,
          "A storage persistent id is malformed (not ('storage', type, key, location, numel)).",
@@ -215,6 +236,10 @@ _RULES: tuple[Rule, ...] = (
          "A loaded tensor has a layout whose invariants ckptguard cannot check (for example "
          "mkldnn).",
          "Convert the tensor to a strided or sparse layout and re-save the checkpoint."),
+    Rule("CKG430", "legacy-storage-view", S.HIGH, B,
+         "A legacy storage persistent id carries view metadata (view key, offset, size) that "
+         "torch's legacy loader applies and torch.save never writes.",
+         "Re-save the checkpoint with a current torch.save."),
     # --- safetensors ------------------------------------------------------------------------
     Rule("CKG501", "safetensors-header", S.HIGH, B,
          "The safetensors header is invalid (length field, UTF-8, JSON object, types).",
@@ -262,6 +287,11 @@ _RULES: tuple[Rule, ...] = (
     Rule("CKG705", "remote-code", S.HIGH, B,
          "The model folder ships Python code or an auto_map: trust_remote_code=True would run it.",
          "Review the listed code before ever passing trust_remote_code=True."),
+    Rule("CKG706", "hard-linked-file", S.LOW, N,
+         "The file has more than one hard link: another path, possibly outside the model "
+         "folder, names the same bytes.",
+         "Harmless for this audit (the bytes were read); make sure nobody else can write the "
+         "other path, or copy the file before loading."),
     # --- limits and audit failures ----------------------------------------------------------
     Rule("CKG901", "limit-exceeded", S.MEDIUM, U,
          "A resource limit was reached before the audit finished.",

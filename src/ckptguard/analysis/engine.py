@@ -15,7 +15,15 @@ from collections.abc import Callable
 
 from .. import __version__ as _version
 from ..context import AuditContext, LimitExceeded, Source, SourceError, identity_of
-from ..detect import CODE_BEARING, DATA_ONLY_EXTENSIONS, expected_formats, extension_of, sniff
+from ..detect import (
+    CODE_BEARING,
+    DATA_ONLY_EXTENSIONS,
+    Reading,
+    expected_formats,
+    extension_of,
+    sniff,
+    unaudited_readings,
+)
 from ..model import Format, Report, decide
 from ..policy import Limits, Policy
 
@@ -63,6 +71,13 @@ def audit_fd(path: str, fd: int, *, policy: Policy, limits: Limits,
     deadline = time.monotonic() + limits.max_seconds
     src = Source(fd, st.st_size, deadline=deadline)
     ctx = AuditContext(path, src, policy, limits)
+    if st.st_nlink > 1:
+        # Another path names these bytes (a shard hard-linked from outside the model
+        # folder passes every path check). The audit read the bytes themselves, and
+        # safe_load re-checks identity, so this is a note, not a block (SECURITY.md).
+        ctx.add("CKG706", f"the file has {st.st_nlink} hard links: another path, possibly "
+                "outside this folder, names the same bytes",
+                evidence={"links": str(st.st_nlink), "inode": str(st.st_ino)})
     fmt = _audit(ctx, name or path)
     return _finish(ctx, fmt, fd)
 
@@ -111,6 +126,7 @@ def _audit(ctx: AuditContext, name: str) -> Format:
 
 def _audit_file(ctx: AuditContext, name: str) -> Format:
     fmt = Format.UNKNOWN
+    head = b""
     try:
         head = ctx.source.read(0, _HEAD)
         fmt, detail = sniff(head, ctx.source.size)
@@ -122,6 +138,8 @@ def _audit_file(ctx: AuditContext, name: str) -> Format:
             fmt = Format.ZIP
         handler = _HANDLERS[fmt]
         fmt = handler(ctx, detail)
+        zip_audited = fmt in (Format.ZIP, Format.TORCH_ZIP, Format.TORCHSCRIPT,
+                              Format.NUMPY_NPZ)
         if fmt in (Format.PICKLE, Format.TORCH_LEGACY) and \
                 any(f.rule_id in ("CKG203", "CKG004") for f in ctx.findings) and _has_eocd(ctx):
             # A pickle/zip polyglot: torch.load reads the pickle, zip readers the archive.
@@ -131,6 +149,17 @@ def _audit_file(ctx: AuditContext, name: str) -> Format:
             from .torchfile import audit_zip
 
             audit_zip(ctx)
+            zip_audited = True
+        # Every other reader of the same bytes (detect.py's reader table): the readings the
+        # format's own audit does not cover are audited too.
+        todo = unaudited_readings(fmt, head, name)
+        if todo:
+            from .readings import audit_readings
+
+            needs_zip = not zip_audited and any(r in todo for r in (Reading.ZIP_MINIZ,
+                                                                    Reading.ZIP_PYTHON))
+            audit_readings(ctx, fmt, todo, zip_audited=zip_audited,
+                           has_eocd=needs_zip and _has_eocd(ctx), head=head)
     except LimitExceeded as e:
         ctx.limit_hit(e)
     except SourceError as e:

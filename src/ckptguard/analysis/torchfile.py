@@ -13,13 +13,22 @@ from __future__ import annotations
 from ..context import AuditContext, LimitExceeded
 from ..detect import TORCH_LEGACY_MAGIC, sniff
 from ..model import Format, TensorInfo
-from ..readers.zipfile import STORED, ZipArchive, ZipEntry, read_archive
+from ..readers.zipfile import (
+    STORED,
+    TORCH_NAME_BUFFER,
+    ZipArchive,
+    ZipEntry,
+    compare_python_zipfile,
+    read_archive,
+)
 from . import opcodes as O
 from .vm import DTYPE_SIZES, PickleMode, PickleResult, StorageCatalog, audit_pickle
 
 _TORCH_RECORDS = frozenset({"data.pkl", "version", ".data/version", "byteorder",
                             ".format_version", ".storage_alignment", ".data/serialization_id"})
 _SMALL_RECORD = 4096
+#: caffe2/serialize/versions.h: kMinSupportedFileFormatVersion, kMaxSupportedFileFormatVersion
+TORCH_FORMAT_VERSIONS = (1, 10)
 
 
 # --- zip ---------------------------------------------------------------------------------
@@ -28,6 +37,7 @@ def audit_zip(ctx: AuditContext) -> Format:
     archive = read_archive(ctx)
     if archive is None:
         return Format.ZIP
+    _python_reading(ctx, archive)
     names = archive.names()
     ctx.members.extend(names)
     if names and all(n.lower().endswith(".npy") for n in names):
@@ -40,8 +50,10 @@ def audit_zip(ctx: AuditContext) -> Format:
         return Format.ZIP
     first = names[0]
     if "/" not in first:
-        return _generic_zip(ctx, archive, "the first member is not inside a folder, so torch "
-                            "cannot read the archive")
+        fmt = _generic_zip(ctx, archive, "the first member is not inside a folder, so torch "
+                           "cannot read the archive")
+        _numpy_reading(ctx, archive)
+        return fmt
     prefix = first.split("/", 1)[0] + "/"
     # torch looks records up as "<prefix><record>" through miniz, which compares names
     # ignoring ASCII case: mirror that, so archive/DATA.PKL is the data.pkl torch loads.
@@ -59,15 +71,48 @@ def audit_zip(ctx: AuditContext) -> Format:
         else:
             outside.append(e)
     ctx.metadata["torch.archive_folder"] = prefix[:-1]
-    is_script = "constants.pkl" in records or any(n == "constants.pkl" or
-                                                   n.endswith("/constants.pkl") for n in names)
+    # torch's TorchScript check sees each name as miniz copies it into a C buffer: cut at
+    # the first NUL and at the buffer size.
+    script_name = (prefix + "constants.pkl").encode("utf-8", "surrogateescape")
+    is_script = "constants.pkl" in records or any(
+        n == "constants.pkl" or n.endswith("/constants.pkl") for n in names) or any(
+        e.raw_name.split(b"\0", 1)[0][:TORCH_NAME_BUFFER - 1] == script_name
+        for e in archive.entries)
     if is_script:
         _torchscript(ctx, archive, records, prefix)
-        return Format.TORCHSCRIPT
-    if "data.pkl" not in records:
-        return _generic_zip(ctx, archive, f"no {prefix}data.pkl record: not a torch checkpoint")
-    _torch_zip(ctx, archive, records, prefix, outside)
-    return Format.TORCH_ZIP
+        fmt = Format.TORCHSCRIPT
+    elif "data.pkl" not in records:
+        fmt = _generic_zip(ctx, archive, f"no {prefix}data.pkl record: not a torch checkpoint")
+    else:
+        _torch_zip(ctx, archive, records, prefix, outside)
+        fmt = Format.TORCH_ZIP
+    _numpy_reading(ctx, archive)
+    return fmt
+
+
+def _numpy_reading(ctx: AuditContext, archive: ZipArchive) -> None:
+    """numpy.load reads every zip as an npz (detect.py's reader table): members that start
+    like an object-dtype .npy, tensor records included, are audited as numpy runs them."""
+    from ..readers.numpy import audit_numpy_reading
+
+    audit_numpy_reading(ctx, archive, archive.entries)
+
+
+def _python_reading(ctx: AuditContext, archive: ZipArchive) -> None:
+    """numpy.load (npz) and every Python program read the archive through CPython's zipfile,
+    not miniz: any disagreement is CKG313, and the members only Python sees are audited the
+    way numpy reads them (``\\x93NUMPY`` members as arrays, whatever their name)."""
+    other = compare_python_zipfile(ctx, archive)
+    if other is None:
+        return
+    from ..readers.numpy import audit_npz
+
+    npy = [e for e in other.entries if other.head(e, 6) == b"\x93NUMPY"]
+    if npy:
+        audit_npz(ctx, ZipArchive(ctx, npy, other.cd_offset, b""))
+    for e in other.entries:
+        if e not in npy and _holds_pickle(other, e):
+            _maybe_hidden_pickle(ctx, other, e, "a member only Python's zipfile sees")
 
 
 def _ascii_lower(name: str) -> str:
@@ -94,15 +139,22 @@ def _read_small(ctx: AuditContext, archive: ZipArchive, e: ZipEntry) -> bytes | 
 
 def _torch_zip(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEntry],
                prefix: str, outside: list[ZipEntry]) -> None:
-    version = records.get("version") or records.get(".data/version")
+    # torch (PyTorchStreamReader::init) reads .data/version when it exists, else version,
+    # parses it with std::stoull and accepts kMinSupportedFileFormatVersion..kMax.
+    version = records.get(".data/version") or records.get("version")
     if version is None:
         ctx.add("CKG311", f"no {prefix}version record: torch refuses the archive")
     else:
         raw = _read_small(ctx, archive, version)
         if raw is not None:
             text = raw.decode("ascii", "replace").strip()
-            if not text.isdigit():
+            if not (text.isascii() and text.isdigit()):
                 ctx.add("CKG311", f"version record {text[:20]!r} is not a number",
+                        member=version.name)
+            elif not TORCH_FORMAT_VERSIONS[0] <= int(text) <= TORCH_FORMAT_VERSIONS[1]:
+                ctx.add("CKG311", f"version record {version.name} says {text[:20]}: torch "
+                        f"reads versions {TORCH_FORMAT_VERSIONS[0]} to "
+                        f"{TORCH_FORMAT_VERSIONS[1]} and refuses the archive",
                         member=version.name)
             else:
                 ctx.metadata["torch.format_version"] = text
@@ -155,6 +207,10 @@ def _torch_zip(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEnt
             continue
         _maybe_hidden_pickle(ctx, archive, e, "a member torch never reads")
     for e in outside:
+        # torch's getAllRecords (run by every torch.load for its TorchScript check) throws
+        # on a member outside the folder: torch refuses the whole archive.
+        ctx.add("CKG311", f"member {e.name!r} lies outside the archive folder {prefix}: "
+                "torch refuses the archive", member=e.name, offset=e.header_offset)
         _maybe_hidden_pickle(ctx, archive, e, f"a member outside the archive folder {prefix}")
 
 

@@ -791,6 +791,12 @@ class _VM:
                      pos)
             return None
         stype, key, location, numel = pid[1], pid[2], pid[3], pid[4]
+        if legacy and pid[5] is not None:
+            # torch's legacy loader slices the storage by (view key, offset, size); torch.save
+            # always writes None, and the audit's records would not describe the slice.
+            self.add("CKG430", "legacy storage persistent id carries view metadata (view key, "
+                     "offset, size) that torch.save never writes", pos,
+                     {"view": _clip(repr(_plain(pid[5])))})
         if not isinstance(stype, Global) or stype.status not in ("allow", "policy"):
             self.add("CKG401", "storage persistent id does not name an allowlisted storage "
                      "type", pos)

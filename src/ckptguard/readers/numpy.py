@@ -347,6 +347,7 @@ def audit_npz(ctx: AuditContext, archive: ZipArchiveLike) -> None:
         if int(entry.method) == 0:
             view = _member_view(ctx, int(entry.data_offset), int(entry.size))
             _audit_view(ctx, view, member=member, name=key)
+            archive.verify(entry)  # numpy reads through zipfile, which checks the CRC
         else:
             # Inflate lazily: the header from the member's first bytes; the whole member only
             # when an object array's pickle must be audited. A numeric array's CRC and size
@@ -355,6 +356,36 @@ def audit_npz(ctx: AuditContext, archive: ZipArchiveLike) -> None:
             _audit_view(ctx, lazy.view(), member=member, name=key)
             if not lazy.inflated:
                 archive.verify(entry)
+
+
+def audit_numpy_reading(ctx: AuditContext, archive: ZipArchiveLike,
+                        entries: Sequence[Any]) -> None:
+    """numpy.load on a zip that is not an npz (a torch archive, any zip): NpzFile reads a
+    member whose bytes start with ``\\x93NUMPY`` as an array whatever its name, and runs an
+    object array's pickle under allow_pickle=True. Such members are audited; numeric
+    arrays and headers numpy refuses run nothing and add no finding."""
+    for entry in entries:
+        if int(entry.size) < len(MAGIC) + 4 or int(entry.method) not in (0, 8):
+            continue
+        if bytes(archive.head(entry, len(MAGIC))) != MAGIC:
+            continue
+        member = str(entry.name)
+        if int(entry.method) == 0:
+            view = _member_view(ctx, int(entry.data_offset), int(entry.size))
+        else:
+            view = _InflatingView(archive, entry).view()
+        try:
+            hdr = read_header(view, ctx.limits.max_header_bytes)
+        except NpyHeaderError:
+            continue  # numpy.load raises on this member
+        if not hdr.dtype.has_object:
+            continue
+        ctx.add("CKG602", f"member {escape(member, 80)!r} starts like a .npy with an object "
+                f"dtype ({escape(repr(hdr.descr), 80)}): numpy.load(allow_pickle=True) reads "
+                "it from this archive and runs its pickle", member=member,
+                offset=view.at(hdr.data_offset),
+                evidence={"descr": escape(repr(hdr.descr), 200), "reader": "numpy.load"})
+        _audit_embedded_pickle(ctx, view, hdr, member=member)
 
 
 class _InflatingView:
@@ -408,6 +439,7 @@ __all__ = [
     "audit_npy",
     "audit_npy_bytes",
     "audit_npz",
+    "audit_numpy_reading",
     "parse_descr",
     "read_header",
 ]

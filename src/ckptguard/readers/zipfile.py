@@ -9,8 +9,10 @@ the local headers (coalesced into few reads) and the members the caller asks for
 
 from __future__ import annotations
 
+import io
 import re
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass
 
@@ -33,6 +35,9 @@ _MAX_COMMENT = 0xFFFF
 #: 11 (UTF-8 names). Bit 0/6 are encryption; everything else is unknown to us.
 _OK_FLAGS = 0x0002 | 0x0004 | 0x0008 | 0x0800
 STORED, DEFLATED = 0, 8
+#: miniz's MZ_ZIP_MAX_ARCHIVE_FILENAME_SIZE: torch's getAllRecords copies names into a buffer
+#: of this size (NUL included), so longer names are cut.
+TORCH_NAME_BUFFER = 512
 
 
 @dataclass(slots=True)
@@ -48,6 +53,9 @@ class ZipEntry:
     flags: int
     crc32: int
     end: int  # first byte after data (and data descriptor)
+    #: the first stored bytes when the local-header pass read them anyway (magic sniffing
+    #: without another read)
+    stored_head: bytes | None = None
 
 
 class ZipArchive:
@@ -60,6 +68,9 @@ class ZipArchive:
         self.cd_offset = cd_offset
         self.comment = comment
         self._decompressed = 0
+        #: True when CPython's zipfile provably reads the same directory (see
+        #: ``python_canonical``); otherwise ``compare_python_zipfile`` runs zipfile itself.
+        self.python_canonical = False
 
     def names(self) -> list[str]:
         return [e.name for e in self.entries]
@@ -94,6 +105,9 @@ class ZipArchive:
 
     def head(self, entry: ZipEntry, n: int = 4096) -> bytes:
         """The first ``n`` uncompressed bytes of a member, inflating no more than that."""
+        if entry.method == STORED and entry.stored_head is not None and \
+                n <= len(entry.stored_head):
+            return entry.stored_head[:n]
         if entry.method == STORED:
             return self.ctx.source.read(entry.data_offset, min(n, entry.compressed_size))
         raw = self.ctx.source.read(entry.data_offset, min(entry.compressed_size, 1 << 16))
@@ -108,6 +122,9 @@ class ZipArchive:
         bounded by the compression ratio and the clock (it holds no memory, so it is not
         charged to ``max_decompressed_bytes``)."""
         ctx, lim = self.ctx, self.ctx.limits
+        if entry.method == STORED:
+            self._verify_stored(entry)
+            return
         if entry.method != DEFLATED:
             self.read(entry, record=False)
             return
@@ -153,6 +170,25 @@ class ZipArchive:
             ctx.add("CKG302", f"member {entry.name}: {total} bytes after decompression, "
                     f"central directory says {entry.size}", member=entry.name,
                     offset=entry.data_offset)
+
+    def _verify_stored(self, entry: ZipEntry) -> None:
+        """CRC of a stored member, read in 1 MiB steps (CPython's zipfile checks it on every
+        full read, so numpy refuses a member whose CRC is wrong)."""
+        ctx = self.ctx
+        crc = 0
+        pos, end = entry.data_offset, entry.data_offset + entry.compressed_size
+        while pos < end:
+            chunk = ctx.source.read(pos, min(1 << 20, end - pos))
+            if not chunk:
+                ctx.add("CKG310", f"member {entry.name} is cut off by the end of the file",
+                        member=entry.name, offset=entry.data_offset)
+                return
+            crc = zlib.crc32(chunk, crc)
+            pos += len(chunk)
+            ctx.source.check_time()
+        if (crc & 0xFFFFFFFF) != entry.crc32:
+            ctx.add("CKG303", f"member {entry.name}: CRC-32 mismatch (central directory says "
+                    f"{entry.crc32:08x})", member=entry.name, offset=entry.data_offset)
 
     def _inflate(self, entry: ZipEntry, raw: bytes) -> bytes:
         lim = self.ctx.limits
@@ -238,6 +274,7 @@ def read_archive(ctx: AuditContext) -> ZipArchive | None:
 
     # --- Zip64 ------------------------------------------------------------------------------
     cd_end_limit = eocd_abs
+    z64_plain = True
     loc_pos = eocd_pos - _Z64_LOC.size
     if loc_pos >= 0 and tail[loc_pos : loc_pos + 4] == _Z64_LOC_SIG:
         _s, z_disk, z_off, z_ndisks = _Z64_LOC.unpack_from(tail, loc_pos)
@@ -259,6 +296,14 @@ def read_archive(ctx: AuditContext) -> ZipArchive | None:
         if zdisk != 0 or zcd_disk != 0 or zn_disk != zn_total:
             ctx.add("CKG310", "multi-disk (split) Zip64 archive", offset=z_off)
             return None
+        z64_plain = rec_size == _Z64_EOCD.size - 12
+        if rec_size != _Z64_EOCD.size - 12:
+            # Python's zipfile assumes no extensible data and reads the 56 bytes just before
+            # the locator, miniz follows the locator: extensible data lets the two readers
+            # see different directories. No reader needs it (torch writes none).
+            ctx.add("CKG314", f"Zip64 end record carries {rec_size - (_Z64_EOCD.size - 12)} "
+                    "bytes of extensible data (Python's zipfile and miniz read different end "
+                    "records)", offset=z_off, evidence={"record_size": str(rec_size)})
         if z_off + 12 + rec_size != cd_end_limit:
             ctx.add("CKG306", "bytes between the Zip64 record and its locator belong to "
                     "nothing", offset=z_off)
@@ -283,17 +328,28 @@ def read_archive(ctx: AuditContext) -> ZipArchive | None:
         ctx.add("CKG004", f"{cd_end_limit - cd_off - cd_size} bytes between the central "
                 "directory and its end record", offset=cd_off + cd_size)
     cd = src.read(cd_off, cd_size, record=True)
-    entries = _parse_central(ctx, cd, cd_off, n_total)
+    entries_canonical = [True]
+    entries = _parse_central(ctx, cd, cd_off, n_total, entries_canonical)
     if entries is None:
         return None
     archive = ZipArchive(ctx, entries, cd_off, comment)
+    # zipfile's fast path takes the last 22 bytes when they are an EOCD without a comment;
+    # it reads the 56 bytes before a Zip64 locator (the same record only without
+    # extensible data) and shifts offsets by "concat" unless the directory ends right where
+    # the end records begin.
+    archive.python_canonical = (eocd_pos + _EOCD.size == tail_len and clen == 0
+                                and z64_plain and cd_off + cd_size == cd_end_limit
+                                and entries_canonical[0])
     _check_names(ctx, entries)
     _check_locals(ctx, entries, cd_off)
     return archive
 
 
-def _parse_central(ctx: AuditContext, cd: bytes, cd_off: int,
-                   n_total: int) -> list[ZipEntry] | None:
+def _parse_central(ctx: AuditContext, cd: bytes, cd_off: int, n_total: int,
+                   canonical: list[bool]) -> list[ZipEntry] | None:
+    """Parse ``n_total`` central-directory entries. ``canonical[0]`` is cleared when
+    CPython's zipfile could read an entry differently (its name decoding and NUL cut, its
+    extra-field and Zip64 decoding, its version check, its size-driven loop)."""
     entries: list[ZipEntry] = []
     pos = 0
     unpack = _CEN.unpack_from
@@ -302,7 +358,7 @@ def _parse_central(ctx: AuditContext, cd: bytes, cd_off: int,
             ctx.add("CKG310", f"central directory entry {i} is missing or corrupt",
                     offset=cd_off + pos)
             return None
-        (_sig, _vm, _vn, flags, method, _t, _d, crc, csize, usize, nlen, xlen, clen,
+        (_sig, _vm, vn, flags, method, _t, _d, crc, csize, usize, nlen, xlen, clen,
          disk, _ia, _ea, hoff) = unpack(cd, pos)
         name_b = cd[pos + 46 : pos + 46 + nlen]
         extra = cd[pos + 46 + nlen : pos + 46 + nlen + xlen]
@@ -311,6 +367,8 @@ def _parse_central(ctx: AuditContext, cd: bytes, cd_off: int,
             ctx.add("CKG310", f"central directory entry {i} runs past the directory",
                     offset=cd_off + pos)
             return None
+        if canonical[0] and not _python_same_entry(name_b, flags, vn, extra):
+            canonical[0] = False
         if 0xFFFFFFFF in (csize, usize, hoff):
             z = _zip64_extra(extra, usize == 0xFFFFFFFF, csize == 0xFFFFFFFF,
                              hoff == 0xFFFFFFFF)
@@ -337,11 +395,17 @@ def _parse_central(ctx: AuditContext, cd: bytes, cd_off: int,
             name = name_b.decode("utf-8", "surrogateescape")
         if disk != 0:
             ctx.add("CKG310", f"entry {name}: starts on another disk", member=name)
+        if (method == STORED and csize != usize) or (usize and not csize):
+            # miniz refuses the whole archive (mz_zip_reader_read_central_dir)
+            ctx.add("CKG316", f"entry {i} ({name!r}): compressed size {csize} and size "
+                    f"{usize} cannot both be right for method {method}; torch's reader "
+                    "refuses the archive", member=name, offset=cd_off + pos)
         # data_offset/end are provisional until the local header is read (_check_locals)
         entries.append(ZipEntry(i, name, name_b, hoff, hoff + _LOC.size + len(name_b), csize,
                                 usize, method, flags, crc, hoff))
         pos = end
     if pos != len(cd):
+        canonical[0] = False  # zipfile reads entries until the directory size is used up
         ctx.add("CKG306", f"{len(cd) - pos} bytes in the central directory belong to no entry",
                 offset=cd_off + pos)
     for e in entries:
@@ -356,6 +420,22 @@ def _parse_central(ctx: AuditContext, cd: bytes, cd_off: int,
             ctx.add("CKG305", f"member {e.name} uses compression method {e.method}",
                     member=e.name, offset=e.header_offset, evidence={"method": str(e.method)})
     return entries
+
+
+def _python_same_entry(name: bytes, flags: int, version_needed: int, extra: bytes) -> bool:
+    """Does CPython's zipfile read this entry exactly as the strict reader does? Plain
+    ASCII (or UTF-8-flagged) names without NUL, version needed <= 63, and extra fields that
+    are well formed with at most one Zip64 field."""
+    if b"\0" in name or version_needed > 63 or (not flags & 0x0800 and not name.isascii()):
+        return False
+    pos = zip64 = 0
+    while pos + 4 <= len(extra):
+        hid, hlen = struct.unpack_from("<HH", extra, pos)
+        if pos + 4 + hlen > len(extra):
+            return False
+        zip64 += hid == 0x0001
+        pos += 4 + hlen
+    return pos == len(extra) and zip64 <= 1
 
 
 def _zip64_extra(extra: bytes, need_u: bool, need_c: bool,
@@ -397,6 +477,11 @@ def _check_names(ctx: AuditContext, entries: list[ZipEntry]) -> None:
                         member=e.name, offset=e.header_offset)
             else:
                 folded[key] = e
+        if len(e.raw_name) >= TORCH_NAME_BUFFER:
+            ctx.add("CKG315", f"member name of {len(e.raw_name)} bytes: torch's reader keeps "
+                    f"only the first {TORCH_NAME_BUFFER - 1} (its name buffer), so it sees "
+                    "another name than every other reader", member=e.name[:80] + "...",
+                    offset=e.header_offset)
         n = e.name
         if not n or (_SUSPECT_NAME.search(n) and _unsafe_name(n)):
             ctx.add("CKG308", f"unsafe member name {n!r}", member=n, offset=e.header_offset)
@@ -517,6 +602,9 @@ def _check_locals(ctx: AuditContext, entries: list[ZipEntry], cd_off: int) -> No
             prev_end = max(prev_end, end)
             prev_name = e.name
             e.data_offset, e.end = data_off, end
+            d_rel = data_off - ws
+            if d_rel >= 0:
+                e.stored_head = buf[d_rel : d_rel + min(16, e.compressed_size)]
     if entries and prev_end < cd_off:
         ctx.add("CKG306", f"{cd_off - prev_end} bytes between the last member and the central "
                 "directory belong to no member", offset=prev_end)
@@ -564,4 +652,168 @@ def _check_descriptor(ctx: AuditContext, e: ZipEntry, data_end: int, z64: bool,
     return data_end + n
 
 
-__all__ = ["DEFLATED", "STORED", "ZipArchive", "ZipEntry", "read_archive"]
+# --- CPython's zipfile, as numpy.load (npz) and every Python program reads the archive -----
+
+class _SourceFile(io.RawIOBase):
+    """A read-only, seekable file over ``ctx.source`` for CPython's ``zipfile``: every read
+    goes through the audit's source (its clock and identity regions), and a read larger than
+    the central-directory limit raises ``LimitExceeded`` instead of pulling in the file."""
+
+    def __init__(self, ctx: AuditContext) -> None:
+        super().__init__()
+        self._ctx = ctx
+        self._pos = 0
+        # a directory, a 64 KiB end-record search window, a local header
+        self._cap = ctx.limits.max_central_directory_bytes + _EOCD.size + _MAX_COMMENT + 1024
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        size = self._ctx.source.size
+        pos = offset if whence == 0 else self._pos + offset if whence == 1 else size + offset
+        if pos < 0:
+            raise OSError("negative seek position")
+        self._pos = pos
+        return pos
+
+    def read(self, n: int | None = -1) -> bytes:
+        size = self._ctx.source.size
+        want = size - self._pos if n is None or n < 0 else n
+        want = max(0, min(want, size - self._pos))
+        if want > self._cap:
+            raise LimitExceeded("max_central_directory_bytes",
+                                self._ctx.limits.max_central_directory_bytes,
+                                f"Python's zipfile would read {want} bytes at once")
+        data = self._ctx.source.read(self._pos, want, record=True) if want else b""
+        self._pos += len(data)
+        return data
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+@dataclass(frozen=True, slots=True)
+class _PyMember:
+    """One member as CPython's zipfile sees it (name after its decoding and NUL cut)."""
+
+    name: str
+    header_offset: int
+    data_offset: int | None   # None: ZipFile.open refuses the member
+    compressed_size: int
+    size: int
+    method: int
+    flags: int
+    crc32: int
+    why: str = ""
+
+
+def python_zipfile_view(ctx: AuditContext,
+                        known: dict[int, ZipEntry] | None = None) -> list[_PyMember] | str:
+    """The members as CPython's ``zipfile`` reads them (its end-record search, Zip64 handling
+    without following the locator, "concat" prefix shift, extra fields, name decoding), each
+    with the data offset ``ZipFile.open`` would read from. A string: why zipfile refuses."""
+    import zipfile as _pyzip
+
+    f = _SourceFile(ctx)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            zf = _pyzip.ZipFile(f)
+            infos = zf.infolist()
+    except LimitExceeded:
+        raise
+    except (_pyzip.BadZipFile, NotImplementedError, ValueError, OverflowError, OSError,
+            EOFError, struct.error, UnicodeDecodeError, KeyError, IndexError) as e:
+        return f"{type(e).__name__}: {e}"
+    if len(infos) > ctx.limits.max_members:
+        raise LimitExceeded("max_members", ctx.limits.max_members, f"{len(infos)} members")
+    out: list[_PyMember] = []
+    for zi in infos:
+        data_off: int | None = None
+        why = ""
+        mine = known.get(zi.header_offset) if known is not None else None
+        if mine is not None and mine.raw_name == zi.orig_filename.encode(
+                "utf-8" if zi.flag_bits & 0x0800 else "cp437", "replace"):
+            # the same local header the strict reader parsed (and compared with this
+            # name): ZipFile.open computes the same data offset from it
+            out.append(_PyMember(zi.filename, zi.header_offset, mine.data_offset,
+                                 zi.compress_size, zi.file_size, zi.compress_type,
+                                 zi.flag_bits, zi.CRC))
+            continue
+        ctx.source.check_time()
+        hdr = ctx.source.read(zi.header_offset, _LOC.size, record=True) \
+            if zi.header_offset >= 0 else b""
+        if len(hdr) != _LOC.size or hdr[:4] != _LOC_SIG:
+            why = "no local header"
+        else:
+            nlen, xlen = struct.unpack_from("<HH", hdr, 26)
+            fname = ctx.source.read(zi.header_offset + _LOC.size, nlen, record=True)
+            try:
+                fname_str = fname.decode("utf-8" if zi.flag_bits & 0x0800 else "cp437")
+            except UnicodeDecodeError:
+                fname_str = None
+            if hdr[6] & 0x01 or zi.flag_bits & 0x0041 or fname_str != zi.orig_filename:
+                why = "local header name differs or member is encrypted"
+            else:
+                data_off = zi.header_offset + _LOC.size + nlen + xlen
+        out.append(_PyMember(zi.filename, zi.header_offset, data_off, zi.compress_size,
+                             zi.file_size, zi.compress_type, zi.flag_bits, zi.CRC, why))
+    return out
+
+
+def compare_python_zipfile(ctx: AuditContext, archive: ZipArchive) -> ZipArchive | None:
+    """Read the archive a second time the way CPython's ``zipfile`` does and report every
+    disagreement with the miniz-style reading (CKG313). A canonical archive (end records
+    and directory laid out so that zipfile's algorithm provably reads the same entries,
+    ``ZipArchive.python_canonical``) skips the second reading. Returns the Python reading as an
+    archive of the members that differ (for the caller to audit as numpy would read
+    them), or None when both readers agree."""
+    if archive.python_canonical:
+        return None
+    view = python_zipfile_view(ctx, {e.header_offset: e for e in archive.entries})
+    if isinstance(view, str):
+        ctx.add("CKG313", "Python's zipfile (numpy.load, every Python program) cannot open "
+                f"the archive that torch's reader opens ({view[:160]})",
+                evidence={"python_zipfile": view[:200]})
+        return None
+    ours = archive.entries
+    differing: list[_PyMember] = []
+    if len(view) != len(ours):
+        ctx.add("CKG313", f"Python's zipfile sees {len(view)} members, torch's reader "
+                f"{len(ours)}: the readers find different central directories",
+                evidence={"python_members": str(len(view)), "miniz_members": str(len(ours))})
+    mine = {(e.name, e.data_offset, e.compressed_size, e.size, e.method, e.crc32)
+            for e in ours}
+    reported = 0
+    for m in view:
+        key = (m.name, m.data_offset, m.compressed_size, m.size, m.method, m.crc32)
+        if key in mine:
+            continue
+        differing.append(m)
+        if reported < 20:
+            reported += 1
+            what = (f"offset {m.data_offset}, {m.compressed_size} -> {m.size} bytes, method "
+                    f"{m.method}") if m.data_offset is not None else m.why
+            ctx.add("CKG313", f"Python's zipfile reads member {m.name!r} differently from "
+                    f"torch's reader ({what})", member=m.name,
+                    offset=m.header_offset if m.header_offset >= 0 else None)
+    if not differing:
+        return None
+    entries = [ZipEntry(i, m.name, m.name.encode("utf-8", "surrogateescape"), m.header_offset,
+                        m.data_offset, m.compressed_size, m.size, m.method, m.flags, m.crc32,
+                        m.data_offset + m.compressed_size)
+               for i, m in enumerate(differing) if m.data_offset is not None]
+    return ZipArchive(ctx, entries, archive.cd_offset, b"") if entries else None
+
+
+__all__ = ["DEFLATED", "STORED", "TORCH_NAME_BUFFER", "ZipArchive", "ZipEntry",
+           "compare_python_zipfile", "python_zipfile_view", "read_archive"]
