@@ -76,6 +76,17 @@ def audit_bytes(data: bytes, name: str, *, policy: Policy, limits: Limits) -> Re
     return _finish(ctx, fmt, None)
 
 
+def audit_context(ctx: AuditContext, name: str) -> Format:
+    """Audit ``ctx.source`` as one file named ``name`` (formats nest: a .distcp byte range
+    or a .pt2 member is audited through a ``SliceSource``); findings go to ``ctx``."""
+    return _audit(ctx, name)
+
+
+def finish_report(ctx: AuditContext, fmt: Format, fd: int | None) -> Report:
+    """The Report of a finished audit context (identity read from ``fd`` when given)."""
+    return _finish(ctx, fmt, fd)
+
+
 def _kind_of(mode: int) -> str:
     import stat
 
@@ -263,4 +274,5 @@ _HANDLERS: dict[Format, Handler] = {
     Format.JSON: _json,
 }
 
-__all__ = ["audit_bytes", "audit_fd", "audit_path", "unreadable_report"]
+__all__ = ["audit_bytes", "audit_context", "audit_fd", "audit_path", "finish_report",
+           "unreadable_report"]
