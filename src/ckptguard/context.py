@@ -36,6 +36,7 @@ class Source:
         self.size = size
         self.bytes_read = 0
         self.deadline = deadline
+        self.depth = 0  # how many files this one is nested in (nested.py)
         self._regions: dict[tuple[int, int], str] = {}
 
     @classmethod
@@ -97,7 +98,7 @@ class SliceSource(Source):
                          deadline=parent.deadline)
         self.parent = parent
         self.base = offset
-        self.depth = getattr(parent, "depth", 0) + 1
+        self.depth = parent.depth + 1
 
     def read(self, offset: int, length: int, *, record: bool = False) -> bytes:
         if offset < 0 or length < 0:

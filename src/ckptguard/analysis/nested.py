@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..context import AuditContext, LimitExceeded, SliceSource
+from ..context import AuditContext, LimitExceeded, SliceSource, Source
 from ..model import Format, Location, Problem, TensorInfo
 
 #: how deep files may nest (a .pt2 inside a .pt2 member inside ...): deeper is a limit hit
@@ -30,7 +30,19 @@ class NestedResult:
 
 def audit_range(ctx: AuditContext, offset: int, length: int, label: str) -> NestedResult:
     """Audit ``[offset, offset + length)`` of ``ctx.source`` as a file called ``label``."""
-    src = SliceSource(ctx.source, offset, length)
+    return _audit_source(ctx, SliceSource(ctx.source, offset, length), offset, label)
+
+
+def audit_data(ctx: AuditContext, data: bytes, offset: int, label: str) -> NestedResult:
+    """Audit ``data`` (a member inflated from ``ctx``'s file at ``offset``) as a file called
+    ``label``. Offsets inside it are reported from ``offset``."""
+    src = Source.from_bytes(data)
+    src.deadline = ctx.source.deadline
+    src.depth = ctx.source.depth + 1
+    return _audit_source(ctx, src, offset, label)
+
+
+def _audit_source(ctx: AuditContext, src: Source, offset: int, label: str) -> NestedResult:
     if src.depth > MAX_NESTING:
         ctx.limit_hit(LimitExceeded("nesting", MAX_NESTING, "archives nested in archives"),
                       member=label, offset=offset)
@@ -56,4 +68,4 @@ def audit_range(ctx: AuditContext, offset: int, length: int, label: str) -> Nest
     return NestedResult(fmt, tensors, complete)
 
 
-__all__ = ["MAX_NESTING", "NestedResult", "audit_range"]
+__all__ = ["MAX_NESTING", "NestedResult", "audit_data", "audit_range"]

@@ -59,6 +59,11 @@ def audit_zip(ctx: AuditContext) -> Format:
         else:
             outside.append(e)
     ctx.metadata["torch.archive_folder"] = prefix[:-1]
+    if "archive_format" in records:  # a torch.export archive (.pt2): its own auditor
+        from .pt2 import audit_outside, audit_pt2
+
+        audit_outside(ctx, archive, outside)
+        return audit_pt2(ctx, archive, records, prefix)
     is_script = "constants.pkl" in records or any(n == "constants.pkl" or
                                                    n.endswith("/constants.pkl") for n in names)
     if is_script:
