@@ -57,7 +57,7 @@ def test_manifest_is_consistent() -> None:
         assert p.is_file(), e["path"]
         total += p.stat().st_size
         assert e["verdict"] in ("SAFE", "UNSAFE", "INCOMPLETE")
-        assert e["fires"] in (None, "pickle.load", "torch.load", "torch.load_legacy", "numpy.load")
+        assert e["fires"] in (None, *_LOADERS)
         for rid in e["rules"] + e["rules_any"]:
             assert rid in RULES, (e["path"], rid)
         if e["verdict"] == "SAFE":
@@ -75,6 +75,9 @@ _LOADERS = {
     "torch.load": "import torch\ntorch.load(F, weights_only=False)\n",
     "torch.load_legacy": "import torch\ntorch.load(F, weights_only=False)\n",
     "numpy.load": "import numpy\nnumpy.load(F, allow_pickle=True)\n",
+    "torch.export.load": "import torch\ntorch.export.load(F)\n",
+    "torch.export.load+call": "import torch\nep = torch.export.load(F)\n"
+                              "ep.module()(*ep.example_inputs[0])\n",
 }
 
 

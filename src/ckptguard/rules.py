@@ -275,6 +275,10 @@ _RULES: tuple[Rule, ...] = (
          "The DCP metadata and its storage disagree (a chunk without a storage entry, an "
          "entry without a chunk, a stored tensor whose dtype or shape differ from its chunk).",
          "Do not load this checkpoint; tensors could be swapped or mis-shaped."),
+    Rule("CKG809", "dcp-shard-alone", S.MEDIUM, U,
+         "A .distcp shard was scanned without its checkpoint folder: the byte ranges torch "
+         "reads from it are only named by the folder's .metadata.",
+         "Scan the checkpoint folder (the directory holding .metadata) instead."),
     Rule("CKG820", "pt2-program", S.LOW, N,
          "A torch.export archive (.pt2): an ExportedProgram whose graph runs when the program "
          "is called. Its weights, constants and nested pickles were audited.",

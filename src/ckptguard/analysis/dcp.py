@@ -207,23 +207,7 @@ def _audit_metadata(path: str, *, policy: Policy,
         ctx = AuditContext(path, src, policy, limits)
         md: DcpMetadata | None = None
         try:
-            if st.st_size > limits.max_pickle_bytes:
-                raise LimitExceeded("max_pickle_bytes", limits.max_pickle_bytes,
-                                    f"{st.st_size}-byte .metadata")
-            if st.st_size == 0:
-                ctx.add("CKG802", "the .metadata file is empty")
-            else:
-                data = src.read(0, st.st_size, record=True)
-                result = audit_pickle(ctx, data, mode=PickleMode.RAW,
-                                      allowance=allowance_for(FormatScope.DCP_METADATA))
-                if result.complete and result.end < len(data):
-                    ctx.add("CKG203", f"{len(data) - result.end} bytes follow the pickle's STOP "
-                            "opcode", offset=result.end)
-                if result.complete:
-                    try:
-                        md = parse_metadata(result.root)
-                    except _Invalid as e:
-                        ctx.add("CKG802", f"not the Metadata dcp.save writes: {e}")
+            md = audit_metadata(ctx)
         except LimitExceeded as e:
             ctx.limit_hit(e)
         except Exception as e:  # noqa: BLE001 - the per-stream guard (DESIGN.md)
@@ -231,6 +215,31 @@ def _audit_metadata(path: str, *, policy: Policy,
         return finish_report(ctx, Format.PICKLE, fd), md
     finally:
         os.close(fd)
+
+
+def audit_metadata(ctx: AuditContext) -> DcpMetadata | None:
+    """Audit ``ctx.source`` as a DCP ``.metadata`` pickle (plain ``pickle.load``, with the
+    DCP-scoped benign list); the Metadata it describes, or None when it is not one."""
+    size = ctx.source.size
+    if size > ctx.limits.max_pickle_bytes:
+        raise LimitExceeded("max_pickle_bytes", ctx.limits.max_pickle_bytes,
+                            f"{size}-byte .metadata")
+    if size == 0:
+        ctx.add("CKG802", "the .metadata file is empty")
+        return None
+    data = ctx.source.read(0, size, record=True)
+    result = audit_pickle(ctx, data, mode=PickleMode.RAW,
+                          allowance=allowance_for(FormatScope.DCP_METADATA))
+    if result.complete and result.end < len(data):
+        ctx.add("CKG203", f"{len(data) - result.end} bytes follow the pickle's STOP opcode",
+                offset=result.end)
+    if not result.complete:
+        return None
+    try:
+        return parse_metadata(result.root)
+    except _Invalid as e:
+        ctx.add("CKG802", f"not the Metadata dcp.save writes: {e}")
+        return None
 
 
 def parse_metadata(root: object) -> DcpMetadata:
@@ -441,6 +450,6 @@ def _check_shard(ctx: AuditContext, entries: list[StorageEntry],
         ctx.add("CKG807", f"bytes {pos}..{size} are named by no storage entry", offset=pos)
 
 
-__all__ = ["METADATA_RE", "DcpMetadata", "StorageEntry", "audit_dcp", "is_dcp_dir",
-           "parse_metadata"]
+__all__ = ["METADATA_RE", "SHARD_SUFFIX", "DcpMetadata", "StorageEntry", "audit_dcp",
+           "audit_metadata", "is_dcp_dir", "parse_metadata"]
 

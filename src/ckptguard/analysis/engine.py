@@ -125,8 +125,13 @@ def _audit_file(ctx: AuditContext, name: str) -> Format:
             # a zip with bytes before it (polyglot / prefixed archive): central-directory
             # readers such as Python's zipfile still open it
             fmt = Format.ZIP
-        handler = _HANDLERS[fmt]
-        fmt = handler(ctx, detail)
+        base = name.replace("\\", "/").rsplit("/", 1)[-1]
+        if fmt is Format.PICKLE and _dcp_metadata_name(base):
+            fmt = _dcp_metadata(ctx)  # FileSystemReader.read_metadata's pickle.load
+        elif fmt is Format.ZIP and base.endswith(".distcp"):
+            fmt = _dcp_shard_alone(ctx)
+        else:
+            fmt = _HANDLERS[fmt](ctx, detail)
         if fmt in (Format.PICKLE, Format.TORCH_LEGACY) and \
                 any(f.rule_id in ("CKG203", "CKG004") for f in ctx.findings) and _has_eocd(ctx):
             # A pickle/zip polyglot: torch.load reads the pickle, zip readers the archive.
@@ -259,6 +264,25 @@ def _json(ctx: AuditContext, detail: str) -> Format:
 
     audit_json(ctx)
     return Format.JSON
+
+
+def _dcp_metadata_name(base: str) -> bool:
+    from .dcp import METADATA_RE
+
+    return METADATA_RE.match(base) is not None
+
+
+def _dcp_metadata(ctx: AuditContext) -> Format:
+    from .dcp import audit_metadata
+
+    audit_metadata(ctx)
+    return Format.PICKLE
+
+
+def _dcp_shard_alone(ctx: AuditContext) -> Format:
+    ctx.add("CKG809", "a torch.distributed.checkpoint shard scanned on its own: the byte "
+            "ranges torch reads are named by the folder's .metadata; scan the folder")
+    return Format.DCP_SHARD
 
 
 _HANDLERS: dict[Format, Handler] = {
