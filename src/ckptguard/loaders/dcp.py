@@ -123,7 +123,7 @@ def _reader_classes() -> tuple[type, type]:
     from torch.distributed.checkpoint.filesystem import FileSystem, FileSystemReader
     from torch.distributed.checkpoint.metadata import StorageMeta
 
-    class _FdFileSystem(FileSystem):  # type: ignore[misc]
+    class _FdFileSystem(FileSystem):
         def __init__(self, opened: _Opened) -> None:
             super().__init__()
             self._opened = opened
@@ -135,7 +135,7 @@ def _reader_classes() -> tuple[type, type]:
             with self._opened.stream(path) as f:
                 yield f
 
-    class AuditedReader(FileSystemReader):  # type: ignore[misc]
+    class AuditedReader(FileSystemReader):
         def __init__(self, opened: _Opened, policy: Policy) -> None:
             super().__init__(opened.folder)
             self.fs = _FdFileSystem(opened)
@@ -151,9 +151,9 @@ def _reader_classes() -> tuple[type, type]:
             metadata.storage_meta.load_id = self.load_id
             return metadata
 
-    class AuditedPlanner(_EmptyStateDictLoadPlanner):  # type: ignore[misc]
+    class AuditedPlanner(_EmptyStateDictLoadPlanner):
         def __init__(self, policy: Policy) -> None:
-            super().__init__()
+            super().__init__()  # type: ignore[no-untyped-call]
             self._policy = policy
 
         def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
@@ -253,7 +253,7 @@ def install_gate() -> None:
 
     if "read_metadata" not in _saved:
         _saved["read_metadata"] = FileSystemReader.read_metadata
-        FileSystemReader.read_metadata = _gated_read_metadata
+        FileSystemReader.read_metadata = _gated_read_metadata  # type: ignore[method-assign]
 
 
 def uninstall_gate() -> None:
@@ -261,7 +261,7 @@ def uninstall_gate() -> None:
 
     original = _saved.pop("read_metadata", None)
     if original is not None and FileSystemReader.read_metadata is _gated_read_metadata:
-        FileSystemReader.read_metadata = original
+        FileSystemReader.read_metadata = original  # type: ignore[method-assign]
 
 
 __all__ = ["install_gate", "load_dcp", "uninstall_gate", "unpickle_metadata"]
