@@ -327,7 +327,7 @@ def test_trojaned_bytes_item_fires_with_dcp_load(tmp_path: Path) -> None:
     r = ckptguard.scan(folder)
     assert r.verdict is Verdict.UNSAFE and "CKG101" in r.rule_ids() and _critical(r)
     shard_report = next(c for c in r.children if c.path.endswith(".distcp"))
-    assert any(f.rule_id == "CKG101" and f.location.member == "step"
+    assert any(f.rule_id == "CKG101" and f.location.member == "step:archive/data.pkl"
                for f in shard_report.findings)
     with pytest.raises(ckptguard.UnsafeCheckpointError):
         ckptguard.safe_load(folder)
