@@ -132,7 +132,7 @@ def _w_only(tmp: Path) -> tuple[Path, int, int]:
     """dcp.save of {'w': float32 (2, 3)} and w's (offset, length) in __0_0.distcp."""
     folder = _save(tmp / "ckpt", {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)})
     with open(folder / ".metadata", "rb") as f:
-        md = pickle.load(f)  # noqa: S301 - made by torch just now
+        md = pickle.load(f)  # made by torch just now
     (info,) = md.storage_data.values()
     return folder, info.offset, info.length
 
@@ -248,7 +248,7 @@ def test_hostile_metadata_is_critical_and_fires_with_dcp_load(entry: dict[str, A
 
 def test_gate_blocks_dcp_load_of_hostile_metadata(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    folder, offset, length = _w_only(tmp_path)
+    folder, _, _ = _w_only(tmp_path)
     good = _torch_reference(folder)
     monkeypatch.chdir(tmp_path)
     with ckptguard.guard_torch_load(), warnings.catch_warnings():
@@ -280,7 +280,7 @@ def test_storage_path_outside_the_folder(rel: str, tmp_path: Path) -> None:
 
 
 def test_storage_link_outside_the_folder(tmp_path: Path) -> None:
-    folder, offset, length = _w_only(tmp_path)
+    folder, _, _ = _w_only(tmp_path)
     outside = tmp_path / "elsewhere.distcp"
     shutil.move(folder / "__0_0.distcp", outside)
     os.symlink(outside, folder / "__0_0.distcp")
@@ -339,7 +339,7 @@ def test_trojaned_bytes_item_fires_with_dcp_load(tmp_path: Path) -> None:
 def test_stored_tensor_must_match_its_chunk(tmp_path: Path) -> None:
     folder = _save(tmp_path / "ckpt", {"w": torch.arange(6, dtype=torch.int64).reshape(2, 3)})
     with open(folder / ".metadata", "rb") as f:
-        (info,) = pickle.load(f).storage_data.values()  # noqa: S301 - made by torch
+        (info,) = pickle.load(f).storage_data.values()  # made by torch
     (folder / ".metadata").write_bytes(family()["dcp_metadata"](info.length,
                                                                 offset=info.offset))
     r = ckptguard.scan(folder)  # the metadata says float32, the shard holds int64
@@ -503,3 +503,56 @@ def test_plain_guards_pass(text: str) -> None:
 @pytest.mark.parametrize("text", _GUARDS_BAD)
 def test_code_guards_are_refused(text: str) -> None:
     assert guard_problem(text) is not None
+
+
+# ======================================================================= never a traceback
+
+@pytest.mark.parametrize("cut", [1, 2, 11, 62, 200, 500, 800, 1000, -2, -1])
+def test_truncated_metadata_is_never_safe(cut: int, dcp_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    shutil.copytree(dcp_dir, folder)
+    data = (folder / ".metadata").read_bytes()
+    (folder / ".metadata").write_bytes(data[:cut])
+    r = ckptguard.scan(folder)
+    assert r.verdict is not Verdict.SAFE and r.rule_ids() & {"CKG201", "CKG202", "CKG802"}
+
+
+@pytest.mark.parametrize("where", ["models/model.json", "data/weights/model_weights_config.json",
+                                   "data/constants/model_constants_config.json",
+                                   "archive_version", "archive_format"])
+@pytest.mark.parametrize("junk", [b"", b"{", b"[]", b'{"config": 3}', b"\xff\xfe",
+                                  b'{"graph_module": {"graph": {"x": {"expr_str": 5}}}}'])
+def test_broken_pt2_records_get_findings(where: str, junk: bytes, pt2_files: dict[str, Path],
+                                         tmp_path: Path) -> None:
+    src = zipfile.ZipFile(pt2_files["static"])
+    bad = tmp_path / "bad.pt2"
+    with zipfile.ZipFile(bad, "w", zipfile.ZIP_STORED) as out:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.split("/", 1)[1] == where:
+                data = junk
+            out.writestr(info.filename, data)
+    r = ckptguard.scan(bad)
+    assert r.verdict is Verdict.UNSAFE and not r.problems
+    assert r.rule_ids() & {"CKG821", "CKG823", "CKG825"}
+
+
+def test_gate_refuses_metadata_swapped_after_the_folder_audit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ckptguard.analysis.dcp as adcp
+
+    folder, offset, length = _w_only(tmp_path)
+    twin = family()["dcp_metadata"](length, offset=offset, rel="../outside.distcp")
+    audit = adcp.audit_dcp
+
+    def audit_then_swap(path: str, **kw: Any) -> Any:
+        report = audit(path, **kw)
+        (folder / ".metadata").write_bytes(twin)  # SAFE as a pickle, but a path outside
+        return report
+
+    monkeypatch.setattr(adcp, "audit_dcp", audit_then_swap)
+    with ckptguard.guard_torch_load(), warnings.catch_warnings(), \
+            pytest.raises(BaseException) as info:
+        warnings.simplefilter("ignore")
+        dcp.load({"w": torch.zeros(2, 3)}, checkpoint_id=str(folder))
+    assert "differs from the audited one" in str(getattr(info.value, "failures", info.value))

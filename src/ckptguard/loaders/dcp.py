@@ -24,6 +24,7 @@ through the torch.load gate as usual.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -231,13 +232,24 @@ def _gated_read_metadata(self: Any, *args: Any, **kwargs: Any) -> Any:
     rank = kwargs.get("rank")
     path = self._get_metadata_path(rank)
     folder = os.fspath(self.path)
+    name = os.path.basename(os.fspath(path))
+    folder_report = None
     if os.path.isdir(folder):
-        require_safe(audit_dcp(folder, policy=cfg.policy, limits=cfg.limits))
+        folder_report = audit_dcp(folder, policy=cfg.policy, limits=cfg.limits)
+        require_safe(folder_report)
     with self.fs.create_stream(path, "rb") as f:
         data = f.read(_MAX_METADATA + 1)
     if len(data) > _MAX_METADATA:
         raise LoaderError(f"{path}: DCP metadata larger than {_MAX_METADATA} bytes")
-    name = os.path.basename(os.fspath(path))
+    if folder_report is not None:
+        # the metadata unpickled below must be the one whose paths and ranges were checked
+        audited = next((c for c in folder_report.children
+                        if os.path.basename(c.path) == name), None)
+        digest = hashlib.sha256(data).hexdigest()
+        if audited is None or audited.identity is None or not any(
+                r.offset == 0 and r.length == len(data) and r.sha256 == digest
+                for r in audited.identity.regions):
+            raise FileChangedError(os.fspath(path), "the metadata differs from the audited one")
     report = audit_bytes(data, name, policy=cfg.policy, limits=cfg.limits)
     require_safe(report)
     metadata = unpickle_metadata(data, cfg.policy)
