@@ -405,6 +405,12 @@ def test_benign_pt2_is_safe(kind: str, pt2_files: dict[str, Path]) -> None:
     assert r.verdict is Verdict.SAFE and r.format is Format.TORCH_EXPORT
     assert r.rule_ids() == {"CKG820"}
     assert _cli(str(pt2_files[kind])) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ep = torch.export.load(pt2_files[kind])
+    want = {**dict(ep.state_dict), **dict(ep.constants)}
+    assert {t.name: (t.dtype, t.shape) for t in r.tensors} == {
+        k: (str(v.dtype).removeprefix("torch."), tuple(v.shape)) for k, v in want.items()}
 
 
 def test_gated_export_load_matches_torch(pt2_files: dict[str, Path]) -> None:

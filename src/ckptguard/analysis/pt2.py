@@ -38,7 +38,7 @@ from typing import Any
 
 from ..context import AuditContext, LimitExceeded
 from ..detect import sniff
-from ..model import Format
+from ..model import Format, TensorInfo
 from ..readers.jsonfile import JsonError, escape, parse_json
 from ..readers.zipfile import STORED, ZipArchive, ZipEntry
 from .nested import NestedResult, audit_data, audit_range
@@ -53,9 +53,14 @@ _CONFIG = re.compile(r"data/(weights|constants)/([^/]+)_(weights|constants)_conf
 _LEGACY_PAYLOAD = re.compile(r"data/(weights|constants)/([^/]+)\.pt\Z")
 _TORCH_RECORDS = frozenset({"byteorder", ".data/version", ".data/serialization_id",
                             ".format_version", ".storage_alignment", "version"})
-#: torch._export.serde.schema.ScalarType code -> item size (torch 2.13)
-_SCALAR_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 2, 7: 4, 8: 8, 9: 4, 10: 8, 11: 16,
-                 12: 1, 13: 2, 28: 2, 29: 1, 30: 1, 31: 1, 32: 1, 33: 1, 34: 4, 35: 8}
+#: torch._export.serde.schema.ScalarType code -> (torch dtype name, item size) (torch 2.13)
+_SCALAR_TYPES = {1: ("uint8", 1), 2: ("int8", 1), 3: ("int16", 2), 4: ("int32", 4),
+                 5: ("int64", 8), 6: ("float16", 2), 7: ("float32", 4), 8: ("float64", 8),
+                 9: ("complex32", 4), 10: ("complex64", 8), 11: ("complex128", 16),
+                 12: ("bool", 1), 13: ("bfloat16", 2), 28: ("uint16", 2),
+                 29: ("float8_e4m3fn", 1), 30: ("float8_e5m2", 1), 31: ("float8_e4m3fnuz", 1),
+                 32: ("float8_e5m2fnuz", 1), 33: ("float8_e8m0fnu", 1), 34: ("uint32", 4),
+                 35: ("uint64", 8)}
 
 
 def is_pt2(records: dict[str, ZipEntry]) -> bool:
@@ -70,7 +75,7 @@ def audit_pt2(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEntr
             "its graph", evidence={"models": ", ".join(
                 sorted(m.group(1) for r in records if (m := _MODEL.match(r))))[:300]})
     _check_small(ctx, archive, records)
-    raw_payloads: dict[str, tuple[str, dict[str, Any]]] = {}  # rel -> (fqn, tensor_meta)
+    raw_payloads: dict[str, list[tuple[str, dict[str, Any]]]] = {}  # rel -> (fqn, meta)
     nested_payloads: set[str] = set()
     done: set[str] = set()
     for rel in sorted(records):
@@ -107,7 +112,8 @@ def audit_pt2(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEntr
         if rel.endswith("/") or rel.startswith("data/aotinductor/"):
             continue
         if rel in raw_payloads:
-            _check_raw(ctx, e, *raw_payloads[rel])
+            for fqn, tm in raw_payloads[rel]:  # several views may share one blob
+                _check_raw(ctx, e, fqn, tm)
             continue
         known = (rel in nested_payloads or _SAMPLE.match(rel) is not None
                  or _LEGACY_PAYLOAD.match(rel) is not None)
@@ -356,7 +362,7 @@ def _check_guard(ctx: AuditContext, e: ZipEntry, text: object) -> None:
 # --- payload configs ------------------------------------------------------------------------
 
 def _read_config(ctx: AuditContext, archive: ZipArchive, e: ZipEntry, kind: str,
-                 records: dict[str, ZipEntry], raw: dict[str, tuple[str, dict[str, Any]]],
+                 records: dict[str, ZipEntry], raw: dict[str, list[tuple[str, dict[str, Any]]]],
                  nested: set[str]) -> None:
     value = _json(ctx, archive, e)
     if value is None:
@@ -391,7 +397,7 @@ def _read_config(ctx: AuditContext, archive: ZipArchive, e: ZipEntry, kind: str,
                 ctx.add("CKG825", f"{e.name}: raw payload {shown!r} has no tensor_meta",
                         member=e.name)
                 continue
-            raw.setdefault(rel, (str(fqn), tm))
+            raw.setdefault(rel, []).append((str(fqn), tm))
 
 
 def _ints(v: Any) -> list[int] | None:
@@ -415,7 +421,7 @@ def _check_raw(ctx: AuditContext, e: ZipEntry, fqn: str, tm: dict[str, Any]) -> 
                 member=e.name, offset=e.header_offset)
         return
     code = tm.get("dtype")
-    item = _SCALAR_SIZES.get(code) if type(code) is int else None
+    dtype, item = _SCALAR_TYPES.get(code, ("", None)) if type(code) is int else ("", None)
     sizes, strides = _ints(tm.get("sizes")), _ints(tm.get("strides"))
     off = tm.get("storage_offset")
     off_n = off.get("as_int") if isinstance(off, dict) else None
@@ -424,7 +430,15 @@ def _check_raw(ctx: AuditContext, e: ZipEntry, fqn: str, tm: dict[str, Any]) -> 
         ctx.add("CKG825", f"{e.name}: tensor_meta of {escape(fqn, 120)!r} is not a plain "
                 "dtype/sizes/strides/offset record", member=e.name)
         return
+    numel_view = 1
+    for n in sizes:
+        numel_view *= max(n, 0)
+    info = TensorInfo(name=fqn, dtype=dtype, shape=tuple(sizes), stride=tuple(strides),
+                      storage=e.name, storage_offset=off_n, nbytes=numel_view * item,
+                      storage_nbytes=e.size, data_offset=e.data_offset,
+                      requires_grad=tm.get("requires_grad") is True)
     if e.size == 0:
+        ctx.tensors.append(info)
         return  # torch builds zeros of the given size
     if e.size % item or any(s < 0 for s in sizes) or any(st < 0 for st in strides) or \
             off_n < 0:
@@ -437,6 +451,8 @@ def _check_raw(ctx: AuditContext, e: ZipEntry, fqn: str, tm: dict[str, Any]) -> 
     if span > numel:
         ctx.add("CKG825", f"{e.name}: the view of {escape(fqn, 120)!r} needs {span} elements, "
                 f"the blob holds {numel}", member=e.name)
+        return
+    ctx.tensors.append(info)
 
 
 # --- nested files ---------------------------------------------------------------------------
