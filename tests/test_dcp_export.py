@@ -562,3 +562,19 @@ def test_gate_refuses_metadata_swapped_after_the_folder_audit(
         warnings.simplefilter("ignore")
         dcp.load({"w": torch.zeros(2, 3)}, checkpoint_id=str(folder))
     assert "differs from the audited one" in str(getattr(info.value, "failures", info.value))
+
+
+def test_dcp_folder_in_a_hf_cache_snapshot(dcp_dir: Path, tmp_path: Path) -> None:
+    """Snapshot files are links to ../../blobs/<hash>: still one SAFE DCP checkpoint."""
+    repo = tmp_path / "hub" / "models--org--dcp"
+    blobs, snap = repo / "blobs", repo / "snapshots" / "abc123"
+    blobs.mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for f in sorted(dcp_dir.iterdir()):
+        blob = blobs / f"blob{f.name.replace('.', '_')}"
+        shutil.copy(f, blob)
+        os.symlink(os.path.relpath(blob, snap), snap / f.name)
+    r = ckptguard.scan(snap)
+    assert r.verdict is Verdict.SAFE and r.format is Format.DCP_CHECKPOINT
+    assert_same(ckptguard.safe_load(snap), _torch_reference(dcp_dir))
+    assert _cli("--hf-cache", str(tmp_path / "hub")) == 0

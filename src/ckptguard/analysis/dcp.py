@@ -84,6 +84,18 @@ def is_dcp_dir(path: str) -> bool:
     return stat.S_ISREG(st.st_mode)
 
 
+def lists_metadata(entries: list[os.DirEntry[str]]) -> bool:
+    """Does a folder listing hold the ``.metadata`` file (a link to one counts, as for
+    torch's reader: Hugging Face cache snapshots link every file to a blob)?"""
+    for e in entries:
+        if e.name == ".metadata":
+            try:
+                return e.is_file()
+            except OSError:
+                return False
+    return False
+
+
 # --- the folder --------------------------------------------------------------------------
 
 def audit_dcp(path: str, *, policy: Policy, limits: Limits) -> Report:
@@ -110,7 +122,9 @@ def audit_dcp(path: str, *, policy: Policy, limits: Limits) -> Report:
             for se in md.entries.values():
                 entries.setdefault(se.relative_path, []).append(se)
     shapes = _expected_shapes(top, metas)
-    roots = [os.path.realpath(path)]
+    from .folder import _allowed_roots  # the folder, and a HF cache snapshot's blob store
+
+    roots = _allowed_roots(path)
     for rel in sorted(entries):
         shown = escape(rel, 200)
         if not _plain(rel):
@@ -451,5 +465,5 @@ def _check_shard(ctx: AuditContext, entries: list[StorageEntry],
 
 
 __all__ = ["METADATA_RE", "SHARD_SUFFIX", "DcpMetadata", "StorageEntry", "audit_dcp",
-           "audit_metadata", "is_dcp_dir", "parse_metadata"]
+           "audit_metadata", "is_dcp_dir", "lists_metadata", "parse_metadata"]
 

@@ -25,7 +25,7 @@ from ..detect import CODE_BEARING, extension_of, sniff
 from ..model import Finding, Format, Problem, Report, TensorInfo, Verdict, decide
 from ..policy import Limits, Policy
 from ..readers.jsonfile import JsonError, escape, parse_json
-from .dcp import METADATA_RE, SHARD_SUFFIX, audit_dcp
+from .dcp import METADATA_RE, SHARD_SUFFIX, audit_dcp, lists_metadata
 from .engine import audit_fd, audit_path, unreadable_report
 
 #: Extensions audited whatever their content (a mismatch is the file's own finding).
@@ -87,7 +87,7 @@ def _walk(ctx: AuditContext, root: str) -> _Walk:
             continue
         subdirs: list[str] = []
         # a DCP checkpoint folder is one unit: its metadata and shards are audited together
-        dcp = any(e.name == ".metadata" and e.is_file(follow_symlinks=False) for e in entries)
+        dcp = lists_metadata(entries)
         if dcp:
             out.dcp.append(rel_dir)
         for entry in entries:
