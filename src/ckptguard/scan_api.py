@@ -15,7 +15,8 @@ def scan(
     policy: Policy | None = None,
     limits: Limits | None = None,
 ) -> Report:
-    """Audit a file, a model folder or a sharded checkpoint's index json.
+    """Audit a file, a model folder, a torch.distributed.checkpoint folder or a sharded
+    checkpoint's index json.
 
     Never raises for hostile or broken content: that becomes findings and a verdict
     (SAFE / UNSAFE / INCOMPLETE). Raises :class:`ScanInputError` only for misuse, such as
