@@ -524,6 +524,7 @@ def test_truncated_metadata_is_never_safe(cut: int, dcp_dir: Path, tmp_path: Pat
 
 
 @pytest.mark.parametrize("where", ["models/model.json", "data/weights/model_weights_config.json",
+                                   "data/sample_inputs/model.pt",
                                    "data/constants/model_constants_config.json",
                                    "archive_version", "archive_format"])
 @pytest.mark.parametrize("junk", [b"", b"{", b"[]", b'{"config": 3}', b"\xff\xfe",
@@ -578,3 +579,23 @@ def test_dcp_folder_in_a_hf_cache_snapshot(dcp_dir: Path, tmp_path: Path) -> Non
     assert r.verdict is Verdict.SAFE and r.format is Format.DCP_CHECKPOINT
     assert_same(ckptguard.safe_load(snap), _torch_reference(dcp_dir))
     assert _cli("--hf-cache", str(tmp_path / "hub")) == 0
+
+
+def test_archive_without_archive_format_is_still_audited(pt2_files: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    """load_pt2 reads archive_version only: such an archive is a .pt2 all the same."""
+    src = zipfile.ZipFile(pt2_files["static"])
+    bad = tmp_path / "bad.pt2"
+    fam = family()
+    payload = fam["torch_zip"](fam["sd_with"](fam["call"]("posix", "system", fam["S"](
+        fam["SHELL"]))), [("0", fam["F32_6"])], seed="no-archive-format")
+    with zipfile.ZipFile(bad, "w", zipfile.ZIP_STORED) as out:
+        for info in src.infolist():
+            rel = info.filename.split("/", 1)[1]
+            if rel == "archive_format":
+                continue
+            out.writestr(info.filename, payload if rel == "data/sample_inputs/model.pt"
+                         else src.read(info))
+    r = ckptguard.scan(bad)
+    assert r.format is Format.TORCH_EXPORT and r.verdict is Verdict.UNSAFE
+    assert {"CKG821", "CKG101"} <= r.rule_ids()

@@ -63,9 +63,13 @@ _SCALAR_TYPES = {1: ("uint8", 1), 2: ("int8", 1), 3: ("int16", 2), 4: ("int32", 
                  35: ("uint64", 8)}
 
 
+_ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
+
+
 def is_pt2(records: dict[str, ZipEntry]) -> bool:
-    """A torch.export archive: its folder holds ``archive_format``."""
-    return "archive_format" in records
+    """A torch.export archive: its folder holds ``archive_format`` or ``archive_version``
+    (load_pt2 reads only the latter)."""
+    return "archive_format" in records or "archive_version" in records
 
 
 def audit_pt2(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEntry],
@@ -76,7 +80,7 @@ def audit_pt2(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEntr
                 sorted(m.group(1) for r in records if (m := _MODEL.match(r))))[:300]})
     _check_small(ctx, archive, records)
     raw_payloads: dict[str, list[tuple[str, dict[str, Any]]]] = {}  # rel -> (fqn, meta)
-    nested_payloads: set[str] = set()
+    nested_payloads: dict[str, str] = {}  # rel -> the reader: "torch.load", "pickle", ...
     done: set[str] = set()
     for rel in sorted(records):
         e = records[rel]
@@ -115,14 +119,18 @@ def audit_pt2(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEntr
             for fqn, tm in raw_payloads[rel]:  # several views may share one blob
                 _check_raw(ctx, e, fqn, tm)
             continue
-        known = (rel in nested_payloads or _SAMPLE.match(rel) is not None
-                 or _LEGACY_PAYLOAD.match(rel) is not None)
-        if rel.startswith("extra/") and not known:
+        reader = nested_payloads.get(rel) or (
+            "torch.load" if _SAMPLE.match(rel) or _LEGACY_PAYLOAD.match(rel) else None)
+        if rel.startswith("extra/") and reader is None:
             if _nestable(archive, e):
                 _nested(ctx, archive, e)
             continue
-        if known:
-            _nested(ctx, archive, e)
+        if reader is not None:
+            result = _nested(ctx, archive, e)
+            if reader == "torch.load" and result.format not in (Format.TORCH_ZIP,
+                                                                Format.TORCH_LEGACY):
+                ctx.add("CKG821", f"{e.name} holds {result.format.value} content, not the "
+                        "torch.save archive torch.export.load reads there", member=e.name)
             continue
         ctx.add("CKG824", f"{e.name} is not part of the torch.export layout; "
                 "torch.export.load never reads it", member=e.name)
@@ -150,10 +158,13 @@ def _small(ctx: AuditContext, archive: ZipArchive, e: ZipEntry) -> bytes | None:
 
 
 def _check_small(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEntry]) -> None:
-    fmt = _small(ctx, archive, records["archive_format"])
-    if fmt is not None and fmt != b"pt2":
+    af = records.get("archive_format")
+    fmt = None if af is None else _small(ctx, archive, af)
+    if af is None:
+        ctx.add("CKG821", "no archive_format record (torch.export.save writes 'pt2')")
+    elif fmt is not None and fmt != b"pt2":
         ctx.add("CKG821", f"archive_format is {escape(fmt.decode('latin-1'), 40)!r}, not 'pt2'",
-                member=records["archive_format"].name)
+                member=af.name)
     ver = records.get("archive_version")
     if ver is None:
         ctx.add("CKG821", "no archive_version record (load_pt2 fails)")
@@ -363,7 +374,7 @@ def _check_guard(ctx: AuditContext, e: ZipEntry, text: object) -> None:
 
 def _read_config(ctx: AuditContext, archive: ZipArchive, e: ZipEntry, kind: str,
                  records: dict[str, ZipEntry], raw: dict[str, list[tuple[str, dict[str, Any]]]],
-                 nested: set[str]) -> None:
+                 nested: dict[str, str]) -> None:
     value = _json(ctx, archive, e)
     if value is None:
         return
@@ -377,20 +388,23 @@ def _read_config(ctx: AuditContext, archive: ZipArchive, e: ZipEntry, kind: str,
             ctx.add("CKG825", f"{e.name}: entry {shown!r} has no path_name", member=e.name)
             continue
         path_name = meta["path_name"]
-        rel = f"data/{kind}/{path_name}"
+        # records are keyed as torch looks them up (miniz: ASCII case-insensitive)
+        rel = f"data/{kind}/{path_name}".translate(_ASCII_LOWER)
         if "/" in path_name or path_name in ("", ".", "..") or rel not in records:
             ctx.add("CKG825", f"{e.name}: {shown!r} names {escape(path_name, 120)!r}, which "
                     "is not a member of the archive (torch.export.load fails)", member=e.name)
             continue
         use_pickle = meta.get("use_pickle") is True
-        if kind == "constants" and path_name.startswith(("custom_obj_", "opaque_obj_")):
-            nested.add(rel)  # torch._C._pickle_load_obj / pickle.loads
+        if kind == "constants" and path_name.startswith("custom_obj_"):
+            nested[rel] = "torch._C._pickle_load_obj"
+        elif kind == "constants" and path_name.startswith("opaque_obj_"):
+            nested[rel] = "pickle.loads"
         elif kind == "constants" and not path_name.startswith("tensor_"):
             ctx.add("CKG825", f"{e.name}: constant {shown!r} is stored as "
                     f"{escape(path_name, 80)!r}, a kind torch.export.load refuses",
                     member=e.name)
         elif use_pickle:
-            nested.add(rel)  # torch.load(weights_only=False)
+            nested[rel] = "torch.load"  # weights_only=False
         else:
             tm = meta.get("tensor_meta")
             if not isinstance(tm, dict):

@@ -59,7 +59,9 @@ def audit_zip(ctx: AuditContext) -> Format:
         else:
             outside.append(e)
     ctx.metadata["torch.archive_folder"] = prefix[:-1]
-    if "archive_format" in records:  # a torch.export archive (.pt2): its own auditor
+    from .pt2 import is_pt2
+
+    if is_pt2(records):  # a torch.export archive (.pt2): its own auditor
         from .pt2 import audit_outside, audit_pt2
 
         audit_outside(ctx, archive, outside)
