@@ -599,3 +599,14 @@ def test_archive_without_archive_format_is_still_audited(pt2_files: dict[str, Pa
     r = ckptguard.scan(bad)
     assert r.format is Format.TORCH_EXPORT and r.verdict is Verdict.UNSAFE
     assert {"CKG821", "CKG101"} <= r.rule_ids()
+
+
+def test_every_scope_reports_under_an_info_note() -> None:
+    from ckptguard.model import Effect
+    from ckptguard.policy.benign_formats import SCOPE_RULES
+    from ckptguard.rules import RULES
+
+    assert set(SCOPE_RULES) == set(FormatScope)
+    assert {s for s, *_ in BENIGN_FORMAT_GLOBALS} == set(FormatScope)
+    for rid in SCOPE_RULES.values():
+        assert RULES[rid].severity is Severity.INFO and RULES[rid].effect is Effect.NOTE
