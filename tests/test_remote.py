@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import typing
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -384,12 +385,12 @@ class _Flaky(BaseHTTPRequestHandler):
     failures = 2
     status = 503
     body = b""
-    seen: list[int] = []
+    seen: typing.ClassVar[list[int]] = []
 
     def log_message(self, *a: object) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         cls = type(self)
         if len(cls.seen) < cls.failures:
             cls.seen.append(cls.status)

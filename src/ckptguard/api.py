@@ -55,6 +55,9 @@ def safe_load(
         - safetensors: ``{name: tensor}``, zero-copy views of a private memory map for CPU.
         - a sharded checkpoint's ``*.index.json``: ``{name: tensor}`` over all shards
           (every shard audited before anything is loaded).
+        - a torch.distributed.checkpoint folder (``dcp.save``): its state dict, loaded by
+          torch's own DCP reader through the audited files (non-tensor items with
+          ``weights_only=True``); ``map_location`` a device string or ``torch.device``.
         - ``map_location="meta"`` (any format): a flat ``{name: meta tensor}`` built from the
           audit's tensor records, reading no tensor bytes.
 
@@ -79,9 +82,21 @@ def safe_load(
     ld = _loaders()
     pol = policy if policy is not None else Policy()
     lim = limits if limits is not None else DEFAULT_LIMITS
+    if os.path.isdir(path):
+        from .analysis.dcp import is_dcp_dir
+
+        if is_dcp_dir(os.fspath(path)):
+            from .loaders.dcp import load_dcp
+
+            return load_dcp(path, map_location, policy=pol, limits=lim)
     af = ld.open_audited(path, policy=pol, limits=lim)
     try:
         ld.require_safe(af.report)
+        if af.report.format is Format.TORCH_EXPORT:
+            raise ld.UnsupportedFormatError(af.report, (
+                f"{af.path}: a torch.export archive is a program, not a state dict; "
+                "ckptguard.scan() audits it and torch.export.load() loads it (audited "
+                "first under ckptguard.guard_torch_load())"))
         if af.report.format is Format.JSON:
             it = ld.iterate_audited(af, map_location, mmap=mmap, copy=copy)
             with it:

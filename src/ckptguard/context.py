@@ -48,6 +48,7 @@ class Source:
         self.size = size
         self.bytes_read = 0
         self.deadline = deadline
+        self.depth = 0  # how many files this one is nested in (nested.py)
         self._regions: dict[tuple[int, int], str] = {}
 
     @classmethod
@@ -97,6 +98,32 @@ class _BytesSource(Source):
         if record:
             self._regions[(offset, len(data))] = hashlib.sha256(data).hexdigest()
         return data
+
+
+class SliceSource(Source):
+    """A byte range of another source, read as a file of its own (a torch.save archive
+    stored inside a .distcp file or a .pt2 member). Reads go through the parent, so the
+    regions the nested audit relies on are recorded in the outer file's coordinates."""
+
+    def __init__(self, parent: Source, offset: int, length: int) -> None:
+        super().__init__(parent.fd, max(0, min(length, parent.size - offset)),
+                         deadline=parent.deadline)
+        self.parent = parent
+        self.base = offset
+        self.depth = parent.depth + 1
+
+    def read(self, offset: int, length: int, *, record: bool = False) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError("negative read")
+        length = max(0, min(length, self.size - offset))
+        if length == 0:
+            return b""
+        data = self.parent.read(self.base + offset, length, record=record)
+        self.bytes_read += len(data)
+        return data
+
+    def regions(self) -> tuple[Region, ...]:
+        return self.parent.regions()
 
 
 @dataclass
@@ -157,4 +184,5 @@ def identity_of(fd: int, regions: tuple[Region, ...] = ()) -> FileIdentity:
     return FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, regions)
 
 
-__all__ = ["AuditContext", "LimitExceeded", "Source", "SourceError", "identity_of"]
+__all__ = ["AuditContext", "LimitExceeded", "SliceSource", "Source", "SourceError",
+           "identity_of"]

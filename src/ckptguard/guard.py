@@ -117,6 +117,7 @@ class TorchLoadGuard:
                 cfg = gate.GuardConfig(self.policy, self.limits, self._refusal)
                 gate.push(cfg, everywhere=self.everywhere)
                 self._cfg = cfg
+                _format_gates(True)
         return self
 
     def disable(self) -> None:
@@ -127,6 +128,8 @@ class TorchLoadGuard:
         from .loaders import gate
 
         gate.remove(cfg)
+        if gate.current() is None:
+            _format_gates(False)
 
     def __enter__(self) -> TorchLoadGuard:
         return self.enable()
@@ -134,6 +137,21 @@ class TorchLoadGuard:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.disable()
+
+
+def _format_gates(on: bool) -> None:
+    """The seam for loaders that read checkpoints without (only) torch.load: DCP's
+    ``FileSystemReader.read_metadata`` (loaders/dcp.py) and ``torch.export.load`` /
+    ``load_pt2`` (loaders/export.py). Each hook looks up ``gate.current()`` per call and
+    passes through when no guard is active; a torch without torch.distributed keeps the
+    torch.load gate and skips the DCP hook."""
+    from .loaders import dcp, export
+
+    for module in (dcp, export):
+        try:
+            (module.install_gate if on else module.uninstall_gate)()
+        except ImportError:  # pragma: no cover - torch built without that package
+            continue
 
 
 def guard_torch_load(*, policy: Policy | None = None, limits: Limits | None = None,

@@ -27,6 +27,9 @@ class Format(str, enum.Enum):
     WRAPPED = "wrapped"  # gzip, bz2, xz, zstd, 7z, lz4, plain tar: not audited
     JSON = "json"  # JSON text: configs, sharded-checkpoint index files
     MODEL_FOLDER = "model-folder"
+    DCP_CHECKPOINT = "dcp-checkpoint"  # a torch.distributed.checkpoint folder (.metadata)
+    DCP_SHARD = "dcp-shard"  # one of its .distcp files: torch.save archives at byte ranges
+    TORCH_EXPORT = "torch-export"  # a torch.export.save archive (.pt2)
     EMPTY = "empty"
     UNKNOWN = "unknown"
 

@@ -9,6 +9,7 @@ ID ranges:
   CKG1xx  globals and callables       CKG5xx  safetensors
   CKG2xx  pickle program structure    CKG6xx  numpy
   CKG3xx  zip container               CKG7xx  model folders, shards, remote code
+  CKG8xx  distributed checkpoints (DCP) and torch.export archives
   CKG9xx  limits and audit failures
 """
 
@@ -292,6 +293,67 @@ _RULES: tuple[Rule, ...] = (
          "folder, names the same bytes.",
          "Harmless for this audit (the bytes were read); make sure nobody else can write the "
          "other path, or copy the file before loading."),
+    # --- distributed checkpoints and torch.export archives -------------------------------
+    Rule("CKG801", "dcp-benign-global", S.INFO, N,
+         "A torch.distributed.checkpoint metadata class (or a path object) was allowed "
+         "because the pickle is a DCP .metadata file; the allowance applies to that file only.",
+         "Nothing to do; the reviewed list is policy/benign_formats.py."),
+    Rule("CKG802", "dcp-metadata-invalid", S.HIGH, B,
+         "A DCP .metadata pickle is not the Metadata object dcp.save writes (root, "
+         "storage_data, storage entries), so the byte ranges torch would read cannot be "
+         "checked.",
+         "Do not load this checkpoint; re-save it with dcp.save."),
+    Rule("CKG803", "dcp-path-outside", S.HIGH, B,
+         "A DCP storage entry names a file that is not a plain file in the checkpoint folder "
+         "(absolute path, '..', a separator, a link out): torch would read that file.",
+         "Do not load this checkpoint."),
+    Rule("CKG804", "dcp-range-invalid", S.HIGH, B,
+         "A DCP storage entry's byte range does not lie inside its file, or the file is "
+         "missing.",
+         "Do not load this checkpoint; re-download or re-save it."),
+    Rule("CKG805", "dcp-stream-transform", S.MEDIUM, U,
+         "A DCP storage entry is stored through stream transforms (compression, encryption "
+         "extensions) that ckptguard does not decode, so its payload is not audited.",
+         "Re-save the checkpoint without storage extensions to audit it."),
+    Rule("CKG806", "dcp-item-format", S.HIGH, B,
+         "A DCP byte range does not hold the torch.save archive dcp.save writes there.",
+         "Do not load this checkpoint."),
+    Rule("CKG807", "dcp-unreferenced", S.LOW, N,
+         "A .distcp file or part of one is named by no storage entry: torch never reads it.",
+         "Harmless for torch; re-save the checkpoint to drop it."),
+    Rule("CKG808", "dcp-item-mismatch", S.HIGH, B,
+         "The DCP metadata and its storage disagree (a chunk without a storage entry, an "
+         "entry without a chunk, a stored tensor whose dtype or shape differ from its chunk).",
+         "Do not load this checkpoint; tensors could be swapped or mis-shaped."),
+    Rule("CKG809", "dcp-shard-alone", S.MEDIUM, U,
+         "A .distcp shard was scanned without its checkpoint folder: the byte ranges torch "
+         "reads from it are only named by the folder's .metadata.",
+         "Scan the checkpoint folder (the directory holding .metadata) instead."),
+    Rule("CKG820", "pt2-program", S.LOW, N,
+         "A torch.export archive (.pt2): an ExportedProgram whose graph runs when the program "
+         "is called. Its weights, constants and nested pickles were audited.",
+         "Calling the program runs its graph's operators; review models/*.json if the "
+         "source is not trusted."),
+    Rule("CKG821", "pt2-layout-invalid", S.HIGH, B,
+         "The .pt2 archive does not follow torch.export's layout (archive_format, "
+         "archive_version, byteorder, JSON configs and models).",
+         "Re-export the program with torch.export.save."),
+    Rule("CKG822", "pt2-native-code", S.CRITICAL, B,
+         "The .pt2 archive carries AOTInductor artifacts: torch.export.load loads the "
+         "compiled shared library they contain (native code).",
+         "Do not load this archive unless you compiled it yourself."),
+    Rule("CKG823", "pt2-symbolic-eval", S.CRITICAL, B,
+         "A symbolic shape expression (expr_str) in the exported program is not a plain "
+         "arithmetic expression: torch.export.load passes it to sympy.sympify, which evaluates "
+         "it as Python.",
+         "Do not load this archive."),
+    Rule("CKG824", "pt2-unknown-member", S.LOW, N,
+         "A .pt2 member is not part of torch.export's layout; torch.export.load never reads it.",
+         "Harmless for torch.export.load; re-export to drop it."),
+    Rule("CKG825", "pt2-payload-mismatch", S.HIGH, B,
+         "A .pt2 weights or constants config disagrees with the archive (a missing member, a "
+         "raw blob too small for its tensor view, an unknown payload kind).",
+         "Do not load this archive; re-export it."),
     # --- limits and audit failures ----------------------------------------------------------
     Rule("CKG901", "limit-exceeded", S.MEDIUM, U,
          "A resource limit was reached before the audit finished.",

@@ -15,8 +15,9 @@ def scan(
     policy: Policy | None = None,
     limits: Limits | None = None,
 ) -> Report:
-    """Audit a file, a model folder, a sharded checkpoint's index json, or a remote file
-    (``http(s)://...``, ``hf://ORG/NAME[@REV][/FILE]``) read with HTTP range requests.
+    """Audit a file, a model folder, a torch.distributed.checkpoint folder, a sharded
+    checkpoint's index json, or a remote file (``http(s)://...``,
+    ``hf://ORG/NAME[@REV][/FILE]``) read with HTTP range requests.
 
     Never raises for hostile or broken content: that becomes findings and a verdict
     (SAFE / UNSAFE / INCOMPLETE). Raises :class:`ScanInputError` only for misuse, such as

@@ -97,6 +97,17 @@ def audit_source(path: str, src: Source, *, policy: Policy, limits: Limits,
     return _finish(ctx, fmt, None)
 
 
+def audit_context(ctx: AuditContext, name: str) -> Format:
+    """Audit ``ctx.source`` as one file named ``name`` (formats nest: a .distcp byte range
+    or a .pt2 member is audited through a ``SliceSource``); findings go to ``ctx``."""
+    return _audit(ctx, name)
+
+
+def finish_report(ctx: AuditContext, fmt: Format, fd: int | None) -> Report:
+    """The Report of a finished audit context (identity read from ``fd`` when given)."""
+    return _finish(ctx, fmt, fd)
+
+
 def _kind_of(mode: int) -> str:
     import stat
 
@@ -136,10 +147,15 @@ def _audit_file(ctx: AuditContext, name: str) -> Format:
             # a zip with bytes before it (polyglot / prefixed archive): central-directory
             # readers such as Python's zipfile still open it
             fmt = Format.ZIP
-        handler = _HANDLERS[fmt]
-        fmt = handler(ctx, detail)
+        base = name.replace("\\", "/").rsplit("/", 1)[-1]
+        if fmt is Format.PICKLE and _dcp_metadata_name(base):
+            fmt = _dcp_metadata(ctx)  # FileSystemReader.read_metadata's pickle.load
+        elif fmt is Format.ZIP and base.endswith(".distcp"):
+            fmt = _dcp_shard_alone(ctx)
+        else:
+            fmt = _HANDLERS[fmt](ctx, detail)
         zip_audited = fmt in (Format.ZIP, Format.TORCH_ZIP, Format.TORCHSCRIPT,
-                              Format.NUMPY_NPZ)
+                              Format.NUMPY_NPZ, Format.TORCH_EXPORT)
         if fmt in (Format.PICKLE, Format.TORCH_LEGACY) and \
                 any(f.rule_id in ("CKG203", "CKG004") for f in ctx.findings) and _has_eocd(ctx):
             # A pickle/zip polyglot: torch.load reads the pickle, zip readers the archive.
@@ -287,6 +303,25 @@ def _json(ctx: AuditContext, detail: str) -> Format:
     return Format.JSON
 
 
+def _dcp_metadata_name(base: str) -> bool:
+    from .dcp import METADATA_RE
+
+    return METADATA_RE.match(base) is not None
+
+
+def _dcp_metadata(ctx: AuditContext) -> Format:
+    from .dcp import audit_metadata
+
+    audit_metadata(ctx)
+    return Format.PICKLE
+
+
+def _dcp_shard_alone(ctx: AuditContext) -> Format:
+    ctx.add("CKG809", "a torch.distributed.checkpoint shard scanned on its own: the byte "
+            "ranges torch reads are named by the folder's .metadata; scan the folder")
+    return Format.DCP_SHARD
+
+
 _HANDLERS: dict[Format, Handler] = {
     Format.EMPTY: _empty,
     Format.UNKNOWN: _unknown,
@@ -300,4 +335,5 @@ _HANDLERS: dict[Format, Handler] = {
     Format.JSON: _json,
 }
 
-__all__ = ["audit_bytes", "audit_fd", "audit_path", "audit_source", "unreadable_report"]
+__all__ = ["audit_bytes", "audit_context", "audit_fd", "audit_path", "audit_source",
+           "finish_report", "unreadable_report"]

@@ -25,6 +25,7 @@ from ..detect import CODE_BEARING, extension_of, sniff
 from ..model import Finding, Format, Problem, Report, TensorInfo, Verdict, decide
 from ..policy import Limits, Policy
 from ..readers.jsonfile import JsonError, escape, parse_json
+from .dcp import METADATA_RE, SHARD_SUFFIX, audit_dcp, lists_metadata
 from .engine import audit_fd, audit_path, unreadable_report
 
 #: Extensions audited whatever their content (a mismatch is the file's own finding).
@@ -51,6 +52,7 @@ class _Walk:
     code: list[str] = field(default_factory=list)           # *.py
     skipped: list[str] = field(default_factory=list)
     skipped_links: list[str] = field(default_factory=list)  # links to directories
+    dcp: list[str] = field(default_factory=list)  # torch.distributed.checkpoint folders
     seen: int = 0
 
 
@@ -84,6 +86,10 @@ def _walk(ctx: AuditContext, root: str) -> _Walk:
             out.unreadable[rel_dir or "."] = e.strerror or str(e)
             continue
         subdirs: list[str] = []
+        # a DCP checkpoint folder is one unit: its metadata and shards are audited together
+        dcp = lists_metadata(entries)
+        if dcp:
+            out.dcp.append(rel_dir)
         for entry in entries:
             rel = os.path.join(rel_dir, entry.name) if rel_dir else entry.name
             out.seen += 1
@@ -91,6 +97,8 @@ def _walk(ctx: AuditContext, root: str) -> _Walk:
                 ctx.limit_hit(LimitExceeded("max_files", ctx.limits.max_files,
                                             "files in the folder"))
                 return out
+            if dcp and (METADATA_RE.match(entry.name) or entry.name.endswith(SHARD_SUFFIX)):
+                continue
             _classify(entry, rel, out, subdirs)
         stack.extend(reversed(subdirs))
     return out
@@ -156,7 +164,13 @@ def audit_folder(path: str, *, policy: Policy, limits: Limits) -> Report:
     """Audit a model folder: every checkpoint-like file, index files, remote code."""
     ctx = AuditContext(path, Source.from_bytes(b""), policy, limits)
     walk = _walk(ctx, path)
+    if walk.dcp == [""] and not (walk.files or walk.code or walk.unreadable
+                                 or ctx.findings):
+        return audit_dcp(path, policy=policy, limits=limits)  # the folder is one checkpoint
     reports: dict[str, Report] = {}
+    for rel in walk.dcp:
+        reports[rel or "."] = audit_dcp(os.path.join(path, rel) if rel else path,
+                                        policy=policy, limits=limits)
     for rel, reason in walk.unreadable.items():
         reports[rel] = unreadable_report(os.path.join(path, rel), reason, limits)
     indexes = [r for r in walk.files if r.lower().endswith(INDEX_SUFFIX)]

@@ -71,6 +71,13 @@ def audit_zip(ctx: AuditContext) -> Format:
         else:
             outside.append(e)
     ctx.metadata["torch.archive_folder"] = prefix[:-1]
+    from .pt2 import is_pt2
+
+    if is_pt2(records):  # a torch.export archive (.pt2): its own auditor
+        from .pt2 import audit_outside, audit_pt2
+
+        audit_outside(ctx, archive, outside)
+        return audit_pt2(ctx, archive, records, prefix)
     # torch's TorchScript check sees each name as miniz copies it into a C buffer: cut at
     # the first NUL and at the buffer size.
     script_name = (prefix + "constants.pkl").encode("utf-8", "surrogateescape")

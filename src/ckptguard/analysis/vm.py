@@ -32,6 +32,7 @@ from typing import Any
 from ..context import AuditContext, LimitExceeded
 from ..model import Severity
 from ..policy import classify_global
+from ..policy.benign_formats import ScopedAllowance
 from ..policy.defaults import ALLOW_KINDS
 from . import opcodes as O
 from .qparams import qparams_problem
@@ -214,8 +215,10 @@ class _Stop(Exception):
 
 class _VM:
     def __init__(self, ctx: AuditContext, data: bytes | memoryview, member: str | None,
-                 base: int, mode: PickleMode, catalog: StorageCatalog | None) -> None:
+                 base: int, mode: PickleMode, catalog: StorageCatalog | None,
+                 allowance: ScopedAllowance | None = None) -> None:
         self.ctx = ctx
+        self.allowance = allowance  # format-scoped benign globals (policy/benign_formats)
         self.data = bytes(data) if isinstance(data, memoryview) else data
         self.member = member
         self.base = base
@@ -267,6 +270,10 @@ class _VM:
         candidates = list(dict.fromkeys(candidates))
         effective = candidates[0]
         status, reason = _worst([classify_global(c, policy) for c in candidates])
+        scoped = None if self.allowance is None or status == "allow" else \
+            self.allowance.reason(candidates)
+        if scoped is not None:  # exact names only, and only inside that format's metadata
+            status, reason = "policy", scoped
         g = Global(module, name, effective, self.base + pos, status)
         self._global_cache[key] = g
         self.globals.append(g)
@@ -285,6 +292,9 @@ class _VM:
         elif status == "unknown":
             self.add("CKG102", f"{how} imports {_clip(effective)}, which is not on the "
                      "weights-only allowlist", pos, ev)
+        elif scoped is not None and self.allowance is not None:
+            self.add(self.allowance.rule_id, f"{_clip(effective)} allowed in "
+                     f"{self.allowance.scope.value} only: {reason}", pos, ev)
         elif status == "policy":
             self.add("CKG106", f"{_clip(effective)} allowed by policy: {reason}", pos, ev)
         if not _valid_dotted(module) or not _valid_dotted(name):
@@ -1456,9 +1466,11 @@ def audit_pickle(
     mode: PickleMode = PickleMode.RAW,
     storages: StorageCatalog | None = None,
     start: int = 0,
+    allowance: ScopedAllowance | None = None,
 ) -> PickleResult:
-    """Run one pickle program starting at ``start`` in ``data``; findings go to ``ctx``."""
-    vm = _VM(ctx, data, member, base_offset, mode, storages)
+    """Run one pickle program starting at ``start`` in ``data``; findings go to ``ctx``.
+    ``allowance``: format-scoped benign globals, passed only by that format's auditor."""
+    vm = _VM(ctx, data, member, base_offset, mode, storages, allowance)
     # The VM allocates millions of small tuples and lists that form no garbage cycles while
     # it runs; the cyclic collector would re-traverse them thousands of times (35% of the
     # run). It is paused for the run and restored after, whatever happens.

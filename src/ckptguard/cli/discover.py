@@ -18,6 +18,7 @@ import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from ..analysis.dcp import METADATA_RE, SHARD_SUFFIX, lists_metadata
 from ..detect import EXTENSION_HINTS, extension_of, sniff
 from ..model import Format
 
@@ -133,6 +134,17 @@ def walk_folder(root: str, excludes: tuple[str, ...], found: Discovery, *,
         except OSError as e:
             found.add_unreadable_dir(folder, e.strerror or str(e))
             return
+        if lists_metadata(entries):
+            # a torch.distributed.checkpoint folder: scanned as one unit (its metadata and
+            # .distcp shards together); the other files in it are walked as usual
+            shown = folder if display_root is None else (
+                f"{display_root}/{rel_folder}" if rel_folder else display_root)
+            found.add(folder, shown, metadata=metadata)
+            unit = [e for e in entries if METADATA_RE.match(e.name)
+                    or e.name.endswith(SHARD_SUFFIX)]
+            if metadata is not None:  # HF cache: these blobs are scanned with the unit
+                found.linked.update(os.path.realpath(e.path) for e in unit)
+            entries = [e for e in entries if e not in unit]
         stack.append((iter(entries), rel_folder))
 
     enter(root, "")
