@@ -364,9 +364,12 @@ def test_metadata_that_is_not_metadata(body: bytes, dcp_dir: Path, tmp_path: Pat
     assert r.verdict is Verdict.UNSAFE and "CKG802" in r.rule_ids()
 
 
-def test_lone_shard_is_incomplete(dcp_dir: Path) -> None:
+def test_lone_shard_is_never_safe(dcp_dir: Path) -> None:
+    """A shard alone: its byte ranges are named by the folder's .metadata (CKG809), and as
+    a whole file zip readers (numpy.load, torch.load) read the last archive in it, with
+    the earlier ones as leading bytes (CKG005, from the every-reader audit)."""
     r = ckptguard.scan(dcp_dir / "__0_0.distcp")
-    assert r.verdict is Verdict.INCOMPLETE and r.rule_ids() == {"CKG809"}
+    assert r.verdict is Verdict.UNSAFE and r.rule_ids() == {"CKG809", "CKG005"}
 
 
 # ============================================================================ .pt2: benign

@@ -215,6 +215,13 @@ FORMAT_LOADERS: dict[Format, frozenset[Loader]] = {
     Format.WRAPPED: frozenset(),
     Format.JSON: frozenset({Loader.JSON_LOAD}),
     Format.MODEL_FOLDER: frozenset(),
+    # a DCP folder is read by dcp.load through its .metadata (audited as the folder's own
+    # unit, analysis/dcp.py); a .distcp shard holds torch.save archives back to back, read
+    # by byte range, and as a whole by any zip reader (the last archive's end record)
+    Format.DCP_CHECKPOINT: frozenset(),
+    Format.DCP_SHARD: frozenset({Loader.NUMPY_LOAD, Loader.TORCH_LOAD}),
+    # a torch.export archive: torch.export.load, and torch.load for its zip
+    Format.TORCH_EXPORT: frozenset({Loader.TORCH_LOAD}),
     Format.EMPTY: frozenset(),
     Format.UNKNOWN: frozenset(),
 }
@@ -244,6 +251,11 @@ AUDITED_BY_FORMAT: dict[Format, frozenset[Reading]] = {
     Format.JSON: frozenset({Reading.JSON}),
     Format.WRAPPED: frozenset(),
     Format.MODEL_FOLDER: frozenset(),
+    Format.DCP_CHECKPOINT: frozenset(),
+    # a lone shard is INCOMPLETE by itself (CKG809): its whole-file zip reading is left to
+    # the reading audit, which names it
+    Format.DCP_SHARD: frozenset(),
+    Format.TORCH_EXPORT: frozenset({Reading.ZIP_MINIZ, Reading.ZIP_PYTHON}),
     Format.EMPTY: frozenset(),
     Format.UNKNOWN: frozenset(),
 }
