@@ -369,7 +369,7 @@ def test_lone_shard_is_never_safe(dcp_dir: Path) -> None:
     a whole file zip readers (numpy.load, torch.load) read the last archive in it, with
     the earlier ones as leading bytes (CKG005, from the every-reader audit)."""
     r = ckptguard.scan(dcp_dir / "__0_0.distcp")
-    assert r.verdict is Verdict.UNSAFE and r.rule_ids() == {"CKG809", "CKG005"}
+    assert r.verdict is Verdict.UNSAFE and {"CKG809", "CKG005"} <= r.rule_ids()
 
 
 # ============================================================================ .pt2: benign
