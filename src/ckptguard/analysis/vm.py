@@ -31,7 +31,7 @@ from typing import Any
 
 from ..context import AuditContext, LimitExceeded
 from ..model import Severity
-from ..policy import classify_global
+from ..policy import GlobalStatus, classify_global, global_message
 from ..policy.defaults import ALLOW_KINDS
 from . import opcodes as O
 
@@ -65,17 +65,17 @@ class PickleMode(enum.Enum):
 class Global:
     __slots__ = ("full", "kind", "module", "name", "offset", "ok", "rebuild", "status")
 
-    def __init__(self, module: str, name: str, full: str, offset: int, status: str) -> None:
+    def __init__(self, module: str, name: str, full: str, offset: int,
+                 status: GlobalStatus) -> None:
         self.module = module
         self.name = name
         self.full = full
         self.offset = offset
-        self.status = status  # "allow" | "policy" | "deny" | "unknown"
+        self.status = status
         # what calling it means, for allowlisted globals (policy entries count as classes)
         self.kind = ALLOW_KINDS.get(full, "class")
         # plain calls of it are weights-only (checked once here, not per call)
-        self.ok = status in ("allow", "policy", "script") and self.kind in ("class",
-                                                                             "function")
+        self.ok = status.allowed and self.kind in ("class", "function")
         # does calling it build a tensor record?
         self.rebuild = self.ok and full in _TENSOR_BUILDERS
 
@@ -250,7 +250,7 @@ class _VM:
                 module == "__torch__" or module.startswith(("__torch__.", "torch.jit._pickle"))):
             # TorchScript resolves these from the archive's own code (reported as CKG008),
             # not by importing Python modules.
-            g = Global(module, name, f"{module}.{name}", self.base + pos, "script")
+            g = Global(module, name, f"{module}.{name}", self.base + pos, GlobalStatus.SCRIPT)
             self._global_cache[key] = g
             self.globals.append(g)
             return g
@@ -265,7 +265,10 @@ class _VM:
         candidates.append(_py_mapped(module, name) if self.proto < 3 else raw)
         candidates = list(dict.fromkeys(candidates))
         effective = candidates[0]
-        status, reason = _worst([classify_global(c, policy) for c in candidates])
+        # the worst reading decides (smallest rank: DENY < UNREVIEWED < BENIGN < ...)
+        decision = min((classify_global(c, policy) for c in candidates),
+                       key=lambda d: d.status.rank)
+        status = decision.status
         g = Global(module, name, effective, self.base + pos, status)
         self._global_cache[key] = g
         self.globals.append(g)
@@ -278,14 +281,10 @@ class _VM:
                      pos, ev)
         if "." in name:
             self.add("CKG107", f"dotted global name {_clip(module)} / {_clip(name)}", pos, ev)
-        if status == "deny":
-            rule_id, why = reason.split(":", 1)
-            self.add(rule_id, f"{how} imports {_clip(effective)}: {why}", pos, ev)
-        elif status == "unknown":
-            self.add("CKG102", f"{how} imports {_clip(effective)}, which is not on the "
-                     "weights-only allowlist", pos, ev)
-        elif status == "policy":
-            self.add("CKG106", f"{_clip(effective)} allowed by policy: {reason}", pos, ev)
+        rule_id = decision.rule_id
+        if rule_id is not None:
+            ev["class"] = status.value
+            self.add(rule_id, global_message(how, _clip(effective), decision), pos, ev)
         if not _valid_dotted(module) or not _valid_dotted(name):
             self.add("CKG204", f"{how} names a global that is not a valid identifier path "
                      f"({_clip(module)!r}, {_clip(name)!r})", pos, ev)
@@ -623,7 +622,7 @@ class _VM:
     def call(self, func: object, args: object, pos: int, how: str) -> Call:
         c = Call(func, args, self.base + pos, how)
         if isinstance(func, Global):
-            if func.status in ("allow", "policy"):
+            if func.status.allowed:
                 if func.kind == "value":
                     raise self.malformed(f"{how} calls {_clip(func.full)}, a constant that is not "
                                          "callable", pos)
@@ -753,10 +752,10 @@ class _VM:
                          "torch.save never writes this and the tensor would no longer be the "
                          "one audited", pos)
                 return
-            if full in _BUILDABLE or target.func.status in ("policy", "script"):
+            if full in _BUILDABLE or target.func.status in _USER_ALLOWED:
                 target.state = state
                 return
-            if target.func.status in ("allow",) and self.torch:
+            if target.func.status is GlobalStatus.ALLOW and self.torch:
                 # torch's loader allows BUILD on allowlisted types only
                 target.state = state
                 return
@@ -790,7 +789,8 @@ class _VM:
                      pos)
             return None
         stype, key, location, numel = pid[1], pid[2], pid[3], pid[4]
-        if not isinstance(stype, Global) or stype.status not in ("allow", "policy"):
+        if not isinstance(stype, Global) or stype.status not in (GlobalStatus.ALLOW,
+                                                                   GlobalStatus.POLICY):
             self.add("CKG401", "storage persistent id does not name an allowlisted storage "
                      "type", pos)
             return None
@@ -1291,11 +1291,7 @@ def _py_mapped(module: str, name: str) -> str:
     return f"{module}.{name}"
 
 
-_ORDER = {"deny": 0, "unknown": 1, "policy": 2, "allow": 3}
-
-
-def _worst(statuses: list[tuple[str, str]]) -> tuple[str, str]:
-    return min(statuses, key=lambda s: _ORDER[s[0]])
+_USER_ALLOWED = frozenset({GlobalStatus.POLICY, GlobalStatus.ACKNOWLEDGED, GlobalStatus.SCRIPT})
 
 
 def _clip(s: str, n: int = 160) -> str:
