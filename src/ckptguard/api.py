@@ -12,11 +12,12 @@ Importing this module does not import torch; the first load does (and raises
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .errors import LoaderUnavailableError
 from .model import Format
-from .policy import DEFAULT_LIMITS, Limits, Policy
+from .policy import DEFAULT_LIMITS, Limits, Policy, ProfileName, effective_policy
 
 if TYPE_CHECKING:
     from .loaders import StateDictIterator
@@ -43,6 +44,7 @@ def safe_load(
     mmap: bool = True,
     policy: Policy | None = None,
     limits: Limits | None = None,
+    profiles: Iterable[str | ProfileName] | None = None,
 ) -> Any:
     """Audit ``path``, then load it; raises unless the verdict is SAFE.
 
@@ -60,10 +62,11 @@ def safe_load(
     ``map_location`` is torch's: ``"cpu"``, ``"cuda"``/``"cuda:N"``, ``"meta"``, a
     ``torch.device``, a dict remap (and, for torch files only, a callable). The policy's
     user-allowed globals are the only ones added to torch's weights-only set. The default
-    policy is ``Policy()`` (torch's weights-only allowlist only).
+    policy is ``Policy()`` (torch's weights-only allowlist only); ``profiles`` adds shipped
+    profiles (``["hf-trainer"]``) to it.
     """
     ld = _loaders()
-    pol = policy if policy is not None else Policy()
+    pol = effective_policy(policy, profiles)
     lim = limits if limits is not None else DEFAULT_LIMITS
     af = ld.open_audited(path, policy=pol, limits=lim)
     try:
@@ -85,6 +88,7 @@ def load_state_dict(
     *,
     policy: Policy | None = None,
     limits: Limits | None = None,
+    profiles: Iterable[str | ProfileName] | None = None,
 ) -> Any:
     """Drop-in for ``transformers.modeling_utils.load_state_dict``: same argument names,
     audited like :func:`safe_load`.
@@ -94,7 +98,8 @@ def load_state_dict(
     loaded, and a SAFE one is always loaded with ``weights_only=True``.
     """
     del is_quantized, weights_only
-    return safe_load(checkpoint_file, map_location=map_location, policy=policy, limits=limits)
+    return safe_load(checkpoint_file, map_location=map_location, policy=policy, limits=limits,
+                     profiles=profiles)
 
 
 def iter_state_dict(
@@ -104,6 +109,7 @@ def iter_state_dict(
     mmap: bool = True,
     policy: Policy | None = None,
     limits: Limits | None = None,
+    profiles: Iterable[str | ProfileName] | None = None,
 ) -> StateDictIterator:
     """Yield ``(name, tensor)`` one at a time from a file or a sharded checkpoint's index.
 
@@ -115,7 +121,7 @@ def iter_state_dict(
     it in a ``with``) to release the shard descriptors early.
     """
     ld = _loaders()
-    pol = policy if policy is not None else Policy()
+    pol = effective_policy(policy, profiles)
     lim = limits if limits is not None else DEFAULT_LIMITS
     af = ld.open_audited(path_or_index, policy=pol, limits=lim)
     it: StateDictIterator = ld.iterate_audited(af, map_location, mmap=mmap)

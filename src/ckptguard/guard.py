@@ -7,7 +7,8 @@
     handle.disable()
 
 or set ``CKPTGUARD_GUARD_TORCH_LOAD=1`` in the environment (optionally with
-``CKPTGUARD_POLICY=/path/to/policy.toml``): :func:`install_from_env` then turns the gate
+``CKPTGUARD_POLICY=/path/to/policy.toml`` and ``CKPTGUARD_PROFILES=hf-trainer,numpy``):
+:func:`install_from_env` then turns the gate
 on as soon as torch is imported (at once if it already is).
 
 Guarded, ``torch.load(path)`` opens the file once, audits it from that descriptor, loads
@@ -29,14 +30,23 @@ import importlib.util
 import os
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import ModuleType, TracebackType
 from typing import Any
 
-from .policy import DEFAULT_LIMITS, Limits, Policy
+from .policy import (
+    DEFAULT_LIMITS,
+    Limits,
+    OriginKind,
+    Policy,
+    PolicyOrigin,
+    ProfileName,
+    effective_policy,
+)
 
 ENV_VAR = "CKPTGUARD_GUARD_TORCH_LOAD"
 POLICY_ENV_VAR = "CKPTGUARD_POLICY"
+PROFILES_ENV_VAR = "CKPTGUARD_PROFILES"  # comma-separated profile names
 _TRUE = frozenset({"1", "true", "yes", "on"})
 
 
@@ -45,8 +55,9 @@ class TorchLoadGuard:
     :func:`guard_torch_load` calls) until :meth:`disable` or the end of a ``with`` block.
     Guards nest; the innermost active one's policy applies."""
 
-    def __init__(self, policy: Policy | None = None, limits: Limits | None = None) -> None:
-        self.policy = policy if policy is not None else Policy()
+    def __init__(self, policy: Policy | None = None, limits: Limits | None = None,
+                 profiles: Iterable[str | ProfileName] | None = None) -> None:
+        self.policy = effective_policy(policy, profiles)
         self.limits = limits if limits is not None else DEFAULT_LIMITS
         self._cfg: Any = None
         self._lock = threading.Lock()
@@ -81,11 +92,12 @@ class TorchLoadGuard:
         self.disable()
 
 
-def guard_torch_load(*, policy: Policy | None = None,
-                     limits: Limits | None = None) -> TorchLoadGuard:
+def guard_torch_load(*, policy: Policy | None = None, limits: Limits | None = None,
+                     profiles: Iterable[str | ProfileName] | None = None) -> TorchLoadGuard:
     """Turn the gate on now; returns the handle (a context manager that turns it off on
-    exit, or call ``.disable()``)."""
-    return TorchLoadGuard(policy, limits).enable()
+    exit, or call ``.disable()``). ``profiles`` adds shipped profiles to ``policy``
+    (``guard_torch_load(profiles=["hf-trainer"])`` to resume a Trainer checkpoint)."""
+    return TorchLoadGuard(policy, limits, profiles).enable()
 
 
 def is_torch_load_guarded() -> bool:
@@ -141,7 +153,11 @@ def install_from_env(environ: Mapping[str, str] | None = None) -> bool:
     if env.get(ENV_VAR, "").strip().lower() not in _TRUE:
         return False
     policy_file = env.get(POLICY_ENV_VAR, "").strip()
-    policy = Policy.from_file(policy_file) if policy_file else Policy()
+    policy = Policy.from_file(policy_file, origin=PolicyOrigin(
+        OriginKind.ENVIRONMENT, f"{POLICY_ENV_VAR}={policy_file}")) if policy_file else Policy()
+    names = [n for n in env.get(PROFILES_ENV_VAR, "").split(",") if n.strip()]
+    policy = effective_policy(policy, names, origin=PolicyOrigin(
+        OriginKind.ENVIRONMENT, PROFILES_ENV_VAR))
     if "torch" in sys.modules:
         _enable_from_env(policy)
     elif not any(isinstance(h, _TorchImportHook) for h in sys.meta_path):
@@ -152,6 +168,7 @@ def install_from_env(environ: Mapping[str, str] | None = None) -> bool:
 __all__ = [
     "ENV_VAR",
     "POLICY_ENV_VAR",
+    "PROFILES_ENV_VAR",
     "TorchLoadGuard",
     "guard_torch_load",
     "install_from_env",

@@ -641,6 +641,11 @@ class _VM:
                     raise self.malformed(f"{how} arguments are not a tuple", pos)
             if func.rebuild:
                 self._rebuild(c, func, args, pos)
+            if func.full == "numpy.dtype" and isinstance(args, tuple) and args and \
+                    isinstance(args[0], str) and args[0].lstrip("|<>=").startswith("O"):
+                self.add("CKG122", f"numpy.dtype({_clip(args[0])!r}): an object dtype, whose "
+                         "arrays hold Python objects instead of numbers", pos,
+                         {"global": "numpy.dtype", "dtype": _clip(args[0])})
             if func.full == "builtins.bytearray" and isinstance(args, tuple) and args and \
                     isinstance(args[0], int) and args[0] > (1 << 20):
                 self.add("CKG408", f"bytearray({args[0]}): an allocation no checkpoint needs",

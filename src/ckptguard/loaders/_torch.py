@@ -9,7 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import LoaderUnavailableError
-from ..policy import Policy
+from ..model import Report
+from ..policy import Policy, used_entries
 from .base import LoaderError
 
 try:
@@ -125,16 +126,19 @@ def resolve_global(full_path: str) -> Any:
     raise LoaderError(f"policy allows {full_path!r}, but it cannot be imported here")
 
 
-def extra_safe_globals(policy: Policy | None) -> list[Any]:
-    """``(object, "module.name")`` pairs for exactly the policy's user-allowed globals."""
+def extra_safe_globals(policy: Policy | None, report: Report | None = None) -> list[Any]:
+    """``(object, "module.name")`` pairs for the policy's allowed globals: with a report,
+    exactly those the audited file uses (a profile's other rows are never imported);
+    without one, the policy's own entries."""
     if policy is None:
         return []
-    return [(resolve_global(e.full_path), e.full_path) for e in policy.extra]
+    entries = policy.extra if report is None else used_entries(policy, report.all_findings())
+    return [(resolve_global(e.full_path), e.full_path) for e in entries]
 
 
-def safe_globals(policy: Policy | None) -> Any:
+def safe_globals(policy: Policy | None, report: Report | None = None) -> Any:
     """``torch.serialization.safe_globals`` with the policy's extras and nothing else."""
-    return torch.serialization.safe_globals(extra_safe_globals(policy))
+    return torch.serialization.safe_globals(extra_safe_globals(policy, report))
 
 
 __all__ = [

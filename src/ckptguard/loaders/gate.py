@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import ScanInputError
 from ..model import Format
-from ..policy import Limits, Policy
+from ..policy import Limits, Policy, with_caller_globals
 from . import _torch
 from ._torch import WRAPPED_ATTR, safe_globals, torch
 from .base import open_audited, require_safe
@@ -134,9 +134,29 @@ def _load_filelike(f: Any, cfg: GuardConfig, map_location: Any, mmap: bool | Non
         else "<file-like object>"
     report = audit_bytes(data, name, policy=cfg.policy, limits=cfg.limits)
     require_safe(report)
-    with safe_globals(cfg.policy):
+    with safe_globals(cfg.policy, report):
         return _torch.torch_load(io.BytesIO(data), map_location=map_location,
                                  weights_only=True, mmap=mmap, **pickle_load_args)
+
+
+def _caller_safe_global_names() -> list[str]:
+    """``module.name`` of every global the caller allowed with
+    ``torch.serialization.safe_globals`` / ``add_safe_globals`` (torch's own naming)."""
+    names = []
+    for g in torch.serialization.get_safe_globals():
+        if isinstance(g, tuple) and len(g) == 2 and isinstance(g[1], str):
+            names.append(g[1])
+        else:
+            module, qual = getattr(g, "__module__", None), getattr(g, "__qualname__", None)
+            if isinstance(module, str) and isinstance(qual, str):
+                names.append(f"{module}.{qual}")
+    return names
+
+
+def _with_caller_safe_globals(cfg: GuardConfig) -> GuardConfig:
+    """The guard's policy plus the caller's BENIGN safe globals (never HIGH/CRITICAL)."""
+    policy = with_caller_globals(cfg.policy, _caller_safe_global_names())
+    return cfg if policy is cfg.policy else GuardConfig(policy, cfg.limits)
 
 
 @functools.wraps(_torch.ORIGINAL_LOAD)
@@ -149,6 +169,7 @@ def guarded_load(f: Any, map_location: Any = None, pickle_module: Any = None, *,
         return _torch.torch_load(f, map_location=map_location, pickle_module=pickle_module,
                                  weights_only=weights_only, mmap=mmap, **pickle_load_args)
     del pickle_module, weights_only  # a SAFE file needs only the weights-only unpickler
+    cfg = _with_caller_safe_globals(cfg)
     if isinstance(f, (str, os.PathLike)):
         return _load_path(f, cfg, map_location, mmap, pickle_load_args)
     return _load_filelike(f, cfg, map_location, mmap, pickle_load_args)

@@ -12,8 +12,11 @@ from .policy import (
     ProfileChoice,
     classify_global,
     denied_by,
+    effective_policy,
     global_message,
     static_status,
+    used_entries,
+    with_caller_globals,
 )
 from .profiles import PROFILES, Profile, ProfileName
 from .provenance import OriginKind, PolicyOrigin
@@ -21,4 +24,5 @@ from .provenance import OriginKind, PolicyOrigin
 __all__ = ["BENIGN", "DEFAULT_LIMITS", "PROFILES", "AllowEntry", "BenignKind", "BenignRow",
            "DenyHit", "GlobalDecision", "GlobalStatus", "Limits", "OriginKind", "Policy",
            "PolicyOrigin", "Profile", "ProfileChoice", "ProfileName", "classify_global",
-           "denied_by", "global_message", "static_status"]
+           "denied_by", "effective_policy", "global_message", "static_status",
+           "used_entries", "with_caller_globals"]

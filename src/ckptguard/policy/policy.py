@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PolicyError
+from ..model import Finding
 from .benign import BenignRow, benign_row
 from .defaults import ALLOW, DENY, DENY_ATTRIBUTES, DenyKind
 from .profiles import PROFILES, ProfileName, profiles_with
@@ -141,10 +142,12 @@ class AllowEntry:
     reason: str
     origin: PolicyOrigin = API_ORIGIN
     acknowledge_unreviewed: bool = False
+    profile: ProfileName | None = None  # set on the rows a chosen profile contributes
 
     @property
     def source(self) -> str:
-        return str(self.origin)
+        return str(self.origin) if self.profile is None else \
+            f"{self.origin} (profile {self.profile.value})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,8 +212,8 @@ class Policy:
         out = list(self.extra)
         for choice in self.profiles:
             for row in PROFILES[choice.name].rows():
-                out.append(AllowEntry(row.full_path, f"profile {choice.name.value}: {row.reason}",
-                                      choice.origin))
+                out.append(AllowEntry(row.full_path, row.reason, choice.origin,
+                                      profile=choice.name))
         return tuple(out)
 
     @property
@@ -331,6 +334,43 @@ class Policy:
         return cls()
 
 
+def effective_policy(policy: Policy | None,
+                     profiles: Iterable[str | ProfileName] | None = None,
+                     *, origin: PolicyOrigin = API_ORIGIN) -> Policy:
+    """``policy`` (default: the weights-only allowlist only) plus the named profiles."""
+    pol = policy if policy is not None else DEFAULT_POLICY
+    names = tuple(profiles or ())
+    return pol.with_profiles(*names, origin=origin) if names else pol
+
+
+def with_caller_globals(policy: Policy, names: Iterable[str]) -> Policy:
+    """``policy`` plus the globals a caller allowed for torch's weights-only unpickler
+    (``torch.serialization.safe_globals``), keeping the BENIGN ones only: a caller's
+    context can widen the gate to reviewed data types, never to an unreviewed (HIGH) or
+    denied (CRITICAL) global."""
+    origin = PolicyOrigin(OriginKind.CALLER, "torch.serialization.safe_globals")
+    add = tuple(AllowEntry(n, f"allowed by the caller's safe_globals: {row.reason}", origin)
+                for n in dict.fromkeys(names)
+                if (row := benign_row(n)) is not None and static_status(n) is GlobalStatus.BENIGN
+                and policy.user_entry(n) is None)
+    if not add:
+        return policy
+    return Policy((*policy.extra, *add), policy.profiles, policy.origin)
+
+
+#: The rules whose findings name a global the policy allowed (evidence key "global").
+ALLOWED_RULES = frozenset({STATUS_RULES[GlobalStatus.POLICY],
+                           STATUS_RULES[GlobalStatus.ACKNOWLEDGED]})
+
+
+def used_entries(policy: Policy, findings: Iterable[Finding]) -> tuple[AllowEntry, ...]:
+    """The policy entries an audited file actually uses (what a loader must hand to
+    torch's weights-only unpickler; nothing else is imported)."""
+    used = {g for f in findings if f.rule_id in ALLOWED_RULES
+            and (g := f.evidence_dict.get("global")) is not None}
+    return tuple(e for e in policy.entries() if e.full_path in used)
+
+
 def static_status(full_path: str) -> GlobalStatus:
     """The ladder with no policy: ALLOW, BENIGN, UNREVIEWED or DENY."""
     return classify_global(full_path, DEFAULT_POLICY).status
@@ -398,6 +438,7 @@ def global_message(how: str, name: str, d: GlobalDecision) -> str:
 
 DEFAULT_POLICY = Policy()
 
-__all__ = ["DEFAULT_POLICY", "STATUS_RULES", "AllowEntry", "DenyHit", "GlobalDecision",
-           "GlobalStatus", "Policy", "ProfileChoice", "classify_global", "denied_by",
-           "global_message", "static_status"]
+__all__ = ["ALLOWED_RULES", "DEFAULT_POLICY", "STATUS_RULES", "AllowEntry", "DenyHit",
+           "GlobalDecision", "GlobalStatus", "Policy", "ProfileChoice", "classify_global",
+           "denied_by", "effective_policy", "global_message", "static_status", "used_entries",
+           "with_caller_globals"]
