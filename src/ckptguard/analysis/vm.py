@@ -403,7 +403,7 @@ class _VM:
                     args = stack.pop()
                     func = stack[-1]
                     if type(func) is Global and func.ok and type(args) is tuple and \
-                            func.full != "builtins.bytearray":
+                            func.full not in _ARG_CHECKED:
                         c = Call(func, args, base + op_pos, "REDUCE")
                         if func.rebuild:
                             self._rebuild(c, func, args, op_pos)
@@ -1296,6 +1296,8 @@ def _py_mapped(module: str, name: str) -> str:
     return f"{module}.{name}"
 
 
+#: allowed callables whose arguments call() checks (the inline REDUCE path skips them)
+_ARG_CHECKED = frozenset({"builtins.bytearray", "numpy.dtype"})
 _USER_ALLOWED = frozenset({GlobalStatus.POLICY, GlobalStatus.ACKNOWLEDGED, GlobalStatus.SCRIPT})
 
 
