@@ -114,14 +114,13 @@ def _describe(report: Report) -> str:
             f"  These are reviewed benign types that the '{name}' profile allows. If you "
             f"trust this file, choose it on purpose: guard_torch_load(profiles=[\"{name}\"]), "
             f"safe_load(..., profiles=[\"{name}\"]) or `ckptguard scan --profile {name}`.")
-        return "\n".join(lines)
     entries = ", ".join(f'{{ global = "{g}", reason = "..." }}' for g in benign[:5])
     lines.append(
-        "  If you trust this file, these reviewed benign types can be allowed on purpose "
-        "(with a reason) in a --policy file:\n"
+        "  " + ("Or allow" if covering else "If you trust this file, allow") + " these "
+        "reviewed benign types on purpose (with a reason) in a --policy file:\n"
         f"    allow = [{entries}]\n"
         "  or in Python: Policy().allow(module, name, reason=...).")
-    if report.tensors:
+    if report.tensors and not covering:
         lines.append("  With that policy, `ckptguard convert --policy FILE SRC DST.safetensors` "
                      "writes a weights-only copy that needs none.")
     return "\n".join(lines)

@@ -127,13 +127,16 @@ def resolve_global(full_path: str) -> Any:
 
 
 def extra_safe_globals(policy: Policy | None, report: Report | None = None) -> list[Any]:
-    """``(object, "module.name")`` pairs for the policy's allowed globals: with a report,
-    exactly those the audited file uses (a profile's other rows are never imported);
-    without one, the policy's own entries."""
+    """``(object, "module.name")`` pairs for the policy's own entries, plus (with a report)
+    the rows of chosen profiles that the audited file uses: a profile's other rows are
+    never imported."""
     if policy is None:
         return []
-    entries = policy.extra if report is None else used_entries(policy, report.all_findings())
-    return [(resolve_global(e.full_path), e.full_path) for e in entries]
+    entries = {e.full_path: e for e in policy.extra}
+    if report is not None:
+        for e in used_entries(policy, report.all_findings()):
+            entries.setdefault(e.full_path, e)
+    return [(resolve_global(name), name) for name in entries]
 
 
 def safe_globals(policy: Policy | None, report: Report | None = None) -> Any:

@@ -358,15 +358,14 @@ def with_caller_globals(policy: Policy, names: Iterable[str]) -> Policy:
     return Policy((*policy.extra, *add), policy.profiles, policy.origin)
 
 
-#: The rules whose findings name a global the policy allowed (evidence key "global").
-ALLOWED_RULES = frozenset({STATUS_RULES[GlobalStatus.POLICY],
-                           STATUS_RULES[GlobalStatus.ACKNOWLEDGED]})
+#: The rules whose findings name a global off the allowlist (evidence key "global").
+LADDER_RULES = frozenset(r for r in STATUS_RULES.values() if r is not None)
 
 
 def used_entries(policy: Policy, findings: Iterable[Finding]) -> tuple[AllowEntry, ...]:
-    """The policy entries an audited file actually uses (what a loader must hand to
-    torch's weights-only unpickler; nothing else is imported)."""
-    used = {g for f in findings if f.rule_id in ALLOWED_RULES
+    """The policy entries for globals an audited file actually imports (what a loader must
+    hand to torch's weights-only unpickler; a profile's other rows are never imported)."""
+    used = {g for f in findings if f.rule_id in LADDER_RULES
             and (g := f.evidence_dict.get("global")) is not None}
     return tuple(e for e in policy.entries() if e.full_path in used)
 
@@ -438,7 +437,7 @@ def global_message(how: str, name: str, d: GlobalDecision) -> str:
 
 DEFAULT_POLICY = Policy()
 
-__all__ = ["ALLOWED_RULES", "DEFAULT_POLICY", "STATUS_RULES", "AllowEntry", "DenyHit",
+__all__ = ["DEFAULT_POLICY", "LADDER_RULES", "STATUS_RULES", "AllowEntry", "DenyHit",
            "GlobalDecision", "GlobalStatus", "Policy", "ProfileChoice", "classify_global",
            "denied_by", "effective_policy", "global_message", "static_status", "used_entries",
            "with_caller_globals"]
