@@ -437,3 +437,107 @@ def test_gate_and_ladder_share_one_decision_type() -> None:
     d = classify_global("os.system", Policy())
     assert d.deny is not None and d.rule_id == "CKG101" and d.status is D
     assert not inspect.isclass(d.rule_id)
+
+
+# --- policy provenance (issue 10.6) -------------------------------------------------------------
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from ckptguard.cli import cli
+
+    res = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    return res.exit_code, res.stdout
+
+
+_PAYLOAD_GLOBAL = ("evilpkg.gadgets", "Runner")
+
+
+def _hostile_repo(root: Path) -> Path:
+    """A cloned 'model repository' whose pyproject.toml allows its own payload (an
+    unreviewed gadget, acknowledged) and a benign-looking type next to it."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "model.pkl").write_bytes(_pickle_call(*_PAYLOAD_GLOBAL, arg="touch pwned"))
+    (root / "pyproject.toml").write_text(
+        "[project]\nname = 'innocent-model'\n[tool.ckptguard]\nallow = [\n"
+        '  { global = "evilpkg.gadgets.Runner", reason = "our trainer", '
+        "acknowledge_unreviewed = true },\n]\nprofiles = [\"hf-trainer\"]\n")
+    return root
+
+
+@pytest.mark.parametrize("cwd_inside", [True, False])
+def test_hostile_repo_pyproject_never_applies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              cwd_inside: bool) -> None:
+    repo = _hostile_repo(tmp_path / "repo")
+    monkeypatch.delenv("CKPTGUARD_POLICY", raising=False)
+    monkeypatch.chdir(repo if cwd_inside else tmp_path)
+    target = "." if cwd_inside else "repo"
+    code, out = _cli("scan", "--format", "json", target)
+    doc = json.loads(out)
+    assert code == 1
+    rep = doc["reports"][0]
+    assert rep["verdict"] == "UNSAFE"
+    ids = {f["rule_id"] for c in [rep, *rep["children"]] for f in c["findings"]}
+    assert "CKG120" in ids and "CKG121" not in ids and "CKG106" not in ids
+    assert doc["policy_source"] == {"origin": {"kind": "default", "location": None},
+                                    "profiles": []}
+    # the API never discovers either
+    assert ckptguard.scan(repo).verdict is Verdict.UNSAFE
+
+
+def test_discovery_is_an_explicit_opt_in_and_reported(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = _hostile_repo(tmp_path / "repo")
+    monkeypatch.delenv("CKPTGUARD_POLICY", raising=False)
+    monkeypatch.chdir(repo)
+    code, out = _cli("scan", "--format", "json", "--discover-policy", "model.pkl")
+    doc = json.loads(out)
+    assert code == 0  # the user asked for it, and every format says so
+    assert doc["policy_source"]["origin"] == {"kind": "discovered",
+                                              "location": str(repo / "pyproject.toml")}
+    assert doc["policy_source"]["profiles"][0]["name"] == "hf-trainer"
+    code, out = _cli("scan", "--format", "sarif", "--discover-policy", "model.pkl")
+    props = json.loads(out)["runs"][0]["properties"]["policySource"]
+    assert props["origin"]["kind"] == "discovered"
+    code, out = _cli("scan", "--discover-policy", "model.pkl")
+    assert f"policy: discovered:{repo / 'pyproject.toml'}" in out
+
+
+def test_policy_from_environment_is_reported(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ns.pkl").write_bytes(pickle.dumps(__import__("argparse").Namespace(a=1),
+                                                   protocol=2))
+    pol = tmp_path / "p.toml"
+    pol.write_text('allow = [{ global = "argparse.Namespace", reason = "hp" }]\n')
+    code, out = _cli("scan", "--format", "json", "ns.pkl",
+                     env={"CKPTGUARD_POLICY": str(pol)})
+    doc = json.loads(out)
+    assert code == 0
+    assert doc["policy_source"]["origin"] == {"kind": "environment",
+                                              "location": f"CKPTGUARD_POLICY={pol}"}
+    code, _ = _cli("scan", "ns.pkl", env={"CKPTGUARD_POLICY": ""})
+    assert code == 1
+
+
+def test_profile_flag_and_suggest_policy_round_trip(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import datetime
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CKPTGUARD_POLICY", raising=False)
+    (tmp_path / "a.pkl").write_bytes(pickle.dumps(
+        {"when": datetime.date(2020, 1, 2), "where": Path("/data")}, protocol=2))
+    (tmp_path / "evil.pkl").write_bytes(_pickle_call("uuid", "_get_command_stdout"))
+    assert _cli("scan", "a.pkl")[0] == 1
+    code, out = _cli("scan", "--format", "json", "--profile", "stdlib-data", "a.pkl")
+    assert code == 0
+    assert json.loads(out)["policy_source"]["profiles"] == [
+        {"name": "stdlib-data", "origin": {"kind": "flag", "location": "--profile"}}]
+    code, toml = _cli("scan", "--suggest-policy", "a.pkl", "evil.pkl")
+    assert "uuid" not in toml.split("allow = [", 1)[1] and "evil.pkl" in toml
+    assert "datetime.date" in toml and "pathlib.PosixPath" in toml
+    (tmp_path / "suggested.toml").write_text(toml)
+    assert _cli("scan", "--policy", "suggested.toml", "a.pkl")[0] == 0
+    assert _cli("scan", "--policy", "suggested.toml", "evil.pkl")[0] == 1
+    assert _cli("scan", "--policy", "suggested.toml", "--discover-policy", "a.pkl")[0] == 2
