@@ -541,3 +541,26 @@ def test_profile_flag_and_suggest_policy_round_trip(tmp_path: Path,
     assert _cli("scan", "--policy", "suggested.toml", "a.pkl")[0] == 0
     assert _cli("scan", "--policy", "suggested.toml", "evil.pkl")[0] == 1
     assert _cli("scan", "--policy", "suggested.toml", "--discover-policy", "a.pkl")[0] == 2
+
+
+@pytest.mark.parametrize(("profiles", "expect"), [("numpy", "LOADED"),
+                                                  ("", "UnsafeCheckpointError")])
+def test_environment_gate_takes_profiles(tmp_path: Path, profiles: str, expect: str) -> None:
+    import os
+    import subprocess
+
+    torch = pytest.importorskip("torch")
+    np = pytest.importorskip("numpy")
+    path = tmp_path / "arrays.pt"
+    torch.save({"mean": np.arange(3, dtype=np.float32)}, path)
+    code = ("import ckptguard.guard as g\nassert g.install_from_env()\nimport torch\n"
+            f"try:\n    out = torch.load({str(path)!r})\n"
+            "    print('LOADED', out['mean'].tolist())\n"
+            "except Exception as e:\n    print(type(e).__name__)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CKPTGUARD")}
+    env.update({"CKPTGUARD_GUARD_TORCH_LOAD": "1", "CKPTGUARD_PROFILES": profiles})
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=180, check=False)
+    assert expect in proc.stdout, proc.stderr[-2000:]
+    if expect == "LOADED":
+        assert "[0.0, 1.0, 2.0]" in proc.stdout

@@ -244,6 +244,13 @@ BENIGN: tuple[BenignRow, ...] = (
     *(r for group in _CONTRIBUTIONS for r in group),
 )
 
+#: Classes whose instances a row's call returns and the pickle then BUILDs: torch's
+#: weights-only unpickler must know them too (numpy.dtype('f4') is a Float32DType).
+COMPANIONS: dict[str, tuple[str, ...]] = {
+    "numpy.dtype": tuple(r.full_path for r in _NUMPY
+                         if r.full_path.startswith("numpy.dtypes.")),
+}
+
 #: full path -> row, for the lookup the ladder does per global.
 BENIGN_BY_PATH: dict[str, BenignRow] = {r.full_path: r for r in BENIGN}
 assert len(BENIGN_BY_PATH) == len(BENIGN), "duplicate BENIGN row"
@@ -253,4 +260,4 @@ def benign_row(full_path: str) -> BenignRow | None:
     return BENIGN_BY_PATH.get(full_path)
 
 
-__all__ = ["BENIGN", "BENIGN_BY_PATH", "BenignKind", "BenignRow", "benign_row", "rows"]
+__all__ = ["BENIGN", "BENIGN_BY_PATH", "COMPANIONS", "BenignKind", "BenignRow", "benign_row", "rows"]

@@ -43,7 +43,7 @@ from typing import Any
 
 from ..errors import PolicyError
 from ..model import Finding
-from .benign import BenignRow, benign_row
+from .benign import COMPANIONS, BenignRow, benign_row
 from .defaults import ALLOW, DENY, DENY_ATTRIBUTES, DenyKind
 from .profiles import PROFILES, ProfileName, profiles_with
 from .provenance import API_ORIGIN, DEFAULT_ORIGIN, OriginKind, PolicyOrigin
@@ -367,6 +367,7 @@ def used_entries(policy: Policy, findings: Iterable[Finding]) -> tuple[AllowEntr
     hand to torch's weights-only unpickler; a profile's other rows are never imported)."""
     used = {g for f in findings if f.rule_id in LADDER_RULES
             and (g := f.evidence_dict.get("global")) is not None}
+    used |= {c for g in tuple(used) for c in COMPANIONS.get(g, ())}
     return tuple(e for e in policy.entries() if e.full_path in used)
 
 
