@@ -260,4 +260,5 @@ def benign_row(full_path: str) -> BenignRow | None:
     return BENIGN_BY_PATH.get(full_path)
 
 
-__all__ = ["BENIGN", "BENIGN_BY_PATH", "COMPANIONS", "BenignKind", "BenignRow", "benign_row", "rows"]
+__all__ = ["BENIGN", "BENIGN_BY_PATH", "COMPANIONS", "BenignKind", "BenignRow", "benign_row",
+           "rows"]
