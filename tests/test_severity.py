@@ -564,3 +564,32 @@ def test_environment_gate_takes_profiles(tmp_path: Path, profiles: str, expect: 
     assert expect in proc.stdout, proc.stderr[-2000:]
     if expect == "LOADED":
         assert "[0.0, 1.0, 2.0]" in proc.stdout
+
+
+@pytest.mark.parametrize(("fixture", "profile"), [
+    ("medium/lightning_hparams.pt", "lightning"),
+    ("medium/argparse_namespace.pt", "stdlib-data"),
+    ("medium/numpy_arrays.pt", "numpy"),
+    ("medium/whole_module.pt", "torch-modules"),
+])
+def test_medium_fixture_loads_under_its_profile_bit_for_bit(fixture: str, profile: str) -> None:
+    torch = pytest.importorskip("torch")
+    path = FIXTURES / fixture
+    assert ckptguard.scan(path).verdict is Verdict.UNSAFE
+    r = ckptguard.scan(path, profiles=[profile])
+    assert r.verdict is Verdict.SAFE and "CKG106" in r.rule_ids()
+    ours = ckptguard.safe_load(path, profiles=[profile])
+    ref = torch.load(path, weights_only=False, map_location="cpu")
+    if isinstance(ref, torch.nn.Module):
+        ours, ref = ours.state_dict(), ref.state_dict()
+    flat_ours = {k: v for k, v in ours.items() if isinstance(v, torch.Tensor)}
+    flat_ref = {k: v for k, v in ref.items() if isinstance(v, torch.Tensor)}
+    for k in ("state_dict",):
+        if k in ref:
+            flat_ours.update(ours[k])
+            flat_ref.update(ref[k])
+    assert flat_ref and flat_ours.keys() == flat_ref.keys()
+    for k, v in flat_ref.items():
+        a, b = flat_ours[k], v
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert a.view(torch.uint8).tolist() == b.view(torch.uint8).tolist()

@@ -55,12 +55,10 @@ def _group(*groups: str) -> tuple[str, ...]:
 _NUMPY_ARRAYS = tuple(
     r.full_path for r in BENIGN if r.group == "numpy")
 
+_PATHS = tuple(r.full_path for r in BENIGN if r.full_path.startswith("pathlib."))
+
 _STDLIB_DATA = (
-    "argparse.Namespace", "types.SimpleNamespace", "pathlib.Path", "pathlib.PosixPath",
-    "pathlib.WindowsPath", "pathlib.PurePath", "pathlib.PurePosixPath",
-    "pathlib.PureWindowsPath", "pathlib._local.Path", "pathlib._local.PosixPath",
-    "pathlib._local.WindowsPath", "pathlib._local.PurePath", "pathlib._local.PurePosixPath",
-    "pathlib._local.PureWindowsPath", "datetime.datetime", "datetime.date", "datetime.time",
+    "argparse.Namespace", "types.SimpleNamespace", *_PATHS, "datetime.datetime", "datetime.date", "datetime.time",
     "datetime.timedelta", "datetime.timezone", "decimal.Decimal", "fractions.Fraction",
     "uuid.UUID", "uuid.SafeUUID", "collections.defaultdict", "collections.deque",
     "builtins.slice", "builtins.range", "builtins.frozenset", "builtins.list", "builtins.dict",
@@ -89,9 +87,7 @@ PROFILES: dict[ProfileName, Profile] = {p.name: p for p in (
     Profile(ProfileName.LIGHTNING,
             "Lightning checkpoints: hyper_parameters as AttributeDict / argparse.Namespace, "
             "paths and numpy values in callback state",
-            (*_group("lightning"), "argparse.Namespace", "types.SimpleNamespace",
-             "pathlib.Path", "pathlib.PosixPath", "pathlib.WindowsPath",
-             "pathlib._local.Path", "pathlib._local.PosixPath", "pathlib._local.WindowsPath",
+            (*_group("lightning"), "argparse.Namespace", "types.SimpleNamespace", *_PATHS,
              "datetime.timedelta", *_NUMPY_ARRAYS)),
     Profile(ProfileName.TORCH_MODULES,
             "torch.save(model): whole nn.Module objects made of torch's own layer classes",
