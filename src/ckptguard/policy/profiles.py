@@ -59,7 +59,8 @@ _PATHS = tuple(r.full_path for r in BENIGN if r.full_path.startswith("pathlib.")
 
 _STDLIB_DATA = (
     "argparse.Namespace", "types.SimpleNamespace", *_PATHS, "datetime.datetime",
-    "datetime.date", "datetime.time", "datetime.timedelta", "datetime.timezone", "decimal.Decimal", "fractions.Fraction",
+    "datetime.date", "datetime.time", "datetime.timedelta", "datetime.timezone",
+    "decimal.Decimal", "fractions.Fraction",
     "uuid.UUID", "uuid.SafeUUID", "collections.defaultdict", "collections.deque",
     "builtins.slice", "builtins.range", "builtins.frozenset", "builtins.list", "builtins.dict",
     "builtins.tuple", "builtins.int", "builtins.float", "builtins.str", "builtins.bytes",
