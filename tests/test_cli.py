@@ -357,13 +357,21 @@ def test_policy_file(here: Path) -> None:
     assert code == 0
     assert doc["policy"] == [{"global": "argparse.Namespace",
                               "reason": "hparams saved by our trainer",
-                              "source": "policy.toml"}]
+                              "source": "file:policy.toml"}]
+    assert doc["policy_source"] == {"origin": {"kind": "file", "location": "policy.toml"},
+                                    "profiles": []}
 
 
-def test_policy_discovered_from_pyproject(here: Path) -> None:
+def test_pyproject_policy_only_with_discovery_opt_in(here: Path) -> None:
     write(here / "ns.pkl", namespace_pickle())
     (here / "pyproject.toml").write_text("[project]\nname = 'x'\n" + POLICY)
-    assert run("scan", "ns.pkl").exit_code == 0
+    code, doc = scan_json("ns.pkl")  # never picked up on its own
+    assert code == 1 and "CKG102" in {f["rule_id"] for f in doc["reports"][0]["findings"]}
+    assert doc["policy_source"]["origin"] == {"kind": "default", "location": None}
+    code, doc = scan_json("ns.pkl", "--discover-policy")
+    assert code == 0
+    assert doc["policy_source"]["origin"] == {"kind": "discovered",
+                                              "location": str(here / "pyproject.toml")}
 
 
 def test_policy_errors_exit_2(here: Path) -> None:

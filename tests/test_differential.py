@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 import ckptguard
 from ckptguard.model import Report, Verdict
-from ckptguard.policy import Policy, classify_global
+from ckptguard.policy import GlobalStatus, Policy, classify_global
 
 torch = pytest.importorskip("torch")
 
@@ -322,7 +322,7 @@ def _check(worker: Any, data: bytes, globals_used: list[str], tmp: Path) -> tupl
     if t["ok"]:
         reported = {f.evidence_dict.get("global") for f in r.all_findings()}
         for g in globals_used:
-            if classify_global(g, POLICY)[0] != "allow":
+            if classify_global(g, POLICY).status is not GlobalStatus.ALLOW:
                 assert g in reported, f"torch loaded {g} and we did not report it"
     return r, t
 

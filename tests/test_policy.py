@@ -9,7 +9,7 @@ import pytest
 
 from ckptguard import Policy, PolicyError
 from ckptguard.analysis import _torch_names
-from ckptguard.policy import classify_global, denied_by
+from ckptguard.policy import GlobalStatus, OriginKind, PolicyOrigin, classify_global, denied_by
 from ckptguard.policy.defaults import ALLOW, DENY
 
 torch = pytest.importorskip("torch")
@@ -69,31 +69,34 @@ def test_no_allow_row_is_denied() -> None:
 def test_deny_rows_have_known_rules_and_reasons() -> None:
     prefixes = [p for p, _, _ in DENY]
     assert len(prefixes) == len(set(prefixes))
-    for prefix, rule_id, reason in DENY:
-        assert rule_id in ("CKG101", "CKG104") and reason
+    for _prefix, kind, reason in DENY:
+        assert kind.rule_id in ("CKG101", "CKG104") and reason
 
 
 @pytest.mark.parametrize(("full", "status"), [
-    ("torch._utils._rebuild_tensor_v2", "allow"),
-    ("collections.OrderedDict", "allow"),
-    ("posix.system", "deny"),
-    ("torch.serialization.os.system", "deny"),       # dotted path through a module attribute
-    ("collections.OrderedDict.__class__", "deny"),   # dunder attribute chain
-    ("builtins.getattr", "deny"),
-    ("pip.main", "deny"),
-    ("runpy._run_code", "deny"),
-    ("argparse.Namespace", "unknown"),
-    ("numpy.core.multiarray._reconstruct", "unknown"),
+    ("torch._utils._rebuild_tensor_v2", GlobalStatus.ALLOW),
+    ("collections.OrderedDict", GlobalStatus.ALLOW),
+    ("posix.system", GlobalStatus.DENY),
+    ("torch.serialization.os.system", GlobalStatus.DENY),  # dotted path through a module attr
+    ("collections.OrderedDict.__class__", GlobalStatus.DENY),  # dunder attribute chain
+    ("builtins.getattr", GlobalStatus.DENY),
+    ("pip.main", GlobalStatus.DENY),
+    ("runpy._run_code", GlobalStatus.DENY),
+    ("argparse.Namespace", GlobalStatus.BENIGN),
+    ("numpy.core.multiarray._reconstruct", GlobalStatus.BENIGN),
+    ("my_project.config.HParams", GlobalStatus.UNREVIEWED),
 ])
-def test_classify(full: str, status: str) -> None:
-    assert classify_global(full, Policy())[0] == status
+def test_classify(full: str, status: GlobalStatus) -> None:
+    assert classify_global(full, Policy()).status is status
 
 
 def test_policy_from_toml_and_refusal_of_critical(tmp_path: Path) -> None:
     ok = tmp_path / "p.toml"
     ok.write_text('allow = [{ global = "argparse.Namespace", reason = "trainer hparams" }]\n')
     pol = Policy.from_file(ok)
-    assert classify_global("argparse.Namespace", pol) == ("policy", "trainer hparams")
+    d = classify_global("argparse.Namespace", pol)
+    assert d.status is GlobalStatus.POLICY and d.reason == "trainer hparams"
+    assert d.entry is not None and d.entry.origin == PolicyOrigin(OriginKind.FILE, str(ok))
     bad = tmp_path / "bad.toml"
     bad.write_text('allow = [{ global = "os.system", reason = "why not" }]\n')
     with pytest.raises(PolicyError, match="can never allow"):
@@ -111,4 +114,6 @@ def test_policy_discovered_from_pyproject(tmp_path: Path) -> None:
         '[tool.ckptguard]\nallow = [{ global = "argparse.Namespace", reason = "r" }]\n')
     sub = tmp_path / "a" / "b"
     sub.mkdir(parents=True)
-    assert Policy.discover(sub).user_entry("argparse.Namespace") is not None
+    pol = Policy.discover(sub)
+    assert pol.user_entry("argparse.Namespace") is not None
+    assert pol.origin == PolicyOrigin(OriginKind.DISCOVERED, str(tmp_path / "pyproject.toml"))

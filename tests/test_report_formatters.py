@@ -20,7 +20,13 @@ from ckptguard.model import (
     TensorInfo,
     Verdict,
 )
-from ckptguard.policy import AllowEntry
+from ckptguard.policy import (
+    AllowEntry,
+    OriginKind,
+    PolicyOrigin,
+    ProfileChoice,
+    ProfileName,
+)
 from ckptguard.report import FORMATTERS, FormatOptions, ScanResult, load_schema, render
 from ckptguard.report.escape import escape_untrusted, has_unsafe_chars
 from ckptguard.report.jsonreport import SCHEMA_VERSION
@@ -57,8 +63,8 @@ def sample_result() -> ScanResult:
     evil = _report("models/evil.pt", Verdict.UNSAFE, Format.TORCH_ZIP, (
         make_finding("CKG101", "STACK_GLOBAL imports posix.system: runs shell commands",
                      evil_loc, evidence={"module": "posix", "name": "system"}),
-        make_finding("CKG102", "GLOBAL imports argparse.Namespace, which is not on the "
-                     "weights-only allowlist", Location("models/evil.pt", "archive/data.pkl", 40),
+        make_finding("CKG102", "GLOBAL imports argparse.Namespace, a reviewed benign type "
+                     "outside the weights-only allowlist", Location("models/evil.pt", "archive/data.pkl", 40),
                      evidence={"module": "argparse", "name": "Namespace"}),
         make_finding("CKG312", "member archive/extra is not used",
                      Location("models/evil.pt", "archive/extra", 2048)),
@@ -80,7 +86,10 @@ def sample_result() -> ScanResult:
         reports=(safe, evil, empty, broken, hostile, folder),
         skipped=2,
         notes=("directory link not followed: models/link",),
-        policy=(AllowEntry("argparse.Namespace", "hparams from our trainer", "pyproject.toml"),),
+        policy=(AllowEntry("argparse.Namespace", "hparams from our trainer",
+                           PolicyOrigin(OriginKind.FILE, "policy.toml")),),
+        policy_origin=PolicyOrigin(OriginKind.FILE, "policy.toml"),
+        profiles=(ProfileChoice(ProfileName.HF_TRAINER, PolicyOrigin(OriginKind.FLAG, "--profile")),),
     )
 
 

@@ -191,8 +191,10 @@ def test_tensor_names_unchanged_by_iterative_walk() -> None:
     from ckptguard.analysis.vm import Call, Global, TensorRecord, name_tensors
 
     rec = TensorRecord(None, 0, (1,), (1,), "float32", False, 0)
+    from ckptguard.policy import GlobalStatus
+
     g = Global("torch._utils", "_rebuild_tensor_v2", "torch._utils._rebuild_tensor_v2", 0,
-               "allow")
+               GlobalStatus.ALLOW)
     c = Call(g, (), 0, "REDUCE")
     c.tensor = rec
     root = {"": {"a": c, "b": [1, c, (c,)]}, "x": {"": c}, 3: c}

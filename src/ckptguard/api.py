@@ -12,11 +12,12 @@ Importing this module does not import torch; the first load does (and raises
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .errors import LoaderUnavailableError
 from .model import Format
-from .policy import DEFAULT_LIMITS, Limits, Policy
+from .policy import DEFAULT_LIMITS, Limits, Policy, ProfileName, effective_policy
 
 if TYPE_CHECKING:
     from .loaders import StateDictIterator
@@ -44,6 +45,7 @@ def safe_load(
     copy: bool = False,
     policy: Policy | None = None,
     limits: Limits | None = None,
+    profiles: Iterable[str | ProfileName] | None = None,
 ) -> Any:
     """Audit ``path``, then load it; raises unless the verdict is SAFE.
 
@@ -64,7 +66,8 @@ def safe_load(
     ``map_location`` is torch's: ``"cpu"``, ``"cuda"``/``"cuda:N"``, ``"meta"``, a
     ``torch.device``, a dict remap (and, for torch files only, a callable). The policy's
     user-allowed globals are the only ones added to torch's weights-only set. The default
-    policy is ``Policy()`` (torch's weights-only allowlist only).
+    policy is ``Policy()`` (torch's weights-only allowlist only); ``profiles`` adds shipped
+    profiles (``["hf-trainer"]``) to it.
 
     ``copy=False`` (the default) keeps CPU tensors on memory maps of the file: cheap, but
     the tensors keep following the file after this returns (a rewrite changes them, a
@@ -80,7 +83,7 @@ def safe_load(
     raises :class:`~ckptguard.FileChangedError`.
     """
     ld = _loaders()
-    pol = policy if policy is not None else Policy()
+    pol = effective_policy(policy, profiles)
     lim = limits if limits is not None else DEFAULT_LIMITS
     if os.path.isdir(path):
         from .analysis.dcp import is_dcp_dir
@@ -115,6 +118,7 @@ def load_state_dict(
     copy: bool = False,
     policy: Policy | None = None,
     limits: Limits | None = None,
+    profiles: Iterable[str | ProfileName] | None = None,
 ) -> Any:
     """Drop-in for ``transformers.modeling_utils.load_state_dict``: same argument names,
     audited like :func:`safe_load`.
@@ -126,7 +130,7 @@ def load_state_dict(
     """
     del is_quantized, weights_only
     return safe_load(checkpoint_file, map_location=map_location, copy=copy, policy=policy,
-                     limits=limits)
+                     limits=limits, profiles=profiles)
 
 
 def iter_state_dict(
@@ -137,6 +141,7 @@ def iter_state_dict(
     copy: bool = False,
     policy: Policy | None = None,
     limits: Limits | None = None,
+    profiles: Iterable[str | ProfileName] | None = None,
 ) -> StateDictIterator:
     """Yield ``(name, tensor)`` one at a time from a file or a sharded checkpoint's index.
 
@@ -149,7 +154,7 @@ def iter_state_dict(
     :func:`safe_load` (tensors own their memory instead of following the file).
     """
     ld = _loaders()
-    pol = policy if policy is not None else Policy()
+    pol = effective_policy(policy, profiles)
     lim = limits if limits is not None else DEFAULT_LIMITS
     af = ld.open_audited(path_or_index, policy=pol, limits=lim)
     it: StateDictIterator = ld.iterate_audited(af, map_location, mmap=mmap, copy=copy)

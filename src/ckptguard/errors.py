@@ -91,7 +91,8 @@ class LoaderUnavailableError(CkptGuardError, ImportError):
 
 
 def _describe(report: Report) -> str:
-    from .model import Severity, Verdict
+    from .model import Effect, Severity, Verdict
+    from .policy.profiles import profiles_covering
 
     head = f"{report.path}: verdict {report.verdict.value}"
     lines = [head + (" (not loaded)" if report.verdict is not Verdict.SAFE else "")]
@@ -99,24 +100,46 @@ def _describe(report: Report) -> str:
         lines.append(f"  [{f.rule_id} {f.severity.name}] {f.message} ({f.location})")
     for p in report.problems[:2]:
         lines.append(f"  [problem] {p.message} ({p.location})")
-    if report.verdict is Verdict.UNSAFE:
-        findings = report.all_findings()
-        if any(f.severity is Severity.CRITICAL for f in findings):
-            lines.append("  It reaches a code-execution primitive: do not load it; no policy "
-                         "can allow that.")
-        else:
-            benign = sorted({g for f in findings if f.rule_id == "CKG102"
-                             and (g := f.evidence_dict.get("global"))})
-            if benign:
-                entries = ", ".join(f'{{ global = "{g}", reason = "..." }}' for g in benign[:5])
-                lines.append(
-                    "  If you trust this file and these globals are benign, allow them on "
-                    "purpose (with a reason) in pyproject.toml or a --policy file:\n"
-                    f"    [tool.ckptguard]\n    allow = [{entries}]\n"
-                    "  or in Python: Policy().allow(module, name, reason=...). With that policy, "
-                    "`ckptguard convert --policy FILE SRC DST.safetensors` writes a copy that "
-                    "needs none.")
+    if report.verdict is not Verdict.UNSAFE:
+        return "\n".join(lines)
+    blocking = [f for f in report.all_findings() if f.effect is Effect.BLOCKS]
+    worst = max((f.severity for f in blocking), default=Severity.INFO)
+    if worst is Severity.CRITICAL:
+        lines.append("  It reaches a code-execution primitive: do not load it; no policy "
+                     "can allow that.")
+        return "\n".join(lines)
+    if worst is Severity.HIGH:
+        lines.append("  It holds content ckptguard cannot show to be harmless (HIGH): do not "
+                     "load it unless you made it yourself.")
+        return "\n".join(lines)
+    # Only MEDIUM blockers: advice that fits, and only when a policy can really allow them.
+    if not all(f.rule_id in _ALLOWABLE_RULES for f in blocking):
+        return "\n".join(lines)
+    benign = sorted({g for f in blocking if f.rule_id == "CKG102"
+                     and (g := f.evidence_dict.get("global"))})
+    if not benign:
+        return "\n".join(lines)
+    covering = profiles_covering(benign)
+    if covering:
+        name = covering[0].value
+        lines.append(
+            f"  These are reviewed benign types that the '{name}' profile allows. If you "
+            f"trust this file, choose it on purpose: guard_torch_load(profiles=[\"{name}\"]), "
+            f"safe_load(..., profiles=[\"{name}\"]) or `ckptguard scan --profile {name}`.")
+    entries = ", ".join(f'{{ global = "{g}", reason = "..." }}' for g in benign[:5])
+    lines.append(
+        "  " + ("Or allow" if covering else "If you trust this file, allow") + " these "
+        "reviewed benign types on purpose (with a reason) in a --policy file:\n"
+        f"    allow = [{entries}]\n"
+        "  or in Python: Policy().allow(module, name, reason=...).")
+    if report.tensors and not covering:
+        lines.append("  With that policy, `ckptguard convert --policy FILE SRC DST.safetensors` "
+                     "writes a weights-only copy that needs none.")
     return "\n".join(lines)
+
+
+#: MEDIUM rules a policy entry for a BENIGN global makes go away.
+_ALLOWABLE_RULES = frozenset({"CKG102", "CKG111"})
 
 
 __all__ = [

@@ -7,8 +7,9 @@
     handle.disable()
 
 or set ``CKPTGUARD_GUARD_TORCH_LOAD=1`` in the environment (optionally with
-``CKPTGUARD_POLICY=/path/to/policy.toml``) and ``import ckptguard``: the gate turns on for
-the whole process as soon as torch is imported (at once if it already is).
+``CKPTGUARD_POLICY=/path/to/policy.toml`` and ``CKPTGUARD_PROFILES=hf-trainer,numpy``) and
+``import ckptguard``: the gate turns on for the whole process as soon as torch is imported
+(at once if it already is).
 
 Guarded, ``torch.load(path)`` opens the file once, audits it from that descriptor, loads
 the same inode with ``weights_only=True`` and re-checks identity; ``torch.load(fileobj)``
@@ -58,15 +59,24 @@ import importlib.util
 import os
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import ModuleType, TracebackType
 from typing import Any
 
 from .errors import CkptGuardError, PolicyError
-from .policy import DEFAULT_LIMITS, Limits, Policy
+from .policy import (
+    DEFAULT_LIMITS,
+    Limits,
+    OriginKind,
+    Policy,
+    PolicyOrigin,
+    ProfileName,
+    effective_policy,
+)
 
 ENV_VAR = "CKPTGUARD_GUARD_TORCH_LOAD"
 POLICY_ENV_VAR = "CKPTGUARD_POLICY"
+PROFILES_ENV_VAR = "CKPTGUARD_PROFILES"  # comma-separated profile names
 _TRUE = frozenset({"1", "true", "yes", "on"})
 
 #: One line for a ``.pth`` file in site-packages: every Python start-up that sees
@@ -96,9 +106,10 @@ class TorchLoadGuard:
     applies. ``everywhere=True`` makes it the fallback for every context that entered no
     guard of its own (the environment switch does that)."""
 
-    def __init__(self, policy: Policy | None = None, limits: Limits | None = None, *,
+    def __init__(self, policy: Policy | None = None, limits: Limits | None = None,
+                 profiles: Iterable[str | ProfileName] | None = None, *,
                  everywhere: bool = False) -> None:
-        self.policy = policy if policy is not None else Policy()
+        self.policy = effective_policy(policy, profiles)
         self.limits = limits if limits is not None else DEFAULT_LIMITS
         self.everywhere = everywhere
         self._refusal: CkptGuardError | None = None
@@ -155,11 +166,14 @@ def _format_gates(on: bool) -> None:
 
 
 def guard_torch_load(*, policy: Policy | None = None, limits: Limits | None = None,
+                     profiles: Iterable[str | ProfileName] | None = None,
                      everywhere: bool = False) -> TorchLoadGuard:
     """Turn the gate on now; returns the handle (a context manager that turns it off on
-    exit, or call ``.disable()``). The policy applies to this thread / asyncio task;
-    ``everywhere=True`` also makes it the policy of contexts that entered no guard."""
-    return TorchLoadGuard(policy, limits, everywhere=everywhere).enable()
+    exit, or call ``.disable()``). ``profiles`` adds shipped profiles to ``policy``
+    (``guard_torch_load(profiles=["hf-trainer"])`` to resume a Trainer checkpoint). The
+    policy applies to this thread / asyncio task; ``everywhere=True`` also makes it the
+    policy of contexts that entered no guard."""
+    return TorchLoadGuard(policy, limits, profiles, everywhere=everywhere).enable()
 
 
 def is_torch_load_guarded() -> bool:
@@ -225,12 +239,17 @@ def install_from_env(environ: Mapping[str, str] | None = None, *, strict: bool =
     policy_file = env.get(POLICY_ENV_VAR, "").strip()
     refusal: CkptGuardError | None = None
     policy = Policy()
-    if policy_file:
-        try:
-            policy = Policy.from_file(policy_file)
-        except (CkptGuardError, OSError, ValueError) as e:
-            refusal = e if isinstance(e, CkptGuardError) else PolicyError(
-                f"cannot read the policy file: {e}", source=policy_file)
+    try:
+        if policy_file:
+            policy = Policy.from_file(policy_file, origin=PolicyOrigin(
+                OriginKind.ENVIRONMENT, f"{POLICY_ENV_VAR}={policy_file}"))
+        names = [n for n in env.get(PROFILES_ENV_VAR, "").split(",") if n.strip()]
+        policy = effective_policy(policy, names, origin=PolicyOrigin(
+            OriginKind.ENVIRONMENT, PROFILES_ENV_VAR))
+    except (CkptGuardError, OSError, ValueError) as e:
+        # fail closed: the gate goes on and refuses every load with this error
+        refusal = e if isinstance(e, CkptGuardError) else PolicyError(
+            f"cannot use the gate's policy: {e}", source=policy_file or PROFILES_ENV_VAR)
     if "torch" in sys.modules:
         _enable_from_env(policy, refusal)
     elif not any(isinstance(h, _TorchImportHook) for h in sys.meta_path):
@@ -243,6 +262,7 @@ def install_from_env(environ: Mapping[str, str] | None = None, *, strict: bool =
 __all__ = [
     "ENV_VAR",
     "POLICY_ENV_VAR",
+    "PROFILES_ENV_VAR",
     "PTH_LINE",
     "PTH_NAME",
     "TorchLoadGuard",

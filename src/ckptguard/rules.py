@@ -81,10 +81,12 @@ _RULES: tuple[Rule, ...] = (
          "The pickle program reaches a known code-execution, file, process or network "
          "primitive.",
          "Do not load this file. Report it to the publisher and to the hub it came from."),
-    Rule("CKG102", "non-allowlisted-global", S.MEDIUM, B,
-         "The pickle program imports a global outside the weights-only allowlist.",
-         "If this global is benign and you trust the file, allow it on purpose in a policy "
-         "(with a reason); otherwise convert the weights to safetensors."),
+    Rule("CKG102", "benign-global", S.MEDIUM, B,
+         "The pickle program imports a global outside the weights-only allowlist that is on "
+         "ckptguard's reviewed BENIGN table (a data class or enum whose unpickling does no I/O "
+         "and calls no user code).",
+         "Not weights-only, but allowable: if you trust the file, choose the shipped profile "
+         "that lists this global (--profile NAME) or allow it in a policy file with a reason."),
     Rule("CKG103", "computed-callable", S.HIGH, B,
          "The program calls or instantiates a value that is not a plain imported global "
          "(a call result, an attribute fetched at run time, a string).",
@@ -117,6 +119,20 @@ _RULES: tuple[Rule, ...] = (
          "BUILD/SETITEM/APPEND applied to an object the weights-only loader does not allow "
          "it on (state set on an arbitrary object).",
          "Re-save the checkpoint as a plain state dict."),
+    Rule("CKG120", "unreviewed-global", S.HIGH, B,
+         "The pickle program imports a global that is neither weights-only nor on the "
+         "reviewed BENIGN table: unpickling it may run code of its library or of the file's "
+         "author.",
+         "Do not load this file unless you wrote it. Allowing the global needs an explicit "
+         "acknowledgement in a policy (acknowledge_unreviewed = true); ckptguard never "
+         "suggests one."),
+    Rule("CKG121", "acknowledged-unreviewed-global", S.LOW, N,
+         "An unreviewed global (HIGH) was allowed because the policy acknowledges it.",
+         "Keep such entries few and reviewed; they are not on ckptguard's benign table."),
+    Rule("CKG122", "numpy-object-dtype-in-pickle", S.HIGH, B,
+         "A numpy dtype of kind object ('O') is rebuilt inside the pickle: object arrays "
+         "hold arbitrary Python objects, not numbers, and no profile allows them.",
+         "Save plain numeric arrays; do not load this file with a numpy profile."),
     # --- pickle program structure ----------------------------------------------------------
     Rule("CKG201", "truncated-pickle", S.MEDIUM, U,
          "The pickle program ends before STOP (truncated file).",

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from .errors import ScanInputError
 from .model import Report
-from .policy import DEFAULT_LIMITS, Limits, Policy
+from .policy import DEFAULT_LIMITS, Limits, Policy, ProfileName, effective_policy
 
 
 def scan(
@@ -14,6 +15,7 @@ def scan(
     *,
     policy: Policy | None = None,
     limits: Limits | None = None,
+    profiles: Iterable[str | ProfileName] | None = None,
 ) -> Report:
     """Audit a file, a model folder, a torch.distributed.checkpoint folder, a sharded
     checkpoint's index json, or a remote file (``http(s)://...``,
@@ -34,7 +36,8 @@ def scan(
         return scan_remote(p, policy=policy, limits=limits)
     if not os.path.lexists(p):
         raise ScanInputError(p, "no such file or directory")
-    return audit_path(p, policy=policy or Policy(), limits=limits or DEFAULT_LIMITS)
+    pol = effective_policy(policy or Policy(), profiles)
+    return audit_path(p, policy=pol, limits=limits or DEFAULT_LIMITS)
 
 
 __all__ = ["scan"]

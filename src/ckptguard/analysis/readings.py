@@ -94,7 +94,7 @@ def _pickle_reading(ctx: AuditContext, fmt: Format, loaders: frozenset[Loader], 
 
 def _uncertain(ctx: AuditContext, fmt: Format, loaders: frozenset[Loader], data: bytes,
                at: int) -> None:
-    from ..policy import classify_global
+    from ..policy import GlobalStatus, classify_global
 
     name = "a global"
     severity = None
@@ -102,7 +102,7 @@ def _uncertain(ctx: AuditContext, fmt: Format, loaders: frozenset[Loader], data:
         parts = data[at + 1 :].split(b"\n", 2)
         if len(parts) == 3:
             name = (parts[0] + b"." + parts[1]).decode("utf-8", "replace")[:120]
-            if classify_global(name, ctx.policy)[0] == "deny":
+            if classify_global(name, ctx.policy).status is GlobalStatus.DENY:
                 severity = Severity.CRITICAL
     ctx.add("CKG011", f"read as a pickle from byte 0 ({_names(loaders)}), this {fmt.value} "
             f"file reaches {name} at byte {at} after text opcodes that CPython's unpickler "

@@ -31,7 +31,7 @@ from typing import Any
 
 from ..context import AuditContext, LimitExceeded
 from ..model import Severity
-from ..policy import classify_global
+from ..policy import GlobalDecision, GlobalStatus, classify_global, global_message
 from ..policy.benign_formats import ScopedAllowance
 from ..policy.defaults import ALLOW_KINDS
 from . import opcodes as O
@@ -67,17 +67,17 @@ class PickleMode(enum.Enum):
 class Global:
     __slots__ = ("full", "kind", "module", "name", "offset", "ok", "rebuild", "status")
 
-    def __init__(self, module: str, name: str, full: str, offset: int, status: str) -> None:
+    def __init__(self, module: str, name: str, full: str, offset: int,
+                 status: GlobalStatus) -> None:
         self.module = module
         self.name = name
         self.full = full
         self.offset = offset
-        self.status = status  # "allow" | "policy" | "deny" | "unknown"
+        self.status = status
         # what calling it means, for allowlisted globals (policy entries count as classes)
         self.kind = ALLOW_KINDS.get(full, "class")
         # plain calls of it are weights-only (checked once here, not per call)
-        self.ok = status in ("allow", "policy", "script") and self.kind in ("class",
-                                                                             "function")
+        self.ok = status.allowed and self.kind in ("class", "function")
         # does calling it build a tensor record?
         self.rebuild = self.ok and full in _TENSOR_BUILDERS
 
@@ -254,7 +254,7 @@ class _VM:
                 module == "__torch__" or module.startswith(("__torch__.", "torch.jit._pickle"))):
             # TorchScript resolves these from the archive's own code (reported as CKG008),
             # not by importing Python modules.
-            g = Global(module, name, f"{module}.{name}", self.base + pos, "script")
+            g = Global(module, name, f"{module}.{name}", self.base + pos, GlobalStatus.SCRIPT)
             self._global_cache[key] = g
             self.globals.append(g)
             return g
@@ -269,11 +269,16 @@ class _VM:
         candidates.append(_py_mapped(module, name) if self.proto < 3 else raw)
         candidates = list(dict.fromkeys(candidates))
         effective = candidates[0]
-        status, reason = _worst([classify_global(c, policy) for c in candidates])
-        scoped = None if self.allowance is None or status == "allow" else \
-            self.allowance.reason(candidates)
+        # the worst reading decides (smallest rank: DENY < UNREVIEWED < BENIGN < ...)
+        decision = min((classify_global(c, policy) for c in candidates),
+                       key=lambda d: d.status.rank)
+        scoped = None
+        if self.allowance is not None and decision.status not in (GlobalStatus.ALLOW,
+                                                                  GlobalStatus.DENY):
+            scoped = self.allowance.reason(candidates)
         if scoped is not None:  # exact names only, and only inside that format's metadata
-            status, reason = "policy", scoped
+            decision = GlobalDecision(GlobalStatus.POLICY, scoped)
+        status = decision.status
         g = Global(module, name, effective, self.base + pos, status)
         self._global_cache[key] = g
         self.globals.append(g)
@@ -286,17 +291,12 @@ class _VM:
                      pos, ev)
         if "." in name:
             self.add("CKG107", f"dotted global name {_clip(module)} / {_clip(name)}", pos, ev)
-        if status == "deny":
-            rule_id, why = reason.split(":", 1)
-            self.add(rule_id, f"{how} imports {_clip(effective)}: {why}", pos, ev)
-        elif status == "unknown":
-            self.add("CKG102", f"{how} imports {_clip(effective)}, which is not on the "
-                     "weights-only allowlist", pos, ev)
-        elif scoped is not None and self.allowance is not None:
+        if scoped is not None and self.allowance is not None:
             self.add(self.allowance.rule_id, f"{_clip(effective)} allowed in "
-                     f"{self.allowance.scope.value} only: {reason}", pos, ev)
-        elif status == "policy":
-            self.add("CKG106", f"{_clip(effective)} allowed by policy: {reason}", pos, ev)
+                     f"{self.allowance.scope.value} only: {scoped}", pos, ev)
+        elif (rule_id := decision.rule_id) is not None:
+            ev["class"] = status.value
+            self.add(rule_id, global_message(how, _clip(effective), decision), pos, ev)
         if not _valid_dotted(module) or not _valid_dotted(name):
             self.add("CKG204", f"{how} names a global that is not a valid identifier path "
                      f"({_clip(module)!r}, {_clip(name)!r})", pos, ev)
@@ -415,7 +415,7 @@ class _VM:
                     args = stack.pop()
                     func = stack[-1]
                     if type(func) is Global and func.ok and type(args) is tuple and \
-                            func.full != "builtins.bytearray":
+                            func.full not in _ARG_CHECKED:
                         c = Call(func, args, base + op_pos, "REDUCE")
                         if func.rebuild:
                             self._rebuild(c, func, args, op_pos)
@@ -634,7 +634,7 @@ class _VM:
     def call(self, func: object, args: object, pos: int, how: str) -> Call:
         c = Call(func, args, self.base + pos, how)
         if isinstance(func, Global):
-            if func.status in ("allow", "policy"):
+            if func.status.allowed:
                 if func.kind == "value":
                     raise self.malformed(f"{how} calls {_clip(func.full)}, a constant that is not "
                                          "callable", pos)
@@ -653,6 +653,11 @@ class _VM:
                     raise self.malformed(f"{how} arguments are not a tuple", pos)
             if func.rebuild:
                 self._rebuild(c, func, args, pos)
+            if func.full == "numpy.dtype" and isinstance(args, tuple) and args and \
+                    isinstance(args[0], str) and args[0].lstrip("|<>=").startswith("O"):
+                self.add("CKG122", f"numpy.dtype({_clip(args[0])!r}): an object dtype, whose "
+                         "arrays hold Python objects instead of numbers", pos,
+                         {"global": "numpy.dtype", "dtype": _clip(args[0])})
             if func.full == "builtins.bytearray" and isinstance(args, tuple) and args and \
                     isinstance(args[0], int) and args[0] > (1 << 20):
                 self.add("CKG408", f"bytearray({args[0]}): an allocation no checkpoint needs",
@@ -764,10 +769,10 @@ class _VM:
                          "torch.save never writes this and the tensor would no longer be the "
                          "one audited", pos)
                 return
-            if full in _BUILDABLE or target.func.status in ("policy", "script"):
+            if full in _BUILDABLE or target.func.status in _USER_ALLOWED:
                 target.state = state
                 return
-            if target.func.status in ("allow",) and self.torch:
+            if target.func.status is GlobalStatus.ALLOW and self.torch:
                 # torch's loader allows BUILD on allowlisted types only
                 target.state = state
                 return
@@ -807,7 +812,8 @@ class _VM:
             self.add("CKG430", "legacy storage persistent id carries view metadata (view key, "
                      "offset, size) that torch.save never writes", pos,
                      {"view": _clip(repr(_plain(pid[5])))})
-        if not isinstance(stype, Global) or stype.status not in ("allow", "policy"):
+        if not isinstance(stype, Global) or stype.status not in (GlobalStatus.ALLOW,
+                                                                   GlobalStatus.POLICY):
             self.add("CKG401", "storage persistent id does not name an allowlisted storage "
                      "type", pos)
             return None
@@ -1311,11 +1317,9 @@ def _py_mapped(module: str, name: str) -> str:
     return f"{module}.{name}"
 
 
-_ORDER = {"deny": 0, "unknown": 1, "policy": 2, "allow": 3}
-
-
-def _worst(statuses: list[tuple[str, str]]) -> tuple[str, str]:
-    return min(statuses, key=lambda s: _ORDER[s[0]])
+#: allowed callables whose arguments call() checks (the inline REDUCE path skips them)
+_ARG_CHECKED = frozenset({"builtins.bytearray", "numpy.dtype"})
+_USER_ALLOWED = frozenset({GlobalStatus.POLICY, GlobalStatus.ACKNOWLEDGED, GlobalStatus.SCRIPT})
 
 
 def _clip(s: str, n: int = 160) -> str:

@@ -11,11 +11,12 @@ from typing import IO, Any, TypeVar
 import click
 
 from ..errors import PolicyError
-from ..policy import DEFAULT_LIMITS, Limits, Policy
+from ..policy import DEFAULT_LIMITS, Limits, OriginKind, Policy, PolicyOrigin, ProfileName
 from ..report.escape import escape_untrusted
 from .exitcodes import ExitCode
 
 F = TypeVar("F", bound=Callable[..., Any])
+POLICY_ENV_VAR = "CKPTGUARD_POLICY"
 
 
 def is_tty(stream: IO[str] | IO[bytes] | Any) -> bool:
@@ -49,8 +50,23 @@ def fail(message: str, code: ExitCode = ExitCode.UNDECIDED) -> click.exceptions.
 def policy_option(f: F) -> F:
     return click.option(
         "--policy", "policy_file", type=click.Path(dir_okay=False, path_type=str),
-        help="TOML policy file (extra allowed globals, each with a reason). Default: the "
-             "[tool.ckptguard] table of the nearest pyproject.toml.")(f)
+        help="TOML policy file (extra allowed globals, each with a reason; profiles). "
+             "Default: $CKPTGUARD_POLICY if set, else none. A pyproject.toml is never read "
+             "unless named here or with --discover-policy.")(f)
+
+
+def profile_options(f: F) -> F:
+    """--profile NAME (repeatable) and --discover-policy."""
+    f = click.option(
+        "--discover-policy", "discover_policy", is_flag=True,
+        help="Opt in to the [tool.ckptguard] table of the nearest pyproject.toml above the "
+             "working directory (never read otherwise: a cloned repository could ship one "
+             "that allows its own payload).")(f)
+    return click.option(
+        "--profile", "profiles", multiple=True, metavar="NAME",
+        type=click.Choice([p.value for p in ProfileName]),
+        help="Allow a shipped, reviewed profile of benign types (repeatable): "
+             + ", ".join(p.value for p in ProfileName) + ".")(f)
 
 
 def limit_option(f: F) -> F:
@@ -60,11 +76,25 @@ def limit_option(f: F) -> F:
              "docs/cli.md).")(f)
 
 
-def load_policy(policy_file: str | None) -> Policy:
+def load_policy(policy_file: str | None, *, discover: bool = False,
+                profiles: tuple[str, ...] = ()) -> Policy:
+    """The policy the user chose: --policy FILE, else $CKPTGUARD_POLICY, else the nearest
+    pyproject.toml only with --discover-policy, else none; plus --profile names. Nothing
+    is ever picked up from the working directory or a scanned tree on its own."""
     try:
+        env_file = os.environ.get(POLICY_ENV_VAR, "").strip()
+        if policy_file is not None and discover:
+            raise fail("--policy and --discover-policy exclude each other")
         if policy_file is not None:
-            return Policy.from_file(policy_file)
-        return Policy.discover(os.getcwd())
+            policy = Policy.from_file(policy_file)
+        elif env_file:
+            policy = Policy.from_file(env_file, origin=PolicyOrigin(
+                OriginKind.ENVIRONMENT, f"{POLICY_ENV_VAR}={env_file}"))
+        elif discover:
+            policy = Policy.discover(os.getcwd())
+        else:
+            policy = Policy()
+        return policy.with_profiles(*profiles, origin=PolicyOrigin(OriginKind.FLAG, "--profile"))
     except PolicyError as e:
         raise fail(f"invalid policy: {e}") from None
 
@@ -110,5 +140,6 @@ def stderr() -> Any:
 
 
 __all__ = ["color_wanted", "err", "fail", "is_tty", "limit_option", "load_limits",
-           "load_policy", "policy_option", "stderr", "stdout", "text_width", "write_output"]
+           "load_policy", "policy_option", "profile_options", "stderr", "stdout", "text_width",
+           "write_output"]
 

@@ -9,6 +9,7 @@ import click
 
 from ..model import Report
 from ..policy import Limits, Policy
+from ..policy.suggest import suggest_policy_toml
 from ..report import FORMATTERS, FormatOptions, ScanResult, render, summary_line
 from .common import (
     color_wanted,
@@ -19,6 +20,7 @@ from .common import (
     load_limits,
     load_policy,
     policy_option,
+    profile_options,
     stderr,
     stdout,
     text_width,
@@ -46,6 +48,10 @@ from .runner import run_targets
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Scan files in N processes (output order stays the input order).")
 @policy_option
+@profile_options
+@click.option("--suggest-policy", "suggest_policy", is_flag=True,
+              help="Print a TOML policy for the reviewed benign (MEDIUM) findings of this scan "
+                   "instead of the report; never for HIGH or CRITICAL findings.")
 @limit_option
 @click.option("--fail-on", "fail_on", type=click.Choice(list(FAIL_ON)), default=None,
               help="Exit 1 only for a blocking finding at or above this severity ('any': "
@@ -70,6 +76,7 @@ from .runner import run_targets
 def scan_command(
         paths: tuple[str, ...], hf_cache: str | None, excludes: tuple[str, ...],
         skip_non_models: bool, workers: int, policy_file: str | None,
+        profiles: tuple[str, ...], discover_policy: bool, suggest_policy: bool,
         limit_items: tuple[str, ...], fail_on: str | None, fmt: str, output: str | None,
         verbose: bool, show_progress: bool | None, from_file: str | None, concurrency: int,
         dask_address: str | None) -> None:
@@ -82,7 +89,7 @@ def scan_command(
     Exit status: 0 all SAFE, 1 unsafe findings, 2 could not decide (INCOMPLETE, empty scan,
     interrupted, usage error).
     """
-    policy = load_policy(policy_file)
+    policy = load_policy(policy_file, discover=discover_policy, profiles=profiles)
     limits = load_limits(limit_items)
     if from_file is not None:
         _scan_list(from_file, paths, policy, limits, concurrency, dask_address, output,
@@ -111,7 +118,8 @@ def scan_command(
                                              concurrency=concurrency)
     if not found.targets and not remote_reports:
         result = ScanResult(skipped=found.skipped, notes=tuple(found.notes),
-                            policy=policy.extra)
+                            policy=policy.extra, policy_origin=policy.origin,
+                            profiles=policy.profiles)
         _emit(result, fmt, output, verbose)
         err("no files to scan" + (f" ({found.skipped} files skipped: not model files)"
                                   if found.skipped else ""))
@@ -127,8 +135,12 @@ def scan_command(
     planned = sum(len(t.names) for t in found.targets) + len(remote_reports)
     result = ScanResult(reports=(*outcome.reports, *remote_reports), skipped=found.skipped,
                         notes=tuple(found.notes), interrupted=outcome.interrupted,
-                        planned=planned, policy=policy.extra)
-    _emit(result, fmt, output, verbose)
+                        planned=planned, policy=policy.extra, policy_origin=policy.origin,
+                        profiles=policy.profiles)
+    if suggest_policy:
+        write_output(suggest_policy_toml(result.reports), output)
+    else:
+        _emit(result, fmt, output, verbose)
     if outcome.interrupted:
         err(f"interrupted: {summary_line(result)}")
     code = exit_code(result.reports, fail_on=fail_on, interrupted=outcome.interrupted)

@@ -18,7 +18,8 @@ from contextvars import ContextVar
 from typing import Any
 
 from ..errors import LoaderUnavailableError
-from ..policy import Policy
+from ..model import Report
+from ..policy import Policy, used_entries
 from .base import LoaderError
 
 _MEMORY_HINTS = ("cannot allocate memory", "failed to map segment", "out of memory",
@@ -188,11 +189,17 @@ def resolve_global(full_path: str) -> Any:
     raise LoaderError(f"policy allows {full_path!r}, but it cannot be imported here")
 
 
-def extra_safe_globals(policy: Policy | None) -> list[Any]:
-    """``(object, "module.name")`` pairs for exactly the policy's user-allowed globals."""
+def extra_safe_globals(policy: Policy | None, report: Report | None = None) -> list[Any]:
+    """``(object, "module.name")`` pairs for the policy's own entries, plus (with a report)
+    the rows of chosen profiles that the audited file uses: a profile's other rows are
+    never imported."""
     if policy is None:
         return []
-    return [(resolve_global(e.full_path), e.full_path) for e in policy.extra]
+    entries = {e.full_path: e for e in policy.extra}
+    if report is not None:
+        for e in used_entries(policy, report.all_findings()):
+            entries.setdefault(e.full_path, e)
+    return [(resolve_global(name), name) for name in entries]
 
 
 # torch keeps its user-allowed globals in ONE process-wide set; its ``safe_globals``
@@ -245,10 +252,11 @@ def release_safe_globals(entries: list[Any]) -> None:
 
 
 @contextlib.contextmanager
-def safe_globals(policy: Policy | None) -> Iterator[None]:
-    """The policy's extras (and nothing else) in torch's weights-only set for the duration,
-    safe to use from many threads at once (unlike ``torch.serialization.safe_globals``)."""
-    entries = extra_safe_globals(policy)
+def safe_globals(policy: Policy | None, report: Report | None = None) -> Iterator[None]:
+    """The policy's extras (and nothing else; with ``report``, only those the file uses) in
+    torch's weights-only set for the duration, safe to use from many threads at once
+    (unlike ``torch.serialization.safe_globals``)."""
+    entries = extra_safe_globals(policy, report)
     if not entries:
         yield
         return

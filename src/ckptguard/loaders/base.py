@@ -12,6 +12,7 @@ path must still name that inode. Any difference raises :class:`FileChangedError`
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from ..errors import (
 from ..model import FileIdentity, Format, Report, Verdict
 from ..policy import DEFAULT_LIMITS, Limits, Policy
 
+logger = logging.getLogger("ckptguard")
+
 #: Formats the torch-backed loader reads with ``torch.load(weights_only=True)``.
 TORCH_FORMATS = frozenset({Format.TORCH_ZIP, Format.TORCH_LEGACY})
 #: Every format :func:`ckptguard.safe_load` can hand tensors out for.
@@ -36,12 +39,17 @@ LOADABLE_FORMATS = TORCH_FORMATS | {Format.SAFETENSORS, Format.JSON}
 
 def require_safe(report: Report) -> None:
     """Raise unless the verdict is SAFE: UNSAFE -> UnsafeCheckpointError, INCOMPLETE ->
-    IncompleteScanError. Both carry the report."""
+    IncompleteScanError. Both carry the report; every refusal is logged at WARNING on the
+    ``ckptguard`` logger first."""
     if report.verdict is Verdict.SAFE:
         return
-    if report.verdict is Verdict.INCOMPLETE:
-        raise IncompleteScanError(report)
-    raise UnsafeCheckpointError(report)
+    err: UnsafeCheckpointError = (IncompleteScanError(report)
+                                  if report.verdict is Verdict.INCOMPLETE
+                                  else UnsafeCheckpointError(report))
+    # Logged at WARNING on the "ckptguard" logger so that a framework that catches the
+    # exception (accelerate logs its own at INFO) cannot hide the refusal.
+    logger.warning("refused to load %s", err)
+    raise err
 
 
 def fd_path(fd: int) -> str | None:

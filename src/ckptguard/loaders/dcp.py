@@ -36,7 +36,7 @@ from ..errors import FileChangedError, LoaderError, ScanInputError
 from ..model import Format, Report
 from ..policy import DEFAULT_LIMITS, Limits, Policy
 from ..policy.benign_formats import FormatScope, allowance_for
-from ..policy.policy import classify_global
+from ..policy.policy import GlobalStatus, classify_global
 from ._torch import extra_safe_globals, safe_globals, single_device, torch, torch_load
 from .base import check_stat, pread_all, require_safe, verify_identity
 
@@ -56,8 +56,8 @@ class _MetadataUnpickler(pickle.Unpickler):
         full = f"{module}.{name}"
         if full in self._extra:
             return self._extra[full]
-        status, _ = classify_global(full, self._policy)
-        if status == "allow" or self._scoped.reason([full]) is not None:
+        decision = classify_global(full, self._policy)
+        if decision.status is GlobalStatus.ALLOW or self._scoped.reason([full]) is not None:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"ckptguard: {full} is not allowed in DCP metadata")
 

@@ -45,7 +45,7 @@ from typing import Any
 
 from ..errors import CkptGuardError, ScanInputError, UnauditedLoadError
 from ..model import Format
-from ..policy import DEFAULT_LIMITS, Limits, Policy
+from ..policy import DEFAULT_LIMITS, Limits, Policy, with_caller_globals
 from . import _torch
 from ._torch import INSIDE_AUDITED_LOAD, ORIGINAL_CODE, safe_globals, torch
 from .base import open_audited, require_safe
@@ -241,11 +241,32 @@ def _load_filelike(f: Any, cfg: GuardConfig, map_location: Any, mmap: bool | Non
         else "<file-like object>"
     report = audit_bytes(data, name, policy=cfg.policy, limits=cfg.limits)
     require_safe(report)
-    with safe_globals(cfg.policy):
+    with safe_globals(cfg.policy, report):
         obj = _torch.torch_load(io.BytesIO(data), map_location=map_location,
                                 weights_only=True, mmap=mmap, **pickle_load_args)
     check_loaded(obj, report)
     return obj
+
+
+def _caller_safe_global_names() -> list[str]:
+    """``module.name`` of every global the caller allowed with
+    ``torch.serialization.safe_globals`` / ``add_safe_globals`` (torch's own naming)."""
+    names = []
+    for g in torch.serialization.get_safe_globals():
+        if isinstance(g, tuple) and len(g) == 2 and isinstance(g[1], str):
+            names.append(g[1])
+        else:
+            module, qual = getattr(g, "__module__", None), getattr(g, "__qualname__", None)
+            if isinstance(module, str) and isinstance(qual, str):
+                names.append(f"{module}.{qual}")
+    return names
+
+
+def _with_caller_safe_globals(cfg: GuardConfig) -> GuardConfig:
+    """The guard's policy plus the caller's BENIGN safe globals (never HIGH/CRITICAL)."""
+    policy = with_caller_globals(cfg.policy, _caller_safe_global_names())
+    return cfg if policy is cfg.policy else GuardConfig(policy, cfg.limits,
+                                                         cfg.refusal)
 
 
 def dispatch(f: Any, map_location: Any, pickle_module: Any, weights_only: bool | None,
@@ -260,6 +281,7 @@ def dispatch(f: Any, map_location: Any, pickle_module: Any, weights_only: bool |
     if cfg.refusal is not None:
         raise cfg.refusal
     del pickle_module, weights_only  # a SAFE file needs only the weights-only unpickler
+    cfg = _with_caller_safe_globals(cfg)
     if isinstance(f, (str, os.PathLike)):
         return _load_path(f, cfg, map_location, mmap, pickle_load_args)
     return _load_filelike(f, cfg, map_location, mmap, pickle_load_args)

@@ -54,7 +54,7 @@ def load_torch(af: AuditedFile, map_location: MapLocation = "cpu", *, mmap: bool
     af.check_stat()
     path = fd_path(af.fd)
     try:
-        with safe_globals(af.policy):
+        with safe_globals(af.policy, af.report):
             if path is not None:
                 obj = torch_load(path, map_location=map_location, weights_only=True,
                                  mmap=use_mmap, **pickle_load_args)

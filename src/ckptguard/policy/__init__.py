@@ -1,6 +1,28 @@
-"""Policy (what is allowed) and Limits (how much work an audit may do)."""
+"""Policy (what is allowed, on the severity ladder) and Limits (how much work an audit may
+do)."""
 
+from .benign import BENIGN, BenignKind, BenignRow
 from .limits import DEFAULT_LIMITS, Limits
-from .policy import AllowEntry, Policy, classify_global, denied_by
+from .policy import (
+    AllowEntry,
+    DenyHit,
+    GlobalDecision,
+    GlobalStatus,
+    Policy,
+    ProfileChoice,
+    classify_global,
+    denied_by,
+    effective_policy,
+    global_message,
+    static_status,
+    used_entries,
+    with_caller_globals,
+)
+from .profiles import PROFILES, Profile, ProfileName
+from .provenance import OriginKind, PolicyOrigin
 
-__all__ = ["DEFAULT_LIMITS", "AllowEntry", "Limits", "Policy", "classify_global", "denied_by"]
+__all__ = ["BENIGN", "DEFAULT_LIMITS", "PROFILES", "AllowEntry", "BenignKind", "BenignRow",
+           "DenyHit", "GlobalDecision", "GlobalStatus", "Limits", "OriginKind", "Policy",
+           "PolicyOrigin", "Profile", "ProfileChoice", "ProfileName", "classify_global",
+           "denied_by", "effective_policy", "global_message", "static_status",
+           "used_entries", "with_caller_globals"]

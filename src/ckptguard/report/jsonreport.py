@@ -5,6 +5,8 @@
      "summary": {"files": .., "safe": .., "unsafe": .., "incomplete": .., "skipped": ..,
                  "planned": .., "interrupted": .., "findings": {"critical": .., ...}},
      "policy": [{"global": .., "reason": .., "source": ..}],
+     "policy_source": {"origin": {"kind": .., "location": ..},
+                       "profiles": [{"name": .., "origin": {..}}]},
      "notes": [...],
      "reports": [Report.to_dict(), ...]}
 
@@ -39,6 +41,7 @@ def scan_document(result: ScanResult) -> dict[str, Any]:
         "summary": result.summary(),
         "policy": [{"global": e.full_path, "reason": e.reason, "source": e.source}
                    for e in result.policy],
+        "policy_source": result.policy_source(),
         "notes": list(result.notes),
         "reports": [r.to_dict() for r in result.reports],
     }

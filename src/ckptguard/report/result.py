@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..model import Report, Severity, Verdict
-from ..policy import AllowEntry
+from ..policy import AllowEntry, PolicyOrigin, ProfileChoice
+from ..policy.provenance import DEFAULT_ORIGIN
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,17 @@ class ScanResult:
     interrupted: bool = False
     planned: int | None = None
     policy: tuple[AllowEntry, ...] = field(default_factory=tuple)
+    #: where the policy came from and which shipped profiles were chosen (and how)
+    policy_origin: PolicyOrigin = DEFAULT_ORIGIN
+    profiles: tuple[ProfileChoice, ...] = field(default_factory=tuple)
+
+    def policy_source(self) -> dict[str, Any]:
+        """Which policy and profiles applied and where they came from (every format)."""
+        return {
+            "origin": self.policy_origin.to_dict(),
+            "profiles": [{"name": c.name.value, "origin": c.origin.to_dict()}
+                         for c in self.profiles],
+        }
 
     def verdict_counts(self) -> dict[str, int]:
         counts = Counter(r.verdict for r in self.reports)

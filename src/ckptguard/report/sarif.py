@@ -162,6 +162,7 @@ def sarif_document(result: ScanResult) -> dict[str, Any]:
         "properties": {
             "policy": [{"global": e.full_path, "reason": e.reason, "source": e.source}
                        for e in result.policy],
+            "policySource": result.policy_source(),
         },
     }
     return {"$schema": SARIF_SCHEMA_URI, "version": SARIF_VERSION, "runs": [run]}

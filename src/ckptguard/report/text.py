@@ -121,6 +121,7 @@ def format_text(result: ScanResult, options: FormatOptions) -> str:
             _details(console, report)
     for note in result.notes:
         console.print(Text("note: " + escape_untrusted(note, 400), style="dim"))
+    console.print(Text(_policy_line(result), style="dim"))
     if result.policy:
         console.print(Text(f"policy: {len(result.policy)} extra allowed global"
                            f"{'s' if len(result.policy) != 1 else ''}", style="dim"))
@@ -134,6 +135,15 @@ def format_text(result: ScanResult, options: FormatOptions) -> str:
              else "bold green")
     console.print(Text(summary_line(result), style=style))
     return "".join(line.rstrip() + "\n" for line in buf.getvalue().splitlines())
+
+
+def _policy_line(result: ScanResult) -> str:
+    """Which policy and profiles applied, and where they came from."""
+    text = f"policy: {escape_untrusted(str(result.policy_origin))}"
+    if result.profiles:
+        text += "; profiles: " + ", ".join(
+            f"{c.name.value} ({escape_untrusted(str(c.origin))})" for c in result.profiles)
+    return text
 
 
 __all__ = ["format_text", "make_console"]
