@@ -34,7 +34,7 @@ import ckptguard  # noqa: E402
 from ckptguard.analysis.pt2 import expr_problem, guard_problem  # noqa: E402
 from ckptguard.cli import cli  # noqa: E402
 from ckptguard.model import Format, Severity, Verdict  # noqa: E402
-from ckptguard.policy import Policy, classify_global  # noqa: E402
+from ckptguard.policy import GlobalStatus, Policy, classify_global  # noqa: E402
 from ckptguard.policy.benign_formats import (  # noqa: E402
     BENIGN_FORMAT_GLOBALS,
     FormatScope,
@@ -200,14 +200,15 @@ def test_table_is_what_dcp_save_writes(dcp_dir: Path) -> None:
     result = audit_pickle(ctx, data, mode=PickleMode.RAW)
     written = {g.full for g in result.globals}
     rows = {f"{m}.{n}" for s, m, n, _ in BENIGN_FORMAT_GLOBALS if s is FormatScope.DCP_METADATA}
-    default = {g for g in written if classify_global(g, Policy())[0] == "allow"}
+    default = {g for g in written if classify_global(g, Policy()).status is GlobalStatus.ALLOW}
     assert written - default == rows
     assert set(allowance_for(FormatScope.DCP_METADATA).entries) == rows
 
 
 def test_dcp_names_stay_denied_outside_dcp_metadata(dcp_dir: Path, tmp_path: Path) -> None:
     for row in BENIGN_FORMAT_GLOBALS:
-        assert classify_global(f"{row[1]}.{row[2]}", Policy())[0] == "deny"
+        # blocking outside DCP metadata (benign, unreviewed or denied: never allowed)
+        assert not classify_global(f"{row[1]}.{row[2]}", Policy()).status.allowed
     copy = tmp_path / "meta.pkl"
     shutil.copy(dcp_dir / ".metadata", copy)
     r = ckptguard.scan(copy)

@@ -273,8 +273,11 @@ class _VM:
         decision = min((classify_global(c, policy) for c in candidates),
                        key=lambda d: d.status.rank)
         scoped = None
-        if self.allowance is not None and decision.status not in (GlobalStatus.ALLOW,
-                                                                  GlobalStatus.DENY):
+        # A format-scoped allowance names exact, reviewed data classes; it beats a denylist
+        # entry for a whole module (torch.distributed.checkpoint.filesystem) but never one
+        # that names this very global.
+        if self.allowance is not None and decision.status is not GlobalStatus.ALLOW and (
+                decision.deny is None or decision.deny.matched not in candidates):
             scoped = self.allowance.reason(candidates)
         if scoped is not None:  # exact names only, and only inside that format's metadata
             decision = GlobalDecision(GlobalStatus.POLICY, scoped)
