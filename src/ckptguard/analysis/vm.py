@@ -48,6 +48,7 @@ _unpack_d = struct.Struct(">d").unpack_from
 _unpack_i = struct.Struct("<i").unpack_from
 _unpack_I = struct.Struct("<I").unpack_from
 _CHECK_EVERY = 1 << 16
+_PROBES_PER_CLOCK = 1 << 20  # hash probes charged between two looks at the clock
 _allocated_blocks = sys.getallocatedblocks
 
 
@@ -205,6 +206,10 @@ class PickleResult:
     tensors: list[tuple[str, TensorRecord]] = field(default_factory=list)
 
 
+#: (container, full hash -> distinct keys with it, shadow key set for symbolic dicts)
+_ProbeEntry = tuple[object, dict[int, int], set[Any]]
+
+
 class _Stop(Exception):
     """Decoding cannot continue (the finding is already recorded)."""
 
@@ -225,6 +230,8 @@ class _VM:
         self.proto = 0
         self._global_cache: dict[tuple[str, str, bool], Global] = {}
         self.items_budget = ctx.limits.max_container_items
+        self._probes: dict[int, _ProbeEntry] = {}
+        self._probes_unclocked = 0
 
     # -- findings -----------------------------------------------------------------------
     def add(self, rule_id: str, message: str, pos: int, evidence: dict[str, str] | None = None,
@@ -310,7 +317,6 @@ class _VM:
         frame_end = -1  # end of the current FRAME (Python's unframer semantics), -1 if none
         op_pos = pos
         result = PickleResult(end=pos, complete=False)
-        depth_total = 0
         base = self.base
         checkpoint = pos + _CHECK_EVERY
         max_objects = limits.max_objects
@@ -334,7 +340,9 @@ class _VM:
                     if frame_end >= 0:
                         checkpoint = min(checkpoint, frame_end - 1)
                     self.ctx.source.check_time()
-                    if len(stack) + depth_total > max_stack:
+                    # the values under the MARKs: summed here (at most max_mark_depth lists)
+                    # rather than kept per opcode, which cost O(marks) per rare opcode
+                    if len(stack) + sum(map(len, metastack)) > max_stack:
                         raise LimitExceeded("max_stack", max_stack)
                     if len(memo) > max_memo:  # at most 64k puts happen between checks
                         raise LimitExceeded("max_memo", max_memo)
@@ -369,7 +377,6 @@ class _VM:
                     if len(metastack) >= max_mark:
                         raise LimitExceeded("max_mark_depth", max_mark)
                     metastack.append(stack)
-                    depth_total += len(stack)
                     stack = []
                 elif op in {0x58, 0x8C, 0x8D}:  # BINUNICODE / SHORT_BINUNICODE / BINUNICODE8
                     if op in bad_ops:
@@ -396,7 +403,6 @@ class _VM:
                 elif op == 0x74:  # TUPLE
                     tup = tuple(stack)
                     stack = metastack.pop()
-                    depth_total -= len(stack)
                     stack.append(tup)
                 elif op == 0x85:  # TUPLE1
                     stack[-1] = (stack[-1],)
@@ -453,7 +459,6 @@ class _VM:
                         raise self.malformed("SETITEMS without MARK", op_pos)
                     items = stack
                     stack = metastack.pop()
-                    depth_total -= len(stack)
                     if not stack:
                         raise self.malformed("SETITEMS with no target", op_pos)
                     if len(items) % 2:
@@ -513,7 +518,6 @@ class _VM:
                         raise self.malformed("APPENDS without MARK", op_pos)
                     items = stack
                     stack = metastack.pop()
-                    depth_total -= len(stack)
                     if not stack:
                         raise self.malformed("APPENDS with no target", op_pos)
                     self.append(stack[-1], items, op_pos)
@@ -557,7 +561,6 @@ class _VM:
                         self._flag_op(op, op_pos)
                     pos, stack, frame_end = self._rare(op, op_pos, pos, data, n, stack,
                                                        metastack, memo, frame_end)
-                    depth_total = sum(len(s) for s in metastack) if metastack else 0
                     if frame_end >= 0:
                         checkpoint = min(checkpoint, frame_end - 1)
         except _Stop:
@@ -661,26 +664,82 @@ class _VM:
         self._count_items(len(items) // 2)
         if isinstance(target, dict):
             self._hash_guard(items[0::2], pos)
-            try:
-                for i in range(0, len(items), 2):
-                    target[items[i]] = items[i + 1]
-            except TypeError:
-                raise self.malformed("unhashable dictionary key", pos) from None
+            self._insert(target, self._probe_entry(target), items, True, pos)
             return
         if isinstance(target, Call) and isinstance(target.func, Global) and \
                 target.func.full in _DICT_LIKE:
             if target.items is None:
                 target.items = []
-            keys = items[0::2]
-            self._hash_guard(keys, pos)
-            try:
-                for k in keys:
-                    hash(k)  # the loader inserts into a real OrderedDict: unhashable fails
-            except TypeError:
-                raise self.malformed("unhashable dictionary key", pos) from None
+            self._hash_guard(items[0::2], pos)
+            # the loader inserts into a real OrderedDict: the keys whose hash the file can
+            # choose go into a shadow set, so collisions are charged as for a real dict
+            entry = self._probe_entry(target)
+            self._insert(entry[2], entry, items, True, pos, shadow=True)
             target.items.extend(zip(items[::2], items[1::2], strict=True))
             return
         self._bad_target("SETITEM(S)", target, pos)
+
+    def _probe_entry(self, owner: object) -> _ProbeEntry:
+        """The hash-collision bookkeeping of one container (kept alive with it)."""
+        entry = self._probes.get(id(owner))
+        if entry is None:
+            entry = (owner, {}, set())
+            self._probes[id(owner)] = entry
+        return entry
+
+    def _insert(self, table: dict[Any, Any] | set[Any], entry: _ProbeEntry, items: list[Any],
+                pairs: bool, pos: int, *, shadow: bool = False) -> None:
+        """Insert ``items`` (key, value pairs when ``pairs``) into ``table`` the way the
+        loader does, charging the probes a hash table makes for keys that share a full hash.
+
+        str/bytes hashes are randomised and objects the VM made hash by identity, so only
+        numbers, tuples and frozensets can be made to collide (ints mod 2**61-1, -1 and -2,
+        floats equal as rationals mod 2**61-1, tuples and frozensets of those). Inserting
+        a key whose hash ``c`` distinct keys of the container already have costs up to
+        ``c`` comparisons, each as long as the key; the sum is charged to
+        ``max_container_items`` (CKG901 when spent) before the work is done, so one opcode
+        cannot run quadratic. ``shadow``: ``table`` only stands in for the loader's dict (a
+        symbolic OrderedDict), so keys that cannot collide are not stored in it."""
+        counts = entry[1]
+        step = 2 if pairs else 1
+        is_dict = type(table) is dict
+        try:
+            for i in range(0, len(items), step):
+                k = items[i]
+                tk = type(k)
+                if tk in _FIXED_HASH:
+                    if shadow:
+                        continue
+                    if is_dict:
+                        table[k] = items[i + 1]  # type: ignore[index]
+                    else:
+                        table.add(k)  # type: ignore[union-attr]
+                    continue
+                h = hash(k)
+                c = counts.get(h, 0)
+                if c:
+                    # a tuple compares item by item; a frozenset looks every item up
+                    self._charge_probes(c if tk is not tuple and tk is not frozenset else
+                                        c * (1 + len(k)) if tk is tuple else c * 4 * (1 + len(k)))
+                before = len(table)
+                if is_dict:
+                    table[k] = items[i + 1] if pairs else None  # type: ignore[index]
+                else:
+                    table.add(k)  # type: ignore[union-attr]
+                if len(table) != before:
+                    counts[h] = c + 1
+        except TypeError:
+            raise self.malformed("unhashable dictionary key or set item", pos) from None
+
+    def _charge_probes(self, n: int) -> None:
+        self.items_budget -= n
+        self._probes_unclocked += n
+        if self._probes_unclocked > _PROBES_PER_CLOCK:
+            self._probes_unclocked = 0
+            self.ctx.source.check_time()
+        if self.items_budget < 0:
+            raise LimitExceeded("max_container_items", self.ctx.limits.max_container_items,
+                                "hash-colliding keys make dict/set inserts quadratic")
 
     def append(self, target: object, items: list[Any], pos: int) -> None:
         self._count_items(len(items))
@@ -879,10 +938,11 @@ class _VM:
         dicts = [state] if isinstance(state, dict) else (
             [x for x in state if isinstance(x, dict)] if isinstance(state, tuple) else [])
         for d in dicts:
+            self._count_items(len(d))  # a memoised state may be applied many times
             for k in d:
                 if not isinstance(k, str) or k.startswith("_") or k in _TENSOR_PROPERTIES:
                     self.add("CKG408", f"{_clip(full.rsplit('.', 1)[-1])} sets attribute "
-                             f"{_clip(repr(k))} on the rebuilt tensor", pos)
+                             f"{_clip(repr(_plain(k)))} on the rebuilt tensor", pos)
 
     def _tensor_from_storage(self, c: Call, full: str, args: tuple[Any, ...], pos: int) -> None:
         v3 = full.endswith("_v3")
@@ -902,6 +962,9 @@ class _VM:
         if isinstance(size, Call) and isinstance(size.func, Global) and \
                 size.func.full == "torch.Size" and isinstance(size.args, tuple) and size.args:
             size = size.args[0]
+        if type(size) is tuple and type(stride) is tuple:
+            # a memoised shape may be reused by every rebuild: its walk is charged
+            self._count_items(len(size) + len(stride))
         if not _int_tuple(size) or not _int_tuple(stride) or not isinstance(offset, int) or \
                 isinstance(offset, bool):
             self.add("CKG405", "tensor size, stride or offset is not a tuple of integers", pos)
@@ -912,7 +975,8 @@ class _VM:
         dims = size + stride  # min/max are C loops: this runs once per tensor
         if offset < 0 or (dims and min(dims) < 0):
             self.add("CKG405", "negative tensor size, stride or storage offset", pos,
-                     {"size": _clip(repr(size)), "stride": _clip(repr(stride))})
+                     {"size": _clip(repr(_plain(size))),
+                      "stride": _clip(repr(_plain(stride)))})
             return
         if offset >= (1 << 62) or (dims and max(dims) >= (1 << 62)):
             self.add("CKG405", "tensor size, stride or offset overflows 62 bits", pos)
@@ -1020,18 +1084,13 @@ class _VM:
                     raise self.malformed("DICT with an odd number of items", op_pos)
                 d: dict[Any, Any] = {}
                 self._hash_guard(items[0::2], op_pos)
-                try:
-                    for i in range(0, len(items), 2):
-                        d[items[i]] = items[i + 1]
-                except TypeError:
-                    raise self.malformed("unhashable dictionary key", op_pos) from None
+                self._insert(d, self._probe_entry(d), items, True, op_pos)
                 stack.append(d)
             else:
                 self._hash_guard(items, op_pos)
-                try:
-                    stack.append(frozenset(items))
-                except TypeError:
-                    raise self.malformed("unhashable frozenset item", op_pos) from None
+                fs: set[Any] = set()
+                self._insert(fs, (fs, {}, set()), items, False, op_pos)
+                stack.append(frozenset(fs))
         elif op == 0x8F:  # EMPTY_SET
             stack.append(set())
         elif op == 0x90:  # ADDITEMS
@@ -1045,10 +1104,7 @@ class _VM:
             self._count_items(len(items))
             if isinstance(target, set):
                 self._hash_guard(items, op_pos)
-                try:
-                    target.update(items)
-                except TypeError:
-                    raise self.malformed("unhashable set item", op_pos) from None
+                self._insert(target, self._probe_entry(target), items, False, op_pos)
             else:
                 self._bad_target("ADDITEMS", target, op_pos)
         elif op in (0x42, 0x43, 0x8E, 0x96, 0x54, 0x55):  # bytes-like counted literals
@@ -1249,6 +1305,9 @@ _TENSOR_PROPERTIES = frozenset({
     "data", "grad", "requires_grad", "device", "dtype", "shape", "layout", "names", "real",
     "imag", "T", "mT", "H", "mH", "is_leaf", "grad_fn", "retains_grad", "output_nr",
 })
+#: value types whose hash a file cannot steer: str/bytes are randomised, the VM's own
+#: records hash by identity, None/True/False are single values
+_FIXED_HASH = frozenset({str, bytes, Global, Call, PersRef, Blob, Opaque, type(None), bool})
 _DICT_LIKE = frozenset({"collections.OrderedDict", "collections.Counter"})
 _BUILDABLE = frozenset({"collections.OrderedDict", "torch.nn.parameter.Parameter",
                         "torch.Tensor"})
@@ -1315,10 +1374,18 @@ def _describe(v: object) -> str:
 
 
 def _plain(v: object, depth: int = 0) -> object:
+    """A small printable stand-in for a symbolic value (bounded in depth and width: a
+    memoised million-item list must not be rendered once per finding)."""
     if depth > 3:
         return "..."
     if isinstance(v, tuple):
         return tuple(_plain(x, depth + 1) for x in v[:8])
+    if isinstance(v, list):
+        return [_plain(x, depth + 1) for x in v[:8]] + (["..."] if len(v) > 8 else [])
+    if isinstance(v, (dict, set, frozenset, bytearray)):
+        return f"<{type(v).__name__} of {len(v)}>"
+    if isinstance(v, (str, bytes)) and len(v) > 200:
+        return v[:200]
     if isinstance(v, Global):
         return v.full
     if isinstance(v, (Call, PersRef, Opaque, Blob)):
