@@ -110,6 +110,23 @@ _RULES: tuple[Rule, ...] = (
          "BUILD/SETITEM/APPEND applied to an object the weights-only loader does not allow "
          "it on (state set on an arbitrary object).",
          "Re-save the checkpoint as a plain state dict."),
+    Rule("CKG112", "allocating-call", S.HIGH, B,
+         "An allowlisted constructor is called with a size (torch.Tensor(n), a legacy tensor or "
+         "storage type, bytearray(n)): the load allocates memory that is not backed by bytes "
+         "in the file.",
+         "Do not load this file: a small file can make the loader allocate gigabytes."),
+    Rule("CKG113", "non-rebuild-call-through-rebuild", S.HIGH, B,
+         "_rebuild_from_type_v2 calls something other than a tensor rebuild function, or "
+         "converts to something other than a tensor class.",
+         "Do not load this file; torch.save only writes tensor rebuilds there."),
+    Rule("CKG114", "constructor-of-computed-value", S.HIGH, B,
+         "An allowlisted data constructor (set, Counter, OrderedDict, torch.Size, ...) iterates "
+         "or converts a value computed at load time, e.g. a tensor element by element.",
+         "Do not load this file."),
+    Rule("CKG117", "unusual-codec-call", S.MEDIUM, B,
+         "_codecs.encode is called in a form pickle and torch.save never write (another codec, "
+         "a non-string argument).",
+         "Do not load this file; other codecs import modules and expand their input."),
     # --- pickle program structure ----------------------------------------------------------
     Rule("CKG201", "truncated-pickle", S.MEDIUM, U,
          "The pickle program ends before STOP (truncated file).",
@@ -195,6 +212,18 @@ _RULES: tuple[Rule, ...] = (
     Rule("CKG408", "malformed-tensor-record", S.MEDIUM, B,
          "A tensor rebuild call has arguments of the wrong shape or type.",
          "Re-save the checkpoint with torch.save."),
+    Rule("CKG440", "allocation-not-backed-by-file", S.HIGH, B,
+         "A tensor rebuild allocates or copies more memory than the storage bytes it is built "
+         "from (a device copy of a broadcast view, a quantized tensor larger than its storage, "
+         "a storage copied twice).",
+         "Do not load this file: a small file can make the loader allocate and touch gigabytes."),
+    Rule("CKG441", "unaudited-tensor-argument", S.HIGH, B,
+         "A rebuild function that takes tensors is given something that is not an audited "
+         "tensor record (a literal, a call result, a constructor's allocation).",
+         "Do not load this file."),
+    Rule("CKG442", "tensor-without-data", S.HIGH, B,
+         "A wrapper-subclass rebuild makes a tensor with no storage bytes on a real device.",
+         "Load it only with the subclass's code reviewed; its data is not in the audited bytes."),
     # --- safetensors ------------------------------------------------------------------------
     Rule("CKG501", "safetensors-header", S.HIGH, B,
          "The safetensors header is invalid (length field, UTF-8, JSON object, types).",

@@ -27,13 +27,14 @@ import struct
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from ..context import AuditContext, LimitExceeded
 from ..model import Severity
 from ..policy import classify_global
 from ..policy.defaults import ALLOW_KINDS
 from . import opcodes as O
+from .callmodels import CALL_MODELS, TENSOR_TYPES, CallModel, Effect
 
 #: dtypes that may require gradients (torch raises for the others at load time)
 _GRAD_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16", "complex128",
@@ -64,7 +65,7 @@ class PickleMode(enum.Enum):
 # --- symbolic values ---------------------------------------------------------------------
 
 class Global:
-    __slots__ = ("full", "kind", "module", "name", "offset", "ok", "rebuild", "status")
+    __slots__ = ("full", "kind", "model", "module", "name", "offset", "ok", "rebuild", "status")
 
     def __init__(self, module: str, name: str, full: str, offset: int, status: str) -> None:
         self.module = module
@@ -74,11 +75,14 @@ class Global:
         self.status = status  # "allow" | "policy" | "deny" | "unknown"
         # what calling it means, for allowlisted globals (policy entries count as classes)
         self.kind = ALLOW_KINDS.get(full, "class")
-        # plain calls of it are weights-only (checked once here, not per call)
-        self.ok = status in ("allow", "policy", "script") and self.kind in ("class",
-                                                                             "function")
+        # what calling it does (callmodels.py), for the weights-only allowlist
+        self.model = CALL_MODELS.get(full) if status == "allow" else None
+        # plain calls of it are weights-only and need no argument checks beyond the tensor
+        # rebuild (checked once here, not per call); everything else goes through call()
+        self.ok = status in ("allow", "policy", "script") and self.kind in (
+            "class", "function") and (self.model is None or self.model.effect is Effect.VIEW)
         # does calling it build a tensor record?
-        self.rebuild = self.ok and full in _TENSOR_BUILDERS
+        self.rebuild = status in ("allow", "policy", "script") and full in _TENSOR_BUILDERS
 
     def __repr__(self) -> str:
         return f"Global({self.full})"
@@ -232,6 +236,7 @@ class _VM:
         self.items_budget = ctx.limits.max_container_items
         self._probes: dict[int, _ProbeEntry] = {}
         self._probes_unclocked = 0
+        self._copied: dict[int, int] = {}  # id(StorageRef) -> bytes copied out of it
 
     # -- findings -----------------------------------------------------------------------
     def add(self, rule_id: str, message: str, pos: int, evidence: dict[str, str] | None = None,
@@ -409,8 +414,7 @@ class _VM:
                 elif op == 0x52:  # REDUCE
                     args = stack.pop()
                     func = stack[-1]
-                    if type(func) is Global and func.ok and type(args) is tuple and \
-                            func.full != "builtins.bytearray":
+                    if type(func) is Global and func.ok and type(args) is tuple:
                         c = Call(func, args, base + op_pos, "REDUCE")
                         if func.rebuild:
                             self._rebuild(c, func, args, op_pos)
@@ -630,11 +634,7 @@ class _VM:
                 if func.kind == "value":
                     raise self.malformed(f"{how} calls {_clip(func.full)}, a constant that is not "
                                          "callable", pos)
-                if func.kind == "allocator":
-                    self.add("CKG408", f"{how} calls the legacy tensor type "
-                             f"{_clip(func.full)}: an allocation primitive torch.save never "
-                             "writes", pos, {"global": _clip(func.full)})
-                elif func.kind == "function" and how in ("NEWOBJ", "NEWOBJ_EX"):
+                if func.kind == "function" and how in ("NEWOBJ", "NEWOBJ_EX"):
                     raise self.malformed(f"{how} on the function {_clip(func.full)}, which has no "
                                          "__new__ to call", pos)
             if not isinstance(args, tuple):
@@ -643,12 +643,10 @@ class _VM:
                              "load time", pos)
                 elif how != "NEWOBJ_EX":
                     raise self.malformed(f"{how} arguments are not a tuple", pos)
-            if func.rebuild:
+            if func.model is not None and isinstance(args, tuple):
+                self._model_call(c, func, func.model, args, pos, how)
+            elif func.rebuild:
                 self._rebuild(c, func, args, pos)
-            if func.full == "builtins.bytearray" and isinstance(args, tuple) and args and \
-                    isinstance(args[0], int) and args[0] > (1 << 20):
-                self.add("CKG408", f"bytearray({args[0]}): an allocation no checkpoint needs",
-                         pos)
         elif isinstance(func, Call):
             self.add("CKG103", f"{how} calls the result of an earlier call "
                      f"({_describe(func)})", pos, {"callable": _describe(func)})
@@ -659,6 +657,174 @@ class _VM:
             raise self.malformed(f"{how} calls a {type(func).__name__} literal, which is not "
                                  "callable", pos)
         return c
+
+    # -- what allowlisted callables call and allocate (callmodels.py) ---------------------
+    def _model_call(self, c: Call, func: Global, model: CallModel, args: tuple[Any, ...],
+                    pos: int, how: str) -> None:
+        """Check one call of an allowlisted global against its row in CALL_MODELS."""
+        name = _clip(func.full)
+        effect = model.effect
+        if model.literal_args:
+            for a in args:
+                if isinstance(a, (Call, PersRef, Opaque)) and not (
+                        effect is Effect.DATA and _encoded_bytes(a)):
+                    self.add("CKG114", f"{how} {name}(...) iterates or converts "
+                             f"{_describe(a)}, a value computed at load time (a tensor "
+                             "iterated element by element builds one object per element)",
+                             pos, {"global": name, "argument": _describe(a)})
+                    return
+        for i in model.tensor_args:
+            if i < len(args):
+                self._tensor_arg(args[i], name, i, pos, allow_none=effect is Effect.WRAP)
+        match effect:
+            case Effect.CONSTANT | Effect.LOOKUP | Effect.VIEW | Effect.META | \
+                    Effect.COMPOSITE | Effect.WRAP:
+                if func.rebuild:
+                    self._rebuild(c, func, args, pos)
+            case Effect.DATA:
+                self._data_call(func.full, args, pos, how)
+            case Effect.ENCODE:
+                if len(args) != 2 or not isinstance(args[0], (str, Blob)) or \
+                        (isinstance(args[0], Blob) and args[0].kind != "str") or \
+                        args[1] not in ("latin1", "latin-1"):
+                    self.add("CKG117", f"{name} called as {_clip(repr(_plain(args)))}: pickle "
+                             "and torch.save only write encode(str, 'latin1') (other codecs "
+                             "import modules and expand their input)", pos,
+                             {"global": name})
+            case Effect.ALLOCATE:
+                if args:  # T(n) and T.__new__(T, n) both allocate
+                    self.add("CKG112", f"{how} {name}{_clip(repr(_plain(args)))}: "
+                             f"{model.note}; the memory is not backed by bytes in the file "
+                             "and torch.save never writes this call", pos,
+                             {"global": name})
+            case Effect.QUANTIZED:
+                self._rebuild(c, func, args, pos)
+                t = c.tensor
+                if t is not None and t.storage is not None:
+                    need = _numel(t.shape) * DTYPE_SIZES.get(t.dtype, 1)
+                    have = t.storage.numel * t.storage.itemsize
+                    if need > have:
+                        self.add("CKG440", f"_rebuild_qtensor allocates {need} bytes for a "
+                                 f"{t.shape} quantized tensor before viewing a {have}-byte "
+                                 "storage: memory not backed by the file", pos,
+                                 {"storage": _clip(t.storage.key)})
+                if len(args) > 4 and isinstance(args[4], tuple):
+                    for j, q in enumerate(args[4][1:3], 1):
+                        if isinstance(q, (Call, PersRef, Opaque)):
+                            self._tensor_arg(q, name, j, pos)
+            case Effect.COPY:
+                self._copy_call(c, func, args, pos)
+            case Effect.CALLS_ARGUMENT:
+                self._from_type_call(c, func, args, pos)
+            case Effect.NO_DATA:
+                dev = args[6] if len(args) > 6 else None
+                if not (isinstance(dev, str) and dev.startswith("meta")):
+                    self.add("CKG442", f"{name} builds a tensor with no storage bytes on device "
+                             f"{_clip(repr(_plain(dev)))}: its data is whatever the subclass "
+                             "computes, not bytes ckptguard audited", pos, {"global": name})
+            case _:
+                _never(effect)
+
+    def _tensor_arg(self, v: object, name: str, i: int, pos: int,
+                    allow_none: bool = False) -> TensorRecord | None:
+        """An argument a rebuild function treats as a tensor must be an audited record."""
+        if isinstance(v, Call) and v.tensor is not None:
+            return v.tensor
+        if v is None and allow_none:
+            return None
+        if isinstance(v, tuple) and name.endswith(("_rebuild_sparse_tensor",)):
+            for x in v:
+                if isinstance(x, Call) and isinstance(x.func, Global) and \
+                        x.func.full == "torch.Size":
+                    continue  # the size
+                if isinstance(x, (Call, PersRef, Opaque, list, dict)):
+                    self._tensor_arg(x, name, i, pos)
+            return None
+        self.add("CKG441", f"{name} argument {i} is {_describe_value(v)}, not an audited tensor "
+                 "record: the loader would treat whatever it is as a tensor", pos,
+                 {"global": name, "argument": str(i)})
+        return None
+
+    def _data_call(self, full: str, args: tuple[Any, ...], pos: int, how: str) -> None:
+        if full == "builtins.bytearray" and args and isinstance(args[0], int) and \
+                not isinstance(args[0], bool) and args[0] > 0 and how != "NEWOBJ":
+            self.add("CKG112", f"bytearray({args[0]}) allocates and zeroes {args[0]} bytes "
+                     "that are not in the file", pos, {"global": full})
+            return
+        if full == "torch.Size" and args and not _int_tuple(args[0]) and \
+                not (type(args[0]) is list and all(type(x) is int for x in args[0])):
+            self.add("CKG114", "torch.Size of something other than a tuple of ints", pos,
+                     {"global": full})
+            return
+        if full in ("builtins.set", "collections.Counter") and args and \
+                isinstance(args[0], (list, tuple)) and how != "NEWOBJ":
+            # the loader hashes every item: charge collisions as for SETITEMS
+            items = list(args[0])
+            self._count_items(len(items))
+            self._hash_guard(items, pos)
+            tmp: set[Any] = set()
+            self._insert(tmp, (tmp, {}, set()), items, False, pos)
+
+    def _copy_call(self, c: Call, func: Global, args: tuple[Any, ...], pos: int) -> None:
+        """_rebuild_device_tensor_from_cpu_tensor(data, dtype, device, requires_grad) copies
+        ``data`` (``data.to(dtype, device)``): the copy must be backed by the storage bytes
+        ``data`` views, once."""
+        name = func.full.rsplit(".", 1)[-1]
+        src = args[0].tensor if args and isinstance(args[0], Call) else None
+        if src is None:
+            return  # CKG441 already
+        if len(args) != 4:
+            self.add("CKG408", f"{name} called with {len(args)} arguments", pos)
+            return
+        dt = args[1]
+        dtype = dt.full.rsplit(".", 1)[-1] if isinstance(dt, Global) else None
+        if dtype not in DTYPE_SIZES:
+            self.add("CKG441", f"{name} without a known dtype", pos)
+            return
+        need = _numel(src.shape) * DTYPE_SIZES[dtype]
+        st = src.storage
+        have = st.numel * st.itemsize if st is not None else 0
+        used = self._copied.get(id(st), 0) + need if st is not None else need
+        if need > have or used > have or dtype != src.dtype:
+            self.add("CKG440", f"{name} copies a {src.dtype}{list(src.shape)} tensor into "
+                     f"{need} bytes of {dtype}, but it views "
+                     f"{'no storage' if st is None else f'a {have}-byte storage'}"
+                     f"{' copied before' if used > need else ''}: memory not backed by the "
+                     "file (torch.save writes one copy of a same-dtype tensor)", pos,
+                     {"global": _clip(func.full)})
+            return
+        if st is not None:
+            self._copied[id(st)] = used
+        rg = bool(args[3]) if isinstance(args[3], bool) else False
+        c.tensor = TensorRecord(src.storage, src.storage_offset, src.shape, src.stride, dtype,
+                                rg, self.base + pos, src.kind)
+
+    def _from_type_call(self, c: Call, func: Global, args: tuple[Any, ...], pos: int) -> None:
+        """_rebuild_from_type_v2(func, new_type, args, state): ``func(*args)``, converted to
+        ``new_type``, then the state applied. The inner call is modelled like a REDUCE; it
+        must be a tensor rebuild function and ``new_type`` a tensor class."""
+        if len(args) != 4:
+            self.add("CKG408", f"_rebuild_from_type_v2 called with {len(args)} arguments", pos)
+            return
+        inner_f, new_type, inner_args, state = args
+        self._check_tensor_state(state, func.full, pos)
+        if not (isinstance(new_type, Global) and (new_type.full in TENSOR_TYPES or
+                                                  new_type.status in ("policy", "script"))):
+            self.add("CKG113", f"_rebuild_from_type_v2 converts to {_describe_value(new_type)}, "
+                     "which is not a tensor class", pos, {"new_type": _describe_value(new_type)})
+        if not isinstance(inner_f, Global):
+            self.add("CKG113", f"_rebuild_from_type_v2 calls {_describe_value(inner_f)}, not an "
+                     "imported tensor rebuild function", pos)
+            return
+        inner = self.call(inner_f, inner_args, pos, "_rebuild_from_type_v2")
+        m = inner_f.model
+        makes = m.makes_tensor if m is not None else inner_f.status in ("policy", "script")
+        if not makes or (m is not None and m.effect is Effect.ALLOCATE):
+            self.add("CKG113", f"_rebuild_from_type_v2 calls {_clip(inner_f.full)}, which is "
+                     "not a tensor rebuild function (the call runs before the result is "
+                     "checked)", pos, {"callable": _clip(inner_f.full)})
+            return
+        c.tensor = inner.tensor
 
     def setitems(self, target: object, items: list[Any], pos: int) -> None:
         self._count_items(len(items) // 2)
@@ -915,15 +1081,6 @@ class _VM:
                     return
                 c.tensor = TensorRecord(t.storage, t.storage_offset, t.shape, t.stride, t.dtype,
                                         rg, t.offset, "parameter")
-        elif full == "torch._tensor._rebuild_from_type_v2":
-            if len(args) >= 4:
-                self._check_tensor_state(args[3], full, pos)
-            if len(args) >= 3 and isinstance(args[2], tuple):
-                inner = args[2]
-                for v in inner:
-                    if isinstance(v, Call) and v.tensor is not None:
-                        c.tensor = v.tensor
-                        break
         elif full == "torch._utils._rebuild_meta_tensor_no_storage" and len(args) >= 3 and \
                 isinstance(args[0], Global) and _int_tuple(args[1]) and _int_tuple(args[2]):
                 dtype = args[0].full.rsplit(".", 1)[-1]
@@ -1326,6 +1483,33 @@ def _int_tuple(v: object) -> bool:
         if type(x) is not int:
             return False
     return True
+
+
+def _never(x: NoReturn) -> NoReturn:
+    """typing.assert_never (Python 3.11+) for 3.10: mypy checks the match is exhaustive."""
+    raise AssertionError(f"unhandled {x!r}")
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _encoded_bytes(v: object) -> bool:
+    """Is ``v`` the protocol-2 spelling of a bytes literal, _codecs.encode(str, 'latin1')?"""
+    return isinstance(v, Call) and isinstance(v.func, Global) and \
+        v.func.full == "_codecs.encode" and isinstance(v.args, tuple) and len(v.args) == 2 \
+        and isinstance(v.args[0], (str, Blob)) and v.args[1] in ("latin1", "latin-1")
+
+
+def _describe_value(v: object) -> str:
+    if isinstance(v, (Call, Global, PersRef, Opaque)):
+        return _describe(v)
+    if isinstance(v, Blob):
+        return f"a {v.length}-byte {v.kind} literal"
+    return f"a {type(v).__name__} literal"
 
 
 def _valid_dotted(s: str) -> bool:
