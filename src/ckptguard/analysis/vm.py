@@ -22,7 +22,6 @@ import _compat_pickle
 import codecs
 import enum
 import gc
-import re
 import struct
 import sys
 from collections.abc import Iterator
@@ -1286,40 +1285,19 @@ class _VM:
             else:
                 stack.append(data[pos : pos + ln])
             pos += ln
-        elif op in {0x49, 0x4C}:  # INT / LONG (text)
+        elif op in {0x49, 0x4C, 0x46, 0x53, 0x56}:  # INT / LONG / FLOAT / STRING / UNICODE
             line, pos = self._line(data, pos, n, op_pos, O.NAMES[op])
-            stack.append(self._text_int(line, op == 0x4C, op_pos))
-        elif op == 0x46:  # FLOAT (text)
-            line, pos = self._line(data, pos, n, op_pos, "FLOAT")
-            try:
-                stack.append(float(line))
-            except ValueError:
-                raise self.malformed("FLOAT literal is not a number", op_pos) from None
-        elif op == 0x53:  # STRING (text, quoted)
-            line, pos = self._line(data, pos, n, op_pos, "STRING")
-            if len(line) < 2 or line[:1] != line[-1:] or line[:1] not in (b"'", b'"'):
-                raise self.malformed("STRING literal is not quoted", op_pos)
-            try:
-                value = codecs.escape_decode(line[1:-1])[0]
-            except ValueError:
-                raise self.malformed("STRING literal has an invalid escape", op_pos) from None
-            stack.append(value.decode("latin-1"))
-        elif op == 0x56:  # UNICODE (text, raw-unicode-escape)
-            line, pos = self._line(data, pos, n, op_pos, "UNICODE")
-            try:
-                stack.append(line.decode("raw-unicode-escape"))
-            except UnicodeDecodeError:
-                raise self.malformed("UNICODE literal has an invalid escape", op_pos) from None
+            stack.append(self._text_literal(op, line, op_pos))
         elif op == 0x67:  # GET (text)
             line, pos = self._line(data, pos, n, op_pos, "GET")
-            idx = self._text_int(line, False, op_pos)
+            idx = self._text_literal(op, line, op_pos)
             if not isinstance(idx, int) or idx not in memo:
                 raise self.malformed(f"GET of memo key {_clip(repr(line))} that was never stored",
                                      op_pos)
             stack.append(memo[idx])
         elif op == 0x70:  # PUT (text)
             line, pos = self._line(data, pos, n, op_pos, "PUT")
-            idx = self._text_int(line, False, op_pos)
+            idx = self._text_literal(op, line, op_pos)
             if not isinstance(idx, int) or isinstance(idx, bool) or idx < 0:
                 raise self.malformed("PUT with a negative or non-integer index", op_pos)
             if not stack:
@@ -1363,10 +1341,7 @@ class _VM:
             stack.append(Opaque(f"extension code {code}", self.base + op_pos))
         elif op == 0x50:  # PERSID (text)
             line, pos = self._line(data, pos, n, op_pos, "PERSID")
-            try:
-                pid: object = line.decode("ascii")
-            except UnicodeDecodeError:
-                raise self.malformed("PERSID id is not ASCII", op_pos) from None
+            pid: object = self._text_literal(op, line, op_pos)
             stack.append(self.persistent(pid, op_pos))
         elif op in {0x97, 0x98}:  # NEXT_BUFFER / READONLY_BUFFER
             if op == 0x97:
@@ -1379,20 +1354,35 @@ class _VM:
             raise self.malformed(f"invalid opcode 0x{op:02x}", op_pos)
         return pos, stack, frame_end
 
-    def _text_int(self, line: bytes, is_long: bool, pos: int) -> int | bool:
-        """Decode an INT/LONG/GET/PUT text literal the way pickle.load (the C unpickler)
-        does; where pickle.py would read it differently, report CKG204 and go on with the C
-        value, which is what a real load uses."""
-        if len(line) > 4300:
-            raise LimitExceeded("max_line_bytes", 4300, "integer literal digits")
-        c_val = _long_literal(line) if is_long else _c_int(line)
-        py_val = _long_literal(line) if is_long else _py_int(line)
-        if c_val is None:
-            raise self.malformed(f"invalid integer literal {_clip(repr(line))}", pos)
-        if py_val is None or type(py_val) is not type(c_val) or py_val != c_val:
-            self.add("CKG204", f"integer literal {_clip(repr(line))} reads as {c_val!r} in the C "
-                     f"unpickler and as {py_val!r} in pickle.py", pos)
-        elif not _canonical_int(line[:-1] if is_long and line.endswith(b"L") else line) and \
+    def _text_literal(self, op: int, line: bytes, pos: int) -> Any:
+        """Decode the line of a text opcode exactly as the C unpickler does (``pickle.load``
+        and torch use it; ``opcodes.text_value`` asks it). Where pickle.py reads the line
+        differently (a NUL ends strtol's number in C, FLOAT takes no spaces or underscores
+        in C, ' 1' is True for C's INT...), report CKG204 and go on with the C value."""
+        if len(line) > O.MAX_TEXT_LITERAL and op not in (0x53, 0x56, 0x50):
+            raise LimitExceeded("max_line_bytes", O.MAX_TEXT_LITERAL,
+                                f"{O.NAMES[op]} literal digits")
+        name = O.NAMES[op]
+        c_ok, c_val = O.text_value(op, line, c=True)
+        py_ok, py_val = O.text_value(op, line, c=False)
+        if not c_ok:
+            if not py_ok:
+                raise self.malformed(f"invalid {name} literal {_clip(repr(line))} ({c_val})",
+                                     pos)
+            if op in (0x67, 0x70) and isinstance(py_val, int) and py_val > 0xFFFFFF:
+                self._memo_index(py_val, pos)  # beyond the limit: CKG901 first
+            # the C unpickler stops here; pickle.py reads on: audit what it would run
+            self.add("CKG204", f"{name} literal {_clip(repr(line))} is refused by the C "
+                     f"unpickler ({c_val}) and reads as {_clip(repr(_plain(py_val)))} in "
+                     "pickle.py", pos, {"opcode": name})
+            return py_val
+        if not py_ok or not _same_value(c_val, py_val):
+            self.add("CKG204", f"{name} literal {_clip(repr(line))} reads as "
+                     f"{_clip(repr(_plain(c_val)))} in the C unpickler and "
+                     f"{_clip(repr(_plain(py_val))) if py_ok else 'fails (' + py_val + ')'} in "
+                     "pickle.py", pos, {"opcode": name})
+        elif op in (0x49, 0x4C) and not _canonical_int(
+                line[:-1] if op == 0x4C and line.endswith(b"L") else line) and \
                 line not in (b"00", b"01"):
             self.add("CKG204", f"non-canonical integer literal {_clip(repr(line))}: pickle never "
                      "writes it and other decoders (pickletools-based scanners) read it "
@@ -1400,50 +1390,12 @@ class _VM:
         return c_val
 
 
-_STRTOL = re.compile(rb"[ \t\n\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
-
-
-def _c_int(line: bytes) -> int | bool | None:
-    """_pickle.c load_int: strtol(s, &end, 0) must consume the whole line, else
-    PyLong_FromString(s, NULL, 0); a 3-byte line (with its newline) holding 0/1 is a bool."""
-    m = _STRTOL.match(line)
-    value: int | None = None
-    if m is not None and m.end() == len(line):
-        digits = m.group(2)
-        base = 16 if digits[:2] in (b"0x", b"0X") else (8 if digits[:1] == b"0" and
-                                                        len(digits) > 1 else 10)
-        v = int(digits, base) if digits not in (b"0",) else 0
-        v = -v if m.group(1) == b"-" else v
-        if -(1 << 63) <= v < (1 << 63):
-            value = v
-    if value is None:
-        try:
-            value = int(line, 0)
-        except ValueError:
-            return None
-    if len(line) + 1 == 3 and value in (0, 1):
-        return bool(value)
-    return value
-
-
-def _py_int(line: bytes) -> int | bool | None:
-    if line == b"00":
+def _same_value(a: object, b: object) -> bool:
+    if type(a) is not type(b):
         return False
-    if line == b"01":
-        return True
-    try:
-        return int(line, 0)
-    except ValueError:
-        return None
-
-
-def _long_literal(line: bytes) -> int | None:
-    """LONG: both unpicklers strip one trailing 'L' and read the rest with base 0."""
-    text = line[:-1] if line.endswith(b"L") else line
-    try:
-        return int(text, 0)
-    except ValueError:
-        return None
+    if isinstance(a, float):
+        return repr(a) == repr(b)
+    return a == b
 
 
 def _canonical_int(text: bytes) -> bool:
