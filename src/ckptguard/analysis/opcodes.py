@@ -6,6 +6,7 @@ Values are the opcode bytes as ints. A test checks this table against ``pickleto
 from __future__ import annotations
 
 import _pickle
+import codecs
 import io
 import pickle
 import re
@@ -155,7 +156,10 @@ def scan_opcodes_prefix(head: bytes, *, min_ops: int = 3) -> bool:
                     # still a pickle (a scanner-flooding trick); a short unterminated line
                     # at the end of the data (b"little") is just text.
                     if n - pos <= 256:
-                        return False
+                        # a short line cut by the end of the window: a pickle when enough
+                        # valid opcodes came before it (a window cuts big protocol-0
+                        # pickles anywhere); text (b"little") fails the count
+                        return ops > min_ops
                     return op in (GLOBAL, INST) or ops >= min_ops
                 pos = end + 1
             if op in (GLOBAL, INST) and ops == 1:
@@ -164,8 +168,8 @@ def scan_opcodes_prefix(head: bytes, *, min_ops: int = 3) -> bool:
 
 
 #: the text literals both unpicklers read alike without asking them: canonical ints
-_CANONICAL_INT = re.compile(rb"-?[1-9][0-9]{0,17}|0")
-_CANONICAL_FLOAT = re.compile(rb"-?(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)(?:[eE][-+]?[0-9]{1,3})?")
+CANONICAL_INT = re.compile(rb"-?[1-9][0-9]{0,17}|0")
+CANONICAL_FLOAT = re.compile(rb"-?(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)(?:[eE][-+]?[0-9]{1,3})?")
 #: longest text literal handed to an unpickler (CPython's int max-str-digits is 4300)
 MAX_TEXT_LITERAL = 4300
 
@@ -192,12 +196,25 @@ def text_value(op: int, line: bytes, *, c: bool) -> tuple[bool, Any]:
     error in pickle.py. GET/PUT give the memo index."""
     if len(line) > MAX_TEXT_LITERAL:
         return False, "overlong"
-    if op in (INT, GET, PUT) and _CANONICAL_INT.fullmatch(line):
+    if op in (INT, GET, PUT) and CANONICAL_INT.fullmatch(line):
         return True, int(line)
-    if op == LONG and _CANONICAL_INT.fullmatch(line[:-1] if line[-1:] == b"L" else line):
+    if op == LONG and CANONICAL_INT.fullmatch(line[:-1] if line[-1:] == b"L" else line):
         return True, int(line[:-1] if line[-1:] == b"L" else line)
-    if op == FLOAT and _CANONICAL_FLOAT.fullmatch(line):
+    if op == FLOAT and CANONICAL_FLOAT.fullmatch(line):
         return True, float(line)
+    if op in (STRING, UNICODE, PERSID):
+        # both unpicklers take these by length (a NUL is just a character) with the same
+        # codecs: decoded here, and the differential test holds it to _pickle
+        try:
+            if op == UNICODE:
+                return True, line.decode("raw-unicode-escape")
+            if op == PERSID:
+                return True, line.decode("ascii")
+            if len(line) >= 2 and line[:1] == line[-1:] and line[:1] in (b"'", b'"'):
+                return True, codecs.escape_decode(line[1:-1])[0].decode("latin-1")
+            return False, "UnpicklingError"
+        except (UnicodeDecodeError, ValueError) as e:
+            return False, type(e).__name__
     prog = b"Np" + line + b"\n." if op in (GET, PUT) else bytes([op]) + line + b"\n."
     try:
         f = io.BytesIO(prog)

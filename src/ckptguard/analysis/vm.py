@@ -48,6 +48,8 @@ _unpack_d = struct.Struct(">d").unpack_from
 _unpack_i = struct.Struct("<i").unpack_from
 _unpack_I = struct.Struct("<I").unpack_from
 _CHECK_EVERY = 1 << 16
+_canon_int = O.CANONICAL_INT.fullmatch
+_canon_float = O.CANONICAL_FLOAT.fullmatch
 _PROBES_PER_CLOCK = 1 << 20  # hash probes charged between two looks at the clock
 _allocated_blocks = sys.getallocatedblocks
 
@@ -1359,6 +1361,18 @@ class _VM:
         and torch use it; ``opcodes.text_value`` asks it). Where pickle.py reads the line
         differently (a NUL ends strtol's number in C, FLOAT takes no spaces or underscores
         in C, ' 1' is True for C's INT...), report CKG204 and go on with the C value."""
+        # the forms pickle writes, read alike by both unpicklers: no second opinion needed
+        if op == 0x70 or op == 0x67 or op == 0x49:  # PUT / GET / INT
+            if _canon_int(line):
+                return int(line)
+        elif op == 0x46:  # FLOAT
+            if _canon_float(line):
+                return float(line)
+        elif op == 0x56:  # UNICODE: by length in both, same codec
+            try:
+                return line.decode("raw-unicode-escape")
+            except UnicodeDecodeError:
+                raise self.malformed("UNICODE literal has an invalid escape", pos) from None
         if len(line) > O.MAX_TEXT_LITERAL and op not in (0x53, 0x56, 0x50):
             raise LimitExceeded("max_line_bytes", O.MAX_TEXT_LITERAL,
                                 f"{O.NAMES[op]} literal digits")
