@@ -1362,7 +1362,7 @@ class _VM:
         differently (a NUL ends strtol's number in C, FLOAT takes no spaces or underscores
         in C, ' 1' is True for C's INT...), report CKG204 and go on with the C value."""
         # the forms pickle writes, read alike by both unpicklers: no second opinion needed
-        if op == 0x70 or op == 0x67 or op == 0x49:  # PUT / GET / INT
+        if op in {0x70, 0x67, 0x49}:  # PUT / GET / INT
             if _canon_int(line):
                 return int(line)
         elif op == 0x46:  # FLOAT
