@@ -70,6 +70,15 @@ _RULES: tuple[Rule, ...] = (
          "The file could not be read (permission, not a regular file, I/O error).",
          "Fix the permissions or point ckptguard at the regular file itself."),
     # --- globals and callables -------------------------------------------------------------
+    Rule("CKG020", "torchscript-file-or-process-op", S.CRITICAL, B,
+         "TorchScript code calls an operator that reads, maps or writes files, loads other "
+         "serialized objects or reaches processes (torch.from_file, image.read_file, "
+         "torch.save/load, ...); __setstate__ runs it at torch.jit.load.",
+         "Never torch.jit.load this file."),
+    Rule("CKG021", "torchscript-foreign-op", S.HIGH, B,
+         "TorchScript code calls an operator of a namespace outside torch's own "
+         "(torch.ops.<library>.<op>): native code of whatever library the process loaded.",
+         "Review the code and the library before torch.jit.load."),
     Rule("CKG101", "code-execution-global", S.CRITICAL, B,
          "The pickle program reaches a known code-execution, file, process or network "
          "primitive.",
