@@ -170,6 +170,7 @@ def scan_opcodes_prefix(head: bytes, *, min_ops: int = 3) -> bool:
 #: the text literals both unpicklers read alike without asking them: canonical ints
 CANONICAL_INT = re.compile(rb"-?[1-9][0-9]{0,17}|0")
 CANONICAL_FLOAT = re.compile(rb"-?(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)(?:[eE][-+]?[0-9]{1,3})?")
+_INF = float("inf")
 #: longest text literal handed to an unpickler (CPython's int max-str-digits is 4300)
 MAX_TEXT_LITERAL = 4300
 
@@ -201,7 +202,9 @@ def text_value(op: int, line: bytes, *, c: bool) -> tuple[bool, Any]:
     if op == LONG and CANONICAL_INT.fullmatch(line[:-1] if line[-1:] == b"L" else line):
         return True, int(line[:-1] if line[-1:] == b"L" else line)
     if op == FLOAT and CANONICAL_FLOAT.fullmatch(line):
-        return True, float(line)
+        x = float(line)
+        if x not in (_INF, -_INF):  # C raises OverflowError where float() gives inf
+            return True, x
     if op in (STRING, UNICODE, PERSID):
         # both unpicklers take these by length (a NUL is just a character) with the same
         # codecs: decoded here, and the differential test holds it to _pickle

@@ -1367,7 +1367,9 @@ class _VM:
                 return int(line)
         elif op == 0x46:  # FLOAT
             if _canon_float(line):
-                return float(line)
+                x = float(line)
+                if x - x == 0.0:  # finite: the C unpickler refuses an overflow (1e400)
+                    return x
         elif op == 0x56:  # UNICODE: by length in both, same codec
             try:
                 return line.decode("raw-unicode-escape")
