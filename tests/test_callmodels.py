@@ -167,7 +167,7 @@ def test_gadget_really_allocates_under_torch_load(tmp_path: Path, name: str) -> 
     assert "TWIN-LOADED" in out, out[-2000:]
     assert "LOAD-FAILED" in out, out[-2000:]
     line = next(x for x in out.splitlines() if x.startswith("LOAD-FAILED"))
-    print(name, line)
+
     assert "MemoryError" in line or "alloc" in line.lower() or "memory" in line.lower(), line
 
 
@@ -187,6 +187,12 @@ def test_real_tensor_kinds_stay_safe(tmp_path: Path) -> None:
                  "size": torch.Size([2, 3]), "dev": torch.device("cpu"),
                  "cnt": collections.Counter("aab"), "od": collections.OrderedDict(a=1)},
     }
+    attr = torch.randn(3)
+    attr.note = 1  # written as _rebuild_from_type_v2(_rebuild_tensor_v2, Tensor, ..., state)
+    objs["attr"] = attr
+    pattr = torch.nn.Parameter(torch.randn(2))
+    pattr.tag = "x"  # _rebuild_parameter_with_state
+    objs["pattr"] = pattr
     p = tmp_path / "kinds.pt"
     torch.save(objs, p)
     r = ckptguard.scan(p)
@@ -195,3 +201,5 @@ def test_real_tensor_kinds_stay_safe(tmp_path: Path) -> None:
     ref = torch.load(p, weights_only=True)
     assert torch.equal(loaded["param"], ref["param"])
     assert torch.equal(loaded["q"].int_repr(), ref["q"].int_repr())
+    assert torch.equal(loaded["attr"], ref["attr"]) and loaded["attr"].note == 1
+    assert torch.equal(loaded["pattr"], ref["pattr"])
