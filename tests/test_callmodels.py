@@ -167,7 +167,6 @@ def test_gadget_really_allocates_under_torch_load(tmp_path: Path, name: str) -> 
     assert "TWIN-LOADED" in out, out[-2000:]
     assert "LOAD-FAILED" in out, out[-2000:]
     line = next(x for x in out.splitlines() if x.startswith("LOAD-FAILED"))
-
     assert "MemoryError" in line or "alloc" in line.lower() or "memory" in line.lower(), line
 
 
