@@ -66,7 +66,8 @@ class PickleMode(enum.Enum):
 # --- symbolic values ---------------------------------------------------------------------
 
 class Global:
-    __slots__ = ("full", "kind", "model", "module", "name", "offset", "ok", "rebuild", "status")
+    __slots__ = ("full", "kind", "model", "module", "name", "offset", "ok", "ok_empty", "rebuild",
+                 "status")
 
     def __init__(self, module: str, name: str, full: str, offset: int, status: str) -> None:
         self.module = module
@@ -82,6 +83,9 @@ class Global:
         # rebuild (checked once here, not per call); everything else goes through call()
         self.ok = status in ("allow", "policy", "script") and self.kind in (
             "class", "function") and (self.model is None or self.model.effect is Effect.VIEW)
+        # a call without arguments needs no checks either (OrderedDict(), set())
+        self.ok_empty = self.ok or (self.model is not None and
+                                    self.model.effect is Effect.DATA)
         # does calling it build a tensor record?
         self.rebuild = status in ("allow", "policy", "script") and full in _TENSOR_BUILDERS
 
@@ -415,7 +419,8 @@ class _VM:
                 elif op == 0x52:  # REDUCE
                     args = stack.pop()
                     func = stack[-1]
-                    if type(func) is Global and func.ok and type(args) is tuple:
+                    if type(func) is Global and type(args) is tuple and (
+                            func.ok or (func.ok_empty and not args)):
                         c = Call(func, args, base + op_pos, "REDUCE")
                         if func.rebuild:
                             self._rebuild(c, func, args, op_pos)
