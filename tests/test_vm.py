@@ -256,13 +256,13 @@ def test_newobj_on_a_rebuild_function_is_malformed(tmp_path: Path) -> None:
 def test_legacy_tensor_type_call_is_an_allocation_primitive(tmp_path: Path) -> None:
     prog = b"\x80\x02ctorch\nFloatTensor\nJ\x00\xca\x9a;\x85R."  # FloatTensor(10**9)
     r = scan(tmp_path, prog)
-    assert_verdict(r, Verdict.UNSAFE, "CKG408")
-    assert r.max_severity is Severity.MEDIUM
+    assert_verdict(r, Verdict.UNSAFE, "CKG112")
+    assert r.max_severity is Severity.HIGH
 
 
 def test_huge_bytearray_is_an_allocation_primitive(tmp_path: Path) -> None:
     prog = b"\x80\x02cbuiltins\nbytearray\nJ\x00\x00\x00@\x85R."  # bytearray(2**30)
-    assert_verdict(scan(tmp_path, prog), Verdict.UNSAFE, "CKG408")
+    assert_verdict(scan(tmp_path, prog), Verdict.UNSAFE, "CKG112")
     small = pickle.dumps(bytearray(b"abc"), protocol=2)
     assert_verdict(scan(tmp_path, small), Verdict.SAFE)
 

@@ -77,6 +77,15 @@ _RULES: tuple[Rule, ...] = (
          "Do not load this file with any loader; the findings under '<pickle reading>' name "
          "what that reading imports and calls."),
     # --- globals and callables -------------------------------------------------------------
+    Rule("CKG020", "torchscript-file-or-process-op", S.CRITICAL, B,
+         "TorchScript code calls an operator that reads, maps or writes files, loads other "
+         "serialized objects or reaches processes (torch.from_file, image.read_file, "
+         "torch.save/load, ...); __setstate__ runs it at torch.jit.load.",
+         "Never torch.jit.load this file."),
+    Rule("CKG021", "torchscript-foreign-op", S.HIGH, B,
+         "TorchScript code calls an operator of a namespace outside torch's own "
+         "(torch.ops.<library>.<op>): native code of whatever library the process loaded.",
+         "Review the code and the library before torch.jit.load."),
     Rule("CKG101", "code-execution-global", S.CRITICAL, B,
          "The pickle program reaches a known code-execution, file, process or network "
          "primitive.",
@@ -133,6 +142,23 @@ _RULES: tuple[Rule, ...] = (
          "A numpy dtype of kind object ('O') is rebuilt inside the pickle: object arrays "
          "hold arbitrary Python objects, not numbers, and no profile allows them.",
          "Save plain numeric arrays; do not load this file with a numpy profile."),
+    Rule("CKG112", "allocating-call", S.HIGH, B,
+         "An allowlisted constructor is called with a size (torch.Tensor(n), a legacy tensor or "
+         "storage type, bytearray(n)): the load allocates memory that is not backed by bytes "
+         "in the file.",
+         "Do not load this file: a small file can make the loader allocate gigabytes."),
+    Rule("CKG113", "non-rebuild-call-through-rebuild", S.HIGH, B,
+         "_rebuild_from_type_v2 calls something other than a tensor rebuild function, or "
+         "converts to something other than a tensor class.",
+         "Do not load this file; torch.save only writes tensor rebuilds there."),
+    Rule("CKG114", "constructor-of-computed-value", S.HIGH, B,
+         "An allowlisted data constructor (set, Counter, OrderedDict, torch.Size, ...) iterates "
+         "or converts a value computed at load time, e.g. a tensor element by element.",
+         "Do not load this file."),
+    Rule("CKG117", "unusual-codec-call", S.MEDIUM, B,
+         "_codecs.encode is called in a form pickle and torch.save never write (another codec, "
+         "a non-string argument).",
+         "Do not load this file; other codecs import modules and expand their input."),
     # --- pickle program structure ----------------------------------------------------------
     Rule("CKG201", "truncated-pickle", S.MEDIUM, U,
          "The pickle program ends before STOP (truncated file).",
@@ -257,6 +283,18 @@ _RULES: tuple[Rule, ...] = (
          "A legacy storage persistent id carries view metadata (view key, offset, size) that "
          "torch's legacy loader applies and torch.save never writes.",
          "Re-save the checkpoint with a current torch.save."),
+    Rule("CKG440", "allocation-not-backed-by-file", S.HIGH, B,
+         "A tensor rebuild allocates or copies more memory than the storage bytes it is built "
+         "from (a device copy of a broadcast view, a quantized tensor larger than its storage, "
+         "a storage copied twice).",
+         "Do not load this file: a small file can make the loader allocate and touch gigabytes."),
+    Rule("CKG441", "unaudited-tensor-argument", S.HIGH, B,
+         "A rebuild function that takes tensors is given something that is not an audited "
+         "tensor record (a literal, a call result, a constructor's allocation).",
+         "Do not load this file."),
+    Rule("CKG442", "tensor-without-data", S.HIGH, B,
+         "A wrapper-subclass rebuild makes a tensor with no storage bytes on a real device.",
+         "Load it only with the subclass's code reviewed; its data is not in the audited bytes."),
     # --- safetensors ------------------------------------------------------------------------
     Rule("CKG501", "safetensors-header", S.HIGH, B,
          "The safetensors header is invalid (length field, UTF-8, JSON object, types).",

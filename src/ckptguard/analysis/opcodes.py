@@ -5,6 +5,13 @@ Values are the opcode bytes as ints. A test checks this table against ``pickleto
 
 from __future__ import annotations
 
+import _pickle
+import codecs
+import io
+import pickle
+import re
+from typing import Any
+
 MARK = 0x28            # (
 STOP = 0x2E            # .
 POP = 0x30             # 0
@@ -107,9 +114,6 @@ LINE_ARG = {FLOAT: 1, INT: 1, LONG: 1, PERSID: 1, STRING: 1, UNICODE: 1, GET: 1,
 ALL_OPCODES = frozenset(NAMES)
 
 
-_NUMERIC_LINE = frozenset(b"0123456789abcdefABCDEFxXoObB_+-L \t\r")
-
-
 def scan_opcodes_prefix(head: bytes, *, min_ops: int = 3) -> bool:
     """Is ``head`` plausibly the start of a protocol 0/1 pickle? Decode opcodes without
     semantics: True on STOP or on reaching the end of the window after ``min_ops`` valid
@@ -141,20 +145,100 @@ def scan_opcodes_prefix(head: bytes, *, min_ops: int = 3) -> bool:
                 line = head[pos:] if end < 0 else head[pos:end]
                 if op in (GLOBAL, INST) and not _identifier_path(line.rstrip(b"\r")):
                     return False
-                if op in (INT, LONG, GET, PUT) and (len(line) > 64 or
-                                                   not set(line) <= _NUMERIC_LINE):
+                if op in (INT, LONG, GET, PUT, FLOAT) and end >= 0 and \
+                        not text_value(op, line, c=True)[0] and \
+                        not text_value(op, line, c=False)[0]:
+                    # what the C unpickler reads (strtol stops at a NUL, ...), not what
+                    # the line looks like: text fails here within a byte or two
                     return False
                 if end < 0:
                     # The line runs past the window. An absurdly long GLOBAL/INST name is
                     # still a pickle (a scanner-flooding trick); a short unterminated line
                     # at the end of the data (b"little") is just text.
                     if n - pos <= 256:
-                        return False
+                        # a short line cut by the end of the window: a pickle when enough
+                        # valid opcodes came before it (a window cuts big protocol-0
+                        # pickles anywhere); text (b"little") fails the count
+                        return ops > min_ops
                     return op in (GLOBAL, INST) or ops >= min_ops
                 pos = end + 1
             if op in (GLOBAL, INST) and ops == 1:
                 return True
     return ops >= min_ops
+
+
+#: the text literals both unpicklers read alike without asking them: canonical ints
+CANONICAL_INT = re.compile(rb"-?[1-9][0-9]{0,17}|0")
+CANONICAL_FLOAT = re.compile(rb"-?(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)(?:[eE][-+]?[0-9]{1,3})?")
+_INF = float("inf")
+#: longest text literal handed to an unpickler (CPython's int max-str-digits is 4300)
+MAX_TEXT_LITERAL = 4300
+
+
+_REFUSALS = (pickle.UnpicklingError, ValueError, EOFError, OverflowError, UnicodeError,
+             KeyError, IndexError, TypeError, AttributeError)
+
+
+class _PersUnpickler(pickle._Unpickler):
+    def persistent_load(self, pid: Any) -> Any:
+        return pid
+
+
+def text_value(op: int, line: bytes, *, c: bool) -> tuple[bool, Any]:
+    """What an unpickler reads from the text line of INT/LONG/FLOAT/GET/PUT/STRING/
+    UNICODE/PERSID: (True, value) or (False, error name). ``c``: the C unpickler
+    (``_pickle``, what pickle.load and torch.load use), else pickle.py.
+
+    Exact parity by construction: the line is given to the real unpickler inside a
+    one-opcode program (``<op><line>\n.``; GET/PUT as ``N p<line>``, PERSID with a
+    persistent_load that returns the id). None of these opcodes imports or calls
+    anything. The C code parses numbers with strtol / PyLong_FromString /
+    PyOS_string_to_double, which stop at a NUL byte, so ``I1\0junk`` is 1 there and an
+    error in pickle.py. GET/PUT give the memo index."""
+    if len(line) > MAX_TEXT_LITERAL:
+        return False, "overlong"
+    if op in (INT, GET, PUT) and CANONICAL_INT.fullmatch(line):
+        return True, int(line)
+    if op == LONG and CANONICAL_INT.fullmatch(line[:-1] if line[-1:] == b"L" else line):
+        return True, int(line[:-1] if line[-1:] == b"L" else line)
+    if op == FLOAT and CANONICAL_FLOAT.fullmatch(line):
+        x = float(line)
+        if x not in (_INF, -_INF):  # C raises OverflowError where float() gives inf
+            return True, x
+    if op in (STRING, UNICODE, PERSID):
+        # both unpicklers take these by length (a NUL is just a character) with the same
+        # codecs: decoded here, and the differential test holds it to _pickle
+        try:
+            if op == UNICODE:
+                return True, line.decode("raw-unicode-escape")
+            if op == PERSID:
+                return True, line.decode("ascii")
+            if len(line) >= 2 and line[:1] == line[-1:] and line[:1] in (b"'", b'"'):
+                return True, codecs.escape_decode(line[1:-1])[0].decode("latin-1")
+            return False, "UnpicklingError"
+        except (UnicodeDecodeError, ValueError) as e:
+            return False, type(e).__name__
+    prog = b"Np" + line + b"\n." if op in (GET, PUT) else bytes([op]) + line + b"\n."
+    try:
+        f = io.BytesIO(prog)
+        if op == PERSID:
+            u: Any = _PersC(f) if c else _PersUnpickler(f)
+        elif c:
+            u = _pickle.Unpickler(f, encoding="latin1")
+        else:
+            u = pickle._Unpickler(f, encoding="latin1")
+        value = u.load()
+        if op in (GET, PUT):
+            keys = list(u.memo.copy() if c else u.memo)
+            return (True, keys[0]) if len(keys) == 1 else (False, "memo")
+        return True, value
+    except _REFUSALS as e:  # the unpickler's refusal is the answer
+        return False, type(e).__name__
+
+
+class _PersC(_pickle.Unpickler):
+    def persistent_load(self, pid: Any) -> Any:
+        return pid
 
 
 def _identifier_path(line: bytes) -> bool:
@@ -165,4 +249,5 @@ def _identifier_path(line: bytes) -> bool:
     return bool(text) and all(p.isidentifier() for p in text.split("."))
 
 
-__all__ = ["ALL_OPCODES", "NAMES", "TORCH_WEIGHTS_ONLY", "scan_opcodes_prefix"]
+__all__ = ["ALL_OPCODES", "MAX_TEXT_LITERAL", "NAMES", "TORCH_WEIGHTS_ONLY",
+           "scan_opcodes_prefix", "text_value"]

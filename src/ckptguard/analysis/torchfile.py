@@ -22,6 +22,7 @@ from ..readers.zipfile import (
     read_archive,
 )
 from . import opcodes as O
+from .tscode import grade_code
 from .vm import DTYPE_SIZES, PickleMode, PickleResult, StorageCatalog, audit_pickle
 
 _TORCH_RECORDS = frozenset({"data.pkl", "version", ".data/version", "byteorder",
@@ -287,6 +288,16 @@ def _torchscript(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipE
     ctx.add("CKG008", f"TorchScript archive with {len(code)} code file(s): torch.jit.load runs "
             "them and torch.load(weights_only=True) refuses the file",
             evidence={"code_files": ", ".join(code[:20]) + (" ..." if len(code) > 20 else "")})
+    # What the code calls (analysis/tscode.py): file and process operators are CRITICAL.
+    sources: list[tuple[str, bytes]] = []
+    try:
+        for rel in code:
+            e = records[rel]
+            if rel.endswith(".py") and e.method in (0, 8):
+                sources.append((e.name, archive.read(e, record=False)))
+    except LimitExceeded as exc:
+        ctx.limit_hit(exc, member=e.name)
+    grade_code(ctx, sources)
     catalog = StorageCatalog()
     for rel, e in records.items():
         if rel.startswith("data/") and len(rel) > 5:

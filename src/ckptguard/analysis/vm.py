@@ -22,12 +22,11 @@ import _compat_pickle
 import codecs
 import enum
 import gc
-import re
 import struct
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from ..context import AuditContext, LimitExceeded
 from ..model import Severity
@@ -35,6 +34,7 @@ from ..policy import GlobalDecision, GlobalStatus, classify_global, global_messa
 from ..policy.benign_formats import ScopedAllowance
 from ..policy.defaults import ALLOW_KINDS
 from . import opcodes as O
+from .callmodels import CALL_MODELS, TENSOR_TYPES, CallModel, Effect
 from .qparams import qparams_problem
 
 #: dtypes that may require gradients (torch raises for the others at load time)
@@ -50,6 +50,9 @@ _unpack_d = struct.Struct(">d").unpack_from
 _unpack_i = struct.Struct("<i").unpack_from
 _unpack_I = struct.Struct("<I").unpack_from
 _CHECK_EVERY = 1 << 16
+_canon_int = O.CANONICAL_INT.fullmatch
+_canon_float = O.CANONICAL_FLOAT.fullmatch
+_PROBES_PER_CLOCK = 1 << 20  # hash probes charged between two looks at the clock
 _allocated_blocks = sys.getallocatedblocks
 
 
@@ -65,7 +68,8 @@ class PickleMode(enum.Enum):
 # --- symbolic values ---------------------------------------------------------------------
 
 class Global:
-    __slots__ = ("full", "kind", "module", "name", "offset", "ok", "rebuild", "status")
+    __slots__ = ("full", "kind", "model", "module", "name", "offset", "ok", "ok_empty", "rebuild",
+                 "status")
 
     def __init__(self, module: str, name: str, full: str, offset: int,
                  status: GlobalStatus) -> None:
@@ -76,10 +80,17 @@ class Global:
         self.status = status
         # what calling it means, for allowlisted globals (policy entries count as classes)
         self.kind = ALLOW_KINDS.get(full, "class")
-        # plain calls of it are weights-only (checked once here, not per call)
-        self.ok = status.allowed and self.kind in ("class", "function")
+        # what calling it does (callmodels.py), for the weights-only allowlist
+        self.model = CALL_MODELS.get(full) if status is GlobalStatus.ALLOW else None
+        # plain calls of it are weights-only and need no argument checks beyond the tensor
+        # rebuild (checked once here, not per call); everything else goes through call()
+        self.ok = status.allowed and self.kind in ("class", "function") and (
+            self.model is None or self.model.effect is Effect.VIEW)
+        # a call without arguments needs no checks either (OrderedDict(), set())
+        self.ok_empty = self.ok or (self.model is not None and
+                                    self.model.effect is Effect.DATA)
         # does calling it build a tensor record?
-        self.rebuild = self.ok and full in _TENSOR_BUILDERS
+        self.rebuild = status.allowed and full in _TENSOR_BUILDERS
 
     def __repr__(self) -> str:
         return f"Global({self.full})"
@@ -207,6 +218,10 @@ class PickleResult:
     tensors: list[tuple[str, TensorRecord]] = field(default_factory=list)
 
 
+#: (container, full hash -> distinct keys with it, shadow key set for symbolic dicts)
+_ProbeEntry = tuple[object, dict[int, int], set[Any]]
+
+
 class _Stop(Exception):
     """Decoding cannot continue (the finding is already recorded)."""
 
@@ -229,6 +244,9 @@ class _VM:
         self.proto = 0
         self._global_cache: dict[tuple[str, str, bool], Global] = {}
         self.items_budget = ctx.limits.max_container_items
+        self._probes: dict[int, _ProbeEntry] = {}
+        self._probes_unclocked = 0
+        self._copied: dict[int, int] = {}  # id(StorageRef) -> bytes copied out of it
 
     # -- findings -----------------------------------------------------------------------
     def add(self, rule_id: str, message: str, pos: int, evidence: dict[str, str] | None = None,
@@ -324,7 +342,6 @@ class _VM:
         frame_end = -1  # end of the current FRAME (Python's unframer semantics), -1 if none
         op_pos = pos
         result = PickleResult(end=pos, complete=False)
-        depth_total = 0
         base = self.base
         checkpoint = pos + _CHECK_EVERY
         max_objects = limits.max_objects
@@ -348,7 +365,9 @@ class _VM:
                     if frame_end >= 0:
                         checkpoint = min(checkpoint, frame_end - 1)
                     self.ctx.source.check_time()
-                    if len(stack) + depth_total > max_stack:
+                    # the values under the MARKs: summed here (at most max_mark_depth lists)
+                    # rather than kept per opcode, which cost O(marks) per rare opcode
+                    if len(stack) + sum(map(len, metastack)) > max_stack:
                         raise LimitExceeded("max_stack", max_stack)
                     if len(memo) > max_memo:  # at most 64k puts happen between checks
                         raise LimitExceeded("max_memo", max_memo)
@@ -383,7 +402,6 @@ class _VM:
                     if len(metastack) >= max_mark:
                         raise LimitExceeded("max_mark_depth", max_mark)
                     metastack.append(stack)
-                    depth_total += len(stack)
                     stack = []
                 elif op in {0x58, 0x8C, 0x8D}:  # BINUNICODE / SHORT_BINUNICODE / BINUNICODE8
                     if op in bad_ops:
@@ -410,14 +428,14 @@ class _VM:
                 elif op == 0x74:  # TUPLE
                     tup = tuple(stack)
                     stack = metastack.pop()
-                    depth_total -= len(stack)
                     stack.append(tup)
                 elif op == 0x85:  # TUPLE1
                     stack[-1] = (stack[-1],)
                 elif op == 0x52:  # REDUCE
                     args = stack.pop()
                     func = stack[-1]
-                    if type(func) is Global and func.ok and type(args) is tuple and \
+                    if type(func) is Global and type(args) is tuple and (
+                            func.ok or (func.ok_empty and not args)) and \
                             func.full not in _ARG_CHECKED:
                         c = Call(func, args, base + op_pos, "REDUCE")
                         if func.rebuild:
@@ -467,7 +485,6 @@ class _VM:
                         raise self.malformed("SETITEMS without MARK", op_pos)
                     items = stack
                     stack = metastack.pop()
-                    depth_total -= len(stack)
                     if not stack:
                         raise self.malformed("SETITEMS with no target", op_pos)
                     if len(items) % 2:
@@ -527,7 +544,6 @@ class _VM:
                         raise self.malformed("APPENDS without MARK", op_pos)
                     items = stack
                     stack = metastack.pop()
-                    depth_total -= len(stack)
                     if not stack:
                         raise self.malformed("APPENDS with no target", op_pos)
                     self.append(stack[-1], items, op_pos)
@@ -571,7 +587,6 @@ class _VM:
                         self._flag_op(op, op_pos)
                     pos, stack, frame_end = self._rare(op, op_pos, pos, data, n, stack,
                                                        metastack, memo, frame_end)
-                    depth_total = sum(len(s) for s in metastack) if metastack else 0
                     if frame_end >= 0:
                         checkpoint = min(checkpoint, frame_end - 1)
         except _Stop:
@@ -641,11 +656,7 @@ class _VM:
                 if func.kind == "value":
                     raise self.malformed(f"{how} calls {_clip(func.full)}, a constant that is not "
                                          "callable", pos)
-                if func.kind == "allocator":
-                    self.add("CKG408", f"{how} calls the legacy tensor type "
-                             f"{_clip(func.full)}: an allocation primitive torch.save never "
-                             "writes", pos, {"global": _clip(func.full)})
-                elif func.kind == "function" and how in ("NEWOBJ", "NEWOBJ_EX"):
+                if func.kind == "function" and how in ("NEWOBJ", "NEWOBJ_EX"):
                     raise self.malformed(f"{how} on the function {_clip(func.full)}, which has no "
                                          "__new__ to call", pos)
             if not isinstance(args, tuple):
@@ -654,17 +665,15 @@ class _VM:
                              "load time", pos)
                 elif how != "NEWOBJ_EX":
                     raise self.malformed(f"{how} arguments are not a tuple", pos)
-            if func.rebuild:
+            if func.model is not None and isinstance(args, tuple):
+                self._model_call(c, func, func.model, args, pos, how)
+            elif func.rebuild:
                 self._rebuild(c, func, args, pos)
             if func.full == "numpy.dtype" and isinstance(args, tuple) and args and \
                     isinstance(args[0], str) and args[0].lstrip("|<>=").startswith("O"):
                 self.add("CKG122", f"numpy.dtype({_clip(args[0])!r}): an object dtype, whose "
                          "arrays hold Python objects instead of numbers", pos,
                          {"global": "numpy.dtype", "dtype": _clip(args[0])})
-            if func.full == "builtins.bytearray" and isinstance(args, tuple) and args and \
-                    isinstance(args[0], int) and args[0] > (1 << 20):
-                self.add("CKG408", f"bytearray({args[0]}): an allocation no checkpoint needs",
-                         pos)
         elif isinstance(func, Call):
             self.add("CKG103", f"{how} calls the result of an earlier call "
                      f"({_describe(func)})", pos, {"callable": _describe(func)})
@@ -676,30 +685,254 @@ class _VM:
                                  "callable", pos)
         return c
 
+    # -- what allowlisted callables call and allocate (callmodels.py) ---------------------
+    def _model_call(self, c: Call, func: Global, model: CallModel, args: tuple[Any, ...],
+                    pos: int, how: str) -> None:
+        """Check one call of an allowlisted global against its row in CALL_MODELS."""
+        name = _clip(func.full)
+        effect = model.effect
+        if model.literal_args:
+            for a in args:
+                if isinstance(a, (Call, PersRef, Opaque)) and not (
+                        effect is Effect.DATA and _encoded_bytes(a)):
+                    self.add("CKG114", f"{how} {name}(...) iterates or converts "
+                             f"{_describe(a)}, a value computed at load time (a tensor "
+                             "iterated element by element builds one object per element)",
+                             pos, {"global": name, "argument": _describe(a)})
+                    return
+        for i in model.tensor_args:
+            if i < len(args):
+                self._tensor_arg(args[i], name, i, pos, allow_none=effect is Effect.WRAP)
+        match effect:
+            case Effect.CONSTANT | Effect.LOOKUP | Effect.VIEW | Effect.META | \
+                    Effect.COMPOSITE | Effect.WRAP:
+                if func.rebuild:
+                    self._rebuild(c, func, args, pos)
+            case Effect.DATA:
+                self._data_call(func.full, args, pos, how)
+            case Effect.ENCODE:
+                if len(args) != 2 or not isinstance(args[0], (str, Blob)) or \
+                        (isinstance(args[0], Blob) and args[0].kind != "str") or \
+                        args[1] not in ("latin1", "latin-1"):
+                    self.add("CKG117", f"{name} called as {_clip(repr(_plain(args)))}: pickle "
+                             "and torch.save only write encode(str, 'latin1') (other codecs "
+                             "import modules and expand their input)", pos,
+                             {"global": name})
+            case Effect.ALLOCATE:
+                if args:  # T(n) and T.__new__(T, n) both allocate
+                    self.add("CKG112", f"{how} {name}{_clip(repr(_plain(args)))}: "
+                             f"{model.note}; the memory is not backed by bytes in the file "
+                             "and torch.save never writes this call", pos,
+                             {"global": name})
+            case Effect.QUANTIZED:
+                self._rebuild(c, func, args, pos)
+                t = c.tensor
+                if t is not None and t.storage is not None:
+                    need = _numel(t.shape) * DTYPE_SIZES.get(t.dtype, 1)
+                    have = t.storage.numel * t.storage.itemsize
+                    if need > have:
+                        self.add("CKG440", f"_rebuild_qtensor allocates {need} bytes for a "
+                                 f"{t.shape} quantized tensor before viewing a {have}-byte "
+                                 "storage: memory not backed by the file", pos,
+                                 {"storage": _clip(t.storage.key)})
+                if len(args) > 4 and isinstance(args[4], tuple):
+                    for j, q in enumerate(args[4][1:3], 1):
+                        if isinstance(q, (Call, PersRef, Opaque)):
+                            self._tensor_arg(q, name, j, pos)
+            case Effect.COPY:
+                self._copy_call(c, func, args, pos)
+            case Effect.CALLS_ARGUMENT:
+                self._from_type_call(c, func, args, pos)
+            case Effect.NO_DATA:
+                dev = args[6] if len(args) > 6 else None
+                if not (isinstance(dev, str) and dev.startswith("meta")):
+                    self.add("CKG442", f"{name} builds a tensor with no storage bytes on device "
+                             f"{_clip(repr(_plain(dev)))}: its data is whatever the subclass "
+                             "computes, not bytes ckptguard audited", pos, {"global": name})
+            case _:
+                _never(effect)
+
+    def _tensor_arg(self, v: object, name: str, i: int, pos: int,
+                    allow_none: bool = False) -> TensorRecord | None:
+        """An argument a rebuild function treats as a tensor must be an audited record."""
+        if isinstance(v, Call) and v.tensor is not None:
+            return v.tensor
+        if v is None and allow_none:
+            return None
+        if isinstance(v, tuple) and name.endswith(("_rebuild_sparse_tensor",)):
+            for x in v:
+                if isinstance(x, Call) and isinstance(x.func, Global) and \
+                        x.func.full == "torch.Size":
+                    continue  # the size
+                if isinstance(x, (Call, PersRef, Opaque, list, dict)):
+                    self._tensor_arg(x, name, i, pos)
+            return None
+        self.add("CKG441", f"{name} argument {i} is {_describe_value(v)}, not an audited tensor "
+                 "record: the loader would treat whatever it is as a tensor", pos,
+                 {"global": name, "argument": str(i)})
+        return None
+
+    def _data_call(self, full: str, args: tuple[Any, ...], pos: int, how: str) -> None:
+        if full == "builtins.bytearray" and args and isinstance(args[0], int) and \
+                not isinstance(args[0], bool) and args[0] > 0 and how != "NEWOBJ":
+            self.add("CKG112", f"bytearray({args[0]}) allocates and zeroes {args[0]} bytes "
+                     "that are not in the file", pos, {"global": full})
+            return
+        if full == "torch.Size" and args and not _int_tuple(args[0]) and \
+                not (type(args[0]) is list and all(type(x) is int for x in args[0])):
+            self.add("CKG114", "torch.Size of something other than a tuple of ints", pos,
+                     {"global": full})
+            return
+        if full in ("builtins.set", "collections.Counter") and args and \
+                isinstance(args[0], (list, tuple)) and how != "NEWOBJ":
+            # the loader hashes every item: charge collisions as for SETITEMS
+            items = list(args[0])
+            self._count_items(len(items))
+            self._hash_guard(items, pos)
+            tmp: set[Any] = set()
+            self._insert(tmp, (tmp, {}, set()), items, False, pos)
+
+    def _copy_call(self, c: Call, func: Global, args: tuple[Any, ...], pos: int) -> None:
+        """_rebuild_device_tensor_from_cpu_tensor(data, dtype, device, requires_grad) copies
+        ``data`` (``data.to(dtype, device)``): the copy must be backed by the storage bytes
+        ``data`` views, once."""
+        name = func.full.rsplit(".", 1)[-1]
+        src = args[0].tensor if args and isinstance(args[0], Call) else None
+        if src is None:
+            return  # CKG441 already
+        if len(args) != 4:
+            self.add("CKG408", f"{name} called with {len(args)} arguments", pos)
+            return
+        dt = args[1]
+        dtype = dt.full.rsplit(".", 1)[-1] if isinstance(dt, Global) else None
+        if dtype not in DTYPE_SIZES:
+            self.add("CKG441", f"{name} without a known dtype", pos)
+            return
+        need = _numel(src.shape) * DTYPE_SIZES[dtype]
+        st = src.storage
+        have = st.numel * st.itemsize if st is not None else 0
+        used = self._copied.get(id(st), 0) + need if st is not None else need
+        if need > have or used > have or dtype != src.dtype:
+            self.add("CKG440", f"{name} copies a {src.dtype}{list(src.shape)} tensor into "
+                     f"{need} bytes of {dtype}, but it views "
+                     f"{'no storage' if st is None else f'a {have}-byte storage'}"
+                     f"{' copied before' if used > need else ''}: memory not backed by the "
+                     "file (torch.save writes one copy of a same-dtype tensor)", pos,
+                     {"global": _clip(func.full)})
+            return
+        if st is not None:
+            self._copied[id(st)] = used
+        rg = bool(args[3]) if isinstance(args[3], bool) else False
+        c.tensor = TensorRecord(src.storage, src.storage_offset, src.shape, src.stride, dtype,
+                                rg, self.base + pos, src.kind)
+
+    def _from_type_call(self, c: Call, func: Global, args: tuple[Any, ...], pos: int) -> None:
+        """_rebuild_from_type_v2(func, new_type, args, state): ``func(*args)``, converted to
+        ``new_type``, then the state applied. The inner call is modelled like a REDUCE; it
+        must be a tensor rebuild function and ``new_type`` a tensor class."""
+        if len(args) != 4:
+            self.add("CKG408", f"_rebuild_from_type_v2 called with {len(args)} arguments", pos)
+            return
+        inner_f, new_type, inner_args, state = args
+        self._check_tensor_state(state, func.full, pos)
+        if not (isinstance(new_type, Global) and (new_type.full in TENSOR_TYPES or
+                                                  new_type.status in _USER_ALLOWED)):
+            self.add("CKG113", f"_rebuild_from_type_v2 converts to {_describe_value(new_type)}, "
+                     "which is not a tensor class", pos, {"new_type": _describe_value(new_type)})
+        if not isinstance(inner_f, Global):
+            self.add("CKG113", f"_rebuild_from_type_v2 calls {_describe_value(inner_f)}, not an "
+                     "imported tensor rebuild function", pos)
+            return
+        inner = self.call(inner_f, inner_args, pos, "_rebuild_from_type_v2")
+        m = inner_f.model
+        makes = m.makes_tensor if m is not None else inner_f.status in _USER_ALLOWED
+        if not makes or (m is not None and m.effect is Effect.ALLOCATE):
+            self.add("CKG113", f"_rebuild_from_type_v2 calls {_clip(inner_f.full)}, which is "
+                     "not a tensor rebuild function (the call runs before the result is "
+                     "checked)", pos, {"callable": _clip(inner_f.full)})
+            return
+        c.tensor = inner.tensor
+
     def setitems(self, target: object, items: list[Any], pos: int) -> None:
         self._count_items(len(items) // 2)
         if isinstance(target, dict):
             self._hash_guard(items[0::2], pos)
-            try:
-                for i in range(0, len(items), 2):
-                    target[items[i]] = items[i + 1]
-            except TypeError:
-                raise self.malformed("unhashable dictionary key", pos) from None
+            self._insert(target, self._probe_entry(target), items, True, pos)
             return
         if isinstance(target, Call) and isinstance(target.func, Global) and \
                 target.func.full in _DICT_LIKE:
             if target.items is None:
                 target.items = []
-            keys = items[0::2]
-            self._hash_guard(keys, pos)
-            try:
-                for k in keys:
-                    hash(k)  # the loader inserts into a real OrderedDict: unhashable fails
-            except TypeError:
-                raise self.malformed("unhashable dictionary key", pos) from None
+            self._hash_guard(items[0::2], pos)
+            # the loader inserts into a real OrderedDict: the keys whose hash the file can
+            # choose go into a shadow set, so collisions are charged as for a real dict
+            entry = self._probe_entry(target)
+            self._insert(entry[2], entry, items, True, pos, shadow=True)
             target.items.extend(zip(items[::2], items[1::2], strict=True))
             return
         self._bad_target("SETITEM(S)", target, pos)
+
+    def _probe_entry(self, owner: object) -> _ProbeEntry:
+        """The hash-collision bookkeeping of one container (kept alive with it)."""
+        entry = self._probes.get(id(owner))
+        if entry is None:
+            entry = (owner, {}, set())
+            self._probes[id(owner)] = entry
+        return entry
+
+    def _insert(self, table: dict[Any, Any] | set[Any], entry: _ProbeEntry, items: list[Any],
+                pairs: bool, pos: int, *, shadow: bool = False) -> None:
+        """Insert ``items`` (key, value pairs when ``pairs``) into ``table`` the way the
+        loader does, charging the probes a hash table makes for keys that share a full hash.
+
+        str/bytes hashes are randomised and objects the VM made hash by identity, so only
+        numbers, tuples and frozensets can be made to collide (ints mod 2**61-1, -1 and -2,
+        floats equal as rationals mod 2**61-1, tuples and frozensets of those). Inserting
+        a key whose hash ``c`` distinct keys of the container already have costs up to
+        ``c`` comparisons, each as long as the key; the sum is charged to
+        ``max_container_items`` (CKG901 when spent) before the work is done, so one opcode
+        cannot run quadratic. ``shadow``: ``table`` only stands in for the loader's dict (a
+        symbolic OrderedDict), so keys that cannot collide are not stored in it."""
+        counts = entry[1]
+        step = 2 if pairs else 1
+        is_dict = type(table) is dict
+        try:
+            for i in range(0, len(items), step):
+                k = items[i]
+                tk = type(k)
+                if tk in _FIXED_HASH:
+                    if shadow:
+                        continue
+                    if is_dict:
+                        table[k] = items[i + 1]  # type: ignore[index]
+                    else:
+                        table.add(k)  # type: ignore[union-attr]
+                    continue
+                h = hash(k)
+                c = counts.get(h, 0)
+                if c:
+                    # a tuple compares item by item; a frozenset looks every item up
+                    self._charge_probes(c if tk is not tuple and tk is not frozenset else
+                                        c * (1 + len(k)) if tk is tuple else c * 4 * (1 + len(k)))
+                before = len(table)
+                if is_dict:
+                    table[k] = items[i + 1] if pairs else None  # type: ignore[index]
+                else:
+                    table.add(k)  # type: ignore[union-attr]
+                if len(table) != before:
+                    counts[h] = c + 1
+        except TypeError:
+            raise self.malformed("unhashable dictionary key or set item", pos) from None
+
+    def _charge_probes(self, n: int) -> None:
+        self.items_budget -= n
+        self._probes_unclocked += n
+        if self._probes_unclocked > _PROBES_PER_CLOCK:
+            self._probes_unclocked = 0
+            self.ctx.source.check_time()
+        if self.items_budget < 0:
+            raise LimitExceeded("max_container_items", self.ctx.limits.max_container_items,
+                                "hash-colliding keys make dict/set inserts quadratic")
 
     def append(self, target: object, items: list[Any], pos: int) -> None:
         self._count_items(len(items))
@@ -882,15 +1115,6 @@ class _VM:
                     return
                 c.tensor = TensorRecord(t.storage, t.storage_offset, t.shape, t.stride, t.dtype,
                                         rg, t.offset, "parameter")
-        elif full == "torch._tensor._rebuild_from_type_v2":
-            if len(args) >= 4:
-                self._check_tensor_state(args[3], full, pos)
-            if len(args) >= 3 and isinstance(args[2], tuple):
-                inner = args[2]
-                for v in inner:
-                    if isinstance(v, Call) and v.tensor is not None:
-                        c.tensor = v.tensor
-                        break
         elif full == "torch._utils._rebuild_meta_tensor_no_storage" and len(args) >= 3 and \
                 isinstance(args[0], Global) and _int_tuple(args[1]) and _int_tuple(args[2]):
                 dtype = args[0].full.rsplit(".", 1)[-1]
@@ -905,10 +1129,11 @@ class _VM:
         dicts = [state] if isinstance(state, dict) else (
             [x for x in state if isinstance(x, dict)] if isinstance(state, tuple) else [])
         for d in dicts:
+            self._count_items(len(d))  # a memoised state may be applied many times
             for k in d:
                 if not isinstance(k, str) or k.startswith("_") or k in _TENSOR_PROPERTIES:
                     self.add("CKG408", f"{_clip(full.rsplit('.', 1)[-1])} sets attribute "
-                             f"{_clip(repr(k))} on the rebuilt tensor", pos)
+                             f"{_clip(repr(_plain(k)))} on the rebuilt tensor", pos)
 
     def _tensor_from_storage(self, c: Call, full: str, args: tuple[Any, ...], pos: int) -> None:
         v3 = full.endswith("_v3")
@@ -928,6 +1153,9 @@ class _VM:
         if isinstance(size, Call) and isinstance(size.func, Global) and \
                 size.func.full == "torch.Size" and isinstance(size.args, tuple) and size.args:
             size = size.args[0]
+        if type(size) is tuple and type(stride) is tuple:
+            # a memoised shape may be reused by every rebuild: its walk is charged
+            self._count_items(len(size) + len(stride))
         if not _int_tuple(size) or not _int_tuple(stride) or not isinstance(offset, int) or \
                 isinstance(offset, bool):
             self.add("CKG405", "tensor size, stride or offset is not a tuple of integers", pos)
@@ -938,7 +1166,8 @@ class _VM:
         dims = size + stride  # min/max are C loops: this runs once per tensor
         if offset < 0 or (dims and min(dims) < 0):
             self.add("CKG405", "negative tensor size, stride or storage offset", pos,
-                     {"size": _clip(repr(size)), "stride": _clip(repr(stride))})
+                     {"size": _clip(repr(_plain(size))),
+                      "stride": _clip(repr(_plain(stride)))})
             return
         if offset >= (1 << 62) or (dims and max(dims) >= (1 << 62)):
             self.add("CKG405", "tensor size, stride or offset overflows 62 bits", pos)
@@ -1049,18 +1278,13 @@ class _VM:
                     raise self.malformed("DICT with an odd number of items", op_pos)
                 d: dict[Any, Any] = {}
                 self._hash_guard(items[0::2], op_pos)
-                try:
-                    for i in range(0, len(items), 2):
-                        d[items[i]] = items[i + 1]
-                except TypeError:
-                    raise self.malformed("unhashable dictionary key", op_pos) from None
+                self._insert(d, self._probe_entry(d), items, True, op_pos)
                 stack.append(d)
             else:
                 self._hash_guard(items, op_pos)
-                try:
-                    stack.append(frozenset(items))
-                except TypeError:
-                    raise self.malformed("unhashable frozenset item", op_pos) from None
+                fs: set[Any] = set()
+                self._insert(fs, (fs, {}, set()), items, False, op_pos)
+                stack.append(frozenset(fs))
         elif op == 0x8F:  # EMPTY_SET
             stack.append(set())
         elif op == 0x90:  # ADDITEMS
@@ -1074,10 +1298,7 @@ class _VM:
             self._count_items(len(items))
             if isinstance(target, set):
                 self._hash_guard(items, op_pos)
-                try:
-                    target.update(items)
-                except TypeError:
-                    raise self.malformed("unhashable set item", op_pos) from None
+                self._insert(target, self._probe_entry(target), items, False, op_pos)
             else:
                 self._bad_target("ADDITEMS", target, op_pos)
         elif op in (0x42, 0x43, 0x8E, 0x96, 0x54, 0x55):  # bytes-like counted literals
@@ -1102,40 +1323,19 @@ class _VM:
             else:
                 stack.append(data[pos : pos + ln])
             pos += ln
-        elif op in {0x49, 0x4C}:  # INT / LONG (text)
+        elif op in {0x49, 0x4C, 0x46, 0x53, 0x56}:  # INT / LONG / FLOAT / STRING / UNICODE
             line, pos = self._line(data, pos, n, op_pos, O.NAMES[op])
-            stack.append(self._text_int(line, op == 0x4C, op_pos))
-        elif op == 0x46:  # FLOAT (text)
-            line, pos = self._line(data, pos, n, op_pos, "FLOAT")
-            try:
-                stack.append(float(line))
-            except ValueError:
-                raise self.malformed("FLOAT literal is not a number", op_pos) from None
-        elif op == 0x53:  # STRING (text, quoted)
-            line, pos = self._line(data, pos, n, op_pos, "STRING")
-            if len(line) < 2 or line[:1] != line[-1:] or line[:1] not in (b"'", b'"'):
-                raise self.malformed("STRING literal is not quoted", op_pos)
-            try:
-                value = codecs.escape_decode(line[1:-1])[0]
-            except ValueError:
-                raise self.malformed("STRING literal has an invalid escape", op_pos) from None
-            stack.append(value.decode("latin-1"))
-        elif op == 0x56:  # UNICODE (text, raw-unicode-escape)
-            line, pos = self._line(data, pos, n, op_pos, "UNICODE")
-            try:
-                stack.append(line.decode("raw-unicode-escape"))
-            except UnicodeDecodeError:
-                raise self.malformed("UNICODE literal has an invalid escape", op_pos) from None
+            stack.append(self._text_literal(op, line, op_pos))
         elif op == 0x67:  # GET (text)
             line, pos = self._line(data, pos, n, op_pos, "GET")
-            idx = self._text_int(line, False, op_pos)
+            idx = self._text_literal(op, line, op_pos)
             if not isinstance(idx, int) or idx not in memo:
                 raise self.malformed(f"GET of memo key {_clip(repr(line))} that was never stored",
                                      op_pos)
             stack.append(memo[idx])
         elif op == 0x70:  # PUT (text)
             line, pos = self._line(data, pos, n, op_pos, "PUT")
-            idx = self._text_int(line, False, op_pos)
+            idx = self._text_literal(op, line, op_pos)
             if not isinstance(idx, int) or isinstance(idx, bool) or idx < 0:
                 raise self.malformed("PUT with a negative or non-integer index", op_pos)
             if not stack:
@@ -1179,10 +1379,7 @@ class _VM:
             stack.append(Opaque(f"extension code {code}", self.base + op_pos))
         elif op == 0x50:  # PERSID (text)
             line, pos = self._line(data, pos, n, op_pos, "PERSID")
-            try:
-                pid: object = line.decode("ascii")
-            except UnicodeDecodeError:
-                raise self.malformed("PERSID id is not ASCII", op_pos) from None
+            pid: object = self._text_literal(op, line, op_pos)
             stack.append(self.persistent(pid, op_pos))
         elif op in {0x97, 0x98}:  # NEXT_BUFFER / READONLY_BUFFER
             if op == 0x97:
@@ -1195,20 +1392,49 @@ class _VM:
             raise self.malformed(f"invalid opcode 0x{op:02x}", op_pos)
         return pos, stack, frame_end
 
-    def _text_int(self, line: bytes, is_long: bool, pos: int) -> int | bool:
-        """Decode an INT/LONG/GET/PUT text literal the way pickle.load (the C unpickler)
-        does; where pickle.py would read it differently, report CKG204 and go on with the C
-        value, which is what a real load uses."""
-        if len(line) > 4300:
-            raise LimitExceeded("max_line_bytes", 4300, "integer literal digits")
-        c_val = _long_literal(line) if is_long else _c_int(line)
-        py_val = _long_literal(line) if is_long else _py_int(line)
-        if c_val is None:
-            raise self.malformed(f"invalid integer literal {_clip(repr(line))}", pos)
-        if py_val is None or type(py_val) is not type(c_val) or py_val != c_val:
-            self.add("CKG204", f"integer literal {_clip(repr(line))} reads as {c_val!r} in the C "
-                     f"unpickler and as {py_val!r} in pickle.py", pos)
-        elif not _canonical_int(line[:-1] if is_long and line.endswith(b"L") else line) and \
+    def _text_literal(self, op: int, line: bytes, pos: int) -> Any:
+        """Decode the line of a text opcode exactly as the C unpickler does (``pickle.load``
+        and torch use it; ``opcodes.text_value`` asks it). Where pickle.py reads the line
+        differently (a NUL ends strtol's number in C, FLOAT takes no spaces or underscores
+        in C, ' 1' is True for C's INT...), report CKG204 and go on with the C value."""
+        # the forms pickle writes, read alike by both unpicklers: no second opinion needed
+        if op in {0x70, 0x67, 0x49}:  # PUT / GET / INT
+            if _canon_int(line):
+                return int(line)
+        elif op == 0x46:  # FLOAT
+            if _canon_float(line):
+                x = float(line)
+                if x - x == 0.0:  # finite: the C unpickler refuses an overflow (1e400)
+                    return x
+        elif op == 0x56:  # UNICODE: by length in both, same codec
+            try:
+                return line.decode("raw-unicode-escape")
+            except UnicodeDecodeError:
+                raise self.malformed("UNICODE literal has an invalid escape", pos) from None
+        if len(line) > O.MAX_TEXT_LITERAL and op not in (0x53, 0x56, 0x50):
+            raise LimitExceeded("max_line_bytes", O.MAX_TEXT_LITERAL,
+                                f"{O.NAMES[op]} literal digits")
+        name = O.NAMES[op]
+        c_ok, c_val = O.text_value(op, line, c=True)
+        py_ok, py_val = O.text_value(op, line, c=False)
+        if not c_ok:
+            if not py_ok:
+                raise self.malformed(f"invalid {name} literal {_clip(repr(line))} ({c_val})",
+                                     pos)
+            if op in (0x67, 0x70) and isinstance(py_val, int) and py_val > 0xFFFFFF:
+                self._memo_index(py_val, pos)  # beyond the limit: CKG901 first
+            # the C unpickler stops here; pickle.py reads on: audit what it would run
+            self.add("CKG204", f"{name} literal {_clip(repr(line))} is refused by the C "
+                     f"unpickler ({c_val}) and reads as {_clip(repr(_plain(py_val)))} in "
+                     "pickle.py", pos, {"opcode": name})
+            return py_val
+        if not py_ok or not _same_value(c_val, py_val):
+            self.add("CKG204", f"{name} literal {_clip(repr(line))} reads as "
+                     f"{_clip(repr(_plain(c_val)))} in the C unpickler and "
+                     f"{_clip(repr(_plain(py_val))) if py_ok else 'fails (' + py_val + ')'} in "
+                     "pickle.py", pos, {"opcode": name})
+        elif op in (0x49, 0x4C) and not _canonical_int(
+                line[:-1] if op == 0x4C and line.endswith(b"L") else line) and \
                 line not in (b"00", b"01"):
             self.add("CKG204", f"non-canonical integer literal {_clip(repr(line))}: pickle never "
                      "writes it and other decoders (pickletools-based scanners) read it "
@@ -1216,50 +1442,12 @@ class _VM:
         return c_val
 
 
-_STRTOL = re.compile(rb"[ \t\n\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
-
-
-def _c_int(line: bytes) -> int | bool | None:
-    """_pickle.c load_int: strtol(s, &end, 0) must consume the whole line, else
-    PyLong_FromString(s, NULL, 0); a 3-byte line (with its newline) holding 0/1 is a bool."""
-    m = _STRTOL.match(line)
-    value: int | None = None
-    if m is not None and m.end() == len(line):
-        digits = m.group(2)
-        base = 16 if digits[:2] in (b"0x", b"0X") else (8 if digits[:1] == b"0" and
-                                                        len(digits) > 1 else 10)
-        v = int(digits, base) if digits not in (b"0",) else 0
-        v = -v if m.group(1) == b"-" else v
-        if -(1 << 63) <= v < (1 << 63):
-            value = v
-    if value is None:
-        try:
-            value = int(line, 0)
-        except ValueError:
-            return None
-    if len(line) + 1 == 3 and value in (0, 1):
-        return bool(value)
-    return value
-
-
-def _py_int(line: bytes) -> int | bool | None:
-    if line == b"00":
+def _same_value(a: object, b: object) -> bool:
+    if type(a) is not type(b):
         return False
-    if line == b"01":
-        return True
-    try:
-        return int(line, 0)
-    except ValueError:
-        return None
-
-
-def _long_literal(line: bytes) -> int | None:
-    """LONG: both unpicklers strip one trailing 'L' and read the rest with base 0."""
-    text = line[:-1] if line.endswith(b"L") else line
-    try:
-        return int(text, 0)
-    except ValueError:
-        return None
+    if isinstance(a, float):
+        return repr(a) == repr(b)
+    return a == b
 
 
 def _canonical_int(text: bytes) -> bool:
@@ -1278,6 +1466,9 @@ _TENSOR_PROPERTIES = frozenset({
     "data", "grad", "requires_grad", "device", "dtype", "shape", "layout", "names", "real",
     "imag", "T", "mT", "H", "mH", "is_leaf", "grad_fn", "retains_grad", "output_nr",
 })
+#: value types whose hash a file cannot steer: str/bytes are randomised, the VM's own
+#: records hash by identity, None/True/False are single values
+_FIXED_HASH = frozenset({str, bytes, Global, Call, PersRef, Blob, Opaque, type(None), bool})
 _DICT_LIKE = frozenset({"collections.OrderedDict", "collections.Counter"})
 _BUILDABLE = frozenset({"collections.OrderedDict", "torch.nn.parameter.Parameter",
                         "torch.Tensor"})
@@ -1296,6 +1487,33 @@ def _int_tuple(v: object) -> bool:
         if type(x) is not int:
             return False
     return True
+
+
+def _never(x: NoReturn) -> NoReturn:
+    """typing.assert_never (Python 3.11+) for 3.10: mypy checks the match is exhaustive."""
+    raise AssertionError(f"unhandled {x!r}")
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _encoded_bytes(v: object) -> bool:
+    """Is ``v`` the protocol-2 spelling of a bytes literal, _codecs.encode(str, 'latin1')?"""
+    return isinstance(v, Call) and isinstance(v.func, Global) and \
+        v.func.full == "_codecs.encode" and isinstance(v.args, tuple) and len(v.args) == 2 \
+        and isinstance(v.args[0], (str, Blob)) and v.args[1] in ("latin1", "latin-1")
+
+
+def _describe_value(v: object) -> str:
+    if isinstance(v, (Call, Global, PersRef, Opaque)):
+        return _describe(v)
+    if isinstance(v, Blob):
+        return f"a {v.length}-byte {v.kind} literal"
+    return f"a {type(v).__name__} literal"
 
 
 def _valid_dotted(s: str) -> bool:
@@ -1342,10 +1560,18 @@ def _describe(v: object) -> str:
 
 
 def _plain(v: object, depth: int = 0) -> object:
+    """A small printable stand-in for a symbolic value (bounded in depth and width: a
+    memoised million-item list must not be rendered once per finding)."""
     if depth > 3:
         return "..."
     if isinstance(v, tuple):
         return tuple(_plain(x, depth + 1) for x in v[:8])
+    if isinstance(v, list):
+        return [_plain(x, depth + 1) for x in v[:8]] + (["..."] if len(v) > 8 else [])
+    if isinstance(v, (dict, set, frozenset, bytearray)):
+        return f"<{type(v).__name__} of {len(v)}>"
+    if isinstance(v, (str, bytes)) and len(v) > 200:
+        return v[:200]
     if isinstance(v, Global):
         return v.full
     if isinstance(v, (Call, PersRef, Opaque, Blob)):
