@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -91,14 +92,46 @@ def load_limits(items: tuple[str, ...]) -> Limits:
 
 
 def write_output(text: str, output: str | None) -> None:
+    """Write the report to stdout or, atomically, to ``output``."""
     if output is None or output == "-":
         click.echo(text, nl=False)
         return
     try:
-        with open(output, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
+        atomic_write(output, text)
     except OSError as e:
-        raise fail(f"cannot write {output}: {e.strerror or e}") from None
+        raise fail(f"cannot write {output}: {e.strerror or e}; "
+                   "an earlier file at that path is unchanged") from None
+
+
+def atomic_write(path: str, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, flush it to disk and rename it
+    over ``path``. On any error (a full disk, a Ctrl-C) the temporary file is removed and
+    an earlier file at ``path`` is left as it was."""
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                               dir=folder)
+    try:
+        try:
+            mode = os.stat(path).st_mode & 0o7777
+        except OSError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fd = -1
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def stdout() -> Any:
@@ -109,6 +142,6 @@ def stderr() -> Any:
     return sys.stderr
 
 
-__all__ = ["color_wanted", "err", "fail", "is_tty", "limit_option", "load_limits",
+__all__ = ["atomic_write", "color_wanted", "err", "fail", "is_tty", "limit_option", "load_limits",
            "load_policy", "policy_option", "stderr", "stdout", "text_width", "write_output"]
 

@@ -4,10 +4,8 @@ callback, stopping cleanly on Ctrl-C. Results always come back in input order.""
 from __future__ import annotations
 
 import dataclasses
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ..errors import ScanInputError
 from ..model import Finding, Format, Location, Problem, Report, decide
@@ -15,9 +13,6 @@ from ..policy import Limits, Policy
 from ..rules import make_finding
 from ..scan_api import scan
 from .discover import Target
-
-if TYPE_CHECKING:
-    from concurrent.futures import Future
 
 
 def scan_one(path: str, policy: Policy, limits: Limits, unreadable: str | None = None) -> Report:
@@ -87,79 +82,44 @@ def _expand(target: Target, report: Report) -> list[tuple[int, Report]]:
             for seq, name, meta in zip(order, target.names, metas, strict=True)]
 
 
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def run_targets(targets: list[Target], *, policy: Policy, limits: Limits, workers: int = 1,
                 on_start: Callable[[Target], None] | None = None,
                 on_done: Progress | None = None) -> RunOutcome:
-    """Scan ``targets``; on Ctrl-C return what finished (in input order) and ``interrupted``."""
+    """Scan ``targets``; on Ctrl-C (or SIGTERM, see :mod:`.interrupts`) return what finished,
+    in input order, and ``interrupted``."""
     results: dict[int, Report] = {}
     interrupted = False
-    if workers <= 1:
-        try:
+    try:
+        if workers <= 1 or len(targets) <= 1:
             for i, t in enumerate(targets):
                 if on_start:
                     on_start(t)
                 results[i] = scan_one(t.path, policy, limits, t.unreadable)
                 if on_done:
                     on_done(t, t.size)
-        except KeyboardInterrupt:
-            interrupted = True
-    else:
-        # imported here: a sequential scan should not pay for the process-pool machinery
-        import threading
-        from concurrent.futures import FIRST_COMPLETED, InvalidStateError, ProcessPoolExecutor, wait
+        else:
+            from .pool import scan_parallel  # a sequential scan does not pay for the pool
 
-        # Ctrl-C in a terminal signals the whole process group. Workers are started with
-        # SIGINT ignored (inherited at fork, so there is no start-up window in which one
-        # dies of it and breaks the pool); only this process handles the interrupt.
-        old_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
-            pending: dict[Future[Report], int] = {}
-            it = iter(enumerate(targets))
-            for i, t in it:  # the first submit starts the workers
-                pending[pool.submit(scan_one, t.path, policy, limits, t.unreadable)] = i
-                break
-        finally:
-            signal.signal(signal.SIGINT, old_handler)
-        try:
-            for i, t in it:
-                pending[pool.submit(scan_one, t.path, policy, limits, t.unreadable)] = i
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in sorted(done, key=lambda f: pending[f]):
-                    i = pending.pop(fut)
-                    try:
-                        results[i] = fut.result()
-                    except Exception as e:  # noqa: BLE001 - a worker died: not a pass
-                        results[i] = error_report(targets[i].path, e)
-                    if on_done:
-                        on_done(targets[i], targets[i].size)
-            pool.shutdown(wait=True)
-        except KeyboardInterrupt:
-            interrupted = True
-            # Files not started are cancelled; the few in flight finish (each is bounded by
-            # the audit limits). CPython 3.11's executor can still report a cancelled
-            # future from its manager thread while shutting down: that is not our error.
-            previous_hook = threading.excepthook
+            def collect(i: int, report: Report) -> None:
+                results[i] = report
+                if on_done:
+                    on_done(targets[i], targets[i].size)
 
-            def _quiet(args: threading.ExceptHookArgs) -> None:
-                if not isinstance(args.exc_value, InvalidStateError):
-                    previous_hook(args)
+            scan_parallel([(t.path, t.unreadable) for t in targets], policy=policy,
+                          limits=limits, workers=workers, on_result=collect)
+    except KeyboardInterrupt:
+        interrupted = True
+    return RunOutcome(ordered_reports(targets, results), interrupted)
 
-            threading.excepthook = _quiet
-            try:
-                pool.shutdown(wait=True, cancel_futures=True)
-            finally:
-                threading.excepthook = previous_hook
+
+def ordered_reports(targets: list[Target], results: dict[int, Report]) -> list[Report]:
+    """The finished reports under every name of their target, in discovery order."""
     ordered: list[tuple[int, Report]] = []
     for i in sorted(results):
         ordered.extend(_expand(targets[i], results[i]))
     ordered.sort(key=lambda item: item[0])
-    return RunOutcome([r for _, r in ordered], interrupted)
+    return [r for _, r in ordered]
 
 
-__all__ = ["RunOutcome", "error_report", "relabel", "run_targets", "scan_one"]
+__all__ = ["RunOutcome", "error_report", "ordered_reports", "relabel", "run_targets",
+           "scan_one"]

@@ -6,6 +6,7 @@ import os
 
 import click
 
+from ..policy import Limits, Policy
 from ..report import FORMATTERS, FormatOptions, ScanResult, render, summary_line
 from .common import (
     color_wanted,
@@ -21,10 +22,11 @@ from .common import (
     text_width,
     write_output,
 )
-from .discover import default_hf_cache, discover
+from .discover import Discovery, default_hf_cache, discover
 from .exitcodes import FAIL_ON, ExitCode, exit_code
+from .interrupts import Interrupts
 from .progress import ScanProgress
-from .runner import run_targets
+from .runner import RunOutcome, run_targets
 
 
 @click.command("scan")
@@ -88,21 +90,52 @@ def scan_command(
         ok = skip_non_models and found.skipped > 0 and not found.notes
         raise click.exceptions.Exit(int(ExitCode.OK if ok else ExitCode.UNDECIDED))
 
-    enabled = is_tty(stderr()) if show_progress is None else show_progress
-    progress = ScanProgress(enabled=enabled, total_files=len(found.targets),
-                            total_bytes=found.total_bytes, stream=stderr())
-    with progress:
-        outcome = run_targets(found.targets, policy=policy, limits=limits, workers=workers,
-                              on_start=progress.start, on_done=progress.done)
-    planned = sum(len(t.names) for t in found.targets)
-    result = ScanResult(reports=tuple(outcome.reports), skipped=found.skipped,
-                        notes=tuple(found.notes), interrupted=outcome.interrupted,
-                        planned=planned, policy=policy.extra)
-    _emit(result, fmt, output, verbose)
+    with Interrupts() as interrupts:
+        outcome = _run(found, policy=policy, limits=limits, workers=workers,
+                       show_progress=show_progress, interrupts=interrupts)
+        planned = sum(len(t.names) for t in found.targets)
+        result = ScanResult(reports=tuple(outcome.reports), skipped=found.skipped,
+                            notes=tuple(found.notes), interrupted=outcome.interrupted,
+                            planned=planned, policy=policy.extra)
+        _emit_or_abort(result, fmt, output, verbose)
     if outcome.interrupted:
         err(f"interrupted: {summary_line(result)}")
+    elif interrupts.received:
+        err("interrupt received after the scan finished: the report is complete")
     code = exit_code(result.reports, fail_on=fail_on, interrupted=outcome.interrupted)
     raise click.exceptions.Exit(int(code))
+
+
+def _run(found: Discovery, *, policy: Policy, limits: Limits, workers: int,
+         show_progress: bool | None, interrupts: Interrupts) -> RunOutcome:
+    """Scan with a progress bar; a Ctrl-C anywhere in here gives an interrupted outcome
+    (the runner keeps the files that finished). Leaves ``interrupts`` in its reporting
+    phase, so nothing after this raises on the first signal."""
+    outcome: RunOutcome | None = None
+    try:
+        enabled = is_tty(stderr()) if show_progress is None else show_progress
+        progress = ScanProgress(enabled=enabled, total_files=len(found.targets),
+                                total_bytes=found.total_bytes, stream=stderr())
+        with progress:
+            outcome = run_targets(found.targets, policy=policy, limits=limits,
+                                  workers=workers, on_start=progress.start,
+                                  on_done=progress.done)
+        interrupts.reporting()
+    except KeyboardInterrupt:
+        interrupts.reporting()
+        outcome = RunOutcome(outcome.reports if outcome else [], True)
+    return outcome
+
+
+def _emit_or_abort(result: ScanResult, fmt: str, output: str | None, verbose: bool) -> None:
+    """Write the report; a second Ctrl-C while writing abandons it (exit 2, ``-o`` keeps
+    the earlier file)."""
+    try:
+        _emit(result, fmt, output, verbose)
+    except KeyboardInterrupt:
+        raise fail("interrupted while writing the report: "
+                   + ("no report written" if output not in (None, "-")
+                      else "the report on stdout is incomplete")) from None
 
 
 def _emit(result: ScanResult, fmt: str, output: str | None, verbose: bool) -> None:
