@@ -8,6 +8,7 @@ import click
 
 from ..policy import Limits, Policy
 from ..report import FORMATTERS, FormatOptions, ScanResult, render, summary_line
+from ..report.options import TextLayout
 from .common import (
     color_wanted,
     err,
@@ -141,10 +142,12 @@ def _emit_or_abort(result: ScanResult, fmt: str, output: str | None, verbose: bo
 def _emit(result: ScanResult, fmt: str, output: str | None, verbose: bool) -> None:
     to_stdout = output is None or output == "-"
     stream = stdout()
+    terminal = to_stdout and is_tty(stream)
     options = FormatOptions(
-        color=to_stdout and fmt == "text" and color_wanted(stream),
-        width=text_width(stream) if to_stdout else 160,
+        color=terminal and fmt == "text" and color_wanted(stream),
+        width=text_width(stream) if terminal else 160,
         verbose=verbose,
+        layout=TextLayout.TERMINAL if terminal else TextLayout.LINES,
     )
     write_output(render(fmt, result, options), output)
     if not to_stdout:
