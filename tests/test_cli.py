@@ -69,6 +69,9 @@ def normalise_sarif(text: str) -> str:
     doc = json.loads(text)
     drv = doc["runs"][0]["tool"]["driver"]
     drv["version"] = drv["semanticVersion"] = "<version>"
+    bases = doc["runs"][0]["originalUriBaseIds"]
+    assert bases["%SRCROOT%"]["uri"] == Path.cwd().as_uri() + "/"
+    bases["%SRCROOT%"]["uri"] = "file:///<cwd>/"
     return json.dumps(doc, indent=2, ensure_ascii=True) + "\n"
 
 
@@ -295,19 +298,110 @@ def test_hf_cache_layout(here: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert paths(doc) == [
         "datasets/org/data@r9/data.safetensors",
         "org/name@r1/model.safetensors",
-        "org/name@r2/extra/pytorch_model.bin",
-        "org/name@r2/model.safetensors",
+        "org/name@main (r2)/extra/pytorch_model.bin",
+        "org/name@main (r2)/model.safetensors",
     ]
     assert len(calls) == 3  # the shared blob once
     by_path = {r["path"]: r for r in doc["reports"]}
-    evil = by_path["org/name@r2/extra/pytorch_model.bin"]
+    evil = by_path["org/name@main (r2)/extra/pytorch_model.bin"]
     assert evil["verdict"] == "UNSAFE"
-    assert evil["findings"][0]["location"]["path"] == "org/name@r2/extra/pytorch_model.bin"
+    assert evil["findings"][0]["location"]["path"] == "org/name@main (r2)/extra/pytorch_model.bin"
+    assert evil["metadata"]["hf_cache.refs"] == "main"
+    assert evil["metadata"]["hf_cache.file"] == "models--org--name/snapshots/r2/extra/pytorch_model.bin"
     assert evil["metadata"]["hf_cache.blob"] == "2" * 40
     assert by_path["org/name@r1/model.safetensors"]["metadata"]["hf_cache.revision"] == "r1"
-    assert by_path["org/name@r2/model.safetensors"]["metadata"]["hf_cache.revision"] == "r2"
+    assert by_path["org/name@main (r2)/model.safetensors"]["metadata"]["hf_cache.revision"] == "r2"
     assert doc["summary"]["skipped"] == 2  # config.json in r1 and r2: one blob, two names
     assert any("partial download not scanned" in n for n in doc["notes"])
+
+
+def sharded_snapshot(cache: Path, repo: str = "models--org--sharded",
+                     rev: str = "0123456789abcdef0123456789abcdef01234567",
+                     index: bytes | None = None, refs: dict[str, str] | None = None) -> None:
+    """A two-shard safetensors checkpoint with its index, as the hub cache stores it."""
+    root = cache / repo
+    snap = root / "snapshots" / rev
+    snap.mkdir(parents=True)
+    for ref, target in (refs if refs is not None else {"main": rev}).items():
+        write(root / "refs" / ref, target.encode())
+    weight_map = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    files = {
+        "model-00001-of-00002.safetensors": safetensors_bytes({"a": ("F32", [1], b"\0" * 4)}),
+        "model-00002-of-00002.safetensors": safetensors_bytes({"b": ("F32", [1], b"\0" * 4)}),
+        "model.safetensors.index.json": index if index is not None else json.dumps(
+            {"metadata": {}, "weight_map": weight_map}).encode(),
+    }
+    for i, (name, data) in enumerate(sorted(files.items())):
+        write(root / "blobs" / f"{rev[:8]}{i}", data)
+        (snap / name).symlink_to(Path("..") / ".." / "blobs" / f"{rev[:8]}{i}")
+
+
+def test_hf_cache_refs_and_shards_listed_once(here: Path) -> None:
+    cache = here / "hub"
+    sharded_snapshot(cache, refs={"main": "0123456789abcdef0123456789abcdef01234567",
+                                  "pr/7": "0123456789abcdef0123456789abcdef01234567"})
+    sharded_snapshot(cache, repo="models--org--old", rev="f" * 40, refs={})
+    code, doc = scan_json("--hf-cache", str(cache))
+    assert code == 0
+    base = "org/sharded@main (0123456)/"
+    assert paths(doc) == ["org/old@fffffff/model.safetensors.index.json",
+                          base + "model.safetensors.index.json"]
+    index = doc["reports"][1]
+    assert [c["path"] for c in index["children"]] == [
+        base + "model-00001-of-00002.safetensors", base + "model-00002-of-00002.safetensors"]
+    assert index["metadata"]["hf_cache.refs"] == "main,pr/7"
+    # listed and counted once: 2 indexes + 4 shards
+    assert doc["summary"]["files"] == doc["summary"]["planned"] == 6
+    assert str(cache) not in json.dumps(doc["reports"])  # no absolute snapshot path
+    text = run("scan", "--hf-cache", str(cache)).stdout
+    assert text.count("model-00001-of-00002.safetensors") == 2  # once per revision
+    assert "6 files scanned: 6 SAFE" in text
+
+
+def test_shards_of_a_broken_index_are_still_scanned(here: Path) -> None:
+    """An index that cannot be read covers nothing: its shards are reported on their own."""
+    sharded_snapshot(here / "hub", index=b'{"weight_map": {"a": "model-00001-of-00002.safetensors",')
+    code, doc = scan_json("--hf-cache", str(here / "hub"))
+    assert [p.rsplit("/", 1)[1] for p in paths(doc)] == [
+        "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json"]
+    assert [r["verdict"] for r in doc["reports"]] == ["SAFE", "SAFE", "UNSAFE"]
+    assert doc["reports"][2]["findings"][0]["rule_id"] == "CKG701"
+    assert doc["reports"][2]["children"] == []
+    assert code == 1
+
+
+def test_shards_in_a_folder_listed_under_their_index(here: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    sharded_snapshot(here / "hub")
+    folder = here / "plain"
+    snap = next((here / "hub").glob("*/snapshots/*"))
+    folder.mkdir()
+    for f in snap.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    write(folder / "model-00003-of-00002.safetensors", evil_pickle())  # not in the index
+    import ckptguard.cli.runner as runner
+
+    real = runner.scan_one
+    calls: list[str] = []
+
+    def counting(path: str, *a: object) -> object:
+        calls.append(os.path.basename(path))
+        return real(path, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner, "scan_one", counting)
+    for workers in ("1", "2"):
+        calls.clear()
+        code, doc = scan_json("plain", "--workers", workers)
+        assert code == 1
+        assert paths(doc) == ["plain/model-00003-of-00002.safetensors",
+                              "plain/model.safetensors.index.json"]
+        assert [c["path"] for c in doc["reports"][1]["children"]] == [
+            "plain/model-00001-of-00002.safetensors", "plain/model-00002-of-00002.safetensors"]
+        assert doc["summary"]["files"] == 4
+        if workers == "1":  # (workers run in other processes: not counted)
+            assert sorted(calls) == ["model-00003-of-00002.safetensors",
+                                     "model.safetensors.index.json"]
 
 
 def test_hf_cache_default_location(here: Path) -> None:

@@ -4,6 +4,8 @@ callback, stopping cleanly on Ctrl-C. Results always come back in input order.""
 from __future__ import annotations
 
 import dataclasses
+import os
+import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,7 +14,7 @@ from ..model import Finding, Format, Location, Problem, Report, decide
 from ..policy import Limits, Policy
 from ..rules import make_finding
 from ..scan_api import scan
-from .discover import Target
+from .discover import CACHE_FILE, Target
 
 
 def scan_one(path: str, policy: Policy, limits: Limits, unreadable: str | None = None) -> Report:
@@ -47,8 +49,22 @@ def _relabel_location(loc: Location, old: str, new: str) -> Location:
     return dataclasses.replace(loc, path=new) if loc.path == old else loc
 
 
+def _child_name(child_path: str, old_parent: str, new_parent: str) -> str:
+    """A child's name beside its relabelled parent: a shard ``<snapshot dir>/shard`` of the
+    index ``<snapshot dir>/x.index.json`` shown as ``org/name@main (abc1234)/x.index.json``
+    becomes ``org/name@main (abc1234)/shard`` -- never the absolute snapshot path."""
+    for old_dir, new_dir in ((old_parent, new_parent),
+                             (os.path.dirname(old_parent), posixpath.dirname(new_parent))):
+        prefix = old_dir.rstrip(os.sep) + os.sep if old_dir else ""
+        if old_dir and child_path.startswith(prefix):
+            rest = child_path[len(prefix):].replace(os.sep, "/")
+            return f"{new_dir}/{rest}" if new_dir else rest
+    return child_path
+
+
 def relabel(report: Report, name: str, metadata: dict[str, str] | None = None) -> Report:
-    """The report shown under ``name`` (e.g. ``org/model@rev/file`` for a cache blob)."""
+    """The report shown under ``name`` (e.g. ``org/model@main (abc1234)/file`` for a cache
+    blob); its children (an index's shards) are shown beside it."""
     old = report.path
     meta = report.metadata
     if metadata:
@@ -62,8 +78,13 @@ def relabel(report: Report, name: str, metadata: dict[str, str] | None = None) -
         for f in report.findings)
     problems = tuple(dataclasses.replace(p, location=_relabel_location(p.location, old, name))
                      for p in report.problems)
+    cache_file = dict(meta).get(CACHE_FILE)
+    children = tuple(
+        relabel(c, _child_name(c.path, old, name),
+                {CACHE_FILE: _child_name(c.path, old, cache_file)} if cache_file else None)
+        for c in report.children)
     return dataclasses.replace(report, path=name, findings=findings, problems=problems,
-                               metadata=meta)
+                               metadata=meta, children=children)
 
 
 @dataclass
@@ -86,40 +107,77 @@ def run_targets(targets: list[Target], *, policy: Policy, limits: Limits, worker
                 on_start: Callable[[Target], None] | None = None,
                 on_done: Progress | None = None) -> RunOutcome:
     """Scan ``targets``; on Ctrl-C (or SIGTERM, see :mod:`.interrupts`) return what finished,
-    in input order, and ``interrupted``."""
+    in input order, and ``interrupted``.
+
+    Deferred targets (shards of an index in the same scan) are scanned in a second pass,
+    and only under the names their index's report did not cover as a child."""
     results: dict[int, Report] = {}
+    later: list[Target] = []
+    second: dict[int, Report] = {}
     interrupted = False
     try:
-        if workers <= 1 or len(targets) <= 1:
-            for i, t in enumerate(targets):
-                if on_start:
-                    on_start(t)
-                results[i] = scan_one(t.path, policy, limits, t.unreadable)
-                if on_done:
-                    on_done(t, t.size)
-        else:
-            from .pool import scan_parallel  # a sequential scan does not pay for the pool
-
-            def collect(i: int, report: Report) -> None:
-                results[i] = report
-                if on_done:
-                    on_done(targets[i], targets[i].size)
-
-            scan_parallel([(t.path, t.unreadable) for t in targets], policy=policy,
-                          limits=limits, workers=workers, on_result=collect)
+        first = [i for i, t in enumerate(targets) if not t.deferred]
+        _scan_indices(targets, first, results, policy, limits, workers, on_start, on_done)
+        covered = {c.path for _, r in _expand_all(targets, results) for c in r.children}
+        for t in targets:
+            rest = uncovered(t, covered) if t.deferred else None
+            if rest is not None:
+                later.append(rest)
+            elif t.deferred and on_done:
+                on_done(t, t.size)  # scanned as its index's child
+        _scan_indices(later, list(range(len(later))), second, policy, limits, workers,
+                      on_start, on_done)
     except KeyboardInterrupt:
         interrupted = True
-    return RunOutcome(ordered_reports(targets, results), interrupted)
+    merged = sorted(_expand_all(targets, results) + _expand_all(later, second),
+                    key=lambda item: item[0])
+    return RunOutcome([r for _, r in merged], interrupted)
+
+
+def uncovered(target: Target, covered: set[str]) -> Target | None:
+    """``target`` restricted to the names no index report covers; None when all are."""
+    keep = [k for k, n in enumerate(target.names) if n not in covered]
+    if not keep:
+        return None
+    order = target.order or list(range(len(target.names)))
+    metas = target.metadata or [{} for _ in target.names]
+    return dataclasses.replace(target, names=[target.names[k] for k in keep],
+                               order=[order[k] for k in keep],
+                               metadata=[metas[k] for k in keep], deferred=False)
+
+
+def _scan_indices(targets: list[Target], indices: list[int], results: dict[int, Report],
+                  policy: Policy, limits: Limits, workers: int,
+                  on_start: Callable[[Target], None] | None, on_done: Progress | None) -> None:
+    if workers <= 1 or len(indices) <= 1:
+        for i in indices:
+            t = targets[i]
+            if on_start:
+                on_start(t)
+            results[i] = scan_one(t.path, policy, limits, t.unreadable)
+            if on_done:
+                on_done(t, t.size)
+        return
+    from .pool import scan_parallel  # a sequential scan does not pay for the pool
+
+    def collect(k: int, report: Report) -> None:
+        i = indices[k]
+        results[i] = report
+        if on_done:
+            on_done(targets[i], targets[i].size)
+
+    scan_parallel([(targets[i].path, targets[i].unreadable) for i in indices], policy=policy,
+                  limits=limits, workers=workers, on_result=collect)
+
+
+def _expand_all(targets: list[Target], results: dict[int, Report]) -> list[tuple[int, Report]]:
+    return [item for i in sorted(results) for item in _expand(targets[i], results[i])]
 
 
 def ordered_reports(targets: list[Target], results: dict[int, Report]) -> list[Report]:
     """The finished reports under every name of their target, in discovery order."""
-    ordered: list[tuple[int, Report]] = []
-    for i in sorted(results):
-        ordered.extend(_expand(targets[i], results[i]))
-    ordered.sort(key=lambda item: item[0])
-    return [r for _, r in ordered]
+    return [r for _, r in sorted(_expand_all(targets, results), key=lambda item: item[0])]
 
 
 __all__ = ["RunOutcome", "error_report", "ordered_reports", "relabel", "run_targets",
-           "scan_one"]
+           "scan_one", "uncovered"]

@@ -84,7 +84,7 @@ def scan_command(
                      filter_files=skip_non_models)
     if not found.targets:
         result = ScanResult(skipped=found.skipped, notes=tuple(found.notes),
-                            policy=policy.extra)
+                            policy=policy.extra, source_root=os.getcwd(), hf_cache=cache_dir)
         _emit(result, fmt, output, verbose)
         err("no files to scan" + (f" ({found.skipped} files skipped: not model files)"
                                   if found.skipped else ""))
@@ -97,7 +97,8 @@ def scan_command(
         planned = sum(len(t.names) for t in found.targets)
         result = ScanResult(reports=tuple(outcome.reports), skipped=found.skipped,
                             notes=tuple(found.notes), interrupted=outcome.interrupted,
-                            planned=planned, policy=policy.extra)
+                            planned=planned, policy=policy.extra, source_root=os.getcwd(),
+                            hf_cache=cache_dir)
         _emit_or_abort(result, fmt, output, verbose)
     if outcome.interrupted:
         err(f"interrupted: {summary_line(result)}")

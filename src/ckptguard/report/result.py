@@ -26,6 +26,10 @@ class ScanResult:
     interrupted: bool = False
     planned: int | None = None
     policy: tuple[AllowEntry, ...] = field(default_factory=tuple)
+    #: where relative report paths start (SARIF ``%SRCROOT%``); the CLI sets the cwd
+    source_root: str | None = None
+    #: the Hugging Face cache that was scanned, if any (SARIF ``HF_HUB_CACHE``)
+    hf_cache: str | None = None
 
     def files(self) -> list[Report]:
         """Every file's report once: the reports and, under them, their children (the
