@@ -113,15 +113,78 @@ def test_missing_path_is_reported_not_fatal(here: Path) -> None:
     assert doc["reports"][1]["findings"][0]["rule_id"] == "CKG010"
 
 
-def test_empty_scan_says_so_and_exits_2(here: Path) -> None:
+def test_empty_scan_says_so_and_passes(here: Path) -> None:
+    """A repository without model files passes (and says so); --fail-on-empty makes a job
+    that must scan something fail with 2."""
     (here / "empty_dir").mkdir()
     res = run("scan", "empty_dir")
-    assert res.exit_code == 2
-    assert "no files to scan" in res.stderr
-    write(here / "only_text" / "README.md", b"# hello\n")
+    assert res.exit_code == 0
+    assert "no files to scan: no model files found" in res.stderr
+    for i in range(1000):
+        write(here / "only_text" / f"n{i}.md", b"# hello\n")
     res = run("scan", "only_text")
-    assert res.exit_code == 2
-    assert "1 files skipped" in res.stderr
+    assert res.exit_code == 0
+    assert "1000 files skipped" in res.stderr
+    assert "no files scanned; 1000 skipped (not model files)" in res.stdout
+    assert run("scan", "--fail-on-empty", "only_text").exit_code == 2
+    assert run("scan", "--fail-on-empty", "empty_dir").exit_code == 2
+    code, doc = scan_json("only_text")
+    assert code == 0 and doc["summary"]["files"] == 0 and doc["summary"]["skipped"] == 1000
+
+
+def test_empty_scan_table() -> None:
+    from ckptguard.cli.exitcodes import EMPTY_SCAN, ExitCode, empty_scan_code
+
+    assert EMPTY_SCAN == {False: ExitCode.OK, True: ExitCode.UNDECIDED}
+    assert [empty_scan_code(b) for b in (False, True)] == [ExitCode.OK, ExitCode.UNDECIDED]
+
+
+def test_unreadable_named_file_is_a_ckg010_row(tmp_path: Path) -> None:
+    """Not a click usage error: the documented CKG010 row (as root, the scan runs without
+    the capabilities that let root read every file)."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    if shutil.which("setpriv") is None or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv to drop the DAC capabilities")
+    folder = Path(tempfile.mkdtemp(prefix="ckg-unreadable-"))
+    try:
+        folder.chmod(0o755)
+        write(folder / "ok.safetensors", safetensors_bytes())
+        secret = write(folder / "secret.pt", evil_pickle())
+        secret.chmod(0o000)
+        (folder / "ok.safetensors").chmod(0o644)
+        src = str(ROOT / "src")
+        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-m", "ckptguard", "scan", "--format", "json", "secret.pt",
+               "ok.safetensors"]
+        res = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, check=False,
+                             env={**os.environ, "PYTHONPATH": src, "HOME": str(folder)})
+        assert res.returncode == 2, res.stderr
+        doc = json.loads(res.stdout)
+        assert [r["path"] for r in doc["reports"]] == ["secret.pt", "ok.safetensors"]
+        assert doc["reports"][0]["verdict"] == "INCOMPLETE"
+        assert doc["reports"][0]["findings"][0]["rule_id"] == "CKG010"
+        assert doc["reports"][1]["verdict"] == "SAFE"
+        assert "Usage" not in res.stderr
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_limits_print_as_integers(here: Path) -> None:
+    from ckptguard.context import limit_text
+
+    assert [limit_text(v) for v in (2147483648, 2147483648.0, 120.0, 0.5)] == [
+        "2147483648", "2147483648", "120", "0.5"]
+    write(here / "ok.safetensors", safetensors_bytes())
+    res = run("scan", "--format", "json", "ok.safetensors")
+    limits = json.loads(res.stdout)["reports"][0]["limits"]
+    assert isinstance(limits["max_pickle_bytes"], int) and "e+" not in res.stdout
+    write(here / "many.pkl", __import__("pickle").dumps(list(range(100))))
+    res = run("scan", "--limit", "max_objects=5", "many.pkl")
+    assert res.exit_code == 2 and "CKG901" in res.stdout
+    assert "limit max_objects=5 reached" in res.stdout
 
 
 def test_usage_errors_exit_2(here: Path) -> None:
@@ -581,12 +644,14 @@ def test_skip_non_models_for_hooks(here: Path) -> None:
     assert run("scan", "README.md").exit_code == 2           # named: always scanned
     res = run("scan", "--skip-non-models", "README.md")
     assert res.exit_code == 0 and "no files to scan" in res.stderr
+    assert run("scan", "--skip-non-models", "--fail-on-empty", "README.md").exit_code == 2
     assert run("scan", "--skip-non-models", "README.md", "disguised.png").exit_code == 1
 
 
 def test_pre_commit_hook_definition() -> None:
     text = (ROOT / ".pre-commit-hooks.yaml").read_text(encoding="utf-8")
     assert "- id: ckptguard" in text
+    assert "  require_serial: true" in text.splitlines()  # one run per commit: one table
     entry = next(ln.split(":", 1)[1].strip() for ln in text.splitlines()
                  if ln.strip().startswith("entry:"))
     args = entry.split()

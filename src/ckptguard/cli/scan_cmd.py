@@ -24,14 +24,14 @@ from .common import (
     write_output,
 )
 from .discover import Discovery, default_hf_cache, discover
-from .exitcodes import FAIL_ON, ExitCode, exit_code
+from .exitcodes import FAIL_ON, empty_scan_code, exit_code
 from .interrupts import Interrupts
 from .progress import ScanProgress
 from .runner import RunOutcome, run_targets
 
 
 @click.command("scan")
-@click.argument("paths", nargs=-1, type=click.Path(path_type=str))
+@click.argument("paths", nargs=-1, type=click.Path(readable=False, path_type=str))
 @click.option("--hf-cache", "hf_cache", is_flag=False, flag_value="", default=None,
               metavar="[DIR]",
               help="Scan the Hugging Face hub cache (DIR, or HF_HUB_CACHE / HF_HOME/hub / "
@@ -41,8 +41,8 @@ from .runner import RunOutcome, run_targets
               help="Skip files and folders whose relative path or name matches GLOB "
                    "(repeatable).")
 @click.option("--skip-non-models", is_flag=True,
-              help="Filter the files named on the command line by content too, and exit 0 "
-                   "when none of them is a model file (for pre-commit hooks).")
+              help="Filter the files named on the command line by content too (for "
+                   "pre-commit hooks: a commit without model files passes).")
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Scan files in N processes (output order stays the input order).")
 @policy_option
@@ -52,23 +52,27 @@ from .runner import RunOutcome, run_targets
                    "any blocking finding). Default: any file that is not SAFE fails.")
 @click.option("--format", "fmt", type=click.Choice(list(FORMATTERS)), default="text",
               show_default=True, help="Report format.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str), default=None,
+@click.option("--output", "-o", type=click.Path(dir_okay=False, readable=False, path_type=str),
+              default=None,
               help="Write the report to FILE instead of stdout (the summary line still goes "
                    "to stderr).")
 @click.option("--verbose", "-v", is_flag=True,
               help="Text format: list every finding with its evidence and advice.")
+@click.option("--fail-on-empty", is_flag=True,
+              help="Exit 2 when no model file is found (default: exit 0 and say so, so a "
+                   "repository or commit without model files passes).")
 @click.option("--progress/--no-progress", "show_progress", default=None,
               help="Progress bar on stderr (default: only when stderr is a terminal).")
 def scan_command(
         paths: tuple[str, ...], hf_cache: str | None, excludes: tuple[str, ...],
         skip_non_models: bool, workers: int, policy_file: str | None,
         limit_items: tuple[str, ...], fail_on: str | None, fmt: str, output: str | None,
-        verbose: bool, show_progress: bool | None) -> None:
+        verbose: bool, fail_on_empty: bool, show_progress: bool | None) -> None:
     """Audit checkpoint files and folders without loading them.
 
     Folders are walked recursively; files are picked by content (the extension is a hint).
-    Exit status: 0 all SAFE, 1 unsafe findings, 2 could not decide (INCOMPLETE, empty scan,
-    interrupted, usage error).
+    Exit status: 0 all SAFE (or no model file found), 1 unsafe findings, 2 could not decide
+    (INCOMPLETE, interrupted, usage error; with --fail-on-empty: no model file found).
     """
     if not paths and hf_cache is None:
         raise click.UsageError("give at least one PATH or --hf-cache")
@@ -86,10 +90,9 @@ def scan_command(
         result = ScanResult(skipped=found.skipped, notes=tuple(found.notes),
                             policy=policy.extra, source_root=os.getcwd(), hf_cache=cache_dir)
         _emit(result, fmt, output, verbose)
-        err("no files to scan" + (f" ({found.skipped} files skipped: not model files)"
-                                  if found.skipped else ""))
-        ok = skip_non_models and found.skipped > 0 and not found.notes
-        raise click.exceptions.Exit(int(ExitCode.OK if ok else ExitCode.UNDECIDED))
+        err("no files to scan: no model files found" + (
+            f" ({found.skipped} files skipped: not model files)" if found.skipped else ""))
+        raise click.exceptions.Exit(int(empty_scan_code(fail_on_empty)))
 
     with Interrupts() as interrupts:
         outcome = _run(found, policy=policy, limits=limits, workers=workers,
