@@ -183,7 +183,7 @@ def test_limits_print_as_integers(here: Path) -> None:
     assert isinstance(limits["max_pickle_bytes"], int) and "e+" not in res.stdout
     write(here / "many.pkl", __import__("pickle").dumps(list(range(100))))
     res = run("scan", "--limit", "max_objects=5", "many.pkl")
-    assert res.exit_code == 2 and "CKG901" in res.stdout
+    assert res.exit_code == 2 and "CKG901" in res.stdout, res.output
     assert "limit max_objects=5 reached" in res.stdout
 
 

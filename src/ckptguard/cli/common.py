@@ -94,13 +94,36 @@ def load_limits(items: tuple[str, ...]) -> Limits:
 def write_output(text: str, output: str | None) -> None:
     """Write the report to stdout or, atomically, to ``output``."""
     if output is None or output == "-":
-        click.echo(text, nl=False)
+        write_stdout(text)
         return
     try:
         atomic_write(output, text)
     except OSError as e:
         raise fail(f"cannot write {output}: {e.strerror or e}; "
                    "an earlier file at that path is unchanged") from None
+
+
+def write_stdout(text: str) -> None:
+    """Write ``text`` to stdout whole. A signal that interrupts a blocked write to a pipe
+    makes the buffered text layer drop the rest of a large write (seen with CPython 3.11),
+    so the bytes go out in an explicit loop over ``os.write``. A reader that went away
+    (``| head``) ends the output quietly."""
+    stream = stdout()
+    try:
+        fd = stream.fileno()
+    except (AttributeError, ValueError, OSError):  # not a real file (click's test runner)
+        click.echo(text, nl=False)
+        return
+    try:
+        stream.flush()
+        data = memoryview(text.encode(getattr(stream, "encoding", None) or "utf-8",
+                                      "backslashreplace"))
+        while data:
+            data = data[os.write(fd, data[:1 << 16]):]
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)  # nothing more reaches the closed pipe, not even at exit
+        os.close(devnull)
 
 
 def atomic_write(path: str, text: str) -> None:
@@ -143,5 +166,6 @@ def stderr() -> Any:
 
 
 __all__ = ["atomic_write", "color_wanted", "err", "fail", "is_tty", "limit_option", "load_limits",
-           "load_policy", "policy_option", "stderr", "stdout", "text_width", "write_output"]
+           "load_policy", "policy_option", "stderr", "stdout", "text_width", "write_output",
+           "write_stdout"]
 
