@@ -168,8 +168,16 @@ def _wrap(text: str, width: int, indent: int) -> list[str]:
 
 
 def _cut(text: str, room: int) -> list[str]:
-    """A path cut into pieces of ``room`` characters (no word boundaries to keep)."""
-    return [text[i:i + room] for i in range(0, len(text), room)] or [""]
+    """A path cut into pieces of at most ``room`` characters, after a ``/`` where one sits
+    in the second half of the piece, else exactly at ``room``."""
+    pieces: list[str] = []
+    while len(text) > room:
+        slash = text.rfind("/", room // 2, room)
+        end = slash + 1 if slash >= 0 else room
+        pieces.append(text[:end])
+        text = text[end:]
+    pieces.append(text)
+    return pieces
 
 
 def _colour_finding(line: str, f: Finding, color: bool) -> str:
@@ -179,9 +187,11 @@ def _colour_finding(line: str, f: Finding, color: bool) -> str:
     body = line.lstrip(" ")
     pad = line[:len(line) - len(body)]
     rule, _, rest = body.partition(" ")
-    sev, _, rest = rest.partition(" ")
+    sev = str(f.severity)
+    if not rest.startswith(sev):
+        return line
     return (pad + _paint(rule, "bold", True) + " "
-            + _paint(sev, SEVERITY_STYLE[f.severity], True) + " " + rest)
+            + _paint(sev, SEVERITY_STYLE[f.severity], True) + rest[len(sev):])
 
 
 def _shown_name(report: Report, depth: int, parent: Report | None) -> str:
