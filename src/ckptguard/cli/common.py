@@ -129,9 +129,19 @@ def write_stdout(text: str) -> None:
 def atomic_write(path: str, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path``, flush it to disk and rename it
     over ``path``. On any error (a full disk, a Ctrl-C) the temporary file is removed and
-    an earlier file at ``path`` is left as it was."""
+    an earlier file at ``path`` is left as it was. A path that exists and is not a regular
+    file (``/dev/null``, a FIFO) is written directly."""
+    import stat
     import tempfile
 
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        special = False
+    if special:  # /dev/null, /dev/stdout, a FIFO: nothing to replace, write straight to it
+        with open(path, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+        return
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
                                dir=folder)
