@@ -23,6 +23,7 @@ Stdlib only, runs `python -m ckptguard` of this checkout (PYTHONPATH=src). Three
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pickle
@@ -191,10 +192,8 @@ def bench_ctrl_c(folder: Path, tries: int, workers: int, rng: random.Random) -> 
         time.sleep(delay)
         pool = set(_children(proc.pid))
         t0 = time.perf_counter()
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGINT)
-        except ProcessLookupError:
-            pass
         try:
             out, err = proc.communicate(timeout=20)
             hung = False
