@@ -212,10 +212,16 @@ def bench_ctrl_c(folder: Path, tries: int, workers: int, rng: random.Random) -> 
             interrupted, valid = None, False
         agree = valid and ((interrupted and proc.returncode == 2)
                            or (not interrupted and proc.returncode == 0))
+        # a signal before the CLI's own code runs (interpreter start-up, imports) meets
+        # Python's default handler: no report, a KeyboardInterrupt traceback, exit -2
+        startup = (not valid and not out and "KeyboardInterrupt" in err
+                   and "ckptguard/cli/scan_cmd.py" not in err)
         outcomes.append({"delay_s": round(delay, 3), "exit_s": round(exit_s, 3),
                          "code": proc.returncode, "valid_report": valid,
                          "interrupted": interrupted, "agree": agree, "hung": hung,
-                         "orphans": len(orphans), "traceback": "Traceback" in err,
+                         "startup": startup, "orphans": len(orphans),
+                         "traceback": "Traceback" in err and not startup,
+                         "stderr_tail": err[-300:],
                          "files": doc["summary"]["files"] if valid else None})
     exits = [o["exit_s"] for o in outcomes]
     return {
@@ -223,6 +229,7 @@ def bench_ctrl_c(folder: Path, tries: int, workers: int, rng: random.Random) -> 
         "partial_reports": sum(1 for o in outcomes if o["interrupted"]),
         "finished_before_signal": sum(1 for o in outcomes if o["interrupted"] is False),
         "valid_and_agreeing": sum(1 for o in outcomes if o["agree"]),
+        "at_startup": sum(1 for o in outcomes if o["startup"]),
         "hung": sum(1 for o in outcomes if o["hung"]),
         "orphan_workers": sum(o["orphans"] for o in outcomes),
         "tracebacks": sum(1 for o in outcomes if o["traceback"]),
@@ -272,12 +279,14 @@ def main() -> int:
             result["ctrl_c"] = {}
             print(f"\nCtrl-C (SIGINT to the process group) after a random 0.05-3 s, "
                   f"{args.tries} tries per row, {args.slow_files} slow pickles")
-            print("| workers | partial report | finished first | valid & agrees with exit "
-                  "code | hung | orphan workers | tracebacks | exit after signal "
-                  "(median / max) |\n|---:|---:|---:|---:|---:|---:|---:|---:|")
+            print("| workers | partial report | finished first | at start-up (no report) | "
+                  "valid & agrees with exit code | hung | orphan workers | tracebacks | "
+                  "exit after signal (median / max) |\n"
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
             for w in (1, 2):
                 c = result["ctrl_c"][str(w)] = bench_ctrl_c(slow, args.tries, w, rng)
                 print(f"| {w} | {c['partial_reports']} | {c['finished_before_signal']} | "
+                      f"{c['at_startup']} | "
                       f"{c['valid_and_agreeing']}/{c['tries']} | {c['hung']} | "
                       f"{c['orphan_workers']} | {c['tracebacks']} | "
                       f"{c['exit_s_median']:.2f} s / {c['exit_s_max']:.2f} s |")
