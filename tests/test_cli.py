@@ -660,3 +660,30 @@ def test_pre_commit_hook_definition() -> None:
 
     known = {opt for p in scan_command.params for opt in getattr(p, "opts", [])}
     assert all(a in known for a in args[2:] if a.startswith("-"))
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    command = next(ln for ln in readme.splitlines()
+                   if ln.startswith("python3 -m pip install -c constraints/test.txt"))
+    ci = [ln for ln in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+          if ln.strip() and not ln.lstrip().startswith("#")]
+    assert ci[-1] == command
+    assert "python3 -m venv" in readme and "download.pytorch.org/whl/cpu" in readme
+
+
+def test_ctrl_c_while_parsing_arguments_exits_2(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """click alone would print 'Aborted!' and exit 1 ('findings')."""
+    from ckptguard.cli import cli as group
+    from ckptguard.cli import main
+
+    def interrupted(*a: object, **k: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(group, "make_context", interrupted)
+    monkeypatch.setattr("sys.argv", ["ckptguard", "scan", "."])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 2
+    assert "interrupted" in capsys.readouterr().err
