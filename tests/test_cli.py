@@ -687,3 +687,15 @@ def test_ctrl_c_while_parsing_arguments_exits_2(monkeypatch: pytest.MonkeyPatch,
         main()
     assert exc.value.code == 2
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_looking_for_files(here: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*a: object, **k: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ckptguard.cli.scan_cmd.discover", interrupted)
+    res = run("scan", "--format", "json", ".")
+    assert res.exit_code == 2
+    summary = json.loads(res.stdout)["summary"]
+    assert summary["interrupted"] is True and summary["files"] == 0
+    assert "interrupted while looking for files" in res.stderr

@@ -84,17 +84,20 @@ def scan_command(
         if not os.path.isdir(cache_dir):
             raise fail(f"Hugging Face cache not found: {cache_dir}")
 
-    found = discover(paths, excludes=excludes, hf_cache=cache_dir,
-                     filter_files=skip_non_models)
-    if not found.targets:
-        result = ScanResult(skipped=found.skipped, notes=tuple(found.notes),
-                            policy=policy.extra, source_root=os.getcwd(), hf_cache=cache_dir)
-        _emit(result, fmt, output, verbose)
-        err("no files to scan: no model files found" + (
-            f" ({found.skipped} files skipped: not model files)" if found.skipped else ""))
-        raise click.exceptions.Exit(int(empty_scan_code(fail_on_empty)))
-
     with Interrupts() as interrupts:
+        found = _discover(paths, excludes, cache_dir, skip_non_models, interrupts)
+        if found is None or not found.targets:
+            interrupts.reporting()
+            result = ScanResult(skipped=found.skipped if found else 0,
+                                notes=tuple(found.notes) if found else (),
+                                interrupted=found is None, policy=policy.extra,
+                                source_root=os.getcwd(), hf_cache=cache_dir)
+            _emit_or_abort(result, fmt, output, verbose)
+            if found is None:
+                raise fail("interrupted while looking for files: nothing was scanned")
+            err("no files to scan: no model files found" + (
+                f" ({found.skipped} files skipped: not model files)" if found.skipped else ""))
+            raise click.exceptions.Exit(int(empty_scan_code(fail_on_empty)))
         outcome = _run(found, policy=policy, limits=limits, workers=workers,
                        show_progress=show_progress, interrupts=interrupts)
         planned = sum(len(t.names) for t in found.targets)
@@ -109,6 +112,17 @@ def scan_command(
         err("interrupt received after the scan finished: the report is complete")
     code = exit_code(result.reports, fail_on=fail_on, interrupted=outcome.interrupted)
     raise click.exceptions.Exit(int(code))
+
+
+def _discover(paths: tuple[str, ...], excludes: tuple[str, ...], cache_dir: str | None,
+              skip_non_models: bool, interrupts: Interrupts) -> Discovery | None:
+    """The files to scan; None when a Ctrl-C came first (a 20,000-file walk takes a while)."""
+    try:
+        return discover(paths, excludes=excludes, hf_cache=cache_dir,
+                        filter_files=skip_non_models)
+    except KeyboardInterrupt:
+        interrupts.reporting()
+        return None
 
 
 def _run(found: Discovery, *, policy: Policy, limits: Limits, workers: int,
