@@ -126,12 +126,13 @@ def to_png(screen: str, width: int, path: Path) -> None:
     bold = ImageFont.truetype(str(FONT_DIR / "DejaVuSansMono-Bold.ttf"), size)
     cell_w = regular.getlength("M")
     cell_h = int(size * 1.45)
-    lines = screen.rstrip("\n").split("\n")
+    # tmux emits an attribute change only where it changes, also across line ends: parse
+    # the whole screen at once, then split it into lines
+    lines = Text.from_ansi(screen.rstrip("\n")).split("\n", allow_blank=True)
     pad = 14
     img = Image.new("RGB", (int(cell_w * width) + 2 * pad, cell_h * len(lines) + 2 * pad), BG)
     draw = ImageDraw.Draw(img)
-    for row, line in enumerate(lines):
-        text = Text.from_ansi(line)
+    for row, text in enumerate(lines):
         y = pad + row * cell_h
         col = 0
         for segment in text.render(_console()):
