@@ -175,7 +175,7 @@ def test_piped_output_is_one_line_per_file(tmp_path: Path) -> None:
                          cwd=tmp_path, capture_output=True, text=True, check=False,
                          env={**os.environ, "COLUMNS": "40"})
     lines = res.stdout.splitlines()
-    assert len(lines) == 7 and "\x1b" not in res.stdout
+    assert len(lines) == 8 and "\x1b" not in res.stdout  # 6 files, policy line, summary
     grep = [ln for ln in lines if "UNSAFE" in ln.split()[:1]]
     assert [ln.split()[2] for ln in grep] == ["models/a/pytorch_model.bin",
                                              f"models/runs/run-{'x' * 30}/checkpoint.ckpt"]
