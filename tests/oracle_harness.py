@@ -1,0 +1,725 @@
+"""The differential oracle: SAFE must hold for every program that may read the same bytes.
+
+For each case (a file's bytes under one name) ckptguard scans the file; every loader a
+user might point at those bytes then reads them in a watched process
+(``tests/oracle_worker.py``: a CPython audit hook records ``pickle.find_class`` and payload
+events -- exec/compile outside the import machinery, os.system, subprocess, spawn, fork,
+opens for writing, sockets, ctypes ...). The parent also looks for files the load created
+in its working directory (the inert fixtures' marker). The assertion:
+
+    verdict SAFE  =>  for every loader: every resolved global is on the weights-only
+                      allowlist, no payload event fired, no file appeared, the loader did
+                      not crash the process, exhaust RLIMIT_AS or hang.
+
+ONE long-lived worker per loader kind takes every file over a pipe; a worker that dies or
+hangs past the per-file timeout is killed (with its process group) and restarted.
+
+Cases come from the committed fixtures, renamed under every extension, from generators of
+every format (torch zip, legacy torch, raw pickle, safetensors, npy, npz, TorchScript, JSON
+index), from structure-aware polyglot builders and from seeded byte/opcode mutators.
+Used by tests/test_oracle.py (a short run), tests/test_fixtures.py (payloads really fire)
+and fuzz/oracle.py (the long run). Deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import contextlib
+import io
+import json
+import os
+import pickle
+import random
+import runpy
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures"
+WORKER = Path(__file__).resolve().parent / "oracle_worker.py"
+MARKER = "ckptguard_marker"
+
+#: every loader kind the oracle runs, one worker process each
+LOADER_KINDS = ("pickle", "numpy", "torch_wo", "torch_full", "safetensors", "jit")
+#: the manifest's ``fires`` loaders -> the worker kind that runs them
+FIRES_KIND = {"pickle.load": "pickle", "numpy.load": "numpy", "torch.load": "torch_full",
+              "torch.load_legacy": "torch_full"}
+EXTENSIONS = (".bin", ".pt", ".pth", ".ckpt", ".safetensors", ".npy", ".npz", ".pkl", "")
+TORCH_KINDS = frozenset({"torch_wo", "torch_full", "safetensors", "jit"})
+
+
+# ===================================================================================== cases
+
+@dataclass(frozen=True)
+class Case:
+    """One file to scan and load: its bytes under a name, plus sibling files (shards of a
+    JSON index) written next to it."""
+
+    name: str
+    data: bytes
+    origin: str
+    siblings: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass
+class LoadResult:
+    ok: bool
+    error: str
+    globals: list[tuple[str, str]]
+    events: list[tuple[str, str]]          # payload events, plus "file-created" / "crash" / ...
+    seconds: float = 0.0
+
+
+@dataclass
+class Disagreement:
+    case: Case
+    loader: str
+    why: str
+    result: LoadResult
+
+    def describe(self) -> str:
+        return (f"{self.case.origin} as {self.case.name!r}: ckptguard SAFE, {self.loader}: "
+                f"{self.why} (error={self.result.error[:120]!r}, events={self.result.events[:4]},"
+                f" globals={self.result.globals[:6]})")
+
+
+@dataclass
+class Totals:
+    files: int = 0                         # cases scanned
+    loads: int = 0                         # files x loaders actually run
+    safe: int = 0                          # SAFE verdicts
+    verdicts: Counter[str] = field(default_factory=Counter)
+    events: int = 0                        # payload events seen (all verdicts)
+    loads_with_events: int = 0
+    outside_globals: int = 0               # globals outside the allowlist resolved (all)
+    restarts: int = 0
+    by_origin: Counter[str] = field(default_factory=Counter)
+    disagreements: list[Disagreement] = field(default_factory=list)
+    slowest: list[tuple[float, str, str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        v = ", ".join(f"{k} {n}" for k, n in sorted(self.verdicts.items()))
+        return (f"oracle: {self.files} files x loaders = {self.loads} loads; verdicts: {v}; "
+                f"payload events {self.events} in {self.loads_with_events} loads; "
+                f"{self.outside_globals} non-allowlisted globals resolved; SAFE verdicts "
+                f"{self.safe}; disagreements {len(self.disagreements)}; worker restarts "
+                f"{self.restarts}; {self.seconds:.1f} s")
+
+
+# ==================================================================================== worker
+
+class Worker:
+    """One long-lived loader process (tests/oracle_worker.py KIND)."""
+
+    def __init__(self, kind: str, *, timeout: float = 20.0, as_mb: int = 3072,
+                 log: Path | None = None) -> None:
+        self.kind, self.timeout, self.as_mb, self.log = kind, timeout, as_mb, log
+        self.restarts = 0
+        self.p: subprocess.Popen[bytes] | None = None
+        self._buf = b""
+        self._start()
+
+    def _start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("CKPTGUARD")}
+        env.update(PIP_NO_INPUT="1", PIP_DISABLE_PIP_VERSION_CHECK="1",
+                   CKG_ORACLE_AS_MB=str(self.as_mb), PYTHONDONTWRITEBYTECODE="1")
+        env.pop("PYTHONPATH", None)        # the worker never needs ckptguard
+        err = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
+        self.p = subprocess.Popen([sys.executable, str(WORKER), self.kind],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                  env=env, start_new_session=True, cwd=tempfile.gettempdir())
+        if err is not subprocess.DEVNULL:
+            err.close()
+        self._buf = b""
+        line = self._readline(max(120.0, self.timeout))
+        if line is None or b"ready" not in line:
+            self.close()
+            raise RuntimeError(f"oracle worker {self.kind} did not start")
+
+    def _readline(self, timeout: float) -> bytes | None:
+        assert self.p is not None and self.p.stdout is not None
+        fd = self.p.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            r, _, _ = select.select([fd], [], [], left)
+            if not r:
+                return None
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return None
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line
+
+    def _kill(self) -> None:
+        if self.p is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.p.pid, signal.SIGKILL)
+        self.p.wait()
+        for s in (self.p.stdin, self.p.stdout):
+            if s is not None:
+                s.close()
+        self.p = None
+
+    def load(self, path: Path, cwd: Path, timeout: float | None = None) -> LoadResult:
+        assert self.p is not None and self.p.stdin is not None
+        t0 = time.monotonic()
+        req = json.dumps({"path": str(path), "cwd": str(cwd)}).encode() + b"\n"
+        try:
+            self.p.stdin.write(req)
+            self.p.stdin.flush()
+            line = self._readline(self.timeout if timeout is None else timeout)
+        except (BrokenPipeError, OSError):
+            line = None
+        dt = time.monotonic() - t0
+        if line is None:
+            rc = self.p.poll()
+            why = "timeout" if rc is None else f"crash (exit {rc})"
+            self._kill()
+            self.restarts += 1
+            self._start()
+            return LoadResult(False, why, [], [(why.split(maxsplit=1)[0], f"{dt:.1f} s")], dt)
+        try:
+            d = json.loads(line)
+        except ValueError:
+            self._kill()
+            self.restarts += 1
+            self._start()
+            return LoadResult(False, "garbled reply", [], [("garbled", line[:80].decode(
+                "latin-1"))], dt)
+        events = [(str(e), str(x)) for e, x in d["events"]]
+        if d["error"].startswith("MemoryError") or "can't allocate memory" in d["error"]:
+            events.append(("memory", d["error"][:120]))
+        return LoadResult(bool(d["ok"]), str(d["error"]),
+                          [(str(m), str(n)) for m, n in d["globals"]], events, dt)
+
+    def close(self) -> None:
+        if self.p is None:
+            return
+        try:
+            assert self.p.stdin is not None
+            self.p.stdin.close()
+            self.p.wait(timeout=10)
+        except (subprocess.TimeoutExpired, OSError):
+            pass
+        self._kill()
+
+
+def run_loads(kind: str, jobs: Iterable[tuple[Path, Path, float]], *, log: Path | None = None,
+              ) -> Iterator[tuple[Path, LoadResult, int]]:
+    """Run one loader kind over many (file, cwd, timeout) jobs in ONE worker; yields each result
+    with the files the load added to cwd as a ``file-created`` event,
+    and the worker's restart count so far."""
+    w = Worker(kind, log=log)
+    try:
+        for path, cwd, timeout in jobs:
+            before = set(os.listdir(cwd))
+            res = w.load(path, cwd, timeout)
+            for extra in sorted(set(os.listdir(cwd)) - before):
+                res.events.append(("file-created", extra))
+            yield path, res, w.restarts
+    finally:
+        w.close()
+
+
+# ================================================================================ allowlist
+
+def _canonical(module: str, name: str) -> str:
+    """The name find_class resolves (protocol < 3 maps Python 2 names first)."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    return f"{module}.{name}"
+
+
+def outside_allowlist(globals_: Iterable[tuple[str, str]]) -> list[str]:
+    from ckptguard.policy import Policy
+
+    pol = Policy()
+    return [g for g in (_canonical(m, n) for m, n in globals_) if not pol.is_allowed(g)]
+
+
+# ============================================================================== the checker
+
+def _write_case(case: Case, d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    for sib, data in case.siblings:
+        (d / sib).write_bytes(data)
+    p = d / (case.name or "noname")
+    p.write_bytes(case.data)
+    return p
+
+
+def scan_verdict(case: Case, work: Path) -> str:
+    import ckptguard
+    from ckptguard.policy import DEFAULT_LIMITS
+
+    d = work / "scan"
+    shutil.rmtree(d, ignore_errors=True)
+    p = _write_case(case, d)
+    r = ckptguard.scan(p, limits=DEFAULT_LIMITS.replace(max_seconds=20.0))
+    return r.verdict.value
+
+
+def check(cases: Iterable[Case], *, kinds: tuple[str, ...] = LOADER_KINDS,
+          loads_for: str = "safe", timeout: float = 30.0, timeout_unsafe: float = 3.0,
+          work: Path | None = None, progress: Callable[[str], None] | None = None) -> Totals:
+    """Scan every case, then run each loader kind (one worker) over the cases selected by
+    ``loads_for`` ("safe": SAFE verdicts only; "all": every case, non-SAFE ones with the
+    shorter ``timeout_unsafe``: hostile files that hang a loader are not the question).
+    Returns the totals with every disagreement (SAFE while a loader resolved a
+    non-allowlisted global, fired a payload event, crashed, ran out of memory or hung)."""
+    t0 = time.monotonic()
+    own = work is None
+    work = Path(tempfile.mkdtemp(prefix="ckg-oracle-")) if work is None else work
+    tot = Totals()
+    try:
+        scanned: list[tuple[Case, str]] = []
+        for case in cases:
+            v = scan_verdict(case, work)
+            tot.files += 1
+            tot.verdicts[v] += 1
+            tot.by_origin[case.origin.split(":")[0]] += 1
+            tot.safe += v == "SAFE"
+            scanned.append((case, v))
+        if progress:
+            progress(f"scanned {tot.files} files: {dict(tot.verdicts)}")
+        chosen = [(i, c, v) for i, (c, v) in enumerate(scanned)
+                  if loads_for == "all" or v == "SAFE"]
+        for kind in kinds:
+            base = work / kind
+            jobs = []
+            for i, c, v in chosen:
+                jobs.append((_write_case(c, base / str(i)), base / str(i),
+                             timeout if v == "SAFE" else timeout_unsafe))
+            index = {str(p): (c, v) for (p, _, _), (_i, c, v) in zip(jobs, chosen, strict=True)}
+            restarts = 0
+            for path, res, restarts in run_loads(kind, jobs, log=work / f"{kind}.log"):
+                case, verdict = index[str(path)]
+                tot.loads += 1
+                tot.slowest.append((res.seconds, kind, case.origin, res.error[:60]))
+                tot.slowest = sorted(tot.slowest, reverse=True)[:10]
+                outside = outside_allowlist(res.globals)
+                tot.outside_globals += len(outside)
+                if res.events:
+                    tot.events += len(res.events)
+                    tot.loads_with_events += 1
+                if verdict == "SAFE":
+                    why = _why(outside, res)
+                    if why:
+                        tot.disagreements.append(Disagreement(case, kind, why, res))
+                shutil.rmtree(path.parent, ignore_errors=True)
+            tot.restarts += restarts
+            if progress:
+                progress(f"{kind}: {tot.loads} loads so far, {tot.events} events, "
+                         f"{len(tot.disagreements)} disagreements")
+    finally:
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
+    tot.seconds = time.monotonic() - t0
+    return tot
+
+
+def _why(outside: list[str], res: LoadResult) -> str:
+    parts = []
+    if outside:
+        parts.append("resolved non-allowlisted " + ", ".join(sorted(set(outside))[:5]))
+    if res.events:
+        parts.append("events " + ", ".join(sorted({e for e, _ in res.events})))
+    return "; ".join(parts)
+
+
+# ============================================================================ the generators
+
+_GEN: dict[str, Any] = {}
+
+
+def gen() -> dict[str, Any]:
+    """fixtures/generate.py's helpers (op, raw, call, torch_zip, build_zip, legacy_file,
+    npy_object, ...), loaded once without writing anything."""
+    if not _GEN:
+        _GEN.update(runpy.run_path(str(FIXTURES / "generate.py"), run_name="ckg_oracle_gen"))
+    return _GEN
+
+
+def fixture_cases(max_size: int = 1 << 20) -> list[Case]:
+    """Every committed fixture under its own name."""
+    out = []
+    for sub in ("benign", "medium", "hostile", "robustness"):
+        for p in sorted((FIXTURES / sub).rglob("*")):
+            if p.is_file() and p.stat().st_size <= max_size:
+                out.append(Case(p.name, p.read_bytes(), f"fixture:{sub}/{p.name}"))
+    return out
+
+
+def _stem(name: str) -> str:
+    for ext in sorted((e for e in EXTENSIONS if e), key=len, reverse=True):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def renamed(cases: Iterable[Case], rng: random.Random, per_case: int | None = None) -> list[Case]:
+    """Each case under other extensions (all of them, or ``per_case`` picked at random)."""
+    out = []
+    for c in cases:
+        if c.siblings:
+            continue
+        exts = list(EXTENSIONS) if per_case is None else rng.sample(EXTENSIONS, per_case)
+        for ext in exts:
+            name = _stem(c.name) + ext
+            if name != c.name:
+                out.append(Case(name, c.data, c.origin.replace("fixture:", "renamed:", 1)
+                                if c.origin.startswith("fixture:") else "renamed:" + c.origin))
+    return out
+
+
+# --- values ---------------------------------------------------------------------------------
+
+def _plain(rng: random.Random, depth: int = 0) -> Any:
+    k = rng.randrange(10 if depth < 3 else 6)
+    if k == 0:
+        return rng.randrange(-(2**40), 2**40)
+    if k == 1:
+        return rng.random() * 100
+    if k == 2:
+        return "".join(rng.choice("abcé_.0") for _ in range(rng.randrange(8)))
+    if k == 3:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(6)))
+    if k == 4:
+        return rng.choice([None, True, False])
+    if k == 5:
+        return rng.randrange(256)
+    if k == 6:
+        return [_plain(rng, depth + 1) for _ in range(rng.randrange(4))]
+    if k == 7:
+        return tuple(_plain(rng, depth + 1) for _ in range(rng.randrange(4)))
+    if k == 8:
+        return {str(i): _plain(rng, depth + 1) for i in range(rng.randrange(4))}
+    return {rng.randrange(9) for _ in range(rng.randrange(3))}
+
+
+_DT = [("FloatStorage", "F32", 4), ("LongStorage", "I64", 8), ("HalfStorage", "F16", 2),
+       ("ByteStorage", "U8", 1), ("BoolStorage", "BOOL", 1), ("IntStorage", "I32", 4),
+       ("DoubleStorage", "F64", 8), ("BFloat16Storage", "BF16", 2)]
+
+
+def _shape(rng: random.Random) -> tuple[int, ...]:
+    return tuple(rng.randrange(1, 4) for _ in range(rng.randrange(0, 3)))
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _contig(shape: tuple[int, ...]) -> tuple[int, ...]:
+    st, acc = [], 1
+    for s in reversed(shape):
+        st.append(acc)
+        acc *= s
+    return tuple(reversed(st))
+
+
+def _blob(rng: random.Random, n: int) -> bytes:
+    return bytes(rng.randrange(256) for _ in range(n)) if rng.random() < 0.5 else bytes(n)
+
+
+def torch_zip_case(rng: random.Random, i: int) -> Case:
+    g = gen()
+    items, storages = [], []
+    for k in range(rng.randrange(1, 4)):
+        cls, _, size = rng.choice(_DT)
+        shape = _shape(rng)
+        n = _numel(shape)
+        key = str(k)
+        storages.append((key, _blob(rng, n * size) if cls != "BoolStorage" else bytes(n)))
+        items.append((f"layer{k}.weight", g["tensor"](key, cls, n, 0, shape, _contig(shape))))
+    pkl = g["state_dict"](items)
+    name = rng.choice(["pytorch_model.bin", "model.pt", "x.pth", "last.ckpt", "w.bin"])
+    return Case(name, g["torch_zip"](pkl, storages, seed=f"oracle{i}"), "gen:torch-zip")
+
+
+def legacy_case(rng: random.Random, i: int) -> Case:
+    g = gen()
+    main = g["state_dict"]([("w", g["rebuild_v2"](g["legacy_storage_pid"]("0")))])
+    return Case(rng.choice(["old.pt", "old.bin", "old.pth"]), g["legacy_file"](main),
+                "gen:legacy")
+
+
+def raw_pickle_case(rng: random.Random, i: int) -> Case:
+    obj = {f"k{j}": _plain(rng) for j in range(rng.randrange(1, 5))}
+    data = pickle.dumps(obj, protocol=rng.randrange(0, 6))
+    return Case(rng.choice(["data.pkl", "x.bin", "state.pt", "blob"]), data, "gen:raw-pickle")
+
+
+def safetensors_bytes(rng: random.Random, meta: dict[str, str] | None = None) -> bytes:
+    header: dict[str, Any] = {}
+    blobs, off = [], 0
+    for k in range(rng.randrange(1, 4)):
+        _, dt, size = rng.choice(_DT)
+        shape = _shape(rng)
+        n = _numel(shape) * size
+        blob = bytes(n) if dt == "BOOL" else _blob(rng, n)
+        header[f"t{k}"] = {"dtype": dt, "shape": list(shape), "data_offsets": [off, off + n]}
+        blobs.append(blob)
+        off += n
+    if meta or rng.random() < 0.5:
+        header["__metadata__"] = meta or {"format": "pt"}
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * ((-len(h)) % 8)
+    return struct.pack("<Q", len(h)) + h + b"".join(blobs)
+
+
+def safetensors_case(rng: random.Random, i: int) -> Case:
+    return Case(rng.choice(["model.safetensors", "x.safetensors", "model.bin"]),
+                safetensors_bytes(rng), "gen:safetensors")
+
+
+def _np() -> Any:
+    import numpy
+
+    return numpy
+
+
+def npy_case(rng: random.Random, i: int) -> Case:
+    np = _np()
+    a = np.arange(_numel(_shape(rng)), dtype=rng.choice(["<f4", "<i8", "|u1", "<f2", "|b1"]))
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return Case(rng.choice(["a.npy", "a.bin", "a"]), buf.getvalue(), "gen:npy")
+
+
+def npz_case(rng: random.Random, i: int) -> Case:
+    np = _np()
+    arrays = {f"a{k}": np.arange(rng.randrange(1, 6), dtype="<f4") for k in range(2)}
+    buf = io.BytesIO()
+    (np.savez_compressed if rng.random() < 0.5 else np.savez)(buf, **arrays)
+    return Case(rng.choice(["a.npz", "arrays.bin", "a.pt"]), buf.getvalue(), "gen:npz")
+
+
+_TS: list[bytes] = []
+
+
+def torchscript_case(rng: random.Random, i: int) -> Case:
+    if not _TS:
+        import torch
+
+        for mod in (torch.nn.Linear(2, 3), torch.nn.Sequential(torch.nn.ReLU())):
+            buf = io.BytesIO()
+            torch.jit.save(torch.jit.script(mod), buf)
+            _TS.append(buf.getvalue())
+    return Case(rng.choice(["model.pt", "scripted.ts", "m.bin"]), rng.choice(_TS),
+                "gen:torchscript")
+
+
+def json_index_case(rng: random.Random, i: int) -> Case:
+    shard = safetensors_bytes(rng)
+    names = list(json.loads(shard[8:8 + struct.unpack("<Q", shard[:8])[0]]))
+    index = {"metadata": {"total_size": len(shard)},
+             "weight_map": {n: "model-00001-of-00001.safetensors" for n in names
+                            if n != "__metadata__"}}
+    return Case("model.safetensors.index.json", json.dumps(index, indent=2).encode(),
+                "gen:json-index", (("model-00001-of-00001.safetensors", shard),))
+
+
+FORMATS: dict[str, Callable[[random.Random, int], Case]] = {
+    "torch-zip": torch_zip_case, "legacy": legacy_case, "raw-pickle": raw_pickle_case,
+    "safetensors": safetensors_case, "npy": npy_case, "npz": npz_case,
+    "torchscript": torchscript_case, "json-index": json_index_case,
+}
+
+
+# --- polyglots (structure-aware: one byte string, two readers) --------------------------
+
+def _payload(rng: random.Random) -> bytes:
+    g = gen()
+    return rng.choice([
+        g["call"]("builtins", "exec", g["S"](g["CODE"])),
+        g["call"]("posix", "system", g["S"](g["SHELL"])),
+        g["call"]("builtins", "open", g["S"](MARKER), g["S"]("w")),
+    ])
+
+
+_JSON_OK = frozenset(range(0x20, 0x7F)) - {0x22, 0x5C}   # raw bytes a JSON string may hold
+
+
+def safetensors_hop_polyglot(rng: random.Random, i: int) -> Case:
+    """A valid safetensors file whose first bytes are also a pickle program: the header
+    length's low bytes are SHORT_BINSTRING ('U', h), so a pickle reader skips into a
+    metadata string made of further 'U'<h> hops, and the last hop lands on the tensor
+    bytes, which hold a complete payload pickle. safetensors reads weights; a pickle reader
+    (torch.load of a legacy file, numpy.load, pickle.load) runs the payload."""
+    g = gen()
+    payload = g["op"].PROTO(2) + _payload(rng) + g["op"].STOP
+    pre = b'{"__metadata__":{"p":"'
+    post = b'"},"t":{"dtype":"U8","shape":[%d],"data_offsets":[0,%d]}}' % (
+        len(payload), len(payload))
+    hops = sorted(_JSON_OK - set(range(0x20, 0x40)))
+    rng.shuffle(hops)
+    for h in hops:
+        for b2 in (0, 1):
+            n = 0x55 | (h << 8) | (b2 << 16)               # header length: b'U', h, b2, 0...
+            end = 8 + n                                    # first byte after the header
+            meta_start, meta_end = 8 + len(pre), end - len(post)
+            if meta_end - meta_start < 4:
+                continue
+            meta = bytearray(b"a" * (meta_end - meta_start))
+            pos = 2 + h                                    # where the first hop lands
+            while meta_start <= pos and pos + 1 < meta_end:
+                r = end - (pos + 2)
+                if r in _JSON_OK:                          # the last hop reaches the data
+                    meta[pos - meta_start:pos - meta_start + 2] = bytes([0x55, r])
+                    header = pre + bytes(meta) + post
+                    assert len(header) == n
+                    data = struct.pack("<Q", n) + header + payload
+                    name = rng.choice(["model.bin", "model.safetensors", "x.pt", "x",
+                                       "x.npy", "x.pkl"])
+                    return Case(name, data, "polyglot:safetensors-hop")
+                meta[pos - meta_start:pos - meta_start + 2] = bytes([0x55, h])
+                pos += 2 + h
+    raise AssertionError("no hop layout found")
+
+
+def pickle_prefix_polyglot(rng: random.Random, i: int) -> Case:
+    """A benign-looking file of another format with a payload pickle in front (the zip and
+    npz readers find their directory from the end; pickle readers start at byte 0)."""
+    fmt = rng.choice(["torch-zip", "npz", "torchscript", "safetensors", "npy"])
+    inner = FORMATS[fmt](rng, i)
+    g = gen()
+    data = g["op"].PROTO(2) + _payload(rng) + g["op"].STOP + inner.data
+    return Case(inner.name, data, f"polyglot:pickle-prefix-{fmt}")
+
+
+def pickle_suffix_polyglot(rng: random.Random, i: int) -> Case:
+    """A benign file with a payload pickle after its end."""
+    fmt = rng.choice(list(FORMATS))
+    inner = FORMATS[fmt](rng, i)
+    g = gen()
+    data = inner.data + g["op"].PROTO(2) + _payload(rng) + g["op"].STOP
+    return Case(inner.name, data, f"polyglot:pickle-suffix-{fmt}", inner.siblings)
+
+
+def npz_object_member(rng: random.Random, i: int) -> Case:
+    """An .npz whose member is an object-dtype .npy: numpy.load unpickles it on access."""
+    g = gen()
+    inner = g["npy_object"](g["op"].PROTO(3) + g["op"].EMPTY_LIST + _payload(rng)
+                            + g["op"].APPEND + g["op"].STOP)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("ok.npy", npy_case(rng, i).data)
+        z.writestr("evil.npy", inner)
+    return Case(rng.choice(["a.npz", "a.bin", "a.pt"]), buf.getvalue(), "polyglot:npz-object")
+
+
+POLYGLOTS: dict[str, Callable[[random.Random, int], Case]] = {
+    "safetensors-hop": safetensors_hop_polyglot, "pickle-prefix": pickle_prefix_polyglot,
+    "pickle-suffix": pickle_suffix_polyglot, "npz-object": npz_object_member,
+}
+
+
+# --- mutators -------------------------------------------------------------------------------
+
+# Opcode snippets spliced into pickles: inert globals on both sides of the allowlist, memo
+# and frame forms, text opcodes (the tables of tests/test_fuzz_properties.py and more).
+_NAMES = [("torch._utils", "_rebuild_tensor_v2"), ("collections", "OrderedDict"),
+          ("torch", "FloatStorage"), ("argparse", "Namespace"), ("builtins", "dict"),
+          ("collections", "defaultdict"), ("__builtin__", "set"), ("torch", "Size"),
+          ("copy_reg", "_reconstructor"), ("builtins", "getattr"), ("fractions", "Fraction"),
+          ("torch._tensor", "_rebuild_from_type_v2"), ("_codecs", "encode")]
+_SNIPPETS = [b"N", b")", b"]", b"}", b"(", b"t", b"l", b"d", b"0", b"1", b"2", b"R", b"b",
+             b"s", b"u", b"a", b"e", b"\x85", b"\x86", b"\x87", b"\x88", b"\x89", b"\x93",
+             b"\x94", b"Q", b"\x81", b"\x92", b"o", b"\x8f", b"\x90", b"\x91", b".", b"K\x00",
+             b"M\x01\x00", b"h\x00", b"q\x00", b"j\x00\x00\x00\x00", b"I01\n", b"I1\x00\n",
+             b"L12L\n", b"p0\n", b"g0\n", b"S'x'\n", b"V\\u0041\n", b"F1.5\n",
+             b"\x95\x08\x00\x00\x00\x00\x00\x00\x00", b"\x82\x01", b"\x80\x02", b"\x80\x05",
+             b"X\x03\x00\x00\x00abc", b"\x8c\x01a"]
+
+
+def _snippet(rng: random.Random) -> bytes:
+    if rng.random() < 0.3:
+        m, n = rng.choice(_NAMES)
+        if rng.random() < 0.5:
+            return b"c" + m.encode() + b"\n" + n.encode() + b"\n"
+        return (b"\x8c" + bytes([len(m)]) + m.encode() + b"\x8c" + bytes([len(n)]) + n.encode()
+                + b"\x93")
+    return rng.choice(_SNIPPETS)
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    """1-6 byte-level or opcode-level edits: set/delete/insert bytes, boundary values,
+    splice an opcode snippet, duplicate or truncate a region."""
+    b = bytearray(data)
+    for _ in range(rng.randrange(1, 7)):
+        if not b:
+            b += _snippet(rng)
+            continue
+        i = rng.randrange(len(b))
+        k = rng.randrange(7)
+        if k == 0:
+            b[i] = rng.randrange(256)
+        elif k == 1:
+            del b[i:i + rng.randrange(1, 17)]
+        elif k == 2:
+            b[i:i] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 9)))
+        elif k == 3:
+            w = rng.choice([1, 2, 4, 8])
+            b[i:i + w] = rng.choice([b"\xff" * w, b"\x00" * w, b"\x7f" + b"\xff" * (w - 1)])
+        elif k == 4:
+            b[i:i] = _snippet(rng)
+        elif k == 5:
+            j = rng.randrange(i, min(len(b), i + 64) + 1)
+            b[j:j] = b[i:j]
+        else:
+            del b[rng.randrange(len(b) // 2, len(b)):]
+    return bytes(b)
+
+
+def generated(rng: random.Random, n: int) -> Iterator[Case]:
+    """``n`` fresh cases per format and per polyglot kind."""
+    i = 0
+    for _ in range(n):
+        for make in (*FORMATS.values(), *POLYGLOTS.values()):
+            i += 1
+            yield make(rng, i)
+
+
+def mutated(seeds: list[Case], rng: random.Random, n: int) -> Iterator[Case]:
+    for _ in range(n):
+        c = rng.choice(seeds)
+        name = c.name if rng.random() < 0.7 else _stem(c.name) + rng.choice(EXTENSIONS)
+        yield Case(name, mutate(c.data, rng), "mutated:" + c.origin.split(":", 1)[-1],
+                   c.siblings)
+
+
+def corpus(seed: int, *, generated_per_kind: int, mutants: int, renames: int | None,
+           fixtures: bool = True) -> list[Case]:
+    """The oracle's corpus for one seed: fixtures (own name and ``renames`` other
+    extensions each, None = all), generated files of every format and polyglot kind, and
+    mutants of all of those."""
+    rng = random.Random(seed)
+    fx = fixture_cases() if fixtures else []
+    gens = list(generated(rng, generated_per_kind))
+    out = fx + renamed(fx, rng, renames) + gens + renamed(gens, rng, 1)
+    out += list(mutated(fx + gens, rng, mutants))
+    return out
