@@ -138,7 +138,10 @@ class Worker:
                    CKG_ORACLE_AS_MB=str(self.as_mb), PYTHONDONTWRITEBYTECODE="1")
         env.pop("PYTHONPATH", None)        # the worker never needs ckptguard
         err = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
-        self.p = subprocess.Popen([sys.executable, str(WORKER), self.kind],
+        # run like ``python -c``: sys.path[0] is '' (the load's cwd), not tests/
+        boot = ("import runpy, sys; sys.argv = [sys.argv[1], sys.argv[2]]; "
+                "runpy.run_path(sys.argv[0], run_name='__main__')")
+        self.p = subprocess.Popen([sys.executable, "-c", boot, str(WORKER), self.kind],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                                   env=env, start_new_session=True, cwd=tempfile.gettempdir())
         if err is not subprocess.DEVNULL:
