@@ -283,11 +283,13 @@ def scan_verdict(case: Case, work: Path) -> str:
 
 
 def check(cases: Iterable[Case], *, kinds: tuple[str, ...] = LOADER_KINDS,
-          loads_for: str = "safe", timeout: float = 30.0, timeout_unsafe: float = 3.0,
-          work: Path | None = None, progress: Callable[[str], None] | None = None) -> Totals:
+          loads_for: str | Callable[[Case, str], bool] = "safe", timeout: float = 30.0,
+          timeout_unsafe: float = 3.0, work: Path | None = None,
+          progress: Callable[[str], None] | None = None) -> Totals:
     """Scan every case, then run each loader kind (one worker) over the cases selected by
-    ``loads_for`` ("safe": SAFE verdicts only; "all": every case, non-SAFE ones with the
-    shorter ``timeout_unsafe``: hostile files that hang a loader are not the question).
+    ``loads_for`` ("safe": SAFE verdicts only; "all": every case; or a predicate of the
+    case and its verdict). Non-SAFE cases load with the shorter ``timeout_unsafe``: hostile
+    files that hang a loader are not the question.
     Returns the totals with every disagreement (SAFE while a loader resolved a
     non-allowlisted global, fired a payload event, crashed, ran out of memory or hung)."""
     t0 = time.monotonic()
@@ -305,8 +307,10 @@ def check(cases: Iterable[Case], *, kinds: tuple[str, ...] = LOADER_KINDS,
             scanned.append((case, v))
         if progress:
             progress(f"scanned {tot.files} files: {dict(tot.verdicts)}")
-        chosen = [(i, c, v) for i, (c, v) in enumerate(scanned)
-                  if loads_for == "all" or v == "SAFE"]
+        want: Callable[[Case, str], bool] = (
+            loads_for if callable(loads_for) else
+            (lambda c, v: True) if loads_for == "all" else (lambda c, v: v == "SAFE"))
+        chosen = [(i, c, v) for i, (c, v) in enumerate(scanned) if v == "SAFE" or want(c, v)]
         for kind in kinds:
             base = work / kind
             jobs = []
@@ -363,10 +367,14 @@ def gen() -> dict[str, Any]:
     return _GEN
 
 
-def fixture_cases(max_size: int = 1 << 20) -> list[Case]:
-    """Every committed fixture under its own name."""
+FIXTURE_FOLDERS = ("benign", "medium", "hostile", "robustness")
+
+
+def fixture_cases(max_size: int = 1 << 20,
+                  folders: tuple[str, ...] = FIXTURE_FOLDERS) -> list[Case]:
+    """Every committed fixture (of ``folders``) under its own name."""
     out = []
-    for sub in ("benign", "medium", "hostile", "robustness"):
+    for sub in folders:
         for p in sorted((FIXTURES / sub).rglob("*")):
             if p.is_file() and p.stat().st_size <= max_size:
                 out.append(Case(p.name, p.read_bytes(), f"fixture:{sub}/{p.name}"))
@@ -716,12 +724,12 @@ def mutated(seeds: list[Case], rng: random.Random, n: int) -> Iterator[Case]:
 
 
 def corpus(seed: int, *, generated_per_kind: int, mutants: int, renames: int | None,
-           fixtures: bool = True) -> list[Case]:
-    """The oracle's corpus for one seed: fixtures (own name and ``renames`` other
-    extensions each, None = all), generated files of every format and polyglot kind, and
-    mutants of all of those."""
+           folders: tuple[str, ...] = FIXTURE_FOLDERS) -> list[Case]:
+    """The oracle's corpus for one seed: fixtures of ``folders`` (own name and ``renames``
+    other extensions each, None = all), generated files of every format and polyglot
+    kind, and mutants of all of those."""
     rng = random.Random(seed)
-    fx = fixture_cases() if fixtures else []
+    fx = fixture_cases(folders=folders)
     gens = list(generated(rng, generated_per_kind))
     out = fx + renamed(fx, rng, renames) + gens + renamed(gens, rng, 1)
     out += list(mutated(fx + gens, rng, mutants))

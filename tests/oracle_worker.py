@@ -46,7 +46,7 @@ PAYLOAD_EXACT = {
     "urllib.Request", "http.client.connect", "webbrowser.open", "builtins.input",
     "code.__new__", "function.__new__", "marshal.loads", "marshal.load", "ctypes.dlopen",
     "ctypes.dlsym", "ctypes.call_function", "ctypes.string_at", "ctypes.PyObj_FromPtr",
-    "sys.settrace", "sys.setprofile", "sys._getframe", "cpython.run_command",
+    "sys.settrace", "sys.setprofile", "cpython.run_command",
     "cpython.run_file", "cpython.run_module", "cpython.run_startup", "sys.addaudithook",
     "os.listdir", "os.scandir", "glob.glob", "tempfile.mkstemp", "tempfile.mkdtemp",
 }
@@ -59,9 +59,11 @@ _events: list[list[str]] = []
 
 
 def _benign_origin(event: str) -> bool:
-    """exec/compile raised by the import machinery (a module imported while a global is
-    resolved), or a compile to an AST only (``ast.parse``/``ast.literal_eval``: numpy reads
-    .npy headers that way); neither runs code of the file."""
+    """An event raised inside the import machinery (a module imported while a global is
+    resolved: importing torch for ``torch._utils._rebuild_tensor_v2`` dlopens, lists
+    folders, execs module code), or a compile to an AST only (``ast.parse`` /
+    ``ast.literal_eval``: numpy reads .npy headers that way). Neither runs code of the
+    file; the global that caused an import is checked through ``pickle.find_class``."""
     f = sys._getframe(2)
     while f is not None:
         fn = f.f_code.co_filename
@@ -92,12 +94,10 @@ def _hook(event: str, args: tuple[object, ...]) -> None:
             path, mode, flags = ((*tuple(args), None, None, None))[:3]
             writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
                 isinstance(flags, int) and flags & WRITE_FLAGS != 0)
-            if writing:
+            if writing and not _benign_origin(event):
                 _events.append(["open-write", _short(path)])
-        elif event in PAYLOAD_EXACT or event.startswith(PAYLOAD_PREFIX):
-            if event in ("exec", "compile", "code.__new__", "marshal.loads") and \
-                    _benign_origin(event):
-                return
+        elif (event in PAYLOAD_EXACT or event.startswith(PAYLOAD_PREFIX)) and \
+                not _benign_origin(event):
             _events.append([event, _short(args[:2])])
     finally:
         _state["armed"] = True
@@ -174,6 +174,8 @@ def _warm_up() -> None:
     np.savez(p, a=np.zeros(3), b=np.array([{"k": 1}], dtype=object))
     files.append(p)
     try:
+        if KIND in ("pickle", "numpy"):    # never import torch where the loader does not
+            raise ImportError
         import torch as t
 
         sd = {"w": t.arange(6, dtype=t.float32).reshape(2, 3), "n": t.tensor(3)}
