@@ -51,6 +51,13 @@ FIXTURES = ROOT / "fixtures"
 WORKER = Path(__file__).resolve().parent / "oracle_worker.py"
 MARKER = "ckptguard_marker"
 
+#: classes the oracle finds that another issue is fixing (origin substring -> owner); the
+#: short run tolerates exactly these and tests/test_oracle.py pins each with a strict xfail
+KNOWN_OPEN = {
+    "safetensors-hop": "issue 10 item 1 (cross-format polyglots): a safetensors file whose "
+                       "header length is a pickle SHORT_BINSTRING hopping into tensor bytes",
+}
+
 #: every loader kind the oracle runs, one worker process each
 LOADER_KINDS = ("pickle", "numpy", "torch_wo", "torch_full", "safetensors", "jit")
 #: the manifest's ``fires`` loaders -> the worker kind that runs them
@@ -515,7 +522,9 @@ def _np() -> Any:
 
 def npy_case(rng: random.Random, i: int) -> Case:
     np = _np()
-    a = np.arange(_numel(_shape(rng)), dtype=rng.choice(["<f4", "<i8", "|u1", "<f2", "|b1"]))
+    dt = rng.choice(["<f4", "<i8", "|u1", "<f2", "|b1"])
+    shape = _shape(rng)
+    a = (np.arange(_numel(shape)) % 3).astype(dt).reshape(shape)
     buf = io.BytesIO()
     np.save(buf, a, allow_pickle=False)
     return Case(rng.choice(["a.npy", "a.bin", "a"]), buf.getvalue(), "gen:npy")

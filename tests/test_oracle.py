@@ -25,6 +25,7 @@ pytest.importorskip("numpy")
 pytest.importorskip("safetensors")
 
 from oracle_harness import (
+    KNOWN_OPEN,
     LOADER_KINDS,
     POLYGLOTS,
     Case,
@@ -37,13 +38,6 @@ from oracle_harness import (
 )
 
 SEED = int(os.environ.get("CKG_ORACLE_SEED", "0"))
-
-#: classes the oracle finds that another issue is fixing: origin substring -> owner
-KNOWN_OPEN = {
-    "safetensors-hop": "issue 10 item 1 (cross-format polyglots): a safetensors file whose "
-                       "header length is a pickle SHORT_BINSTRING hopping into tensor bytes",
-}
-
 
 def _known(d: Disagreement) -> str | None:
     return next((k for k in KNOWN_OPEN if k in d.case.origin), None)
