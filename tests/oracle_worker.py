@@ -3,7 +3,7 @@
     python tests/oracle_worker.py KIND
 
 KIND is one loader (``pickle``, ``numpy``, ``torch_wo``, ``torch_full``, ``safetensors``,
-``jit``). The worker imports what the loader needs, warms the loader up on benign files it
+``jit``, or ``ckptguard``: ``ckptguard.safe_load`` itself). The worker imports what the loader needs, warms the loader up on benign files it
 writes itself (so lazy imports happen before anything is watched), installs a CPython audit
 hook, then answers one JSON request per line::
 
@@ -17,7 +17,8 @@ A loader runs with the working directory set to the request's ``cwd`` (the inert
 create their marker there). RLIMIT_AS caps the address space; the parent enforces a
 per-file timeout and restarts a worker that died or hung.
 
-Only plain Python here: this file runs hostile programs, so it imports nothing of ckptguard.
+Only plain Python here: this file runs hostile programs; it imports ckptguard only in the
+``ckptguard`` kind (whose loader is safe_load).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ import tempfile
 import warnings
 
 KIND = sys.argv[1]
-EXTRA_AS = int(os.environ.get("CKG_ORACLE_AS_MB", "3072")) * 1024 * 1024
+EXTRA_AS = int(os.environ.get("CKG_ORACLE_AS_MB", "1024")) * 1024 * 1024
+#: peak RSS growth during one load that counts as an allocation event
+ALLOC_EVENT = int(os.environ.get("CKG_ORACLE_ALLOC_MB", "256")) * 1024 * 1024
 
 # Events that mean "code other than the loader ran, or the file system / network / process
 # table was touched". ``exec``/``compile``/``import`` raised by the import machinery itself
@@ -48,7 +51,7 @@ PAYLOAD_EXACT = {
     "ctypes.dlsym", "ctypes.call_function", "ctypes.string_at", "ctypes.PyObj_FromPtr",
     "sys.settrace", "sys.setprofile", "cpython.run_command",
     "cpython.run_file", "cpython.run_module", "cpython.run_startup", "sys.addaudithook",
-    "os.listdir", "os.scandir", "glob.glob", "tempfile.mkstemp", "tempfile.mkdtemp",
+    "tempfile.mkstemp", "tempfile.mkdtemp",
 }
 PAYLOAD_PREFIX = ("os.exec", "os.spawn", "os.posix_spawn", "ctypes.", "winreg.", "_winapi.")
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -126,12 +129,45 @@ def _load_numpy(path: str) -> None:
                 obj[k]
 
 
+def _check_tensors(obj: object) -> None:
+    """What a user does next: use the tensors. Sparse tensors are checked against the
+    invariants torch skips at load (indices inside the shape, ordered compressed indices):
+    a violation writes out of bounds on first use, so it is an event here."""
+    seen: set[int] = set()
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        if id(o) in seen:
+            continue
+        seen.add(id(o))
+        if isinstance(o, torch.Tensor):
+            _check_tensor(o)
+        elif isinstance(o, dict):
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple)):
+            stack.extend(o)
+
+
+def _check_tensor(t: torch.Tensor) -> None:
+    try:
+        if t.layout == torch.sparse_coo:
+            torch._validate_sparse_coo_tensor_args(t._indices(), t._values(), t.size())
+        elif t.layout in (torch.sparse_csr, torch.sparse_bsr):
+            torch._validate_sparse_compressed_tensor_args(
+                t.crow_indices(), t.col_indices(), t.values(), t.size(), t.layout)
+        elif t.layout in (torch.sparse_csc, torch.sparse_bsc):
+            torch._validate_sparse_compressed_tensor_args(
+                t.ccol_indices(), t.row_indices(), t.values(), t.size(), t.layout)
+    except RuntimeError as e:
+        _events.append(["sparse-invariant", str(e)[:200]])
+
+
 def _load_torch_wo(path: str) -> None:
-    torch.load(path, weights_only=True, map_location="cpu")
+    _check_tensors(torch.load(path, weights_only=True, map_location="cpu"))
 
 
 def _load_torch_full(path: str) -> None:
-    torch.load(path, weights_only=False, map_location="cpu")
+    _check_tensors(torch.load(path, weights_only=False, map_location="cpu"))
 
 
 def _load_safetensors(path: str) -> None:
@@ -144,11 +180,17 @@ def _load_jit(path: str) -> None:
     torch.jit.load(path, map_location="cpu")
 
 
-LOADERS = {"pickle": _load_pickle, "numpy": _load_numpy, "torch_wo": _load_torch_wo,
+def _load_ckptguard(path: str) -> None:
+    import ckptguard
+
+    _check_tensors(ckptguard.safe_load(path, map_location="cpu"))
+
+
+LOADERS = {"ckptguard": _load_ckptguard, "pickle": _load_pickle, "numpy": _load_numpy, "torch_wo": _load_torch_wo,
            "torch_full": _load_torch_full, "safetensors": _load_safetensors, "jit": _load_jit}
 LOAD = LOADERS[KIND]
 
-if KIND in ("torch_wo", "torch_full", "safetensors", "jit"):
+if KIND in ("torch_wo", "torch_full", "safetensors", "jit", "ckptguard"):
     import torch
 if KIND == "numpy":
     import numpy  # noqa: F401
@@ -222,6 +264,7 @@ def main() -> None:
         _globals.clear()
         _events.clear()
         ok, error = True, ""
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         try:
             os.chdir(req["cwd"])
             _state["armed"] = True
@@ -233,6 +276,9 @@ def main() -> None:
         finally:
             _state["armed"] = False
             os.chdir(home)
+        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - peak
+        if grown > ALLOC_EVENT:
+            _events.append(["alloc", f"peak RSS grew by {grown >> 20} MiB"])
         proto_out.write(json.dumps({"ok": ok, "error": error, "globals": _globals,
                                     "events": _events}) + "\n")
         proto_out.flush()

@@ -2,7 +2,9 @@
 fuzz/oracle.py): whenever ckptguard says SAFE, no plausible loader of the same bytes --
 pickle.load, numpy.load(allow_pickle=True), torch.load with and without weights_only,
 safetensors, torch.jit.load -- resolves a global outside the allowlist, fires a payload
-event (audit hook), creates a file, crashes, runs out of memory or hangs.
+event (audit hook), creates a file, crashes, runs out of memory or hangs; and whatever
+ckptguard.safe_load returns (it is the seventh loader) is usable: sparse tensors keep
+their invariants.
 
 The corpus: every fixture under its own name and two other extensions, generated files of
 every format and polyglot kind, and seeded mutants of all of those (``CKG_ORACLE_SEED``
@@ -35,6 +37,7 @@ from oracle_harness import (
     corpus,
     safetensors_hop_polyglot,
     scan_verdict,
+    sparse_tensors,
 )
 
 SEED = int(os.environ.get("CKG_ORACLE_SEED", "0"))
@@ -80,7 +83,7 @@ def test_oracle_generators_cover_every_format() -> None:
                                                          *POLYGLOTS.values()))}
     assert {o.split(":")[1] for o in seen} >= {
         "torch-zip", "legacy", "raw-pickle", "safetensors", "npy", "npz", "torchscript",
-        "json-index", "safetensors-hop", "npz-object"}
+        "json-index", "safetensors-hop", "npz-object", "allowlist-calls"}
 
 
 # --- the safetensors hop polyglot (issue 10 item 1) -------------------------------------------
@@ -116,3 +119,28 @@ def test_safetensors_hop_polyglot_is_never_safe(tmp_path: os.PathLike[str]) -> N
 
     safe = [c.name for c in _hops(12) if scan_verdict(c, Path(tmp_path)) == "SAFE"]
     assert not safe, f"SAFE under {sorted(set(safe))}"
+
+
+# --- sparse tensors whose indices point outside their shape (issue 10 item 3) ----------------
+
+def _sparse(n: int) -> list[Case]:
+    rng = random.Random(SEED + 2)
+    out: list[Case] = []
+    while len(out) < n:
+        c = sparse_tensors(rng, len(out))
+        if c.origin == "gen:sparse-bad":
+            out.append(c)
+    return out
+
+
+def test_sparse_generator_breaks_invariants() -> None:
+    """torch.load(weights_only=True) loads the bad variants without a word; their indices
+    break the invariants (the generator is sound, so the xfail below tests something)."""
+    tot = check(_sparse(10), kinds=("torch_wo",), loads_for="all")
+    assert tot.loads == 10 and tot.loads_with_events >= 5, tot.summary()
+
+
+@pytest.mark.xfail(strict=True, reason=KNOWN_OPEN["sparse-bad"])
+def test_safe_load_never_returns_broken_sparse_tensors() -> None:
+    tot = check(_sparse(10), kinds=("ckptguard",), loads_for="all")
+    assert not tot.disagreements, "\n".join(d.describe() for d in tot.disagreements[:5])
