@@ -56,6 +56,10 @@ MARKER = "ckptguard_marker"
 KNOWN_OPEN = {
     "safetensors-hop": "issue 10 item 1 (cross-format polyglots): a safetensors file whose "
                        "header length is a pickle SHORT_BINSTRING hopping into tensor bytes",
+    "torch-zip-npy-member": "NEW (oracle; issue 10 item 1's class): a SAFE torch zip is "
+                            "also an .npz; a member holding an object-dtype .npy (an extra "
+                            "member, an unreferenced record, or a tensor's own bytes) runs "
+                            "its pickle under numpy.load(allow_pickle=True)",
     "sparse-bad": "issue 10 item 3 (tensor invariants torch skips): safe_load hands out sparse "
                   "tensors whose indices point outside their shape",
 }
@@ -790,9 +794,33 @@ FORMATS["allowlist-calls"] = allowlist_calls
 FORMATS["sparse"] = sparse_tensors
 
 
+def torch_zip_npy_member(rng: random.Random, i: int) -> Case:
+    """A torch zip that is also an .npz: one member is an object-dtype .npy whose data
+    pickle is a payload -- an extra member torch never reads, an unreferenced tensor
+    record, or the very tensor record the state dict's uint8 tensor is built from (its
+    bytes are the weights). torch.load is fine; numpy.load(allow_pickle=True) opens the zip
+    as an .npz and unpickles that member when it is read."""
+    g = gen()
+    inner = g["npy_object"](g["op"].PROTO(3) + g["op"].EMPTY_LIST + _payload(rng)
+                            + g["op"].APPEND + g["op"].STOP)
+    where = rng.choice(["extra", "unreferenced", "tensor"])
+    if where == "tensor":
+        n = len(inner)
+        pkl = g["state_dict"]([("w", g["tensor"]("0", "ByteStorage", n, 0, (n,), (1,)))])
+        ents = g["torch_entries"](pkl, [("0", inner)], seed=f"npymember{i}")
+    else:
+        member = rng.choice(["archive/extra.npy", "extra.npy", "archive/x"]) \
+            if where == "extra" else rng.choice(["archive/data/1", "archive/data/1.npy"])
+        ents = g["torch_entries"](g["benign_sd_pkl"](), seed=f"npymember{i}",
+                                  extra=[g["ZipEntry"](member, inner)])
+    return Case(rng.choice(["model.pt", "x.bin", "x.npz"]), g["build_zip"](ents),
+                f"polyglot:torch-zip-npy-member-{where}")
+
+
 POLYGLOTS: dict[str, Callable[[random.Random, int], Case]] = {
     "safetensors-hop": safetensors_hop_polyglot, "pickle-prefix": pickle_prefix_polyglot,
     "pickle-suffix": pickle_suffix_polyglot, "npz-object": npz_object_member,
+    "torch-zip-npy-member": torch_zip_npy_member,
 }
 
 

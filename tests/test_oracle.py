@@ -38,6 +38,7 @@ from oracle_harness import (
     safetensors_hop_polyglot,
     scan_verdict,
     sparse_tensors,
+    torch_zip_npy_member,
 )
 
 SEED = int(os.environ.get("CKG_ORACLE_SEED", "0"))
@@ -144,3 +145,29 @@ def test_sparse_generator_breaks_invariants() -> None:
 def test_safe_load_never_returns_broken_sparse_tensors() -> None:
     tot = check(_sparse(10), kinds=("ckptguard",), loads_for="all")
     assert not tot.disagreements, "\n".join(d.describe() for d in tot.disagreements[:5])
+
+
+# --- a torch zip that is also an .npz with an object member (found by the oracle) -----------
+
+def _npy_members(n: int) -> list[Case]:
+    rng = random.Random(SEED + 3)
+    return [torch_zip_npy_member(rng, i) for i in range(n)]
+
+
+def test_torch_zip_npy_member_is_a_real_attack() -> None:
+    """Every variant loads under torch.load(weights_only=True) with nothing to see, and
+    runs its payload under numpy.load(allow_pickle=True) when the member is read."""
+    cases = _npy_members(12)
+    assert {c.origin.rsplit("-", 1)[1] for c in cases} == {"extra", "unreferenced", "tensor"}
+    tot = check(cases, kinds=("torch_wo",), loads_for="all")
+    assert tot.loads == len(cases) and tot.events == 0, tot.summary()
+    tot = check(cases, kinds=("numpy",), loads_for="all")
+    assert tot.loads_with_events == len(cases), tot.summary()
+
+
+@pytest.mark.xfail(strict=True, reason=KNOWN_OPEN["torch-zip-npy-member"])
+def test_torch_zip_npy_member_is_never_safe(tmp_path: os.PathLike[str]) -> None:
+    from pathlib import Path
+
+    safe = [c.origin for c in _npy_members(12) if scan_verdict(c, Path(tmp_path)) == "SAFE"]
+    assert not safe, f"SAFE: {sorted(set(safe))}"
