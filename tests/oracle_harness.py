@@ -567,13 +567,33 @@ def torchscript_case(rng: random.Random, i: int) -> Case:
 
 
 def json_index_case(rng: random.Random, i: int) -> Case:
+    """A sharded checkpoint's index json with its shards as siblings: safetensors shards,
+    sometimes a torch zip ``.bin`` shard, sometimes a payload pickle shard that only a
+    second ``weight_map`` (duplicate key: Python's json keeps the last) or an unlisted
+    file names."""
     shard = safetensors_bytes(rng)
-    names = list(json.loads(shard[8:8 + struct.unpack("<Q", shard[:8])[0]]))
-    index = {"metadata": {"total_size": len(shard)},
-             "weight_map": {n: "model-00001-of-00001.safetensors" for n in names
-                            if n != "__metadata__"}}
-    return Case("model.safetensors.index.json", json.dumps(index, indent=2).encode(),
-                "gen:json-index", (("model-00001-of-00001.safetensors", shard),))
+    names = [n for n in json.loads(shard[8:8 + struct.unpack("<Q", shard[:8])[0]])
+             if n != "__metadata__"]
+    sibs = [("model-00001-of-00002.safetensors", shard)]
+    wm = {n: sibs[0][0] for n in names}
+    if rng.random() < 0.5:
+        sibs.append(("pytorch_model-00002-of-00002.bin", torch_zip_case(rng, i).data))
+        wm["extra.weight"] = sibs[-1][0]
+    text = json.dumps({"metadata": {"total_size": sum(len(d) for _, d in sibs)},
+                       "weight_map": wm}, indent=2)
+    k = rng.randrange(4)
+    if k == 0:             # a payload shard named by a second weight_map (last one wins)
+        g = gen()
+        evil = ("evil-00002.bin", g["op"].PROTO(2) + _payload(rng) + g["op"].STOP)
+        sibs.append(evil)
+        second = json.dumps({"x.weight": evil[0], **wm})
+        text = text.rstrip().rstrip("}") + f', "weight_map": {second}\n}}'
+    elif k == 1:           # a payload pickle beside the index that no weight_map names
+        g = gen()
+        sibs.append(("pytorch_model-00003-of-00003.bin",
+                     g["op"].PROTO(2) + _payload(rng) + g["op"].STOP))
+    return Case("model.safetensors.index.json", text.encode(), "gen:json-index",
+                tuple(sibs))
 
 
 FORMATS: dict[str, Callable[[random.Random, int], Case]] = {

@@ -162,12 +162,34 @@ def _check_tensor(t: torch.Tensor) -> None:
         _events.append(["sparse-invariant", str(e)[:200]])
 
 
+def _shards(path: str) -> list[str]:
+    """A sharded checkpoint's index json read the way transformers reads it (Python's
+    json: the last of duplicate keys wins): the shard files, in order."""
+    with open(path, encoding="utf-8") as fh:
+        index = json.load(fh)
+    folder = os.path.dirname(path)
+    return [os.path.join(folder, s) for s in dict.fromkeys(index["weight_map"].values())]
+
+
+def _torch_load(path: str, weights_only: bool) -> None:
+    if not path.endswith(".index.json"):
+        _check_tensors(torch.load(path, weights_only=weights_only, map_location="cpu"))
+        return
+    from safetensors.torch import load_file
+
+    for shard in _shards(path):
+        if shard.endswith(".safetensors"):
+            load_file(shard)
+        else:
+            _check_tensors(torch.load(shard, weights_only=weights_only, map_location="cpu"))
+
+
 def _load_torch_wo(path: str) -> None:
-    _check_tensors(torch.load(path, weights_only=True, map_location="cpu"))
+    _torch_load(path, True)
 
 
 def _load_torch_full(path: str) -> None:
-    _check_tensors(torch.load(path, weights_only=False, map_location="cpu"))
+    _torch_load(path, False)
 
 
 def _load_safetensors(path: str) -> None:
