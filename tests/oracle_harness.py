@@ -837,10 +837,27 @@ def torch_zip_npy_member(rng: random.Random, i: int) -> Case:
                 f"polyglot:torch-zip-npy-member-{where}")
 
 
+_OBJECT_DESCRS = ["'|O'", "'O'", "'<O'", "'=O'", "'>O'", "'O8'", "'|O8'", "'|O4'", "'object'",
+                  "[('a', '|O')]", "[('a', 'O', (1,))]", "[('a', '<f4'), ('b', '|O')]",
+                  "('|O', (1,))", "[('a', [('b', '|O')])]", "[(('t', 'a'), '|O')]"]
+
+
+def npy_object_descr(rng: random.Random, i: int) -> Case:
+    """An .npy whose dtype holds an object field under one of its many spellings (plain,
+    sized, byte-ordered, structured, nested, subarray, titled): its data is a pickle."""
+    g = gen()
+    descr = rng.choice(_OBJECT_DESCRS)
+    header = "{'descr': " + descr + ", 'fortran_order': False, 'shape': (1,), }"
+    header += " " * ((-(11 + len(header))) % 64) + "\n"
+    data = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + \
+        g["op"].PROTO(3) + _payload(rng) + g["op"].STOP
+    return Case(rng.choice(["a.npy", "a.bin", "a"]), data, "polyglot:npy-object-descr")
+
+
 POLYGLOTS: dict[str, Callable[[random.Random, int], Case]] = {
     "safetensors-hop": safetensors_hop_polyglot, "pickle-prefix": pickle_prefix_polyglot,
     "pickle-suffix": pickle_suffix_polyglot, "npz-object": npz_object_member,
-    "torch-zip-npy-member": torch_zip_npy_member,
+    "torch-zip-npy-member": torch_zip_npy_member, "npy-object-descr": npy_object_descr,
 }
 
 
