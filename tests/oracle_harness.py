@@ -125,6 +125,8 @@ class Totals:
     by_origin: Counter[str] = field(default_factory=Counter)
     disagreements: list[Disagreement] = field(default_factory=list)
     slowest: list[tuple[float, str, str, str]] = field(default_factory=list)
+    #: (case, loader kind, verdict, result) of every load, when check(keep_results=True)
+    results: list[tuple[Case, str, str, LoadResult]] = field(default_factory=list)
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -302,7 +304,7 @@ def scan_verdict(case: Case, work: Path) -> str:
 
 def check(cases: Iterable[Case], *, kinds: tuple[str, ...] = LOADER_KINDS,
           loads_for: str | Callable[[Case, str], bool] = "safe", timeout: float = 30.0,
-          timeout_unsafe: float = 3.0, work: Path | None = None,
+          timeout_unsafe: float = 3.0, work: Path | None = None, keep_results: bool = False,
           progress: Callable[[str], None] | None = None) -> Totals:
     """Scan every case, then run each loader kind (one worker) over the cases selected by
     ``loads_for`` ("safe": SAFE verdicts only; "all": every case; or a predicate of the
@@ -340,6 +342,8 @@ def check(cases: Iterable[Case], *, kinds: tuple[str, ...] = LOADER_KINDS,
             for path, res, restarts in run_loads(kind, jobs, log=work / f"{kind}.log"):
                 case, verdict = index[str(path)]
                 tot.loads += 1
+                if keep_results:
+                    tot.results.append((case, kind, verdict, res))
                 tot.slowest.append((res.seconds, kind, case.origin, res.error[:60]))
                 tot.slowest = sorted(tot.slowest, reverse=True)[:10]
                 outside = outside_allowlist(res.globals)
@@ -829,7 +833,7 @@ def torch_zip_npy_member(rng: random.Random, i: int) -> Case:
         pkl = g["state_dict"]([("w", g["tensor"]("0", "ByteStorage", n, 0, (n,), (1,)))])
         ents = g["torch_entries"](pkl, [("0", inner)], seed=f"npymember{i}")
     else:
-        member = rng.choice(["archive/extra.npy", "extra.npy", "archive/x"]) \
+        member = rng.choice(["archive/extra.npy", "archive/x", "archive/a/b.npy"]) \
             if where == "extra" else rng.choice(["archive/data/1", "archive/data/1.npy"])
         ents = g["torch_entries"](g["benign_sd_pkl"](), seed=f"npymember{i}",
                                   extra=[g["ZipEntry"](member, inner)])

@@ -32,11 +32,11 @@ from oracle_harness import (
     POLYGLOTS,
     Case,
     Disagreement,
+    LoadResult,
     Totals,
     check,
     corpus,
     safetensors_hop_polyglot,
-    scan_verdict,
     sparse_tensors,
     torch_zip_npy_member,
 )
@@ -47,16 +47,51 @@ def _known(d: Disagreement) -> str | None:
     return next((k for k in KNOWN_OPEN if k in d.case.origin), None)
 
 
+def _hops(n: int) -> list[Case]:
+    rng = random.Random(SEED + 1)
+    return [safetensors_hop_polyglot(rng, i) for i in range(n)]
+
+
+def _sparse(n: int) -> list[Case]:
+    rng = random.Random(SEED + 2)
+    out: list[Case] = []
+    while len(out) < n:
+        c = sparse_tensors(rng, len(out))
+        if c.origin == "gen:sparse-bad":
+            out.append(c)
+    return out
+
+
+def _npy_members(n: int) -> list[Case]:
+    rng = random.Random(SEED + 3)
+    return [torch_zip_npy_member(rng, i) for i in range(n)]
+
+
+#: the class samples below, also part of the short run's corpus (loaded by every loader)
+CLASS_SAMPLES = {"safetensors-hop": _hops(12), "sparse-bad": _sparse(10),
+                 "torch-zip-npy-member": _npy_members(12)}
+_SAMPLE_IDS = {id(c) for cs in CLASS_SAMPLES.values() for c in cs}
+
+
 @pytest.fixture(scope="module")
 def short_run() -> Totals:
     # the robustness fixtures (limit bombs, seconds each to scan) are in the long run only
-    cases = corpus(SEED, generated_per_kind=4, mutants=150, renames=2,
+    cases = corpus(SEED, generated_per_kind=3, mutants=120, renames=2,
                    folders=("benign", "medium", "hostile"))
-    # SAFE files go to every loader; polyglots (which carry payloads) too, to prove the
-    # oracle sees payloads through this very path
-    tot = check(cases, loads_for=lambda c, v: c.origin.startswith("polyglot:"))
+    cases += [c for cs in CLASS_SAMPLES.values() for c in cs]
+    # SAFE files go to every loader; polyglots (which carry payloads) and the class samples
+    # too, to prove the oracle sees payloads through this very path
+    tot = check(cases, keep_results=True, loads_for=lambda c, v: c.origin.startswith(
+        "polyglot:") or id(c) in _SAMPLE_IDS)
     print("\n" + tot.summary())
     return tot
+
+
+def _results(tot: Totals, cls: str, kind: str) -> list[tuple[str, LoadResult]]:
+    ids = {id(c) for c in CLASS_SAMPLES[cls]}
+    out = [(v, r) for c, k, v, r in tot.results if id(c) in ids and k == kind]
+    assert len(out) == len(ids), (cls, kind, len(out))
+    return out
 
 
 def test_oracle_short_run_finds_no_new_class(short_run: Totals) -> None:
@@ -89,25 +124,20 @@ def test_oracle_generators_cover_every_format() -> None:
 
 # --- the safetensors hop polyglot (issue 10 item 1) -------------------------------------------
 
-def _hops(n: int) -> list[Case]:
-    rng = random.Random(SEED + 1)
-    return [safetensors_hop_polyglot(rng, i) for i in range(n)]
-
-
-def test_safetensors_hop_polyglot_is_a_real_attack() -> None:
+def test_safetensors_hop_polyglot_is_a_real_attack(short_run: Totals) -> None:
     """Every variant is a valid safetensors file AND a pickle program whose payload runs
     under pickle.load (the generator is sound, so the xfail below tests something)."""
     from safetensors import safe_open
 
-    cases = _hops(12)
-    tot = check(cases, kinds=("pickle",), loads_for="all")
-    assert tot.loads == len(cases)
-    assert tot.loads_with_events == len(cases), tot.summary()
+    for verdict, res in _results(short_run, "safetensors-hop", "pickle"):
+        assert res.events, (verdict, res)
+    for verdict, res in _results(short_run, "safetensors-hop", "safetensors"):
+        assert res.ok, (verdict, res.error)
     import tempfile
     from pathlib import Path
 
     with tempfile.TemporaryDirectory() as d:
-        for c in cases:
+        for c in CLASS_SAMPLES["safetensors-hop"]:
             p = Path(d) / "x.safetensors"
             p.write_bytes(c.data)
             with safe_open(str(p), "pt") as f:
@@ -115,59 +145,40 @@ def test_safetensors_hop_polyglot_is_a_real_attack() -> None:
 
 
 @pytest.mark.xfail(strict=True, reason=KNOWN_OPEN["safetensors-hop"])
-def test_safetensors_hop_polyglot_is_never_safe(tmp_path: os.PathLike[str]) -> None:
-    from pathlib import Path
-
-    safe = [c.name for c in _hops(12) if scan_verdict(c, Path(tmp_path)) == "SAFE"]
-    assert not safe, f"SAFE under {sorted(set(safe))}"
+def test_safetensors_hop_polyglot_is_never_safe(short_run: Totals) -> None:
+    verdicts = [v for v, _ in _results(short_run, "safetensors-hop", "pickle")]
+    assert "SAFE" not in verdicts, verdicts
 
 
 # --- sparse tensors whose indices point outside their shape (issue 10 item 3) ----------------
 
-def _sparse(n: int) -> list[Case]:
-    rng = random.Random(SEED + 2)
-    out: list[Case] = []
-    while len(out) < n:
-        c = sparse_tensors(rng, len(out))
-        if c.origin == "gen:sparse-bad":
-            out.append(c)
-    return out
-
-
-def test_sparse_generator_breaks_invariants() -> None:
+def test_sparse_generator_breaks_invariants(short_run: Totals) -> None:
     """torch.load(weights_only=True) loads the bad variants without a word; their indices
     break the invariants (the generator is sound, so the xfail below tests something)."""
-    tot = check(_sparse(10), kinds=("torch_wo",), loads_for="all")
-    assert tot.loads == 10 and tot.loads_with_events >= 5, tot.summary()
+    res = _results(short_run, "sparse-bad", "torch_wo")
+    assert sum(1 for _, r in res if ("sparse-invariant" in {e for e, _ in r.events})) >= 5
 
 
 @pytest.mark.xfail(strict=True, reason=KNOWN_OPEN["sparse-bad"])
-def test_safe_load_never_returns_broken_sparse_tensors() -> None:
-    tot = check(_sparse(10), kinds=("ckptguard",), loads_for="all")
-    assert not tot.disagreements, "\n".join(d.describe() for d in tot.disagreements[:5])
+def test_safe_load_never_returns_broken_sparse_tensors(short_run: Totals) -> None:
+    bad = [r for _, r in _results(short_run, "sparse-bad", "ckptguard") if r.events]
+    assert not bad, bad[:3]
 
 
 # --- a torch zip that is also an .npz with an object member (found by the oracle) -----------
 
-def _npy_members(n: int) -> list[Case]:
-    rng = random.Random(SEED + 3)
-    return [torch_zip_npy_member(rng, i) for i in range(n)]
-
-
-def test_torch_zip_npy_member_is_a_real_attack() -> None:
+def test_torch_zip_npy_member_is_a_real_attack(short_run: Totals) -> None:
     """Every variant loads under torch.load(weights_only=True) with nothing to see, and
     runs its payload under numpy.load(allow_pickle=True) when the member is read."""
-    cases = _npy_members(12)
+    cases = CLASS_SAMPLES["torch-zip-npy-member"]
     assert {c.origin.rsplit("-", 1)[1] for c in cases} == {"extra", "unreferenced", "tensor"}
-    tot = check(cases, kinds=("torch_wo",), loads_for="all")
-    assert tot.loads == len(cases) and tot.events == 0, tot.summary()
-    tot = check(cases, kinds=("numpy",), loads_for="all")
-    assert tot.loads_with_events == len(cases), tot.summary()
+    for _v, res in _results(short_run, "torch-zip-npy-member", "torch_wo"):
+        assert res.ok and not res.events, res
+    for _v, res in _results(short_run, "torch-zip-npy-member", "numpy"):
+        assert ("file-created", "ckptguard_marker") in res.events, res
 
 
 @pytest.mark.xfail(strict=True, reason=KNOWN_OPEN["torch-zip-npy-member"])
-def test_torch_zip_npy_member_is_never_safe(tmp_path: os.PathLike[str]) -> None:
-    from pathlib import Path
-
-    safe = [c.origin for c in _npy_members(12) if scan_verdict(c, Path(tmp_path)) == "SAFE"]
-    assert not safe, f"SAFE: {sorted(set(safe))}"
+def test_torch_zip_npy_member_is_never_safe(short_run: Totals) -> None:
+    verdicts = [v for v, _ in _results(short_run, "torch-zip-npy-member", "numpy")]
+    assert "SAFE" not in verdicts, verdicts
