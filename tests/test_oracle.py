@@ -157,6 +157,7 @@ def test_sparse_generator_breaks_invariants(short_run: Totals) -> None:
     break the invariants (the generator is sound, so the xfail below tests something)."""
     res = _results(short_run, "sparse-bad", "torch_wo")
     assert sum(1 for _, r in res if ("sparse-invariant" in {e for e, _ in r.events})) >= 5
+    _results(short_run, "sparse-bad", "ckptguard")   # the xfail below fails for its reason
 
 
 @pytest.mark.xfail(strict=True, reason=KNOWN_OPEN["sparse-bad"])
