@@ -867,30 +867,37 @@ POLYGLOTS: dict[str, Callable[[random.Random, int], Case]] = {
 
 # --- mutators -------------------------------------------------------------------------------
 
-# Opcode snippets spliced into pickles: inert globals on both sides of the allowlist, memo
-# and frame forms, text opcodes (the tables of tests/test_fuzz_properties.py and more).
-_NAMES = [("torch._utils", "_rebuild_tensor_v2"), ("collections", "OrderedDict"),
-          ("torch", "FloatStorage"), ("argparse", "Namespace"), ("builtins", "dict"),
-          ("collections", "defaultdict"), ("__builtin__", "set"), ("torch", "Size"),
-          ("copy_reg", "_reconstructor"), ("builtins", "getattr"), ("fractions", "Fraction"),
-          ("torch._tensor", "_rebuild_from_type_v2"), ("_codecs", "encode")]
-_SNIPPETS = [b"N", b")", b"]", b"}", b"(", b"t", b"l", b"d", b"0", b"1", b"2", b"R", b"b",
-             b"s", b"u", b"a", b"e", b"\x85", b"\x86", b"\x87", b"\x88", b"\x89", b"\x93",
-             b"\x94", b"Q", b"\x81", b"\x92", b"o", b"\x8f", b"\x90", b"\x91", b".", b"K\x00",
-             b"M\x01\x00", b"h\x00", b"q\x00", b"j\x00\x00\x00\x00", b"I01\n", b"I1\x00\n",
-             b"L12L\n", b"p0\n", b"g0\n", b"S'x'\n", b"V\\u0041\n", b"F1.5\n",
-             b"\x95\x08\x00\x00\x00\x00\x00\x00\x00", b"\x82\x01", b"\x80\x02", b"\x80\x05",
-             b"X\x03\x00\x00\x00abc", b"\x8c\x01a"]
+# Opcode snippets spliced into pickles: the opcode and global tables of
+# tests/test_fuzz_properties.py (one source), plus inert globals on both sides of the
+# allowlist for STACK_GLOBAL, and text/memo/frame forms.
+_MORE_NAMES = [("torch._utils", "_rebuild_tensor_v2"), ("collections", "OrderedDict"),
+               ("argparse", "Namespace"), ("copy_reg", "_reconstructor"),
+               ("builtins", "getattr"), ("fractions", "Fraction"),
+               ("torch._tensor", "_rebuild_from_type_v2"), ("_codecs", "encode")]
+_TEXT_SNIPPETS = [b"I01\n", b"I1\x00\n", b"L12L\n", b"p0\n", b"g0\n", b"S'x'\n", b"V\\u0041\n",
+                  b"F1.5\n", b"I0x10\n", b"\x95\x08\x00\x00\x00\x00\x00\x00\x00",
+                  b"X\x03\x00\x00\x00abc", b"\x8c\x01a", b"\x80\x02", b"\x80\x05"]
+
+
+def _fuzz_tables() -> tuple[dict[bytes, int], list[bytes]]:
+    import test_fuzz_properties as tfp
+
+    return tfp._OPS_FIXED, tfp._NAMES
 
 
 def _snippet(rng: random.Random) -> bytes:
-    if rng.random() < 0.3:
-        m, n = rng.choice(_NAMES)
-        if rng.random() < 0.5:
-            return b"c" + m.encode() + b"\n" + n.encode() + b"\n"
+    ops, names = _fuzz_tables()
+    k = rng.random()
+    if k < 0.15:
+        return b"c" + rng.choice(names)
+    if k < 0.3:
+        m, n = rng.choice(_MORE_NAMES)
         return (b"\x8c" + bytes([len(m)]) + m.encode() + b"\x8c" + bytes([len(n)]) + n.encode()
                 + b"\x93")
-    return rng.choice(_SNIPPETS)
+    if k < 0.45:
+        return rng.choice(_TEXT_SNIPPETS)
+    op = rng.choice(sorted(ops))
+    return op + bytes(rng.randrange(256) for _ in range(ops[op]))
 
 
 def mutate(data: bytes, rng: random.Random) -> bytes:
