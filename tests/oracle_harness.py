@@ -560,12 +560,16 @@ _TS: list[bytes] = []
 
 def torchscript_case(rng: random.Random, i: int) -> Case:
     if not _TS:
-        import torch
-
-        for mod in (torch.nn.Linear(2, 3), torch.nn.Sequential(torch.nn.ReLU())):
-            buf = io.BytesIO()
-            torch.jit.save(torch.jit.script(mod), buf)
-            _TS.append(buf.getvalue())
+        # scripted in a child: torch.jit.script in this process would mangle the class
+        # names of every later script of the same module (other tests pin those names)
+        with tempfile.TemporaryDirectory() as d:
+            subprocess.run([sys.executable, "-c", (
+                "import sys, warnings, torch; warnings.filterwarnings('ignore')\n"
+                "for i, m in enumerate((torch.nn.Linear(2, 3), "
+                "torch.nn.Sequential(torch.nn.ReLU()))):\n"
+                "    torch.jit.save(torch.jit.script(m), f'{sys.argv[1]}/{i}.ts')\n"), d],
+                check=True, capture_output=True, timeout=300)
+            _TS.extend(p.read_bytes() for p in sorted(Path(d).glob("*.ts")))
     return Case(rng.choice(["model.pt", "scripted.ts", "m.bin"]), rng.choice(_TS),
                 "gen:torchscript")
 
