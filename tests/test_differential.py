@@ -145,9 +145,27 @@ def compare_with_torch_inprocess(data: bytes, r: Report) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         obj = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    if _has_non_strided(obj, set()):
+        # sparse (COO/CSR/...) layouts have no strides and their component records are
+        # named differently; torch accepting the file is what this property can check.
+        # Their structure is compared by tests/test_tensor_invariants.py's differential.
+        return
     out: list[dict[str, Any]] = []
     _walk(obj, "", out, set())
     assert sorted(out, key=lambda d: (d["name"], d["storage_offset"])) == ours(r)
+
+
+def _has_non_strided(obj: Any, seen: set[int]) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return obj.layout != torch.strided
+    if id(obj) in seen:
+        return False
+    seen.add(id(obj))
+    if isinstance(obj, dict):
+        return any(_has_non_strided(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_has_non_strided(v, seen) for v in obj)
+    return False
 
 
 # --- pickle programs, op by op -------------------------------------------------------------
