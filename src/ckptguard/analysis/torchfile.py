@@ -15,6 +15,7 @@ from ..detect import TORCH_LEGACY_MAGIC, sniff
 from ..model import Format, TensorInfo
 from ..readers.zipfile import STORED, ZipArchive, ZipEntry, read_archive
 from . import opcodes as O
+from .fastpath import try_fast
 from .vm import DTYPE_SIZES, PickleMode, PickleResult, StorageCatalog, audit_pickle
 
 _TORCH_RECORDS = frozenset({"data.pkl", "version", ".data/version", "byteorder",
@@ -138,8 +139,13 @@ def _torch_zip(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEnt
                     member=e.name, offset=e.header_offset)
     pkl = records["data.pkl"]
     data = archive.read(pkl, record=True)
-    result = audit_pickle(ctx, data, member=pkl.name, base_offset=0,
-                          mode=PickleMode.TORCH_ZIP, storages=catalog)
+    fast = try_fast(ctx, data, catalog)  # proves SAFE or declines (DESIGN.md principle 9)
+    if fast is not None:
+        ctx.graph = fast
+        result = fast.result
+    else:
+        result = audit_pickle(ctx, data, member=pkl.name, base_offset=0,
+                              mode=PickleMode.TORCH_ZIP, storages=catalog)
     if result.complete and result.end < len(data):
         _after_stop(ctx, data, result, pkl.name)
     if result.globals:
