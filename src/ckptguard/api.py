@@ -15,7 +15,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from .errors import LoaderUnavailableError
-from .model import Format
+from .model import Engine, Format
 from .policy import DEFAULT_LIMITS, Limits, Policy
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ def safe_load(
     mmap: bool = True,
     policy: Policy | None = None,
     limits: Limits | None = None,
+    engine: Engine | str = Engine.TORCH,
 ) -> Any:
     """Audit ``path``, then load it; raises unless the verdict is SAFE.
 
@@ -61,7 +62,15 @@ def safe_load(
     ``torch.device``, a dict remap (and, for torch files only, a callable). The policy's
     user-allowed globals are the only ones added to torch's weights-only set. The default
     policy is ``Policy()`` (torch's weights-only allowlist only).
+
+    ``engine``: ``"torch"`` (default) loads a SAFE torch file with
+    ``torch.load(weights_only=True, mmap=...)`` after the audit. ``"ckptguard"`` builds a
+    torch zip's object from the audit itself (one private map of the audited file, the
+    audited tensor records, containers rebuilt with OrderedDict/dict/list/tuple only) when
+    the audit's fast path proved it and the load is a CPU mmap load -- the same object,
+    bit for bit, without a second parse -- and falls back to ``"torch"`` otherwise.
     """
+    eng = Engine(engine)
     ld = _loaders()
     pol = policy if policy is not None else Policy()
     lim = limits if limits is not None else DEFAULT_LIMITS
@@ -72,7 +81,7 @@ def safe_load(
             it = ld.iterate_audited(af, map_location, mmap=mmap)
             with it:
                 return dict(it)
-        return ld.load_audited(af, map_location, mmap=mmap)
+        return ld.load_audited(af, map_location, mmap=mmap, engine=eng)
     finally:
         af.close()
 

@@ -49,8 +49,11 @@ def unreadable_report(path: str, reason: str, limits: Limits) -> Report:
 
 
 def audit_fd(path: str, fd: int, *, policy: Policy, limits: Limits,
-             name: str | None = None) -> Report:
-    """Audit the open file ``fd`` (reads with pread; never moves its offset)."""
+             name: str | None = None, graph_out: list[object] | None = None) -> Report:
+    """Audit the open file ``fd`` (reads with pread; never moves its offset).
+
+    ``graph_out``, when given, receives the fast path's symbolic graph of a proven
+    ``data.pkl`` (None otherwise): ``engine="ckptguard"`` materialises it."""
     import stat
 
     st = os.fstat(fd)
@@ -64,6 +67,8 @@ def audit_fd(path: str, fd: int, *, policy: Policy, limits: Limits,
     src = Source(fd, st.st_size, deadline=deadline)
     ctx = AuditContext(path, src, policy, limits)
     fmt = _audit(ctx, name or path)
+    if graph_out is not None:
+        graph_out.append(ctx.graph)
     return _finish(ctx, fmt, fd)
 
 

@@ -112,6 +112,8 @@ class AuditedFile:
     report: Report
     policy: Policy = field(default_factory=Policy)
     limits: Limits = DEFAULT_LIMITS
+    #: the fast path's symbolic graph of the audited data.pkl, when it proved it
+    graph: object = None
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -147,12 +149,13 @@ def open_audited(path: str | os.PathLike[str], *, policy: Policy | None = None,
         raise ScanInputError(p, "no such file or directory") from None
     except OSError as e:
         raise ScanInputError(p, e.strerror or str(e)) from None
+    graph: list[object] = []
     try:
-        report = audit_fd(p, fd, policy=pol, limits=lim)
+        report = audit_fd(p, fd, policy=pol, limits=lim, graph_out=graph)
     except BaseException:
         os.close(fd)
         raise
-    return AuditedFile(p, fd, report, pol, lim)
+    return AuditedFile(p, fd, report, pol, lim, graph[0] if graph else None)
 
 
 __all__ = [
