@@ -184,6 +184,11 @@ def safe_load_op(cg, path):
     return {"n": len(sd)}, sd
 
 
+def safe_load_engine_op(cg, path):
+    sd = cg.safe_load(path, engine="ckptguard")
+    return {"n": len(sd)}, sd
+
+
 def safe_load_meta_op(cg, path):
     sd = cg.safe_load(path, map_location="meta")
     return {"n": len(sd)}, sd
@@ -197,6 +202,11 @@ def torch_prep():
 
 def torch_load_op(torch, path):
     sd = torch.load(path, weights_only=True, map_location="cpu")
+    return {"n": len(sd)}, sd
+
+
+def torch_load_meta_op(torch, path):
+    sd = torch.load(path, weights_only=True, map_location="meta")
     return {"n": len(sd)}, sd
 
 
@@ -216,6 +226,20 @@ def st_prep():
 def load_file_op(st, path):
     sd = st.torch.load_file(path)
     return {"n": len(sd)}, sd
+
+
+def st_header_prep():
+    import safetensors
+
+    return safetensors
+
+
+def st_header_op(st, path):
+    # safetensors' own header parse (no torch, no tensor bytes): names, dtypes, shapes
+    with st.safe_open(path, framework="numpy") as f:
+        n = len(f.keys())
+        f.metadata()
+    return {"n": n, "safe": True}, None
 
 
 def safe_open_op(st, path):
@@ -245,6 +269,9 @@ TOOLS = {
     "torch.unsafe_globals": (unsafe_globals_prep, unsafe_globals_op),
     "safe_load": (safe_load_prep, safe_load_op),
     "safe_load(meta)": (safe_load_prep, safe_load_meta_op),
+    "safe_load(engine=ckptguard)": (safe_load_prep, safe_load_engine_op),
+    "torch.load(meta)": (torch_prep, torch_load_meta_op),
+    "safetensors.header": (st_header_prep, st_header_op),
     "torch.load": (torch_prep, torch_load_op),
     "torch.load(mmap)": (torch_prep, torch_load_mmap_op),
     "load_file": (st_prep, load_file_op),
