@@ -264,3 +264,25 @@ def test_accepted_file_scans_safe_through_the_engine(tmp_path: Path) -> None:
     r = engine.audit_path(str(p), policy=Policy(), limits=DEFAULT_LIMITS)
     assert r.verdict is Verdict.SAFE and not r.findings
     assert [t.name for t in r.tensors] == ["weight", "bias"]
+
+
+def test_state_filled_after_build_is_checked_again() -> None:
+    """OrderedDict state is checked at BUILD and again after the run: a state dict the
+    program fills with a tensor afterwards (the VM names it) makes the fast path decline."""
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buf)
+    data, cat = _data_pkl(buf.getvalue())
+    assert data is not None
+    assert fastpath.try_fast(_ctx(), data, StorageCatalog(records=dict(cat.records))) \
+        is not None
+    # OrderedDict() ; BUILD with a memoised empty state ; later: state["t"] = <tensor w>
+    body = data[2:-1]  # {"w": tensor}; torch.save memoises the tensor as 13
+    assert body.endswith(b"Rq\rs")
+    prog = (data[:2] + b"(ccollections\nOrderedDict\n)R}r\x00\x00\x10\x00b" + body +
+            b"j\x00\x00\x10\x00X\x01\x00\x00\x00th\rst.")
+    ctx = _ctx()
+    res = audit_pickle(ctx, prog, mode=PickleMode.TORCH_ZIP,
+                       storages=StorageCatalog(records=dict(cat.records)))
+    assert res.complete and not ctx.findings
+    assert "0.t" in {name for name, _ in res.tensors}  # the VM names the late tensor
+    assert fastpath.try_fast(_ctx(), prog, StorageCatalog(records=dict(cat.records))) is None

@@ -375,6 +375,10 @@ def _depth(root: object, cap: int) -> int:
                 stack.pop()
                 continue
             active.add(vid)
+            if type(v) is FastOrderedDict and v.state is not None and \
+                    not _plain_meta(v.state, 4):
+                # BUILD checked the state; the program may have filled it in afterwards
+                raise _Decline("OrderedDict state changed after BUILD")
             ks = list(v.values()) if isinstance(v, dict) else list(v)  # type: ignore[call-overload]
             kids = [k for k in ks if type(k) in _CONTAINER_TYPES]
             stack[-1] = (v, kids)
@@ -427,7 +431,10 @@ def try_fast(ctx: AuditContext, data: bytes, catalog: StorageCatalog) -> FastRes
     root = out[1][0]
     # MARK nesting: every MARK level but those inside the checked rebuild arguments (at
     # most 3) nests a container, and ours wraps the program
-    if _depth(root, limits.max_mark_depth) + 5 > limits.max_mark_depth:
+    try:
+        if _depth(root, limits.max_mark_depth) + 5 > limits.max_mark_depth:
+            return None
+    except _Decline:
         return None
     try:
         tensors = name_tensors(root, limits.max_tensors, limits.max_mark_depth)

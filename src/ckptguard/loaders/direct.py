@@ -28,7 +28,14 @@ import sys
 from collections import OrderedDict
 from typing import Any
 
-from ..analysis.fastpath import FastDict, FastList, FastOrderedDict, FastResult, FastTensor
+from ..analysis.fastpath import (
+    FastDict,
+    FastList,
+    FastOrderedDict,
+    FastResult,
+    FastTensor,
+    _empty_od,
+)
 from ..analysis.vm import StorageRef, TensorRecord
 from ..model import Format
 from ._torch import MapLocation, dtype_of, torch
@@ -135,6 +142,11 @@ class _Materialiser:
         if t is FastTensor:
             rec = v.tensor
             assert rec is not None
+            hooks = v.args[2] if rec.kind == "parameter" else v.args[5]
+            if not _empty_od(hooks) or (rec.kind == "parameter" and
+                                        not _empty_od(v.args[0].args[5])):
+                # the hooks OrderedDict was filled after the rebuild: torch would attach it
+                raise _Unsupported("backward hooks")
             out = self.tensor(rec)
             self.memo[vid] = out
         elif t is FastDict:
