@@ -177,3 +177,41 @@ def test_unknown_engine_is_refused(tmp_path: Path) -> None:
     torch.save({"w": torch.zeros(1)}, p)
     with pytest.raises(ValueError, match="not a valid Engine"):
         ckptguard.safe_load(p, engine="fast")
+
+
+def _torch_zip(pkl: bytes, storages: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    recs = [("data.pkl", pkl), (".format_version", b"1"), (".storage_alignment", b"64"),
+            ("byteorder", b"little"), *((f"data/{k}", v) for k, v in storages.items()),
+            ("version", b"3\n"), (".data/serialization_id", b"0" * 40)]
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in recs:
+            z.writestr(zipfile.ZipInfo(f"archive/{name}", date_time=(1980, 1, 1, 0, 0, 0)),
+                       data)
+    return buf.getvalue()
+
+
+def test_hooks_filled_after_the_rebuild_fall_back_to_torch(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """The hooks OrderedDict of a tensor is filled after its rebuild (the VM and the fast
+    path check it at the call): torch.load attaches the filled dict, so the engine hands
+    the file to torch.load and the result is torch's."""
+    # {"w": _rebuild_tensor_v2(storage 0, 0, (2,), (1,), False, OD() -> memo 9),
+    #  "h": memo 9 after SETITEM "k" -> 1}
+    pkl = (b"\x80\x02}q\x00(X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n"
+           b"((X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00"
+           b"\x00cpuK\x02tQK\x00K\x02\x85K\x01\x85\x89ccollections\nOrderedDict\n)Rq\ttR"
+           b"X\x01\x00\x00\x00hh\tX\x01\x00\x00\x00kK\x01su.")
+    p = tmp_path / "hooks.pt"
+    p.write_bytes(_torch_zip(pkl, {"0": b"\x00\x00\x80?\x00\x00\x00@"}))
+    from ckptguard.loaders import open_audited
+
+    with open_audited(p) as af:  # the fast path proved it: the fallback is the hooks check
+        assert af.report.verdict is ckptguard.Verdict.SAFE and af.graph is not None
+    assert _check(p, monkeypatch, must_be_direct=False) is False  # torch.load built it
+    got = ckptguard.safe_load(p, engine="ckptguard")
+    assert got["w"]._backward_hooks == OrderedDict(k=1)
