@@ -286,3 +286,12 @@ def test_state_filled_after_build_is_checked_again() -> None:
     assert res.complete and not ctx.findings
     assert "0.t" in {name for name, _ in res.tensors}  # the VM names the late tensor
     assert fastpath.try_fast(_ctx(), prog, StorageCatalog(records=dict(cat.records))) is None
+
+
+@pytest.mark.parametrize("key", [b"J\xff\xff\xff\xff",  # -1: hash(-1) == hash(-2)
+                                 b"\x8a\x08\x00\x00\x00\x00\x00\x00\x00\x20"])  # 2**61
+def test_int_keys_that_could_collide_decline(key: bytes) -> None:
+    """Int keys hash to themselves modulo 2**61 - 1: a program could pick keys that all
+    collide and make C's dict insert quadratic. Only 0 <= key < 2**60 is accepted."""
+    assert fastpath.try_fast(_ctx(), b"\x80\x02}(K\x05N" + key + b"Nu.", StorageCatalog()) is None
+    assert fastpath.try_fast(_ctx(), b"\x80\x02}(K\x05NK\x06Nu.", StorageCatalog()) is not None

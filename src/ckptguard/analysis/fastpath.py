@@ -102,14 +102,19 @@ class _Decline(Exception):
 
 # --- what the C unpickler builds -----------------------------------------------------------
 
+#: int keys below this hash to themselves, all distinct (hash(k) = k mod 2**61 - 1, and
+#: hash(-1) = hash(-2)): no crafted collision chains in C's dict insert
+_MAX_KEY = 1 << 60
+
+
 class FastDict(dict[Any, Any]):
     """A dict the program built (EMPTY_DICT): keys are checked before they are hashed."""
 
     __slots__ = ()
 
     def __setitem__(self, k: Any, v: Any) -> None:
-        if type(k) is not str and type(k) is not int:
-            raise _Decline("dict key that is not a str or an int")
+        if type(k) is not str and (type(k) is not int or not 0 <= k < _MAX_KEY):
+            raise _Decline("dict key that is not a str or a small non-negative int")
         dict.__setitem__(self, k, v)
 
     def __setstate__(self, state: Any) -> None:
@@ -140,8 +145,8 @@ class FastOrderedDict(dict[Any, Any]):
         self.state: FastDict | None = None
 
     def __setitem__(self, k: Any, v: Any) -> None:
-        if type(k) is not str and type(k) is not int:
-            raise _Decline("OrderedDict key that is not a str or an int")
+        if type(k) is not str and (type(k) is not int or not 0 <= k < _MAX_KEY):
+            raise _Decline("OrderedDict key that is not a str or a small non-negative int")
         dict.__setitem__(self, k, v)
 
     def __setstate__(self, state: Any) -> None:
