@@ -65,7 +65,7 @@ def audit_fd(path: str, fd: int, *, policy: Policy, limits: Limits,
         return _finish(ctx, Format.UNKNOWN, None)
     deadline = time.monotonic() + limits.max_seconds
     src = Source(fd, st.st_size, deadline=deadline)
-    ctx = AuditContext(path, src, policy, limits)
+    ctx = AuditContext(path, src, policy, limits, keep_graph=graph_out is not None)
     fmt = _audit(ctx, name or path)
     if graph_out is not None:
         graph_out.append(ctx.graph)

@@ -52,7 +52,6 @@ from .vm import (
     StorageCatalog,
     StorageRef,
     TensorRecord,
-    _int_tuple,
     _py_mapped,
     _torch_mapped,
     _valid_dotted,
@@ -177,12 +176,18 @@ def _plain_meta(d: dict[Any, Any], depth: int) -> bool:
 
 
 class FastTensor(Call):
-    """The result of a tensor or parameter rebuild, with its record in ``tensor``."""
+    """The result of a tensor or parameter rebuild, with its record in ``tensor``.
+
+    Made with ``object.__new__`` and only ``func``, ``args`` and ``tensor`` set (what the
+    naming walk and the loader read): a rebuilt tensor has no items, state or offset."""
 
     __slots__ = ()
 
     def __setstate__(self, state: Any) -> None:
         raise _Decline("BUILD on a tensor")
+
+
+_new_tensor = object.__new__
 
 
 def _empty_od(v: object) -> bool:
@@ -213,6 +218,7 @@ class _Run:
         self.proto = proto
         self.globals: dict[str, Global] = {}
         self.stubs: dict[tuple[str, str], Any] = {}
+        self.g_v2: Global | None = None
 
     def find_class(self, module: str, name: str) -> Any:
         stub = self.stubs.get((module, name))
@@ -238,6 +244,7 @@ class _Run:
         if raw == "collections.OrderedDict":
             stub = FastOrderedDict
         elif raw == "torch._utils._rebuild_tensor_v2":
+            self.g_v2 = g
             stub = self._rebuild_v2
         elif raw == "torch._utils._rebuild_parameter":
             stub = self._rebuild_parameter
@@ -275,17 +282,24 @@ class _Run:
     def _rebuild_v2(self, *args: Any) -> FastTensor:
         # torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride,
         #                                 requires_grad, backward_hooks[, metadata])
-        if len(args) == 7:
-            if args[6] is not None:
-                raise _Decline("tensor metadata")
-        elif len(args) != 6:
-            raise _Decline("rebuild arity")
-        st, offset, size, stride, rg, hooks = args[:6]
+        # (the hot path of a scan: one call per tensor, checks inlined)
+        if len(args) == 6:
+            st, offset, size, stride, rg, hooks = args
+        elif len(args) == 7 and args[6] is None:
+            st, offset, size, stride, rg, hooks = args[:6]
+        else:
+            raise _Decline("rebuild arity or metadata")
         if type(st) is not StorageRef or type(offset) is not int or type(rg) is not bool or \
-                not _int_tuple(size) or not _int_tuple(stride) or not _empty_od(hooks):
+                type(size) is not tuple or type(stride) is not tuple or \
+                type(hooks) is not FastOrderedDict or hooks or hooks.state is not None or \
+                len(size) != len(stride):
             raise _Decline("rebuild arguments")
-        if len(size) != len(stride):
-            raise _Decline("sizes and strides differ in length")
+        for x in size:
+            if type(x) is not int:
+                raise _Decline("size is not a tuple of ints")
+        for x in stride:
+            if type(x) is not int:
+                raise _Decline("stride is not a tuple of ints")
         if size:
             dims = size + stride
             if min(dims) < 0 or max(dims) >= (1 << 62):
@@ -301,7 +315,9 @@ class _Run:
                 last += (n - 1) * sd
             if last >= st.numel:
                 raise _Decline("view outside its storage")
-        c = FastTensor(self.globals["torch._utils._rebuild_tensor_v2"], args, 0, "REDUCE")
+        c = _new_tensor(FastTensor)
+        c.func = self.g_v2
+        c.args = args
         c.tensor = TensorRecord(st, offset, size, stride, dtype, rg, 0, "tensor")
         return c
 
@@ -317,7 +333,9 @@ class _Run:
         rg = args[1]
         if rg and t.dtype not in _GRAD_DTYPES:
             raise _Decline("requires_grad on a dtype without gradients")
-        c = FastTensor(self.globals["torch._utils._rebuild_parameter"], args, 0, "REDUCE")
+        c = _new_tensor(FastTensor)
+        c.func = self.globals["torch._utils._rebuild_parameter"]
+        c.args = args
         c.tensor = TensorRecord(t.storage, t.storage_offset, t.shape, t.stride, t.dtype, rg,
                                 0, "parameter")
         return c

@@ -141,7 +141,8 @@ def _torch_zip(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEnt
     data = archive.read(pkl, record=True)
     fast = try_fast(ctx, data, catalog)  # proves SAFE or declines (DESIGN.md principle 9)
     if fast is not None:
-        ctx.graph = fast
+        if ctx.keep_graph:
+            ctx.graph = fast
         result = fast.result
     else:
         result = audit_pickle(ctx, data, member=pkl.name, base_offset=0,

@@ -24,6 +24,7 @@ is handed out, as for every loader. tests/test_direct_loader.py compares it with
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections import OrderedDict
 from typing import Any
@@ -75,10 +76,16 @@ def load_direct(af: AuditedFile, map_location: MapLocation = "cpu") -> Any:
     if path is None:
         return FALLBACK
     m = _Materialiser(path, rep.identity.size)
+    # tensors, storages and containers form no cycles: the collector would re-walk them
+    was_enabled = gc.isenabled()
+    gc.disable()
     try:
         obj = m.value(graph.root)
     except (_Unsupported, RecursionError):
         return FALLBACK
+    finally:
+        if was_enabled:
+            gc.enable()
     af.verify()
     return obj
 
