@@ -219,6 +219,8 @@ class _Run:
         self.globals: dict[str, Global] = {}
         self.stubs: dict[tuple[str, str], Any] = {}
         self.g_v2: Global | None = None
+        #: rebuild arguments are kept only for engine="ckptguard" (its hooks re-check)
+        self.keep_args = ctx.keep_graph
 
     def find_class(self, module: str, name: str) -> Any:
         stub = self.stubs.get((module, name))
@@ -317,7 +319,7 @@ class _Run:
                 raise _Decline("view outside its storage")
         c = _new_tensor(FastTensor)
         c.func = self.g_v2
-        c.args = args
+        c.args = args if self.keep_args else None
         c.tensor = TensorRecord(st, offset, size, stride, dtype, rg, 0, "tensor")
         return c
 
@@ -363,18 +365,19 @@ def _rewrite(data: bytes) -> bytes | None:
     n = len(data)
     if n < 4 or data[0] != 0x80 or data[1] not in (2, 3) or data[-1] != 0x2E:
         return None
-    parts = [data[:2], _HEAD]
+    view = memoryview(data)  # the runs are joined without a copy of each
+    parts: list[bytes | memoryview] = [data[:2], _HEAD]
     pos, end = 2, n - 1
     match = _RUN.match
     while True:
         m = match(data, pos, end)
         assert m is not None  # the pattern matches the empty string
-        run, op = m.groups()
-        parts.append(run)
-        pos = m.end()
-        if not op:
+        run_end, op_end = m.end(1), m.end()
+        parts.append(view[pos:run_end])
+        pos = op_end
+        if op_end == run_end:
             break
-        parts.append(_NEW[op])
+        parts.append(_NEW[data[run_end : op_end]])
     if pos != end:
         return None
     parts.append(_TAIL)
@@ -465,9 +468,12 @@ def try_fast(ctx: AuditContext, data: bytes, catalog: StorageCatalog) -> FastRes
         return None
     ctx.source.check_time()
     catalog.seen.update(run.seen)
-    result = PickleResult(end=len(data), complete=True, root=root,
+    # The graph is dropped here unless engine="ckptguard" will build from it: the tensor
+    # records are all a scan needs (a 50k-tensor graph is ~40 MB of peak memory).
+    keep = root if ctx.keep_graph else None
+    result = PickleResult(end=len(data), complete=True, root=keep,
                           globals=list(run.globals.values()), tensors=tensors)
-    return FastResult(result, root, run.seen)
+    return FastResult(result, keep, run.seen)
 
 
 __all__ = ["FastDict", "FastList", "FastOrderedDict", "FastResult", "FastTensor", "try_fast"]
