@@ -295,3 +295,87 @@ def test_int_keys_that_could_collide_decline(key: bytes) -> None:
     collide and make C's dict insert quadratic. Only 0 <= key < 2**60 is accepted."""
     assert fastpath.try_fast(_ctx(), b"\x80\x02}(K\x05N" + key + b"Nu.", StorageCatalog()) is None
     assert fastpath.try_fast(_ctx(), b"\x80\x02}(K\x05NK\x06Nu.", StorageCatalog()) is not None
+
+
+# --- the fast path's tables, pinned both ways -------------------------------------------------
+
+from ckptguard.analysis import opcodes as O  # noqa: E402
+from ckptguard.model import Engine  # noqa: E402
+
+ACCEPTED_OPCODES = {
+    "MARK", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_TUPLE", "EMPTY_DICT", "EMPTY_LIST",
+    "SETITEM", "SETITEMS", "APPEND", "APPENDS", "BUILD", "REDUCE", "BINPERSID", "NONE",
+    "NEWTRUE", "NEWFALSE", "BININT", "BININT1", "BININT2", "LONG1", "BINFLOAT", "BINUNICODE",
+    "GLOBAL", "BINPUT", "LONG_BINPUT", "BINGET", "LONG_BINGET", "PROTO", "STOP",
+}
+
+
+def test_accepted_opcodes_are_weights_only() -> None:
+    accepted = {getattr(O, n) for n in ACCEPTED_OPCODES}
+    assert accepted <= O.TORCH_WEIGHTS_ONLY
+
+
+def _with_op(name: str) -> bytes:
+    """A tiny program that executes opcode ``name`` once and is otherwise accepted."""
+    progs = {
+        "MARK": b"(K\x01t", "TUPLE": b"(K\x01t", "TUPLE1": b"K\x01\x85", "TUPLE2": b"K\x01K\x02\x86",
+        "TUPLE3": b"K\x01K\x02K\x03\x87", "EMPTY_TUPLE": b")", "EMPTY_DICT": b"}",
+        "EMPTY_LIST": b"]", "SETITEM": b"}K\x01Ns", "SETITEMS": b"}(K\x01Nu",
+        "APPEND": b"]Na", "APPENDS": b"](Ne", "BUILD": b"ccollections\nOrderedDict\n)R}b",
+        "REDUCE": b"ccollections\nOrderedDict\n)R", "BINPERSID": None, "NONE": b"N",
+        "NEWTRUE": b"\x88", "NEWFALSE": b"\x89", "BININT": b"J\x01\x00\x00\x00",
+        "BININT1": b"K\x01", "BININT2": b"M\x01\x01", "LONG1": b"\x8a\x01\x05",
+        "BINFLOAT": b"G" + b"\x00" * 8, "BINUNICODE": b"X\x01\x00\x00\x00a",
+        "GLOBAL": b"ccollections\nOrderedDict\n", "BINPUT": b"Nq\x00",
+        "LONG_BINPUT": b"Nr\x00\x00\x00\x00", "BINGET": b"Nq\x00h\x00\x86",
+        "LONG_BINGET": b"Nq\x00j\x00\x00\x00\x00\x86", "PROTO": b"N", "STOP": b"N",
+    }
+    body = progs[name]
+    assert body is not None
+    return b"\x80\x02" + body + b"."
+
+
+@pytest.mark.parametrize("name", sorted(ACCEPTED_OPCODES - {"BINPERSID"}))
+def test_each_accepted_opcode_is_accepted(name: str) -> None:
+    prog = _with_op(name)
+    assert fastpath.try_fast(_ctx(), prog, StorageCatalog()) is not None, name
+
+
+def test_binpersid_is_accepted() -> None:
+    buf = io.BytesIO()
+    torch.save(torch.zeros(1), buf)  # a bare tensor: BINPERSID and REDUCE of the rebuild
+    data, cat = _data_pkl(buf.getvalue())
+    assert data is not None and b"Q" in data
+    assert fastpath.try_fast(_ctx(), data, cat) is not None
+
+
+@pytest.mark.parametrize("op", sorted(set(O.NAMES) - {getattr(O, n) for n in ACCEPTED_OPCODES}))
+def test_every_other_opcode_is_outside_the_grammar(op: int) -> None:
+    """Any other opcode, whatever its argument (0-9 bytes), is not a token: the program is
+    refused before the C unpickler sees it. (Accepted opcodes with such arguments are.)"""
+    for k in range(10):
+        assert fastpath._rewrite(b"\x80\x02N" + bytes([op]) + b"\x00" * k + b".") is None
+    assert fastpath._rewrite(b"\x80\x02NK\x00\x86.") is not None
+
+
+def test_understood_globals_table() -> None:
+    from ckptguard.policy import classify_global
+
+    storages = {f"torch.{n}Storage" for n in (
+        "Double", "Float", "Half", "Long", "Int", "Short", "Char", "Byte", "Bool", "BFloat16",
+        "ComplexDouble", "ComplexFloat", "QInt8", "QInt32", "QUInt8", "QUInt4x2", "QUInt2x4")}
+    expected = {"torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
+                "collections.OrderedDict"} | storages
+    understood = set(fastpath._UNDERSTOOD)
+    assert understood == expected
+    for full in fastpath._UNDERSTOOD:
+        assert classify_global(full, Policy())[0] == "allow", full
+    # allowlisted globals outside the table decline (the VM handles them)
+    assert classify_global("torch._utils._rebuild_tensor", Policy())[0] == "allow"
+    prog = b"\x80\x02ctorch._utils\n_rebuild_tensor\n."
+    assert fastpath.try_fast(_ctx(), prog, StorageCatalog()) is None
+
+
+def test_engine_values_pinned() -> None:
+    assert {e.value for e in Engine} == {"torch", "ckptguard"}
+    assert Engine("ckptguard") is Engine.CKPTGUARD and Engine("torch") is Engine.TORCH
