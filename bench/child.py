@@ -174,7 +174,11 @@ def unsafe_globals_op(ser, path):
 
 def safe_load_prep():
     import ckptguard
+    import ckptguard.analysis.engine  # the auditors (imported lazily by the first call),
+    import ckptguard.analysis.torchfile  # like torch's modules in torch_prep: not in the op
     import ckptguard.loaders  # imports torch: keep it out of the op
+    import ckptguard.loaders.direct
+    import ckptguard.readers.safetensors
 
     return ckptguard
 
