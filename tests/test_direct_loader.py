@@ -210,8 +210,10 @@ def test_hooks_filled_after_the_rebuild_fall_back_to_torch(tmp_path: Path,
     p.write_bytes(_torch_zip(pkl, {"0": b"\x00\x00\x80?\x00\x00\x00@"}))
     from ckptguard.loaders import open_audited
 
-    with open_audited(p) as af:  # the fast path proved it: the fallback is the hooks check
+    with open_audited(p, keep_graph=True) as af:  # proved: the fallback is the hooks check
         assert af.report.verdict is ckptguard.Verdict.SAFE and af.graph is not None
+    with open_audited(p) as af:  # the default engine never holds the graph
+        assert af.graph is None
     assert _check(p, monkeypatch, must_be_direct=False) is False  # torch.load built it
     got = ckptguard.safe_load(p, engine="ckptguard")
     assert got["w"]._backward_hooks == OrderedDict(k=1)

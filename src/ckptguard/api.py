@@ -81,7 +81,8 @@ def safe_load(
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        af = ld.open_audited(path, policy=pol, limits=lim)
+        af = ld.open_audited(path, policy=pol, limits=lim,
+                             keep_graph=eng is Engine.CKPTGUARD)
         try:
             ld.require_safe(af.report)
             if af.report.format is Format.JSON:

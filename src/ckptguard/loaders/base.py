@@ -135,8 +135,11 @@ class AuditedFile:
 
 
 def open_audited(path: str | os.PathLike[str], *, policy: Policy | None = None,
-                 limits: Limits | None = None) -> AuditedFile:
-    """Open ``path`` once and audit it from that descriptor. Does not judge the verdict."""
+                 limits: Limits | None = None, keep_graph: bool = False) -> AuditedFile:
+    """Open ``path`` once and audit it from that descriptor. Does not judge the verdict.
+
+    ``keep_graph``: keep the fast path's graph for ``engine="ckptguard"`` (else it is
+    freed with the audit)."""
     from ..analysis.engine import audit_fd
 
     p = os.fspath(path)
@@ -151,7 +154,8 @@ def open_audited(path: str | os.PathLike[str], *, policy: Policy | None = None,
         raise ScanInputError(p, e.strerror or str(e)) from None
     graph: list[object] = []
     try:
-        report = audit_fd(p, fd, policy=pol, limits=lim, graph_out=graph)
+        report = audit_fd(p, fd, policy=pol, limits=lim,
+                          graph_out=graph if keep_graph else None)
     except BaseException:
         os.close(fd)
         raise
