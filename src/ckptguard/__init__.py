@@ -20,7 +20,7 @@ from .errors import (
     ScanInputError,
     UnsafeCheckpointError,
 )
-from .model import Finding, Format, Location, Problem, Report, Severity, TensorInfo, Verdict
+from .model import Engine, Finding, Format, Location, Problem, Report, Severity, TensorInfo, Verdict
 from .policy import Limits, Policy
 from .scan_api import scan
 
@@ -49,6 +49,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "CkptGuardError",
+    "Engine",
     "FileChangedError",
     "Finding",
     "Format",

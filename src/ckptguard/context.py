@@ -147,6 +147,10 @@ class AuditContext:
     members: list[str] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
     _seen: set[tuple[str, str | None, int | None, str]] = field(default_factory=set)
+    #: keep the fast path's symbolic graph of an accepted data.pkl (engine="ckptguard"
+    #: loads it); a scan lets it go as soon as the tensors are recorded
+    keep_graph: bool = False
+    graph: object = None
 
     def loc(self, member: str | None = None, offset: int | None = None) -> Location:
         return Location(self.path, member, offset)
