@@ -369,9 +369,9 @@ def test_understood_globals_table() -> None:
     understood = set(fastpath._UNDERSTOOD)
     assert understood == expected
     for full in fastpath._UNDERSTOOD:
-        assert classify_global(full, Policy())[0] == "allow", full
+        assert classify_global(full, Policy()).status.value == "allow", full
     # allowlisted globals outside the table decline (the VM handles them)
-    assert classify_global("torch._utils._rebuild_tensor", Policy())[0] == "allow"
+    assert classify_global("torch._utils._rebuild_tensor", Policy()).status.value == "allow"
     prog = b"\x80\x02ctorch._utils\n_rebuild_tensor\n."
     assert fastpath.try_fast(_ctx(), prog, StorageCatalog()) is None
 

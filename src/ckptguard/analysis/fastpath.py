@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..context import AuditContext, LimitExceeded
-from ..policy import classify_global
+from ..policy import GlobalStatus, classify_global
 from .vm import (
     _GRAD_DTYPES,
     _LOCATION_PREFIXES,
@@ -239,9 +239,9 @@ class _Run:
         py = _py_mapped(module, name) if self.proto < 3 else raw
         if _torch_mapped(module, name) != raw or py != raw:
             raise _Decline("renamed global")
-        if classify_global(raw, self.ctx.policy)[0] != "allow":
+        if classify_global(raw, self.ctx.policy).status is not GlobalStatus.ALLOW:
             raise _Decline("global not allowlisted under this policy")
-        g = Global(module, name, raw, 0, "allow")
+        g = Global(module, name, raw, 0, GlobalStatus.ALLOW)
         self.globals[raw] = g
         if raw == "collections.OrderedDict":
             stub = FastOrderedDict
