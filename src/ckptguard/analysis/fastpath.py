@@ -136,19 +136,24 @@ class FastOrderedDict(dict[Any, Any]):
     """``collections.OrderedDict()``: called without arguments only; its BUILD state
     (``_metadata``) must hold plain values, never a tensor or a list."""
 
-    __slots__ = ("state",)
+    __slots__ = ("hooks", "state")
 
     def __init__(self, *args: Any) -> None:
         if args:
             raise _Decline("OrderedDict called with arguments")
         self.state: FastDict | None = None
+        self.hooks = False  # handed to a rebuild as its backward hooks: must stay empty
 
     def __setitem__(self, k: Any, v: Any) -> None:
+        if self.hooks:
+            raise _Decline("items added to a tensor's backward-hooks dict after the rebuild")
         if type(k) is not str and (type(k) is not int or not 0 <= k < _MAX_KEY):
             raise _Decline("OrderedDict key that is not a str or a small non-negative int")
         dict.__setitem__(self, k, v)
 
     def __setstate__(self, state: Any) -> None:
+        if self.hooks:
+            raise _Decline("state set on a tensor's backward-hooks dict after the rebuild")
         if type(state) is not FastDict or not _plain_meta(state, 4):
             raise _Decline("OrderedDict state that is not plain metadata")
         self.state = state
@@ -296,6 +301,7 @@ class _Run:
                 type(hooks) is not FastOrderedDict or hooks or hooks.state is not None or \
                 len(size) != len(stride):
             raise _Decline("rebuild arguments")
+        hooks.hooks = True
         for x in size:
             if type(x) is not int:
                 raise _Decline("size is not a tuple of ints")
@@ -328,6 +334,7 @@ class _Run:
         if len(args) != 3 or type(args[0]) is not FastTensor or type(args[1]) is not bool or \
                 not _empty_od(args[2]):
             raise _Decline("parameter arguments")
+        args[2].hooks = True
         t = args[0].tensor
         assert t is not None
         if t.kind != "tensor":

@@ -245,6 +245,9 @@ class _VM:
         self._global_cache: dict[tuple[str, str, bool], Global] = {}
         self.items_budget = ctx.limits.max_container_items
         self._probes: dict[int, _ProbeEntry] = {}
+        # backward-hooks containers already handed to a tensor rebuild (id -> container,
+        # kept alive): torch attaches that very object, so items added later are hooks too
+        self._hooks: dict[int, object] = {}
         self._probes_unclocked = 0
         self._copied: dict[int, int] = {}  # id(StorageRef) -> bytes copied out of it
 
@@ -855,6 +858,10 @@ class _VM:
 
     def setitems(self, target: object, items: list[Any], pos: int) -> None:
         self._count_items(len(items) // 2)
+        if items and id(target) in self._hooks:
+            self.add("CKG408", "items added to a tensor's backward-hooks dict after the "
+                     "tensor was rebuilt: the loader attaches that dict, filled, to the "
+                     "tensor", pos)
         if isinstance(target, dict):
             self._hash_guard(items[0::2], pos)
             self._insert(target, self._probe_entry(target), items, True, pos)
@@ -1106,6 +1113,8 @@ class _VM:
         elif full in _PARAM_FNS:
             if full.endswith("_with_state") and len(args) >= 4:
                 self._check_tensor_state(args[3], full, pos)
+            # (data, requires_grad, backward_hooks[, state]): torch sets the hooks as given
+            self._check_hooks(args[2] if len(args) > 2 else None, pos)
             if args and isinstance(args[0], Call) and args[0].tensor is not None:
                 t = args[0].tensor
                 rg = bool(args[1]) if len(args) > 1 and isinstance(args[1], bool) else False
@@ -1121,6 +1130,15 @@ class _VM:
                 c.tensor = TensorRecord(None, 0, tuple(args[1]), tuple(args[2]), dtype,
                                         bool(args[3]) if len(args) > 3 else False,
                                         self.base + pos, "meta")
+
+    def _check_hooks(self, hooks: object, pos: int) -> None:
+        """A rebuild's backward hooks must be empty, and stay empty: torch attaches that very
+        container to the tensor, so items added later (setitems) are hooks too."""
+        if isinstance(hooks, (Call, dict)):
+            self._hooks[id(hooks)] = hooks
+        if (isinstance(hooks, Call) and hooks.items) or (isinstance(hooks, dict) and hooks):
+            self.add("CKG408", "tensor with backward hooks: torch.save never writes them and "
+                     "the loader would attach callables to the tensor", pos)
 
     def _check_tensor_state(self, state: object, full: str, pos: int) -> None:
         """The state torch applies with setattr on a rebuilt tensor: user attributes are
@@ -1190,10 +1208,7 @@ class _VM:
             self.add("CKG408", f"requires_grad on a {dtype} tensor: torch refuses to load it "
                      "(only floating point and complex tensors can require gradients)", pos)
             return
-        hooks = args[5] if len(args) > 5 else None
-        if (isinstance(hooks, Call) and hooks.items) or (isinstance(hooks, dict) and hooks):
-            self.add("CKG408", "tensor with backward hooks: torch.save never writes them and "
-                     "the loader would attach callables to the tensor", pos)
+        self._check_hooks(args[5] if len(args) > 5 else None, pos)
         numel = 1
         for s in size:
             numel *= s
