@@ -144,3 +144,9 @@ def hub_repo(www: Path, org_repo: str, files: dict[str, Path], *, revision: str 
     api.parent.mkdir(parents=True, exist_ok=True)
     api.write_text(json.dumps(listing))
 
+
+def serve_fixtures(www: Path, fixtures: Path) -> NginxServer:
+    """nginx serving a copy of ``fixtures`` under ``/files/`` (scripts and docs left out),
+    started; the caller stops it."""
+    shutil.copytree(fixtures, www / "files", ignore=shutil.ignore_patterns("*.py", "*.md"))
+    return NginxServer(www).start()

@@ -62,6 +62,16 @@ class Source:
     def from_bytes(cls, data: bytes) -> Source:
         return _BytesSource(data)
 
+    def _clip(self, offset: int, length: int) -> int:
+        """The length of a read at ``offset`` that stays inside the file (0 past its end)."""
+        if offset < 0 or length < 0:
+            raise ValueError("negative read")
+        return max(0, min(length, self.size - offset))
+
+    def _record(self, offset: int, data: bytes) -> None:
+        """Keep the region's SHA-256 for the same-bytes check at load time."""
+        self._regions[(offset, len(data))] = hashlib.sha256(data).hexdigest()
+
     def check_time(self) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise LimitExceeded("max_seconds", self.deadline, "wall-time budget spent")
@@ -69,9 +79,7 @@ class Source:
     def read(self, offset: int, length: int, *, record: bool = False) -> bytes:
         """Read ``length`` bytes at ``offset`` (fewer at end of file). ``record=True`` keeps
         the region's SHA-256 for the same-bytes check at load time."""
-        if offset < 0 or length < 0:
-            raise ValueError("negative read")
-        length = max(0, min(length, self.size - offset))
+        length = self._clip(offset, length)
         if length == 0:
             return b""
         chunks = []
@@ -85,7 +93,7 @@ class Source:
         data = b"".join(chunks) if len(chunks) != 1 else chunks[0]
         self.bytes_read += len(data)
         if record:
-            self._regions[(offset, len(data))] = hashlib.sha256(data).hexdigest()
+            self._record(offset, data)
         return data
 
     def regions(self) -> tuple[Region, ...]:
@@ -103,7 +111,7 @@ class _BytesSource(Source):
         data = bytes(self._data[offset : offset + length])
         self.bytes_read += len(data)
         if record:
-            self._regions[(offset, len(data))] = hashlib.sha256(data).hexdigest()
+            self._record(offset, data)
         return data
 
 
@@ -120,9 +128,7 @@ class SliceSource(Source):
         self.depth = parent.depth + 1
 
     def read(self, offset: int, length: int, *, record: bool = False) -> bytes:
-        if offset < 0 or length < 0:
-            raise ValueError("negative read")
-        length = max(0, min(length, self.size - offset))
+        length = self._clip(offset, length)
         if length == 0:
             return b""
         data = self.parent.read(self.base + offset, length, record=record)
