@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .errors import (
     CkptGuardError,
     FileChangedError,
@@ -23,8 +24,6 @@ from .errors import (
 from .model import Finding, Format, Location, Problem, Report, Severity, TensorInfo, Verdict
 from .policy import Limits, Policy
 from .scan_api import scan
-
-__version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .api import iter_state_dict, load_state_dict, safe_load

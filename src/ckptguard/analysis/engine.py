@@ -1,9 +1,11 @@
 """The engine: readers + pickle VM + rules -> Report + Verdict.
 
-``audit_path`` opens a file once and audits it from that descriptor (``audit_fd``), so a
-loader can audit and load through the same inode. Every format handler runs under one
-per-stream guard: a ``LimitExceeded`` becomes CKG901 and any other exception becomes a
-Problem (CKG902); both make the verdict INCOMPLETE unless something blocks already.
+The engine audits exactly ONE file (folders, indexes and DCP folders are dispatched above
+it, in ``scan_api``). ``audit_file`` opens the file once and audits it from that descriptor
+(``audit_fd``), so a loader can audit and load through the same inode. Every format
+handler runs under one per-stream guard: a ``LimitExceeded`` becomes CKG901 and any
+other exception becomes a Problem (CKG902); both make the verdict INCOMPLETE unless
+something blocks already.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import time
 from collections.abc import Callable
 
-from .. import __version__ as _version
+from .._version import __version__ as _version
 from ..context import AuditContext, LimitExceeded, Source, SourceError, identity_of
 from ..detect import (
     CODE_BEARING,
@@ -30,16 +32,9 @@ from ..policy import Limits, Policy
 _HEAD = 4096
 
 
-def audit_path(path: str, *, policy: Policy, limits: Limits) -> Report:
-    """Audit a file, a folder, or a sharded checkpoint's index json."""
-    if os.path.isdir(path):
-        from .folder import audit_folder
-
-        return audit_folder(path, policy=policy, limits=limits)
-    if path.lower().endswith(".index.json") and os.path.isfile(path):
-        from .folder import audit_index
-
-        return audit_index(path, policy=policy, limits=limits)
+def audit_file(path: str, *, policy: Policy, limits: Limits) -> Report:
+    """Audit the one file at ``path`` (folders, indexes and DCP checkpoints are dispatched
+    above the engine: ``scan_api.scan``)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
@@ -126,6 +121,8 @@ def _audit(ctx: AuditContext, name: str) -> Format:
     # One file's audit allocates millions of small objects that form no garbage cycles
     # (VM values, tensor records); the cyclic collector would re-walk them over and over.
     # It is paused for the file and restored after, whatever happens.
+    if ctx.audit_file is None:
+        ctx.audit_file = _audit  # files inside this one are audited the same way (nested.py)
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -335,5 +332,5 @@ _HANDLERS: dict[Format, Handler] = {
     Format.JSON: _json,
 }
 
-__all__ = ["audit_bytes", "audit_context", "audit_fd", "audit_path", "audit_source",
+__all__ = ["audit_bytes", "audit_context", "audit_fd", "audit_file", "audit_source",
            "finish_report", "unreadable_report"]

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import click
 
-from .. import __version__
+from .._version import __version__
 from .exitcodes import ExitCode
 
 

@@ -42,7 +42,7 @@ def error_report(path: str, exc: BaseException) -> Report:
     loc = Location(path)
     findings = (make_finding("CKG902", message, loc),)
     problems = (Problem(message, loc),)
-    from .. import __version__
+    from .._version import __version__
 
     return Report(path=path, format=Format.UNKNOWN, verdict=decide(findings, problems),
                   findings=findings, problems=problems, tool_version=__version__)

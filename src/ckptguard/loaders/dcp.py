@@ -1,6 +1,6 @@
 """Loading torch.distributed.checkpoint (DCP) folders, and the gate's DCP hook.
 
-``load_dcp(folder)``: the folder is audited (``analysis.dcp.audit_dcp``) and must be SAFE;
+``load_dcp(folder)``: the folder is audited (``analysis.dcp_folder.audit_dcp``) and must be SAFE;
 then every file the audit read is opened once, checked against the audit's identity (same
 inode, size, mtime, and the SHA-256 of every region the audit relied on: the whole
 ``.metadata``, each torch.save archive's directory and pickle), and torch's own DCP
@@ -176,7 +176,8 @@ def load_dcp(folder: str | os.PathLike[str], map_location: Any = "cpu", *,
     """Audit a DCP folder, then load its state dict with torch's DCP reader (see above)."""
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-    from ..analysis.dcp import audit_dcp, is_dcp_dir
+    from ..analysis.dcp import is_dcp_dir
+    from ..analysis.dcp_folder import audit_dcp
 
     path = os.fspath(folder)
     pol = policy if policy is not None else Policy()
@@ -228,7 +229,7 @@ def _gated_read_metadata(self: Any, *args: Any, **kwargs: Any) -> Any:
         raise cfg.refusal
     from torch.distributed.checkpoint.metadata import StorageMeta
 
-    from ..analysis.dcp import audit_dcp
+    from ..analysis.dcp_folder import audit_dcp
     from ..analysis.engine import audit_bytes
 
     rank = kwargs.get("rank")

@@ -57,6 +57,15 @@ _DEFAULT_ALLOW: dict[str, str] = {f"{m}.{n}": reason for m, n, reason in ALLOW}
 _DENY: dict[str, tuple[DenyKind, str]] = {prefix: (kind, reason) for prefix, kind, reason in DENY}
 
 
+def parse_profile(text: str) -> ProfileName:
+    """A profile name as a user writes it (any case, spaces around); PolicyError if unknown."""
+    try:
+        return ProfileName(text.strip().lower())
+    except ValueError:
+        raise PolicyError(f"unknown profile {text!r}; expected one of "
+                          f"{', '.join(p.value for p in ProfileName)}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class DenyHit:
     """A denylist match. ``direct``: the global's own dotted path starts with the denied
@@ -237,7 +246,7 @@ class Policy:
         have = set(self.profile_names)
         added = list(self.profiles)
         for n in names:
-            pn = n if isinstance(n, ProfileName) else ProfileName.parse(n)
+            pn = n if isinstance(n, ProfileName) else parse_profile(n)
             if pn not in have:
                 have.add(pn)
                 added.append(ProfileChoice(pn, origin))
@@ -290,7 +299,7 @@ class Policy:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise PolicyError("'profiles' must be an array of profile names", source=source)
         try:
-            chosen = tuple(dict.fromkeys(ProfileName.parse(n) for n in names))
+            chosen = tuple(dict.fromkeys(parse_profile(n) for n in names))
         except PolicyError as e:
             raise PolicyError(str(e), source=source) from None
         try:
@@ -440,5 +449,5 @@ DEFAULT_POLICY = Policy()
 
 __all__ = ["DEFAULT_POLICY", "LADDER_RULES", "STATUS_RULES", "AllowEntry", "DenyHit",
            "GlobalDecision", "GlobalStatus", "Policy", "ProfileChoice", "classify_global",
-           "denied_by", "effective_policy", "global_message", "static_status", "used_entries",
-           "with_caller_globals"]
+           "denied_by", "effective_policy", "global_message", "parse_profile", "static_status",
+           "used_entries", "with_caller_globals"]
