@@ -192,7 +192,7 @@ def test_safe_load_dcp_detects_a_change_after_the_audit(dcp_dir: Path, tmp_path:
 def test_table_is_what_dcp_save_writes(dcp_dir: Path) -> None:
     """Both directions: every global dcp.save writes is allowed only via the DCP table (or
     the default allowlist), and every DCP row is used by dcp.save."""
-    from ckptguard.analysis.pickle_audit import PickleMode, audit_pickle
+    from ckptguard.analysis.vm import PickleMode, audit_pickle
     from ckptguard.context import AuditContext, Source
 
     data = (dcp_dir / ".metadata").read_bytes()

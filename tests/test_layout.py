@@ -141,3 +141,17 @@ def test_the_engine_audits_one_file_and_never_imports_the_folder_layer() -> None
                   "ckptguard.scan_api", "ckptguard.remote.scan", "ckptguard"):
         assert upper not in engine
     assert "ckptguard.analysis.engine" in below("ckptguard.scan_api")
+
+
+def test_parsers_record_no_findings() -> None:
+    """readers/ parse; analysis/ audits. A pure parser never sees the AuditContext (it
+    raises a typed error or LimitExceeded), nor the rule registry or the policy."""
+    graph = import_graph(PACKAGE)
+    for parser in ("ckptguard.readers.jsonfile", "ckptguard.readers.npy"):
+        assert graph[parser] & {"ckptguard.rules", "ckptguard.policy"} == set(), parser
+        text = _modules(PACKAGE)[parser][0].read_text(encoding="utf-8")
+        assert "AuditContext" not in text and "ctx." not in text, parser
+    for module in graph:
+        if module.startswith("ckptguard.readers"):
+            assert not any(m.startswith(("ckptguard.analysis", "ckptguard.loaders"))
+                           for m in graph[module]), module

@@ -280,21 +280,21 @@ def _legacy_tar(ctx: AuditContext, detail: str) -> Format:
 
 
 def _safetensors(ctx: AuditContext, detail: str) -> Format:
-    from ..readers.safetensors import audit_safetensors
+    from .safetensors import audit_safetensors
 
     audit_safetensors(ctx)
     return Format.SAFETENSORS
 
 
 def _npy(ctx: AuditContext, detail: str) -> Format:
-    from ..readers.numpy import audit_npy
+    from .numpy import audit_npy
 
     audit_npy(ctx)
     return Format.NUMPY_NPY
 
 
 def _json(ctx: AuditContext, detail: str) -> Format:
-    from ..readers.jsonfile import audit_json
+    from .jsonfile import audit_json
 
     audit_json(ctx)
     return Format.JSON

@@ -42,7 +42,7 @@ def audit_zip(ctx: AuditContext) -> Format:
     names = archive.names()
     ctx.members.extend(names)
     if names and all(n.lower().endswith(".npy") for n in names):
-        from ..readers.numpy import audit_npz
+        from .numpy import audit_npz
 
         audit_npz(ctx, archive)
         return Format.NUMPY_NPZ
@@ -101,7 +101,7 @@ def audit_zip(ctx: AuditContext) -> Format:
 def _numpy_reading(ctx: AuditContext, archive: ZipArchive) -> None:
     """numpy.load reads every zip as an npz (detect.py's reader table): members that start
     like an object-dtype .npy, tensor records included, are audited as numpy runs them."""
-    from ..readers.numpy import audit_numpy_reading
+    from .numpy import audit_numpy_reading
 
     audit_numpy_reading(ctx, archive, archive.entries)
 
@@ -113,7 +113,7 @@ def _python_reading(ctx: AuditContext, archive: ZipArchive) -> None:
     other = compare_python_zipfile(ctx, archive)
     if other is None:
         return
-    from ..readers.numpy import audit_npz
+    from .numpy import audit_npz
 
     npy = [e for e in other.entries if other.head(e, 6) == b"\x93NUMPY"]
     if npy:

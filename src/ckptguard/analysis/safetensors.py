@@ -19,7 +19,7 @@ from typing import Any
 
 from ..context import AuditContext, LimitExceeded
 from ..model import TensorInfo
-from .jsonfile import JsonError, escape, parse_json
+from ..readers.jsonfile import JsonError, escape, parse_json
 
 #: The safetensors crate refuses headers above this size (MAX_HEADER_SIZE).
 CRATE_MAX_HEADER = 100_000_000
