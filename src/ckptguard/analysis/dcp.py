@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 
 from ..context import AuditContext, LimitExceeded
 from ..policy.benign_formats import FormatScope, allowance_for
-from .vm import Call, Global, PickleMode, audit_pickle
+from .values import Call, Global
+from .vm import PickleMode, audit_pickle
 
 METADATA_RE = re.compile(r"(?:__\d+)?\.metadata\Z")
 SHARD_SUFFIX = ".distcp"

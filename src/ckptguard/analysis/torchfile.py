@@ -22,8 +22,9 @@ from ..readers.zipfile import (
     read_archive,
 )
 from . import opcodes as O
+from .tensors import DTYPE_SIZES, StorageCatalog
 from .tscode import grade_code
-from .vm import DTYPE_SIZES, PickleMode, PickleResult, StorageCatalog, audit_pickle
+from .vm import PickleMode, PickleResult, audit_pickle
 
 _TORCH_RECORDS = frozenset({"data.pkl", "version", ".data/version", "byteorder",
                             ".format_version", ".storage_alignment", ".data/serialization_id"})
