@@ -155,3 +155,16 @@ def test_parsers_record_no_findings() -> None:
         if module.startswith("ckptguard.readers"):
             assert not any(m.startswith(("ckptguard.analysis", "ckptguard.loaders"))
                            for m in graph[module]), module
+
+
+def test_the_version_is_a_leaf_read_by_pyproject() -> None:
+    import tomllib
+
+    graph = import_graph(PACKAGE)
+    assert graph["ckptguard._version"] == set()
+    # only the package root re-exports it; deep modules import the leaf, never the root
+    assert [m for m in graph if "ckptguard" in graph[m]] == []
+    meta = tomllib.loads((PACKAGE.parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "version" in meta["project"]["dynamic"] and "version" not in meta["project"]
+    assert meta["tool"]["setuptools"]["dynamic"]["version"] == {
+        "attr": "ckptguard._version.__version__"}

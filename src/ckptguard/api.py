@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import LoaderUnavailableError
 from .model import Format
 from .policy import DEFAULT_LIMITS, Limits, Policy, ProfileName, effective_policy
+from .primitives import or_default
 
 if TYPE_CHECKING:
     from .loaders import StateDictIterator
@@ -84,7 +85,7 @@ def safe_load(
     """
     ld = _loaders()
     pol = effective_policy(policy, profiles)
-    lim = limits if limits is not None else DEFAULT_LIMITS
+    lim = or_default(limits, DEFAULT_LIMITS)
     if os.path.isdir(path):
         from .analysis.dcp import is_dcp_dir
 
@@ -155,7 +156,7 @@ def iter_state_dict(
     """
     ld = _loaders()
     pol = effective_policy(policy, profiles)
-    lim = limits if limits is not None else DEFAULT_LIMITS
+    lim = or_default(limits, DEFAULT_LIMITS)
     af = ld.open_audited(path_or_index, policy=pol, limits=lim)
     it: StateDictIterator = ld.iterate_audited(af, map_location, mmap=mmap, copy=copy)
     return it

@@ -11,7 +11,8 @@ from .analysis.engine import audit_file, unreadable_report
 from .analysis.folder import INDEX_SUFFIX, audit_folder, audit_index
 from .errors import ScanInputError
 from .model import Report
-from .policy import DEFAULT_LIMITS, Limits, Policy, ProfileName, effective_policy
+from .policy import DEFAULT_LIMITS, DEFAULT_POLICY, Limits, Policy, ProfileName, effective_policy
+from .primitives import or_default
 from .remote.targets import is_remote
 
 if TYPE_CHECKING:
@@ -40,8 +41,8 @@ def scan(
         return scan_remote(p, policy=policy, limits=limits)
     if not os.path.lexists(p):
         raise ScanInputError(p, "no such file or directory")
-    pol = effective_policy(policy or Policy(), profiles)
-    return audit_local(p, policy=pol, limits=limits or DEFAULT_LIMITS)
+    pol = effective_policy(policy, profiles)
+    return audit_local(p, policy=pol, limits=or_default(limits, DEFAULT_LIMITS))
 
 
 def audit_local(path: str, *, policy: Policy, limits: Limits) -> Report:
@@ -66,8 +67,8 @@ def iter_scan(targets: Iterable[str], *, policy: Policy | None = None,
     from .remote.scan import bounded_map, scan_target
     from .remote.targets import hub_token
 
-    policy = policy or Policy()
-    limits = limits or DEFAULT_LIMITS
+    policy = or_default(policy, DEFAULT_POLICY)
+    limits = or_default(limits, DEFAULT_LIMITS)
     with contextlib.ExitStack() as stack:
         if session is None:
             session = stack.enter_context(Session(options or RemoteOptions(token=hub_token())))

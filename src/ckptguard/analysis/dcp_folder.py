@@ -15,7 +15,7 @@ from .._version import __version__ as _version
 from ..context import AuditContext, LimitExceeded, Source
 from ..model import Format, Report, TensorInfo, combine_verdicts
 from ..policy import Limits, Policy
-from ..readers.jsonfile import escape
+from ..primitives import escape, open_readonly
 from .dcp import METADATA_RE, SHARD_SUFFIX, DcpMetadata, Key, StorageEntry, audit_metadata
 from .engine import audit_context, finish_report, unreadable_report
 from .nested import audit_range
@@ -116,7 +116,7 @@ def _inside(path: str, roots: list[str]) -> bool:
 
 def _open_regular(path: str) -> tuple[int, os.stat_result] | str:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+        fd = open_readonly(path)
     except OSError as e:
         return e.strerror or str(e)
     st = os.fstat(fd)

@@ -10,7 +10,6 @@ something blocks already.
 
 from __future__ import annotations
 
-import gc
 import os
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from ..detect import (
 )
 from ..model import Format, Report, decide
 from ..policy import Limits, Policy
+from ..primitives import clip, gc_paused, open_readonly
 
 _HEAD = 4096
 
@@ -36,7 +36,7 @@ def audit_file(path: str, *, policy: Policy, limits: Limits) -> Report:
     """Audit the one file at ``path`` (folders, indexes and DCP checkpoints are dispatched
     above the engine: ``scan_api.scan``)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+        fd = open_readonly(path)
     except OSError as e:
         return unreadable_report(path, e.strerror or str(e), limits)
     try:
@@ -123,13 +123,8 @@ def _audit(ctx: AuditContext, name: str) -> Format:
     # It is paused for the file and restored after, whatever happens.
     if ctx.audit_file is None:
         ctx.audit_file = _audit  # files inside this one are audited the same way (nested.py)
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         return _audit_file(ctx, name)
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _audit_file(ctx: AuditContext, name: str) -> Format:
@@ -178,7 +173,7 @@ def _audit_file(ctx: AuditContext, name: str) -> Format:
     except SourceError as e:
         ctx.add(e.rule_id, e.message, evidence=e.evidence)
     except Exception as e:  # noqa: BLE001 - the engine's per-stream guard (DESIGN.md)
-        ctx.problem(f"internal error while auditing ({type(e).__name__}: {_short(e)})")
+        ctx.problem(f"internal error while auditing ({type(e).__name__}: {clip(str(e), 200)})")
     _check_extension(ctx, name, fmt)
     return fmt
 
@@ -195,11 +190,6 @@ def _has_eocd(ctx: AuditContext) -> bool:
     # the EOCD's comment must end exactly at the end of the file
     comment_len = int.from_bytes(tail[i + 20 : i + 22], "little")
     return i + 22 + comment_len == len(tail)
-
-
-def _short(e: BaseException) -> str:
-    text = str(e)
-    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _check_extension(ctx: AuditContext, name: str, fmt: Format) -> None:

@@ -24,7 +24,8 @@ from ..context import AuditContext, LimitExceeded, Source
 from ..detect import CODE_BEARING, extension_of, sniff
 from ..model import Format, Report, TensorInfo, Verdict, combine_verdicts
 from ..policy import Limits, Policy
-from ..readers.jsonfile import JsonError, escape, parse_json
+from ..primitives import escape, open_readonly
+from ..readers.jsonfile import JsonError, parse_json
 from .dcp import METADATA_RE, SHARD_SUFFIX, lists_metadata
 from .dcp_folder import audit_dcp
 from .engine import audit_fd, audit_file, unreadable_report
@@ -132,7 +133,7 @@ def _classify(entry: os.DirEntry[str], rel: str, out: _Walk, subdirs: list[str])
 def _sniff_file(path: str) -> Format | str:
     """The file's format from its first bytes, or the reason it cannot be read."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+        fd = open_readonly(path)
     except OSError as e:
         return e.strerror or str(e)
     try:
@@ -214,7 +215,7 @@ def _index_report(path: str, *, policy: Policy, limits: Limits, folder: str | No
     ``folder``; the index report then has no children. Otherwise shards are audited here
     and become the index report's children."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+        fd = open_readonly(path)
     except OSError as e:
         return unreadable_report(path, e.strerror or str(e), limits)
     ctx = AuditContext(path, Source.from_bytes(b""), policy, limits)  # index-level findings

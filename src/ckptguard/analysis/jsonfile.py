@@ -8,7 +8,8 @@ import json
 from typing import Any
 
 from ..context import AuditContext, LimitExceeded
-from ..readers.jsonfile import JsonError, ParsedJson, escape, parse_json
+from ..primitives import escape
+from ..readers.jsonfile import JsonError, ParsedJson, parse_json
 
 
 def looks_like_index(path: str, head: bytes) -> bool:

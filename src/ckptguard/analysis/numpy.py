@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from ..context import AuditContext, LimitExceeded
 from ..model import TensorInfo
-from ..readers.jsonfile import escape
+from ..primitives import escape
 from ..readers.npy import MAGIC, NpyHeader, NpyHeaderError, View, read_header
 from ..readers.zipfile import ZipArchive, ZipEntry
 from .vm import PickleMode, audit_pickle

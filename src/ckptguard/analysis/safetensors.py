@@ -19,7 +19,8 @@ from typing import Any
 
 from ..context import AuditContext, LimitExceeded
 from ..model import TensorInfo
-from ..readers.jsonfile import JsonError, escape, parse_json
+from ..primitives import escape
+from ..readers.jsonfile import JsonError, parse_json
 
 #: The safetensors crate refuses headers above this size (MAX_HEADER_SIZE).
 CRATE_MAX_HEADER = 100_000_000

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..context import LimitExceeded
 from ..policy import GlobalStatus
+from ..primitives import clip
 from .callmodels import TENSOR_TYPES, Effect
 from .qparams import qparams_problem
 from .values import (
@@ -27,7 +28,6 @@ from .values import (
     Opaque,
     PersRef,
     PickleMode,
-    clip,
     describe_value,
     int_tuple,
     numel,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..policy import GlobalStatus
 from ..policy.defaults import ALLOW_KINDS
+from ..primitives import clip
 from .callmodels import CALL_MODELS, TENSOR_BUILDERS, Effect
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ class PickleMode(enum.Enum):
     TORCH_LEGACY = "torch-legacy"  # the pickles of a legacy torch stream
     TORCHSCRIPT = "torchscript"    # a TorchScript archive's pickles (torch.jit.load)
     RAW = "raw"                    # a plain pickle: pickle.load
+
 
 class Global:
     __slots__ = ("full", "kind", "model", "module", "name", "offset", "ok", "ok_empty", "rebuild",
@@ -54,6 +56,7 @@ class Global:
     def __repr__(self) -> str:
         return f"Global({self.full})"
 
+
 class Call:
     """The result of REDUCE / NEWOBJ / NEWOBJ_EX / INST / OBJ."""
 
@@ -71,6 +74,7 @@ class Call:
     def __repr__(self) -> str:
         return f"Call({self.func!r})"
 
+
 class PersRef:
     __slots__ = ("offset", "pid", "storage")
 
@@ -78,6 +82,7 @@ class PersRef:
         self.pid = pid
         self.offset = offset
         self.storage: StorageRef | None = None
+
 
 class Blob:
     """A literal too large to copy: only its kind, length and position are kept."""
@@ -88,6 +93,7 @@ class Blob:
         self.kind = kind
         self.length = length
         self.offset = offset
+
 
 class Opaque:
     """A value the VM cannot know statically (an EXT code, an out-of-band buffer)."""
@@ -103,6 +109,7 @@ class Opaque:
 #: TorchScript archive's own classes): treated as classes the user vouches for
 USER_ALLOWED = frozenset({GlobalStatus.POLICY, GlobalStatus.ACKNOWLEDGED, GlobalStatus.SCRIPT})
 
+
 def int_tuple(v: object) -> bool:
     if type(v) is not tuple:
         return False
@@ -111,11 +118,13 @@ def int_tuple(v: object) -> bool:
             return False
     return True
 
+
 def numel(shape: tuple[int, ...]) -> int:
     n = 1
     for s in shape:
         n *= s
     return n
+
 
 def encoded_bytes(v: object) -> bool:
     """Is ``v`` the protocol-2 spelling of a bytes literal, _codecs.encode(str, 'latin1')?"""
@@ -123,8 +132,6 @@ def encoded_bytes(v: object) -> bool:
         v.func.full == "_codecs.encode" and isinstance(v.args, tuple) and len(v.args) == 2 \
         and isinstance(v.args[0], (str, Blob)) and v.args[1] in ("latin1", "latin-1")
 
-def clip(s: str, n: int = 160) -> str:
-    return s if len(s) <= n else s[:n] + "..."
 
 def describe(v: object) -> str:
     if isinstance(v, Call):
@@ -137,12 +144,14 @@ def describe(v: object) -> str:
         return v.what
     return type(v).__name__
 
+
 def describe_value(v: object) -> str:
     if isinstance(v, (Call, Global, PersRef, Opaque)):
         return describe(v)
     if isinstance(v, Blob):
         return f"a {v.length}-byte {v.kind} literal"
     return f"a {type(v).__name__} literal"
+
 
 def plain(v: object, depth: int = 0) -> object:
     """A small printable stand-in for a symbolic value (bounded in depth and width: a
@@ -164,5 +173,5 @@ def plain(v: object, depth: int = 0) -> object:
     return v
 
 
-__all__ = ["USER_ALLOWED", "Blob", "Call", "Global", "Opaque", "PersRef", "PickleMode", "clip",
+__all__ = ["USER_ALLOWED", "Blob", "Call", "Global", "Opaque", "PersRef", "PickleMode",
            "describe", "describe_value", "encoded_bytes", "int_tuple", "numel", "plain"]

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import _compat_pickle
 import codecs
-import gc
 import struct
 import sys
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from ..context import AuditContext, LimitExceeded
 from ..model import Severity
 from ..policy import GlobalDecision, GlobalStatus, classify_global, global_message
 from ..policy.benign_formats import ScopedAllowance
+from ..primitives import clip, gc_paused
 from . import opcodes as O
 from .callmodels import CallModel, Effect
 from .tensors import StorageCatalog, TensorRecord, TorchTensors, name_tensors
@@ -45,7 +45,6 @@ from .values import (
     Opaque,
     PersRef,
     PickleMode,
-    clip,
     describe,
     encoded_bytes,
     int_tuple,
@@ -1086,16 +1085,13 @@ def audit_pickle(
     # The VM allocates millions of small tuples and lists that form no garbage cycles while
     # it runs; the cyclic collector would re-traverse them thousands of times (35% of the
     # run). It is paused for the run and restored after, whatever happens.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        result = vm.run(start)
-    finally:
-        # the tensor model holds the VM's bound methods: dropping it breaks that cycle, so
-        # the VM's values are freed by reference counting now, not by a later collection
-        del vm.tensors
-        if was_enabled:
-            gc.enable()
+    with gc_paused():
+        try:
+            result = vm.run(start)
+        finally:
+            # the tensor model holds the VM's bound methods: dropping it breaks that cycle,
+            # so the VM's values are freed by reference counting now, not by a collection
+            del vm.tensors
     if result.complete:
         try:
             result.tensors = name_tensors(result.root, ctx.limits.max_tensors,

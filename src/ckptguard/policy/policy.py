@@ -43,6 +43,7 @@ from typing import Any
 
 from ..errors import PolicyError
 from ..model import Finding
+from ..primitives import or_default
 from .benign import COMPANIONS, BenignRow, benign_row
 from .defaults import ALLOW, DENY, DENY_ATTRIBUTES, DenyKind
 from .profiles import PROFILES, ProfileName, profiles_with
@@ -347,7 +348,7 @@ def effective_policy(policy: Policy | None,
                      profiles: Iterable[str | ProfileName] | None = None,
                      *, origin: PolicyOrigin = API_ORIGIN) -> Policy:
     """``policy`` (default: the weights-only allowlist only) plus the named profiles."""
-    pol = policy if policy is not None else DEFAULT_POLICY
+    pol = or_default(policy, DEFAULT_POLICY)
     names = tuple(profiles or ())
     return pol.with_profiles(*names, origin=origin) if names else pol
 

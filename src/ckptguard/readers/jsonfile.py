@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..primitives import clip
+
 #: The longest integer literal accepted (Python's own cap is 4300 digits; nothing in a
 #: checkpoint header or config needs more than a u64).
 MAX_INT_DIGITS = 40
@@ -96,18 +98,8 @@ def parse_json(
         )
     except (ValueError, RecursionError, MemoryError) as e:
         # json.JSONDecodeError is a ValueError; so are the hooks' refusals.
-        raise JsonError("syntax", _short(str(e))) from None
+        raise JsonError("syntax", clip(str(e))) from None
     return ParsedJson(value, duplicates)
 
 
-def _short(text: str, n: int = 160) -> str:
-    return text if len(text) <= n else text[:n] + "..."
-
-
-def escape(text: str, n: int = 120) -> str:
-    """Untrusted text made safe to print: escaped and truncated."""
-    out = text.encode("unicode_escape", "backslashreplace").decode("ascii")
-    return out if len(out) <= n else out[:n] + "..."
-
-
-__all__ = ["JsonError", "ParsedJson", "escape", "json_depth_exceeds", "parse_json"]
+__all__ = ["JsonError", "ParsedJson", "json_depth_exceeds", "parse_json"]

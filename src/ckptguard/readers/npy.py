@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..context import LimitExceeded
-from .jsonfile import escape
+from ..primitives import escape
 
 MAGIC = b"\x93NUMPY"
 VERSIONS = {(1, 0): ("<H", "latin1"), (2, 0): ("<I", "latin1"), (3, 0): ("<I", "utf8")}

@@ -19,7 +19,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..model import Report
-from ..policy import DEFAULT_LIMITS, Limits, Policy
+from ..policy import DEFAULT_LIMITS, DEFAULT_POLICY, Limits, Policy
+from ..primitives import or_default
 
 BATCH = 16  # targets per task: amortises task overhead, keeps results flowing
 
@@ -56,8 +57,8 @@ def scan_on_dask(targets: Iterable[str], *, address: str | None = None, client: 
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError as e:  # pragma: no cover - depends on the install
         raise ImportError("scans on Dask need: pip install 'ckptguard[distributed]'") from e
-    policy = policy or Policy()
-    limits = limits or DEFAULT_LIMITS
+    policy = or_default(policy, DEFAULT_POLICY)
+    limits = or_default(limits, DEFAULT_LIMITS)
     own_cluster = None
     own_client = None
     if client is None:

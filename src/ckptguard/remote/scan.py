@@ -23,7 +23,8 @@ from ..context import AuditContext, Source
 from ..detect import extension_of, sniff
 from ..errors import ScanInputError
 from ..model import Format, Location, Report, combine_verdicts, decide
-from ..policy import DEFAULT_LIMITS, Limits, Policy
+from ..policy import DEFAULT_LIMITS, DEFAULT_POLICY, Limits, Policy
+from ..primitives import or_default
 from ..report.escape import escape_untrusted
 from ..rules import make_finding
 from .http import Failure, HttpSource, RemoteError, RemoteOptions, Session
@@ -45,8 +46,8 @@ def scan_remote(target: str, *, policy: Policy | None = None, limits: Limits | N
                 options: RemoteOptions | None = None, session: Session | None = None) -> Report:
     """Audit one remote target. Raises :class:`ScanInputError` only for a malformed target."""
     parsed = parse_target(target)
-    policy = policy or Policy()
-    limits = limits or DEFAULT_LIMITS
+    policy = or_default(policy, DEFAULT_POLICY)
+    limits = or_default(limits, DEFAULT_LIMITS)
     options = options or RemoteOptions(token=hub_token())
     own = session is None
     sess = session or Session(options)
