@@ -49,10 +49,10 @@ def import_graph(root: Path) -> dict[str, set[str]]:
                         mod = ".".join(base + ([child.module] if child.module else []))
                     else:
                         mod = child.module or ""
-                    if mod in mods:
-                        out.add(mod)
-                    out.update(f"{mod}.{a.name}" for a in child.names
-                               if f"{mod}.{a.name}" in mods)
+                    subs = {f"{mod}.{a.name}" for a in child.names} & mods.keys()
+                    out.update(subs)
+                    if mod in mods and len(subs) < len(child.names):
+                        out.add(mod)  # a name defined in the package itself
                 visit(child)
 
         visit(ast.parse(path.read_text(encoding="utf-8")))
@@ -117,7 +117,7 @@ def test_the_cycle_check_sees_module_and_function_level_cycles(tmp_path: Path) -
                               "if TYPE_CHECKING:\n    from . import d\n")
     (pkg / "d.py").write_text("from . import c\n")
     graph = import_graph(pkg)
-    assert graph["pkg.a"] == {"pkg.sub", "pkg.sub.b"}
+    assert graph["pkg.a"] == {"pkg.sub.b"}  # a submodule, not its package's names
     assert graph["pkg.sub.b"] == {"pkg.a"}
     assert graph["pkg.c"] == set()  # a TYPE_CHECKING import is no runtime edge
     assert cycles(graph) == [["pkg.a", "pkg.sub.b"]]
