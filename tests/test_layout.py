@@ -168,3 +168,49 @@ def test_the_version_is_a_leaf_read_by_pyproject() -> None:
     assert "version" in meta["project"]["dynamic"] and "version" not in meta["project"]
     assert meta["tool"]["setuptools"]["dynamic"]["version"] == {
         "attr": "ckptguard._version.__version__"}
+
+
+def test_report_formats_and_commands_are_enums_with_explicit_imports() -> None:
+    import click
+
+    from ckptguard.cli import Command, LazyGroup, cli, load_command
+    from ckptguard.report import FORMATTERS, ReportFormat, formatter
+    from ckptguard.report.jsonreport import format_json
+    from ckptguard.report.sarif import format_sarif
+    from ckptguard.report.text import format_text
+
+    # both directions: every enum member has its formatter, every formatter its member
+    assert {f: formatter(f) for f in ReportFormat} == {
+        ReportFormat.TEXT: format_text, ReportFormat.JSON: format_json,
+        ReportFormat.SARIF: format_sarif}
+    assert list(FORMATTERS) == ["text", "json", "sarif"]
+    assert FORMATTERS["sarif"] is format_sarif and "xml" not in FORMATTERS
+    assert isinstance(cli, LazyGroup)
+    ctx = click.Context(cli)
+    assert cli.list_commands(ctx) == sorted(c.value for c in Command)
+    assert {c.value: load_command(c).name for c in Command} == {
+        "scan": "scan", "inspect": "inspect", "explain": "explain", "convert": "convert"}
+    assert cli.get_command(ctx, "nosuch") is None
+    for tree in (PACKAGE / "report" / "__init__.py", PACKAGE / "cli" / "__init__.py",
+                 PACKAGE / "__init__.py"):
+        assert "importlib" not in tree.read_text(encoding="utf-8"), tree
+
+
+def test_a_file_scan_imports_only_what_it_needs() -> None:
+    import subprocess
+    import sys
+
+    fixture = PACKAGE.parents[1] / "fixtures" / "benign" / "linear.pt"
+    code = ("import sys, ckptguard; r = ckptguard.scan(sys.argv[1]); "
+            "print(r.verdict.value); print(' '.join(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code, str(fixture)], capture_output=True,
+                         text=True, check=True, env={"PYTHONPATH": str(PACKAGE.parent)},
+                         ).stdout.split("\n")
+    assert out[0] == "SAFE"
+    mods = set(out[1].split())
+    assert "ckptguard.analysis.vm" in mods and "ckptguard.analysis.tensors" in mods
+    for unneeded in ("torch", "numpy", "safetensors", "httpx", "rich", "click",
+                     "ckptguard.loaders", "ckptguard.analysis.folder",
+                     "ckptguard.analysis.dcp_folder", "ckptguard.remote.scan",
+                     "ckptguard.report", "ckptguard.cli"):
+        assert unneeded not in mods, unneeded

@@ -1,4 +1,6 @@
-"""``scan()``: the static audit entry point. Never imports torch."""
+"""``scan()``: the static audit entry point and the path-kind dispatch (URL / folder /
+sharded index / one file). Never imports torch. The auditors are imported when a scan
+runs, so ``import ckptguard`` stays cheap."""
 
 from __future__ import annotations
 
@@ -7,13 +9,10 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from .analysis.engine import audit_file, unreadable_report
-from .analysis.folder import INDEX_SUFFIX, audit_folder, audit_index
 from .errors import ScanInputError
 from .model import Report
 from .policy import DEFAULT_LIMITS, DEFAULT_POLICY, Limits, Policy, ProfileName, effective_policy
 from .primitives import or_default
-from .remote.targets import is_remote
 
 if TYPE_CHECKING:
     from .remote.http import RemoteOptions, Session
@@ -34,6 +33,8 @@ def scan(
     (SAFE / UNSAFE / INCOMPLETE). Raises :class:`ScanInputError` only for misuse, such as
     a path that does not exist.
     """
+    from .remote.targets import is_remote
+
     p = os.fspath(path)
     if is_remote(p):
         from .remote.scan import scan_remote  # httpx: imported when a URL is scanned
@@ -48,10 +49,18 @@ def scan(
 def audit_local(path: str, *, policy: Policy, limits: Limits) -> Report:
     """The path-kind dispatch: a folder (a DCP checkpoint folder is recognised inside
     ``audit_folder``), a sharded checkpoint's index json, or one file for the engine."""
+    from .detect import INDEX_SUFFIX
+
     if os.path.isdir(path):
+        from .analysis.folder import audit_folder
+
         return audit_folder(path, policy=policy, limits=limits)
     if path.lower().endswith(INDEX_SUFFIX) and os.path.isfile(path):
+        from .analysis.folder import audit_index
+
         return audit_index(path, policy=policy, limits=limits)
+    from .analysis.engine import audit_file
+
     return audit_file(path, policy=policy, limits=limits)
 
 
@@ -65,7 +74,7 @@ def iter_scan(targets: Iterable[str], *, policy: Policy | None = None,
     apply); otherwise one is made for the call."""
     from .remote.http import RemoteOptions, Session
     from .remote.scan import bounded_map, scan_target
-    from .remote.targets import hub_token
+    from .remote.targets import hub_token, is_remote
 
     policy = or_default(policy, DEFAULT_POLICY)
     limits = or_default(limits, DEFAULT_LIMITS)
@@ -86,6 +95,8 @@ def iter_scan(targets: Iterable[str], *, policy: Policy | None = None,
 
 
 def _scan_local(path: str, policy: Policy, limits: Limits) -> Report:
+    from .analysis.engine import unreadable_report
+
     try:
         return scan(path, policy=policy, limits=limits)
     except (ScanInputError, OSError) as e:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 
 from .._version import __version__ as _version
 from ..context import AuditContext, LimitExceeded, Source
-from ..detect import CODE_BEARING, extension_of, sniff
+from ..detect import CODE_BEARING, INDEX_SUFFIX, extension_of, sniff
 from ..model import Format, Report, TensorInfo, Verdict, combine_verdicts
 from ..policy import Limits, Policy
 from ..primitives import escape, open_readonly
@@ -35,9 +35,8 @@ from .paths import allowed_roots
 MODEL_EXTENSIONS = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib",
                               ".npy", ".npz", ".safetensors"})
 #: ``.json`` files are audited when their content is a JSON object (or code-bearing); a JSON
-#: array such as sentence-transformers' ``modules.json`` is data and skipped. Index files are
-#: audited whatever their content.
-INDEX_SUFFIX = ".index.json"
+#: array such as sentence-transformers' ``modules.json`` is data and skipped. Index files
+#: (``detect.INDEX_SUFFIX``) are audited whatever their content.
 CODE_EXTENSIONS = frozenset({".py"})
 #: Content formats audited whatever the file's name.
 AUDITED_FORMATS = CODE_BEARING | frozenset({Format.SAFETENSORS, Format.NUMPY_NPY,
