@@ -147,7 +147,8 @@ def test_parsers_record_no_findings() -> None:
     """readers/ parse; analysis/ audits. A pure parser never sees the AuditContext (it
     raises a typed error or LimitExceeded), nor the rule registry or the policy."""
     graph = import_graph(PACKAGE)
-    for parser in ("ckptguard.readers.jsonfile", "ckptguard.readers.npy"):
+    for parser in ("ckptguard.readers.jsonfile", "ckptguard.readers.npy",
+                   "ckptguard.readers.safetensors"):
         assert graph[parser] & {"ckptguard.rules", "ckptguard.policy"} == set(), parser
         text = _modules(PACKAGE)[parser][0].read_text(encoding="utf-8")
         assert "AuditContext" not in text and "ctx." not in text, parser

@@ -1,4 +1,5 @@
-"""safetensors: validate the header without the safetensors library.
+"""safetensors: validate the header without the safetensors library (the header itself is
+parsed by ``readers/safetensors.py``).
 
 Layout: an 8-byte little-endian header length ``n``, ``n`` bytes of UTF-8 JSON (an object:
 tensor name -> ``{"dtype", "shape", "data_offsets"}``, plus an optional ``__metadata__``
@@ -14,16 +15,12 @@ Only the header is read (and recorded for the same-bytes check); tensor data nev
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 from ..context import AuditContext, LimitExceeded
 from ..model import TensorInfo
 from ..primitives import escape
-from ..readers.jsonfile import JsonError, parse_json
-
-#: The safetensors crate refuses headers above this size (MAX_HEADER_SIZE).
-CRATE_MAX_HEADER = 100_000_000
+from ..readers.safetensors import HeaderError, read_header, read_length
 
 #: safetensors dtype -> (bits per element, torch dtype name). The crate's Dtype list.
 DTYPES: dict[str, tuple[int, str]] = {
@@ -57,22 +54,6 @@ _U64 = (1 << 64) - 1
 _MAX_METADATA_ITEMS = 64  # copied into Report.metadata (the rest is only counted)
 
 
-class _Negative:
-    """Stands for a negative JSON integer (including ``-0``, which serde_json reads as a
-    float): never an acceptable size or offset."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-
-def _parse_int(text: str) -> int | _Negative:
-    if text.startswith("-"):
-        return _Negative(text)
-    if len(text) > 20:
-        raise ValueError(f"integer literal of {len(text)} digits")
-    return int(text)
-
-
 def _is_uint(v: Any) -> bool:
     return type(v) is int and 0 <= v <= _U64
 
@@ -93,49 +74,28 @@ def _utf8_clean(text: str) -> bool:
 def audit_safetensors(ctx: AuditContext) -> None:
     """Validate a safetensors file's header; record its tensors and metadata."""
     size = ctx.source.size
-    if size < 8:
-        ctx.add("CKG501", f"file of {size} bytes is shorter than the 8-byte length field",
-                offset=0)
-        return
-    (n,) = struct.unpack("<Q", ctx.source.read(0, 8, record=True))
-    ctx.metadata["safetensors.header_bytes"] = str(n)
-    if n > size - 8:
-        ctx.add("CKG501", f"header length {n} runs past the end of the file ({size} bytes)",
-                offset=0, evidence={"header_length": str(n), "file_size": str(size)})
-        return
-    if n > CRATE_MAX_HEADER:
-        ctx.add("CKG501", f"header length {n} exceeds the safetensors maximum "
-                f"({CRATE_MAX_HEADER}); the library refuses it", offset=0,
-                evidence={"header_length": str(n)})
-        return
-    if n > ctx.limits.max_header_bytes:
-        raise LimitExceeded("max_header_bytes", ctx.limits.max_header_bytes,
-                            f"safetensors header of {n} bytes")
-    header = ctx.source.read(8, n, record=True)
-    if header[:1] != b"{":
-        ctx.add("CKG501", "header does not start with '{'", offset=8)
-        return
+    src = ctx.source
+
+    def read(offset: int, length: int) -> bytes:
+        return src.read(offset, length, record=True)
+
     try:
-        parsed = parse_json(header, max_depth=ctx.limits.max_json_depth,
-                            parse_int=_parse_int, allow_constants=False)
-    except JsonError as e:
-        if e.kind == "depth":
-            ctx.add("CKG501", f"header JSON nests deeper than {ctx.limits.max_json_depth} "
-                    "levels (a safetensors header needs 3)", offset=8,
-                    evidence={"error": "depth"})
-        else:
-            ctx.add("CKG501", f"header is not valid UTF-8 JSON ({e.kind}: {escape(e.detail)})",
-                    offset=8, evidence={"error": e.kind})
+        n = read_length(read, size)
+        ctx.metadata["safetensors.header_bytes"] = str(n)
+        header = read_header(read, size, n, max_header_bytes=ctx.limits.max_header_bytes,
+                             max_json_depth=ctx.limits.max_json_depth)
+    except HeaderError as e:
+        ctx.add("CKG501", e.message, offset=e.offset, evidence=e.evidence)
         return
-    if parsed.duplicates:
-        keys = ", ".join(sorted({escape(k, 60) for k in parsed.duplicates}))
+    if header.duplicates:
+        keys = ", ".join(sorted({escape(k, 60) for k in header.duplicates}))
         ctx.add("CKG502", f"header JSON repeats keys: {escape(keys, 300)}", offset=8,
                 evidence={"keys": escape(keys, 1000)})
-    value = parsed.value
+    value = header.value
     if not isinstance(value, dict):
         ctx.add("CKG501", "header JSON is not an object", offset=8)
         return
-    data_start = 8 + n
+    data_start = header.data_start
     _check_metadata(ctx, value.get(_METADATA, None), _METADATA in value)
     entries = [(k, v) for k, v in value.items() if k != _METADATA]
     if len(entries) > ctx.limits.max_tensors:
@@ -290,4 +250,4 @@ def _check_layout(ctx: AuditContext, spans: list[tuple[int, int, str]], data_sta
                     offset=size, evidence={"missing_bytes": str(expected - size)})
 
 
-__all__ = ["CRATE_MAX_HEADER", "DTYPES", "audit_safetensors"]
+__all__ = ["DTYPES", "audit_safetensors"]
