@@ -69,6 +69,9 @@ def normalise_sarif(text: str) -> str:
     doc = json.loads(text)
     drv = doc["runs"][0]["tool"]["driver"]
     drv["version"] = drv["semanticVersion"] = "<version>"
+    bases = doc["runs"][0]["originalUriBaseIds"]
+    assert bases["%SRCROOT%"]["uri"] == Path.cwd().as_uri() + "/"
+    bases["%SRCROOT%"]["uri"] = "file:///<cwd>/"
     return json.dumps(doc, indent=2, ensure_ascii=True) + "\n"
 
 
@@ -85,8 +88,8 @@ def test_unsafe_file_exits_1(here: Path) -> None:
     write(here / "evil.pkl", evil_pickle())
     res = run("scan", "evil.pkl")
     assert res.exit_code == 1
-    assert "CKG101" in res.stdout and "UNSAFE" in res.stdout
-    assert "evil.pkl@" in res.stdout  # location path:member@offset
+    line = res.stdout.splitlines()[0]
+    assert line.startswith("UNSAFE ") and "evil.pkl  CKG101 critical at byte " in line
 
 
 def test_incomplete_exits_2(here: Path) -> None:
@@ -110,15 +113,78 @@ def test_missing_path_is_reported_not_fatal(here: Path) -> None:
     assert doc["reports"][1]["findings"][0]["rule_id"] == "CKG010"
 
 
-def test_empty_scan_says_so_and_exits_2(here: Path) -> None:
+def test_empty_scan_says_so_and_passes(here: Path) -> None:
+    """A repository without model files passes (and says so); --fail-on-empty makes a job
+    that must scan something fail with 2."""
     (here / "empty_dir").mkdir()
     res = run("scan", "empty_dir")
-    assert res.exit_code == 2
-    assert "no files to scan" in res.stderr
-    write(here / "only_text" / "README.md", b"# hello\n")
+    assert res.exit_code == 0
+    assert "no files to scan: no model files found" in res.stderr
+    for i in range(1000):
+        write(here / "only_text" / f"n{i}.md", b"# hello\n")
     res = run("scan", "only_text")
-    assert res.exit_code == 2
-    assert "1 files skipped" in res.stderr
+    assert res.exit_code == 0
+    assert "1000 files skipped" in res.stderr
+    assert "no files scanned; 1000 skipped (not model files)" in res.stdout
+    assert run("scan", "--fail-on-empty", "only_text").exit_code == 2
+    assert run("scan", "--fail-on-empty", "empty_dir").exit_code == 2
+    code, doc = scan_json("only_text")
+    assert code == 0 and doc["summary"]["files"] == 0 and doc["summary"]["skipped"] == 1000
+
+
+def test_empty_scan_table() -> None:
+    from ckptguard.cli.exitcodes import EMPTY_SCAN, ExitCode, empty_scan_code
+
+    assert EMPTY_SCAN == {False: ExitCode.OK, True: ExitCode.UNDECIDED}
+    assert [empty_scan_code(b) for b in (False, True)] == [ExitCode.OK, ExitCode.UNDECIDED]
+
+
+def test_unreadable_named_file_is_a_ckg010_row(tmp_path: Path) -> None:
+    """Not a click usage error: the documented CKG010 row (as root, the scan runs without
+    the capabilities that let root read every file)."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    if shutil.which("setpriv") is None or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv to drop the DAC capabilities")
+    folder = Path(tempfile.mkdtemp(prefix="ckg-unreadable-"))
+    try:
+        folder.chmod(0o755)
+        write(folder / "ok.safetensors", safetensors_bytes())
+        secret = write(folder / "secret.pt", evil_pickle())
+        secret.chmod(0o000)
+        (folder / "ok.safetensors").chmod(0o644)
+        src = str(ROOT / "src")
+        cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-m", "ckptguard", "scan", "--format", "json", "secret.pt",
+               "ok.safetensors"]
+        res = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, check=False,
+                             env={**os.environ, "PYTHONPATH": src, "HOME": str(folder)})
+        assert res.returncode == 2, res.stderr
+        doc = json.loads(res.stdout)
+        assert [r["path"] for r in doc["reports"]] == ["secret.pt", "ok.safetensors"]
+        assert doc["reports"][0]["verdict"] == "INCOMPLETE"
+        assert doc["reports"][0]["findings"][0]["rule_id"] == "CKG010"
+        assert doc["reports"][1]["verdict"] == "SAFE"
+        assert "Usage" not in res.stderr
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_limits_print_as_integers(here: Path) -> None:
+    from ckptguard.context import limit_text
+
+    assert [limit_text(v) for v in (2147483648, 2147483648.0, 120.0, 0.5)] == [
+        "2147483648", "2147483648", "120", "0.5"]
+    write(here / "ok.safetensors", safetensors_bytes())
+    res = run("scan", "--format", "json", "ok.safetensors")
+    limits = json.loads(res.stdout)["reports"][0]["limits"]
+    assert isinstance(limits["max_pickle_bytes"], int) and "e+" not in res.stdout
+    write(here / "many.pkl", __import__("pickle").dumps(list(range(100))))
+    res = run("scan", "--limit", "max_objects=5", "many.pkl")
+    assert res.exit_code == 2 and "CKG901" in res.stdout, res.output
+    assert "limit max_objects=5 reached" in res.stdout
 
 
 def test_usage_errors_exit_2(here: Path) -> None:
@@ -295,19 +361,110 @@ def test_hf_cache_layout(here: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert paths(doc) == [
         "datasets/org/data@r9/data.safetensors",
         "org/name@r1/model.safetensors",
-        "org/name@r2/extra/pytorch_model.bin",
-        "org/name@r2/model.safetensors",
+        "org/name@main (r2)/extra/pytorch_model.bin",
+        "org/name@main (r2)/model.safetensors",
     ]
     assert len(calls) == 3  # the shared blob once
     by_path = {r["path"]: r for r in doc["reports"]}
-    evil = by_path["org/name@r2/extra/pytorch_model.bin"]
+    evil = by_path["org/name@main (r2)/extra/pytorch_model.bin"]
     assert evil["verdict"] == "UNSAFE"
-    assert evil["findings"][0]["location"]["path"] == "org/name@r2/extra/pytorch_model.bin"
+    assert evil["findings"][0]["location"]["path"] == "org/name@main (r2)/extra/pytorch_model.bin"
+    assert evil["metadata"]["hf_cache.refs"] == "main"
+    assert evil["metadata"]["hf_cache.file"] == "models--org--name/snapshots/r2/extra/pytorch_model.bin"
     assert evil["metadata"]["hf_cache.blob"] == "2" * 40
     assert by_path["org/name@r1/model.safetensors"]["metadata"]["hf_cache.revision"] == "r1"
-    assert by_path["org/name@r2/model.safetensors"]["metadata"]["hf_cache.revision"] == "r2"
+    assert by_path["org/name@main (r2)/model.safetensors"]["metadata"]["hf_cache.revision"] == "r2"
     assert doc["summary"]["skipped"] == 2  # config.json in r1 and r2: one blob, two names
     assert any("partial download not scanned" in n for n in doc["notes"])
+
+
+def sharded_snapshot(cache: Path, repo: str = "models--org--sharded",
+                     rev: str = "0123456789abcdef0123456789abcdef01234567",
+                     index: bytes | None = None, refs: dict[str, str] | None = None) -> None:
+    """A two-shard safetensors checkpoint with its index, as the hub cache stores it."""
+    root = cache / repo
+    snap = root / "snapshots" / rev
+    snap.mkdir(parents=True)
+    for ref, target in (refs if refs is not None else {"main": rev}).items():
+        write(root / "refs" / ref, target.encode())
+    weight_map = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    files = {
+        "model-00001-of-00002.safetensors": safetensors_bytes({"a": ("F32", [1], b"\0" * 4)}),
+        "model-00002-of-00002.safetensors": safetensors_bytes({"b": ("F32", [1], b"\0" * 4)}),
+        "model.safetensors.index.json": index if index is not None else json.dumps(
+            {"metadata": {}, "weight_map": weight_map}).encode(),
+    }
+    for i, (name, data) in enumerate(sorted(files.items())):
+        write(root / "blobs" / f"{rev[:8]}{i}", data)
+        (snap / name).symlink_to(Path("..") / ".." / "blobs" / f"{rev[:8]}{i}")
+
+
+def test_hf_cache_refs_and_shards_listed_once(here: Path) -> None:
+    cache = here / "hub"
+    sharded_snapshot(cache, refs={"main": "0123456789abcdef0123456789abcdef01234567",
+                                  "pr/7": "0123456789abcdef0123456789abcdef01234567"})
+    sharded_snapshot(cache, repo="models--org--old", rev="f" * 40, refs={})
+    code, doc = scan_json("--hf-cache", str(cache))
+    assert code == 0
+    base = "org/sharded@main (0123456)/"
+    assert paths(doc) == ["org/old@fffffff/model.safetensors.index.json",
+                          base + "model.safetensors.index.json"]
+    index = doc["reports"][1]
+    assert [c["path"] for c in index["children"]] == [
+        base + "model-00001-of-00002.safetensors", base + "model-00002-of-00002.safetensors"]
+    assert index["metadata"]["hf_cache.refs"] == "main,pr/7"
+    # listed and counted once: 2 indexes + 4 shards
+    assert doc["summary"]["files"] == doc["summary"]["planned"] == 6
+    assert str(cache) not in json.dumps(doc["reports"])  # no absolute snapshot path
+    text = run("scan", "--hf-cache", str(cache)).stdout
+    assert text.count("model-00001-of-00002.safetensors") == 2  # once per revision
+    assert "6 files scanned: 6 SAFE" in text
+
+
+def test_shards_of_a_broken_index_are_still_scanned(here: Path) -> None:
+    """An index that cannot be read covers nothing: its shards are reported on their own."""
+    sharded_snapshot(here / "hub", index=b'{"weight_map": {"a": "model-00001-of-00002.safetensors",')
+    code, doc = scan_json("--hf-cache", str(here / "hub"))
+    assert [p.rsplit("/", 1)[1] for p in paths(doc)] == [
+        "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json"]
+    assert [r["verdict"] for r in doc["reports"]] == ["SAFE", "SAFE", "UNSAFE"]
+    assert doc["reports"][2]["findings"][0]["rule_id"] == "CKG701"
+    assert doc["reports"][2]["children"] == []
+    assert code == 1
+
+
+def test_shards_in_a_folder_listed_under_their_index(here: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    sharded_snapshot(here / "hub")
+    folder = here / "plain"
+    snap = next((here / "hub").glob("*/snapshots/*"))
+    folder.mkdir()
+    for f in snap.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    write(folder / "model-00003-of-00002.safetensors", evil_pickle())  # not in the index
+    import ckptguard.cli.runner as runner
+
+    real = runner.scan_one
+    calls: list[str] = []
+
+    def counting(path: str, *a: object) -> object:
+        calls.append(os.path.basename(path))
+        return real(path, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner, "scan_one", counting)
+    for workers in ("1", "2"):
+        calls.clear()
+        code, doc = scan_json("plain", "--workers", workers)
+        assert code == 1
+        assert paths(doc) == ["plain/model-00003-of-00002.safetensors",
+                              "plain/model.safetensors.index.json"]
+        assert [c["path"] for c in doc["reports"][1]["children"]] == [
+            "plain/model-00001-of-00002.safetensors", "plain/model-00002-of-00002.safetensors"]
+        assert doc["summary"]["files"] == 4
+        if workers == "1":  # (workers run in other processes: not counted)
+            assert sorted(calls) == ["model-00003-of-00002.safetensors",
+                                     "model.safetensors.index.json"]
 
 
 def test_hf_cache_default_location(here: Path) -> None:
@@ -459,8 +616,10 @@ def test_hostile_names_escaped_everywhere(here: Path, fmt: str) -> None:
         assert bad not in out, (fmt, repr(bad))
     if fmt == "text":
         assert "esc\\x1b[31mred" in out and "new\\x0aline" in out and "rtl\\u202elkp" in out
-        assert "x" * 240 not in out  # truncated
         assert "new\nline" not in out  # no raw newline from a name
+        # not a terminal: the whole path on one line with its verdict, never wrapped
+        long_line = next(ln for ln in res.stdout.splitlines() if "x" * 240 in ln)
+        assert long_line.startswith("UNSAFE ") and "h/long-" + "x" * 240 + ".pkl  CKG101" in long_line
     else:
         doc = json.loads(res.stdout)
         if fmt == "json":
@@ -493,12 +652,14 @@ def test_skip_non_models_for_hooks(here: Path) -> None:
     assert run("scan", "README.md").exit_code == 2           # named: always scanned
     res = run("scan", "--skip-non-models", "README.md")
     assert res.exit_code == 0 and "no files to scan" in res.stderr
+    assert run("scan", "--skip-non-models", "--fail-on-empty", "README.md").exit_code == 2
     assert run("scan", "--skip-non-models", "README.md", "disguised.png").exit_code == 1
 
 
 def test_pre_commit_hook_definition() -> None:
     text = (ROOT / ".pre-commit-hooks.yaml").read_text(encoding="utf-8")
     assert "- id: ckptguard" in text
+    assert "  require_serial: true" in text.splitlines()  # one run per commit: one table
     entry = next(ln.split(":", 1)[1].strip() for ln in text.splitlines()
                  if ln.strip().startswith("entry:"))
     args = entry.split()
@@ -507,3 +668,42 @@ def test_pre_commit_hook_definition() -> None:
 
     known = {opt for p in scan_command.params for opt in getattr(p, "opts", [])}
     assert all(a in known for a in args[2:] if a.startswith("-"))
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    command = next(ln for ln in readme.splitlines()
+                   if ln.startswith("python3 -m pip install -c constraints/test.txt"))
+    ci = [ln for ln in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+          if ln.strip() and not ln.lstrip().startswith("#")]
+    assert ci[-1] == command
+    assert "python3 -m venv" in readme and "download.pytorch.org/whl/cpu" in readme
+
+
+def test_ctrl_c_while_parsing_arguments_exits_2(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """click alone would print 'Aborted!' and exit 1 ('findings')."""
+    from ckptguard.cli import cli as group
+    from ckptguard.cli import main
+
+    def interrupted(*a: object, **k: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(group, "make_context", interrupted)
+    monkeypatch.setattr("sys.argv", ["ckptguard", "scan", "."])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 2
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_looking_for_files(here: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*a: object, **k: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ckptguard.cli.scan_cmd.discover", interrupted)
+    res = run("scan", "--format", "json", ".")
+    assert res.exit_code == 2
+    summary = json.loads(res.stdout)["summary"]
+    assert summary["interrupted"] is True and summary["files"] == 0
+    assert "interrupted while looking for files" in res.stderr

@@ -101,3 +101,81 @@ def test_ctrl_c_in_terminal(tmp_path: Path, workers: str) -> None:
         assert "Traceback" not in final
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, check=False)
+
+
+def _run_in_terminal(tmp_path: Path, width: int, *args: str, colour: bool = True) -> str:
+    """``ckptguard scan ARGS`` in a WIDTH-column tmux terminal; the final screen (with the
+    ANSI colours when ``colour``), once the command has finished."""
+    session = f"ckg-{uuid.uuid4().hex[:8]}"
+    done = tmp_path / f"done-{session}"
+    cmd = (f"cd {shlex.quote(str(tmp_path))}; {shlex.quote(sys.executable)} -m ckptguard.cli "
+           f"scan {' '.join(shlex.quote(a) for a in args)}; touch {shlex.quote(str(done))}; "
+           "sleep 30")
+    env = "env -u NO_COLOR -u COLUMNS -u LINES TERM=xterm-256color "
+    _tmux("new-session", "-d", "-s", session, "-x", str(width), "-y", "60",
+          env + "bash --norc -c " + shlex.quote(cmd))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not done.exists():
+            time.sleep(0.05)
+        assert done.exists()
+        time.sleep(0.2)
+        return _tmux("capture-pane", "-p", *(["-e"] if colour else []), "-t", session)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, check=False)
+
+
+def _layout_folder(tmp_path: Path) -> None:
+    import json
+
+    from cli_helpers import evil_pickle, namespace_pickle, safetensors_bytes, write
+
+    m = tmp_path / "models"
+    write(m / "a" / "model.safetensors", safetensors_bytes())
+    write(m / "a" / "pytorch_model.bin", evil_pickle())
+    write(m / "runs" / ("run-" + "x" * 30) / "checkpoint.ckpt", namespace_pickle())
+    shards = {"w1": "model-00001-of-00002.safetensors", "w2": "model-00002-of-00002.safetensors"}
+    for name, shard in shards.items():
+        write(m / "big" / shard, safetensors_bytes({name: ("F32", [1], b"\0" * 4)}))
+    write(m / "big" / "model.safetensors.index.json",
+          json.dumps({"weight_map": shards}).encode())
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_terminal_layout_at_80_and_200_columns(tmp_path: Path, width: int) -> None:
+    _layout_folder(tmp_path)
+    screen = _run_in_terminal(tmp_path, width, "models", colour=False)
+    lines = [ln.rstrip() for ln in screen.splitlines() if ln.strip()]
+    assert all(len(ln) <= width for ln in lines)
+    assert "6 files scanned: 4 SAFE, 2 UNSAFE, 0 INCOMPLETE" in screen
+    # the path once; the finding under it, at the file column, with the place in the file
+    assert screen.count("models/a/pytorch_model.bin") == 1
+    i = next(k for k, ln in enumerate(lines) if ln.endswith("models/a/pytorch_model.bin"))
+    assert lines[i].startswith("UNSAFE ")
+    assert re.match(r" {26}CKG101 critical at byte \d+: ", lines[i + 1]), lines[i + 1]
+    # shards under their index, by name
+    assert sum("└ model-0000" in ln for ln in lines) == 2
+    long_name = "run-" + "x" * 30
+    if width == 200:   # everything fits: one line for the file, one for its finding
+        j = next(k for k, ln in enumerate(lines) if long_name in ln)
+        assert lines[j].endswith(f"models/runs/{long_name}/checkpoint.ckpt")
+        assert lines[j + 1].lstrip().startswith("CKG102 medium") and "(+" in lines[j + 1]
+    else:              # 80 columns: the long path breaks after a '/', the finding wraps
+        j = next(k for k, ln in enumerate(lines) if ln.endswith(f"{long_name}/"))
+        assert lines[j + 1].strip() == "checkpoint.ckpt"
+        assert lines[j + 2].strip().startswith("CKG102 medium")
+    coloured = _run_in_terminal(tmp_path, width, "models")
+    assert "\x1b[" in coloured  # colours in a terminal
+
+
+def test_piped_output_is_one_line_per_file(tmp_path: Path) -> None:
+    """The same folder through a pipe: one unwrapped line per file, whole paths, no colour."""
+    _layout_folder(tmp_path)
+    res = subprocess.run([sys.executable, "-m", "ckptguard.cli", "scan", "models"],
+                         cwd=tmp_path, capture_output=True, text=True, check=False,
+                         env={**os.environ, "COLUMNS": "40"})
+    lines = res.stdout.splitlines()
+    assert len(lines) == 8 and "\x1b" not in res.stdout  # 6 files, policy line, summary
+    grep = [ln for ln in lines if "UNSAFE" in ln.split()[:1]]
+    assert [ln.split()[2] for ln in grep] == ["models/a/pytorch_model.bin",
+                                             f"models/runs/run-{'x' * 30}/checkpoint.ckpt"]

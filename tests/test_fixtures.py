@@ -2,17 +2,20 @@
 
 - the committed fixtures are exactly what the generator writes (deterministic);
 - every hostile fixture with a "fires" loader is a real attack: the unsafe loader creates
-  ``ckptguard_marker`` in its working directory (a subprocess in tmp_path);
+  ``ckptguard_marker`` in its working directory (one oracle worker process per loader
+  kind loads them all, each in a directory of its own);
 - every benign fixture loads with torch.load(weights_only=True);
 - ckptguard.scan gives the manifest's verdict and at least the manifest's rule IDs;
-- whatever fickling calls unsafe, ckptguard does not call SAFE.
+- whatever fickling calls unsafe, ckptguard does not call SAFE (and fickling objects to
+  most hostile fixtures, so that second opinion is not silent).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
-import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from oracle_harness import FIRES_KIND
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
@@ -57,7 +61,7 @@ def test_manifest_is_consistent() -> None:
         assert p.is_file(), e["path"]
         total += p.stat().st_size
         assert e["verdict"] in ("SAFE", "UNSAFE", "INCOMPLETE")
-        assert e["fires"] in (None, *_LOADERS)
+        assert e["fires"] in (None, *FIRES_KIND)
         for rid in e["rules"] + e["rules_any"]:
             assert rid in RULES, (e["path"], rid)
         if e["verdict"] == "SAFE":
@@ -70,39 +74,43 @@ def test_manifest_is_consistent() -> None:
 
 # -------------------------------------------------------------------- payloads are real
 
-_LOADERS = {
-    "pickle.load": "import pickle\nwith open(F, 'rb') as fh:\n    pickle.load(fh)\n",
-    "torch.load": "import torch\ntorch.load(F, weights_only=False)\n",
-    "torch.load_legacy": "import torch\ntorch.load(F, weights_only=False)\n",
-    # an npz loads lazily: its arrays are read (and object arrays unpickled) on access
-    "numpy.load": "import numpy\nr = numpy.load(F, allow_pickle=True)\n"
-                  "for k in getattr(r, 'files', []):\n    r[k]\n",
-    "torch.export.load": "import torch\ntorch.export.load(F)\n",
-    "torch.export.load+call": "import torch\nep = torch.export.load(F)\n"
-                              "ep.module()(*ep.example_inputs[0])\n",
-}
+@pytest.fixture(scope="module")
+def fired(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, Path]]:
+    """Every firing fixture loaded by its unsafe loader, in a directory of its own: ONE
+    long-lived oracle worker per loader kind (tests/oracle_worker.py) loads them all."""
+    from oracle_harness import FIRES_KIND, TORCH_KINDS, run_loads
+
+    base = tmp_path_factory.mktemp("fires")
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for e in FIRING:
+        by_kind.setdefault(FIRES_KIND[e["fires"]], []).append(e)
+    out: dict[str, tuple[Any, Path]] = {}
+    for kind, entries in sorted(by_kind.items()):
+        if kind in TORCH_KINDS and importlib.util.find_spec("torch") is None:
+            continue
+        jobs = []
+        for i, e in enumerate(entries):
+            d = base / kind / str(i)
+            d.mkdir(parents=True)
+            shutil.copy(FIXTURES / e["path"], d / Path(e["path"]).name)
+            jobs.append((d / Path(e["path"]).name, d, 120.0))
+        for (path, res, _restarts), e in zip(run_loads(kind, jobs), entries, strict=True):
+            out[e["path"]] = (res, path.parent)
+    return out
 
 
 @pytest.mark.parametrize("entry", FIRING, ids=_id)
-def test_payload_fires(entry: dict[str, Any], tmp_path: Path) -> None:
+def test_payload_fires(entry: dict[str, Any], fired: dict[str, tuple[Any, Path]]) -> None:
     loader = entry["fires"]
     if loader.startswith("torch"):
         pytest.importorskip("torch")
     if loader.startswith("numpy"):
         pytest.importorskip("numpy")
-    name = Path(entry["path"]).name
-    shutil.copy(FIXTURES / entry["path"], tmp_path / name)
-    body = "\n".join("    " + line for line in _LOADERS[loader].splitlines())
-    script = (f"F = {name!r}\ntry:\n{body}\nexcept BaseException as e:  # broken on purpose\n"
-              "    print('raised', type(e).__name__)\n")
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("CKPTGUARD")}
-    env["PIP_NO_INPUT"] = "1"
-    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180,
-                       check=False)
-    assert (tmp_path / MARKER).exists(), (
+    res, cwd = fired[entry["path"]]
+    assert (cwd / MARKER).exists(), (
         f"{entry['path']}: {loader} did not run the payload\n"
-        f"{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+        f"error: {res.error}\nevents: {res.events}")
+    assert ("file-created", MARKER) in res.events
 
 
 # --------------------------------------------------------------------- benign is benign
@@ -118,7 +126,7 @@ def test_benign_loads_weights_only(entry: dict[str, Any]) -> None:
 def test_medium_refused_by_weights_only(entry: dict[str, Any]) -> None:
     """Medium fixtures are benign-looking but NOT weights-only: torch refuses them too."""
     torch = pytest.importorskip("torch")
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         torch.load(FIXTURES / entry["path"], weights_only=True, map_location="cpu")
 
 
@@ -185,17 +193,9 @@ def _fickling_severity(data: bytes) -> Any:
     return check_safety(pickled).severity
 
 
-@pytest.mark.parametrize("entry", HOSTILE, ids=_id)
-def test_fickling_second_opinion(entry: dict[str, Any]) -> None:
-    pytest.importorskip("fickling")
-    if entry["family"] == "tensor-invariants" and entry["verdict"] == "SAFE":
-        # fickling objects to torch's sparse/quantized/nested rebuild functions themselves
-        # (its verdict is the same for valid ones); these files scan SAFE on purpose and are
-        # refused at load time: tests/test_tensor_invariants.py asserts each refusal
-        pytest.skip("refused by the loader, not the scan (see test_tensor_invariants.py)")
+def _fickling_flags(entry: dict[str, Any]) -> list[str]:
+    """The pickles of a fixture fickling grades LIKELY_UNSAFE or worse."""
     from fickling.analysis import Severity as FS
-
-    import ckptguard
 
     flagged = []
     for member, data in _pickles_of(FIXTURES / entry["path"]):
@@ -205,7 +205,33 @@ def test_fickling_second_opinion(entry: dict[str, Any]) -> None:
             continue
         if sev >= FS.LIKELY_UNSAFE:
             flagged.append(f"{member or 'file'}: {sev.name}")
-    if not flagged:
-        pytest.skip("fickling has no objection")
+    return flagged
+
+
+HAS_FICKLING = importlib.util.find_spec("fickling") is not None
+# Collected only where fickling objects: a fixture fickling is silent on has no second
+# opinion to compare (no test, rather than a skip that looks like one).
+FICKLING_FLAGGED = {e["path"]: _fickling_flags(e) for e in HOSTILE} if HAS_FICKLING else {}
+# Hostile fixtures that scan SAFE on purpose (tensor data torch's rebuild functions accept,
+# refused by safe_load's invariant checks: tests/test_tensor_invariants.py) are left out:
+# fickling objects to the rebuild functions themselves, valid files included.
+FICKLING_HOSTILE = [e for e in HOSTILE
+                    if FICKLING_FLAGGED.get(e["path"]) and e["verdict"] != "SAFE"]
+
+
+@pytest.mark.skipif(not HAS_FICKLING, reason="fickling is not installed")
+def test_fickling_objects_to_most_hostile_fixtures() -> None:
+    """The second opinion is not silent: fickling objects to most hostile fixtures (the
+    rest are zip, framing and parser tricks it does not model)."""
+    silent = sorted(p for p, flags in FICKLING_FLAGGED.items() if not flags)
+    print(f"\nFICKLING flagged {len(FICKLING_HOSTILE)} of {len(HOSTILE)}; silent on {silent}")
+    assert len(FICKLING_HOSTILE) >= len(HOSTILE) // 2, silent
+
+
+@pytest.mark.parametrize("entry", FICKLING_HOSTILE, ids=_id)
+def test_fickling_second_opinion(entry: dict[str, Any]) -> None:
+    import ckptguard
+
+    flagged = FICKLING_FLAGGED[entry["path"]]
     r = ckptguard.scan(FIXTURES / entry["path"])
     assert r.verdict.value != "SAFE", f"fickling says {flagged}; ckptguard:\n{_describe(r)}"

@@ -220,6 +220,29 @@ def test_environment_switch(tmp_path: Path, torch_first: bool) -> None:
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("probes", [1, 3])
+def test_environment_switch_survives_find_spec_probes(tmp_path: Path, probes: int) -> None:
+    """transformers and accelerate ask ``importlib.util.find_spec("torch")`` before they
+    import torch; those probes must not use up the hook that guards the real import."""
+    marker = tmp_path / "pwned"
+    path = hostile_torch_zip(tmp_path / "evil.pt", marker)
+    code = (
+        "import importlib.util, ckptguard\n"
+        + f"for _ in range({probes}):\n"
+        + "    assert importlib.util.find_spec('torch') is not None\n"
+        + "import torch\n"
+        + "print('guarded', ckptguard.guard.is_torch_load_guarded())\n"
+        + "try:\n"
+        + f"    torch.load({str(path)!r}, weights_only=False)\n"
+        + "except Exception as e:\n"
+        + "    print(type(e).__name__)\n"
+    )
+    proc = _run_child(code, env_on=True)
+    assert "guarded True" in proc.stdout, proc.stdout + proc.stderr
+    assert "UnsafeCheckpointError" in proc.stdout, proc.stderr
+    assert not marker.exists()
+
+
 def test_environment_switch_off() -> None:
     assert install_from_env({}) is False
     assert install_from_env({ENV_VAR: "0"}) is False

@@ -30,6 +30,7 @@ from ckptguard.policy import (
 from ckptguard.report import FORMATTERS, FormatOptions, ScanResult, load_schema, render
 from ckptguard.report.escape import escape_untrusted, has_unsafe_chars
 from ckptguard.report.jsonreport import SCHEMA_VERSION
+from ckptguard.report.options import TextLayout
 from ckptguard.report.sarif import artifact_location, sarif_document
 from ckptguard.rules import RULES, make_finding
 
@@ -119,9 +120,67 @@ def test_text_verbose_golden() -> None:
     check_golden("report-verbose.txt", out)
 
 
+@pytest.mark.parametrize("verbose", [False, True])
+def test_text_terminal_golden_80_columns(verbose: bool) -> None:
+    out = render("text", sample_result(), FormatOptions(width=80, verbose=verbose,
+                                                        layout=TextLayout.TERMINAL))
+    check_golden(f"report-terminal-80{'-verbose' if verbose else ''}.txt", out)
+    assert max(len(ln) for ln in out.splitlines()) <= 80
+    # the path is printed once: finding lines give the place inside the file
+    assert out.count("models/evil.pt") == 1
+    assert "at archive/data.pkl@91: STACK_GLOBAL" in out
+    # a shard is listed under its folder by its own name
+    assert "└ model-00001-of-00002.safetensors" in out
+
+
+def test_text_lines_layout_one_line_per_file_and_finding() -> None:
+    result = sample_result()
+    plain = render("text", result, FormatOptions(width=40))
+    verbose = render("text", result, FormatOptions(width=40, verbose=True))
+    files = [r for r, _ in _walk_reports(result.reports)]
+    body = plain.splitlines()[:len(files)]
+    # one line per file (children included), whatever the width, with the whole path
+    assert [ln.split()[0] for ln in body] == [r.verdict.value for r in files]
+    for ln, r in zip(body, files):
+        assert escape_untrusted(r.path, None) in ln
+    # -v: one more line per finding and per problem, each holding path:member@offset
+    n_findings = sum(len(r.findings) + len(r.problems) for r in files)
+    assert len(verbose.splitlines()) == len(plain.splitlines()) + n_findings
+    assert "  models/evil.pt:archive/data.pkl@40: CKG102 medium (blocks): " in verbose
+
+
+def _walk_reports(reports: tuple[Report, ...]) -> list[tuple[Report, int]]:
+    out: list[tuple[Report, int]] = []
+    for r in reports:
+        out.append((r, 0))
+        out.extend(_walk_reports(r.children))
+    return out
+
+
+def test_text_rendering_is_linear_and_cheap() -> None:
+    """20,000 files render in one pass: a small fraction of the ~0.1 ms each costs to scan
+    (the bench measures the ratio; this only guards against a quadratic layout)."""
+    import time
+
+    safe = _report("m/ok.safetensors", Verdict.SAFE, Format.SAFETENSORS)
+    small = ScanResult(reports=(safe,) * 2000)
+    large = ScanResult(reports=(safe,) * 20000)
+    for layout in TextLayout:
+        opts = FormatOptions(width=80, layout=layout)
+        t0 = time.perf_counter()
+        render("text", small, opts)
+        t1 = time.perf_counter()
+        out = render("text", large, opts)
+        t2 = time.perf_counter()
+        assert out.count("\n") == 20002  # a line a file, the policy line, the summary
+        assert (t2 - t1) < 25 * (t1 - t0) + 0.05, layout
+
+
 def test_text_colour_only_when_asked() -> None:
     plain = render("text", sample_result(), FormatOptions(width=200))
-    coloured = render("text", sample_result(), FormatOptions(width=200, color=True))
+    coloured = render("text", sample_result(), FormatOptions(width=200, color=True,
+                                                             layout=TextLayout.TERMINAL))
+    assert "\x1b[" not in render("text", sample_result(), FormatOptions(width=200, color=True))
     assert "\x1b[" not in plain
     assert "\x1b[" in coloured
     # the hostile name's own escape sequence is still escaped in colour mode

@@ -41,6 +41,13 @@ class SourceError(Exception):
         super().__init__(message)
 
 
+def limit_text(value: float) -> str:
+    """A limit as people write it: ``2147483648``, ``120`` or ``0.5``, never ``2.14748e+09``."""
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
+
 class Source:
     """Random-access reads of one open file, counted and bounded."""
 
@@ -174,7 +181,7 @@ class AuditContext:
                   offset: int | None = None) -> None:
         self.add(
             "CKG901",
-            f"audit stopped: limit {exc.limit}={exc.value:g} reached"
+            f"audit stopped: limit {exc.limit}={limit_text(exc.value)} reached"
             + (f" ({exc.detail})" if exc.detail else ""),
             member=member, offset=offset, evidence={"limit": exc.limit},
         )

@@ -198,27 +198,37 @@ def _enable_from_env(policy: Policy, refusal: CkptGuardError | None) -> None:
 
 
 class _TorchImportHook(importlib.abc.MetaPathFinder):
-    """Enables the gate right after ``import torch`` finishes."""
+    """Enables the gate right after ``import torch`` finishes.
+
+    It stays on ``sys.meta_path`` until torch's module really executes: a mere
+    ``importlib.util.find_spec("torch")`` (transformers and accelerate probe for torch that
+    way before importing it) must not use it up."""
 
     def __init__(self, policy: Policy, refusal: CkptGuardError | None) -> None:
         self.policy = policy
         self.refusal = refusal
+        self._busy = threading.local()
 
     def find_spec(self, fullname: str, path: Sequence[str] | None,
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname != "torch":
+        if fullname != "torch" or getattr(self._busy, "on", False):
             return None
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-        spec = importlib.util.find_spec("torch")
+        self._busy.on = True  # the look-up below passes through this finder again
+        try:
+            spec = importlib.util.find_spec("torch")
+        finally:
+            self._busy.on = False
         if spec is None or spec.loader is None:
             return spec
         loader = spec.loader
         exec_module = loader.exec_module
         policy, refusal = self.policy, self.refusal
+        hook = self
 
         def exec_and_guard(module: ModuleType) -> None:
             exec_module(module)
+            if hook in sys.meta_path:
+                sys.meta_path.remove(hook)
             _enable_from_env(policy, refusal)
 
         loader.exec_module = exec_and_guard  # type: ignore[method-assign]

@@ -174,9 +174,6 @@ _RULES: tuple[Rule, ...] = (
          "A construct that pickle implementations decode differently (FRAME misuse, odd literal "
          "forms, non-UTF-8 names).",
          "Do not load this file; it may read differently in the loader than in any scanner."),
-    Rule("CKG205", "unexpected-pickle-count", S.HIGH, B,
-         "The stream holds a different number of pickle programs than its format allows.",
-         "Do not load this file."),
     # --- zip container ----------------------------------------------------------------------
     Rule("CKG301", "zip-duplicate-name", S.HIGH, B,
          "Two archive members have the same name, or names equal up to case; zip readers pick "

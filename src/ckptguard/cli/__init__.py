@@ -91,8 +91,20 @@ def cli() -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="ckptguard")
+    """Console-script entry point. click's standalone mode turns a Ctrl-C outside a
+    command (while arguments are parsed) into "Aborted!" and exit 1, which here means
+    "findings"; this entry point makes every interrupt exit 2."""
+    import sys
+
+    try:
+        code = cli.main(prog_name="ckptguard", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("interrupted", err=True)
+        code = int(ExitCode.UNDECIDED)
+    except click.exceptions.ClickException as e:
+        e.show()
+        code = e.exit_code
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 __all__ = ["Command", "cli", "load_command", "main"]

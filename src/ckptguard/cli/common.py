@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -121,14 +122,79 @@ def load_limits(items: tuple[str, ...]) -> Limits:
 
 
 def write_output(text: str, output: str | None) -> None:
+    """Write the report to stdout or, atomically, to ``output``."""
     if output is None or output == "-":
+        write_stdout(text)
+        return
+    try:
+        atomic_write(output, text)
+    except OSError as e:
+        raise fail(f"cannot write {output}: {e.strerror or e}; "
+                   "an earlier file at that path is unchanged") from None
+
+
+def write_stdout(text: str) -> None:
+    """Write ``text`` to stdout whole. A signal that interrupts a blocked write to a pipe
+    makes the buffered text layer drop the rest of a large write (seen with CPython 3.11),
+    so the bytes go out in an explicit loop over ``os.write``. A reader that went away
+    (``| head``) ends the output quietly."""
+    stream = stdout()
+    try:
+        fd = stream.fileno()
+    except (AttributeError, ValueError, OSError):  # not a real file (click's test runner)
         click.echo(text, nl=False)
         return
     try:
-        with open(output, "w", encoding="utf-8", newline="\n") as fh:
+        stream.flush()
+        data = memoryview(text.encode(getattr(stream, "encoding", None) or "utf-8",
+                                      "backslashreplace"))
+        while data:
+            data = data[os.write(fd, data[:1 << 16]):]
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)  # nothing more reaches the closed pipe, not even at exit
+        os.close(devnull)
+
+
+def atomic_write(path: str, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, flush it to disk and rename it
+    over ``path``. On any error (a full disk, a Ctrl-C) the temporary file is removed and
+    an earlier file at ``path`` is left as it was. A path that exists and is not a regular
+    file (``/dev/null``, a FIFO) is written directly."""
+    import stat
+    import tempfile
+
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        special = False
+    if special:  # /dev/null, /dev/stdout, a FIFO: nothing to replace, write straight to it
+        with open(path, "w", encoding="utf-8", newline="\n") as fh:
             fh.write(text)
-    except OSError as e:
-        raise fail(f"cannot write {output}: {e.strerror or e}") from None
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                               dir=folder)
+    try:
+        try:
+            mode = os.stat(path).st_mode & 0o7777
+        except OSError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fd = -1
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def stdout() -> Any:
@@ -139,7 +205,7 @@ def stderr() -> Any:
     return sys.stderr
 
 
-__all__ = ["color_wanted", "err", "fail", "is_tty", "limit_option", "load_limits",
+__all__ = ["atomic_write", "color_wanted", "err", "fail", "is_tty", "limit_option", "load_limits",
            "load_policy", "policy_option", "profile_options", "stderr", "stdout", "text_width",
-           "write_output"]
+           "write_output", "write_stdout"]
 

@@ -6,6 +6,8 @@
   folder becomes an entry the scan reports as unreadable.
 * Inside folders, files are kept by content (``ckptguard.detect.sniff``) with the extension
   as a hint; files named on the command line are always scanned.
+* Shards named by an ``*.index.json`` of the same scan are scanned with their index and
+  listed once, under it (``defer_shards``).
 * The same file reached under several names (hard links, symlinks, the Hugging Face cache's
   snapshot links to one blob) is scanned once and reported under each name.
 """
@@ -24,6 +26,8 @@ from ..model import Format
 from ..primitives import open_readonly
 
 VCS_DIRS = frozenset({".git", ".hg", ".svn"})
+#: metadata key: a cache file's path inside the Hugging Face cache (SARIF resolves it)
+CACHE_FILE = "hf_cache.file"
 _HEAD = 4096
 
 
@@ -37,6 +41,9 @@ class Target:
     order: list[int] = field(default_factory=list)  # discovery position of each name
     metadata: list[dict[str, str]] = field(default_factory=list)  # extra metadata per name
     unreadable: str | None = None  # a folder that could not be listed: reported, not scanned
+    #: every name is a shard named by an index found in the same scan: scanned (as the
+    #: index's child) with the index, and on its own only for names the index did not cover
+    deferred: bool = False
 
 
 @dataclass
@@ -123,9 +130,11 @@ def looks_like_model(path: str, name: str) -> bool:
 
 
 def walk_folder(root: str, excludes: tuple[str, ...], found: Discovery, *,
-                display_root: str | None = None, metadata: dict[str, str] | None = None
-                ) -> None:
-    """Walk ``root`` in sorted order; add the files that look like models to ``found``."""
+                display_root: str | None = None, metadata: dict[str, str] | None = None,
+                cache_prefix: str | None = None) -> None:
+    """Walk ``root`` in sorted order; add the files that look like models to ``found``.
+    ``cache_prefix``: ``root``'s path inside the Hugging Face cache (each file's metadata
+    then gets ``hf_cache.file``, its path inside the cache)."""
     stack: list[tuple[Iterator[os.DirEntry[str]], str]] = []
 
     def enter(folder: str, rel_folder: str) -> None:
@@ -177,6 +186,8 @@ def walk_folder(root: str, excludes: tuple[str, ...], found: Discovery, *,
             meta = metadata
             if metadata is not None and is_link:
                 meta = {**metadata, "hf_cache.blob": os.path.basename(real)}
+            if meta is not None and cache_prefix is not None:
+                meta = {**meta, CACHE_FILE: f"{cache_prefix}/{rel}"}
             found.add(entry.path, name, metadata=meta)
         else:
             found.skipped += 1
@@ -205,9 +216,43 @@ def repo_display(folder_name: str) -> str | None:
     return _REPO_KINDS[parts[0]] + "/".join(parts[1:])
 
 
+SHORT_REVISION = 7
+_MAX_REF_BYTES = 256
+
+
+def read_refs(refs_dir: str) -> dict[str, list[str]]:
+    """``refs/`` of a cached repo: revision -> the ref names pointing at it (``main``,
+    ``pr/1``), sorted with ``main`` first. Unreadable or odd entries are ignored (the ref
+    only labels the display name; the revision is what is scanned)."""
+    out: dict[str, list[str]] = {}
+    for folder, dirs, files in os.walk(refs_dir):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            try:
+                with open(path, "rb") as fh:
+                    raw = fh.read(_MAX_REF_BYTES + 1)
+            except OSError:
+                continue
+            rev = raw.decode("ascii", "replace").strip()
+            if not rev or len(raw) > _MAX_REF_BYTES or not rev.isalnum():
+                continue
+            ref = os.path.relpath(path, refs_dir).replace(os.sep, "/")
+            out.setdefault(rev, []).append(ref)
+    for names in out.values():
+        names.sort(key=lambda n: (n != "main", n))
+    return out
+
+
+def revision_display(rev: str, refs: list[str]) -> str:
+    """``main (a1b2c3d)`` for a revision a ref points at, else the short revision."""
+    short = rev[:SHORT_REVISION]
+    return f"{refs[0]} ({short})" if refs else short
+
+
 def walk_hf_cache(cache: str, excludes: tuple[str, ...], found: Discovery) -> None:
-    """Add every file of every snapshot as ``org/name@revision/file`` (each blob is scanned
-    once), then blobs no snapshot points to as ``org/name/blobs/<sha>``."""
+    """Add every file of every snapshot as ``org/name@ref (short revision)/file`` (each blob
+    is scanned once), then blobs no snapshot points to as ``org/name/blobs/<sha>``."""
     try:
         with os.scandir(cache) as it:
             repos = sorted((e for e in it if e.is_dir(follow_symlinks=False)),
@@ -228,10 +273,14 @@ def walk_hf_cache(cache: str, excludes: tuple[str, ...], found: Discovery) -> No
         except OSError as e:
             found.add_unreadable_dir(snapshots, e.strerror or str(e))
             revisions = []
+        refs = read_refs(os.path.join(repo.path, "refs"))
         for rev in revisions:
             meta = {"hf_cache.repo": display, "hf_cache.revision": rev}
+            if refs.get(rev):
+                meta["hf_cache.refs"] = ",".join(refs[rev])
             walk_folder(os.path.join(snapshots, rev), excludes, found,
-                        display_root=f"{display}@{rev}", metadata=meta)
+                        display_root=f"{display}@{revision_display(rev, refs.get(rev, []))}",
+                        metadata=meta, cache_prefix=f"{repo.name}/snapshots/{rev}")
         _unreferenced_blobs(repo.path, display, excludes, found)
 
 
@@ -256,8 +305,9 @@ def _unreferenced_blobs(repo: str, display: str, excludes: tuple[str, ...],
         if os.path.realpath(entry.path) in found.linked:
             continue
         if looks_like_model(entry.path, entry.name):
-            found.add(entry.path, name, metadata={"hf_cache.repo": display,
-                                                  "hf_cache.blob": entry.name})
+            found.add(entry.path, name, metadata={
+                "hf_cache.repo": display, "hf_cache.blob": entry.name,
+                CACHE_FILE: f"{os.path.basename(repo)}/blobs/{entry.name}"})
         else:
             found.skipped += 1
 
@@ -277,8 +327,56 @@ def discover(paths: Iterable[str], *, excludes: tuple[str, ...] = (),
             found.add(path, path)
     if hf_cache is not None:
         walk_hf_cache(hf_cache, excludes, found)
+    defer_shards(found)
     return found
 
 
-__all__ = ["Discovery", "Target", "default_hf_cache", "discover", "is_excluded",
-           "looks_like_model", "repo_display", "walk_folder", "walk_hf_cache"]
+INDEX_SUFFIX = ".index.json"
+#: an index larger than this is not read here (its shards are then scanned on their own too)
+_MAX_INDEX_BYTES = 64 << 20
+
+
+def index_shards(path: str) -> list[str]:
+    """The shard file names an ``*.index.json`` names (plain names only); [] when it cannot
+    be read or parsed here -- the scan of the index reports why."""
+    from ..readers.jsonfile import JsonError, parse_json
+
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(_MAX_INDEX_BYTES + 1)
+        if len(data) > _MAX_INDEX_BYTES:
+            return []
+        value = parse_json(data, max_depth=64).value
+    except (OSError, JsonError):
+        return []
+    wm = value.get("weight_map") if isinstance(value, dict) else None
+    if not isinstance(wm, dict):
+        return []
+    return sorted({v for v in wm.values() if isinstance(v, str) and v and "/" not in v
+                   and "\\" not in v and v not in (".", "..")})
+
+
+def shard_name(index_name: str, shard: str) -> str:
+    """The name a shard is shown under: beside its index's name."""
+    folder = index_name.rpartition("/")[0]
+    return f"{folder}/{shard}" if folder else shard
+
+
+def defer_shards(found: Discovery) -> None:
+    """Mark the targets whose every name is a shard of an index in this scan: they are
+    listed and counted once, as children of their index (see ``runner.run_targets``)."""
+    claimed: set[str] = set()
+    for t in found.targets:
+        if t.unreadable is None and any(n.endswith(INDEX_SUFFIX) for n in t.names):
+            shards = index_shards(t.path)
+            claimed.update(shard_name(n, s) for n in t.names for s in shards)
+    if not claimed:
+        return
+    for t in found.targets:
+        if t.unreadable is None and all(n in claimed for n in t.names):
+            t.deferred = True
+
+
+__all__ = ["Discovery", "Target", "default_hf_cache", "defer_shards", "discover",
+           "index_shards", "is_excluded", "looks_like_model", "read_refs", "repo_display",
+           "revision_display", "shard_name", "walk_folder", "walk_hf_cache"]

@@ -2,7 +2,8 @@
 
 0  every file SAFE (or nothing at or above ``--fail-on``)
 1  a finding at or above the threshold (default: any UNSAFE file)
-2  could not decide: INCOMPLETE, interrupted, empty scan, usage or internal error
+2  could not decide: INCOMPLETE, interrupted, usage or internal error (and, with
+   ``--fail-on-empty``, a scan that found no model file)
 """
 
 from __future__ import annotations
@@ -52,4 +53,14 @@ def exit_code(reports: Iterable[Report], *, fail_on: str | None = None,
     return ExitCode.OK
 
 
-__all__ = ["FAIL_ON", "ExitCode", "exit_code"]
+#: a scan that found no model file at all: by ``--fail-on-empty``. A repository, commit or
+#: cache without model files passes by default (the CLI says "no model files found");
+#: ``--fail-on-empty`` is for jobs that must have scanned something.
+EMPTY_SCAN: dict[bool, ExitCode] = {False: ExitCode.OK, True: ExitCode.UNDECIDED}
+
+
+def empty_scan_code(fail_on_empty: bool) -> ExitCode:
+    return EMPTY_SCAN[fail_on_empty]
+
+
+__all__ = ["EMPTY_SCAN", "FAIL_ON", "ExitCode", "empty_scan_code", "exit_code"]

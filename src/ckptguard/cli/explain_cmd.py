@@ -23,7 +23,8 @@ from .runner import scan_one
 
 
 @click.command("explain")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=False,
+                                        path_type=str))
 @click.option("--max-lines", type=click.IntRange(1), default=2000, show_default=True,
               help="Show at most this many statements per pickle program.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str), default=None)

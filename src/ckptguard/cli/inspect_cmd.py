@@ -21,7 +21,7 @@ from .runner import scan_one
 
 
 @click.command("inspect")
-@click.argument("file", type=click.Path(exists=True, path_type=str))
+@click.argument("file", type=click.Path(exists=True, readable=False, path_type=str))
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str), default=None)

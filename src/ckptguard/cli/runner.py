@@ -4,20 +4,17 @@ callback, stopping cleanly on Ctrl-C. Results always come back in input order.""
 from __future__ import annotations
 
 import dataclasses
-import signal
+import os
+import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ..errors import ScanInputError
 from ..model import Finding, Format, Location, Problem, Report, decide
 from ..policy import Limits, Policy
 from ..rules import make_finding
 from ..scan_api import scan
-from .discover import Target
-
-if TYPE_CHECKING:
-    from concurrent.futures import Future
+from .discover import CACHE_FILE, Target
 
 
 def scan_one(path: str, policy: Policy, limits: Limits, unreadable: str | None = None) -> Report:
@@ -52,8 +49,22 @@ def _relabel_location(loc: Location, old: str, new: str) -> Location:
     return dataclasses.replace(loc, path=new) if loc.path == old else loc
 
 
+def _child_name(child_path: str, old_parent: str, new_parent: str) -> str:
+    """A child's name beside its relabelled parent: a shard ``<snapshot dir>/shard`` of the
+    index ``<snapshot dir>/x.index.json`` shown as ``org/name@main (abc1234)/x.index.json``
+    becomes ``org/name@main (abc1234)/shard`` -- never the absolute snapshot path."""
+    for old_dir, new_dir in ((old_parent, new_parent),
+                             (os.path.dirname(old_parent), posixpath.dirname(new_parent))):
+        prefix = old_dir.rstrip(os.sep) + os.sep if old_dir else ""
+        if old_dir and child_path.startswith(prefix):
+            rest = child_path[len(prefix):].replace(os.sep, "/")
+            return f"{new_dir}/{rest}" if new_dir else rest
+    return child_path
+
+
 def relabel(report: Report, name: str, metadata: dict[str, str] | None = None) -> Report:
-    """The report shown under ``name`` (e.g. ``org/model@rev/file`` for a cache blob)."""
+    """The report shown under ``name`` (e.g. ``org/model@main (abc1234)/file`` for a cache
+    blob); its children (an index's shards) are shown beside it."""
     old = report.path
     meta = report.metadata
     if metadata:
@@ -67,8 +78,13 @@ def relabel(report: Report, name: str, metadata: dict[str, str] | None = None) -
         for f in report.findings)
     problems = tuple(dataclasses.replace(p, location=_relabel_location(p.location, old, name))
                      for p in report.problems)
+    cache_file = dict(meta).get(CACHE_FILE)
+    children = tuple(
+        relabel(c, _child_name(c.path, old, name),
+                {CACHE_FILE: _child_name(c.path, old, cache_file)} if cache_file else None)
+        for c in report.children)
     return dataclasses.replace(report, path=name, findings=findings, problems=problems,
-                               metadata=meta)
+                               metadata=meta, children=children)
 
 
 @dataclass
@@ -87,79 +103,81 @@ def _expand(target: Target, report: Report) -> list[tuple[int, Report]]:
             for seq, name, meta in zip(order, target.names, metas, strict=True)]
 
 
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def run_targets(targets: list[Target], *, policy: Policy, limits: Limits, workers: int = 1,
                 on_start: Callable[[Target], None] | None = None,
                 on_done: Progress | None = None) -> RunOutcome:
-    """Scan ``targets``; on Ctrl-C return what finished (in input order) and ``interrupted``."""
+    """Scan ``targets``; on Ctrl-C (or SIGTERM, see :mod:`.interrupts`) return what finished,
+    in input order, and ``interrupted``.
+
+    Deferred targets (shards of an index in the same scan) are scanned in a second pass,
+    and only under the names their index's report did not cover as a child."""
     results: dict[int, Report] = {}
+    later: list[Target] = []
+    second: dict[int, Report] = {}
     interrupted = False
-    if workers <= 1:
-        try:
-            for i, t in enumerate(targets):
-                if on_start:
-                    on_start(t)
-                results[i] = scan_one(t.path, policy, limits, t.unreadable)
-                if on_done:
-                    on_done(t, t.size)
-        except KeyboardInterrupt:
-            interrupted = True
-    else:
-        # imported here: a sequential scan should not pay for the process-pool machinery
-        import threading
-        from concurrent.futures import FIRST_COMPLETED, InvalidStateError, ProcessPoolExecutor, wait
-
-        # Ctrl-C in a terminal signals the whole process group. Workers are started with
-        # SIGINT ignored (inherited at fork, so there is no start-up window in which one
-        # dies of it and breaks the pool); only this process handles the interrupt.
-        old_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            pool = ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint)
-            pending: dict[Future[Report], int] = {}
-            it = iter(enumerate(targets))
-            for i, t in it:  # the first submit starts the workers
-                pending[pool.submit(scan_one, t.path, policy, limits, t.unreadable)] = i
-                break
-        finally:
-            signal.signal(signal.SIGINT, old_handler)
-        try:
-            for i, t in it:
-                pending[pool.submit(scan_one, t.path, policy, limits, t.unreadable)] = i
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in sorted(done, key=lambda f: pending[f]):
-                    i = pending.pop(fut)
-                    try:
-                        results[i] = fut.result()
-                    except Exception as e:  # noqa: BLE001 - a worker died: not a pass
-                        results[i] = error_report(targets[i].path, e)
-                    if on_done:
-                        on_done(targets[i], targets[i].size)
-            pool.shutdown(wait=True)
-        except KeyboardInterrupt:
-            interrupted = True
-            # Files not started are cancelled; the few in flight finish (each is bounded by
-            # the audit limits). CPython 3.11's executor can still report a cancelled
-            # future from its manager thread while shutting down: that is not our error.
-            previous_hook = threading.excepthook
-
-            def _quiet(args: threading.ExceptHookArgs) -> None:
-                if not isinstance(args.exc_value, InvalidStateError):
-                    previous_hook(args)
-
-            threading.excepthook = _quiet
-            try:
-                pool.shutdown(wait=True, cancel_futures=True)
-            finally:
-                threading.excepthook = previous_hook
-    ordered: list[tuple[int, Report]] = []
-    for i in sorted(results):
-        ordered.extend(_expand(targets[i], results[i]))
-    ordered.sort(key=lambda item: item[0])
-    return RunOutcome([r for _, r in ordered], interrupted)
+    try:
+        first = [i for i, t in enumerate(targets) if not t.deferred]
+        _scan_indices(targets, first, results, policy, limits, workers, on_start, on_done)
+        covered = {c.path for _, r in _expand_all(targets, results) for c in r.children}
+        for t in targets:
+            rest = uncovered(t, covered) if t.deferred else None
+            if rest is not None:
+                later.append(rest)
+            elif t.deferred and on_done:
+                on_done(t, t.size)  # scanned as its index's child
+        _scan_indices(later, list(range(len(later))), second, policy, limits, workers,
+                      on_start, on_done)
+    except KeyboardInterrupt:
+        interrupted = True
+    merged = sorted(_expand_all(targets, results) + _expand_all(later, second),
+                    key=lambda item: item[0])
+    return RunOutcome([r for _, r in merged], interrupted)
 
 
-__all__ = ["RunOutcome", "error_report", "relabel", "run_targets", "scan_one"]
+def uncovered(target: Target, covered: set[str]) -> Target | None:
+    """``target`` restricted to the names no index report covers; None when all are."""
+    keep = [k for k, n in enumerate(target.names) if n not in covered]
+    if not keep:
+        return None
+    order = target.order or list(range(len(target.names)))
+    metas = target.metadata or [{} for _ in target.names]
+    return dataclasses.replace(target, names=[target.names[k] for k in keep],
+                               order=[order[k] for k in keep],
+                               metadata=[metas[k] for k in keep], deferred=False)
+
+
+def _scan_indices(targets: list[Target], indices: list[int], results: dict[int, Report],
+                  policy: Policy, limits: Limits, workers: int,
+                  on_start: Callable[[Target], None] | None, on_done: Progress | None) -> None:
+    if workers <= 1 or len(indices) <= 1:
+        for i in indices:
+            t = targets[i]
+            if on_start:
+                on_start(t)
+            results[i] = scan_one(t.path, policy, limits, t.unreadable)
+            if on_done:
+                on_done(t, t.size)
+        return
+    from .pool import scan_parallel  # a sequential scan does not pay for the pool
+
+    def collect(k: int, report: Report) -> None:
+        i = indices[k]
+        results[i] = report
+        if on_done:
+            on_done(targets[i], targets[i].size)
+
+    scan_parallel([(targets[i].path, targets[i].unreadable) for i in indices], policy=policy,
+                  limits=limits, workers=workers, on_result=collect)
+
+
+def _expand_all(targets: list[Target], results: dict[int, Report]) -> list[tuple[int, Report]]:
+    return [item for i in sorted(results) for item in _expand(targets[i], results[i])]
+
+
+def ordered_reports(targets: list[Target], results: dict[int, Report]) -> list[Report]:
+    """The finished reports under every name of their target, in discovery order."""
+    return [r for _, r in sorted(_expand_all(targets, results), key=lambda item: item[0])]
+
+
+__all__ = ["RunOutcome", "error_report", "ordered_reports", "relabel", "run_targets",
+           "scan_one", "uncovered"]

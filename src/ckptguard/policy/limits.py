@@ -43,7 +43,8 @@ class Limits:
         return replace(self, **changes)
 
     def as_items(self) -> tuple[tuple[str, float], ...]:
-        return tuple(sorted((k, float(v)) for k, v in asdict(self).items()))
+        # integers stay integers (JSON ``2147483648``, not ``2147483648.0``)
+        return tuple(sorted((k, v) for k, v in asdict(self).items()))
 
     @classmethod
     def names(cls) -> list[str]:

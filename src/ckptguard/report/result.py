@@ -11,14 +11,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..model import Report, Severity, Verdict
+from ..model import Format, Report, Severity, Verdict
 from ..policy import AllowEntry, PolicyOrigin, ProfileChoice
 from ..policy.provenance import DEFAULT_ORIGIN
 
 
 @dataclass(frozen=True)
 class ScanResult:
-    """The outcome of scanning a set of paths."""
+    """The outcome of scanning a set of paths. Counts are of files: an index and each of
+    its shards count once each, a folder report does not count (its files do)."""
 
     reports: tuple[Report, ...] = ()
     skipped: int = 0
@@ -37,9 +38,25 @@ class ScanResult:
             "profiles": [{"name": c.name.value, "origin": c.origin.to_dict()}
                          for c in self.profiles],
         }
+    #: where relative report paths start (SARIF ``%SRCROOT%``); the CLI sets the cwd
+    source_root: str | None = None
+    #: the Hugging Face cache that was scanned, if any (SARIF ``HF_HUB_CACHE``)
+    hf_cache: str | None = None
+
+    def files(self) -> list[Report]:
+        """Every file's report once: the reports and, under them, their children (the
+        shards of an index), without folder reports (a folder is not a file)."""
+        out: list[Report] = []
+        stack = list(reversed(self.reports))
+        while stack:
+            r = stack.pop()
+            if r.format is not Format.MODEL_FOLDER:
+                out.append(r)
+            stack.extend(reversed(r.children))
+        return out
 
     def verdict_counts(self) -> dict[str, int]:
-        counts = Counter(r.verdict for r in self.reports)
+        counts = Counter(r.verdict for r in self.files())
         return {v.value.lower(): counts.get(v, 0) for v in Verdict}
 
     def severity_counts(self) -> dict[str, int]:
@@ -48,11 +65,12 @@ class ScanResult:
 
     def summary(self) -> dict[str, Any]:
         """The summary block shared by the JSON and SARIF outputs and the text summary line."""
+        files = len(self.files())
         return {
-            "files": len(self.reports),
+            "files": files,
             **self.verdict_counts(),
             "skipped": self.skipped,
-            "planned": len(self.reports) if self.planned is None else self.planned,
+            "planned": files if self.planned is None else max(files, self.planned),
             "interrupted": self.interrupted,
             "findings": self.severity_counts(),
         }

@@ -3,8 +3,11 @@
 * rule metadata (id, name, descriptions, help, default level, security-severity) comes from
   the rule registry (:mod:`ckptguard.rules`), every rule listed, in registry order, so
   ``ruleIndex`` values are stable;
-* a result's physical location is the scanned file (a relative URI under ``%SRCROOT%`` when
-  the path is relative) with ``region.byteOffset`` (offsets are file offsets); the archive
+* a result's physical location is the scanned file, as a URI that resolves: relative to
+  ``%SRCROOT%`` for relative paths, to ``HF_HUB_CACHE`` for Hugging Face cache files (the
+  path inside the cache, not the ``org/name@ref`` display name), ``file://`` otherwise; the
+  run's ``originalUriBaseIds`` says where both bases are. Every result has a byte
+  ``region`` (one byte at the finding's file offset, else the whole file); the archive
   member is a logical location (``kind: "member"``) and ``properties.archiveMember``;
 * ``partialFingerprints`` identify a finding across runs (rule, file, member, offset).
 """
@@ -25,6 +28,8 @@ from .result import ScanResult
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
 INFORMATION_URI = "https://github.com/ckptguard/ckptguard"
+#: the rule table (every rule ID with its severity, effect and meaning)
+RULES_URI = INFORMATION_URI + "/blob/main/SECURITY.md#rules"
 
 #: GitHub reads ``security-severity`` (0-10) to rank security results.
 SECURITY_SEVERITY = {
@@ -54,6 +59,7 @@ def rule_descriptor(r: Rule) -> dict[str, Any]:
         "shortDescription": {"text": r.title},
         "fullDescription": {"text": r.title},
         "help": {"text": r.advice},
+        "helpUri": RULES_URI,
         "defaultConfiguration": {"level": level_of(r.effect, r.severity)},
         "properties": {
             "tags": ["security"],
@@ -67,15 +73,54 @@ def rule_descriptor(r: Rule) -> dict[str, Any]:
     }
 
 
-def artifact_location(path: str) -> dict[str, Any]:
-    """A URI for ``path``: relative paths stay relative (under ``%SRCROOT%``), absolute ones
-    become ``file://`` URIs. Undecodable bytes and control characters are percent-encoded."""
+#: ``uriBaseId`` of files in the Hugging Face cache (``originalUriBaseIds`` gives its place)
+HF_CACHE_BASE = "HF_HUB_CACHE"
+SRCROOT = "%SRCROOT%"
+HF_FILE_KEY = "hf_cache.file"
+
+
+def _quote(raw: bytes) -> str:
+    return urllib.parse.quote(raw, safe="/")
+
+
+def artifact_location(path: str, cache_file: str | None = None) -> dict[str, Any]:
+    """A URI for ``path`` that resolves: a file in the Hugging Face cache is relative to
+    ``HF_HUB_CACHE`` (its path inside the cache, ``cache_file``), a relative path is
+    relative to ``%SRCROOT%`` (the folder the scan ran in), an absolute one is a ``file://``
+    URI. Undecodable bytes and control characters are percent-encoded."""
+    if cache_file is not None:
+        return {"uri": _quote(os.fsencode(cache_file)), "uriBaseId": HF_CACHE_BASE}
     raw = os.fsencode(path)
     if os.path.isabs(path):
-        return {"uri": "file://" + urllib.parse.quote(raw, safe="/")}
+        return {"uri": "file://" + _quote(raw)}
     if raw.startswith(b"./"):
         raw = raw[2:]
-    return {"uri": urllib.parse.quote(raw, safe="/"), "uriBaseId": "%SRCROOT%"}
+    return {"uri": _quote(raw), "uriBaseId": SRCROOT}
+
+
+def _report_location(report: Report, path: str) -> dict[str, Any]:
+    meta = dict(report.metadata)
+    return artifact_location(path, meta.get(HF_FILE_KEY) if path == report.path else None)
+
+
+def _region(offset: int | None, report: Report) -> dict[str, Any]:
+    """A byte region: one byte at the finding's offset, else the whole file (SARIF wants
+    both ends; a consumer with no offset shows the artifact)."""
+    if offset is not None:
+        return {"byteOffset": offset, "byteLength": 1}
+    size = report.identity.size if report.identity is not None else 0
+    return {"byteOffset": 0, "byteLength": size}
+
+
+def original_uri_bases(root: str | None, hf_cache: str | None) -> dict[str, Any]:
+    """``originalUriBaseIds``: where ``%SRCROOT%`` and ``HF_HUB_CACHE`` are (absolute
+    ``file://`` URIs ending in ``/``), when the CLI says."""
+    out: dict[str, Any] = {}
+    for name, folder in ((SRCROOT, root), (HF_CACHE_BASE, hf_cache)):
+        if folder:
+            uri = "file://" + _quote(os.fsencode(os.path.abspath(folder))).rstrip("/") + "/"
+            out[name] = {"uri": uri}
+    return out
 
 
 def _fingerprint(f: Finding) -> str:
@@ -86,9 +131,8 @@ def _fingerprint(f: Finding) -> str:
 
 def _result(f: Finding, report: Report) -> dict[str, Any]:
     loc = f.location
-    physical: dict[str, Any] = {"artifactLocation": artifact_location(loc.path)}
-    if loc.offset is not None:
-        physical["region"] = {"byteOffset": loc.offset}
+    physical: dict[str, Any] = {"artifactLocation": _report_location(report, loc.path),
+                                "region": _region(loc.offset, report)}
     location: dict[str, Any] = {"physicalLocation": physical}
     if loc.member is not None:
         location["logicalLocations"] = [{"name": loc.member, "kind": "member"}]
@@ -134,7 +178,7 @@ def sarif_document(result: ScanResult) -> dict[str, Any]:
                 "level": "error",
                 "message": {"text": f"{p.message} ({p.location})"},
                 "locations": [{"physicalLocation": {
-                    "artifactLocation": artifact_location(p.location.path)}}],
+                    "artifactLocation": _report_location(r, p.location.path)}}],
             })
     for note in result.notes:
         notifications.append({"level": "note", "message": {"text": note}})
@@ -154,11 +198,13 @@ def sarif_document(result: ScanResult) -> dict[str, Any]:
             "rules": [rule_descriptor(r) for r in RULES.values()],
         }},
         "invocations": [invocation],
-        "artifacts": [{"location": artifact_location(r.path),
+        "artifacts": [{"location": _report_location(r, r.path),
                        "properties": {"verdict": r.verdict.value, "format": r.format.value}}
                       for r in reports],
         "results": results,
         "columnKind": "unicodeCodePoints",
+        **({"originalUriBaseIds": bases} if (bases := original_uri_bases(
+            result.source_root, result.hf_cache)) else {}),
         "properties": {
             "policy": [{"global": e.full_path, "reason": e.reason, "source": e.source}
                        for e in result.policy],
