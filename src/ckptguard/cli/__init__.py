@@ -28,7 +28,7 @@ class GuardedGroup(click.Group):
             click.echo("interrupted", err=True)
             raise click.exceptions.Exit(int(ExitCode.UNDECIDED)) from None
         except Exception as e:  # noqa: BLE001 - the CLI boundary (DESIGN.md)
-            from ..report.escape import escape_untrusted
+            from ..primitives import escape_untrusted
 
             click.echo(escape_untrusted(f"error: internal error: {type(e).__name__}: {e}", 1000),
                        err=True)

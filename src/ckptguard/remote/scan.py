@@ -24,8 +24,7 @@ from ..detect import extension_of, sniff
 from ..errors import ScanInputError
 from ..model import Format, Location, Report, combine_verdicts, decide
 from ..policy import DEFAULT_LIMITS, DEFAULT_POLICY, Limits, Policy
-from ..primitives import or_default
-from ..report.escape import escape_untrusted
+from ..primitives import escape_untrusted, or_default
 from ..rules import make_finding
 from .http import Failure, HttpSource, RemoteError, RemoteOptions, Session
 from .targets import (

@@ -11,7 +11,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterator, Mapping
 
-from .escape import escape_untrusted
 from .jsonreport import SCHEMA_VERSION, load_schema
 from .options import FormatOptions
 from .result import ScanResult, summary_line
@@ -84,7 +83,6 @@ __all__ = [
     "Formatter",
     "ReportFormat",
     "ScanResult",
-    "escape_untrusted",
     "formatter",
     "load_schema",
     "render",

@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from ..errors import LoaderUnavailableError
 from ..model import Format, Report
 from ..policy import Limits, Policy
-from ..primitives import open_readonly
-from .escape import escape_untrusted
+from ..primitives import escape_untrusted, open_readonly
 from .options import FormatOptions
 from .text import SEVERITY_STYLE, finding_text, make_console
 
