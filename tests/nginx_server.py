@@ -137,16 +137,11 @@ def hub_repo(www: Path, org_repo: str, files: dict[str, Path], *, revision: str 
             dst = www / org_repo / "resolve" / rev / name
             dst.parent.mkdir(parents=True, exist_ok=True)
             if not dst.exists():
-                os.link(src, dst) if _same_fs(src, dst.parent) else shutil.copyfile(src, dst)
+                # a copy, never a hard link: a link to a fixture raises its link count, and
+                # every later local scan of that fixture in the session adds CKG706
+                shutil.copyfile(src, dst)
     listing = {"id": org_repo, "sha": commit,
                "siblings": [{"rfilename": n} for n in sorted(files)]}
     api = www / "api" / "models" / org_repo / "revision" / revision
     api.parent.mkdir(parents=True, exist_ok=True)
     api.write_text(json.dumps(listing))
-
-
-def _same_fs(a: Path, b: Path) -> bool:
-    try:
-        return os.stat(a).st_dev == os.stat(b).st_dev
-    except OSError:
-        return False
