@@ -174,13 +174,22 @@ def unsafe_globals_op(ser, path):
 
 def safe_load_prep():
     import ckptguard
+    import ckptguard.analysis.engine  # the auditors (imported lazily by the first call),
+    import ckptguard.analysis.torchfile  # like torch's modules in torch_prep: not in the op
     import ckptguard.loaders  # imports torch: keep it out of the op
+    import ckptguard.loaders.direct
+    import ckptguard.readers.safetensors
 
     return ckptguard
 
 
 def safe_load_op(cg, path):
     sd = cg.safe_load(path)
+    return {"n": len(sd)}, sd
+
+
+def safe_load_engine_op(cg, path):
+    sd = cg.safe_load(path, engine="ckptguard")
     return {"n": len(sd)}, sd
 
 
@@ -200,6 +209,11 @@ def torch_load_op(torch, path):
     return {"n": len(sd)}, sd
 
 
+def torch_load_meta_op(torch, path):
+    sd = torch.load(path, weights_only=True, map_location="meta")
+    return {"n": len(sd)}, sd
+
+
 def torch_load_mmap_op(torch, path):
     sd = torch.load(path, weights_only=True, mmap=True, map_location="cpu")
     return {"n": len(sd)}, sd
@@ -216,6 +230,20 @@ def st_prep():
 def load_file_op(st, path):
     sd = st.torch.load_file(path)
     return {"n": len(sd)}, sd
+
+
+def st_header_prep():
+    import safetensors
+
+    return safetensors
+
+
+def st_header_op(st, path):
+    # safetensors' own header parse (no torch, no tensor bytes): names, dtypes, shapes
+    with st.safe_open(path, framework="numpy") as f:
+        n = len(f.keys())
+        f.metadata()
+    return {"n": n, "safe": True}, None
 
 
 def safe_open_op(st, path):
@@ -245,6 +273,9 @@ TOOLS = {
     "torch.unsafe_globals": (unsafe_globals_prep, unsafe_globals_op),
     "safe_load": (safe_load_prep, safe_load_op),
     "safe_load(meta)": (safe_load_prep, safe_load_meta_op),
+    "safe_load(engine=ckptguard)": (safe_load_prep, safe_load_engine_op),
+    "torch.load(meta)": (torch_prep, torch_load_meta_op),
+    "safetensors.header": (st_header_prep, st_header_op),
     "torch.load": (torch_prep, torch_load_op),
     "torch.load(mmap)": (torch_prep, torch_load_mmap_op),
     "load_file": (st_prep, load_file_op),

@@ -45,10 +45,13 @@ SCAN_TOOLS = [
     "modelaudit",
     "fickling",
     "torch.unsafe_globals",
+    "safetensors.header",
 ]
 LOAD_TOOLS = [
     "safe_load",
+    "safe_load(engine=ckptguard)",
     "safe_load(meta)",
+    "torch.load(meta)",
     "torch.load",
     "torch.load(mmap)",
     "load_file",
@@ -62,6 +65,9 @@ VENV_OF = {
     "ckptguard(console)": "main",
     "safe_load": "main",
     "safe_load(meta)": "main",
+    "safe_load(engine=ckptguard)": "main",
+    "torch.load(meta)": "torch",
+    "safetensors.header": "torch",
     "picklescan": "picklescan",
     "modelscan": "modelscan",
     "modelaudit": "modelaudit",
@@ -79,6 +85,11 @@ NA = {
     ("torch.unsafe_globals", "safetensors"): "torch.save files only",
     ("torch.unsafe_globals", "legacy"): "needs a torch zip (raises on the legacy format)",
     ("torch.load(mmap)", "safetensors"): "torch files only",
+    ("torch.load(meta)", "safetensors"): "torch files only",
+    ("safe_load(engine=ckptguard)", "safetensors"): "torch zips only",
+    ("safe_load(engine=ckptguard)", "legacy"): "torch zips only",
+    ("safetensors.header", "bin"): "safetensors only",
+    ("safetensors.header", "legacy"): "safetensors only",
     ("torch.load(mmap)", "legacy"): "mmap needs a torch zip",
     ("torch.load", "safetensors"): "torch files only",
     ("load_file", "bin"): "safetensors only",
@@ -501,7 +512,7 @@ def main() -> None:
                 nreps = min(lreps, 2) if f.name.startswith("big") else lreps
                 for touch in (False, True):
                     for tool in LOAD_TOOLS:
-                        if touch and tool in ("safe_load(meta)", "transformers"):
+                        if touch and tool in ("safe_load(meta)", "torch.load(meta)", "transformers"):
                             continue  # meta has no bytes; transformers = torch.load/load_file
                         measure("load", tool, f, rep, nreps, touch)
             last = sum(
@@ -753,7 +764,7 @@ def report(d: dict, prof: str | None) -> str:
         for file in lf:
             for touch in (False, True):
                 for tool in LOAD_TOOLS:
-                    if touch and tool in ("safe_load(meta)", "transformers"):
+                    if touch and tool in ("safe_load(meta)", "torch.load(meta)", "transformers"):
                         continue
                     k = ("load", tool, file, touch)
                     c = cell("load", tool, file, touch)
@@ -986,6 +997,53 @@ def targets(d, cell, ratio_runs, man) -> list[str]:
         if c:
             o = med([r["op"] for r in c])
             L.append(f"- meta load < 50 ms for {file}: {fmt_t(o)} (op) -> {ok(o < 0.05)}")
+    L.extend(issue13_goals(cell, ratio_runs, ok))
+    return L
+
+
+def issue13_goals(cell, ratio_runs, ok) -> list[str]:
+    """The fast-core goals (issue 13), each as a same-run ratio."""
+    L = ["", "#### Fast core (issue 13)", ""]
+
+    def wall(r):
+        return r["wall"]
+
+    def op(r):
+        return r.get("op")
+
+    def line(what, rs, lim, better="<="):
+        if not rs:
+            L.append(f"- {what}: not measured")
+            return
+        m = med(rs)
+        met = m <= lim if better == "<=" else m >= lim
+        L.append(f"- {what}: {fmt_ratio(rs)} (goal {better} {lim:g}) -> {ok(met)}")
+
+    rw = ratio_runs("scan", "ckptguard", "picklescan", "s50000.bin", False, wall)
+    line("50k-tensor .bin, `ckptguard scan` / picklescan, whole-process wall", rw, 0.1)
+    c = cell("scan", "ckptguard", "s50000.bin")
+    if c:
+        rss = med([r["rss_mb"] for r in c])
+        L.append(f"  - peak RSS of `ckptguard scan` on it: {rss:.0f} MB (goal <= 100) -> {ok(rss <= 100)}")
+    line("4 GB / 300-tensor big.bin, `ckptguard scan` / picklescan, whole-process wall",
+         ratio_runs("scan", "ckptguard", "picklescan", "big.bin", False, wall), 1.0)
+    line("50k-tensor .safetensors, `ckptguard scan` / safetensors' header parse (fresh "
+         "interpreter), whole-process wall",
+         ratio_runs("scan", "ckptguard", "safetensors.header", "s50000.safetensors", False,
+                    wall), 1.0)
+    for file in ("small.bin", "big.bin", "s50000.bin"):
+        line(f"safe_load / torch.load(weights_only=True, mmap=True) on {file}, load call",
+             ratio_runs("load", "safe_load", "torch.load(mmap)", file, False, op), 1.05)
+        line(f"safe_load(engine='ckptguard') / torch.load(mmap) on {file}, load call",
+             ratio_runs("load", "safe_load(engine=ckptguard)", "torch.load(mmap)", file, False,
+                        op), 1.0)
+    rm = ratio_runs("load", "safe_load(meta)", "torch.load(meta)", "s50000.bin", False, op)
+    line("meta load of 50k tensors, safe_load(meta) / torch.load(map_location='meta'), load "
+         "call (goal: >= 10x faster)", rm, 0.1)
+    re_ = ratio_runs("load", "safe_load(engine=ckptguard)", "torch.load(mmap)", "s50000.bin",
+                     False, op)
+    line("moonshot: safe_load(engine='ckptguard') / torch.load(mmap) on 50k tensors, load call "
+         "(goal: >= 3x faster)", re_, 1 / 3)
     return L
 
 

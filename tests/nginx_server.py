@@ -136,12 +136,17 @@ def hub_repo(www: Path, org_repo: str, files: dict[str, Path], *, revision: str 
         for name, src in files.items():
             dst = www / org_repo / "resolve" / rev / name
             dst.parent.mkdir(parents=True, exist_ok=True)
-            if not dst.exists():
-                # a copy, never a hard link: a link to a fixture raises its link count, and
-                # every later local scan of that fixture in the session adds CKG706
+            if not dst.exists():  # a copy: a hard link would give the source a 2nd link
                 shutil.copyfile(src, dst)
     listing = {"id": org_repo, "sha": commit,
                "siblings": [{"rfilename": n} for n in sorted(files)]}
     api = www / "api" / "models" / org_repo / "revision" / revision
     api.parent.mkdir(parents=True, exist_ok=True)
     api.write_text(json.dumps(listing))
+
+
+def serve_fixtures(www: Path, fixtures: Path) -> NginxServer:
+    """nginx serving a copy of ``fixtures`` under ``/files/`` (scripts and docs left out),
+    started; the caller stops it."""
+    shutil.copytree(fixtures, www / "files", ignore=shutil.ignore_patterns("*.py", "*.md"))
+    return NginxServer(www).start()

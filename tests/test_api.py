@@ -13,7 +13,7 @@ import ckptguard
 from ckptguard import Report, ScanInputError, Verdict
 
 EXPECTED_ALL = [
-    "CkptGuardError", "FileChangedError", "Finding", "Format", "IncompleteScanError", "Limits",
+    "CkptGuardError", "Engine", "FileChangedError", "Finding", "Format", "IncompleteScanError", "Limits",
     "LoaderUnavailableError", "Location", "Policy", "PolicyError", "Problem", "Report",
     "ScanInputError", "Severity", "TensorInfo", "UnsafeCheckpointError", "Verdict",
     "__version__", "guard_torch_load", "iter_state_dict", "load_state_dict", "safe_load", "scan",

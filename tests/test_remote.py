@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from nginx_server import NGINX, TOKEN, NginxServer, hub_repo
+from nginx_server import NGINX, TOKEN, NginxServer, hub_repo, serve_fixtures
 
 import ckptguard
 from ckptguard.model import Format, Verdict
@@ -42,9 +41,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxServer]:
-    www = tmp_path_factory.mktemp("www")
-    shutil.copytree(FIXTURES, www / "files", ignore=shutil.ignore_patterns("*.py", "*.md"))
-    srv = NginxServer(www).start()
+    srv = serve_fixtures(tmp_path_factory.mktemp("www"), FIXTURES)
     yield srv
     srv.stop()
 

@@ -4,14 +4,13 @@ reports as scans on this process, for URLs on a local nginx and for local paths.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nginx_server import NGINX, NginxServer
+from nginx_server import NGINX, NginxServer, serve_fixtures
 
 import ckptguard
 from ckptguard.model import Verdict
@@ -26,9 +25,7 @@ MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxServer]:
-    www = tmp_path_factory.mktemp("www")
-    shutil.copytree(FIXTURES, www / "files", ignore=shutil.ignore_patterns("*.py", "*.md"))
-    srv = NginxServer(www).start()
+    srv = serve_fixtures(tmp_path_factory.mktemp("www"), FIXTURES)
     yield srv
     srv.stop()
 

@@ -193,18 +193,70 @@ def test_valid_layouts_load_bit_exact(tmp_path: Path, kind: str) -> None:
 
 # --- a generator over random sparse indices: ours refuses iff torch's own check does -------
 
-def _torch_says_invalid(t: torch.Tensor) -> bool:
+def _torch_check(layout: str, parts: list[list[Any]], shape: tuple[int, ...]) -> bool:
+    """In a worker process: does torch's own invariant check refuse these parts?"""
+    import torch as t
+
+    tensors = [t.tensor(p, dtype=t.float32 if k == len(parts) - 1 else t.int64)
+               for k, p in enumerate(parts)]
     try:
-        with torch.sparse.check_sparse_tensor_invariants(enable=True):
-            if t.layout is torch.sparse_coo:
-                torch.sparse_coo_tensor(t._indices(), t._values(), t.shape,
-                                        is_coalesced=t.is_coalesced())
+        with t.sparse.check_sparse_tensor_invariants(enable=True):
+            if layout == "coo":
+                t.sparse_coo_tensor(tensors[0].reshape(2, -1), tensors[1], shape)
             else:
-                torch.sparse_compressed_tensor(t.crow_indices(), t.col_indices(), t.values(),
-                                               t.shape, layout=t.layout)
+                t.sparse_csr_tensor(tensors[0], tensors[1], tensors[2], shape)
     except RuntimeError:
         return True
     return False
+
+
+_CHECKER: list[Any] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_checker() -> Any:
+    yield
+    while _CHECKER:
+        _CHECKER.pop().shutdown(wait=True)
+
+
+def _torch_says_invalid(t: torch.Tensor) -> bool:
+    """torch's own invariant check, in a spawned worker process: on some invalid compressed
+    indices (``crow=[0, 3, 0]`` with no column) torch 2.13's check itself reads out of
+    bounds and crashes, which counts as "invalid" here (and is why safe_load pre-checks
+    them before calling it)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    if t.layout is torch.sparse_coo:
+        layout, parts = "coo", [t._indices().flatten().tolist(), t._values().tolist()]
+    else:
+        layout, parts = "csr", [t.crow_indices().tolist(), t.col_indices().tolist(),
+                                t.values().tolist()]
+    if not _CHECKER:
+        _CHECKER.append(ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")))
+    try:
+        return bool(_CHECKER[0].submit(_torch_check, layout, parts, tuple(t.shape)).result(120))
+    except BrokenProcessPool:  # torch's check crashed the worker: certainly invalid
+        _CHECKER.pop().shutdown(wait=False)
+        return True
+
+
+@pytest.mark.parametrize("crow", [[0, 3, 0], [0, 4, 0, 0, 0], [0, 2, 0], [0, -1, 0]])
+def test_compressed_indices_that_crash_torchs_own_check_are_refused(tmp_path: Path,
+                                                                   crow: list[int]) -> None:
+    """torch's validator reads column indices at the offsets crow names: with offsets past
+    nnz it crashes the process. safe_load refuses these before torch's check runs."""
+    rows = len(crow) - 1
+    t = torch.sparse_csr_tensor(torch.tensor(crow), torch.tensor([], dtype=torch.int64),
+                                torch.tensor([]), (rows, 3), check_invariants=False)
+    assert _torch_says_invalid(t)
+    path = tmp_path / "csr.pt"
+    torch.save({"t": t}, path)
+    with pytest.raises(TensorInvariantError) as info:
+        ckptguard.safe_load(path)
+    assert info.value.report.rule_ids() == {"CKG420"}
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -320,3 +320,51 @@ def test_object_flood_hidden_in_tuples_hits_max_objects(tmp_path: Path) -> None:
     assert_verdict(r, Verdict.INCOMPLETE, "CKG901")
     assert any(f.evidence_dict.get("limit") == "max_objects" for f in r.findings)
     assert_verdict(scan(tmp_path, prog), Verdict.SAFE)  # 500k objects fit the default
+
+
+@pytest.mark.parametrize("make", ["tensor", "parameter"])
+def test_backward_hooks_filled_after_the_rebuild_are_flagged(make: str) -> None:
+    """Every empty OrderedDict torch.save writes (a tensor's backward hooks; a Parameter's
+    too) is memoised; a later SETITEMS can fill it, and torch attaches that very dict to the
+    tensor. Before the fix the VM checked a tensor's hooks only at the rebuild call and a
+    Parameter's never, and the fast path did not look: SAFE. One variant per hooks dict."""
+    import io
+    import re
+    import zipfile
+
+    import torch
+
+    from ckptguard.analysis.engine import audit_bytes
+    from ckptguard.policy import DEFAULT_LIMITS, Policy
+
+    obj = torch.zeros(2) if make == "tensor" else torch.nn.Parameter(torch.zeros(2))
+    buf = io.BytesIO()
+    torch.save({"w": obj}, buf)
+    data = buf.getvalue()
+    assert audit_bytes(data, "x.pt", policy=Policy(), limits=DEFAULT_LIMITS).verdict.value \
+        == "SAFE"
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        names = z.namelist()
+        members = {n: z.read(n) for n in names}
+    pkl_name = next(n for n in names if n.endswith("data.pkl"))
+    pkl = members[pkl_name]
+    # each OrderedDict() result: EMPTY_TUPLE, REDUCE, BINPUT <i> (after the global or a GET)
+    memos = [m.group(1)[0] for m in re.finditer(rb"\)Rq(.)", pkl, flags=re.S)]
+    assert len(memos) == (1 if make == "tensor" else 2)
+    attached = 0
+    for memo in memos:
+        # before the final STOP: outer["extra"] = that dict, filled with one entry on the
+        # way (GET, MARK, key, value, SETITEMS, SETITEM; the weights-only loader has no POP)
+        evil = (pkl[:-1] + b"X\x05\x00\x00\x00extrah" + bytes([memo])
+                + b"(X\x01\x00\x00\x00kK\x01us.")
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+            for n in names:
+                z.writestr(n, evil if n == pkl_name else members[n])
+        r = audit_bytes(out.getvalue(), "x.pt", policy=Policy(), limits=DEFAULT_LIMITS)
+        assert r.verdict.value == "UNSAFE" and "CKG408" in r.rule_ids(), r.rule_ids()
+        loaded = torch.load(io.BytesIO(out.getvalue()), weights_only=True)
+        attached += dict(loaded["w"]._backward_hooks or {}) == {"k": 1}
+    # the attack is real: torch attached a filled dict (for a Parameter, its own hooks; the
+    # inner tensor's dict is flagged too, conservatively, though torch drops that tensor)
+    assert attached == 1

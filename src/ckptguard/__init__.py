@@ -23,12 +23,23 @@ from .errors import (
     UnsafeCheckpointError,
 )
 from .guard import guard_torch_load
-from .model import Finding, Format, Location, Problem, Report, Severity, TensorInfo, Verdict
+from .model import (
+    Engine,
+    Finding,
+    Format,
+    Location,
+    Problem,
+    Report,
+    Severity,
+    TensorInfo,
+    Verdict,
+)
 from .policy import Limits, Policy
 from .scan_api import scan
 
 __all__ = [
     "CkptGuardError",
+    "Engine",
     "FileChangedError",
     "Finding",
     "Format",

@@ -16,9 +16,9 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .errors import LoaderUnavailableError
-from .model import Format
+from .model import Engine, Format
 from .policy import DEFAULT_LIMITS, Limits, Policy, ProfileName, effective_policy
-from .primitives import or_default
+from .primitives import gc_paused, or_default
 
 if TYPE_CHECKING:
     from .loaders import StateDictIterator
@@ -47,6 +47,7 @@ def safe_load(
     policy: Policy | None = None,
     limits: Limits | None = None,
     profiles: Iterable[str | ProfileName] | None = None,
+    engine: Engine | str = Engine.TORCH,
 ) -> Any:
     """Audit ``path``, then load it; raises unless the verdict is SAFE.
 
@@ -82,7 +83,15 @@ def safe_load(
     :class:`~ckptguard.errors.TensorInvariantError` (a subclass of
     :class:`UnsafeCheckpointError`, rules CKG420-CKG423). A file that changes under the load
     raises :class:`~ckptguard.FileChangedError`.
+
+    ``engine``: ``"torch"`` (default) loads a SAFE torch file with
+    ``torch.load(weights_only=True, mmap=...)`` after the audit. ``"ckptguard"`` builds a
+    torch zip's object from the audit itself (one private map of the audited file, the
+    audited tensor records, containers rebuilt with OrderedDict/dict/list/tuple only) when
+    the audit's fast path proved it and the load is a CPU mmap load -- the same object,
+    bit for bit, without a second parse -- and falls back to ``"torch"`` otherwise.
     """
+    eng = Engine(engine)
     ld = _loaders()
     pol = effective_policy(policy, profiles)
     lim = or_default(limits, DEFAULT_LIMITS)
@@ -93,21 +102,26 @@ def safe_load(
             from .loaders.dcp import load_dcp
 
             return load_dcp(path, map_location, policy=pol, limits=lim)
-    af = ld.open_audited(path, policy=pol, limits=lim)
-    try:
-        ld.require_safe(af.report)
-        if af.report.format is Format.TORCH_EXPORT:
-            raise ld.UnsupportedFormatError(af.report, (
-                f"{af.path}: a torch.export archive is a program, not a state dict; "
-                "ckptguard.scan() audits it and torch.export.load() loads it (audited "
-                "first under ckptguard.guard_torch_load())"))
-        if af.report.format is Format.JSON:
-            it = ld.iterate_audited(af, map_location, mmap=mmap, copy=copy)
-            with it:
-                return dict(it)
-        return ld.load_audited(af, map_location, mmap=mmap, copy=copy)
-    finally:
-        af.close()
+    # The audit and the load each build up to millions of objects that form no cycles
+    # (records, tensors, containers); the cyclic collector would re-walk them over and
+    # over (~20% of a 50k-tensor torch.load). It is paused for the call and restored after.
+    with gc_paused():
+        af = ld.open_audited(path, policy=pol, limits=lim,
+                             keep_graph=eng is Engine.CKPTGUARD)
+        try:
+            ld.require_safe(af.report)
+            if af.report.format is Format.TORCH_EXPORT:
+                raise ld.UnsupportedFormatError(af.report, (
+                    f"{af.path}: a torch.export archive is a program, not a state dict; "
+                    "ckptguard.scan() audits it and torch.export.load() loads it (audited "
+                    "first under ckptguard.guard_torch_load())"))
+            if af.report.format is Format.JSON:
+                it = ld.iterate_audited(af, map_location, mmap=mmap, copy=copy)
+                with it:
+                    return dict(it)
+            return ld.load_audited(af, map_location, mmap=mmap, copy=copy, engine=eng)
+        finally:
+            af.close()
 
 
 def load_state_dict(

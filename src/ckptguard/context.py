@@ -63,6 +63,16 @@ class Source:
     def from_bytes(cls, data: bytes) -> Source:
         return _BytesSource(data)
 
+    def _clip(self, offset: int, length: int) -> int:
+        """The length of a read at ``offset`` that stays inside the file (0 past its end)."""
+        if offset < 0 or length < 0:
+            raise ValueError("negative read")
+        return max(0, min(length, self.size - offset))
+
+    def _record(self, offset: int, data: bytes) -> None:
+        """Keep the region's SHA-256 for the same-bytes check at load time."""
+        self._regions[(offset, len(data))] = hashlib.sha256(data).hexdigest()
+
     def check_time(self) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise LimitExceeded("max_seconds", self.deadline, "wall-time budget spent")
@@ -70,9 +80,7 @@ class Source:
     def read(self, offset: int, length: int, *, record: bool = False) -> bytes:
         """Read ``length`` bytes at ``offset`` (fewer at end of file). ``record=True`` keeps
         the region's SHA-256 for the same-bytes check at load time."""
-        if offset < 0 or length < 0:
-            raise ValueError("negative read")
-        length = max(0, min(length, self.size - offset))
+        length = self._clip(offset, length)
         if length == 0:
             return b""
         chunks = []
@@ -86,7 +94,7 @@ class Source:
         data = b"".join(chunks) if len(chunks) != 1 else chunks[0]
         self.bytes_read += len(data)
         if record:
-            self._regions[(offset, len(data))] = hashlib.sha256(data).hexdigest()
+            self._record(offset, data)
         return data
 
     def regions(self) -> tuple[Region, ...]:
@@ -104,7 +112,7 @@ class _BytesSource(Source):
         data = bytes(self._data[offset : offset + length])
         self.bytes_read += len(data)
         if record:
-            self._regions[(offset, len(data))] = hashlib.sha256(data).hexdigest()
+            self._record(offset, data)
         return data
 
 
@@ -121,9 +129,7 @@ class SliceSource(Source):
         self.depth = parent.depth + 1
 
     def read(self, offset: int, length: int, *, record: bool = False) -> bytes:
-        if offset < 0 or length < 0:
-            raise ValueError("negative read")
-        length = max(0, min(length, self.size - offset))
+        length = self._clip(offset, length)
         if length == 0:
             return b""
         data = self.parent.read(self.base + offset, length, record=record)
@@ -153,6 +159,10 @@ class AuditContext:
     audit_file: Callable[[AuditContext, str], Format] | None = field(
         default=None, repr=False, compare=False)
     _seen: set[tuple[str, str | None, int | None, str]] = field(default_factory=set)
+    #: keep the fast path's symbolic graph of an accepted data.pkl (engine="ckptguard"
+    #: loads it); a scan lets it go as soon as the tensors are recorded
+    keep_graph: bool = False
+    graph: object = None
 
     def loc(self, member: str | None = None, offset: int | None = None) -> Location:
         return Location(self.path, member, offset)

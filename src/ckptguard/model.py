@@ -66,6 +66,16 @@ class Verdict(str, enum.Enum):
         return self.value
 
 
+class Engine(str, enum.Enum):
+    """What builds the objects of a SAFE torch file at load time."""
+
+    TORCH = "torch"          # the audit, then torch.load(weights_only=True, mmap=True)
+    CKPTGUARD = "ckptguard"  # the audit's own graph, materialised without a second parse
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class Effect(str, enum.Enum):
     """What a finding of a rule does to the verdict."""
 
@@ -366,6 +376,7 @@ class Report:
 
 __all__ = [
     "Effect",
+    "Engine",
     "FileIdentity",
     "Finding",
     "Format",

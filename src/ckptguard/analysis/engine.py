@@ -52,8 +52,11 @@ def unreadable_report(path: str, reason: str, limits: Limits) -> Report:
 
 
 def audit_fd(path: str, fd: int, *, policy: Policy, limits: Limits,
-             name: str | None = None) -> Report:
-    """Audit the open file ``fd`` (reads with pread; never moves its offset)."""
+             name: str | None = None, graph_out: list[object] | None = None) -> Report:
+    """Audit the open file ``fd`` (reads with pread; never moves its offset).
+
+    ``graph_out``, when given, receives the fast path's symbolic graph of a proven
+    ``data.pkl`` (None otherwise): ``engine="ckptguard"`` materialises it."""
     import stat
 
     st = os.fstat(fd)
@@ -65,7 +68,7 @@ def audit_fd(path: str, fd: int, *, policy: Policy, limits: Limits,
         return _finish(ctx, Format.UNKNOWN, None)
     deadline = time.monotonic() + limits.max_seconds
     src = Source(fd, st.st_size, deadline=deadline)
-    ctx = AuditContext(path, src, policy, limits)
+    ctx = AuditContext(path, src, policy, limits, keep_graph=graph_out is not None)
     if st.st_nlink > 1:
         # Another path names these bytes (a shard hard-linked from outside the model
         # folder passes every path check). The audit read the bytes themselves, and
@@ -74,6 +77,8 @@ def audit_fd(path: str, fd: int, *, policy: Policy, limits: Limits,
                 "outside this folder, names the same bytes",
                 evidence={"links": str(st.st_nlink), "inode": str(st.st_ino)})
     fmt = _audit(ctx, name or path)
+    if graph_out is not None:
+        graph_out.append(ctx.graph)
     return _finish(ctx, fmt, fd)
 
 

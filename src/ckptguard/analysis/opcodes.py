@@ -218,6 +218,17 @@ def text_value(op: int, line: bytes, *, c: bool) -> tuple[bool, Any]:
             return False, "UnpicklingError"
         except (UnicodeDecodeError, ValueError) as e:
             return False, type(e).__name__
+    if op in (GET, PUT):
+        # The C unpickler's PUT grows its memo array to twice the index before storing: a
+        # line naming a huge index would make this probe allocate (and zero) gigabytes. Its
+        # PyLong_FromString(base 10) reads what Python's int(text, 10) reads, up to a NUL;
+        # an index that large is answered here (the VM's max_memo_index bounds it next).
+        try:
+            index = int(line.split(b"\0", 1)[0].decode("ascii"), 10)
+        except (UnicodeDecodeError, ValueError):
+            index = None
+        if index is not None and abs(index) > _MEMO_PROBE_MAX:
+            return True, index
     prog = b"Np" + line + b"\n." if op in (GET, PUT) else bytes([op]) + line + b"\n."
     try:
         f = io.BytesIO(prog)
@@ -234,6 +245,13 @@ def text_value(op: int, line: bytes, *, c: bool) -> tuple[bool, Any]:
         return True, value
     except _REFUSALS as e:  # the unpickler's refusal is the answer
         return False, type(e).__name__
+    except MemoryError:  # the real unpickler could not take this line either
+        return False, "MemoryError"
+
+
+#: Largest memo index a GET/PUT probe hands to the real C unpickler (its memo array then
+#: takes at most 2 * 2**20 pointers, 16 MB).
+_MEMO_PROBE_MAX = 1 << 20
 
 
 class _PersC(_pickle.Unpickler):

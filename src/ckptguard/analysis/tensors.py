@@ -35,7 +35,7 @@ from .values import (
 )
 
 #: dtypes that may require gradients (torch raises for the others at load time)
-_GRAD_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16", "complex128",
+GRAD_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16", "complex128",
                           "complex64", "complex32", "float8_e4m3fn", "float8_e5m2",
                           "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu"})
 
@@ -66,7 +66,7 @@ DTYPE_SIZES: dict[str, int] = {
     **{f"uint{i}": 1 for i in range(1, 8)}, **{f"int{i}": 1 for i in range(1, 8)},
 }
 
-_LOCATION_PREFIXES = ("cpu", "cuda", "meta", "mps", "xpu", "hpu", "xla", "privateuseone",
+LOCATION_PREFIXES = ("cpu", "cuda", "meta", "mps", "xpu", "hpu", "xla", "privateuseone",
                       "mtia", "ipu", "lazy", "vulkan", "hip", "ve", "fpga", "maia")
 
 
@@ -136,6 +136,10 @@ class TorchTensors:
         self.torch = mode is not PickleMode.RAW
         self.catalog = catalog
         self._copied: dict[int, int] = {}  # id(StorageRef) -> bytes copied out of it
+        # backward-hooks containers already handed to a tensor rebuild (id -> container,
+        # kept alive): torch attaches that very object, so items the VM adds later
+        # (SETITEMS) are hooks too
+        self.hooks: dict[int, object] = {}
 
     # -- seam 1: persistent ids -----------------------------------------------------------
     def persistent_load(self, pid: object, pos: int) -> PersRef:
@@ -186,7 +190,7 @@ class TorchTensors:
             self.add("CKG401", "storage persistent id has a malformed key, location or size",
                      pos, {"pid": clip(repr(plain(pid)))})
             return None
-        if not location.startswith(_LOCATION_PREFIXES):
+        if not location.startswith(LOCATION_PREFIXES):
             self.add("CKG407", f"storage location {clip(location)!r} is not a known device",
                      pos, {"location": clip(location)})
         dtype, itemsize = dt
@@ -225,10 +229,12 @@ class TorchTensors:
         elif full in _PARAM_FNS:
             if full.endswith("_with_state") and len(args) >= 4:
                 self.check_tensor_state(args[3], full, pos)
+            # (data, requires_grad, backward_hooks[, state]): torch sets the hooks as given
+            self.check_hooks(args[2] if len(args) > 2 else None, pos)
             if args and isinstance(args[0], Call) and args[0].tensor is not None:
                 t = args[0].tensor
                 rg = bool(args[1]) if len(args) > 1 and isinstance(args[1], bool) else False
-                if rg and t.dtype not in _GRAD_DTYPES:
+                if rg and t.dtype not in GRAD_DTYPES:
                     self.add("CKG408", f"requires_grad on a {t.dtype} parameter: torch refuses "
                              "to load it", pos)
                     return
@@ -292,14 +298,11 @@ class TorchTensors:
                 self.add("CKG421", bad, pos)
                 return
         rg = bool(args[4]) if len(args) > 4 and isinstance(args[4], bool) else False
-        if rg and dtype not in _GRAD_DTYPES:
+        if rg and dtype not in GRAD_DTYPES:
             self.add("CKG408", f"requires_grad on a {dtype} tensor: torch refuses to load it "
                      "(only floating point and complex tensors can require gradients)", pos)
             return
-        hooks = args[5] if len(args) > 5 else None
-        if (isinstance(hooks, Call) and hooks.items) or (isinstance(hooks, dict) and hooks):
-            self.add("CKG408", "tensor with backward hooks: torch.save never writes them and "
-                     "the loader would attach callables to the tensor", pos)
+        self.check_hooks(args[5] if len(args) > 5 else None, pos)
         numel = 1
         for s in size:
             numel *= s
@@ -315,6 +318,15 @@ class TorchTensors:
                 return
         c.tensor = TensorRecord(storage, offset, tuple(size), tuple(stride), dtype, rg,
                                 self.base + pos, "qtensor" if "qtensor" in full else "tensor")
+
+    def check_hooks(self, hooks: object, pos: int) -> None:
+        """A rebuild's backward hooks must be empty, and stay empty: torch attaches that very
+        container to the tensor, so items added later (setitems) are hooks too."""
+        if isinstance(hooks, (Call, dict)):
+            self.hooks[id(hooks)] = hooks
+        if (isinstance(hooks, Call) and hooks.items) or (isinstance(hooks, dict) and hooks):
+            self.add("CKG408", "tensor with backward hooks: torch.save never writes them and "
+                     "the loader would attach callables to the tensor", pos)
 
     def check_tensor_state(self, state: object, full: str, pos: int) -> None:
         """The state torch applies with setattr on a rebuilt tensor: user attributes are
@@ -545,5 +557,5 @@ def _join(prefix: str, key: object) -> str:
     return k if not prefix else f"{prefix}.{k}"
 
 
-__all__ = ["DTYPE_SIZES", "STORAGE_DTYPES", "StorageCatalog", "StorageRef", "TensorRecord",
-           "TorchTensors", "name_tensors"]
+__all__ = ["DTYPE_SIZES", "GRAD_DTYPES", "LOCATION_PREFIXES", "STORAGE_DTYPES", "StorageCatalog",
+           "StorageRef", "TensorRecord", "TorchTensors", "name_tensors"]

@@ -22,6 +22,7 @@ from ..readers.zipfile import (
     read_archive,
 )
 from . import opcodes as O
+from .fastpath import try_fast
 from .tensors import DTYPE_SIZES, StorageCatalog
 from .tscode import grade_code
 from .vm import PickleMode, PickleResult, audit_pickle
@@ -199,8 +200,14 @@ def _torch_zip(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEnt
                     member=e.name, offset=e.header_offset)
     pkl = records["data.pkl"]
     data = archive.read(pkl, record=True)
-    result = audit_pickle(ctx, data, member=pkl.name, base_offset=0,
-                          mode=PickleMode.TORCH_ZIP, storages=catalog)
+    fast = try_fast(ctx, data, catalog)  # proves SAFE or declines (DESIGN.md principle 9)
+    if fast is not None:
+        if ctx.keep_graph:
+            ctx.graph = fast
+        result = fast.result
+    else:
+        result = audit_pickle(ctx, data, member=pkl.name, base_offset=0,
+                              mode=PickleMode.TORCH_ZIP, storages=catalog)
     if result.complete and result.end < len(data):
         _after_stop(ctx, data, result, pkl.name)
     if result.globals:

@@ -616,6 +616,10 @@ class _VM:
 
     def setitems(self, target: object, items: list[Any], pos: int) -> None:
         self._count_items(len(items) // 2)
+        if items and id(target) in self.tensors.hooks:
+            self.add("CKG408", "items added to a tensor's backward-hooks dict after the "
+                     "tensor was rebuilt: the loader attaches that dict, filled, to the "
+                     "tensor", pos)
         if isinstance(target, dict):
             self._hash_guard(items[0::2], pos)
             self._insert(target, self._probe_entry(target), items, True, pos)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..model import Format
+from ..model import Engine, Format
 from ._torch import MapLocation, is_meta
 from .base import (
     LOADABLE_FORMATS,
@@ -31,11 +31,15 @@ from .torchfile import load_torch
 
 
 def load_audited(af: AuditedFile, map_location: MapLocation = "cpu", *,
-                 mmap: bool | None = True, copy: bool = False, **pickle_load_args: Any) -> Any:
+                 mmap: bool | None = True, copy: bool = False, engine: Engine = Engine.TORCH,
+                 **pickle_load_args: Any) -> Any:
     """Load a single audited, SAFE file (not an index json).
 
     torch files return what ``torch.load`` returns; safetensors and meta loads return a
     flat ``{name: tensor}`` dict. ``copy``: tensors own their memory (nothing mapped).
+    ``engine=Engine.CKPTGUARD`` builds a torch zip's object from the audit's own graph
+    (loaders/direct.py) when the fast path proved it and the load is a plain CPU mmap load
+    without ``copy``; otherwise, and for every other format, ``torch.load``.
     """
     require_safe(af.report)
     fmt = af.report.format
@@ -46,6 +50,12 @@ def load_audited(af: AuditedFile, map_location: MapLocation = "cpu", *,
         return load_meta(af.report.tensors)
     if fmt is Format.SAFETENSORS:
         return load_safetensors(af, map_location, copy=copy)
+    if engine is Engine.CKPTGUARD and mmap and not copy and not pickle_load_args:
+        from .direct import FALLBACK, load_direct
+
+        obj = load_direct(af, map_location)
+        if obj is not FALLBACK:
+            return obj
     return load_torch(af, map_location, mmap=mmap, copy=copy, **pickle_load_args)
 
 

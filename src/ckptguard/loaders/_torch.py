@@ -219,6 +219,14 @@ def _torch_remove_safe_globals(entries: list[Any]) -> None:
     cm.__exit__(None, None, None)
 
 
+def callers_safe_globals() -> list[Any]:
+    """torch's weights-only extras that the *caller* added (``add_safe_globals`` or
+    ``torch.serialization.safe_globals``), without the ones ckptguard registered for loads in
+    flight: another thread's widened policy must never count as this caller's choice."""
+    with _sg_lock:
+        return [g for g in torch.serialization.get_safe_globals() if g not in _sg_ours]
+
+
 def register_safe_globals(entries: list[Any]) -> None:
     """Add ``entries`` to torch's weights-only set (reference-counted, thread-safe)."""
     with _sg_lock:

@@ -121,6 +121,8 @@ class AuditedFile:
     report: Report
     policy: Policy = field(default_factory=Policy)
     limits: Limits = DEFAULT_LIMITS
+    #: the fast path's symbolic graph of the audited data.pkl, when it proved it
+    graph: object = None
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -142,8 +144,11 @@ class AuditedFile:
 
 
 def open_audited(path: str | os.PathLike[str], *, policy: Policy | None = None,
-                 limits: Limits | None = None) -> AuditedFile:
-    """Open ``path`` once and audit it from that descriptor. Does not judge the verdict."""
+                 limits: Limits | None = None, keep_graph: bool = False) -> AuditedFile:
+    """Open ``path`` once and audit it from that descriptor. Does not judge the verdict.
+
+    ``keep_graph``: keep the fast path's graph for ``engine="ckptguard"`` (else it is
+    freed with the audit)."""
     from ..analysis.engine import audit_fd
 
     p = os.fspath(path)
@@ -155,12 +160,14 @@ def open_audited(path: str | os.PathLike[str], *, policy: Policy | None = None,
         raise ScanInputError(p, "no such file or directory") from None
     except OSError as e:
         raise ScanInputError(p, e.strerror or str(e)) from None
+    graph: list[object] = []
     try:
-        report = audit_fd(p, fd, policy=pol, limits=lim)
+        report = audit_fd(p, fd, policy=pol, limits=lim,
+                          graph_out=graph if keep_graph else None)
     except BaseException:
         os.close(fd)
         raise
-    return AuditedFile(p, fd, report, pol, lim)
+    return AuditedFile(p, fd, report, pol, lim, graph[0] if graph else None)
 
 
 __all__ = [

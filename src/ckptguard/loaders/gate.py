@@ -252,7 +252,7 @@ def _caller_safe_global_names() -> list[str]:
     """``module.name`` of every global the caller allowed with
     ``torch.serialization.safe_globals`` / ``add_safe_globals`` (torch's own naming)."""
     names = []
-    for g in torch.serialization.get_safe_globals():
+    for g in _torch.callers_safe_globals():
         if isinstance(g, tuple) and len(g) == 2 and isinstance(g[1], str):
             names.append(g[1])
         else:

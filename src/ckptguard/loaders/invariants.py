@@ -152,11 +152,49 @@ def _check_sparse_coo(t: torch.Tensor) -> None:
         raise Violation("CKG420", f"sparse COO tensor: {e}") from None
 
 
+def _compressed_shape_problem(t: torch.Tensor, compressed: torch.Tensor,
+                              plain: torch.Tensor) -> str | None:
+    """What torch's own validator must not meet: it reads the plain indices at the offsets
+    the compressed indices give, so compressed indices outside ``[0, nnz]``, not starting at
+    0, not ending at nnz or going down make it read out of bounds (a crash seen with torch
+    2.13 on ``crow=[0, 3, 0]``, no column). Checked here with plain tensor arithmetic."""
+    if compressed.dtype not in (torch.int32, torch.int64) or plain.dtype != compressed.dtype:
+        return "compressed and plain indices must be int32 or int64 of one dtype"
+    if compressed.dim() < 1 or plain.dim() != compressed.dim() or \
+            compressed.shape[:-1] != plain.shape[:-1] or compressed.shape[-1] < 1:
+        return "compressed and plain indices have incompatible shapes"
+    size = t.size()
+    if len(size) < 2:
+        return "a compressed sparse tensor needs two sparse dimensions"
+    row_major = t.layout in (torch.sparse_csr, torch.sparse_bsr)
+    dim = size[-2] if row_major else size[-1]
+    if t.layout in (torch.sparse_bsr, torch.sparse_bsc):
+        values = t.values()
+        if values.dim() < 3:
+            return "block values need a block shape"
+        block = values.shape[-2] if row_major else values.shape[-1]
+        if block <= 0 or dim % block:
+            return "the block size does not divide the sparse dimensions"
+        dim //= block
+    if compressed.shape[-1] != dim + 1:
+        return f"{compressed.shape[-1]} compressed indices for {dim} compressed rows/columns"
+    nnz = plain.shape[-1]
+    c = compressed.reshape(-1, compressed.shape[-1])
+    if c.numel() and not (bool((c[:, 0] == 0).all()) and bool((c[:, -1] == nnz).all())
+                          and bool((c[:, 1:] >= c[:, :-1]).all())):
+        return f"compressed indices do not run from 0 up to nnz={nnz} without going down"
+    return None
+
+
 def _check_sparse_compressed(t: torch.Tensor) -> None:
     if t.layout in (torch.sparse_csr, torch.sparse_bsr):
         compressed, plain = t.crow_indices(), t.col_indices()
     else:
         compressed, plain = t.ccol_indices(), t.row_indices()
+    problem = _compressed_shape_problem(t, compressed, plain)
+    if problem is not None:
+        raise Violation("CKG420", f"sparse {str(t.layout).removeprefix('torch.')} tensor: "
+                        f"{problem}")
     try:
         torch._validate_sparse_compressed_tensor_args(compressed, plain, t.values(), t.size(),
                                                       t.layout, check_pinning=False)

@@ -284,9 +284,7 @@ class HttpSource(Source):
 
     # -- Source ---------------------------------------------------------------------------
     def read(self, offset: int, length: int, *, record: bool = False) -> bytes:
-        if offset < 0 or length < 0:
-            raise ValueError("negative read")
-        length = max(0, min(length, self.size - offset))
+        length = self._clip(offset, length)
         if length == 0:
             return b""
         data = self._cached_read(offset, length)
@@ -296,9 +294,7 @@ class HttpSource(Source):
             except RemoteError as e:
                 raise e.as_source_error() from e
         if record:
-            import hashlib
-
-            self._regions[(offset, len(data))] = hashlib.sha256(data).hexdigest()
+            self._record(offset, data)
         return data
 
     def _fetch(self, offset: int, length: int) -> bytes:

@@ -1,0 +1,482 @@
+"""The fast path (DESIGN.md principle 9): prove a plain torch state-dict pickle SAFE at
+C speed, or decline and leave the file to the symbolic VM.
+
+It never reports anything. When it accepts ``data.pkl`` of a torch zip, the result it
+returns is exactly what :func:`~ckptguard.analysis.vm.audit_pickle` would return for it
+with no finding (same globals, same tensor records under the same names); anything it
+does not fully understand -- an opcode, a global, an argument shape, a limit it cannot
+bound -- makes it decline (``None``), and the VM runs as before. The differential tests
+(tests/test_fastpath.py) pin that equivalence on every fixture and on generated programs.
+
+How (docs/fastpath.md has the measurements behind each choice):
+
+1. **Tokenise with one regular expression** (C speed): the whole stream must be
+   ``PROTO 2|3``, then only the opcodes torch.save writes for state dicts (all inside
+   torch's weights-only set), each with a well-formed argument (strings under 256 bytes,
+   GLOBAL names of identifier characters, LONG_BINPUT indexes under 2**22), then one STOP
+   at the very end. A second pass lists the opcodes (one byte each) to count them and to
+   check MARK nesting (a depth-bounded regular expression).
+2. **Make the C unpickler harmless before it runs**: every EMPTY_DICT / EMPTY_LIST is
+   rewritten into a call of our own dict/list subclass (so every key is type-checked in
+   Python before anything hashes it, and SETITEM on a list is refused as the VM refuses
+   it), and the program is wrapped in ``MARK ... TUPLE`` so values left on the stack at
+   STOP show up as a longer tuple.
+3. **Run CPython's own ``_pickle.Unpickler``** with ``find_class`` returning inert stubs
+   for a handful of allowlisted globals (tensor and parameter rebuilds, OrderedDict,
+   typed storage classes) and ``persistent_load`` checking storage ids against the
+   archive exactly as the VM does. Any other global, any exception: decline.
+4. Name tensors with the VM's own :func:`~ckptguard.analysis.vm.name_tensors`.
+
+The symbolic graph it leaves behind (plain containers, OrderedDict and tensor records) is
+what ``engine="ckptguard"`` materialises without a second parse (loaders/direct.py).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from ..context import AuditContext, LimitExceeded
+from ..policy import GlobalStatus, classify_global
+from .tensors import (
+    GRAD_DTYPES,
+    LOCATION_PREFIXES,
+    STORAGE_DTYPES,
+    StorageCatalog,
+    StorageRef,
+    TensorRecord,
+    name_tensors,
+)
+from .values import Call, Global
+from .vm import PickleResult, _py_mapped, _torch_mapped, _valid_dotted
+
+# --- the token grammar --------------------------------------------------------------------
+
+def _counted(op: bytes, width: int, top: int) -> bytes:
+    """``op`` + a little-endian length of ``width`` bytes (< ``top``) + that many bytes."""
+    pad = b"\x00" * (width - 1)
+    alts = [re.escape(bytes([n]) + pad) + (b".{%d}" % n if n else b"") for n in range(top)]
+    return re.escape(op) + b"(?:" + b"|".join(alts) + b")"
+
+
+_NAME = rb"[A-Za-z_][A-Za-z0-9_.]{0,127}"
+#: every opcode the fast path accepts, with a well-formed argument, most frequent first;
+#: EMPTY_DICT / EMPTY_LIST are apart (they are rewritten)
+_TOKEN = b"(?:" + b"|".join([
+    rb"[Kqh].",                    # BININT1 / BINPUT / BINGET
+    rb"r..[\x00-\x3f]\x00",        # LONG_BINPUT: index < 2**22 (a bounded C memo array)
+    rb"[(\x85\x86\x87\x88\x89NtQRsuaeb)]",  # MARK, tuples, bools, None, REDUCE, ...
+    _counted(b"X", 4, 128),        # BINUNICODE under 128 bytes
+    rb"[Jj]....",                  # BININT / LONG_BINGET
+    rb"M..",                       # BININT2
+    rb"G.{8}",                     # BINFLOAT
+    _counted(b"\x8a", 1, 9),       # LONG1 up to 8 bytes
+    b"c" + _NAME + rb"\n" + _NAME + rb"\n",  # GLOBAL
+]) + b")"
+#: bytes that start a token: a program has at most this many opcodes
+_STARTS = b"Kqhr(\x85\x86\x87\x88\x89NtQRsuaeb)XJjMG\x8ac}]"
+_RUN = re.compile(b"(" + _TOKEN + rb"*+)([}\]]?)", re.S)
+
+#: what replaces EMPTY_DICT / EMPTY_LIST before the C unpickler runs: GLOBAL of our own
+#: module name (the file may not name it), EMPTY_TUPLE, REDUCE
+_OWN = b"__ckptguard_fast__"
+_OWN_NAME = _OWN.decode()
+_NEW = {b"}": b"c" + _OWN + b"\nD\n)R", b"]": b"c" + _OWN + b"\nL\n)R"}
+#: around the program: our sentinel, MARK ... program ... TUPLE, TUPLE2
+_HEAD = b"c" + _OWN + b"\nS\n("
+_TAIL = b"t\x86."
+
+
+class _Decline(Exception):
+    """The fast path cannot prove this program SAFE; the VM decides."""
+
+
+# --- what the C unpickler builds -----------------------------------------------------------
+
+#: int keys below this hash to themselves, all distinct (hash(k) = k mod 2**61 - 1, and
+#: hash(-1) = hash(-2)): no crafted collision chains in C's dict insert
+_MAX_KEY = 1 << 60
+
+
+class FastDict(dict[Any, Any]):
+    """A dict the program built (EMPTY_DICT): keys are checked before they are hashed."""
+
+    __slots__ = ()
+
+    def __setitem__(self, k: Any, v: Any) -> None:
+        if type(k) is not str and (type(k) is not int or not 0 <= k < _MAX_KEY):
+            raise _Decline("dict key that is not a str or a small non-negative int")
+        dict.__setitem__(self, k, v)
+
+    def __setstate__(self, state: Any) -> None:
+        raise _Decline("BUILD on a dict")
+
+
+class FastList(list[Any]):
+    """A list the program built (EMPTY_LIST): SETITEM on it is refused (the VM refuses)."""
+
+    __slots__ = ()
+
+    def __setitem__(self, k: Any, v: Any) -> None:
+        raise _Decline("SETITEM on a list")
+
+    def __setstate__(self, state: Any) -> None:
+        raise _Decline("BUILD on a list")
+
+
+class FastOrderedDict(dict[Any, Any]):
+    """``collections.OrderedDict()``: called without arguments only; its BUILD state
+    (``_metadata``) must hold plain values, never a tensor or a list."""
+
+    __slots__ = ("hooks", "state")
+
+    def __init__(self, *args: Any) -> None:
+        if args:
+            raise _Decline("OrderedDict called with arguments")
+        self.state: FastDict | None = None
+        self.hooks = False  # handed to a rebuild as its backward hooks: must stay empty
+
+    def __setitem__(self, k: Any, v: Any) -> None:
+        if self.hooks:
+            raise _Decline("items added to a tensor's backward-hooks dict after the rebuild")
+        if type(k) is not str and (type(k) is not int or not 0 <= k < _MAX_KEY):
+            raise _Decline("OrderedDict key that is not a str or a small non-negative int")
+        dict.__setitem__(self, k, v)
+
+    def __setstate__(self, state: Any) -> None:
+        if self.hooks:
+            raise _Decline("state set on a tensor's backward-hooks dict after the rebuild")
+        if type(state) is not FastDict or not _plain_meta(state, 4):
+            raise _Decline("OrderedDict state that is not plain metadata")
+        self.state = state
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _plain_meta(d: dict[Any, Any], depth: int) -> bool:
+    """A dict of str keys whose values are scalars or such dicts (``_metadata``)."""
+    if depth <= 0:
+        return False
+    for k, v in d.items():
+        if type(k) is not str:
+            return False
+        t = type(v)
+        if t in _SCALARS:
+            continue
+        if t is FastOrderedDict:
+            if v.state is not None or not _plain_meta(v, depth - 1):
+                return False
+        elif t is not FastDict or not _plain_meta(v, depth - 1):
+            return False
+    return True
+
+
+class FastTensor(Call):
+    """The result of a tensor or parameter rebuild, with its record in ``tensor``.
+
+    Made with ``object.__new__`` and only ``func``, ``args`` and ``tensor`` set (what the
+    naming walk and the loader read): a rebuilt tensor has no items, state or offset."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state: Any) -> None:
+        raise _Decline("BUILD on a tensor")
+
+
+_new_tensor = object.__new__
+
+
+def _empty_od(v: object) -> bool:
+    return type(v) is FastOrderedDict and not v and v.state is None
+
+
+#: the globals the fast path understands (any other, even allowlisted: decline)
+_UNDERSTOOD = frozenset({"torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
+                         "collections.OrderedDict"}) | {f"torch.{s}" for s in STORAGE_DTYPES
+                                                        if s not in ("UntypedStorage",
+                                                                     "TypedStorage")}
+
+
+@dataclass
+class FastResult:
+    """An accepted program: the VM-equivalent result and the symbolic root."""
+
+    result: PickleResult
+    root: object
+    storages: dict[str, StorageRef]
+
+
+class _Run:
+    def __init__(self, ctx: AuditContext, catalog: StorageCatalog, proto: int) -> None:
+        self.ctx = ctx
+        self.records = catalog.records
+        self.seen: dict[str, StorageRef] = {}
+        self.proto = proto
+        self.globals: dict[str, Global] = {}
+        self.stubs: dict[tuple[str, str], Any] = {}
+        self.g_v2: Global | None = None
+        #: rebuild arguments are kept only for engine="ckptguard" (its hooks re-check)
+        self.keep_args = ctx.keep_graph
+
+    def find_class(self, module: str, name: str) -> Any:
+        stub = self.stubs.get((module, name))
+        if stub is not None:
+            return stub
+        if module == _OWN_NAME:
+            stub = {"D": FastDict, "L": FastList, "S": _SENTINEL}.get(name)
+            if stub is None:
+                raise _Decline("unknown own stub")
+            self.stubs[(module, name)] = stub
+            return stub
+        raw = f"{module}.{name}"
+        if raw not in _UNDERSTOOD or not _valid_dotted(module):
+            raise _Decline(f"global {raw} is not one the fast path understands")
+        # the VM's resolution: torch's rename table, then pickle's (protocol < 3)
+        py = _py_mapped(module, name) if self.proto < 3 else raw
+        if _torch_mapped(module, name) != raw or py != raw:
+            raise _Decline("renamed global")
+        if classify_global(raw, self.ctx.policy).status is not GlobalStatus.ALLOW:
+            raise _Decline("global not allowlisted under this policy")
+        g = Global(module, name, raw, 0, GlobalStatus.ALLOW)
+        self.globals[raw] = g
+        if raw == "collections.OrderedDict":
+            stub = FastOrderedDict
+        elif raw == "torch._utils._rebuild_tensor_v2":
+            self.g_v2 = g
+            stub = self._rebuild_v2
+        elif raw == "torch._utils._rebuild_parameter":
+            stub = self._rebuild_parameter
+        else:  # a typed storage class: only ever a component of a persistent id
+            stub = g
+        self.stubs[(module, name)] = stub
+        return stub
+
+    def persistent_load(self, pid: Any) -> StorageRef:
+        if type(pid) is not tuple or len(pid) != 5:
+            raise _Decline("persistent id that is not a storage reference")
+        tag, stype, key, location, numel = pid
+        if tag != "storage" or type(tag) is not str or type(stype) is not Global or \
+                type(key) is not str or type(location) is not str or \
+                type(numel) is not int or not 0 <= numel < (1 << 62):
+            raise _Decline("malformed storage persistent id")
+        if not location.startswith(LOCATION_PREFIXES):
+            raise _Decline("unknown storage location")
+        dtype, itemsize = STORAGE_DTYPES[stype.name]
+        prev = self.seen.get(key)
+        if prev is not None:
+            if prev.dtype != dtype or prev.numel != numel:
+                raise _Decline("storage referenced with two types or sizes")
+            return prev
+        rec = self.records.get(key)
+        if rec is None:
+            raise _Decline("storage without a record")
+        member, data_off, size = rec
+        if size != numel * itemsize:
+            raise _Decline("storage size differs from its record")
+        st = StorageRef(key, dtype, itemsize, numel, location, 0, member, data_off, size)
+        self.seen[key] = st
+        return st
+
+    def _rebuild_v2(self, *args: Any) -> FastTensor:
+        # torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride,
+        #                                 requires_grad, backward_hooks[, metadata])
+        # (the hot path of a scan: one call per tensor, checks inlined)
+        if len(args) == 6:
+            st, offset, size, stride, rg, hooks = args
+        elif len(args) == 7 and args[6] is None:
+            st, offset, size, stride, rg, hooks = args[:6]
+        else:
+            raise _Decline("rebuild arity or metadata")
+        if type(st) is not StorageRef or type(offset) is not int or type(rg) is not bool or \
+                type(size) is not tuple or type(stride) is not tuple or \
+                type(hooks) is not FastOrderedDict or hooks or hooks.state is not None or \
+                len(size) != len(stride):
+            raise _Decline("rebuild arguments")
+        hooks.hooks = True
+        for x in size:
+            if type(x) is not int:
+                raise _Decline("size is not a tuple of ints")
+        for x in stride:
+            if type(x) is not int:
+                raise _Decline("stride is not a tuple of ints")
+        if size:
+            dims = size + stride
+            if min(dims) < 0 or max(dims) >= (1 << 62):
+                raise _Decline("negative or huge size or stride")
+        if not 0 <= offset < (1 << 62):
+            raise _Decline("negative or huge storage offset")
+        dtype = st.dtype
+        if rg and dtype not in GRAD_DTYPES:
+            raise _Decline("requires_grad on a dtype without gradients")
+        if 0 not in size:
+            last = offset
+            for n, sd in zip(size, stride, strict=True):
+                last += (n - 1) * sd
+            if last >= st.numel:
+                raise _Decline("view outside its storage")
+        c = _new_tensor(FastTensor)
+        c.func = self.g_v2
+        c.args = args if self.keep_args else None
+        c.tensor = TensorRecord(st, offset, size, stride, dtype, rg, 0, "tensor")
+        return c
+
+    def _rebuild_parameter(self, *args: Any) -> FastTensor:
+        # torch._utils._rebuild_parameter(data, requires_grad, backward_hooks)
+        if len(args) != 3 or type(args[0]) is not FastTensor or type(args[1]) is not bool or \
+                not _empty_od(args[2]):
+            raise _Decline("parameter arguments")
+        args[2].hooks = True
+        t = args[0].tensor
+        assert t is not None
+        if t.kind != "tensor":
+            raise _Decline("parameter of a parameter")
+        rg = args[1]
+        if rg and t.dtype not in GRAD_DTYPES:
+            raise _Decline("requires_grad on a dtype without gradients")
+        c = _new_tensor(FastTensor)
+        c.func = self.globals["torch._utils._rebuild_parameter"]
+        c.args = args
+        c.tensor = TensorRecord(t.storage, t.storage_offset, t.shape, t.stride, t.dtype, rg,
+                                0, "parameter")
+        return c
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, run: _Run) -> None:
+        super().__init__(io.BytesIO(data))
+        self.find_class = run.find_class  # type: ignore[method-assign]
+        self.persistent_load = run.persistent_load  # type: ignore[method-assign]
+
+
+class _Sentinel:
+    __slots__ = ()
+
+
+_SENTINEL = _Sentinel()
+
+
+def _rewrite(data: bytes) -> bytes | None:
+    """The program made safe for the C unpickler, or None when ``data`` is not
+    ``PROTO 2|3, accepted opcodes..., STOP``: EMPTY_DICT/EMPTY_LIST become calls of our
+    own classes and the program is wrapped as ``(SENTINEL, (MARK program TUPLE))``, so
+    values or MARKs left over at STOP show."""
+    n = len(data)
+    if n < 4 or data[0] != 0x80 or data[1] not in (2, 3) or data[-1] != 0x2E:
+        return None
+    view = memoryview(data)  # the runs are joined without a copy of each
+    parts: list[bytes | memoryview] = [data[:2], _HEAD]
+    pos, end = 2, n - 1
+    match = _RUN.match
+    while True:
+        m = match(data, pos, end)
+        assert m is not None  # the pattern matches the empty string
+        run_end, op_end = m.end(1), m.end()
+        parts.append(view[pos:run_end])
+        pos = op_end
+        if op_end == run_end:
+            break
+        parts.append(_NEW[data[run_end : op_end]])
+    if pos != end:
+        return None
+    parts.append(_TAIL)
+    return b"".join(parts)
+
+
+def _depth(root: object, cap: int) -> int:
+    """The longest chain of nested containers under ``root`` (lists, tuples, dicts and
+    OrderedDict items/state), each node counted once (memoised, so a DAG costs its size;
+    a cycle counts as nothing). Stops early once ``cap`` is exceeded."""
+    if type(root) not in _CONTAINER_TYPES:
+        return 0
+    done: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[object, list[object] | None]] = [(root, None)]
+    while stack:
+        v, kids = stack[-1]
+        if kids is None:
+            vid = id(v)
+            if vid in done or vid in active:
+                stack.pop()
+                continue
+            active.add(vid)
+            if type(v) is FastOrderedDict and v.state is not None and \
+                    not _plain_meta(v.state, 4):
+                # BUILD checked the state; the program may have filled it in afterwards
+                raise _Decline("OrderedDict state changed after BUILD")
+            ks = list(v.values()) if isinstance(v, dict) else list(v)  # type: ignore[call-overload]
+            kids = [k for k in ks if type(k) in _CONTAINER_TYPES]
+            stack[-1] = (v, kids)
+            if len(active) > cap:
+                return len(active)
+            for k in kids:
+                stack.append((k, None))
+            continue
+        stack.pop()
+        vid = id(v)
+        active.discard(vid)
+        done[vid] = 1 + max((done.get(id(k), 0) for k in kids), default=0)
+    return done.get(id(root), 0)
+
+
+_CONTAINER_TYPES = frozenset({tuple, FastDict, FastList, FastOrderedDict})
+
+
+def try_fast(ctx: AuditContext, data: bytes, catalog: StorageCatalog) -> FastResult | None:
+    """Prove the torch-zip ``data.pkl`` program ``data`` SAFE, or return None (decline).
+
+    On acceptance ``catalog.seen`` is filled exactly as the VM fills it; on decline
+    nothing in ``ctx`` or ``catalog`` has changed."""
+    limits = ctx.limits
+    if catalog.deferred or _OWN in data:
+        return None
+    # Bounds the VM enforces, met for certain here (else the VM decides): every value on
+    # the stack and every container item needs an opcode, every memo entry a PUT.
+    n = len(data)
+    n_ops = n - len(data.translate(None, _STARTS))
+    n_puts = n - len(data.translate(None, b"qr"))
+    if n_ops > min(limits.max_stack, limits.max_container_items) or \
+            n_puts > limits.max_memo or limits.max_memo_index < (1 << 22):
+        return None
+    prog = _rewrite(data)
+    if prog is None:
+        return None
+    run = _Run(ctx, catalog, data[1])
+    blocks = sys.getallocatedblocks()
+    try:
+        out = _Unpickler(prog, run).load()
+    except Exception:  # noqa: BLE001 - anything the C unpickler or a stub raises: decline
+        return None
+    # the VM's allocation bound, with room for the VM's own records
+    if 2 * (sys.getallocatedblocks() - blocks) > limits.max_objects:
+        return None
+    if type(out) is not tuple or len(out) != 2 or out[0] is not _SENTINEL or \
+            type(out[1]) is not tuple or len(out[1]) != 1:
+        return None  # MARKs or values left over at STOP (the VM reports CKG204)
+    root = out[1][0]
+    # MARK nesting: every MARK level but those inside the checked rebuild arguments (at
+    # most 3) nests a container, and ours wraps the program
+    try:
+        if _depth(root, limits.max_mark_depth) + 5 > limits.max_mark_depth:
+            return None
+    except _Decline:
+        return None
+    try:
+        tensors = name_tensors(root, limits.max_tensors, limits.max_mark_depth)
+    except LimitExceeded:
+        return None
+    ctx.source.check_time()
+    catalog.seen.update(run.seen)
+    # The graph is dropped here unless engine="ckptguard" will build from it: the tensor
+    # records are all a scan needs (a 50k-tensor graph is ~40 MB of peak memory).
+    keep = root if ctx.keep_graph else None
+    result = PickleResult(end=len(data), complete=True, root=keep,
+                          globals=list(run.globals.values()), tensors=tensors)
+    return FastResult(result, keep, run.seen)
+
+
+__all__ = ["FastDict", "FastList", "FastOrderedDict", "FastResult", "FastTensor", "try_fast"]
