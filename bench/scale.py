@@ -26,7 +26,7 @@ from nginx_server import NginxServer  # noqa: E402
 
 from ckptguard.remote.distributed import scan_on_dask  # noqa: E402
 from ckptguard.remote.http import RemoteOptions  # noqa: E402
-from ckptguard.remote.scan import iter_scan  # noqa: E402
+from ckptguard.scan_api import iter_scan  # noqa: E402
 
 
 def main() -> None:

@@ -13,9 +13,9 @@ with atheris.instrument_imports():
     from _common import check
 
     import ckptguard.analysis.engine
+    import ckptguard.analysis.numpy
+    import ckptguard.analysis.safetensors
     import ckptguard.analysis.vm
-    import ckptguard.readers.numpy
-    import ckptguard.readers.safetensors
     import ckptguard.readers.zipfile  # noqa: F401
 
 

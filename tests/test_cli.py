@@ -204,7 +204,7 @@ def test_internal_error_never_exits_0(here: Path, monkeypatch: pytest.MonkeyPatc
     def boom(*a: object, **k: object) -> object:
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr("ckptguard.cli.runner.scan", boom)
+    monkeypatch.setattr("ckptguard.cli.scanfile.scan", boom)
     res = run("scan", "ok.safetensors")
     assert res.exit_code == 2
     assert "kaboom" in res.stdout  # recorded as a CKG902 finding

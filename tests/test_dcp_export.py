@@ -170,7 +170,7 @@ def test_safe_load_matches_torch_dcp_reader(dcp_dir: Path) -> None:
 
 def test_safe_load_dcp_detects_a_change_after_the_audit(dcp_dir: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    import ckptguard.analysis.dcp as adcp
+    import ckptguard.analysis.dcp_folder as adcp
 
     folder = tmp_path / "ckpt"
     shutil.copytree(dcp_dir, folder)
@@ -192,7 +192,7 @@ def test_safe_load_dcp_detects_a_change_after_the_audit(dcp_dir: Path, tmp_path:
 def test_table_is_what_dcp_save_writes(dcp_dir: Path) -> None:
     """Both directions: every global dcp.save writes is allowed only via the DCP table (or
     the default allowlist), and every DCP row is used by dcp.save."""
-    from ckptguard.analysis.pickle_audit import PickleMode, audit_pickle
+    from ckptguard.analysis.vm import PickleMode, audit_pickle
     from ckptguard.context import AuditContext, Source
 
     data = (dcp_dir / ".metadata").read_bytes()
@@ -550,7 +550,7 @@ def test_broken_pt2_records_get_findings(where: str, junk: bytes, pt2_files: dic
 
 def test_gate_refuses_metadata_swapped_after_the_folder_audit(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ckptguard.analysis.dcp as adcp
+    import ckptguard.analysis.dcp_folder as adcp
 
     folder, offset, length = _w_only(tmp_path)
     twin = family()["dcp_metadata"](length, offset=offset, rel="../outside.distcp")

@@ -37,7 +37,7 @@ def _audit(path: Path, fast: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
     with monkeypatch.context() as m:
         if not fast:
             m.setattr(torchfile, "try_fast", lambda *a, **k: None)
-        return engine.audit_path(str(path), policy=Policy(), limits=DEFAULT_LIMITS)
+        return engine.audit_file(str(path), policy=Policy(), limits=DEFAULT_LIMITS)
 
 
 def _key(r: Any) -> Any:
@@ -261,7 +261,7 @@ def test_setitem_on_a_list_declines() -> None:
 def test_accepted_file_scans_safe_through_the_engine(tmp_path: Path) -> None:
     p = tmp_path / "m.pt"
     torch.save(torch.nn.Linear(3, 2).state_dict(), p)
-    r = engine.audit_path(str(p), policy=Policy(), limits=DEFAULT_LIMITS)
+    r = engine.audit_file(str(p), policy=Policy(), limits=DEFAULT_LIMITS)
     assert r.verdict is Verdict.SAFE and not r.findings
     assert [t.name for t in r.tensors] == ["weight", "bias"]
 

@@ -1,4 +1,4 @@
-"""Model folders, sharded checkpoints and remote code (analysis/folder.py, readers/jsonfile.py)."""
+"""Model folders, sharded checkpoints and remote code (analysis/folder.py, analysis/jsonfile.py)."""
 
 from __future__ import annotations
 

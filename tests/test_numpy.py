@@ -1,4 +1,4 @@
-""".npy / .npz audit (readers/numpy.py), through ckptguard.scan."""
+""".npy / .npz audit (analysis/numpy.py), through ckptguard.scan."""
 
 from __future__ import annotations
 

@@ -24,8 +24,9 @@ import ckptguard
 from ckptguard.model import Format, Verdict
 from ckptguard.policy import DEFAULT_LIMITS
 from ckptguard.remote.http import Failure, RemoteOptions, Session
-from ckptguard.remote.scan import iter_scan, scan_remote
+from ckptguard.remote.scan import scan_remote
 from ckptguard.remote.targets import HubFile, HubRepo, UrlTarget, is_remote, parse_target
+from ckptguard.scan_api import iter_scan
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"

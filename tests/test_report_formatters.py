@@ -27,8 +27,8 @@ from ckptguard.policy import (
     ProfileChoice,
     ProfileName,
 )
+from ckptguard.primitives import escape_untrusted, has_unsafe_chars
 from ckptguard.report import FORMATTERS, FormatOptions, ScanResult, load_schema, render
-from ckptguard.report.escape import escape_untrusted, has_unsafe_chars
 from ckptguard.report.jsonreport import SCHEMA_VERSION
 from ckptguard.report.options import TextLayout
 from ckptguard.report.sarif import artifact_location, sarif_document

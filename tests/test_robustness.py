@@ -188,7 +188,8 @@ def test_tensor_names_unchanged_by_iterative_walk() -> None:
         r = ckptguard.scan(p)
         names = [t.name for t in r.tensors]
         assert all(n == n.strip(".") for n in names), (p.name, names)
-    from ckptguard.analysis.vm import Call, Global, TensorRecord, name_tensors
+    from ckptguard.analysis.tensors import TensorRecord, name_tensors
+    from ckptguard.analysis.values import Call, Global
 
     rec = TensorRecord(None, 0, (1,), (1,), "float32", False, 0)
     from ckptguard.policy import GlobalStatus

@@ -1,4 +1,4 @@
-"""safetensors header validation (readers/safetensors.py), through ckptguard.scan."""
+"""safetensors header validation (analysis/safetensors.py), through ckptguard.scan."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from safetensors.torch import save_file
 import ckptguard
 from ckptguard import Limits, Verdict
 from ckptguard.analysis.engine import audit_bytes
+from ckptguard.analysis.safetensors import DTYPES, audit_safetensors
 from ckptguard.context import AuditContext, LimitExceeded, Source
 from ckptguard.model import Format, decide
 from ckptguard.policy import DEFAULT_LIMITS, Policy
-from ckptguard.readers.safetensors import DTYPES, audit_safetensors
 
 
 def build(header: dict[str, Any] | bytes, data: bytes = b"", *, pad: bool = True,

@@ -11,7 +11,6 @@ Importing this module does not import torch; the first load does (and raises
 
 from __future__ import annotations
 
-import gc
 import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import LoaderUnavailableError
 from .model import Engine, Format
 from .policy import DEFAULT_LIMITS, Limits, Policy, ProfileName, effective_policy
+from .primitives import gc_paused, or_default
 
 if TYPE_CHECKING:
     from .loaders import StateDictIterator
@@ -94,7 +94,7 @@ def safe_load(
     eng = Engine(engine)
     ld = _loaders()
     pol = effective_policy(policy, profiles)
-    lim = limits if limits is not None else DEFAULT_LIMITS
+    lim = or_default(limits, DEFAULT_LIMITS)
     if os.path.isdir(path):
         from .analysis.dcp import is_dcp_dir
 
@@ -105,9 +105,7 @@ def safe_load(
     # The audit and the load each build up to millions of objects that form no cycles
     # (records, tensors, containers); the cyclic collector would re-walk them over and
     # over (~20% of a 50k-tensor torch.load). It is paused for the call and restored after.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         af = ld.open_audited(path, policy=pol, limits=lim,
                              keep_graph=eng is Engine.CKPTGUARD)
         try:
@@ -124,9 +122,6 @@ def safe_load(
             return ld.load_audited(af, map_location, mmap=mmap, copy=copy, engine=eng)
         finally:
             af.close()
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def load_state_dict(
@@ -175,7 +170,7 @@ def iter_state_dict(
     """
     ld = _loaders()
     pol = effective_policy(policy, profiles)
-    lim = limits if limits is not None else DEFAULT_LIMITS
+    lim = or_default(limits, DEFAULT_LIMITS)
     af = ld.open_audited(path_or_index, policy=pol, limits=lim)
     it: StateDictIterator = ld.iterate_audited(af, map_location, mmap=mmap, copy=copy)
     return it

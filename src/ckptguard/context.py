@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .model import FileIdentity, Finding, Location, Problem, Region, Severity, TensorInfo
+from .model import FileIdentity, Finding, Format, Location, Problem, Region, Severity, TensorInfo
 from .policy import DEFAULT_LIMITS, Limits, Policy
 from .rules import make_finding
 
@@ -152,6 +153,11 @@ class AuditContext:
     tensors: list[TensorInfo] = field(default_factory=list)
     members: list[str] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    #: audits ``source`` as one file called ``name`` and returns its format: the engine
+    #: sets itself here, so the format auditors below it that meet files inside files (a
+    #: .pt2 member, a .distcp byte range: ``analysis/nested.py``) never import it
+    audit_file: Callable[[AuditContext, str], Format] | None = field(
+        default=None, repr=False, compare=False)
     _seen: set[tuple[str, str | None, int | None, str]] = field(default_factory=set)
     #: keep the fast path's symbolic graph of an accepted data.pkl (engine="ckptguard"
     #: loads it); a scan lets it go as soon as the tensors are recorded

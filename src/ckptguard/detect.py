@@ -106,6 +106,10 @@ def expected_formats(name: str) -> frozenset[Format] | None:
     return None
 
 
+#: a sharded checkpoint's index json (``scan`` audits it with the shards it names)
+INDEX_SUFFIX = ".index.json"
+
+
 def extension_of(name: str) -> str:
     lower = name.lower().rsplit("/", 1)[-1]
     if "." not in lower:
@@ -325,6 +329,7 @@ __all__ = [
     "DATA_ONLY_EXTENSIONS",
     "EXTENSION_HINTS",
     "FORMAT_LOADERS",
+    "INDEX_SUFFIX",
     "LOADER_RULES",
     "NAME_LOADERS",
     "TORCH_LEGACY_MAGIC",

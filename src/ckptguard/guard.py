@@ -73,6 +73,7 @@ from .policy import (
     ProfileName,
     effective_policy,
 )
+from .primitives import or_default
 
 ENV_VAR = "CKPTGUARD_GUARD_TORCH_LOAD"
 POLICY_ENV_VAR = "CKPTGUARD_POLICY"
@@ -110,7 +111,7 @@ class TorchLoadGuard:
                  profiles: Iterable[str | ProfileName] | None = None, *,
                  everywhere: bool = False) -> None:
         self.policy = effective_policy(policy, profiles)
-        self.limits = limits if limits is not None else DEFAULT_LIMITS
+        self.limits = or_default(limits, DEFAULT_LIMITS)
         self.everywhere = everywhere
         self._refusal: CkptGuardError | None = None
         self._cfg: Any = None

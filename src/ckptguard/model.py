@@ -280,6 +280,20 @@ def decide(findings: tuple[Finding, ...] | list[Finding],
     return Verdict.SAFE
 
 
+def combine_verdicts(findings: tuple[Finding, ...] | list[Finding],
+                     problems: tuple[Problem, ...] | list[Problem],
+                     children: tuple[Report, ...] | list[Report]) -> Verdict:
+    """The verdict of a folder, index or DCP checkpoint: the worst of its own findings
+    (``decide``) and its children's verdicts."""
+    own = decide(findings, problems)
+    verdicts = {own} | {c.verdict for c in children}
+    if Verdict.UNSAFE in verdicts:
+        return Verdict.UNSAFE
+    if Verdict.INCOMPLETE in verdicts:
+        return Verdict.INCOMPLETE
+    return Verdict.SAFE
+
+
 @dataclass(frozen=True)
 class Report:
     """The result of auditing one file (or one model folder / sharded checkpoint)."""
@@ -373,5 +387,6 @@ __all__ = [
     "Severity",
     "TensorInfo",
     "Verdict",
+    "combine_verdicts",
     "decide",
 ]

@@ -137,5 +137,12 @@ CALL_MODELS: dict[str, CallModel] = {
 
 #: globals _rebuild_from_type_v2 may be handed as ``new_type``
 TENSOR_TYPES = frozenset({"torch.Tensor", "torch.nn.parameter.Parameter"})
+#: calling these builds a tensor record (analysis/tensors.py models the call)
+TENSOR_BUILDERS = frozenset({
+    "torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_tensor_v3", "torch._utils._rebuild_qtensor",
+    "torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state",
+    "torch._tensor._rebuild_from_type_v2", "torch._utils._rebuild_meta_tensor_no_storage",
+})
 
-__all__ = ["CALL_MODELS", "TENSOR_TYPES", "Alloc", "CallModel", "Effect"]
+__all__ = ["CALL_MODELS", "TENSOR_BUILDERS", "TENSOR_TYPES", "Alloc", "CallModel", "Effect"]

@@ -1,19 +1,20 @@
 """The engine: readers + pickle VM + rules -> Report + Verdict.
 
-``audit_path`` opens a file once and audits it from that descriptor (``audit_fd``), so a
-loader can audit and load through the same inode. Every format handler runs under one
-per-stream guard: a ``LimitExceeded`` becomes CKG901 and any other exception becomes a
-Problem (CKG902); both make the verdict INCOMPLETE unless something blocks already.
+The engine audits exactly ONE file (folders, indexes and DCP folders are dispatched above
+it, in ``scan_api``). ``audit_file`` opens the file once and audits it from that descriptor
+(``audit_fd``), so a loader can audit and load through the same inode. Every format
+handler runs under one per-stream guard: a ``LimitExceeded`` becomes CKG901 and any
+other exception becomes a Problem (CKG902); both make the verdict INCOMPLETE unless
+something blocks already.
 """
 
 from __future__ import annotations
 
-import gc
 import os
 import time
 from collections.abc import Callable
 
-from .. import __version__ as _version
+from .._version import __version__ as _version
 from ..context import AuditContext, LimitExceeded, Source, SourceError, identity_of
 from ..detect import (
     CODE_BEARING,
@@ -26,22 +27,16 @@ from ..detect import (
 )
 from ..model import Format, Report, decide
 from ..policy import Limits, Policy
+from ..primitives import clip, gc_paused, open_readonly
 
 _HEAD = 4096
 
 
-def audit_path(path: str, *, policy: Policy, limits: Limits) -> Report:
-    """Audit a file, a folder, or a sharded checkpoint's index json."""
-    if os.path.isdir(path):
-        from .folder import audit_folder
-
-        return audit_folder(path, policy=policy, limits=limits)
-    if path.lower().endswith(".index.json") and os.path.isfile(path):
-        from .folder import audit_index
-
-        return audit_index(path, policy=policy, limits=limits)
+def audit_file(path: str, *, policy: Policy, limits: Limits) -> Report:
+    """Audit the one file at ``path`` (folders, indexes and DCP checkpoints are dispatched
+    above the engine: ``scan_api.scan``)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+        fd = open_readonly(path)
     except OSError as e:
         return unreadable_report(path, e.strerror or str(e), limits)
     try:
@@ -131,13 +126,10 @@ def _audit(ctx: AuditContext, name: str) -> Format:
     # One file's audit allocates millions of small objects that form no garbage cycles
     # (VM values, tensor records); the cyclic collector would re-walk them over and over.
     # It is paused for the file and restored after, whatever happens.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    if ctx.audit_file is None:
+        ctx.audit_file = _audit  # files inside this one are audited the same way (nested.py)
+    with gc_paused():
         return _audit_file(ctx, name)
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _audit_file(ctx: AuditContext, name: str) -> Format:
@@ -186,7 +178,7 @@ def _audit_file(ctx: AuditContext, name: str) -> Format:
     except SourceError as e:
         ctx.add(e.rule_id, e.message, evidence=e.evidence)
     except Exception as e:  # noqa: BLE001 - the engine's per-stream guard (DESIGN.md)
-        ctx.problem(f"internal error while auditing ({type(e).__name__}: {_short(e)})")
+        ctx.problem(f"internal error while auditing ({type(e).__name__}: {clip(str(e), 200)})")
     _check_extension(ctx, name, fmt)
     return fmt
 
@@ -203,11 +195,6 @@ def _has_eocd(ctx: AuditContext) -> bool:
     # the EOCD's comment must end exactly at the end of the file
     comment_len = int.from_bytes(tail[i + 20 : i + 22], "little")
     return i + 22 + comment_len == len(tail)
-
-
-def _short(e: BaseException) -> str:
-    text = str(e)
-    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _check_extension(ctx: AuditContext, name: str, fmt: Format) -> None:
@@ -288,21 +275,21 @@ def _legacy_tar(ctx: AuditContext, detail: str) -> Format:
 
 
 def _safetensors(ctx: AuditContext, detail: str) -> Format:
-    from ..readers.safetensors import audit_safetensors
+    from .safetensors import audit_safetensors
 
     audit_safetensors(ctx)
     return Format.SAFETENSORS
 
 
 def _npy(ctx: AuditContext, detail: str) -> Format:
-    from ..readers.numpy import audit_npy
+    from .numpy import audit_npy
 
     audit_npy(ctx)
     return Format.NUMPY_NPY
 
 
 def _json(ctx: AuditContext, detail: str) -> Format:
-    from ..readers.jsonfile import audit_json
+    from .jsonfile import audit_json
 
     audit_json(ctx)
     return Format.JSON
@@ -340,5 +327,5 @@ _HANDLERS: dict[Format, Handler] = {
     Format.JSON: _json,
 }
 
-__all__ = ["audit_bytes", "audit_context", "audit_fd", "audit_path", "audit_source",
+__all__ = ["audit_bytes", "audit_context", "audit_fd", "audit_file", "audit_source",
            "finish_report", "unreadable_report"]

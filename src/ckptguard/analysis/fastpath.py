@@ -42,21 +42,17 @@ from typing import Any
 
 from ..context import AuditContext, LimitExceeded
 from ..policy import GlobalStatus, classify_global
-from .vm import (
-    _GRAD_DTYPES,
-    _LOCATION_PREFIXES,
+from .tensors import (
+    GRAD_DTYPES,
+    LOCATION_PREFIXES,
     STORAGE_DTYPES,
-    Call,
-    Global,
-    PickleResult,
     StorageCatalog,
     StorageRef,
     TensorRecord,
-    _py_mapped,
-    _torch_mapped,
-    _valid_dotted,
     name_tensors,
 )
+from .values import Call, Global
+from .vm import PickleResult, _py_mapped, _torch_mapped, _valid_dotted
 
 # --- the token grammar --------------------------------------------------------------------
 
@@ -268,7 +264,7 @@ class _Run:
                 type(key) is not str or type(location) is not str or \
                 type(numel) is not int or not 0 <= numel < (1 << 62):
             raise _Decline("malformed storage persistent id")
-        if not location.startswith(_LOCATION_PREFIXES):
+        if not location.startswith(LOCATION_PREFIXES):
             raise _Decline("unknown storage location")
         dtype, itemsize = STORAGE_DTYPES[stype.name]
         prev = self.seen.get(key)
@@ -315,7 +311,7 @@ class _Run:
         if not 0 <= offset < (1 << 62):
             raise _Decline("negative or huge storage offset")
         dtype = st.dtype
-        if rg and dtype not in _GRAD_DTYPES:
+        if rg and dtype not in GRAD_DTYPES:
             raise _Decline("requires_grad on a dtype without gradients")
         if 0 not in size:
             last = offset
@@ -340,7 +336,7 @@ class _Run:
         if t.kind != "tensor":
             raise _Decline("parameter of a parameter")
         rg = args[1]
-        if rg and t.dtype not in _GRAD_DTYPES:
+        if rg and t.dtype not in GRAD_DTYPES:
             raise _Decline("requires_grad on a dtype without gradients")
         c = _new_tensor(FastTensor)
         c.func = self.globals["torch._utils._rebuild_parameter"]

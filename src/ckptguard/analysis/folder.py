@@ -19,22 +19,24 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from .. import __version__ as _version
+from .._version import __version__ as _version
 from ..context import AuditContext, LimitExceeded, Source
-from ..detect import CODE_BEARING, extension_of, sniff
-from ..model import Finding, Format, Problem, Report, TensorInfo, Verdict, decide
+from ..detect import CODE_BEARING, INDEX_SUFFIX, extension_of, sniff
+from ..model import Format, Report, TensorInfo, Verdict, combine_verdicts
 from ..policy import Limits, Policy
-from ..readers.jsonfile import JsonError, escape, parse_json
-from .dcp import METADATA_RE, SHARD_SUFFIX, audit_dcp, lists_metadata
-from .engine import audit_fd, audit_path, unreadable_report
+from ..primitives import escape, open_readonly
+from ..readers.jsonfile import JsonError, parse_json
+from .dcp import METADATA_RE, SHARD_SUFFIX, lists_metadata
+from .dcp_folder import audit_dcp
+from .engine import audit_fd, audit_file, unreadable_report
+from .paths import allowed_roots
 
 #: Extensions audited whatever their content (a mismatch is the file's own finding).
 MODEL_EXTENSIONS = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib",
                               ".npy", ".npz", ".safetensors"})
 #: ``.json`` files are audited when their content is a JSON object (or code-bearing); a JSON
-#: array such as sentence-transformers' ``modules.json`` is data and skipped. Index files are
-#: audited whatever their content.
-INDEX_SUFFIX = ".index.json"
+#: array such as sentence-transformers' ``modules.json`` is data and skipped. Index files
+#: (``detect.INDEX_SUFFIX``) are audited whatever their content.
 CODE_EXTENSIONS = frozenset({".py"})
 #: Content formats audited whatever the file's name.
 AUDITED_FORMATS = CODE_BEARING | frozenset({Format.SAFETENSORS, Format.NUMPY_NPY,
@@ -54,21 +56,6 @@ class _Walk:
     skipped_links: list[str] = field(default_factory=list)  # links to directories
     dcp: list[str] = field(default_factory=list)  # torch.distributed.checkpoint folders
     seen: int = 0
-
-
-# --- verdicts ----------------------------------------------------------------------------
-
-def combine_verdicts(findings: tuple[Finding, ...] | list[Finding],
-                     problems: tuple[Problem, ...] | list[Problem],
-                     children: tuple[Report, ...] | list[Report]) -> Verdict:
-    """The worst of a folder's own findings and its children's verdicts."""
-    own = decide(findings, problems)
-    verdicts = {own} | {c.verdict for c in children}
-    if Verdict.UNSAFE in verdicts:
-        return Verdict.UNSAFE
-    if Verdict.INCOMPLETE in verdicts:
-        return Verdict.INCOMPLETE
-    return Verdict.SAFE
 
 
 # --- the walk ----------------------------------------------------------------------------
@@ -145,7 +132,7 @@ def _classify(entry: os.DirEntry[str], rel: str, out: _Walk, subdirs: list[str])
 def _sniff_file(path: str) -> Format | str:
     """The file's format from its first bytes, or the reason it cannot be read."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+        fd = open_readonly(path)
     except OSError as e:
         return e.strerror or str(e)
     try:
@@ -176,7 +163,7 @@ def audit_folder(path: str, *, policy: Policy, limits: Limits) -> Report:
     indexes = [r for r in walk.files if r.lower().endswith(INDEX_SUFFIX)]
     for rel in walk.files:
         if rel not in indexes:
-            reports[rel] = audit_path(os.path.join(path, rel), policy=policy, limits=limits)
+            reports[rel] = audit_file(os.path.join(path, rel), policy=policy, limits=limits)
     for rel in indexes:
         reports[rel] = _index_report(os.path.join(path, rel), policy=policy, limits=limits,
                                      folder=path, folder_reports=reports)
@@ -227,7 +214,7 @@ def _index_report(path: str, *, policy: Policy, limits: Limits, folder: str | No
     ``folder``; the index report then has no children. Otherwise shards are audited here
     and become the index report's children."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+        fd = open_readonly(path)
     except OSError as e:
         return unreadable_report(path, e.strerror or str(e), limits)
     ctx = AuditContext(path, Source.from_bytes(b""), policy, limits)  # index-level findings
@@ -302,23 +289,6 @@ def _plain_name(name: str) -> bool:
             and name.isprintable() and not os.path.isabs(name) and ":" not in name)
 
 
-def _allowed_roots(index_dir: str) -> list[str]:
-    """The folder itself, and for a Hugging Face cache snapshot the repo's blob store
-    (snapshot files are links to ``../../blobs/<hash>``)."""
-    real = os.path.realpath(index_dir)
-    roots = [real]
-    cur = os.path.abspath(index_dir)
-    while True:
-        parent = os.path.dirname(cur)
-        if parent == cur:
-            break
-        if os.path.basename(parent) == "snapshots":
-            roots.append(os.path.realpath(os.path.join(parent, "..", "blobs")))
-            break
-        cur = parent
-    return roots
-
-
 def _inside(path: str, roots: list[str]) -> bool:
     return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
 
@@ -338,16 +308,22 @@ class _ShardCheck:
         self.children: dict[str, Report] = {}
         self.tensors: list[TensorInfo] = []
 
+    def _audit(self, full: str) -> Report:
+        # a shard that is itself an index json is audited as one (run() skips directories)
+        if full.lower().endswith(INDEX_SUFFIX) and os.path.isfile(full):
+            return audit_index(full, policy=self.policy, limits=self.limits)
+        return audit_file(full, policy=self.policy, limits=self.limits)
+
     def _shard_report(self, name: str, full: str) -> Report:
         if self.folder is not None and self.folder_reports is not None:
             rel = os.path.relpath(full, self.folder)
             found = self.folder_reports.get(rel)
             if found is not None:
                 return found
-            report = audit_path(full, policy=self.policy, limits=self.limits)
+            report = self._audit(full)
             self.children[name] = report
             return report
-        report = audit_path(full, policy=self.policy, limits=self.limits)
+        report = self._audit(full)
         self.children[name] = report
         return report
 
@@ -356,7 +332,7 @@ class _ShardCheck:
         by_shard: dict[str, set[str]] = {}
         for tensor, shard in self.weight_map.items():
             by_shard.setdefault(shard, set()).add(tensor)
-        roots = _allowed_roots(self.index_dir)
+        roots = allowed_roots(self.index_dir)
         present: dict[str, set[str]] = {}   # shard -> tensor names it holds
         for shard in sorted(by_shard):
             shown = escape(shard, 200)
@@ -438,4 +414,4 @@ class _ShardCheck:
         return shown + (", ..." if len(names) > _LIST_SHOWN else "")
 
 
-__all__ = ["audit_folder", "audit_index", "combine_verdicts"]
+__all__ = ["audit_folder", "audit_index"]

@@ -47,10 +47,11 @@ def _audit_source(ctx: AuditContext, src: Source, offset: int, label: str) -> Ne
         ctx.limit_hit(LimitExceeded("nesting", MAX_NESTING, "archives nested in archives"),
                       member=label, offset=offset)
         return NestedResult(Format.UNKNOWN, (), False)
-    from .engine import audit_context
-
-    sub = AuditContext(ctx.path, src, ctx.policy, ctx.limits)
-    fmt = audit_context(sub, label)
+    audit_file = ctx.audit_file
+    if audit_file is None:  # a context the engine never ran on: an internal error
+        raise RuntimeError("no file auditor for a nested file")
+    sub = AuditContext(ctx.path, src, ctx.policy, ctx.limits, audit_file=audit_file)
+    fmt = audit_file(sub, label)
     base = offset  # in ctx's coordinates; an outer audit_range shifts them again
     for f in sub.findings:
         inner = f.location.member

@@ -39,7 +39,8 @@ from typing import Any
 from ..context import AuditContext, LimitExceeded
 from ..detect import sniff
 from ..model import Format, TensorInfo
-from ..readers.jsonfile import JsonError, escape, parse_json
+from ..primitives import escape
+from ..readers.jsonfile import JsonError, parse_json
 from ..readers.zipfile import STORED, ZipArchive, ZipEntry
 from .nested import NestedResult, audit_data, audit_range
 

@@ -23,8 +23,9 @@ from ..readers.zipfile import (
 )
 from . import opcodes as O
 from .fastpath import try_fast
+from .tensors import DTYPE_SIZES, StorageCatalog
 from .tscode import grade_code
-from .vm import DTYPE_SIZES, PickleMode, PickleResult, StorageCatalog, audit_pickle
+from .vm import PickleMode, PickleResult, audit_pickle
 
 _TORCH_RECORDS = frozenset({"data.pkl", "version", ".data/version", "byteorder",
                             ".format_version", ".storage_alignment", ".data/serialization_id"})
@@ -43,7 +44,7 @@ def audit_zip(ctx: AuditContext) -> Format:
     names = archive.names()
     ctx.members.extend(names)
     if names and all(n.lower().endswith(".npy") for n in names):
-        from ..readers.numpy import audit_npz
+        from .numpy import audit_npz
 
         audit_npz(ctx, archive)
         return Format.NUMPY_NPZ
@@ -102,7 +103,7 @@ def audit_zip(ctx: AuditContext) -> Format:
 def _numpy_reading(ctx: AuditContext, archive: ZipArchive) -> None:
     """numpy.load reads every zip as an npz (detect.py's reader table): members that start
     like an object-dtype .npy, tensor records included, are audited as numpy runs them."""
-    from ..readers.numpy import audit_numpy_reading
+    from .numpy import audit_numpy_reading
 
     audit_numpy_reading(ctx, archive, archive.entries)
 
@@ -114,7 +115,7 @@ def _python_reading(ctx: AuditContext, archive: ZipArchive) -> None:
     other = compare_python_zipfile(ctx, archive)
     if other is None:
         return
-    from ..readers.numpy import audit_npz
+    from .numpy import audit_npz
 
     npy = [e for e in other.entries if other.head(e, 6) == b"\x93NUMPY"]
     if npy:

@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 
 from ..context import AuditContext, LimitExceeded
+from ..primitives import escape
 
 
 class OpKind(enum.Enum):
@@ -109,7 +110,7 @@ def scan_code(text: str) -> list[Hit]:
         end = _string_end(text, stop)
         lit = text[stop:end]
         if any(h in lit for h in _STRING_HINTS):
-            hits.append(Hit(_short(lit), SCRIPT_OPS["from_file"] if "from_file" in lit else
+            hits.append(Hit(escape(lit, 80), SCRIPT_OPS["from_file"] if "from_file" in lit else
                             ScriptOp(OpKind.FILE, "a string naming a file operator"),
                             func, stop))
         pos = end
@@ -170,11 +171,6 @@ def _string_end(text: str, start: int) -> int:
         if (j - 1 - k) % 2 == 0:
             return j + len(close)
         i = j + 1
-
-
-def _short(s: str, n: int = 80) -> str:
-    s = s.encode("unicode_escape").decode("ascii")
-    return s if len(s) <= n else s[:n] + "..."
 
 
 def grade_code(ctx: AuditContext, files: list[tuple[str, bytes]]) -> None:

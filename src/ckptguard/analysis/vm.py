@@ -9,8 +9,12 @@ Decisions are made here with the policy and the rule registry:
 - a global outside the allowlist is CKG102 (CKG101/CKG104 when denied), SAFE only when all
   reachable globals are allowlisted;
 - calls/instantiations of anything but a plain imported global are CKG103;
-- in torch modes, opcodes outside the weights-only subset are CKG110 and persistent ids
-  must be well-formed storage references (CKG401-406).
+- in torch modes, opcodes outside the weights-only subset are CKG110.
+
+The symbolic values live in ``values.py``; torch's tensor logic (persistent ids as storage
+references, rebuild calls, tensor state, naming: CKG401-408, CKG440-442) in ``tensors.py``,
+reached through two seams as CPython's Unpickler reaches ``persistent_load``: a persistent
+id goes to ``TorchTensors.persistent_load``, a tensor rebuild call to ``TorchTensors.rebuild``.
 
 The loop is deliberately one function with inlined opcode handlers ordered by frequency
 in real checkpoints: it is the hot path of every scan.
@@ -20,11 +24,8 @@ from __future__ import annotations
 
 import _compat_pickle
 import codecs
-import enum
-import gc
 import struct
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -32,18 +33,24 @@ from ..context import AuditContext, LimitExceeded
 from ..model import Severity
 from ..policy import GlobalDecision, GlobalStatus, classify_global, global_message
 from ..policy.benign_formats import ScopedAllowance
-from ..policy.defaults import ALLOW_KINDS
+from ..primitives import clip, gc_paused
 from . import opcodes as O
-from .callmodels import CALL_MODELS, TENSOR_TYPES, CallModel, Effect
-from .qparams import qparams_problem
+from .callmodels import CallModel, Effect
+from .tensors import StorageCatalog, TensorRecord, TorchTensors, name_tensors
+from .values import (
+    USER_ALLOWED,
+    Blob,
+    Call,
+    Global,
+    Opaque,
+    PersRef,
+    PickleMode,
+    describe,
+    encoded_bytes,
+    int_tuple,
+    plain,
+)
 
-#: dtypes that may require gradients (torch raises for the others at load time)
-_GRAD_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16", "complex128",
-                          "complex64", "complex32", "float8_e4m3fn", "float8_e5m2",
-                          "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu"})
-#: positional arity (min, max) of torch's tensor rebuild functions
-_REBUILD_ARITY = {"_rebuild_tensor": (4, 4), "_rebuild_tensor_v2": (6, 7),
-                  "_rebuild_tensor_v3": (7, 8), "_rebuild_qtensor": (7, 7)}
 _MAX_KEY_DEPTH = 1000  # tuples hashed as dict keys / set items (C recursion)
 _BIG_LITERAL = 4096  # literals longer than this are kept as Blob placeholders (no copy)
 _unpack_d = struct.Struct(">d").unpack_from
@@ -54,159 +61,6 @@ _canon_int = O.CANONICAL_INT.fullmatch
 _canon_float = O.CANONICAL_FLOAT.fullmatch
 _PROBES_PER_CLOCK = 1 << 20  # hash probes charged between two looks at the clock
 _allocated_blocks = sys.getallocatedblocks
-
-
-class PickleMode(enum.Enum):
-    """How a pickle will be loaded, which decides what SAFE requires."""
-
-    TORCH_ZIP = "torch-zip"        # data.pkl of a torch zip: torch's weights-only unpickler
-    TORCH_LEGACY = "torch-legacy"  # the pickles of a legacy torch stream
-    TORCHSCRIPT = "torchscript"    # a TorchScript archive's pickles (torch.jit.load)
-    RAW = "raw"                    # a plain pickle: pickle.load
-
-
-# --- symbolic values ---------------------------------------------------------------------
-
-class Global:
-    __slots__ = ("full", "kind", "model", "module", "name", "offset", "ok", "ok_empty", "rebuild",
-                 "status")
-
-    def __init__(self, module: str, name: str, full: str, offset: int,
-                 status: GlobalStatus) -> None:
-        self.module = module
-        self.name = name
-        self.full = full
-        self.offset = offset
-        self.status = status
-        # what calling it means, for allowlisted globals (policy entries count as classes)
-        self.kind = ALLOW_KINDS.get(full, "class")
-        # what calling it does (callmodels.py), for the weights-only allowlist
-        self.model = CALL_MODELS.get(full) if status is GlobalStatus.ALLOW else None
-        # plain calls of it are weights-only and need no argument checks beyond the tensor
-        # rebuild (checked once here, not per call); everything else goes through call()
-        self.ok = status.allowed and self.kind in ("class", "function") and (
-            self.model is None or self.model.effect is Effect.VIEW)
-        # a call without arguments needs no checks either (OrderedDict(), set())
-        self.ok_empty = self.ok or (self.model is not None and
-                                    self.model.effect is Effect.DATA)
-        # does calling it build a tensor record?
-        self.rebuild = status.allowed and full in _TENSOR_BUILDERS
-
-    def __repr__(self) -> str:
-        return f"Global({self.full})"
-
-
-class Call:
-    """The result of REDUCE / NEWOBJ / NEWOBJ_EX / INST / OBJ."""
-
-    __slots__ = ("args", "func", "items", "kind", "offset", "state", "tensor")
-
-    def __init__(self, func: object, args: object, offset: int, kind: str) -> None:
-        self.func = func
-        self.args = args
-        self.offset = offset
-        self.kind = kind
-        self.items: list[tuple[object, object]] | None = None
-        self.state: object = None
-        self.tensor: TensorRecord | None = None
-
-    def __repr__(self) -> str:
-        return f"Call({self.func!r})"
-
-
-class PersRef:
-    __slots__ = ("offset", "pid", "storage")
-
-    def __init__(self, pid: object, offset: int) -> None:
-        self.pid = pid
-        self.offset = offset
-        self.storage: StorageRef | None = None
-
-
-class Blob:
-    """A literal too large to copy: only its kind, length and position are kept."""
-
-    __slots__ = ("kind", "length", "offset")
-
-    def __init__(self, kind: str, length: int, offset: int) -> None:
-        self.kind = kind
-        self.length = length
-        self.offset = offset
-
-
-class Opaque:
-    """A value the VM cannot know statically (an EXT code, an out-of-band buffer)."""
-
-    __slots__ = ("offset", "what")
-
-    def __init__(self, what: str, offset: int) -> None:
-        self.what = what
-        self.offset = offset
-
-
-# --- storages and tensors ----------------------------------------------------------------
-
-#: storage class name -> (dtype name, itemsize)
-STORAGE_DTYPES: dict[str, tuple[str, int]] = {
-    "DoubleStorage": ("float64", 8), "FloatStorage": ("float32", 4),
-    "HalfStorage": ("float16", 2), "LongStorage": ("int64", 8), "IntStorage": ("int32", 4),
-    "ShortStorage": ("int16", 2), "CharStorage": ("int8", 1), "ByteStorage": ("uint8", 1),
-    "BoolStorage": ("bool", 1), "BFloat16Storage": ("bfloat16", 2),
-    "ComplexDoubleStorage": ("complex128", 16), "ComplexFloatStorage": ("complex64", 8),
-    "QInt8Storage": ("qint8", 1), "QInt32Storage": ("qint32", 4), "QUInt8Storage": ("quint8", 1),
-    "QUInt4x2Storage": ("quint4x2", 1), "QUInt2x4Storage": ("quint2x4", 1),
-    "UntypedStorage": ("uint8", 1), "TypedStorage": ("uint8", 1),
-}
-#: torch dtype name (as in ``torch.<name>``) -> itemsize
-DTYPE_SIZES: dict[str, int] = {
-    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "complex128": 16, "complex64": 8,
-    "complex32": 4, "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1, "uint16": 2,
-    "uint32": 4, "uint64": 8, "bool": 1, "qint8": 1, "qint32": 4, "quint8": 1, "quint4x2": 1,
-    "quint2x4": 1, "float8_e4m3fn": 1, "float8_e5m2": 1, "float8_e4m3fnuz": 1,
-    "float8_e5m2fnuz": 1, "float8_e8m0fnu": 1, "float4_e2m1fn_x2": 1, "bits8": 1,
-    "bits16": 2, "bits1x8": 1, "bits2x4": 1, "bits4x2": 1,
-    **{f"uint{i}": 1 for i in range(1, 8)}, **{f"int{i}": 1 for i in range(1, 8)},
-}
-_LOCATION_PREFIXES = ("cpu", "cuda", "meta", "mps", "xpu", "hpu", "xla", "privateuseone",
-                      "mtia", "ipu", "lazy", "vulkan", "hip", "ve", "fpga", "maia")
-
-
-@dataclass(slots=True)
-class StorageRef:
-    key: str
-    dtype: str
-    itemsize: int
-    numel: int
-    location: str
-    offset: int  # of the persistent id in the pickle (file-absolute)
-    member: str | None = None
-    data_offset: int | None = None
-    record_size: int | None = None
-
-
-@dataclass(slots=True)
-class TensorRecord:
-    storage: StorageRef | None
-    storage_offset: int
-    shape: tuple[int, ...]
-    stride: tuple[int, ...] | None
-    dtype: str
-    requires_grad: bool
-    offset: int
-    kind: str = "tensor"
-
-
-@dataclass
-class StorageCatalog:
-    """What the container says about storage records: key -> (member, data offset, size).
-
-    For torch zips the engine fills it from the archive; for legacy streams storage data
-    follows the pickles and sizes are checked afterwards (``records`` stays empty and
-    ``deferred`` is True)."""
-
-    records: dict[str, tuple[str, int, int]] = field(default_factory=dict)
-    deferred: bool = False
-    seen: dict[str, StorageRef] = field(default_factory=dict)
 
 
 @dataclass
@@ -239,17 +93,16 @@ class _VM:
         self.base = base
         self.mode = mode
         self.torch = mode is not PickleMode.RAW
-        self.catalog = catalog
         self.globals: list[Global] = []
         self.proto = 0
         self._global_cache: dict[tuple[str, str, bool], Global] = {}
         self.items_budget = ctx.limits.max_container_items
         self._probes: dict[int, _ProbeEntry] = {}
-        # backward-hooks containers already handed to a tensor rebuild (id -> container,
-        # kept alive): torch attaches that very object, so items added later are hooks too
-        self._hooks: dict[int, object] = {}
         self._probes_unclocked = 0
-        self._copied: dict[int, int] = {}  # id(StorageRef) -> bytes copied out of it
+        # torch's tensor logic behind its two seams: persistent ids and rebuild calls
+        self.tensors = TorchTensors(add=self.add, call=self.call,
+                                    count_items=self._count_items, base=base,
+                                    mode=mode, catalog=catalog)
 
     # -- findings -----------------------------------------------------------------------
     def add(self, rule_id: str, message: str, pos: int, evidence: dict[str, str] | None = None,
@@ -306,24 +159,24 @@ class _VM:
         g = Global(module, name, effective, self.base + pos, status)
         self._global_cache[key] = g
         self.globals.append(g)
-        ev = {"module": _clip(module), "name": _clip(name), "global": _clip(effective)}
+        ev = {"module": clip(module), "name": clip(name), "global": clip(effective)}
         if "." in name:
             ev["dotted"] = "yes"
         if candidates != [raw]:
-            ev["imported_as"] = _clip(", ".join(candidates))
-            self.add("CKG108", f"{_clip(raw)} is imported as {_clip(', '.join(candidates))}",
+            ev["imported_as"] = clip(", ".join(candidates))
+            self.add("CKG108", f"{clip(raw)} is imported as {clip(', '.join(candidates))}",
                      pos, ev)
         if "." in name:
-            self.add("CKG107", f"dotted global name {_clip(module)} / {_clip(name)}", pos, ev)
+            self.add("CKG107", f"dotted global name {clip(module)} / {clip(name)}", pos, ev)
         if scoped is not None and self.allowance is not None:
-            self.add(self.allowance.rule_id, f"{_clip(effective)} allowed in "
+            self.add(self.allowance.rule_id, f"{clip(effective)} allowed in "
                      f"{self.allowance.scope.value} only: {scoped}", pos, ev)
         elif (rule_id := decision.rule_id) is not None:
             ev["class"] = status.value
-            self.add(rule_id, global_message(how, _clip(effective), decision), pos, ev)
+            self.add(rule_id, global_message(how, clip(effective), decision), pos, ev)
         if not _valid_dotted(module) or not _valid_dotted(name):
             self.add("CKG204", f"{how} names a global that is not a valid identifier path "
-                     f"({_clip(module)!r}, {_clip(name)!r})", pos, ev)
+                     f"({clip(module)!r}, {clip(name)!r})", pos, ev)
         return g
 
     # -- the run ------------------------------------------------------------------------
@@ -442,12 +295,12 @@ class _VM:
                             func.full not in _ARG_CHECKED:
                         c = Call(func, args, base + op_pos, "REDUCE")
                         if func.rebuild:
-                            self._rebuild(c, func, args, op_pos)
+                            self.tensors.rebuild(c, func, args, op_pos)
                         stack[-1] = c
                     else:
                         stack[-1] = self.call(func, args, op_pos, "REDUCE")
                 elif op == 0x51:  # BINPERSID
-                    stack[-1] = self.persistent(stack[-1], op_pos)
+                    stack[-1] = self.tensors.persistent_load(stack[-1], op_pos)
                 elif op == 0x89:  # NEWFALSE
                     stack.append(False)
                 elif op == 0x29:  # EMPTY_TUPLE
@@ -657,32 +510,32 @@ class _VM:
         if isinstance(func, Global):
             if func.status.allowed:
                 if func.kind == "value":
-                    raise self.malformed(f"{how} calls {_clip(func.full)}, a constant that is not "
+                    raise self.malformed(f"{how} calls {clip(func.full)}, a constant that is not "
                                          "callable", pos)
                 if func.kind == "function" and how in ("NEWOBJ", "NEWOBJ_EX"):
-                    raise self.malformed(f"{how} on the function {_clip(func.full)}, which has no "
+                    raise self.malformed(f"{how} on the function {clip(func.full)}, which has no "
                                          "__new__ to call", pos)
             if not isinstance(args, tuple):
                 if isinstance(args, (Call, PersRef, Opaque)):
-                    self.add("CKG103", f"{how} of {_clip(func.full)} with arguments computed at "
+                    self.add("CKG103", f"{how} of {clip(func.full)} with arguments computed at "
                              "load time", pos)
                 elif how != "NEWOBJ_EX":
                     raise self.malformed(f"{how} arguments are not a tuple", pos)
             if func.model is not None and isinstance(args, tuple):
                 self._model_call(c, func, func.model, args, pos, how)
             elif func.rebuild:
-                self._rebuild(c, func, args, pos)
+                self.tensors.rebuild(c, func, args, pos)
             if func.full == "numpy.dtype" and isinstance(args, tuple) and args and \
                     isinstance(args[0], str) and args[0].lstrip("|<>=").startswith("O"):
-                self.add("CKG122", f"numpy.dtype({_clip(args[0])!r}): an object dtype, whose "
+                self.add("CKG122", f"numpy.dtype({clip(args[0])!r}): an object dtype, whose "
                          "arrays hold Python objects instead of numbers", pos,
-                         {"global": "numpy.dtype", "dtype": _clip(args[0])})
+                         {"global": "numpy.dtype", "dtype": clip(args[0])})
         elif isinstance(func, Call):
             self.add("CKG103", f"{how} calls the result of an earlier call "
-                     f"({_describe(func)})", pos, {"callable": _describe(func)})
+                     f"({describe(func)})", pos, {"callable": describe(func)})
         elif isinstance(func, (PersRef, Opaque)):
             self.add("CKG103", f"{how} calls a value resolved at load time "
-                     f"({_describe(func)})", pos, {"callable": _describe(func)})
+                     f"({describe(func)})", pos, {"callable": describe(func)})
         else:
             raise self.malformed(f"{how} calls a {type(func).__name__} literal, which is not "
                                  "callable", pos)
@@ -692,88 +545,53 @@ class _VM:
     def _model_call(self, c: Call, func: Global, model: CallModel, args: tuple[Any, ...],
                     pos: int, how: str) -> None:
         """Check one call of an allowlisted global against its row in CALL_MODELS."""
-        name = _clip(func.full)
+        name = clip(func.full)
         effect = model.effect
         if model.literal_args:
             for a in args:
                 if isinstance(a, (Call, PersRef, Opaque)) and not (
-                        effect is Effect.DATA and _encoded_bytes(a)):
+                        effect is Effect.DATA and encoded_bytes(a)):
                     self.add("CKG114", f"{how} {name}(...) iterates or converts "
-                             f"{_describe(a)}, a value computed at load time (a tensor "
+                             f"{describe(a)}, a value computed at load time (a tensor "
                              "iterated element by element builds one object per element)",
-                             pos, {"global": name, "argument": _describe(a)})
+                             pos, {"global": name, "argument": describe(a)})
                     return
         for i in model.tensor_args:
             if i < len(args):
-                self._tensor_arg(args[i], name, i, pos, allow_none=effect is Effect.WRAP)
+                self.tensors.tensor_arg(args[i], name, i, pos, allow_none=effect is Effect.WRAP)
         match effect:
             case Effect.CONSTANT | Effect.LOOKUP | Effect.VIEW | Effect.META | \
                     Effect.COMPOSITE | Effect.WRAP:
                 if func.rebuild:
-                    self._rebuild(c, func, args, pos)
+                    self.tensors.rebuild(c, func, args, pos)
             case Effect.DATA:
                 self._data_call(func.full, args, pos, how)
             case Effect.ENCODE:
                 if len(args) != 2 or not isinstance(args[0], (str, Blob)) or \
                         (isinstance(args[0], Blob) and args[0].kind != "str") or \
                         args[1] not in ("latin1", "latin-1"):
-                    self.add("CKG117", f"{name} called as {_clip(repr(_plain(args)))}: pickle "
+                    self.add("CKG117", f"{name} called as {clip(repr(plain(args)))}: pickle "
                              "and torch.save only write encode(str, 'latin1') (other codecs "
                              "import modules and expand their input)", pos,
                              {"global": name})
             case Effect.ALLOCATE:
                 if args:  # T(n) and T.__new__(T, n) both allocate
-                    self.add("CKG112", f"{how} {name}{_clip(repr(_plain(args)))}: "
+                    self.add("CKG112", f"{how} {name}{clip(repr(plain(args)))}: "
                              f"{model.note}; the memory is not backed by bytes in the file "
                              "and torch.save never writes this call", pos,
                              {"global": name})
             case Effect.QUANTIZED:
-                self._rebuild(c, func, args, pos)
-                t = c.tensor
-                if t is not None and t.storage is not None:
-                    need = _numel(t.shape) * DTYPE_SIZES.get(t.dtype, 1)
-                    have = t.storage.numel * t.storage.itemsize
-                    if need > have:
-                        self.add("CKG440", f"_rebuild_qtensor allocates {need} bytes for a "
-                                 f"{t.shape} quantized tensor before viewing a {have}-byte "
-                                 "storage: memory not backed by the file", pos,
-                                 {"storage": _clip(t.storage.key)})
-                if len(args) > 4 and isinstance(args[4], tuple):
-                    for j, q in enumerate(args[4][1:3], 1):
-                        if isinstance(q, (Call, PersRef, Opaque)):
-                            self._tensor_arg(q, name, j, pos)
+                self.tensors.rebuild(c, func, args, pos)
+                self.tensors.quantized(c, name, args, pos)
             case Effect.COPY:
-                self._copy_call(c, func, args, pos)
+                self.tensors.copy_call(c, func, args, pos)
             case Effect.CALLS_ARGUMENT:
-                self._from_type_call(c, func, args, pos)
+                self.tensors.from_type_call(c, func, args, pos)
             case Effect.NO_DATA:
-                dev = args[6] if len(args) > 6 else None
-                if not (isinstance(dev, str) and dev.startswith("meta")):
-                    self.add("CKG442", f"{name} builds a tensor with no storage bytes on device "
-                             f"{_clip(repr(_plain(dev)))}: its data is whatever the subclass "
-                             "computes, not bytes ckptguard audited", pos, {"global": name})
+                self.tensors.no_data(name, args, pos)
             case _:
                 _never(effect)
 
-    def _tensor_arg(self, v: object, name: str, i: int, pos: int,
-                    allow_none: bool = False) -> TensorRecord | None:
-        """An argument a rebuild function treats as a tensor must be an audited record."""
-        if isinstance(v, Call) and v.tensor is not None:
-            return v.tensor
-        if v is None and allow_none:
-            return None
-        if isinstance(v, tuple) and name.endswith(("_rebuild_sparse_tensor",)):
-            for x in v:
-                if isinstance(x, Call) and isinstance(x.func, Global) and \
-                        x.func.full == "torch.Size":
-                    continue  # the size
-                if isinstance(x, (Call, PersRef, Opaque, list, dict)):
-                    self._tensor_arg(x, name, i, pos)
-            return None
-        self.add("CKG441", f"{name} argument {i} is {_describe_value(v)}, not an audited tensor "
-                 "record: the loader would treat whatever it is as a tensor", pos,
-                 {"global": name, "argument": str(i)})
-        return None
 
     def _data_call(self, full: str, args: tuple[Any, ...], pos: int, how: str) -> None:
         if full == "builtins.bytearray" and args and isinstance(args[0], int) and \
@@ -781,7 +599,7 @@ class _VM:
             self.add("CKG112", f"bytearray({args[0]}) allocates and zeroes {args[0]} bytes "
                      "that are not in the file", pos, {"global": full})
             return
-        if full == "torch.Size" and args and not _int_tuple(args[0]) and \
+        if full == "torch.Size" and args and not int_tuple(args[0]) and \
                 not (type(args[0]) is list and all(type(x) is int for x in args[0])):
             self.add("CKG114", "torch.Size of something other than a tuple of ints", pos,
                      {"global": full})
@@ -795,70 +613,10 @@ class _VM:
             tmp: set[Any] = set()
             self._insert(tmp, (tmp, {}, set()), items, False, pos)
 
-    def _copy_call(self, c: Call, func: Global, args: tuple[Any, ...], pos: int) -> None:
-        """_rebuild_device_tensor_from_cpu_tensor(data, dtype, device, requires_grad) copies
-        ``data`` (``data.to(dtype, device)``): the copy must be backed by the storage bytes
-        ``data`` views, once."""
-        name = func.full.rsplit(".", 1)[-1]
-        src = args[0].tensor if args and isinstance(args[0], Call) else None
-        if src is None:
-            return  # CKG441 already
-        if len(args) != 4:
-            self.add("CKG408", f"{name} called with {len(args)} arguments", pos)
-            return
-        dt = args[1]
-        dtype = dt.full.rsplit(".", 1)[-1] if isinstance(dt, Global) else None
-        if dtype not in DTYPE_SIZES:
-            self.add("CKG441", f"{name} without a known dtype", pos)
-            return
-        need = _numel(src.shape) * DTYPE_SIZES[dtype]
-        st = src.storage
-        have = st.numel * st.itemsize if st is not None else 0
-        used = self._copied.get(id(st), 0) + need if st is not None else need
-        if need > have or used > have or dtype != src.dtype:
-            self.add("CKG440", f"{name} copies a {src.dtype}{list(src.shape)} tensor into "
-                     f"{need} bytes of {dtype}, but it views "
-                     f"{'no storage' if st is None else f'a {have}-byte storage'}"
-                     f"{' copied before' if used > need else ''}: memory not backed by the "
-                     "file (torch.save writes one copy of a same-dtype tensor)", pos,
-                     {"global": _clip(func.full)})
-            return
-        if st is not None:
-            self._copied[id(st)] = used
-        rg = bool(args[3]) if isinstance(args[3], bool) else False
-        c.tensor = TensorRecord(src.storage, src.storage_offset, src.shape, src.stride, dtype,
-                                rg, self.base + pos, src.kind)
-
-    def _from_type_call(self, c: Call, func: Global, args: tuple[Any, ...], pos: int) -> None:
-        """_rebuild_from_type_v2(func, new_type, args, state): ``func(*args)``, converted to
-        ``new_type``, then the state applied. The inner call is modelled like a REDUCE; it
-        must be a tensor rebuild function and ``new_type`` a tensor class."""
-        if len(args) != 4:
-            self.add("CKG408", f"_rebuild_from_type_v2 called with {len(args)} arguments", pos)
-            return
-        inner_f, new_type, inner_args, state = args
-        self._check_tensor_state(state, func.full, pos)
-        if not (isinstance(new_type, Global) and (new_type.full in TENSOR_TYPES or
-                                                  new_type.status in _USER_ALLOWED)):
-            self.add("CKG113", f"_rebuild_from_type_v2 converts to {_describe_value(new_type)}, "
-                     "which is not a tensor class", pos, {"new_type": _describe_value(new_type)})
-        if not isinstance(inner_f, Global):
-            self.add("CKG113", f"_rebuild_from_type_v2 calls {_describe_value(inner_f)}, not an "
-                     "imported tensor rebuild function", pos)
-            return
-        inner = self.call(inner_f, inner_args, pos, "_rebuild_from_type_v2")
-        m = inner_f.model
-        makes = m.makes_tensor if m is not None else inner_f.status in _USER_ALLOWED
-        if not makes or (m is not None and m.effect is Effect.ALLOCATE):
-            self.add("CKG113", f"_rebuild_from_type_v2 calls {_clip(inner_f.full)}, which is "
-                     "not a tensor rebuild function (the call runs before the result is "
-                     "checked)", pos, {"callable": _clip(inner_f.full)})
-            return
-        c.tensor = inner.tensor
 
     def setitems(self, target: object, items: list[Any], pos: int) -> None:
         self._count_items(len(items) // 2)
-        if items and id(target) in self._hooks:
+        if items and id(target) in self.tensors.hooks:
             self.add("CKG408", "items added to a tensor's backward-hooks dict after the "
                      "tensor was rebuilt: the loader attaches that dict, filled, to the "
                      "tensor", pos)
@@ -994,9 +752,9 @@ class _VM:
 
     def _bad_target(self, how: str, target: object, pos: int) -> None:
         if isinstance(target, (Call, PersRef, Opaque)):
-            self.add("CKG111", f"{how} on {_describe(target)}: calls a method of an object the "
+            self.add("CKG111", f"{how} on {describe(target)}: calls a method of an object the "
                      "weights-only loader does not allow it on", pos,
-                     {"target": _describe(target)})
+                     {"target": describe(target)})
         elif isinstance(target, (set, frozenset)) and how == "ADDITEMS":
             return
         else:
@@ -1008,222 +766,25 @@ class _VM:
             if target.tensor is not None and self.mode is not PickleMode.TORCHSCRIPT:
                 # torch would run tensor.set_(*state) / __setstate__ on the rebuilt tensor,
                 # re-pointing it after the audit recorded its storage and layout
-                self.add("CKG408", f"BUILD sets state on a tensor built by {_clip(full)}: "
+                self.add("CKG408", f"BUILD sets state on a tensor built by {clip(full)}: "
                          "torch.save never writes this and the tensor would no longer be the "
                          "one audited", pos)
                 return
-            if full in _BUILDABLE or target.func.status in _USER_ALLOWED:
+            if full in _BUILDABLE or target.func.status in USER_ALLOWED:
                 target.state = state
                 return
             if target.func.status is GlobalStatus.ALLOW and self.torch:
                 # torch's loader allows BUILD on allowlisted types only
                 target.state = state
                 return
-            self.add("CKG111", f"BUILD sets state on {_clip(full)} instance (runs its "
-                     "__setstate__ or writes its __dict__)", pos, {"target": _clip(full)})
+            self.add("CKG111", f"BUILD sets state on {clip(full)} instance (runs its "
+                     "__setstate__ or writes its __dict__)", pos, {"target": clip(full)})
             return
         if isinstance(target, (Call, PersRef, Opaque)):
-            self.add("CKG111", f"BUILD on {_describe(target)}", pos, {"target": _describe(target)})
+            self.add("CKG111", f"BUILD on {describe(target)}", pos, {"target": describe(target)})
             return
         raise self.malformed(f"BUILD on a {type(target).__name__} literal", pos)
 
-    def persistent(self, pid: object, pos: int) -> PersRef:
-        ref = PersRef(pid, self.base + pos)
-        if not self.torch:
-            self.add("CKG109", "persistent id in a plain pickle: pickle.load has no "
-                     "persistent_load and the loading application decides what it means",
-                     pos, {"pid": _clip(repr(_plain(pid)))})
-            return ref
-        if not (isinstance(pid, tuple) and pid and pid[0] in ("storage", b"storage")):
-            self.add("CKG109", "persistent id that is not a storage reference", pos,
-                     {"pid": _clip(repr(_plain(pid)))})
-            return ref
-        ref.storage = self._storage(pid, pos)
-        return ref
-
-    def _storage(self, pid: tuple[Any, ...], pos: int) -> StorageRef | None:
-        legacy = self.mode is PickleMode.TORCH_LEGACY
-        want = 6 if legacy else 5
-        if len(pid) != want:
-            self.add("CKG401", f"storage persistent id has {len(pid)} fields, expected {want}",
-                     pos)
-            return None
-        stype, key, location, numel = pid[1], pid[2], pid[3], pid[4]
-        if legacy and pid[5] is not None:
-            # torch's legacy loader slices the storage by (view key, offset, size); torch.save
-            # always writes None, and the audit's records would not describe the slice.
-            self.add("CKG430", "legacy storage persistent id carries view metadata (view key, "
-                     "offset, size) that torch.save never writes", pos,
-                     {"view": _clip(repr(_plain(pid[5])))})
-        if not isinstance(stype, Global) or stype.status not in (GlobalStatus.ALLOW,
-                                                                   GlobalStatus.POLICY):
-            self.add("CKG401", "storage persistent id does not name an allowlisted storage "
-                     "type", pos)
-            return None
-        sname = stype.full.rsplit(".", 1)[-1]
-        dt = STORAGE_DTYPES.get(sname)
-        if dt is None:
-            self.add("CKG401", f"storage type {_clip(stype.full)} is not a storage class", pos)
-            return None
-        if isinstance(key, bytes):
-            key = key.decode("ascii", "replace")
-        if isinstance(location, bytes):
-            location = location.decode("ascii", "replace")
-        if not isinstance(key, str) or not isinstance(location, str) or \
-                not isinstance(numel, int) or isinstance(numel, bool) or numel < 0 or \
-                numel >= (1 << 62):
-            self.add("CKG401", "storage persistent id has a malformed key, location or size",
-                     pos, {"pid": _clip(repr(_plain(pid)))})
-            return None
-        if not location.startswith(_LOCATION_PREFIXES):
-            self.add("CKG407", f"storage location {_clip(location)!r} is not a known device",
-                     pos, {"location": _clip(location)})
-        dtype, itemsize = dt
-        ref = StorageRef(key, dtype, itemsize, numel, location, self.base + pos)
-        cat = self.catalog
-        if cat is None:
-            return ref
-        prev = cat.seen.get(key)
-        if prev is not None:
-            if (prev.dtype, prev.numel) != (dtype, numel):
-                self.add("CKG406", f"storage {_clip(key)} referenced as {prev.dtype}[{prev.numel}] "
-                         f"and {dtype}[{numel}]", pos, {"key": _clip(key)})
-            return prev
-        cat.seen[key] = ref
-        if cat.deferred:
-            return ref
-        rec = cat.records.get(key)
-        if rec is None:
-            self.add("CKG402", f"storage {_clip(key)} has no data/{_clip(key)} record in the "
-                     "archive", pos, {"key": _clip(key)})
-            return ref
-        member, data_off, size = rec
-        ref.member, ref.data_offset, ref.record_size = member, data_off, size
-        if size != numel * itemsize:
-            self.add("CKG403", f"storage {_clip(key)} declares {numel} x {itemsize} bytes but its "
-                     f"record holds {size}", pos, {"key": _clip(key)})
-        return ref
-
-    def _rebuild(self, c: Call, func: Global, args: object, pos: int) -> None:
-        full = func.full
-        if not isinstance(args, tuple):
-            return
-        if full in _REBUILD_STORAGE_FNS:
-            self._tensor_from_storage(c, full, args, pos)
-        elif full in _PARAM_FNS:
-            if full.endswith("_with_state") and len(args) >= 4:
-                self._check_tensor_state(args[3], full, pos)
-            # (data, requires_grad, backward_hooks[, state]): torch sets the hooks as given
-            self._check_hooks(args[2] if len(args) > 2 else None, pos)
-            if args and isinstance(args[0], Call) and args[0].tensor is not None:
-                t = args[0].tensor
-                rg = bool(args[1]) if len(args) > 1 and isinstance(args[1], bool) else False
-                if rg and t.dtype not in _GRAD_DTYPES:
-                    self.add("CKG408", f"requires_grad on a {t.dtype} parameter: torch refuses "
-                             "to load it", pos)
-                    return
-                c.tensor = TensorRecord(t.storage, t.storage_offset, t.shape, t.stride, t.dtype,
-                                        rg, t.offset, "parameter")
-        elif full == "torch._utils._rebuild_meta_tensor_no_storage" and len(args) >= 3 and \
-                isinstance(args[0], Global) and _int_tuple(args[1]) and _int_tuple(args[2]):
-                dtype = args[0].full.rsplit(".", 1)[-1]
-                c.tensor = TensorRecord(None, 0, tuple(args[1]), tuple(args[2]), dtype,
-                                        bool(args[3]) if len(args) > 3 else False,
-                                        self.base + pos, "meta")
-
-    def _check_hooks(self, hooks: object, pos: int) -> None:
-        """A rebuild's backward hooks must be empty, and stay empty: torch attaches that very
-        container to the tensor, so items added later (setitems) are hooks too."""
-        if isinstance(hooks, (Call, dict)):
-            self._hooks[id(hooks)] = hooks
-        if (isinstance(hooks, Call) and hooks.items) or (isinstance(hooks, dict) and hooks):
-            self.add("CKG408", "tensor with backward hooks: torch.save never writes them and "
-                     "the loader would attach callables to the tensor", pos)
-
-    def _check_tensor_state(self, state: object, full: str, pos: int) -> None:
-        """The state torch applies with setattr on a rebuilt tensor: user attributes are
-        fine; private names and tensor properties (data, grad, __class__...) would change
-        the tensor after the audit recorded it."""
-        dicts = [state] if isinstance(state, dict) else (
-            [x for x in state if isinstance(x, dict)] if isinstance(state, tuple) else [])
-        for d in dicts:
-            self._count_items(len(d))  # a memoised state may be applied many times
-            for k in d:
-                if not isinstance(k, str) or k.startswith("_") or k in _TENSOR_PROPERTIES:
-                    self.add("CKG408", f"{_clip(full.rsplit('.', 1)[-1])} sets attribute "
-                             f"{_clip(repr(_plain(k)))} on the rebuilt tensor", pos)
-
-    def _tensor_from_storage(self, c: Call, full: str, args: tuple[Any, ...], pos: int) -> None:
-        v3 = full.endswith("_v3")
-        lo, hi = _REBUILD_ARITY.get(full.rsplit(".", 1)[-1], (4, 8))
-        if not lo <= len(args) <= hi:  # torch raises TypeError on any other arity
-            self.add("CKG408", f"{full.rsplit('.', 1)[-1]} called with {len(args)} arguments",
-                     pos)
-            return
-        sref, offset, size, stride = args[0], args[1], args[2], args[3]
-        storage = sref.storage if isinstance(sref, PersRef) else None
-        if not isinstance(sref, PersRef):
-            self.add("CKG408", f"{full.rsplit('.', 1)[-1]}: first argument is not a storage "
-                     "reference", pos)
-            return
-        if storage is None:
-            return  # the persistent id was malformed: already reported
-        if isinstance(size, Call) and isinstance(size.func, Global) and \
-                size.func.full == "torch.Size" and isinstance(size.args, tuple) and size.args:
-            size = size.args[0]
-        if type(size) is tuple and type(stride) is tuple:
-            # a memoised shape may be reused by every rebuild: its walk is charged
-            self._count_items(len(size) + len(stride))
-        if not _int_tuple(size) or not _int_tuple(stride) or not isinstance(offset, int) or \
-                isinstance(offset, bool):
-            self.add("CKG405", "tensor size, stride or offset is not a tuple of integers", pos)
-            return
-        if len(size) != len(stride):
-            self.add("CKG405", f"tensor has {len(size)} sizes but {len(stride)} strides", pos)
-            return
-        dims = size + stride  # min/max are C loops: this runs once per tensor
-        if offset < 0 or (dims and min(dims) < 0):
-            self.add("CKG405", "negative tensor size, stride or storage offset", pos,
-                     {"size": _clip(repr(_plain(size))),
-                      "stride": _clip(repr(_plain(stride)))})
-            return
-        if offset >= (1 << 62) or (dims and max(dims) >= (1 << 62)):
-            self.add("CKG405", "tensor size, stride or offset overflows 62 bits", pos)
-            return
-        dtype, itemsize = storage.dtype, storage.itemsize
-        if v3:
-            dt = args[6] if len(args) > 6 else None
-            if not isinstance(dt, Global) or dt.full.rsplit(".", 1)[-1] not in DTYPE_SIZES:
-                self.add("CKG408", "_rebuild_tensor_v3 without a known dtype", pos)
-                return
-            dtype = dt.full.rsplit(".", 1)[-1]
-            itemsize = DTYPE_SIZES[dtype]
-        elif full.endswith("_rebuild_qtensor"):
-            bad = qparams_problem(args[4], tuple(size), dtype)  # gate helper's CKG421
-            if bad is not None:
-                self.add("CKG421", bad, pos)
-                return
-        rg = bool(args[4]) if len(args) > 4 and isinstance(args[4], bool) else False
-        if rg and dtype not in _GRAD_DTYPES:
-            self.add("CKG408", f"requires_grad on a {dtype} tensor: torch refuses to load it "
-                     "(only floating point and complex tensors can require gradients)", pos)
-            return
-        self._check_hooks(args[5] if len(args) > 5 else None, pos)
-        numel = 1
-        for s in size:
-            numel *= s
-        if numel > 0:
-            last = offset
-            for s, st in zip(size, stride, strict=True):
-                last += (s - 1) * st
-            storage_elems = (storage.numel * storage.itemsize) // itemsize
-            if last >= storage_elems:
-                self.add("CKG404", f"tensor view reaches element {last} of a storage holding "
-                         f"{storage_elems} {dtype} elements", pos,
-                         {"storage": _clip(storage.key)})
-                return
-        c.tensor = TensorRecord(storage, offset, tuple(size), tuple(stride), dtype, rg,
-                                self.base + pos, "qtensor" if "qtensor" in full else "tensor")
 
     # -- rare opcodes -----------------------------------------------------------------------
     def _rare(self, op: int, op_pos: int, pos: int, data: bytes, n: int, stack: list[Any],
@@ -1345,7 +906,7 @@ class _VM:
             line, pos = self._line(data, pos, n, op_pos, "GET")
             idx = self._text_literal(op, line, op_pos)
             if not isinstance(idx, int) or idx not in memo:
-                raise self.malformed(f"GET of memo key {_clip(repr(line))} that was never stored",
+                raise self.malformed(f"GET of memo key {clip(repr(line))} that was never stored",
                                      op_pos)
             stack.append(memo[idx])
         elif op == 0x70:  # PUT (text)
@@ -1395,7 +956,7 @@ class _VM:
         elif op == 0x50:  # PERSID (text)
             line, pos = self._line(data, pos, n, op_pos, "PERSID")
             pid: object = self._text_literal(op, line, op_pos)
-            stack.append(self.persistent(pid, op_pos))
+            stack.append(self.tensors.persistent_load(pid, op_pos))
         elif op in {0x97, 0x98}:  # NEXT_BUFFER / READONLY_BUFFER
             if op == 0x97:
                 self.add("CKG202", "NEXT_BUFFER: the pickle needs out-of-band buffers, which "
@@ -1434,24 +995,24 @@ class _VM:
         py_ok, py_val = O.text_value(op, line, c=False)
         if not c_ok:
             if not py_ok:
-                raise self.malformed(f"invalid {name} literal {_clip(repr(line))} ({c_val})",
+                raise self.malformed(f"invalid {name} literal {clip(repr(line))} ({c_val})",
                                      pos)
             if op in (0x67, 0x70) and isinstance(py_val, int) and py_val > 0xFFFFFF:
                 self._memo_index(py_val, pos)  # beyond the limit: CKG901 first
             # the C unpickler stops here; pickle.py reads on: audit what it would run
-            self.add("CKG204", f"{name} literal {_clip(repr(line))} is refused by the C "
-                     f"unpickler ({c_val}) and reads as {_clip(repr(_plain(py_val)))} in "
+            self.add("CKG204", f"{name} literal {clip(repr(line))} is refused by the C "
+                     f"unpickler ({c_val}) and reads as {clip(repr(plain(py_val)))} in "
                      "pickle.py", pos, {"opcode": name})
             return py_val
         if not py_ok or not _same_value(c_val, py_val):
-            self.add("CKG204", f"{name} literal {_clip(repr(line))} reads as "
-                     f"{_clip(repr(_plain(c_val)))} in the C unpickler and "
-                     f"{_clip(repr(_plain(py_val))) if py_ok else 'fails (' + py_val + ')'} in "
+            self.add("CKG204", f"{name} literal {clip(repr(line))} reads as "
+                     f"{clip(repr(plain(c_val)))} in the C unpickler and "
+                     f"{clip(repr(plain(py_val))) if py_ok else 'fails (' + py_val + ')'} in "
                      "pickle.py", pos, {"opcode": name})
         elif op in (0x49, 0x4C) and not _canonical_int(
                 line[:-1] if op == 0x4C and line.endswith(b"L") else line) and \
                 line not in (b"00", b"01"):
-            self.add("CKG204", f"non-canonical integer literal {_clip(repr(line))}: pickle never "
+            self.add("CKG204", f"non-canonical integer literal {clip(repr(line))}: pickle never "
                      "writes it and other decoders (pickletools-based scanners) read it "
                      "differently", pos)
         return c_val
@@ -1470,65 +1031,17 @@ def _canonical_int(text: bytes) -> bool:
         text = text[1:]
     return bool(text) and text.isdigit() and (text == b"0" or text[:1] != b"0")
 
-_TENSOR_BUILDERS = frozenset({
-    "torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2",
-    "torch._utils._rebuild_tensor_v3", "torch._utils._rebuild_qtensor",
-    "torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state",
-    "torch._tensor._rebuild_from_type_v2", "torch._utils._rebuild_meta_tensor_no_storage",
-})
-#: Tensor properties whose setters change what the tensor is.
-_TENSOR_PROPERTIES = frozenset({
-    "data", "grad", "requires_grad", "device", "dtype", "shape", "layout", "names", "real",
-    "imag", "T", "mT", "H", "mH", "is_leaf", "grad_fn", "retains_grad", "output_nr",
-})
 #: value types whose hash a file cannot steer: str/bytes are randomised, the VM's own
 #: records hash by identity, None/True/False are single values
 _FIXED_HASH = frozenset({str, bytes, Global, Call, PersRef, Blob, Opaque, type(None), bool})
 _DICT_LIKE = frozenset({"collections.OrderedDict", "collections.Counter"})
 _BUILDABLE = frozenset({"collections.OrderedDict", "torch.nn.parameter.Parameter",
                         "torch.Tensor"})
-_REBUILD_STORAGE_FNS = frozenset({
-    "torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2",
-    "torch._utils._rebuild_tensor_v3", "torch._utils._rebuild_qtensor",
-})
-_PARAM_FNS = frozenset({"torch._utils._rebuild_parameter",
-                        "torch._utils._rebuild_parameter_with_state"})
-
-
-def _int_tuple(v: object) -> bool:
-    if type(v) is not tuple:
-        return False
-    for x in v:  # noqa: SIM110 - a plain loop: all(genexpr) costs a generator per tensor
-        if type(x) is not int:
-            return False
-    return True
 
 
 def _never(x: NoReturn) -> NoReturn:
     """typing.assert_never (Python 3.11+) for 3.10: mypy checks the match is exhaustive."""
     raise AssertionError(f"unhandled {x!r}")
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
-def _encoded_bytes(v: object) -> bool:
-    """Is ``v`` the protocol-2 spelling of a bytes literal, _codecs.encode(str, 'latin1')?"""
-    return isinstance(v, Call) and isinstance(v.func, Global) and \
-        v.func.full == "_codecs.encode" and isinstance(v.args, tuple) and len(v.args) == 2 \
-        and isinstance(v.args[0], (str, Blob)) and v.args[1] in ("latin1", "latin-1")
-
-
-def _describe_value(v: object) -> str:
-    if isinstance(v, (Call, Global, PersRef, Opaque)):
-        return _describe(v)
-    if isinstance(v, Blob):
-        return f"a {v.length}-byte {v.kind} literal"
-    return f"a {type(v).__name__} literal"
 
 
 def _valid_dotted(s: str) -> bool:
@@ -1555,152 +1068,6 @@ def _py_mapped(module: str, name: str) -> str:
 
 #: allowed callables whose arguments call() checks (the inline REDUCE path skips them)
 _ARG_CHECKED = frozenset({"builtins.bytearray", "numpy.dtype"})
-_USER_ALLOWED = frozenset({GlobalStatus.POLICY, GlobalStatus.ACKNOWLEDGED, GlobalStatus.SCRIPT})
-
-
-def _clip(s: str, n: int = 160) -> str:
-    return s if len(s) <= n else s[:n] + "..."
-
-
-def _describe(v: object) -> str:
-    if isinstance(v, Call):
-        return f"result of {_describe(v.func)}(...)"
-    if isinstance(v, Global):
-        return _clip(v.full)
-    if isinstance(v, PersRef):
-        return "a persistent id"
-    if isinstance(v, Opaque):
-        return v.what
-    return type(v).__name__
-
-
-def _plain(v: object, depth: int = 0) -> object:
-    """A small printable stand-in for a symbolic value (bounded in depth and width: a
-    memoised million-item list must not be rendered once per finding)."""
-    if depth > 3:
-        return "..."
-    if isinstance(v, tuple):
-        return tuple(_plain(x, depth + 1) for x in v[:8])
-    if isinstance(v, list):
-        return [_plain(x, depth + 1) for x in v[:8]] + (["..."] if len(v) > 8 else [])
-    if isinstance(v, (dict, set, frozenset, bytearray)):
-        return f"<{type(v).__name__} of {len(v)}>"
-    if isinstance(v, (str, bytes)) and len(v) > 200:
-        return v[:200]
-    if isinstance(v, Global):
-        return v.full
-    if isinstance(v, (Call, PersRef, Opaque, Blob)):
-        return _describe(v)
-    return v
-
-
-# --- naming tensors ----------------------------------------------------------------------
-
-def name_tensors(root: object, max_tensors: int,
-                 max_depth: int = 10_000) -> list[tuple[str, TensorRecord]]:
-    """Walk the unpickled structure and name every tensor record by its key path.
-
-    Depth-first with one lazy iterator per open container and the path kept as a list of
-    keys: memory grows with the nesting depth, not with the number of items, and a name is
-    joined only when a tensor is found (a pickle nesting a million one-byte tuples must not
-    cost a million names of a million characters). Names are bounded in total and the
-    walk in depth (``max_depth``: containers nested deeper are a limit, CKG901)."""
-    out: list[tuple[str, TensorRecord]] = []
-    visited: set[int] = set()
-    path: list[str] = []
-    name_chars = 0
-    if isinstance(root, Call) and root.tensor is not None:
-        return [("", root.tensor)]
-    if not isinstance(root, _WALKED):
-        return out
-    visited.add(id(root))
-    frames: list[Iterator[tuple[object, object]]] = [_children(root)]
-    while frames:
-        nxt = next(frames[-1], None)
-        if nxt is None:
-            frames.pop()
-            if path:
-                path.pop()
-            continue
-        key, v = nxt
-        if isinstance(v, Call) and v.tensor is not None:
-            name = _path_name(path, _key_text(key))
-            name_chars += len(name)
-            if name_chars > _MAX_NAME_CHARS:
-                raise LimitExceeded("max_tensors", max_tensors,
-                                    f"tensor names longer than {_MAX_NAME_CHARS} characters "
-                                    "in total")
-            out.append((name, v.tensor))
-            if len(out) > max_tensors:
-                raise LimitExceeded("max_tensors", max_tensors)
-            continue
-        if id(v) in visited or (not v and not isinstance(v, Call)):
-            continue  # seen, or an empty container (holds nothing to name)
-        if len(frames) >= max_depth:
-            raise LimitExceeded("max_mark_depth", max_depth,
-                                "containers nested deeper while naming tensors")
-        visited.add(id(v))
-        path.append(_key_text(key))
-        frames.append(_children(v))
-    return out
-
-
-_WALKED = (Call, dict, list, tuple)
-_MAX_NAME_CHARS = 64 * 1024 * 1024
-
-
-def _children(v: object) -> Iterator[tuple[object, object]]:
-    """(key, child) pairs of a container that may hold tensor records, in pickle order."""
-    if isinstance(v, Call):
-        if v.items:
-            # the loader builds a real dict: a repeated key keeps its first position and
-            # its last value (the overwritten value is not in the loaded object)
-            merged: dict[Any, object] = {}
-            try:
-                for k, x in v.items:
-                    merged[k] = x
-                pairs: Any = merged.items()
-            except TypeError:
-                pairs = v.items
-            for k, x in pairs:
-                if isinstance(x, _WALKED):
-                    yield k, x
-        elif isinstance(v.args, tuple) and isinstance(v.func, Global) and \
-                v.func.full.startswith("torch."):
-            for i, x in enumerate(v.args):
-                if isinstance(x, _WALKED):
-                    yield i, x
-        if isinstance(v.state, dict):
-            for k, x in v.state.items():
-                if isinstance(x, _WALKED):
-                    yield k, x
-    elif isinstance(v, dict):
-        for k, x in v.items():
-            if isinstance(x, _WALKED):
-                yield k, x
-    elif isinstance(v, (list, tuple)):
-        for i, x in enumerate(v):
-            if isinstance(x, _WALKED):
-                yield i, x
-
-
-def _path_name(path: list[str], last: str) -> str:
-    """What folding ``_join`` over the path gives: leading empty keys vanish."""
-    parts = [*path, last]
-    for i, p in enumerate(parts):
-        if p:
-            return ".".join(parts[i:])
-    return ""
-
-
-def _key_text(key: object) -> str:
-    return _join("", key)
-
-
-def _join(prefix: str, key: object) -> str:
-    k = key if isinstance(key, str) else (key.decode("utf-8", "replace") if isinstance(key, bytes)
-                                          else str(key) if isinstance(key, (int, float)) else "?")
-    return k if not prefix else f"{prefix}.{k}"
 
 
 # --- entry point -------------------------------------------------------------------------
@@ -1722,13 +1089,13 @@ def audit_pickle(
     # The VM allocates millions of small tuples and lists that form no garbage cycles while
     # it runs; the cyclic collector would re-traverse them thousands of times (35% of the
     # run). It is paused for the run and restored after, whatever happens.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        result = vm.run(start)
-    finally:
-        if was_enabled:
-            gc.enable()
+    with gc_paused():
+        try:
+            result = vm.run(start)
+        finally:
+            # the tensor model holds the VM's bound methods: dropping it breaks that cycle,
+            # so the VM's values are freed by reference counting now, not by a collection
+            del vm.tensors
     if result.complete:
         try:
             result.tensors = name_tensors(result.root, ctx.limits.max_tensors,
@@ -1738,14 +1105,4 @@ def audit_pickle(
     return result
 
 
-__all__ = [
-    "DTYPE_SIZES",
-    "STORAGE_DTYPES",
-    "PickleMode",
-    "PickleResult",
-    "StorageCatalog",
-    "StorageRef",
-    "TensorRecord",
-    "audit_pickle",
-    "name_tensors",
-]
+__all__ = ["PickleMode", "PickleResult", "StorageCatalog", "audit_pickle"]

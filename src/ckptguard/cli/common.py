@@ -13,7 +13,7 @@ import click
 
 from ..errors import PolicyError
 from ..policy import DEFAULT_LIMITS, Limits, OriginKind, Policy, PolicyOrigin, ProfileName
-from ..report.escape import escape_untrusted
+from ..primitives import escape_untrusted
 from .exitcodes import ExitCode
 
 F = TypeVar("F", bound=Callable[..., Any])

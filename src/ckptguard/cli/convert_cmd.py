@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from ..errors import CkptGuardError, LoaderUnavailableError, UnsafeCheckpointError
+from ..primitives import escape_untrusted
 from ..report import FormatOptions, ScanResult, render
-from ..report.escape import escape_untrusted
 from .common import (
     err,
     fail,

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from ..analysis.dcp import METADATA_RE, SHARD_SUFFIX, lists_metadata
 from ..detect import EXTENSION_HINTS, extension_of, sniff
 from ..model import Format
+from ..primitives import open_readonly
 
 VCS_DIRS = frozenset({".git", ".hg", ".svn"})
 #: metadata key: a cache file's path inside the Hugging Face cache (SARIF resolves it)
@@ -108,7 +109,7 @@ def looks_like_model(path: str, name: str) -> bool:
     if _model_extension(name):
         return True
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        fd = open_readonly(path)
     except OSError:
         return True
     try:

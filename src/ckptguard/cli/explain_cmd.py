@@ -19,7 +19,7 @@ from .common import (
     write_output,
 )
 from .exitcodes import exit_code
-from .runner import scan_one
+from .scanfile import scan_one
 
 
 @click.command("explain")

@@ -36,6 +36,7 @@ from typing import Any
 
 from ..model import Report
 from ..policy import Limits, Policy
+from .scanfile import error_report, scan_one
 
 Task = tuple[str, "str | None"]           # (path, unreadable reason)
 Chunk = list[tuple[int, str, "str | None"]]  # (index, path, unreadable)
@@ -90,8 +91,6 @@ def _worker(conn: Connection, policy: Policy, limits: Limits, parent_pid: int) -
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     _die_with_parent(parent_pid)
-    from .runner import scan_one
-
     while True:
         try:
             chunk = conn.recv()
@@ -181,8 +180,6 @@ def scan_parallel(tasks: Sequence[Task], *, policy: Policy, limits: Limits, work
     """Scan ``tasks`` on ``workers`` processes; call ``on_result(index, report)`` in the
     parent as each file finishes (in completion order). Raises KeyboardInterrupt (after
     killing every worker) when interrupted."""
-    from .runner import error_report
-
     pool = _Pool(policy, limits, max(1, min(workers, len(tasks))))
     queue = make_chunks(tasks, chunk_size(len(tasks), pool.size))
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Any
 
-from ..report.escape import escape_untrusted
+from ..primitives import escape_untrusted
 from .discover import Target
 
 

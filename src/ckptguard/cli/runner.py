@@ -9,40 +9,10 @@ import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import ScanInputError
-from ..model import Finding, Format, Location, Problem, Report, decide
+from ..model import Finding, Location, Report
 from ..policy import Limits, Policy
-from ..rules import make_finding
-from ..scan_api import scan
 from .discover import CACHE_FILE, Target
-
-
-def scan_one(path: str, policy: Policy, limits: Limits, unreadable: str | None = None) -> Report:
-    """Scan one file. Never raises for a file: a path that cannot be opened becomes an
-    unreadable report (CKG010), an unexpected error an audit-error report (CKG902)."""
-    from ..analysis.engine import unreadable_report
-
-    if unreadable is not None:
-        return unreadable_report(path, unreadable, limits)
-    try:
-        return scan(path, policy=policy, limits=limits)
-    except ScanInputError as e:
-        return unreadable_report(path, e.reason, limits)
-    except OSError as e:
-        return unreadable_report(path, e.strerror or str(e), limits)
-    except Exception as e:  # noqa: BLE001 - the CLI boundary: a crash is "could not decide"
-        return error_report(path, e)
-
-
-def error_report(path: str, exc: BaseException) -> Report:
-    message = f"internal error while scanning ({type(exc).__name__}: {str(exc)[:200]})"
-    loc = Location(path)
-    findings = (make_finding("CKG902", message, loc),)
-    problems = (Problem(message, loc),)
-    from .. import __version__
-
-    return Report(path=path, format=Format.UNKNOWN, verdict=decide(findings, problems),
-                  findings=findings, problems=problems, tool_version=__version__)
+from .scanfile import scan_one
 
 
 def _relabel_location(loc: Location, old: str, new: str) -> Location:
@@ -179,5 +149,4 @@ def ordered_reports(targets: list[Target], results: dict[int, Report]) -> list[R
     return [r for _, r in sorted(_expand_all(targets, results), key=lambda item: item[0])]
 
 
-__all__ = ["RunOutcome", "error_report", "ordered_reports", "relabel", "run_targets",
-           "scan_one", "uncovered"]
+__all__ = ["RunOutcome", "ordered_reports", "relabel", "run_targets", "uncovered"]

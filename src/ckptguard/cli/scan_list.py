@@ -33,7 +33,7 @@ def options_for(concurrency: int) -> RemoteOptions:
 def scan_remote_targets(targets: list[str], *, policy: Policy, limits: Limits,
                         concurrency: int) -> list[Report]:
     """Reports for remote targets named on the command line, in their order."""
-    from ..remote.scan import iter_scan
+    from ..scan_api import iter_scan
 
     got = dict(iter_scan(targets, policy=policy, limits=limits,
                          options=options_for(concurrency)))
@@ -70,7 +70,7 @@ def run_list(targets: Iterable[str], *, policy: Policy, limits: Limits, concurre
         stream: Iterable[tuple[str, Report]] = scan_on_dask(
             targets, address=dask, policy=policy, limits=limits)
     else:
-        from ..remote.scan import iter_scan
+        from ..scan_api import iter_scan
 
         stream = iter_scan(targets, policy=policy, limits=limits,
                            options=options_for(concurrency))

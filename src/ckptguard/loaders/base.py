@@ -27,7 +27,8 @@ from ..errors import (
     UnsupportedFormatError,
 )
 from ..model import FileIdentity, Format, Report, Verdict
-from ..policy import DEFAULT_LIMITS, Limits, Policy
+from ..policy import DEFAULT_LIMITS, DEFAULT_POLICY, Limits, Policy
+from ..primitives import open_readonly, or_default
 
 logger = logging.getLogger("ckptguard")
 
@@ -151,11 +152,10 @@ def open_audited(path: str | os.PathLike[str], *, policy: Policy | None = None,
     from ..analysis.engine import audit_fd
 
     p = os.fspath(path)
-    pol = policy if policy is not None else Policy()
-    lim = limits if limits is not None else DEFAULT_LIMITS
+    pol = or_default(policy, DEFAULT_POLICY)
+    lim = or_default(limits, DEFAULT_LIMITS)
     try:
-        fd = os.open(p, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
-                     | getattr(os, "O_BINARY", 0))
+        fd = open_readonly(p)
     except FileNotFoundError:
         raise ScanInputError(p, "no such file or directory") from None
     except OSError as e:

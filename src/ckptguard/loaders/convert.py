@@ -22,7 +22,8 @@ from typing import Any
 
 from ..errors import CkptGuardError
 from ..model import Report, Verdict
-from ..policy import DEFAULT_LIMITS, Limits, Policy
+from ..policy import DEFAULT_LIMITS, DEFAULT_POLICY, Limits, Policy
+from ..primitives import or_default
 
 
 class ConversionError(CkptGuardError, RuntimeError):
@@ -126,8 +127,8 @@ def convert_to_safetensors(src: str | os.PathLike[str], dst: str | os.PathLike[s
 
         raise LoaderUnavailableError(
             "convert needs safetensors: pip install 'ckptguard[torch]'") from e
-    pol = policy or Policy()
-    lim = limits or DEFAULT_LIMITS
+    pol = or_default(policy, DEFAULT_POLICY)
+    lim = or_default(limits, DEFAULT_LIMITS)
     src_s, dst_s = os.fspath(src), os.fspath(dst)
     if os.path.exists(dst_s) and not overwrite:
         raise ConversionError(f"{dst_s} exists (pass overwrite=True to replace it)")

@@ -1,6 +1,6 @@
 """Loading torch.distributed.checkpoint (DCP) folders, and the gate's DCP hook.
 
-``load_dcp(folder)``: the folder is audited (``analysis.dcp.audit_dcp``) and must be SAFE;
+``load_dcp(folder)``: the folder is audited (``analysis.dcp_folder.audit_dcp``) and must be SAFE;
 then every file the audit read is opened once, checked against the audit's identity (same
 inode, size, mtime, and the SHA-256 of every region the audit relied on: the whole
 ``.metadata``, each torch.save archive's directory and pickle), and torch's own DCP
@@ -34,9 +34,10 @@ from typing import Any
 
 from ..errors import FileChangedError, LoaderError, ScanInputError
 from ..model import Format, Report
-from ..policy import DEFAULT_LIMITS, Limits, Policy
+from ..policy import DEFAULT_LIMITS, DEFAULT_POLICY, Limits, Policy
 from ..policy.benign_formats import FormatScope, allowance_for
 from ..policy.policy import GlobalStatus, classify_global
+from ..primitives import open_readonly, or_default
 from ._torch import extra_safe_globals, safe_globals, single_device, torch, torch_load
 from .base import check_stat, pread_all, require_safe, verify_identity
 
@@ -78,7 +79,7 @@ class _Opened:
         try:
             for child in report.children:
                 rel = os.path.relpath(child.path, folder)
-                fd = os.open(child.path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+                fd = open_readonly(child.path)
                 self.fds[rel] = fd
                 self.reports[rel] = child
                 verify_identity(child.path, fd, child.identity)
@@ -176,11 +177,12 @@ def load_dcp(folder: str | os.PathLike[str], map_location: Any = "cpu", *,
     """Audit a DCP folder, then load its state dict with torch's DCP reader (see above)."""
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-    from ..analysis.dcp import audit_dcp, is_dcp_dir
+    from ..analysis.dcp import is_dcp_dir
+    from ..analysis.dcp_folder import audit_dcp
 
     path = os.fspath(folder)
-    pol = policy if policy is not None else Policy()
-    lim = limits if limits is not None else DEFAULT_LIMITS
+    pol = or_default(policy, DEFAULT_POLICY)
+    lim = or_default(limits, DEFAULT_LIMITS)
     if not os.path.isdir(path) or not is_dcp_dir(path):
         raise ScanInputError(path, "not a torch.distributed.checkpoint folder (no .metadata)")
     device = single_device(map_location)
@@ -228,7 +230,7 @@ def _gated_read_metadata(self: Any, *args: Any, **kwargs: Any) -> Any:
         raise cfg.refusal
     from torch.distributed.checkpoint.metadata import StorageMeta
 
-    from ..analysis.dcp import audit_dcp
+    from ..analysis.dcp_folder import audit_dcp
     from ..analysis.engine import audit_bytes
 
     rank = kwargs.get("rank")

@@ -24,7 +24,6 @@ is handed out, as for every loader. tests/test_direct_loader.py compares it with
 
 from __future__ import annotations
 
-import gc
 import sys
 from collections import OrderedDict
 from typing import Any
@@ -37,8 +36,9 @@ from ..analysis.fastpath import (
     FastTensor,
     _empty_od,
 )
-from ..analysis.vm import StorageRef, TensorRecord
+from ..analysis.tensors import StorageRef, TensorRecord
 from ..model import Format
+from ..primitives import gc_paused
 from ._torch import MapLocation, dtype_of, torch
 from .base import AuditedFile, fd_path
 
@@ -77,15 +77,11 @@ def load_direct(af: AuditedFile, map_location: MapLocation = "cpu") -> Any:
         return FALLBACK
     m = _Materialiser(path, rep.identity.size)
     # tensors, storages and containers form no cycles: the collector would re-walk them
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        obj = m.value(graph.root)
-    except (_Unsupported, RecursionError):
-        return FALLBACK
-    finally:
-        if was_enabled:
-            gc.enable()
+    with gc_paused():
+        try:
+            obj = m.value(graph.root)
+        except (_Unsupported, RecursionError):
+            return FALLBACK
     af.verify()
     return obj
 

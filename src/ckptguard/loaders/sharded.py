@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import FileChangedError
 from ..model import Format, Report
+from ..primitives import open_readonly
 from ._torch import MapLocation, is_meta, torch
 from .base import (
     TORCH_FORMATS,
@@ -109,7 +110,7 @@ def open_shards(index_af: AuditedFile, index_report: Report, index: ShardIndex
             if child.format not in TORCH_FORMATS | {Format.SAFETENSORS}:
                 raise UnsupportedFormatError(child)
             try:
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                fd = open_readonly(path)
             except OSError as e:
                 raise FileChangedError(path, f"cannot reopen the shard ({e.strerror or e})") \
                     from None

@@ -43,6 +43,7 @@ from typing import Any
 
 from ..errors import PolicyError
 from ..model import Finding
+from ..primitives import or_default
 from .benign import COMPANIONS, BenignRow, benign_row
 from .defaults import ALLOW, DENY, DENY_ATTRIBUTES, DenyKind
 from .profiles import PROFILES, ProfileName, profiles_with
@@ -55,6 +56,15 @@ else:  # pragma: no cover
 
 _DEFAULT_ALLOW: dict[str, str] = {f"{m}.{n}": reason for m, n, reason in ALLOW}
 _DENY: dict[str, tuple[DenyKind, str]] = {prefix: (kind, reason) for prefix, kind, reason in DENY}
+
+
+def parse_profile(text: str) -> ProfileName:
+    """A profile name as a user writes it (any case, spaces around); PolicyError if unknown."""
+    try:
+        return ProfileName(text.strip().lower())
+    except ValueError:
+        raise PolicyError(f"unknown profile {text!r}; expected one of "
+                          f"{', '.join(p.value for p in ProfileName)}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +247,7 @@ class Policy:
         have = set(self.profile_names)
         added = list(self.profiles)
         for n in names:
-            pn = n if isinstance(n, ProfileName) else ProfileName.parse(n)
+            pn = n if isinstance(n, ProfileName) else parse_profile(n)
             if pn not in have:
                 have.add(pn)
                 added.append(ProfileChoice(pn, origin))
@@ -290,7 +300,7 @@ class Policy:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise PolicyError("'profiles' must be an array of profile names", source=source)
         try:
-            chosen = tuple(dict.fromkeys(ProfileName.parse(n) for n in names))
+            chosen = tuple(dict.fromkeys(parse_profile(n) for n in names))
         except PolicyError as e:
             raise PolicyError(str(e), source=source) from None
         try:
@@ -338,7 +348,7 @@ def effective_policy(policy: Policy | None,
                      profiles: Iterable[str | ProfileName] | None = None,
                      *, origin: PolicyOrigin = API_ORIGIN) -> Policy:
     """``policy`` (default: the weights-only allowlist only) plus the named profiles."""
-    pol = policy if policy is not None else DEFAULT_POLICY
+    pol = or_default(policy, DEFAULT_POLICY)
     names = tuple(profiles or ())
     return pol.with_profiles(*names, origin=origin) if names else pol
 
@@ -440,5 +450,5 @@ DEFAULT_POLICY = Policy()
 
 __all__ = ["DEFAULT_POLICY", "LADDER_RULES", "STATUS_RULES", "AllowEntry", "DenyHit",
            "GlobalDecision", "GlobalStatus", "Policy", "ProfileChoice", "classify_global",
-           "denied_by", "effective_policy", "global_message", "static_status", "used_entries",
-           "with_caller_globals"]
+           "denied_by", "effective_policy", "global_message", "parse_profile", "static_status",
+           "used_entries", "with_caller_globals"]

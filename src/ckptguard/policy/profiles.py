@@ -12,7 +12,6 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..errors import PolicyError
 from .benign import BENIGN, BENIGN_BY_PATH, BenignRow
 
 
@@ -28,14 +27,6 @@ class ProfileName(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
-
-    @classmethod
-    def parse(cls, text: str) -> ProfileName:
-        try:
-            return cls(text.strip().lower())
-        except ValueError:
-            raise PolicyError(f"unknown profile {text!r}; expected one of "
-                              f"{', '.join(p.value for p in cls)}") from None
 
 
 @dataclass(frozen=True)
@@ -100,10 +91,6 @@ PROFILES: dict[ProfileName, Profile] = {p.name: p for p in (
 )}
 
 
-def profile(name: str | ProfileName) -> Profile:
-    return PROFILES[name if isinstance(name, ProfileName) else ProfileName.parse(name)]
-
-
 def profiles_covering(full_paths: Iterable[str]) -> tuple[ProfileName, ...]:
     """The profiles that each allow every one of ``full_paths`` (smallest first)."""
     wanted = set(full_paths)
@@ -122,5 +109,5 @@ for _p in PROFILES.values():  # a profile holds BENIGN rows only (never HIGH/CRI
     for _g in _p.globals:
         assert _g in BENIGN_BY_PATH, (_p.name, _g)
 
-__all__ = ["PROFILES", "Profile", "ProfileName", "profile", "profiles_covering",
+__all__ = ["PROFILES", "Profile", "ProfileName", "profiles_covering",
            "profiles_with"]

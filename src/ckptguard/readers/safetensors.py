@@ -1,62 +1,41 @@
-"""safetensors: validate the header without the safetensors library.
+"""The safetensors header, parsed without the safetensors library (a pure parser: it
+raises :class:`HeaderError` or ``LimitExceeded`` and records no findings; the auditor that
+checks the tensors and turns errors into CKG501/502 is ``analysis/safetensors.py``).
 
-Layout: an 8-byte little-endian header length ``n``, ``n`` bytes of UTF-8 JSON (an object:
-tensor name -> ``{"dtype", "shape", "data_offsets"}``, plus an optional ``__metadata__``
-string -> string map), then the data region, which the tensors' ``data_offsets`` (relative
-to the data region) must cover exactly: sorted, contiguous, no gap, no overlap, nothing
-after the last tensor.
-
-The checks are at least as strict as the safetensors crate's own (``read_metadata`` and
-``Metadata::validate``), so a file this module passes is one the loader reads the same way;
-where the crate is lenient (duplicate keys, unknown fields, empty names) we refuse.
-Only the header is read (and recorded for the same-bytes check); tensor data never is.
+Layout: an 8-byte little-endian header length ``n``, then ``n`` bytes of UTF-8 JSON that
+must be an object, then the data region.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from ..context import AuditContext, LimitExceeded
-from ..model import TensorInfo
-from .jsonfile import JsonError, escape, parse_json
+from ..context import LimitExceeded
+from ..primitives import escape
+from .jsonfile import JsonError, parse_json
 
 #: The safetensors crate refuses headers above this size (MAX_HEADER_SIZE).
 CRATE_MAX_HEADER = 100_000_000
 
-#: safetensors dtype -> (bits per element, torch dtype name). The crate's Dtype list.
-DTYPES: dict[str, tuple[int, str]] = {
-    "BOOL": (8, "bool"),
-    "F4": (4, "float4_e2m1"),
-    "F6_E2M3": (6, "float6_e2m3"),
-    "F6_E3M2": (6, "float6_e3m2"),
-    "U8": (8, "uint8"),
-    "I8": (8, "int8"),
-    "F8_E5M2": (8, "float8_e5m2"),
-    "F8_E4M3": (8, "float8_e4m3fn"),
-    "F8_E8M0": (8, "float8_e8m0fnu"),
-    "F8_E4M3FNUZ": (8, "float8_e4m3fnuz"),
-    "F8_E5M2FNUZ": (8, "float8_e5m2fnuz"),
-    "I16": (16, "int16"),
-    "U16": (16, "uint16"),
-    "F16": (16, "float16"),
-    "BF16": (16, "bfloat16"),
-    "I32": (32, "int32"),
-    "U32": (32, "uint32"),
-    "F32": (32, "float32"),
-    "C64": (64, "complex64"),
-    "F64": (64, "float64"),
-    "I64": (64, "int64"),
-    "U64": (64, "uint64"),
-}
-
-_METADATA = "__metadata__"
-_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
-_U64 = (1 << 64) - 1
-_MAX_METADATA_ITEMS = 64  # copied into Report.metadata (the rest is only counted)
+#: ``read(offset, length)``: bytes of the file (recorded for the same-bytes check)
+Read = Callable[[int, int], bytes]
 
 
-class _Negative:
+class HeaderError(Exception):
+    """The header is not one the safetensors crate reads (message: what, where)."""
+
+    def __init__(self, message: str, offset: int, evidence: dict[str, str] | None = None
+                 ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.offset = offset
+        self.evidence = evidence
+
+
+class Negative:
     """Stands for a negative JSON integer (including ``-0``, which serde_json reads as a
     float): never an acceptable size or offset."""
 
@@ -64,229 +43,60 @@ class _Negative:
         self.text = text
 
 
-def _parse_int(text: str) -> int | _Negative:
+def _parse_int(text: str) -> int | Negative:
     if text.startswith("-"):
-        return _Negative(text)
+        return Negative(text)
     if len(text) > 20:
         raise ValueError(f"integer literal of {len(text)} digits")
     return int(text)
 
 
-def _is_uint(v: Any) -> bool:
-    return type(v) is int and 0 <= v <= _U64
+@dataclass(frozen=True)
+class Header:
+    length: int  # n, the JSON's length in bytes
+    value: Any   # the parsed JSON (an object when the header is valid); negative ints: Negative
+    duplicates: tuple[str, ...]
+
+    @property
+    def data_start(self) -> int:
+        return 8 + self.length
 
 
-def _printable(name: str) -> bool:
-    return bool(name) and name.isprintable()
-
-
-def _utf8_clean(text: str) -> bool:
-    """serde_json refuses lone surrogate escapes that Python's json accepts."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def audit_safetensors(ctx: AuditContext) -> None:
-    """Validate a safetensors file's header; record its tensors and metadata."""
-    size = ctx.source.size
+def read_length(read: Read, size: int) -> int:
+    """The 8-byte header length field."""
     if size < 8:
-        ctx.add("CKG501", f"file of {size} bytes is shorter than the 8-byte length field",
-                offset=0)
-        return
-    (n,) = struct.unpack("<Q", ctx.source.read(0, 8, record=True))
-    ctx.metadata["safetensors.header_bytes"] = str(n)
+        raise HeaderError(f"file of {size} bytes is shorter than the 8-byte length field", 0)
+    (n,) = struct.unpack("<Q", read(0, 8))
+    return int(n)
+
+
+def read_header(read: Read, size: int, n: int, *, max_header_bytes: int,
+                max_json_depth: int) -> Header:
+    """The header JSON of a file of ``size`` bytes whose length field says ``n``."""
     if n > size - 8:
-        ctx.add("CKG501", f"header length {n} runs past the end of the file ({size} bytes)",
-                offset=0, evidence={"header_length": str(n), "file_size": str(size)})
-        return
+        raise HeaderError(f"header length {n} runs past the end of the file ({size} bytes)",
+                          0, {"header_length": str(n), "file_size": str(size)})
     if n > CRATE_MAX_HEADER:
-        ctx.add("CKG501", f"header length {n} exceeds the safetensors maximum "
-                f"({CRATE_MAX_HEADER}); the library refuses it", offset=0,
-                evidence={"header_length": str(n)})
-        return
-    if n > ctx.limits.max_header_bytes:
-        raise LimitExceeded("max_header_bytes", ctx.limits.max_header_bytes,
+        raise HeaderError(f"header length {n} exceeds the safetensors maximum "
+                          f"({CRATE_MAX_HEADER}); the library refuses it", 0,
+                          {"header_length": str(n)})
+    if n > max_header_bytes:
+        raise LimitExceeded("max_header_bytes", max_header_bytes,
                             f"safetensors header of {n} bytes")
-    header = ctx.source.read(8, n, record=True)
+    header = read(8, n)
     if header[:1] != b"{":
-        ctx.add("CKG501", "header does not start with '{'", offset=8)
-        return
+        raise HeaderError("header does not start with '{'", 8)
     try:
-        parsed = parse_json(header, max_depth=ctx.limits.max_json_depth,
-                            parse_int=_parse_int, allow_constants=False)
+        parsed = parse_json(header, max_depth=max_json_depth, parse_int=_parse_int,
+                            allow_constants=False)
     except JsonError as e:
         if e.kind == "depth":
-            ctx.add("CKG501", f"header JSON nests deeper than {ctx.limits.max_json_depth} "
-                    "levels (a safetensors header needs 3)", offset=8,
-                    evidence={"error": "depth"})
-        else:
-            ctx.add("CKG501", f"header is not valid UTF-8 JSON ({e.kind}: {escape(e.detail)})",
-                    offset=8, evidence={"error": e.kind})
-        return
-    if parsed.duplicates:
-        keys = ", ".join(sorted({escape(k, 60) for k in parsed.duplicates}))
-        ctx.add("CKG502", f"header JSON repeats keys: {escape(keys, 300)}", offset=8,
-                evidence={"keys": escape(keys, 1000)})
-    value = parsed.value
-    if not isinstance(value, dict):
-        ctx.add("CKG501", "header JSON is not an object", offset=8)
-        return
-    data_start = 8 + n
-    _check_metadata(ctx, value.get(_METADATA, None), _METADATA in value)
-    entries = [(k, v) for k, v in value.items() if k != _METADATA]
-    if len(entries) > ctx.limits.max_tensors:
-        raise LimitExceeded("max_tensors", ctx.limits.max_tensors,
-                            f"{len(entries)} tensors in the header")
-    ctx.metadata["safetensors.tensors"] = str(len(entries))
-    spans: list[tuple[int, int, str]] = []
-    tensors: list[TensorInfo] = []
-    for name, info in entries:
-        ctx.source.check_time()
-        t = _check_tensor(ctx, name, info, data_start)
-        if t is not None:
-            spans.append((t.data_offset or 0, (t.data_offset or 0) + t.nbytes, name))
-            tensors.append(t)
-    if len(tensors) == len(entries):
-        _check_layout(ctx, spans, data_start, size)
-    tensors.sort(key=lambda t: (t.data_offset or 0, t.name))
-    ctx.tensors.extend(tensors)
+            raise HeaderError(f"header JSON nests deeper than {max_json_depth} levels (a "
+                              "safetensors header needs 3)", 8, {"error": "depth"}) from None
+        raise HeaderError(f"header is not valid UTF-8 JSON ({e.kind}: {escape(e.detail)})", 8,
+                          {"error": e.kind}) from None
+    return Header(n, parsed.value, tuple(parsed.duplicates))
 
 
-def _check_metadata(ctx: AuditContext, meta: Any, present: bool) -> None:
-    if not present:
-        return
-    if not isinstance(meta, dict):
-        ctx.add("CKG505", f"__metadata__ is a {type(meta).__name__}, not an object", offset=8)
-        return
-    bad = [k for k, v in meta.items() if not isinstance(v, str)]
-    if bad:
-        keys = ", ".join(escape(k, 60) for k in sorted(bad)[:10])
-        ctx.add("CKG505", f"__metadata__ values that are not strings: {keys}", offset=8,
-                evidence={"keys": keys})
-    unclean = [k for k, v in meta.items()
-               if not _utf8_clean(k) or (isinstance(v, str) and not _utf8_clean(v))]
-    if unclean:
-        ctx.add("CKG501", "__metadata__ holds lone UTF-16 surrogate escapes, which the "
-                "safetensors library refuses", offset=8)
-    for k in sorted(meta)[:_MAX_METADATA_ITEMS]:
-        v = meta[k]
-        if isinstance(v, str):
-            ctx.metadata[f"safetensors.metadata.{escape(k, 60)}"] = escape(v, 200)
-    ctx.metadata["safetensors.metadata_items"] = str(len(meta))
-
-
-def _check_tensor(ctx: AuditContext, name: str, info: Any, data_start: int) -> TensorInfo | None:
-    # The fast path (a well-formed entry) does no escaping and no set arithmetic: this runs
-    # once per tensor, 50,000 times for a large checkpoint.
-    if (type(info) is dict and len(info) == 3 and type(name) is str and name.isprintable()
-            and name):
-        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        spec = DTYPES.get(dtype) if type(dtype) is str else None
-        if spec is not None and type(shape) is list and type(offsets) is list and \
-                len(offsets) == 2:
-            numel = 1
-            ok = True
-            for d in shape:
-                if type(d) is not int or d < 0 or d > _U64:
-                    ok = False
-                    break
-                numel *= d
-            begin, end = offsets
-            if ok and type(begin) is int and type(end) is int and 0 <= begin <= end <= _U64:
-                total_bits = numel * spec[0]
-                if total_bits <= _U64 and not total_bits % 8 and end - begin == total_bits // 8:
-                    return TensorInfo(name=name, dtype=spec[1], shape=tuple(shape),
-                                      storage=name, nbytes=end - begin,
-                                      storage_nbytes=end - begin,
-                                      data_offset=data_start + begin)
-    return _check_tensor_slow(ctx, name, info, data_start)
-
-
-def _check_tensor_slow(ctx: AuditContext, name: str, info: Any,
-                       data_start: int) -> TensorInfo | None:
-    """Say precisely what is wrong with an entry the fast path did not accept."""
-    shown = escape(name, 80)
-    if not _printable(name):
-        ctx.add("CKG506", f"tensor name {shown!r} is empty or holds control or non-printable "
-                "characters", offset=8, evidence={"name": shown})
-    if not isinstance(info, dict):
-        ctx.add("CKG501", f"tensor {shown!r}: entry is a {type(info).__name__}, not an object",
-                offset=8, evidence={"name": shown})
-        return None
-    extra = sorted(set(info) - _FIELDS)
-    missing = sorted(_FIELDS - set(info))
-    if extra or missing:
-        ctx.add("CKG501", f"tensor {shown!r}: fields must be exactly dtype, shape, data_offsets"
-                f" (missing: {', '.join(missing) or '-'}; extra: "
-                f"{escape(', '.join(extra), 80) or '-'})", offset=8, evidence={"name": shown})
-        return None
-    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if not isinstance(dtype, str) or dtype not in DTYPES:
-        shown_dtype = escape(dtype if isinstance(dtype, str) else repr(dtype), 40)
-        ctx.add("CKG503", f"tensor {shown!r}: unknown dtype {shown_dtype!r}", offset=8,
-                evidence={"name": shown, "dtype": shown_dtype})
-        return None
-    if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
-        ctx.add("CKG501", f"tensor {shown!r}: shape is not a list of non-negative integers",
-                offset=8, evidence={"name": shown})
-        return None
-    if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(_is_uint(o) for o in offsets)):
-        ctx.add("CKG504", f"tensor {shown!r}: data_offsets is not a pair of non-negative "
-                "integers", offset=8, evidence={"name": shown})
-        return None
-    begin, end = offsets
-    bits, torch_name = DTYPES[dtype]
-    numel = 1
-    for d in shape:
-        numel *= d
-    total_bits = numel * bits
-    if total_bits > _U64 or total_bits % 8:
-        ctx.add("CKG504", f"tensor {shown!r}: shape {shape} of {dtype} is not a whole number "
-                "of bytes or overflows", offset=8, evidence={"name": shown})
-        return None
-    nbytes = total_bits // 8
-    if end < begin or end - begin != nbytes:
-        ctx.add("CKG504", f"tensor {shown!r}: shape {escape(str(shape), 80)} x {dtype} is "
-                f"{nbytes} bytes but data_offsets span {begin}..{end}", offset=8,
-                evidence={"name": shown, "expected_bytes": str(nbytes),
-                          "span": f"{begin}..{end}"})
-        return None
-    return TensorInfo(
-        name=name,
-        dtype=torch_name,
-        shape=tuple(shape),
-        storage=name,
-        nbytes=nbytes,
-        storage_nbytes=nbytes,
-        data_offset=data_start + begin,
-    )
-
-
-def _check_layout(ctx: AuditContext, spans: list[tuple[int, int, str]], data_start: int,
-                  size: int) -> None:
-    """Sorted by offset, each tensor must start where the previous ended, from 0 to the end
-    of the data region."""
-    expected = data_start
-    for begin, end, name in sorted(spans):
-        if begin != expected:
-            what = "overlaps the previous tensor" if begin < expected else "leaves a gap"
-            ctx.add("CKG504", f"tensor {escape(name, 80)!r} at data offset "
-                    f"{begin - data_start} {what} (expected {expected - data_start})",
-                    offset=begin, evidence={"name": escape(name, 80)})
-            return
-        expected = end
-    if expected != size:
-        if expected < size:
-            ctx.add("CKG504", f"{size - expected} bytes after the last tensor are covered by "
-                    "no tensor (hidden trailing data)", offset=expected,
-                    evidence={"trailing_bytes": str(size - expected)})
-        else:
-            ctx.add("CKG504", f"tensors extend {expected - size} bytes past the end of the file",
-                    offset=size, evidence={"missing_bytes": str(expected - size)})
-
-
-__all__ = ["CRATE_MAX_HEADER", "DTYPES", "audit_safetensors"]
+__all__ = ["CRATE_MAX_HEADER", "Header", "HeaderError", "Negative", "Read", "read_header",
+           "read_length"]

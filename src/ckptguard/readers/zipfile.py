@@ -17,6 +17,7 @@ import zlib
 from dataclasses import dataclass
 
 from ..context import AuditContext, LimitExceeded
+from ..primitives import clip
 
 _EOCD_SIG = b"PK\x05\x06"
 _Z64_LOC_SIG = b"PK\x06\x07"
@@ -480,7 +481,7 @@ def _check_names(ctx: AuditContext, entries: list[ZipEntry]) -> None:
         if len(e.raw_name) >= TORCH_NAME_BUFFER:
             ctx.add("CKG315", f"member name of {len(e.raw_name)} bytes: torch's reader keeps "
                     f"only the first {TORCH_NAME_BUFFER - 1} (its name buffer), so it sees "
-                    "another name than every other reader", member=e.name[:80] + "...",
+                    "another name than every other reader", member=clip(e.name, 80),
                     offset=e.header_offset)
         n = e.name
         if not n or (_SUSPECT_NAME.search(n) and _unsafe_name(n)):

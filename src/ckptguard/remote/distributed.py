@@ -7,7 +7,7 @@ separate C++ runtime), a ``LocalCluster`` starts in about a second for tests, an
 clusters start with ``dask scheduler`` / ``dask worker ADDRESS`` or dask-kubernetes and
 dask-jobqueue. Install with ``pip install 'ckptguard[distributed]'``.
 
-Each worker runs :func:`ckptguard.remote.scan.iter_scan` on a batch of targets (remote
+Each worker runs :func:`ckptguard.scan_api.iter_scan` on a batch of targets (remote
 files with HTTP ranges, local paths with the local engine) and returns the reports as
 plain dicts; the caller rebuilds them with :meth:`Report.from_dict`. Reports are the same
 as a local scan's: the engine is the same, only the place it runs changes.
@@ -19,7 +19,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..model import Report
-from ..policy import DEFAULT_LIMITS, Limits, Policy
+from ..policy import DEFAULT_LIMITS, DEFAULT_POLICY, Limits, Policy
+from ..primitives import or_default
 
 BATCH = 16  # targets per task: amortises task overhead, keeps results flowing
 
@@ -29,8 +30,8 @@ _SESSIONS: dict[int, Any] = {}  # one pooled HTTP client per worker process and 
 
 def _scan_batch(targets: list[str], policy: Policy, limits: Limits, concurrency: int
                 ) -> list[tuple[str, dict[str, Any]]]:
+    from ..scan_api import iter_scan
     from .http import RemoteOptions, Session
-    from .scan import iter_scan
     from .targets import hub_token
 
     sess = _SESSIONS.get(concurrency)
@@ -56,8 +57,8 @@ def scan_on_dask(targets: Iterable[str], *, address: str | None = None, client: 
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError as e:  # pragma: no cover - depends on the install
         raise ImportError("scans on Dask need: pip install 'ckptguard[distributed]'") from e
-    policy = policy or Policy()
-    limits = limits or DEFAULT_LIMITS
+    policy = or_default(policy, DEFAULT_POLICY)
+    limits = or_default(limits, DEFAULT_LIMITS)
     own_cluster = None
     own_client = None
     if client is None:

@@ -11,21 +11,20 @@ file again from its own bytes.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from .. import __version__ as _version
+from .._version import __version__ as _version
 from ..analysis.engine import audit_source
-from ..analysis.folder import AUDITED_FORMATS, CODE_EXTENSIONS, combine_verdicts
+from ..analysis.folder import AUDITED_FORMATS, CODE_EXTENSIONS
 from ..context import AuditContext, Source
 from ..detect import extension_of, sniff
 from ..errors import ScanInputError
-from ..model import Format, Location, Report, decide
-from ..policy import DEFAULT_LIMITS, Limits, Policy
-from ..report.escape import escape_untrusted
+from ..model import Format, Location, Report, combine_verdicts, decide
+from ..policy import DEFAULT_LIMITS, DEFAULT_POLICY, Limits, Policy
+from ..primitives import escape_untrusted, or_default
 from ..rules import make_finding
 from .http import Failure, HttpSource, RemoteError, RemoteOptions, Session
 from .targets import (
@@ -46,8 +45,8 @@ def scan_remote(target: str, *, policy: Policy | None = None, limits: Limits | N
                 options: RemoteOptions | None = None, session: Session | None = None) -> Report:
     """Audit one remote target. Raises :class:`ScanInputError` only for a malformed target."""
     parsed = parse_target(target)
-    policy = policy or Policy()
-    limits = limits or DEFAULT_LIMITS
+    policy = or_default(policy, DEFAULT_POLICY)
+    limits = or_default(limits, DEFAULT_LIMITS)
     options = options or RemoteOptions(token=hub_token())
     own = session is None
     sess = session or Session(options)
@@ -161,7 +160,7 @@ def _scan_repo(sess: Session, repo: HubRepo, endpoint: str, policy: Policy,
             return None
         return _audit_remote(src, shown, rel, policy, limits)
 
-    for rel, rep in _bounded_map(one, candidates, sess.options.concurrency):
+    for rel, rep in bounded_map(one, candidates, sess.options.concurrency):
         if rep is None:
             skipped.append(rel)
         else:
@@ -196,7 +195,7 @@ def _parse_listing(raw: bytes) -> tuple[list[str] | None, str | None]:
     return sorted(set(files)), commit
 
 
-def _bounded_map(fn: Callable[[str], Report | None], items: Iterable[str], concurrency: int
+def bounded_map(fn: Callable[[str], Report | None], items: Iterable[str], concurrency: int
                  ) -> Iterator[tuple[str, Report | None]]:
     """``fn`` over ``items`` with at most ``concurrency`` calls in flight, results as they
     finish (a window of futures, never one future per item up front)."""
@@ -217,46 +216,13 @@ def _bounded_map(fn: Callable[[str], Report | None], items: Iterable[str], concu
                     pending[pool.submit(fn, nxt)] = nxt
 
 
-def iter_scan(targets: Iterable[str], *, policy: Policy | None = None,
-              limits: Limits | None = None, options: RemoteOptions | None = None,
-              scan_local: Callable[[str, Policy, Limits], Report] | None = None,
-              session: Session | None = None) -> Iterator[tuple[str, Report]]:
-    """Scan many targets (URLs, hub ids, local paths) with bounded concurrency, yielding
-    ``(target, report)`` as each finishes. Never raises for one target: a malformed one
-    becomes a CKG910 report. A given ``session`` is used and left open (its options
-    apply); otherwise one is made for the call."""
-    policy = policy or Policy()
-    limits = limits or DEFAULT_LIMITS
-    from .targets import is_remote
-
-    with contextlib.ExitStack() as stack:
-        if session is None:
-            session = stack.enter_context(Session(options or RemoteOptions(token=hub_token())))
-        sess = session
-
-        def one(t: str) -> Report:
-            if is_remote(t):
-                try:
-                    return _scan(parse_target(t), policy, limits, sess)
-                except ScanInputError as e:
-                    return _error_report(t, RemoteError(Failure.BAD_TARGET, t, e.reason),
-                                         limits)
-            return (scan_local or _scan_local)(t, policy, limits)
-
-        for t, rep in _bounded_map(one, targets, sess.options.concurrency):
-            assert rep is not None
-            yield t, rep
-
-
-def _scan_local(path: str, policy: Policy, limits: Limits) -> Report:
-    from ..analysis.engine import unreadable_report
-    from ..scan_api import scan
-
+def scan_target(target: str, policy: Policy, limits: Limits, sess: Session) -> Report:
+    """One remote target's report through ``sess``; a malformed target becomes a CKG910
+    report (never an exception)."""
     try:
-        return scan(path, policy=policy, limits=limits)
-    except (ScanInputError, OSError) as e:
-        reason = e.reason if isinstance(e, ScanInputError) else (e.strerror or str(e))
-        return unreadable_report(path, reason, limits)
+        return _scan(parse_target(target), policy, limits, sess)
+    except ScanInputError as e:
+        return _error_report(target, RemoteError(Failure.BAD_TARGET, target, e.reason), limits)
 
 
-__all__ = ["iter_scan", "scan_remote"]
+__all__ = ["bounded_map", "scan_remote", "scan_target"]

@@ -8,10 +8,9 @@ Formatters return strings; they never print (the CLI writes them).
 
 from __future__ import annotations
 
-import importlib
+import enum
 from collections.abc import Callable, Iterator, Mapping
 
-from .escape import escape_untrusted
 from .jsonreport import SCHEMA_VERSION, load_schema
 from .options import FormatOptions
 from .result import ScanResult, summary_line
@@ -19,34 +18,56 @@ from .result import ScanResult, summary_line
 Formatter = Callable[[ScanResult, FormatOptions], str]
 
 
-class _Registry(Mapping[str, Formatter]):
-    """name -> formatter, imported on first use (a JSON scan never imports rich)."""
+class ReportFormat(str, enum.Enum):
+    """The report formats (the CLI's ``--format`` choices)."""
 
-    def __init__(self, table: dict[str, tuple[str, str]]) -> None:
-        self._table = table
+    TEXT = "text"
+    JSON = "json"
+    SARIF = "sarif"
+
+
+def formatter(fmt: ReportFormat) -> Formatter:
+    """The formatter of ``fmt``, imported on first use (a JSON scan never imports rich)."""
+    match fmt:
+        case ReportFormat.TEXT:
+            from .text import format_text
+
+            return format_text
+        case ReportFormat.JSON:
+            from .jsonreport import format_json
+
+            return format_json
+        case ReportFormat.SARIF:
+            from .sarif import format_sarif
+
+            return format_sarif
+    raise AssertionError(fmt)  # unreachable: mypy checks the match is exhaustive
+
+
+class _Formatters(Mapping[str, Formatter]):
+    """format name -> formatter, over :class:`ReportFormat`."""
 
     def __getitem__(self, name: str) -> Formatter:
-        module, attr = self._table[name]
-        fn: Formatter = getattr(importlib.import_module(module, __name__), attr)
-        return fn
+        try:
+            fmt = ReportFormat(name)
+        except ValueError:
+            raise KeyError(name) from None
+        return formatter(fmt)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._table)
+        return iter(f.value for f in ReportFormat)
 
     def __len__(self) -> int:
-        return len(self._table)
+        return len(ReportFormat)
 
 
 #: format name -> formatter. The CLI's ``--format`` choices come from this table.
-FORMATTERS: Mapping[str, Formatter] = _Registry({
-    "text": (".text", "format_text"),
-    "json": (".jsonreport", "format_json"),
-    "sarif": (".sarif", "format_sarif"),
-})
+FORMATTERS: Mapping[str, Formatter] = _Formatters()
 
 
-def render(name: str, result: ScanResult, options: FormatOptions | None = None) -> str:
-    """Render ``result`` with the formatter registered as ``name``."""
+def render(name: str | ReportFormat, result: ScanResult,
+           options: FormatOptions | None = None) -> str:
+    """Render ``result`` in the format ``name``."""
     try:
         formatter = FORMATTERS[name]
     except KeyError:
@@ -60,8 +81,9 @@ __all__ = [
     "SCHEMA_VERSION",
     "FormatOptions",
     "Formatter",
+    "ReportFormat",
     "ScanResult",
-    "escape_untrusted",
+    "formatter",
     "load_schema",
     "render",
     "summary_line",

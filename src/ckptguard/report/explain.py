@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ..errors import LoaderUnavailableError
 from ..model import Format, Report
 from ..policy import Limits, Policy
-from .escape import escape_untrusted
+from ..primitives import escape_untrusted, open_readonly
 from .options import FormatOptions
 from .text import SEVERITY_STYLE, finding_text, make_console
 
@@ -157,7 +157,7 @@ def _zip_pickles(path: str, report: Report, limits: Limits
 
     hidden = {f.location.member for f in report.findings
               if f.rule_id == "CKG309" and f.location.member}
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    fd = open_readonly(path)
     try:
         st = os.fstat(fd)
         ctx = AuditContext(path, Source(fd, st.st_size), Policy(), limits)

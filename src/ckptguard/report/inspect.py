@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..model import Report, TensorInfo
-from .escape import escape_untrusted
+from ..primitives import escape_untrusted
 from .jsonreport import SCHEMA_VERSION, dumps, tool_info
 from .options import FormatOptions
 from .text import VERDICT_STYLE, finding_text, make_console

@@ -29,7 +29,7 @@ SCHEMA_FILE = "report-schema.json"
 
 
 def tool_info() -> dict[str, str]:
-    from .. import __version__
+    from .._version import __version__
 
     return {"name": "ckptguard", "version": __version__}
 

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ..model import Effect, Finding, Format, Location, Report, Severity, Verdict
-from .escape import escape_untrusted
+from ..primitives import escape_untrusted
 from .options import FormatOptions, TextLayout
 from .result import ScanResult, summary_line
 

@@ -1,0 +1,253 @@
+"""safetensors: validate the header without the safetensors library (the header itself is
+parsed by ``readers/safetensors.py``).
+
+Layout: an 8-byte little-endian header length ``n``, ``n`` bytes of UTF-8 JSON (an object:
+tensor name -> ``{"dtype", "shape", "data_offsets"}``, plus an optional ``__metadata__``
+string -> string map), then the data region, which the tensors' ``data_offsets`` (relative
+to the data region) must cover exactly: sorted, contiguous, no gap, no overlap, nothing
+after the last tensor.
+
+The checks are at least as strict as the safetensors crate's own (``read_metadata`` and
+``Metadata::validate``), so a file this module passes is one the loader reads the same way;
+where the crate is lenient (duplicate keys, unknown fields, empty names) we refuse.
+Only the header is read (and recorded for the same-bytes check); tensor data never is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..context import AuditContext, LimitExceeded
+from ..model import TensorInfo
+from ..primitives import escape
+from ..readers.safetensors import HeaderError, read_header, read_length
+
+#: safetensors dtype -> (bits per element, torch dtype name). The crate's Dtype list.
+DTYPES: dict[str, tuple[int, str]] = {
+    "BOOL": (8, "bool"),
+    "F4": (4, "float4_e2m1"),
+    "F6_E2M3": (6, "float6_e2m3"),
+    "F6_E3M2": (6, "float6_e3m2"),
+    "U8": (8, "uint8"),
+    "I8": (8, "int8"),
+    "F8_E5M2": (8, "float8_e5m2"),
+    "F8_E4M3": (8, "float8_e4m3fn"),
+    "F8_E8M0": (8, "float8_e8m0fnu"),
+    "F8_E4M3FNUZ": (8, "float8_e4m3fnuz"),
+    "F8_E5M2FNUZ": (8, "float8_e5m2fnuz"),
+    "I16": (16, "int16"),
+    "U16": (16, "uint16"),
+    "F16": (16, "float16"),
+    "BF16": (16, "bfloat16"),
+    "I32": (32, "int32"),
+    "U32": (32, "uint32"),
+    "F32": (32, "float32"),
+    "C64": (64, "complex64"),
+    "F64": (64, "float64"),
+    "I64": (64, "int64"),
+    "U64": (64, "uint64"),
+}
+
+_METADATA = "__metadata__"
+_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
+_U64 = (1 << 64) - 1
+_MAX_METADATA_ITEMS = 64  # copied into Report.metadata (the rest is only counted)
+
+
+def _is_uint(v: Any) -> bool:
+    return type(v) is int and 0 <= v <= _U64
+
+
+def _printable(name: str) -> bool:
+    return bool(name) and name.isprintable()
+
+
+def _utf8_clean(text: str) -> bool:
+    """serde_json refuses lone surrogate escapes that Python's json accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def audit_safetensors(ctx: AuditContext) -> None:
+    """Validate a safetensors file's header; record its tensors and metadata."""
+    size = ctx.source.size
+    src = ctx.source
+
+    def read(offset: int, length: int) -> bytes:
+        return src.read(offset, length, record=True)
+
+    try:
+        n = read_length(read, size)
+        ctx.metadata["safetensors.header_bytes"] = str(n)
+        header = read_header(read, size, n, max_header_bytes=ctx.limits.max_header_bytes,
+                             max_json_depth=ctx.limits.max_json_depth)
+    except HeaderError as e:
+        ctx.add("CKG501", e.message, offset=e.offset, evidence=e.evidence)
+        return
+    if header.duplicates:
+        keys = ", ".join(sorted({escape(k, 60) for k in header.duplicates}))
+        ctx.add("CKG502", f"header JSON repeats keys: {escape(keys, 300)}", offset=8,
+                evidence={"keys": escape(keys, 1000)})
+    value = header.value
+    if not isinstance(value, dict):
+        ctx.add("CKG501", "header JSON is not an object", offset=8)
+        return
+    data_start = header.data_start
+    _check_metadata(ctx, value.get(_METADATA, None), _METADATA in value)
+    entries = [(k, v) for k, v in value.items() if k != _METADATA]
+    if len(entries) > ctx.limits.max_tensors:
+        raise LimitExceeded("max_tensors", ctx.limits.max_tensors,
+                            f"{len(entries)} tensors in the header")
+    ctx.metadata["safetensors.tensors"] = str(len(entries))
+    spans: list[tuple[int, int, str]] = []
+    tensors: list[TensorInfo] = []
+    for name, info in entries:
+        ctx.source.check_time()
+        t = _check_tensor(ctx, name, info, data_start)
+        if t is not None:
+            spans.append((t.data_offset or 0, (t.data_offset or 0) + t.nbytes, name))
+            tensors.append(t)
+    if len(tensors) == len(entries):
+        _check_layout(ctx, spans, data_start, size)
+    tensors.sort(key=lambda t: (t.data_offset or 0, t.name))
+    ctx.tensors.extend(tensors)
+
+
+def _check_metadata(ctx: AuditContext, meta: Any, present: bool) -> None:
+    if not present:
+        return
+    if not isinstance(meta, dict):
+        ctx.add("CKG505", f"__metadata__ is a {type(meta).__name__}, not an object", offset=8)
+        return
+    bad = [k for k, v in meta.items() if not isinstance(v, str)]
+    if bad:
+        keys = ", ".join(escape(k, 60) for k in sorted(bad)[:10])
+        ctx.add("CKG505", f"__metadata__ values that are not strings: {keys}", offset=8,
+                evidence={"keys": keys})
+    unclean = [k for k, v in meta.items()
+               if not _utf8_clean(k) or (isinstance(v, str) and not _utf8_clean(v))]
+    if unclean:
+        ctx.add("CKG501", "__metadata__ holds lone UTF-16 surrogate escapes, which the "
+                "safetensors library refuses", offset=8)
+    for k in sorted(meta)[:_MAX_METADATA_ITEMS]:
+        v = meta[k]
+        if isinstance(v, str):
+            ctx.metadata[f"safetensors.metadata.{escape(k, 60)}"] = escape(v, 200)
+    ctx.metadata["safetensors.metadata_items"] = str(len(meta))
+
+
+def _check_tensor(ctx: AuditContext, name: str, info: Any, data_start: int) -> TensorInfo | None:
+    # The fast path (a well-formed entry) does no escaping and no set arithmetic: this runs
+    # once per tensor, 50,000 times for a large checkpoint.
+    if (type(info) is dict and len(info) == 3 and type(name) is str and name.isprintable()
+            and name):
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        spec = DTYPES.get(dtype) if type(dtype) is str else None
+        if spec is not None and type(shape) is list and type(offsets) is list and \
+                len(offsets) == 2:
+            numel = 1
+            ok = True
+            for d in shape:
+                if type(d) is not int or d < 0 or d > _U64:
+                    ok = False
+                    break
+                numel *= d
+            begin, end = offsets
+            if ok and type(begin) is int and type(end) is int and 0 <= begin <= end <= _U64:
+                total_bits = numel * spec[0]
+                if total_bits <= _U64 and not total_bits % 8 and end - begin == total_bits // 8:
+                    return TensorInfo(name=name, dtype=spec[1], shape=tuple(shape),
+                                      storage=name, nbytes=end - begin,
+                                      storage_nbytes=end - begin,
+                                      data_offset=data_start + begin)
+    return _check_tensor_slow(ctx, name, info, data_start)
+
+
+def _check_tensor_slow(ctx: AuditContext, name: str, info: Any,
+                       data_start: int) -> TensorInfo | None:
+    """Say precisely what is wrong with an entry the fast path did not accept."""
+    shown = escape(name, 80)
+    if not _printable(name):
+        ctx.add("CKG506", f"tensor name {shown!r} is empty or holds control or non-printable "
+                "characters", offset=8, evidence={"name": shown})
+    if not isinstance(info, dict):
+        ctx.add("CKG501", f"tensor {shown!r}: entry is a {type(info).__name__}, not an object",
+                offset=8, evidence={"name": shown})
+        return None
+    extra = sorted(set(info) - _FIELDS)
+    missing = sorted(_FIELDS - set(info))
+    if extra or missing:
+        ctx.add("CKG501", f"tensor {shown!r}: fields must be exactly dtype, shape, data_offsets"
+                f" (missing: {', '.join(missing) or '-'}; extra: "
+                f"{escape(', '.join(extra), 80) or '-'})", offset=8, evidence={"name": shown})
+        return None
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        shown_dtype = escape(dtype if isinstance(dtype, str) else repr(dtype), 40)
+        ctx.add("CKG503", f"tensor {shown!r}: unknown dtype {shown_dtype!r}", offset=8,
+                evidence={"name": shown, "dtype": shown_dtype})
+        return None
+    if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
+        ctx.add("CKG501", f"tensor {shown!r}: shape is not a list of non-negative integers",
+                offset=8, evidence={"name": shown})
+        return None
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(_is_uint(o) for o in offsets)):
+        ctx.add("CKG504", f"tensor {shown!r}: data_offsets is not a pair of non-negative "
+                "integers", offset=8, evidence={"name": shown})
+        return None
+    begin, end = offsets
+    bits, torch_name = DTYPES[dtype]
+    numel = 1
+    for d in shape:
+        numel *= d
+    total_bits = numel * bits
+    if total_bits > _U64 or total_bits % 8:
+        ctx.add("CKG504", f"tensor {shown!r}: shape {shape} of {dtype} is not a whole number "
+                "of bytes or overflows", offset=8, evidence={"name": shown})
+        return None
+    nbytes = total_bits // 8
+    if end < begin or end - begin != nbytes:
+        ctx.add("CKG504", f"tensor {shown!r}: shape {escape(str(shape), 80)} x {dtype} is "
+                f"{nbytes} bytes but data_offsets span {begin}..{end}", offset=8,
+                evidence={"name": shown, "expected_bytes": str(nbytes),
+                          "span": f"{begin}..{end}"})
+        return None
+    return TensorInfo(
+        name=name,
+        dtype=torch_name,
+        shape=tuple(shape),
+        storage=name,
+        nbytes=nbytes,
+        storage_nbytes=nbytes,
+        data_offset=data_start + begin,
+    )
+
+
+def _check_layout(ctx: AuditContext, spans: list[tuple[int, int, str]], data_start: int,
+                  size: int) -> None:
+    """Sorted by offset, each tensor must start where the previous ended, from 0 to the end
+    of the data region."""
+    expected = data_start
+    for begin, end, name in sorted(spans):
+        if begin != expected:
+            what = "overlaps the previous tensor" if begin < expected else "leaves a gap"
+            ctx.add("CKG504", f"tensor {escape(name, 80)!r} at data offset "
+                    f"{begin - data_start} {what} (expected {expected - data_start})",
+                    offset=begin, evidence={"name": escape(name, 80)})
+            return
+        expected = end
+    if expected != size:
+        if expected < size:
+            ctx.add("CKG504", f"{size - expected} bytes after the last tensor are covered by "
+                    "no tensor (hidden trailing data)", offset=expected,
+                    evidence={"trailing_bytes": str(size - expected)})
+        else:
+            ctx.add("CKG504", f"tensors extend {expected - size} bytes past the end of the file",
+                    offset=size, evidence={"missing_bytes": str(expected - size)})
+
+
+__all__ = ["DTYPES", "audit_safetensors"]

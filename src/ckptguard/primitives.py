@@ -1,0 +1,107 @@
+"""The lowest layer: one helper per primitive, shared by every layer above (imports nothing
+of the package).
+
+- ``open_readonly``: how ckptguard opens a file it reads (never blocks on a FIFO, never
+  leaks into a child process, binary on Windows);
+- ``clip`` / ``escape``: untrusted text in a finding's message or evidence (``escape``
+  spells every non-printable character as a Python escape; both cut to a length);
+- ``escape_untrusted``: untrusted text shown on a terminal (reports, progress, errors);
+- ``gc_paused``: the cyclic collector paused around an audit that allocates millions of
+  acyclic objects (nests: the outermost pause restores the collector);
+- ``or_default``: ``value if value is not None else default``.
+
+Anything a hostile file controls can reach a terminal through a report: a file name with an
+escape sequence, a member name with a newline, a global name thousands of characters long.
+``escape_untrusted`` makes such a string safe to print on one line: control characters
+(C0, DEL, C1), bidirectional and zero-width format characters, line/paragraph separators and
+lone surrogates (undecodable bytes in file names) become ``\\xNN`` / ``\\uNNNN`` escapes, and
+the result is cut to ``limit`` characters keeping the head and the tail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import re
+from collections.abc import Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+#: O_RDONLY, plus what every read-only open needs: no controlling-terminal or FIFO wait
+#: (O_NONBLOCK: a FIFO named like a checkpoint must not hang the scan), no inheritance by
+#: child processes (O_CLOEXEC), no newline translation on Windows (O_BINARY)
+READONLY_FLAGS = (os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+                  | getattr(os, "O_BINARY", 0))
+
+
+def open_readonly(path: str) -> int:
+    """``os.open(path, READONLY_FLAGS)``: a descriptor to read with ``os.pread``."""
+    return os.open(path, READONLY_FLAGS)
+
+
+def clip(text: str, n: int = 160) -> str:
+    """``text`` cut to ``n`` characters, with "..." when cut."""
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def escape(text: str, n: int = 120) -> str:
+    """Untrusted text made safe to print in a finding: escaped and cut to ``n``."""
+    return clip(text.encode("unicode_escape", "backslashreplace").decode("ascii"), n)
+
+
+#: C0 + DEL + C1 controls, zero-width and bidi format characters, separators, BOM, surrogates.
+_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069"
+    "\ufeff\ufff9-\ufffb\ud800-\udfff]"
+)
+DISPLAY_LIMIT = 200
+_ELLIPSIS = "..."
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    c = ord(m.group(0))
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def escape_untrusted(text: object, limit: int | None = DISPLAY_LIMIT) -> str:
+    """Return ``text`` as a single printable line of at most ``limit`` characters.
+
+    ``limit=None`` escapes without truncating. The cut keeps two thirds of the budget from
+    the head and the rest from the tail (a path's file name is at its end).
+    """
+    s = _UNSAFE.sub(_escape_char, str(text))
+    if limit is not None and len(s) > limit:
+        room = max(limit - len(_ELLIPSIS), 2)
+        head = (room * 2) // 3
+        tail = room - head
+        s = s[:head] + _ELLIPSIS + (s[-tail:] if tail else "")
+    return s
+
+
+def has_unsafe_chars(text: str) -> bool:
+    """True when ``text`` holds a character ``escape_untrusted`` would escape."""
+    return _UNSAFE.search(text) is not None
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for the block; restore it after, whatever
+    happens. Nested pauses are free: only the one that disabled it enables it again."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def or_default(value: T | None, default: T) -> T:
+    """``value`` unless it is None (a falsy value is kept)."""
+    return value if value is not None else default
+
+
+__all__ = ["DISPLAY_LIMIT", "READONLY_FLAGS", "clip", "escape", "escape_untrusted", "gc_paused",
+           "has_unsafe_chars", "open_readonly", "or_default"]
