@@ -261,16 +261,23 @@ _ARITH = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, a
           ast.GtE, ast.BitAnd, ast.BitOr, ast.BitXor, ast.LShift, ast.RShift, ast.Invert)
 
 
-def expr_problem(text: object) -> str | None:
-    """Why ``text`` is not a plain sympy expression sympify may evaluate, or None."""
+def _parse_expression(text: object) -> ast.Expression | str:
+    """``text`` parsed as one bounded Python expression, or why it is not one."""
     if not isinstance(text, str):
         return f"a {type(text).__name__}, not a string"
     if len(text) > _MAX_EXPR:
         return f"{len(text)} characters long"
     try:
-        tree = ast.parse(text, mode="eval")
+        return ast.parse(text, mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return "not a Python expression"
+
+
+def expr_problem(text: object) -> str | None:
+    """Why ``text`` is not a plain sympy expression sympify may evaluate, or None."""
+    tree = _parse_expression(text)
+    if isinstance(tree, str):
+        return tree
     return _walk(tree, calls=SYMPY_CALLABLES, attrs={}, subscript_root=None)
 
 
@@ -285,14 +292,9 @@ _MATH_FUNCS = frozenset({"floor", "ceil", "trunc", "sqrt", "log2", "isnan", "isi
 
 def guard_problem(text: object) -> str | None:
     """Why a guards_code entry is not a plain guard expression, or None."""
-    if not isinstance(text, str):
-        return f"a {type(text).__name__}, not a string"
-    if len(text) > _MAX_EXPR:
-        return f"{len(text)} characters long"
-    try:
-        tree = ast.parse(text, mode="eval")
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return "not a Python expression"
+    tree = _parse_expression(text)
+    if isinstance(tree, str):
+        return tree
     return _walk(tree, calls=_GUARD_CALLS, attrs={"math": _MATH_FUNCS}, subscript_root="L")
 
 
