@@ -7,9 +7,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import random
 import struct
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,39 @@ def benign_state_dict() -> OrderedDict[str, torch.Tensor]:
     sd["scalar"] = torch.tensor(3.5)                         # 0-dim
     sd["empty"] = torch.empty(0, 3)
     return sd
+
+
+def random_checkpoint(rng: random.Random, depth: int, pool: list[Any],
+                      tensor: Callable[[random.Random], torch.Tensor]) -> Any:
+    """A random torch.save-able object the way training code nests things: tensors from
+    ``tensor`` (``pool`` collects them; one in six leaves re-uses one, sharing storage),
+    scalars, lists, tuples, dicts with str and int keys, OrderedDicts with ``_metadata``.
+    The fast-path and direct-loader differentials draw their checkpoints from here."""
+    r = rng.random()
+    if depth <= 0 or r < 0.35:
+        if pool and rng.random() < 0.15:
+            return rng.choice(pool)
+        t = tensor(rng)
+        pool.append(t)
+        return t
+    if r < 0.5:
+        return rng.choice([1, -3, 2**40, 10**20, 0.5, 1.5, True, None, "adam",
+                           (0.9, 0.999)])
+    if r < 0.63:
+        return [random_checkpoint(rng, depth - 1, pool, tensor)
+                for _ in range(rng.randint(0, 3))]
+    if r < 0.71:
+        return tuple(random_checkpoint(rng, depth - 1, pool, tensor)
+                     for _ in range(rng.randint(0, 3)))
+    if r < 0.86:
+        od: Any = OrderedDict((f"k{i}", random_checkpoint(rng, depth - 1, pool, tensor))
+                              for i in range(rng.randint(0, 4)))
+        if rng.random() < 0.5:
+            od._metadata = OrderedDict({"": {"version": 1}, f"k{depth}": {"version": 2}})
+        return od
+    return {(i if rng.random() < 0.3 else f"p{i}"): random_checkpoint(rng, depth - 1, pool,
+                                                                      tensor)
+            for i in range(rng.randint(0, 4))}
 
 
 def legacy_state_dict() -> OrderedDict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ckg_loader_helpers import random_checkpoint
 
 import ckptguard
 from ckptguard import Engine, UnsafeCheckpointError
@@ -94,39 +95,24 @@ _DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.in
            torch.int32, torch.int8, torch.uint8, torch.bool, torch.complex64]
 
 
+def _tensor(rng: random.Random) -> torch.Tensor:
+    dt = rng.choice(_DTYPES)
+    t = (torch.rand(rng.randint(1, 5), rng.randint(1, 5)) * 100).to(dt)
+    k = rng.random()
+    if k < 0.2:
+        t = t.transpose(0, 1)
+    elif k < 0.4 and t.numel() > 2:
+        t = t.reshape(-1)[1:]
+    elif k < 0.5:
+        t = t[:0]
+    if dt.is_floating_point and rng.random() < 0.4:
+        t = torch.nn.Parameter(t.detach(), requires_grad=rng.random() < 0.5) \
+            if rng.random() < 0.5 else t.detach().requires_grad_(True)
+    return t
+
+
 def _gen(rng: random.Random, depth: int, pool: list[Any]) -> Any:
-    r = rng.random()
-    if depth <= 0 or r < 0.35:
-        if pool and rng.random() < 0.2:
-            return rng.choice(pool)
-        dt = rng.choice(_DTYPES)
-        t = (torch.rand(rng.randint(1, 5), rng.randint(1, 5)) * 100).to(dt)
-        k = rng.random()
-        if k < 0.2:
-            t = t.transpose(0, 1)
-        elif k < 0.4 and t.numel() > 2:
-            t = t.reshape(-1)[1:]
-        elif k < 0.5:
-            t = t[:0]
-        if dt.is_floating_point and rng.random() < 0.4:
-            t = torch.nn.Parameter(t.detach(), requires_grad=rng.random() < 0.5) \
-                if rng.random() < 0.5 else t.detach().requires_grad_(True)
-        pool.append(t)
-        return t
-    if r < 0.5:
-        return rng.choice([3, -1, 2**40, 1.5, float("nan"), True, None, "sgd", (0.9, 0.99)])
-    if r < 0.62:
-        return [_gen(rng, depth - 1, pool) for _ in range(rng.randint(0, 3))]
-    if r < 0.7:
-        return tuple(_gen(rng, depth - 1, pool) for _ in range(rng.randint(0, 3)))
-    if r < 0.85:
-        od: Any = OrderedDict((f"m{i}", _gen(rng, depth - 1, pool))
-                              for i in range(rng.randint(0, 4)))
-        if rng.random() < 0.6:
-            od._metadata = OrderedDict({"": {"version": 1}, f"m{depth}": {"version": 2}})
-        return od
-    return {(i if rng.random() < 0.3 else f"k{i}"): _gen(rng, depth - 1, pool)
-            for i in range(rng.randint(0, 4))}
+    return random_checkpoint(rng, depth, pool, _tensor)
 
 
 N_GENERATED = 300

@@ -14,11 +14,11 @@ from __future__ import annotations
 import io
 import random
 import zipfile
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ckg_loader_helpers import random_checkpoint
 
 from ckptguard.analysis import engine, fastpath, torchfile
 from ckptguard.analysis.vm import PickleMode, StorageCatalog, audit_pickle
@@ -107,27 +107,7 @@ def _tensor(rng: random.Random) -> Any:
 
 
 def _value(rng: random.Random, depth: int, pool: list[Any]) -> Any:
-    r = rng.random()
-    if depth <= 0 or r < 0.35:
-        if pool and rng.random() < 0.15:
-            return rng.choice(pool)  # shared tensor / storage
-        t = _tensor(rng)
-        pool.append(t)
-        return t
-    if r < 0.5:
-        return rng.choice([1, -3, 2**40, 0.5, True, None, "adam", (0.9, 0.999), 10**20])
-    if r < 0.65:
-        return [_value(rng, depth - 1, pool) for _ in range(rng.randint(0, 3))]
-    if r < 0.72:
-        return tuple(_value(rng, depth - 1, pool) for _ in range(rng.randint(0, 3)))
-    if r < 0.86:
-        od: Any = OrderedDict((f"k{i}", _value(rng, depth - 1, pool))
-                              for i in range(rng.randint(0, 4)))
-        if rng.random() < 0.5:
-            od._metadata = OrderedDict({"": {"version": 1}, "sub": {"version": 2}})
-        return od
-    return {(i if rng.random() < 0.3 else f"p{i}"): _value(rng, depth - 1, pool)
-            for i in range(rng.randint(0, 4))}
+    return random_checkpoint(rng, depth, pool, _tensor)
 
 
 def _program(rng: random.Random) -> bytes:
