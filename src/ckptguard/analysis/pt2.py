@@ -43,9 +43,9 @@ from ..primitives import escape
 from ..readers.jsonfile import JsonError, parse_json
 from ..readers.zipfile import STORED, ZipArchive, ZipEntry
 from .nested import NestedResult, audit_data, audit_range
+from .records import check_byteorder, read_small_record
 
 ARCHIVE_VERSION = b"0"
-_SMALL = 4096
 _NESTABLE = frozenset({Format.ZIP, Format.PICKLE, Format.TORCH_LEGACY,
                        Format.TORCH_LEGACY_TAR})
 _MODEL = re.compile(r"models/([^/]+)\.json\Z")
@@ -152,10 +152,7 @@ def audit_outside(ctx: AuditContext, archive: ZipArchive, outside: list[ZipEntry
 # --- records ---------------------------------------------------------------------------------
 
 def _small(ctx: AuditContext, archive: ZipArchive, e: ZipEntry) -> bytes | None:
-    if e.size > _SMALL:
-        ctx.add("CKG821", f"record {e.name} is {e.size} bytes, expected a few", member=e.name)
-        return None
-    return archive.read(e, max_bytes=_SMALL)
+    return read_small_record(ctx, archive, e, "CKG821")
 
 
 def _check_small(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEntry]) -> None:
@@ -177,13 +174,7 @@ def _check_small(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipE
                     member=ver.name)
         elif raw is not None:
             ctx.metadata["pt2.archive_version"] = raw.decode()
-    bo = records.get("byteorder")
-    if bo is not None:
-        raw = _small(ctx, archive, bo)
-        if raw is not None and raw not in (b"little", b"big"):
-            ctx.add("CKG821", "byteorder record is neither 'little' nor 'big'", member=bo.name)
-        elif raw is not None:
-            ctx.metadata["torch.byteorder"] = raw.decode()
+    check_byteorder(ctx, archive, records, "CKG821")
 
 
 def _json(ctx: AuditContext, archive: ZipArchive, e: ZipEntry) -> Any:

@@ -23,13 +23,13 @@ from ..readers.zipfile import (
 )
 from . import opcodes as O
 from .fastpath import try_fast
+from .records import check_byteorder, read_small_record
 from .tensors import DTYPE_SIZES, StorageCatalog
 from .tscode import grade_code
 from .vm import PickleMode, PickleResult, audit_pickle
 
 _TORCH_RECORDS = frozenset({"data.pkl", "version", ".data/version", "byteorder",
                             ".format_version", ".storage_alignment", ".data/serialization_id"})
-_SMALL_RECORD = 4096
 #: caffe2/serialize/versions.h: kMinSupportedFileFormatVersion, kMaxSupportedFileFormatVersion
 TORCH_FORMAT_VERSIONS = (1, 10)
 
@@ -141,10 +141,7 @@ def _generic_zip(ctx: AuditContext, archive: ZipArchive, why: str) -> Format:
 
 
 def _read_small(ctx: AuditContext, archive: ZipArchive, e: ZipEntry) -> bytes | None:
-    if e.size > _SMALL_RECORD:
-        ctx.add("CKG311", f"record {e.name} is {e.size} bytes, expected a few", member=e.name)
-        return None
-    return archive.read(e, max_bytes=_SMALL_RECORD)
+    return read_small_record(ctx, archive, e, "CKG311")
 
 
 def _torch_zip(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEntry],
@@ -168,13 +165,7 @@ def _torch_zip(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEnt
                         member=version.name)
             else:
                 ctx.metadata["torch.format_version"] = text
-    bo = records.get("byteorder")
-    if bo is not None:
-        raw = _read_small(ctx, archive, bo)
-        if raw is not None and raw not in (b"little", b"big"):
-            ctx.add("CKG311", "byteorder record is neither 'little' nor 'big'", member=bo.name)
-        elif raw is not None:
-            ctx.metadata["torch.byteorder"] = raw.decode()
+    check_byteorder(ctx, archive, records, "CKG311")
     for rec in (".format_version", ".storage_alignment"):
         e = records.get(rec)
         if e is not None:
