@@ -14,7 +14,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .model import FileIdentity, Finding, Format, Location, Problem, Region, Severity, TensorInfo
+from ._version import __version__
+from .model import (
+    FileIdentity,
+    Finding,
+    Format,
+    Location,
+    Problem,
+    Region,
+    Report,
+    Severity,
+    TensorInfo,
+    combine_verdicts,
+)
 from .policy import DEFAULT_LIMITS, Limits, Policy
 from .rules import make_finding
 
@@ -200,6 +212,20 @@ class AuditContext:
                 offset: int | None = None) -> None:
         self.problems.append(Problem(message, self.loc(member, offset)))
         self.add("CKG902", message, member=member, offset=offset)
+
+    def parent_report(self, fmt: Format, children: tuple[Report, ...] = (), *,
+                      metadata: dict[str, str] | None = None,
+                      tensors: tuple[TensorInfo, ...] = (), bytes_read: int = 0) -> Report:
+        """The report of a unit made of files (a model folder, a DCP folder, a hub repo):
+        its own findings, and the worst of its own verdict and its children's."""
+        findings = tuple(self.findings)
+        problems = tuple(self.problems)
+        return Report(path=self.path, format=fmt,
+                      verdict=combine_verdicts(findings, problems, children),
+                      findings=findings, problems=problems, tensors=tensors,
+                      metadata=tuple(sorted((metadata or {}).items())),
+                      bytes_read=bytes_read, limits=self.limits.as_items(),
+                      tool_version=__version__, children=children)
 
 
 def identity_of(fd: int, regions: tuple[Region, ...] = ()) -> FileIdentity:

@@ -11,9 +11,8 @@ import stat
 import time
 from dataclasses import replace
 
-from .._version import __version__ as _version
 from ..context import AuditContext, LimitExceeded, Source
-from ..model import Format, Report, TensorInfo, combine_verdicts
+from ..model import Format, Report, TensorInfo
 from ..policy import Limits, Policy
 from ..primitives import escape, open_readonly
 from .dcp import METADATA_RE, SHARD_SUFFIX, DcpMetadata, Key, StorageEntry, audit_metadata
@@ -72,24 +71,12 @@ def audit_dcp(path: str, *, policy: Policy, limits: Limits) -> Report:
                     "reads it", member=name)
     if not any(METADATA_RE.match(n) for n in names):
         top.add("CKG802", "the folder has no .metadata file")
-    findings = tuple(top.findings)
-    problems = tuple(top.problems)
     kids = tuple(children[k] for k in sorted(children))
     metadata = {"dcp.metadata_files": str(sum(1 for n in names if METADATA_RE.match(n))),
                 "dcp.storage_files": str(len(entries)),
                 "dcp.storage_entries": str(sum(len(v) for v in entries.values()))}
-    return Report(
-        path=path,
-        format=Format.DCP_CHECKPOINT,
-        verdict=combine_verdicts(findings, problems, kids),
-        findings=findings,
-        problems=problems,
-        tensors=tuple(tensors),
-        metadata=tuple(sorted(metadata.items())),
-        limits=limits.as_items(),
-        tool_version=_version,
-        children=kids,
-    )
+    return top.parent_report(Format.DCP_CHECKPOINT, kids, metadata=metadata,
+                             tensors=tuple(tensors))
 
 
 def _list(ctx: AuditContext, path: str) -> list[str]:

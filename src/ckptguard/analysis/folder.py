@@ -19,7 +19,6 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from .._version import __version__ as _version
 from ..context import AuditContext, LimitExceeded, Source
 from ..detect import CODE_BEARING, INDEX_SUFFIX, extension_of, sniff
 from ..model import Format, Report, TensorInfo, Verdict, combine_verdicts
@@ -185,19 +184,7 @@ def audit_folder(path: str, *, policy: Policy, limits: Limits) -> Report:
             ", ..." if len(walk.skipped) > 20 else "")
     if walk.skipped_links:
         metadata["skipped_dir_links"] = escape(", ".join(walk.skipped_links[:20]), 1000)
-    findings = tuple(ctx.findings)
-    problems = tuple(ctx.problems)
-    return Report(
-        path=path,
-        format=Format.MODEL_FOLDER,
-        verdict=combine_verdicts(findings, problems, children),
-        findings=findings,
-        problems=problems,
-        metadata=tuple(sorted(metadata.items())),
-        limits=limits.as_items(),
-        tool_version=_version,
-        children=children,
-    )
+    return ctx.parent_report(Format.MODEL_FOLDER, children, metadata=metadata)
 
 
 # --- sharded checkpoints -----------------------------------------------------------------

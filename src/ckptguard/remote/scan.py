@@ -16,13 +16,12 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from .._version import __version__ as _version
 from ..analysis.engine import audit_source
 from ..analysis.folder import AUDITED_FORMATS, CODE_EXTENSIONS
 from ..context import AuditContext, Source
 from ..detect import extension_of, sniff
 from ..errors import ScanInputError
-from ..model import Format, Location, Report, combine_verdicts, decide
+from ..model import Format, Location, Report, decide
 from ..policy import DEFAULT_LIMITS, DEFAULT_POLICY, Limits, Policy
 from ..primitives import escape_untrusted, or_default
 from ..rules import make_finding
@@ -78,13 +77,7 @@ def _error_report(display: str, err: RemoteError, limits: Limits, fmt: Format = 
 
 def _report(ctx: AuditContext, fmt: Format, *, bytes_read: int,
             metadata: dict[str, str] | None = None, children: tuple[Report, ...] = ()) -> Report:
-    findings = tuple(ctx.findings)
-    problems = tuple(ctx.problems)
-    return Report(path=ctx.path, format=fmt,
-                  verdict=combine_verdicts(findings, problems, children),
-                  findings=findings, problems=problems,
-                  metadata=tuple(sorted((metadata or {}).items())), bytes_read=bytes_read,
-                  limits=ctx.limits.as_items(), tool_version=_version, children=children)
+    return ctx.parent_report(fmt, children, metadata=metadata, bytes_read=bytes_read)
 
 
 def _open(sess: Session, url: str, display: str, limits: Limits, *, auth: bool) -> HttpSource:
