@@ -528,11 +528,12 @@ def test_python_canonical_fast_path_is_sound(data: bytes) -> None:
     zipfile: then zipfile must really read the same members, offsets and sizes."""
     from ckptguard.context import AuditContext, Source
     from ckptguard.policy import Limits, Policy
+    from ckptguard.analysis.zipdefects import record_defects
     from ckptguard.readers.zipfile import python_zipfile_view, read_archive
 
     ctx = AuditContext("x.npz", Source.from_bytes(data), Policy(), Limits())
     try:
-        archive = read_archive(ctx)
+        archive = read_archive(ctx, record_defects(ctx))
     except Exception:  # limits: not this test's business
         return
     if archive is None or not archive.python_canonical:

@@ -27,6 +27,7 @@ from .records import check_byteorder, read_small_record
 from .tensors import DTYPE_SIZES, StorageCatalog
 from .tscode import grade_code
 from .vm import PickleMode, PickleResult, audit_pickle
+from .zipdefects import record_defects
 
 _TORCH_RECORDS = frozenset({"data.pkl", "version", ".data/version", "byteorder",
                             ".format_version", ".storage_alignment", ".data/serialization_id"})
@@ -37,7 +38,7 @@ TORCH_FORMAT_VERSIONS = (1, 10)
 # --- zip ---------------------------------------------------------------------------------
 
 def audit_zip(ctx: AuditContext) -> Format:
-    archive = read_archive(ctx)
+    archive = read_archive(ctx, record_defects(ctx))
     if archive is None:
         return Format.ZIP
     _python_reading(ctx, archive)
@@ -119,7 +120,7 @@ def _python_reading(ctx: AuditContext, archive: ZipArchive) -> None:
 
     npy = [e for e in other.entries if other.head(e, 6) == b"\x93NUMPY"]
     if npy:
-        audit_npz(ctx, ZipArchive(ctx, npy, other.cd_offset, b""))
+        audit_npz(ctx, ZipArchive(ctx, npy, other.cd_offset, b"", other.on_defect))
     for e in other.entries:
         if e not in npy and _holds_pickle(other, e):
             _maybe_hidden_pickle(ctx, other, e, "a member only Python's zipfile sees")

@@ -1,10 +1,13 @@
 """A strict zip reader: EOCD, Zip64, central directory and local headers parsed by hand.
 
-Anything two zip readers could disagree on is a finding (CKG3xx): Python's ``zipfile``
-trusts the central directory and tolerates prefixes, miniz (torch) scans the EOCD from the
-end and looks names up case-insensitively, streaming readers trust local headers. The
-reader never follows member names onto the file system and reads only the directory,
-the local headers (coalesced into few reads) and the members the caller asks for.
+Anything two zip readers could disagree on is a defect: Python's ``zipfile`` trusts the
+central directory and tolerates prefixes, miniz (torch) scans the EOCD from the end and
+looks names up case-insensitively, streaming readers trust local headers. The reader only
+parses: each defect is a typed ``Defect`` (a ``ZipDefect`` kind and its values) handed to
+the caller's sink as it is found; ``analysis/zipdefects.py`` maps each kind to its rule
+and builds the finding. The reader never follows
+member names onto the file system and reads only the directory, the local headers
+(coalesced into few reads) and the members the caller asks for.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import re
 import struct
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 from ..context import AuditContext, LimitExceeded
-from ..primitives import clip
 
 _EOCD_SIG = b"PK\x05\x06"
 _Z64_LOC_SIG = b"PK\x06\x07"
@@ -39,6 +43,130 @@ STORED, DEFLATED = 0, 8
 #: miniz's MZ_ZIP_MAX_ARCHIVE_FILENAME_SIZE: torch's getAllRecords copies names into a buffer
 #: of this size (NUL included), so longer names are cut.
 TORCH_NAME_BUFFER = 512
+
+
+class ZipDefect(Enum):
+    """Every structural defect the reader finds (a closed set). A member's value is its
+    slug followed by the names of the values a ``Defect`` of that kind carries, in order."""
+
+    # end records
+    NO_EOCD = ("no-eocd",)
+    BYTES_AFTER_EOCD = ("bytes-after-eocd", "count")
+    SEVERAL_EOCD = ("several-eocd", "count")
+    HIDDEN_EOCD = ("hidden-eocd",)
+    MULTI_DISK = ("multi-disk",)
+    MULTI_DISK_ZIP64 = ("multi-disk-zip64",)
+    ZIP64_LOCATOR_PAST_ITSELF = ("zip64-locator-past-itself",)
+    ZIP64_EOCD_MISSING = ("zip64-eocd-missing",)
+    ZIP64_EXTENSIBLE_DATA = ("zip64-extensible-data", "extra", "record_size")
+    ZIP64_GAP = ("zip64-gap",)
+    ZIP64_DISAGREES = ("zip64-disagrees", "what", "eocd", "zip64")
+    # central directory
+    DIRECTORY_PAST_END = ("directory-past-end",)
+    BYTES_BEFORE_EOCD = ("bytes-before-eocd", "count")
+    DIRECTORY_SLACK = ("directory-slack", "count")
+    ENTRY_MISSING = ("entry-missing", "index")
+    ENTRY_PAST_DIRECTORY = ("entry-past-directory", "index")
+    ZIP64_EXTRA_MISSING = ("zip64-extra-missing", "index")
+    NAME_NOT_UTF8 = ("name-not-utf8", "index")
+    NAME_NOT_ASCII = ("name-not-ascii", "index")
+    ENTRY_ON_OTHER_DISK = ("entry-on-other-disk", "name")
+    SIZES_CONTRADICT = ("sizes-contradict", "index", "name", "compressed_size", "size",
+                        "method")
+    ENCRYPTED = ("encrypted", "name")
+    UNSUPPORTED_FLAGS = ("unsupported-flags", "name", "flags")
+    UNSUPPORTED_METHOD = ("unsupported-method", "name", "method")
+    # names
+    DUPLICATE_NAME = ("duplicate-name", "name", "first", "second")
+    NAMES_DIFFER_IN_CASE = ("names-differ-in-case", "other", "name")
+    NAME_PAST_TORCH_BUFFER = ("name-past-torch-buffer", "length", "kept")
+    UNSAFE_NAME = ("unsafe-name", "name")
+    # local headers and member layout
+    LOCAL_HEADER_OUTSIDE = ("local-header-outside", "name")
+    NO_LOCAL_HEADER = ("no-local-header", "name", "header_offset")
+    LOCAL_NAME_DIFFERS = ("local-name-differs", "local_name", "central_name")
+    LOCAL_METHOD_DIFFERS = ("local-method-differs", "name", "local", "central")
+    LOCAL_FLAGS_DIFFER = ("local-flags-differ", "name", "local", "central")
+    LOCAL_DESCRIPTOR_FIELDS_DIFFER = ("local-descriptor-fields-differ", "name")
+    LOCAL_SIZES_DIFFER = ("local-sizes-differ", "name", "crc32", "compressed_size", "size",
+                          "central_crc32", "central_compressed_size", "central_size")
+    DESCRIPTOR_CUT_OFF = ("descriptor-cut-off", "name")
+    DESCRIPTOR_DIFFERS = ("descriptor-differs", "name", "crc32", "compressed_size", "size",
+                          "central_crc32", "central_compressed_size", "central_size")
+    MEMBER_INTO_DIRECTORY = ("member-into-directory", "name")
+    MEMBERS_OVERLAP = ("members-overlap", "name", "previous")
+    PREFIX = ("prefix", "count")
+    PREFIX_BEFORE_EMPTY_DIRECTORY = ("prefix-before-empty-directory", "count")
+    GAP_BEFORE_MEMBER = ("gap-before-member", "count", "name")
+    GAP_BEFORE_DIRECTORY = ("gap-before-directory", "count")
+    # member data (read / verify)
+    MEMBER_CUT_OFF = ("member-cut-off", "name")
+    CRC_MISMATCH = ("crc-mismatch", "name", "crc32")
+    SIZE_MISMATCH = ("size-mismatch", "name", "actual", "declared")
+    INFLATES_PAST_SIZE = ("inflates-past-size", "name", "declared")
+    BAD_DEFLATE = ("bad-deflate", "name", "error")
+    # CPython's zipfile reading (compare_python_zipfile)
+    PYTHON_CANNOT_OPEN = ("python-cannot-open", "error")
+    PYTHON_MEMBER_COUNT = ("python-member-count", "python", "miniz")
+    PYTHON_READS_DIFFERENTLY = ("python-reads-differently", "name", "data_offset",
+                                "compressed_size", "size", "method", "why")
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The names of the values a ``Defect`` of this kind carries, in order."""
+        names: tuple[str, ...] = self.value[1:]
+        return names
+
+
+#: what a defect's values may be: counts, offsets, sizes, CRCs and flags (int), names and
+#: decoder messages (str), raw member names (bytes), or an offset a reader refuses (None)
+DefectValue = int | str | bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Defect:
+    """One structural defect: its kind, where it is (member and byte offset), and the
+    values its finding is built from (``kind.fields`` names them)."""
+
+    kind: ZipDefect
+    values: tuple[DefectValue, ...] = ()
+    member: str | None = None
+    offset: int | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.values) != len(self.kind.fields):
+            raise TypeError(f"{self.kind.name} carries {self.kind.fields}, got "
+                            f"{len(self.values)} values")
+
+    def fields(self) -> dict[str, DefectValue]:
+        """The values by name."""
+        return dict(zip(self.kind.fields, self.values, strict=True))
+
+
+#: where the reader hands each defect as it finds it (``analysis/zipdefects.record_defects``
+#: turns it into a finding; without a sink the defects are collected and dropped)
+DefectSink = Callable[[Defect], None]
+
+
+class Reporter:
+    """``report(kind, *values, member=..., offset=...)``: builds the ``Defect`` and hands it
+    to the sink, in the order the reader finds them."""
+
+    __slots__ = ("sink",)
+
+    def __init__(self, sink: DefectSink | None) -> None:
+        self.sink: DefectSink = sink if sink is not None else _drop
+
+    def __call__(self, kind: ZipDefect, *values: DefectValue, member: str | None = None,
+                 offset: int | None = None) -> None:
+        self.sink(Defect(kind, values, member, offset))
+
+
+def _drop(defect: Defect) -> None:
+    """The sink of a caller that only wants the directory (``report/explain.py``)."""
+
+
+D = ZipDefect
 
 
 @dataclass(slots=True)
@@ -63,8 +191,11 @@ class ZipArchive:
     """The parsed directory of a zip file. ``read`` returns a member's bytes within limits."""
 
     def __init__(self, ctx: AuditContext, entries: list[ZipEntry], cd_offset: int,
-                 comment: bytes) -> None:
+                 comment: bytes, on_defect: DefectSink | None = None) -> None:
         self.ctx = ctx
+        #: where the defects of ``read`` and ``verify`` go (the sink ``read_archive`` got)
+        self.on_defect = on_defect
+        self.report = Reporter(on_defect)
         self.entries = entries
         self.cd_offset = cd_offset
         self.comment = comment
@@ -78,7 +209,7 @@ class ZipArchive:
 
     def read(self, entry: ZipEntry, *, record: bool = True, check_crc: bool = True,
              max_bytes: int | None = None) -> bytes:
-        """Return the member's uncompressed bytes (CRC checked; CKG303 on mismatch)."""
+        """Return the member's uncompressed bytes (CRC checked: a mismatch is CRC_MISMATCH)."""
         ctx = self.ctx
         limit = ctx.limits.max_pickle_bytes if max_bytes is None else max_bytes
         if entry.size > limit:
@@ -86,8 +217,8 @@ class ZipArchive:
                                 f"{entry.size} bytes")
         raw = ctx.source.read(entry.data_offset, entry.compressed_size, record=record)
         if len(raw) != entry.compressed_size:
-            ctx.add("CKG310", f"member {entry.name} is cut off by the end of the file",
-                    member=entry.name, offset=entry.data_offset)
+            self.report(D.MEMBER_CUT_OFF, entry.name, member=entry.name,
+                        offset=entry.data_offset)
             return raw
         if entry.method == STORED:
             data = raw
@@ -96,12 +227,11 @@ class ZipArchive:
         else:
             return b""
         if check_crc and (zlib.crc32(data) & 0xFFFFFFFF) != entry.crc32:
-            ctx.add("CKG303", f"member {entry.name}: CRC-32 mismatch (central directory says "
-                    f"{entry.crc32:08x})", member=entry.name, offset=entry.data_offset)
+            self.report(D.CRC_MISMATCH, entry.name, entry.crc32, member=entry.name,
+                        offset=entry.data_offset)
         if len(data) != entry.size:
-            ctx.add("CKG302", f"member {entry.name}: {len(data)} bytes after decompression, "
-                    f"central directory says {entry.size}", member=entry.name,
-                    offset=entry.data_offset)
+            self.report(D.SIZE_MISMATCH, entry.name, len(data), entry.size, member=entry.name,
+                        offset=entry.data_offset)
         return data
 
     def head(self, entry: ZipEntry, n: int = 4096) -> bytes:
@@ -141,8 +271,8 @@ class ZipArchive:
                 if not buf and pos < end:
                     buf = ctx.source.read(pos, min(step, end - pos))
                     if not buf:
-                        ctx.add("CKG310", f"member {entry.name} is cut off by the end of the "
-                                "file", member=entry.name, offset=entry.data_offset)
+                        self.report(D.MEMBER_CUT_OFF, entry.name, member=entry.name,
+                                    offset=entry.data_offset)
                         return
                     pos += len(buf)
                     ctx.source.check_time()
@@ -154,23 +284,21 @@ class ZipArchive:
                     break
                 if total >= cap:
                     if total > entry.size:
-                        ctx.add("CKG302", f"member {entry.name} inflates past its declared "
-                                f"size {entry.size}", member=entry.name,
-                                offset=entry.data_offset)
+                        self.report(D.INFLATES_PAST_SIZE, entry.name, entry.size,
+                                    member=entry.name, offset=entry.data_offset)
                         return
                     raise LimitExceeded("max_compression_ratio", lim.max_compression_ratio,
                                         f"member {entry.name}")
         except zlib.error as e:
-            ctx.add("CKG310", f"member {entry.name}: invalid deflate stream ({e})",
-                    member=entry.name, offset=entry.data_offset)
+            self.report(D.BAD_DEFLATE, entry.name, str(e), member=entry.name,
+                        offset=entry.data_offset)
             return
         if (crc & 0xFFFFFFFF) != entry.crc32:
-            ctx.add("CKG303", f"member {entry.name}: CRC-32 mismatch (central directory says "
-                    f"{entry.crc32:08x})", member=entry.name, offset=entry.data_offset)
+            self.report(D.CRC_MISMATCH, entry.name, entry.crc32, member=entry.name,
+                        offset=entry.data_offset)
         if total != entry.size:
-            ctx.add("CKG302", f"member {entry.name}: {total} bytes after decompression, "
-                    f"central directory says {entry.size}", member=entry.name,
-                    offset=entry.data_offset)
+            self.report(D.SIZE_MISMATCH, entry.name, total, entry.size, member=entry.name,
+                        offset=entry.data_offset)
 
     def _verify_stored(self, entry: ZipEntry) -> None:
         """CRC of a stored member, read in 1 MiB steps (CPython's zipfile checks it on every
@@ -181,15 +309,15 @@ class ZipArchive:
         while pos < end:
             chunk = ctx.source.read(pos, min(1 << 20, end - pos))
             if not chunk:
-                ctx.add("CKG310", f"member {entry.name} is cut off by the end of the file",
-                        member=entry.name, offset=entry.data_offset)
+                self.report(D.MEMBER_CUT_OFF, entry.name, member=entry.name,
+                            offset=entry.data_offset)
                 return
             crc = zlib.crc32(chunk, crc)
             pos += len(chunk)
             ctx.source.check_time()
         if (crc & 0xFFFFFFFF) != entry.crc32:
-            ctx.add("CKG303", f"member {entry.name}: CRC-32 mismatch (central directory says "
-                    f"{entry.crc32:08x})", member=entry.name, offset=entry.data_offset)
+            self.report(D.CRC_MISMATCH, entry.name, entry.crc32, member=entry.name,
+                        offset=entry.data_offset)
 
     def _inflate(self, entry: ZipEntry, raw: bytes) -> bytes:
         lim = self.ctx.limits
@@ -200,8 +328,8 @@ class ZipArchive:
         try:
             data = d.decompress(raw, cap)
         except zlib.error as e:
-            self.ctx.add("CKG310", f"member {entry.name}: invalid deflate stream ({e})",
-                         member=entry.name, offset=entry.data_offset)
+            self.report(D.BAD_DEFLATE, entry.name, str(e), member=entry.name,
+                        offset=entry.data_offset)
             return b""
         self._decompressed += len(data)
         if d.unconsumed_tail:
@@ -209,16 +337,18 @@ class ZipArchive:
                 raise LimitExceeded("max_decompressed_bytes", lim.max_decompressed_bytes,
                                     f"member {entry.name}")
             if len(data) > entry.size:
-                self.ctx.add("CKG302", f"member {entry.name} inflates past its declared size "
-                             f"{entry.size}", member=entry.name, offset=entry.data_offset)
+                self.report(D.INFLATES_PAST_SIZE, entry.name, entry.size, member=entry.name,
+                            offset=entry.data_offset)
             else:
                 raise LimitExceeded("max_compression_ratio", lim.max_compression_ratio,
                                     f"member {entry.name}")
         return data
 
 
-def read_archive(ctx: AuditContext) -> ZipArchive | None:
-    """Parse and cross-check the archive. Findings go to ``ctx``; None if unusable."""
+def read_archive(ctx: AuditContext, on_defect: DefectSink | None = None) -> ZipArchive | None:
+    """Parse and cross-check the archive. Each defect goes to ``on_defect`` as it is found
+    (``analysis/zipdefects.record_defects(ctx)`` makes them findings); None if unusable."""
+    report = Reporter(on_defect)
     src = ctx.source
     size = src.size
     # Fast path: an EOCD with no comment ends the file, where every reader looks first
@@ -254,23 +384,20 @@ def read_archive(ctx: AuditContext) -> ZipArchive | None:
             clen = _EOCD.unpack_from(tail, c)[7]
             extra = len(tail) - (c + _EOCD.size + clen)
             if extra > 0:
-                ctx.add("CKG004", f"{extra} bytes follow the end-of-central-directory record",
-                        offset=tail_start + c + _EOCD.size + clen)
+                report(D.BYTES_AFTER_EOCD, extra, offset=tail_start + c + _EOCD.size + clen)
                 eocd_pos = c
         if eocd_pos is None:
-            ctx.add("CKG310", "no end-of-central-directory record: not a complete zip archive")
+            report(D.NO_EOCD)
             return None
     real_candidates = [c for c in candidates if c != eocd_pos]
     if real_candidates:
-        ctx.add("CKG307", f"{len(candidates)} end-of-central-directory signatures; readers "
-                "that scan from the end may pick another one",
-                offset=tail_start + real_candidates[0])
+        report(D.SEVERAL_EOCD, len(candidates), offset=tail_start + real_candidates[0])
     (_sig, disk, cd_disk, n_disk, n_total, cd_size, cd_off, clen) = _EOCD.unpack_from(
         tail, eocd_pos)
     eocd_abs = tail_start + eocd_pos
     comment = tail[eocd_pos + _EOCD.size : eocd_pos + _EOCD.size + clen]
     if disk != 0 or cd_disk != 0 or n_disk != n_total:
-        ctx.add("CKG310", "multi-disk (split) archive", offset=eocd_abs)
+        report(D.MULTI_DISK, offset=eocd_abs)
         return None
 
     # --- Zip64 ------------------------------------------------------------------------------
@@ -280,41 +407,36 @@ def read_archive(ctx: AuditContext) -> ZipArchive | None:
     if loc_pos >= 0 and tail[loc_pos : loc_pos + 4] == _Z64_LOC_SIG:
         _s, z_disk, z_off, z_ndisks = _Z64_LOC.unpack_from(tail, loc_pos)
         if z_disk != 0 or z_ndisks > 1:
-            ctx.add("CKG310", "multi-disk (split) Zip64 archive", offset=tail_start + loc_pos)
+            report(D.MULTI_DISK_ZIP64, offset=tail_start + loc_pos)
             return None
         cd_end_limit = tail_start + loc_pos
         if z_off + _Z64_EOCD.size > cd_end_limit:
-            ctx.add("CKG310", "Zip64 locator points past its own position",
-                    offset=tail_start + loc_pos)
+            report(D.ZIP64_LOCATOR_PAST_ITSELF, offset=tail_start + loc_pos)
             return None
         z = src.read(z_off, _Z64_EOCD.size, record=True)
         if len(z) < _Z64_EOCD.size or z[:4] != _Z64_EOCD_SIG:
-            ctx.add("CKG310", "Zip64 end-of-central-directory record missing",
-                    offset=z_off)
+            report(D.ZIP64_EOCD_MISSING, offset=z_off)
             return None
         (_s, rec_size, _vm, _vn, zdisk, zcd_disk, zn_disk, zn_total, zcd_size,
          zcd_off) = _Z64_EOCD.unpack_from(z, 0)
         if zdisk != 0 or zcd_disk != 0 or zn_disk != zn_total:
-            ctx.add("CKG310", "multi-disk (split) Zip64 archive", offset=z_off)
+            report(D.MULTI_DISK_ZIP64, offset=z_off)
             return None
         z64_plain = rec_size == _Z64_EOCD.size - 12
         if rec_size != _Z64_EOCD.size - 12:
             # Python's zipfile assumes no extensible data and reads the 56 bytes just before
             # the locator, miniz follows the locator: extensible data lets the two readers
             # see different directories. No reader needs it (torch writes none).
-            ctx.add("CKG314", f"Zip64 end record carries {rec_size - (_Z64_EOCD.size - 12)} "
-                    "bytes of extensible data (Python's zipfile and miniz read different end "
-                    "records)", offset=z_off, evidence={"record_size": str(rec_size)})
+            report(D.ZIP64_EXTENSIBLE_DATA, rec_size - (_Z64_EOCD.size - 12), rec_size,
+                   offset=z_off)
         if z_off + 12 + rec_size != cd_end_limit:
-            ctx.add("CKG306", "bytes between the Zip64 record and its locator belong to "
-                    "nothing", offset=z_off)
+            report(D.ZIP64_GAP, offset=z_off)
         cd_end_limit = z_off
         for small, big, what in ((n_total, zn_total, "entry count"), (cd_size, zcd_size,
                                  "directory size"), (cd_off, zcd_off, "directory offset")):
             sentinel = 0xFFFF if what == "entry count" else 0xFFFFFFFF
             if small not in (sentinel, big):
-                ctx.add("CKG310", f"EOCD and Zip64 EOCD disagree on the {what} "
-                        f"({small} vs {big})", offset=eocd_abs)
+                report(D.ZIP64_DISAGREES, what, small, big, offset=eocd_abs)
         n_total, cd_size, cd_off = zn_total, zcd_size, zcd_off
 
     if n_total > ctx.limits.max_members:
@@ -323,17 +445,16 @@ def read_archive(ctx: AuditContext) -> ZipArchive | None:
         raise LimitExceeded("max_central_directory_bytes",
                             ctx.limits.max_central_directory_bytes)
     if cd_off + cd_size > cd_end_limit:
-        ctx.add("CKG310", "central directory extends past its end record", offset=cd_off)
+        report(D.DIRECTORY_PAST_END, offset=cd_off)
         return None
     if cd_off + cd_size < cd_end_limit:
-        ctx.add("CKG004", f"{cd_end_limit - cd_off - cd_size} bytes between the central "
-                "directory and its end record", offset=cd_off + cd_size)
+        report(D.BYTES_BEFORE_EOCD, cd_end_limit - cd_off - cd_size, offset=cd_off + cd_size)
     cd = src.read(cd_off, cd_size, record=True)
     entries_canonical = [True]
-    entries = _parse_central(ctx, cd, cd_off, n_total, entries_canonical)
+    entries = _parse_central(report, cd, cd_off, n_total, entries_canonical)
     if entries is None:
         return None
-    archive = ZipArchive(ctx, entries, cd_off, comment)
+    archive = ZipArchive(ctx, entries, cd_off, comment, on_defect)
     # zipfile's fast path takes the last 22 bytes when they are an EOCD without a comment;
     # it reads the 56 bytes before a Zip64 locator (the same record only without
     # extensible data) and shifts offsets by "concat" unless the directory ends right where
@@ -341,12 +462,12 @@ def read_archive(ctx: AuditContext) -> ZipArchive | None:
     archive.python_canonical = (eocd_pos + _EOCD.size == tail_len and clen == 0
                                 and z64_plain and cd_off + cd_size == cd_end_limit
                                 and entries_canonical[0])
-    _check_names(ctx, entries)
-    _check_locals(ctx, entries, cd_off)
+    _check_names(report, entries)
+    _check_locals(ctx, report, entries, cd_off)
     return archive
 
 
-def _parse_central(ctx: AuditContext, cd: bytes, cd_off: int, n_total: int,
+def _parse_central(report: Reporter, cd: bytes, cd_off: int, n_total: int,
                    canonical: list[bool]) -> list[ZipEntry] | None:
     """Parse ``n_total`` central-directory entries. ``canonical[0]`` is cleared when
     CPython's zipfile could read an entry differently (its name decoding and NUL cut, its
@@ -356,8 +477,7 @@ def _parse_central(ctx: AuditContext, cd: bytes, cd_off: int, n_total: int,
     unpack = _CEN.unpack_from
     for i in range(n_total):
         if pos + _CEN.size > len(cd) or cd[pos : pos + 4] != _CEN_SIG:
-            ctx.add("CKG310", f"central directory entry {i} is missing or corrupt",
-                    offset=cd_off + pos)
+            report(D.ENTRY_MISSING, i, offset=cd_off + pos)
             return None
         (_sig, _vm, vn, flags, method, _t, _d, crc, csize, usize, nlen, xlen, clen,
          disk, _ia, _ea, hoff) = unpack(cd, pos)
@@ -365,8 +485,7 @@ def _parse_central(ctx: AuditContext, cd: bytes, cd_off: int, n_total: int,
         extra = cd[pos + 46 + nlen : pos + 46 + nlen + xlen]
         end = pos + 46 + nlen + xlen + clen
         if end > len(cd):
-            ctx.add("CKG310", f"central directory entry {i} runs past the directory",
-                    offset=cd_off + pos)
+            report(D.ENTRY_PAST_DIRECTORY, i, offset=cd_off + pos)
             return None
         if canonical[0] and not _python_same_entry(name_b, flags, vn, extra):
             canonical[0] = False
@@ -374,8 +493,7 @@ def _parse_central(ctx: AuditContext, cd: bytes, cd_off: int, n_total: int,
             z = _zip64_extra(extra, usize == 0xFFFFFFFF, csize == 0xFFFFFFFF,
                              hoff == 0xFFFFFFFF)
             if z is None:
-                ctx.add("CKG310", f"entry {i}: Zip64 sizes announced but no valid Zip64 "
-                        "extra field", offset=cd_off + pos)
+                report(D.ZIP64_EXTRA_MISSING, i, offset=cd_off + pos)
                 return None
             usize, csize, hoff = (z[0] if z[0] is not None else usize,
                                   z[1] if z[1] is not None else csize,
@@ -384,42 +502,36 @@ def _parse_central(ctx: AuditContext, cd: bytes, cd_off: int, n_total: int,
             try:
                 name = name_b.decode("utf-8")
             except UnicodeDecodeError:
-                ctx.add("CKG302", f"entry {i}: name flagged UTF-8 is not valid UTF-8",
-                        offset=cd_off + pos)
+                report(D.NAME_NOT_UTF8, i, offset=cd_off + pos)
                 name = name_b.decode("utf-8", "surrogateescape")
         else:
             # Python's zipfile decodes such names as cp437 while miniz keeps raw bytes: any
             # non-ASCII byte makes the name mean different things to different readers.
             if any(b >= 0x80 for b in name_b):
-                ctx.add("CKG302", f"entry {i}: non-ASCII name without the UTF-8 flag "
-                        "(cp437 vs raw bytes)", offset=cd_off + pos)
+                report(D.NAME_NOT_ASCII, i, offset=cd_off + pos)
             name = name_b.decode("utf-8", "surrogateescape")
         if disk != 0:
-            ctx.add("CKG310", f"entry {name}: starts on another disk", member=name)
+            report(D.ENTRY_ON_OTHER_DISK, name, member=name)
         if (method == STORED and csize != usize) or (usize and not csize):
             # miniz refuses the whole archive (mz_zip_reader_read_central_dir)
-            ctx.add("CKG316", f"entry {i} ({name!r}): compressed size {csize} and size "
-                    f"{usize} cannot both be right for method {method}; torch's reader "
-                    "refuses the archive", member=name, offset=cd_off + pos)
+            report(D.SIZES_CONTRADICT, i, name, csize, usize, method, member=name,
+                   offset=cd_off + pos)
         # data_offset/end are provisional until the local header is read (_check_locals)
         entries.append(ZipEntry(i, name, name_b, hoff, hoff + _LOC.size + len(name_b), csize,
                                 usize, method, flags, crc, hoff))
         pos = end
     if pos != len(cd):
         canonical[0] = False  # zipfile reads entries until the directory size is used up
-        ctx.add("CKG306", f"{len(cd) - pos} bytes in the central directory belong to no entry",
-                offset=cd_off + pos)
+        report(D.DIRECTORY_SLACK, len(cd) - pos, offset=cd_off + pos)
     for e in entries:
         if e.flags & 0x0041:
-            ctx.add("CKG304", f"member {e.name} is encrypted", member=e.name,
-                    offset=e.header_offset)
+            report(D.ENCRYPTED, e.name, member=e.name, offset=e.header_offset)
         elif e.flags & ~_OK_FLAGS & 0xFFFF:
-            ctx.add("CKG304", f"member {e.name} uses unsupported flag bits "
-                    f"0x{e.flags & ~_OK_FLAGS & 0xFFFF:04x}", member=e.name,
-                    offset=e.header_offset)
+            report(D.UNSUPPORTED_FLAGS, e.name, e.flags & ~_OK_FLAGS & 0xFFFF, member=e.name,
+                   offset=e.header_offset)
         if e.method not in (STORED, DEFLATED):
-            ctx.add("CKG305", f"member {e.name} uses compression method {e.method}",
-                    member=e.name, offset=e.header_offset, evidence={"method": str(e.method)})
+            report(D.UNSUPPORTED_METHOD, e.name, e.method, member=e.name,
+                   offset=e.header_offset)
     return entries
 
 
@@ -461,31 +573,28 @@ def _zip64_extra(extra: bytes, need_u: bool, need_c: bool,
     return None
 
 
-def _check_names(ctx: AuditContext, entries: list[ZipEntry]) -> None:
+def _check_names(report: Reporter, entries: list[ZipEntry]) -> None:
     seen: dict[bytes, ZipEntry] = {}
     folded: dict[str, ZipEntry] = {}
     for e in entries:
         if e.raw_name in seen:
-            ctx.add("CKG301", f"duplicate member name {e.name!r} (entries {seen[e.raw_name].index} "
-                    f"and {e.index})", member=e.name, offset=e.header_offset)
+            report(D.DUPLICATE_NAME, e.name, seen[e.raw_name].index, e.index, member=e.name,
+                   offset=e.header_offset)
         else:
             seen[e.raw_name] = e
             key = e.name.casefold()
             other = folded.get(key)
             if other is not None:
-                ctx.add("CKG301", f"member names {other.name!r} and {e.name!r} differ only in "
-                        "case (torch's reader looks names up case-insensitively)",
-                        member=e.name, offset=e.header_offset)
+                report(D.NAMES_DIFFER_IN_CASE, other.name, e.name, member=e.name,
+                       offset=e.header_offset)
             else:
                 folded[key] = e
         if len(e.raw_name) >= TORCH_NAME_BUFFER:
-            ctx.add("CKG315", f"member name of {len(e.raw_name)} bytes: torch's reader keeps "
-                    f"only the first {TORCH_NAME_BUFFER - 1} (its name buffer), so it sees "
-                    "another name than every other reader", member=clip(e.name, 80),
-                    offset=e.header_offset)
+            report(D.NAME_PAST_TORCH_BUFFER, len(e.raw_name), TORCH_NAME_BUFFER - 1,
+                   member=e.name, offset=e.header_offset)
         n = e.name
         if not n or (_SUSPECT_NAME.search(n) and _unsafe_name(n)):
-            ctx.add("CKG308", f"unsafe member name {n!r}", member=n, offset=e.header_offset)
+            report(D.UNSAFE_NAME, n, member=n, offset=e.header_offset)
 
 
 _SUSPECT_NAME = re.compile(r"[\x00-\x1f\x7f\\:]|^/|\.\.")
@@ -497,7 +606,8 @@ def _unsafe_name(n: str) -> bool:
             or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in n))
 
 
-def _check_locals(ctx: AuditContext, entries: list[ZipEntry], cd_off: int) -> None:
+def _check_locals(ctx: AuditContext, report: Reporter, entries: list[ZipEntry],
+                  cd_off: int) -> None:
     """Read every local header (coalescing nearby ones into single reads), compare it with
     the central directory, locate data and data descriptors, and check for overlaps, gaps
     and a prefix."""
@@ -532,11 +642,11 @@ def _check_locals(ctx: AuditContext, entries: list[ZipEntry], cd_off: int) -> No
             hdr = buf[rel : rel + _LOC.size]
             if len(hdr) < _LOC.size or hdr[:4] != _LOC_SIG:
                 if e.header_offset + _LOC.size > cd_off:
-                    ctx.add("CKG306", f"member {e.name}: local header lies outside the member "
-                            "area", member=e.name, offset=e.header_offset)
+                    report(D.LOCAL_HEADER_OUTSIDE, e.name, member=e.name,
+                           offset=e.header_offset)
                 else:
-                    ctx.add("CKG302", f"member {e.name}: no local header at offset "
-                            f"{e.header_offset}", member=e.name, offset=e.header_offset)
+                    report(D.NO_LOCAL_HEADER, e.name, e.header_offset, member=e.name,
+                           offset=e.header_offset)
                 continue
             (_s, _v, lflags, lmethod, _t, _d, lcrc, lcsize, lusize, lnlen,
              lxlen) = _LOC.unpack_from(hdr)
@@ -552,28 +662,28 @@ def _check_locals(ctx: AuditContext, entries: list[ZipEntry], cd_off: int) -> No
                     lextra = src.read(e.header_offset + _LOC.size + lnlen, lxlen, record=True)
             data_off = e.header_offset + _LOC.size + lnlen + lxlen
             if lname != e.raw_name:
-                ctx.add("CKG302", f"local header names {lname!r}, central directory "
-                        f"{e.raw_name!r}", member=e.name, offset=e.header_offset)
+                report(D.LOCAL_NAME_DIFFERS, lname, e.raw_name, member=e.name,
+                       offset=e.header_offset)
             if lmethod != e.method:
-                ctx.add("CKG302", f"member {e.name}: compression method {lmethod} locally, "
-                        f"{e.method} centrally", member=e.name, offset=e.header_offset)
+                report(D.LOCAL_METHOD_DIFFERS, e.name, lmethod, e.method, member=e.name,
+                       offset=e.header_offset)
             if (lflags ^ e.flags) & ~0x0006 & 0xFFFF:
-                ctx.add("CKG302", f"member {e.name}: flags 0x{lflags:04x} locally, "
-                        f"0x{e.flags:04x} centrally", member=e.name, offset=e.header_offset)
+                report(D.LOCAL_FLAGS_DIFFER, e.name, lflags, e.flags, member=e.name,
+                       offset=e.header_offset)
             end = data_off + e.compressed_size
             if lflags & 0x0008:
                 # Sizes live in the data descriptor that follows the data.
                 if (lcrc, lcsize, lusize) != (0, 0, 0) and not (
                         lcrc == e.crc32 and lcsize in (e.compressed_size, 0xFFFFFFFF)):
-                    ctx.add("CKG302", f"member {e.name}: local header sizes/CRC disagree with "
-                            "the central directory", member=e.name, offset=e.header_offset)
+                    report(D.LOCAL_DESCRIPTOR_FIELDS_DIFFER, e.name, member=e.name,
+                           offset=e.header_offset)
                 # miniz (torch) writes a 64-bit descriptor exactly when the header offset
                 # or the size needs 64 bits (torch.serialization._load mirrors this rule)
                 z64 = e.compressed_size >= 0xFFFFFFFF or e.size >= 0xFFFFFFFF or \
                     e.header_offset >= 0xFFFFFFFF
                 dd_rel = end - ws
                 dd = buf[dd_rel : dd_rel + 24] if dd_rel >= 0 and dd_rel + 24 <= len(buf) else None
-                end = _check_descriptor(ctx, e, end, z64, dd)
+                end = _check_descriptor(ctx, report, e, end, z64, dd)
             else:
                 lz = (lcsize, lusize)
                 if 0xFFFFFFFF in lz:
@@ -582,24 +692,20 @@ def _check_locals(ctx: AuditContext, entries: list[ZipEntry], cd_off: int) -> No
                         lusize = z[0] if z[0] is not None else lusize
                         lcsize = z[1] if z[1] is not None else lcsize
                 if (lcrc, lcsize, lusize) != (e.crc32, e.compressed_size, e.size):
-                    ctx.add("CKG302", f"member {e.name}: local header CRC/sizes "
-                            f"({lcrc:08x}, {lcsize}, {lusize}) disagree with the central "
-                            f"directory ({e.crc32:08x}, {e.compressed_size}, {e.size})",
-                            member=e.name, offset=e.header_offset)
+                    report(D.LOCAL_SIZES_DIFFER, e.name, lcrc, lcsize, lusize, e.crc32,
+                           e.compressed_size, e.size, member=e.name, offset=e.header_offset)
             if end > cd_off:
-                ctx.add("CKG306", f"member {e.name} extends into the central directory",
-                        member=e.name, offset=e.header_offset)
+                report(D.MEMBER_INTO_DIRECTORY, e.name, member=e.name, offset=e.header_offset)
             if e.header_offset < prev_end:
-                ctx.add("CKG306", f"member {e.name} overlaps member {prev_name}", member=e.name,
-                        offset=e.header_offset)
+                report(D.MEMBERS_OVERLAP, e.name, str(prev_name), member=e.name,
+                       offset=e.header_offset)
             elif e.header_offset > prev_end:
                 if prev_end == 0:
-                    ctx.add("CKG005", f"{e.header_offset} bytes precede the first zip member",
-                            offset=0)
+                    report(D.PREFIX, e.header_offset, offset=0)
                 else:
-                    ctx.add("CKG306", f"{e.header_offset - prev_end} bytes before member "
-                            f"{e.name} belong to no member", member=e.name, offset=prev_end)
-                _look_for_hidden_directory(ctx, prev_end, e.header_offset)
+                    report(D.GAP_BEFORE_MEMBER, e.header_offset - prev_end, e.name,
+                           member=e.name, offset=prev_end)
+                _look_for_hidden_directory(ctx, report, prev_end, e.header_offset)
             prev_end = max(prev_end, end)
             prev_name = e.name
             e.data_offset, e.end = data_off, end
@@ -607,49 +713,45 @@ def _check_locals(ctx: AuditContext, entries: list[ZipEntry], cd_off: int) -> No
             if d_rel >= 0:
                 e.stored_head = buf[d_rel : d_rel + min(16, e.compressed_size)]
     if entries and prev_end < cd_off:
-        ctx.add("CKG306", f"{cd_off - prev_end} bytes between the last member and the central "
-                "directory belong to no member", offset=prev_end)
-        _look_for_hidden_directory(ctx, prev_end, cd_off)
+        report(D.GAP_BEFORE_DIRECTORY, cd_off - prev_end, offset=prev_end)
+        _look_for_hidden_directory(ctx, report, prev_end, cd_off)
     if not entries and cd_off > 0:
-        ctx.add("CKG005", f"{cd_off} bytes precede an empty archive's directory", offset=0)
+        report(D.PREFIX_BEFORE_EMPTY_DIRECTORY, cd_off, offset=0)
 
 
-def _look_for_hidden_directory(ctx: AuditContext, start: int, end: int) -> None:
+def _look_for_hidden_directory(ctx: AuditContext, report: Reporter, start: int,
+                               end: int) -> None:
     """Unaccounted bytes holding another end-of-central-directory record: a reader that
     finds that one (forward scanners, streaming readers) sees a different archive."""
     gap = ctx.source.read(start, min(end - start, 1 << 20))
     i = gap.find(_EOCD_SIG)
     if i >= 0:
-        ctx.add("CKG307", "a second end-of-central-directory record hides in bytes that belong "
-                "to no member", offset=start + i)
+        report(D.HIDDEN_EOCD, offset=start + i)
 
 
-def _check_descriptor(ctx: AuditContext, e: ZipEntry, data_end: int, z64: bool,
-                      buffered: bytes | None = None) -> int:
+def _check_descriptor(ctx: AuditContext, report: Reporter, e: ZipEntry, data_end: int,
+                      z64: bool, buffered: bytes | None = None) -> int:
     n = 24 if z64 else 16
     dd = buffered[:n] if buffered is not None else ctx.source.read(data_end, n)
     if dd[:4] != _DD_SIG:
         # The signature is optional in the spec; torch always writes it.
         alt = dd[:12] if not z64 else dd[:20]
         if len(alt) < (12 if not z64 else 20):
-            ctx.add("CKG306", f"member {e.name}: data descriptor cut off", member=e.name,
-                    offset=data_end)
+            report(D.DESCRIPTOR_CUT_OFF, e.name, member=e.name, offset=data_end)
             return data_end
         body, n = alt, len(alt)
     else:
         body = dd[4:n]
         if len(body) < n - 4:
-            ctx.add("CKG306", f"member {e.name}: data descriptor cut off", member=e.name,
-                    offset=data_end)
+            report(D.DESCRIPTOR_CUT_OFF, e.name, member=e.name, offset=data_end)
             return data_end
     if z64:
         crc, cs, us = struct.unpack_from("<IQQ", body, 0)
     else:
         crc, cs, us = struct.unpack_from("<III", body, 0)
     if (crc, cs, us) != (e.crc32, e.compressed_size, e.size):
-        ctx.add("CKG302", f"member {e.name}: data descriptor ({crc:08x}, {cs}, {us}) disagrees "
-                f"with the central directory ({e.crc32:08x}, {e.compressed_size}, {e.size})",
-                member=e.name, offset=data_end)
+        report(D.DESCRIPTOR_DIFFERS, e.name, crc, cs, us, e.crc32, e.compressed_size, e.size,
+               member=e.name, offset=data_end)
     return data_end + n
 
 
@@ -773,25 +875,22 @@ def python_zipfile_view(ctx: AuditContext,
 
 def compare_python_zipfile(ctx: AuditContext, archive: ZipArchive) -> ZipArchive | None:
     """Read the archive a second time the way CPython's ``zipfile`` does and report every
-    disagreement with the miniz-style reading (CKG313). A canonical archive (end records
+    disagreement with the miniz-style reading (PYTHON_* defects). A canonical archive (end records
     and directory laid out so that zipfile's algorithm provably reads the same entries,
     ``ZipArchive.python_canonical``) skips the second reading. Returns the Python reading as an
     archive of the members that differ (for the caller to audit as numpy would read
     them), or None when both readers agree."""
     if archive.python_canonical:
         return None
+    report = archive.report
     view = python_zipfile_view(ctx, {e.header_offset: e for e in archive.entries})
     if isinstance(view, str):
-        ctx.add("CKG313", "Python's zipfile (numpy.load, every Python program) cannot open "
-                f"the archive that torch's reader opens ({view[:160]})",
-                evidence={"python_zipfile": view[:200]})
+        report(D.PYTHON_CANNOT_OPEN, view)
         return None
     ours = archive.entries
     differing: list[_PyMember] = []
     if len(view) != len(ours):
-        ctx.add("CKG313", f"Python's zipfile sees {len(view)} members, torch's reader "
-                f"{len(ours)}: the readers find different central directories",
-                evidence={"python_members": str(len(view)), "miniz_members": str(len(ours))})
+        report(D.PYTHON_MEMBER_COUNT, len(view), len(ours))
     mine = {(e.name, e.data_offset, e.compressed_size, e.size, e.method, e.crc32)
             for e in ours}
     reported = 0
@@ -802,19 +901,19 @@ def compare_python_zipfile(ctx: AuditContext, archive: ZipArchive) -> ZipArchive
         differing.append(m)
         if reported < 20:
             reported += 1
-            what = (f"offset {m.data_offset}, {m.compressed_size} -> {m.size} bytes, method "
-                    f"{m.method}") if m.data_offset is not None else m.why
-            ctx.add("CKG313", f"Python's zipfile reads member {m.name!r} differently from "
-                    f"torch's reader ({what})", member=m.name,
-                    offset=m.header_offset if m.header_offset >= 0 else None)
+            report(D.PYTHON_READS_DIFFERENTLY, m.name, m.data_offset, m.compressed_size,
+                   m.size, m.method, m.why, member=m.name,
+                   offset=m.header_offset if m.header_offset >= 0 else None)
     if not differing:
         return None
     entries = [ZipEntry(i, m.name, m.name.encode("utf-8", "surrogateescape"), m.header_offset,
                         m.data_offset, m.compressed_size, m.size, m.method, m.flags, m.crc32,
                         m.data_offset + m.compressed_size)
                for i, m in enumerate(differing) if m.data_offset is not None]
-    return ZipArchive(ctx, entries, archive.cd_offset, b"") if entries else None
+    return ZipArchive(ctx, entries, archive.cd_offset, b"", archive.on_defect) \
+        if entries else None
 
 
-__all__ = ["DEFLATED", "STORED", "TORCH_NAME_BUFFER", "ZipArchive", "ZipEntry",
-           "compare_python_zipfile", "python_zipfile_view", "read_archive"]
+__all__ = ["DEFLATED", "STORED", "TORCH_NAME_BUFFER", "Defect", "DefectSink", "DefectValue",
+           "Reporter", "ZipArchive", "ZipDefect", "ZipEntry", "compare_python_zipfile",
+           "python_zipfile_view", "read_archive"]
