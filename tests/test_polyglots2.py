@@ -526,9 +526,9 @@ def zip_variant(draw: st.DrawFn) -> bytes:
 def test_python_canonical_fast_path_is_sound(data: bytes) -> None:
     """When the strict reader calls an archive canonical it skips running CPython's
     zipfile: then zipfile must really read the same members, offsets and sizes."""
+    from ckptguard.analysis.zipdefects import record_defects
     from ckptguard.context import AuditContext, Source
     from ckptguard.policy import Limits, Policy
-    from ckptguard.analysis.zipdefects import record_defects
     from ckptguard.readers.zipfile import python_zipfile_view, read_archive
 
     ctx = AuditContext("x.npz", Source.from_bytes(data), Policy(), Limits())

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .model import Effect, Finding, Location, Severity
+from .primitives import or_default
 
 
 @dataclass(frozen=True)
@@ -454,7 +455,7 @@ def make_finding(
     (a denylist hit found through an odd shape stays CRITICAL), never lower a blocking rule
     below MEDIUM."""
     r = RULES[rule_id]
-    sev = r.severity if severity is None else severity
+    sev = or_default(severity, r.severity)
     return Finding(
         rule_id=r.id,
         severity=sev,
@@ -462,7 +463,7 @@ def make_finding(
         message=message,
         location=location,
         evidence=tuple(sorted((evidence or {}).items())),
-        advice=r.advice if advice is None else advice,
+        advice=or_default(advice, r.advice),
     )
 
 

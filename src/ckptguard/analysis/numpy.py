@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from ..context import AuditContext, LimitExceeded
 from ..model import TensorInfo
-from ..primitives import escape
+from ..primitives import escape, or_default
 from ..readers.npy import MAGIC, NpyHeader, NpyHeaderError, View, read_header
 from ..readers.zipfile import ZipArchive, ZipEntry
 from .vm import PickleMode, audit_pickle
@@ -55,7 +55,7 @@ def _audit_view(ctx: AuditContext, view: View, *, member: str | None, name: str)
         name=name,
         dtype=hdr.dtype.name,
         shape=hdr.shape,
-        storage=member if member is not None else name,
+        storage=or_default(member, name),
         nbytes=expected,
         storage_nbytes=expected,
         data_offset=view.at(hdr.data_offset),

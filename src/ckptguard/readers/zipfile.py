@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from ..context import AuditContext, LimitExceeded
+from ..primitives import or_default
 
 _EOCD_SIG = b"PK\x05\x06"
 _Z64_LOC_SIG = b"PK\x06\x07"
@@ -155,7 +156,7 @@ class Reporter:
     __slots__ = ("sink",)
 
     def __init__(self, sink: DefectSink | None) -> None:
-        self.sink: DefectSink = sink if sink is not None else _drop
+        self.sink: DefectSink = or_default(sink, _drop)
 
     def __call__(self, kind: ZipDefect, *values: DefectValue, member: str | None = None,
                  offset: int | None = None) -> None:
@@ -211,7 +212,7 @@ class ZipArchive:
              max_bytes: int | None = None) -> bytes:
         """Return the member's uncompressed bytes (CRC checked: a mismatch is CRC_MISMATCH)."""
         ctx = self.ctx
-        limit = ctx.limits.max_pickle_bytes if max_bytes is None else max_bytes
+        limit = or_default(max_bytes, ctx.limits.max_pickle_bytes)
         if entry.size > limit:
             raise LimitExceeded("max_pickle_bytes", limit, f"member {entry.name} is "
                                 f"{entry.size} bytes")
