@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import runpy
 import subprocess
@@ -58,22 +59,47 @@ def test_torchscript_variant_is_graded_by_its_code(tmp_path: Path, name: str) ->
         assert r.max_severity is Severity.HIGH
 
 
-_JIT_RUN = "import torch\nm = torch.jit.load({p!r})\nm(torch.zeros(2))\nprint('RAN')\n"
+#: ONE torch process jit-loads and runs every variant, each from a working directory of its
+#: own, and says right after each one whether its marker exists (before the next one runs)
+_JIT_RUN_ALL = (
+    "import gc, json, os, sys, torch\n"
+    "for name, path, cwd in json.loads(sys.argv[1]):\n"
+    "    os.chdir(cwd)\n"
+    "    try:\n"
+    "        m = torch.jit.load(path)\n"
+    "        m(torch.zeros(2))\n"
+    "        del m\n"
+    "        gc.collect()\n"
+    "        print('RAN', name, os.path.exists('ckptguard_marker'), flush=True)\n"
+    "    except Exception as e:\n"
+    "        print('FAILED', name, type(e).__name__, str(e)[:300].replace(chr(10), ' '),\n"
+    "              flush=True)\n")
+JIT_NAMES = ["plain_module", *sorted(k for k, v in VARIANTS.items() if v[2])]
 
 
-@pytest.mark.parametrize("name", [*sorted(k for k, v in VARIANTS.items() if v[2]),
-                                  "plain_module"])
-def test_firing_variants_really_touch_files_under_jit_load(tmp_path: Path, name: str) -> None:
+@pytest.fixture(scope="module")
+def jit_loaded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """Every firing variant (and a plain module, first) loaded by torch.jit.load."""
     pytest.importorskip("torch")
-    data, _, fires = VARIANTS[name]
-    p = tmp_path / f"{name}.pt"
-    p.write_bytes(data)
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    proc = subprocess.run([sys.executable, "-c", _JIT_RUN.format(p=str(p))], cwd=cwd,
+    base = tmp_path_factory.mktemp("jit")
+    jobs = []
+    for name in JIT_NAMES:
+        (base / name / "cwd").mkdir(parents=True)
+        p = base / name / f"{name}.pt"
+        p.write_bytes(VARIANTS[name][0])
+        jobs.append((name, str(p), str(base / name / "cwd")))
+    proc = subprocess.run([sys.executable, "-c", _JIT_RUN_ALL, json.dumps(jobs)],
                           capture_output=True, text=True, timeout=300, check=False)
-    assert "RAN" in proc.stdout, proc.stderr[-2000:]
-    assert (cwd / "ckptguard_marker").exists() is fires
+    return base, proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("name", JIT_NAMES)
+def test_firing_variants_really_touch_files_under_jit_load(
+        jit_loaded: tuple[Path, str, str], name: str) -> None:
+    base, out, err = jit_loaded
+    fires = VARIANTS[name][2]
+    assert f"RAN {name} {fires}\n" in out, (out[-2000:], err[-2000:])
+    assert (base / name / "cwd" / "ckptguard_marker").exists() is fires
 
 
 _MODULE = textwrap.dedent('''
