@@ -234,17 +234,52 @@ def test_hand_built_twin_is_what_dcp_load_reads(tmp_path: Path) -> None:
 
 # ========================================================================== DCP: hostile
 
-@pytest.mark.parametrize("entry", DCP_FIXTURES, ids=lambda e: e["path"])
-def test_hostile_metadata_is_critical_and_fires_with_dcp_load(entry: dict[str, Any],
-                                                              tmp_path: Path) -> None:
-    folder, _, _ = _w_only(tmp_path)
-    shutil.copy(FIXTURES / entry["path"], folder / ".metadata")
+#: ONE torch process runs dcp.load on every hostile folder, each from a working directory
+#: of its own, and says right after each load whether the payload's marker exists
+_DCP_LOAD_ALL = (
+    "import json, os, sys, warnings\n"
+    "import torch, torch.distributed.checkpoint as dcp\n"
+    "warnings.simplefilter('ignore')\n"
+    "for i, folder, cwd in json.loads(sys.argv[1]):\n"
+    "    os.chdir(cwd)\n"
+    "    try:\n"
+    "        dcp.load({'w': torch.zeros(2, 3)}, checkpoint_id=folder)\n"
+    "    except BaseException as e:\n"
+    "        print('raised', type(e).__name__, flush=True)\n"
+    f"    print('LOADED', i, os.path.exists({MARKER!r}), flush=True)\n")
+
+
+@pytest.fixture(scope="module")
+def dcp_fired(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], str, str]:
+    """Every hostile DCP metadata in a dcp.save folder of its own (cwd: the folder's
+    parent), all loaded by one dcp.load worker: (cwds, its stdout, its stderr)."""
+    base = tmp_path_factory.mktemp("dcp_fires")
+    cwds, jobs = [], []
+    for i, entry in enumerate(DCP_FIXTURES):
+        cwd = base / str(i)
+        cwd.mkdir()
+        folder, _, _ = _w_only(cwd)
+        shutil.copy(FIXTURES / entry["path"], folder / ".metadata")
+        cwds.append(cwd)
+        jobs.append((i, str(folder), str(cwd)))
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("CKPTGUARD")}
+    proc = subprocess.run([sys.executable, "-c", _DCP_LOAD_ALL, json.dumps(jobs)], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=300, check=False)
+    return cwds, proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("i", range(len(DCP_FIXTURES)),
+                         ids=[e["path"] for e in DCP_FIXTURES])
+def test_hostile_metadata_is_critical_and_fires_with_dcp_load(
+        i: int, dcp_fired: tuple[list[Path], str, str]) -> None:
+    cwds, out, err = dcp_fired
+    folder = cwds[i] / "ckpt"
     r = ckptguard.scan(folder)
     assert r.verdict is Verdict.UNSAFE and "CKG101" in r.rule_ids() and _critical(r)
     assert _cli(str(folder)) == 1
-    assert _fires("import torch, torch.distributed.checkpoint as dcp\n"
-                  f"dcp.load({{'w': torch.zeros(2, 3)}}, checkpoint_id={str(folder)!r})",
-                  tmp_path)
+    assert f"LOADED {i} True\n" in out, (out[-2000:], err[-2000:])
+    assert (cwds[i] / MARKER).exists()
 
 
 def test_gate_blocks_dcp_load_of_hostile_metadata(tmp_path: Path,
