@@ -192,9 +192,10 @@ class ZipArchive:
     """The parsed directory of a zip file. ``read`` returns a member's bytes within limits."""
 
     def __init__(self, ctx: AuditContext, entries: list[ZipEntry], cd_offset: int,
-                 comment: bytes, on_defect: DefectSink | None = None) -> None:
+                 comment: bytes, on_defect: DefectSink | None) -> None:
         self.ctx = ctx
-        #: where the defects of ``read`` and ``verify`` go (the sink ``read_archive`` got)
+        #: where the defects of ``read`` and ``verify`` go: the sink ``read_archive`` got
+        #: (required, so that no archive built elsewhere drops its members' defects)
         self.on_defect = on_defect
         self.report = Reporter(on_defect)
         self.entries = entries
