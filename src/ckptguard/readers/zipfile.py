@@ -219,6 +219,11 @@ class ZipArchive:
 
 def read_archive(ctx: AuditContext) -> ZipArchive | None:
     """Parse and cross-check the archive. Findings go to ``ctx``; None if unusable."""
+    from .zipfast import prove_canonical  # the C prover: no finding at all, or declines
+
+    proven = prove_canonical(ctx, ZipArchive, ZipEntry)
+    if proven is not None:
+        return proven
     src = ctx.source
     size = src.size
     # Fast path: an EOCD with no comment ends the file, where every reader looks first
