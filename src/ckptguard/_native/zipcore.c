@@ -136,8 +136,7 @@ typedef struct {
     unsigned flags, method;
     /* set by the local-header pass */
     int64_t data_off, end;
-    Py_ssize_t head_from, head_len; /* stored_head: window buffer slice */
-    PyObject *head_buf;             /* borrowed from the window list */
+    PyObject *head; /* stored_head (owned until build_entries takes it) */
 } Ent;
 
 static inline unsigned char lower(unsigned char b) {
@@ -283,8 +282,8 @@ static PyObject *build_entries(PyObject *tp, const Py_ssize_t *offs, Ent *ents,
         v[8] = int_u64(e->flags, &last_flags, &last_flags_v);
         v[9] = PyLong_FromUnsignedLong(e->crc);
         v[10] = int_u64((uint64_t)e->end, &last_end, &last_end_v);
-        v[11] = bytes_of((const unsigned char *)PyBytes_AS_STRING(e->head_buf) + e->head_from,
-                         e->head_len);
+        v[11] = e->head; /* taken over */
+        e->head = NULL;
         PyObject *obj = NULL;
         int bad = 0;
         for (int k = 0; k < N_FIELDS; k++) bad |= v[k] == NULL;
@@ -317,9 +316,9 @@ typedef struct {
 } Window;
 
 /* The local-header pass (zipfile._check_locals) for entries in ascending offset order.
- * 1: proven, 0: decline, -1: exception. */
-static int check_locals(PyObject *read, Ent *ents, Py_ssize_t n, int64_t cd_off,
-                        PyObject *bufs) {
+ * Each window is released once its members are checked (their stored heads are copied
+ * out), as the Python reader does. 1: proven, 0: decline, -1: exception. */
+static int check_locals(PyObject *read, Ent *ents, Py_ssize_t n, int64_t cd_off) {
     Window *wins = PyMem_Malloc((size_t)n * sizeof(Window));
     if (!wins) { PyErr_NoMemory(); return -1; }
     Py_ssize_t nw = 0;
@@ -352,8 +351,6 @@ static int check_locals(PyObject *read, Ent *ents, Py_ssize_t n, int64_t cd_off,
             bo = PyBytes_FromStringAndSize(NULL, 0);
             if (!bo) { ok = -1; break; }
         }
-        if (PyList_Append(bufs, bo) < 0) { Py_DECREF(bo); ok = -1; break; }
-        Py_DECREF(bo); /* the list keeps it alive */
         const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(bo);
         int64_t blen = PyBytes_GET_SIZE(bo);
         for (Py_ssize_t i = wins[w].first; i < wins[w].last; i++) {
@@ -433,10 +430,10 @@ static int check_locals(PyObject *read, Ent *ents, Py_ssize_t n, int64_t cd_off,
             int64_t take = e->csize < 16 ? (int64_t)e->csize : 16;
             if (d_rel > blen) d_rel = blen;
             if (d_rel + take > blen) take = blen - d_rel;
-            e->head_buf = bo;
-            e->head_from = (Py_ssize_t)d_rel;
-            e->head_len = (Py_ssize_t)take;
+            e->head = bytes_of(buf + d_rel, (Py_ssize_t)take);
+            if (!e->head) { ok = -1; break; }
         }
+        Py_DECREF(bo);
     }
     PyMem_Free(wins);
     if (ok == 1 && prev_end != cd_off) ok = 0; /* CKG306: bytes before the directory */
@@ -455,8 +452,9 @@ static PyObject *prove(PyObject *self, PyObject *args) {
         max_cd_ll < 0)
         Py_RETURN_NONE;
     int64_t size = size_ll;
-    PyObject *tail = NULL, *z = NULL, *cd = NULL, *bufs = NULL, *result = NULL;
+    PyObject *tail = NULL, *z = NULL, *cd = NULL, *result = NULL;
     Ent *ents = NULL;
+    Py_ssize_t n_ents = 0;
 
     /* --- the EOCD: the last 22 bytes, no comment, the only signature in the tail ------ */
     int64_t short_n = size < EOCD_SIZE + Z64_LOC_SIZE + Z64_EOCD_SIZE
@@ -523,8 +521,9 @@ static PyObject *prove(PyObject *self, PyObject *args) {
     /* each entry takes at least 46 bytes: a larger count is "missing or corrupt" */
     if (n_total > (uint64_t)(cl / CEN_SIZE)) goto decline;
     Py_ssize_t n = (Py_ssize_t)n_total;
-    ents = PyMem_Calloc((size_t)n, sizeof(Ent));
+    ents = PyMem_Calloc((size_t)n, sizeof(Ent)); /* heads NULL */
     if (!ents) { PyErr_NoMemory(); goto error; }
+    n_ents = n;
 
     /* --- the central directory (zipfile._parse_central) --------------------------------- */
     int64_t pos = 0;
@@ -573,9 +572,7 @@ static PyObject *prove(PyObject *self, PyObject *args) {
     if (d == 0) goto decline; /* CKG301 */
 
     /* --- local headers, data descriptors, layout (zipfile._check_locals) --------------- */
-    bufs = PyList_New(0);
-    if (!bufs) goto error;
-    int r = check_locals(read, ents, n, (int64_t)cd_off, bufs);
+    int r = check_locals(read, ents, n, (int64_t)cd_off);
     if (r < 0) goto error;
     if (r == 0) goto decline;
 
@@ -584,8 +581,8 @@ static PyObject *prove(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < n; i++) {
         Ent *e = &ents[i];
         if (e->usize >= 10 &&
-            (e->head_len < 6 ||
-             same_bytes((const unsigned char *)PyBytes_AS_STRING(e->head_buf) + e->head_from,
+            (PyBytes_GET_SIZE(e->head) < 6 ||
+             same_bytes((const unsigned char *)PyBytes_AS_STRING(e->head),
                         (const unsigned char *)"\x93NUMPY", 6)))
             numpy_free = 0;
         if ((e->nlen == 13 && same_bytes(e->name, (const unsigned char *)"constants.pkl", 13)) ||
@@ -608,8 +605,9 @@ decline:
 error:
     result = NULL;
 done:
+    if (ents)
+        for (Py_ssize_t i = 0; i < n_ents; i++) Py_XDECREF(ents[i].head);
     PyMem_Free(ents);
-    Py_XDECREF(bufs);
     Py_XDECREF(cd);
     Py_XDECREF(z);
     Py_XDECREF(tail);
