@@ -143,12 +143,21 @@ static inline unsigned char lower(unsigned char b) {
     return (b >= 'A' && b <= 'Z') ? (unsigned char)(b + 32) : b;
 }
 
+/* A hash that ignores ASCII case: 8 bytes at a time, each byte OR 0x20 (A-Z and a-z meet;
+ * so do a few punctuation pairs, which only costs a comparison). */
 static uint64_t name_hash(const unsigned char *s, Py_ssize_t n) {
-    uint64_t h = 1469598103934665603ULL;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        h ^= lower(s[i]);
-        h *= 1099511628211ULL;
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        h = (h ^ (w | 0x2020202020202020ULL)) * 0xFF51AFD7ED558CCDULL;
+        h ^= h >> 32;
     }
+    uint64_t w = 0;
+    for (Py_ssize_t k = 0; i + k < n; k++) w |= (uint64_t)(s[i + k] | 0x20) << (8 * k);
+    h = (h ^ w) * 0xC4CEB9FE1A85EC53ULL;
+    h ^= h >> 29;
     return h;
 }
 
@@ -175,21 +184,34 @@ static int names_fold_equal(const Ent *a, const Ent *b) {
 }
 
 /* 1: every name distinct under ASCII case folding (so neither a duplicate raw name nor
- * a casefold collision: CKG301), 0: a collision, -1: out of memory */
+ * a casefold collision: CKG301), 0: a collision, -1: out of memory. The table keeps each
+ * name's hash next to its index, so a probe touches the entry only on a hash match. */
+typedef struct {
+    uint64_t hash;
+    Py_ssize_t index; /* -1: empty */
+} Slot;
+
 static int names_distinct(const Ent *ents, Py_ssize_t n) {
     size_t cap = 16;
     while (cap < (size_t)n * 2) cap <<= 1;
-    Py_ssize_t *slots = PyMem_Malloc(cap * sizeof(Py_ssize_t));
+    Slot *slots = PyMem_Malloc(cap * sizeof(Slot));
     if (!slots) return -1;
-    for (size_t i = 0; i < cap; i++) slots[i] = -1;
+    for (size_t i = 0; i < cap; i++) slots[i].index = -1;
     int ok = 1;
     for (Py_ssize_t i = 0; i < n && ok; i++) {
-        size_t h = (size_t)name_hash(ents[i].name, ents[i].nlen) & (cap - 1);
-        while (slots[h] >= 0) {
-            if (names_fold_equal(&ents[slots[h]], &ents[i])) { ok = 0; break; }
+        uint64_t hv = name_hash(ents[i].name, ents[i].nlen);
+        size_t h = (size_t)hv & (cap - 1);
+        while (slots[h].index >= 0) {
+            if (slots[h].hash == hv && names_fold_equal(&ents[slots[h].index], &ents[i])) {
+                ok = 0;
+                break;
+            }
             h = (h + 1) & (cap - 1);
         }
-        if (ok) slots[h] = i;
+        if (ok) {
+            slots[h].hash = hv;
+            slots[h].index = i;
+        }
     }
     PyMem_Free(slots);
     return ok;
