@@ -1,6 +1,7 @@
 """The zip prover's figures (docs/fastpath.md): CKPTGUARD_PURE=1 vs native, same run.
 
     PYTHONPATH=src python bench/zipcore.py [--rounds 5] [FILE ...]
+    (the checkpoints of bench/gen.py: bench/out/ckpts, or CKG_BENCH_CKPTS=DIR)
 
 In-process ``time.process_time()``, best of N, the two paths interleaved round by round:
 ``read_archive`` alone; ``read_archive`` plus the per-member checks the prover's facts
@@ -21,7 +22,7 @@ from ckptguard.context import AuditContext, Source
 from ckptguard.policy import DEFAULT_LIMITS, Policy
 from ckptguard.readers.zipfile import read_archive
 
-CKPTS = Path(__file__).resolve().parent / "out" / "ckpts"
+CKPTS = Path(os.environ.get("CKG_BENCH_CKPTS", Path(__file__).resolve().parent / "out" / "ckpts"))
 DEFAULT = [CKPTS / n for n in ("s50000.bin", "s1000.bin", "big.bin", "small.bin")]
 
 
