@@ -210,3 +210,27 @@ def test_pure_python_key_cases(monkeypatch: pytest.MonkeyPatch) -> None:
     r = engine.audit_bytes(_plain(name=b"archive/../x", local_name=b"archive/../x"), "x.pt",
                            policy=Policy(), limits=DEFAULT_LIMITS)
     assert r.verdict.value != "SAFE" and "CKG308" in r.rule_ids()
+
+
+@needs_native
+@pytest.mark.parametrize("knobs", [{}, {"gap_before": 3}])
+def test_slice_source_same_counters(knobs: dict[str, Any],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """An archive read through a SliceSource (a .pt2 member, a .distcp range): proven or
+    declined, the slice's and its parent's counters and regions match the pure path."""
+    from ckptguard.context import SliceSource
+
+    data = b"HEADER" * 5 + _plain(**knobs) + b"TRAILER"
+    outs = []
+    for pure in (True, False):
+        with monkeypatch.context() as m:
+            m.setenv("CKPTGUARD_PURE", "1" if pure else "0")
+            parent = Source.from_bytes(data)
+            src = SliceSource(parent, 30, len(data) - 37)
+            ctx = AuditContext("x.pt", src, Policy())
+            a = read_archive(ctx)
+            assert a is not None
+            outs.append((a.entries, ctx.findings, parent.regions(), parent.bytes_read,
+                         src.bytes_read, zipfast.facts(a) is not None))
+    assert outs[0][:5] == outs[1][:5]
+    assert outs[1][5] is (knobs == {}) and outs[0][5] is False
