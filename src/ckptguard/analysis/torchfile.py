@@ -13,6 +13,7 @@ from __future__ import annotations
 from ..context import AuditContext, LimitExceeded
 from ..detect import TORCH_LEGACY_MAGIC, sniff
 from ..model import Format, TensorInfo
+from ..readers.zipfast import facts
 from ..readers.zipfile import (
     STORED,
     TORCH_NAME_BUFFER,
@@ -64,8 +65,10 @@ def audit_zip(ctx: AuditContext) -> Format:
     lprefix = _ascii_lower(prefix)
     records: dict[str, ZipEntry] = {}
     outside: list[ZipEntry] = []
+    proven = facts(archive)  # the zip prover's facts: per-member loops that find nothing
+    lowercase = proven is not None and proven.no_upper
     for e in archive.entries:
-        lname = _ascii_lower(e.name)
+        lname = e.name if lowercase else _ascii_lower(e.name)
         if lname.startswith(lprefix):
             rel = lname[len(lprefix):]
             if e.name != prefix + rel and rel in _TORCH_RECORDS | {"constants.pkl"}:
@@ -85,10 +88,11 @@ def audit_zip(ctx: AuditContext) -> Format:
     # torch's TorchScript check sees each name as miniz copies it into a C buffer: cut at
     # the first NUL and at the buffer size.
     script_name = (prefix + "constants.pkl").encode("utf-8", "surrogateescape")
-    is_script = "constants.pkl" in records or any(
-        n == "constants.pkl" or n.endswith("/constants.pkl") for n in names) or any(
-        e.raw_name.split(b"\0", 1)[0][:TORCH_NAME_BUFFER - 1] == script_name
-        for e in archive.entries)
+    is_script = "constants.pkl" in records or (
+        (proven is None or not proven.no_constants_pkl) and (any(
+            n == "constants.pkl" or n.endswith("/constants.pkl") for n in names) or any(
+            e.raw_name.split(b"\0", 1)[0][:TORCH_NAME_BUFFER - 1] == script_name
+            for e in archive.entries)))
     if is_script:
         _torchscript(ctx, archive, records, prefix)
         fmt = Format.TORCHSCRIPT
@@ -104,6 +108,9 @@ def audit_zip(ctx: AuditContext) -> Format:
 def _numpy_reading(ctx: AuditContext, archive: ZipArchive) -> None:
     """numpy.load reads every zip as an npz (detect.py's reader table): members that start
     like an object-dtype .npy, tensor records included, are audited as numpy runs them."""
+    proven = facts(archive)
+    if proven is not None and proven.numpy_free:
+        return  # no member starts with \x93NUMPY (the zip prover read every head)
     from .numpy import audit_numpy_reading
 
     audit_numpy_reading(ctx, archive, archive.entries)

@@ -350,6 +350,11 @@ class ZipArchive:
 def read_archive(ctx: AuditContext, on_defect: DefectSink | None = None) -> ZipArchive | None:
     """Parse and cross-check the archive. Each defect goes to ``on_defect`` as it is found
     (``analysis/zipdefects.record_defects(ctx)`` makes them findings); None if unusable."""
+    from .zipfast import prove_canonical  # the C prover: no defect at all, or it declines
+
+    proven = prove_canonical(ctx, ZipArchive, ZipEntry, on_defect)
+    if proven is not None:
+        return proven
     report = Reporter(on_defect)
     src = ctx.source
     size = src.size
