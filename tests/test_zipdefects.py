@@ -323,3 +323,30 @@ def test_sink_order_is_the_finding_order() -> None:
     assert [(f.rule_id, f.message) for f in ctx.findings] == [
         (finding_args(d).rule_id, finding_args(d).message) for d in directory]
     assert len(ctx.findings) >= 2
+
+
+@pytest.mark.parametrize("first", [4096, 4095])
+def test_a_spent_decompression_budget_still_caps_inflating(first: int) -> None:
+    """zlib reads max_length 0 as "no limit": once deflated members have used exactly the
+    whole ``max_decompressed_bytes`` budget, the next member must hit the limit, not
+    inflate without bound (and a budget one byte short must not raise ValueError)."""
+    import io
+    import random
+    import zipfile as pyzip
+
+    from ckptguard.policy import DEFAULT_LIMITS
+
+    rnd = random.Random(7)
+    buf = io.BytesIO()
+    with pyzip.ZipFile(buf, "w", pyzip.ZIP_DEFLATED) as z:
+        z.writestr("a/first", rnd.randbytes(first))
+        z.writestr("a/second", rnd.randbytes(50_000))
+    limits = DEFAULT_LIMITS.replace(max_decompressed_bytes=4096)
+    ctx = AuditContext("x.pt", Source.from_bytes(buf.getvalue()), Policy(), limits)
+    archive = read_archive(ctx, record_defects(ctx))
+    assert archive is not None
+    a, b = archive.entries
+    assert len(archive.read(a)) == first
+    with pytest.raises(LimitExceeded) as e:
+        archive.read(b)
+    assert e.value.limit == "max_decompressed_bytes"

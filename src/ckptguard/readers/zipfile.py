@@ -245,7 +245,7 @@ class ZipArchive:
             return self.ctx.source.read(entry.data_offset, min(n, entry.compressed_size))
         raw = self.ctx.source.read(entry.data_offset, min(entry.compressed_size, 1 << 16))
         try:
-            return zlib.decompressobj(-15).decompress(raw, n)
+            return zlib.decompressobj(-15).decompress(raw, n) if n > 0 else b""
         except zlib.error:
             return b""
 
@@ -328,12 +328,16 @@ class ZipArchive:
                   + 4096)
         d = zlib.decompressobj(-15)
         try:
-            data = d.decompress(raw, cap)
+            # zlib reads a max_length of 0 as "no limit": a spent budget still caps at 1
+            data = d.decompress(raw, max(cap, 1))
         except zlib.error as e:
             self.report(D.BAD_DEFLATE, entry.name, str(e), member=entry.name,
                         offset=entry.data_offset)
             return b""
         self._decompressed += len(data)
+        if self._decompressed > lim.max_decompressed_bytes:
+            raise LimitExceeded("max_decompressed_bytes", lim.max_decompressed_bytes,
+                                f"member {entry.name}")
         if d.unconsumed_tail:
             if len(data) >= budget:
                 raise LimitExceeded("max_decompressed_bytes", lim.max_decompressed_bytes,
