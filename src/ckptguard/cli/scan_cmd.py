@@ -9,7 +9,6 @@ import click
 
 from ..model import Report
 from ..policy import Limits, Policy
-from ..policy.suggest import suggest_policy_toml
 from ..report import FORMATTERS, FormatOptions, ScanResult, render, summary_line
 from ..report.options import TextLayout
 from .common import (
@@ -145,6 +144,8 @@ def scan_command(
                             policy_origin=policy.origin, profiles=policy.profiles,
                             source_root=os.getcwd(), hf_cache=cache_dir)
         if suggest_policy:
+            from ..policy.suggest import suggest_policy_toml
+
             write_output(suggest_policy_toml(result.reports), output)
         else:
             _emit_or_abort(result, fmt, output, verbose)

@@ -49,10 +49,16 @@ from .defaults import ALLOW, DENY, DENY_ATTRIBUTES, DenyKind
 from .profiles import PROFILES, ProfileName, profiles_with
 from .provenance import API_ORIGIN, DEFAULT_ORIGIN, OriginKind, PolicyOrigin
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+
+
+def _toml() -> Any:
+    """The TOML parser, imported when a policy file is read (a scan with the default
+    policy never parses TOML)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+    return tomllib
 
 _DEFAULT_ALLOW: dict[str, str] = {f"{m}.{n}": reason for m, n, reason in ALLOW}
 _DENY: dict[str, tuple[DenyKind, str]] = {prefix: (kind, reason) for prefix, kind, reason in DENY}
@@ -313,6 +319,7 @@ class Policy:
     @classmethod
     def from_file(cls, path: str | Path, *, origin: PolicyOrigin | None = None) -> Policy:
         p = Path(path)
+        tomllib = _toml()
         try:
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except OSError as e:
@@ -330,6 +337,7 @@ class Policy:
         on its own, because a scanned repository could ship a pyproject that allows its own
         payload."""
         here = Path(start).resolve()
+        tomllib = _toml()
         for d in (here, *here.parents):
             pp = d / "pyproject.toml"
             if pp.is_file():

@@ -18,7 +18,6 @@ and non-ASCII bytes of hostile names never reach a terminal raw.
 from __future__ import annotations
 
 import json
-from importlib import resources
 from typing import Any
 
 from .options import FormatOptions
@@ -65,6 +64,8 @@ def format_json(result: ScanResult, options: FormatOptions) -> str:
 
 def load_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of the document ``format_json`` writes."""
+    from importlib import resources
+
     text = resources.files(__package__).joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
