@@ -50,7 +50,6 @@ from .profiles import PROFILES, ProfileName, profiles_with
 from .provenance import API_ORIGIN, DEFAULT_ORIGIN, OriginKind, PolicyOrigin
 
 
-
 def _toml() -> Any:
     """The TOML parser, imported when a policy file is read (a scan with the default
     policy never parses TOML)."""
