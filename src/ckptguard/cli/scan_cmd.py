@@ -9,7 +9,7 @@ import click
 
 from ..model import Report
 from ..policy import Limits, Policy
-from ..report import FORMATTERS, FormatOptions, ScanResult, render, summary_line
+from ..report import FORMATTERS, FormatOptions, ScanResult, render_chunks, summary_line
 from ..report.options import TextLayout
 from .common import (
     color_wanted,
@@ -258,7 +258,7 @@ def _emit(result: ScanResult, fmt: str, output: str | None, verbose: bool) -> No
         verbose=verbose,
         layout=TextLayout.TERMINAL if terminal else TextLayout.LINES,
     )
-    write_output(render(fmt, result, options), output)
+    write_output(render_chunks(fmt, result, options), output)
     if not to_stdout:
         err(summary_line(result))
 

@@ -18,6 +18,7 @@ and non-ASCII bytes of hostile names never reach a terminal raw.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from .options import FormatOptions
@@ -33,7 +34,8 @@ def tool_info() -> dict[str, str]:
     return {"name": "ckptguard", "version": __version__}
 
 
-def scan_document(result: ScanResult) -> dict[str, Any]:
+def _document_head(result: ScanResult) -> dict[str, Any]:
+    """The document without its reports."""
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": tool_info(),
@@ -42,8 +44,11 @@ def scan_document(result: ScanResult) -> dict[str, Any]:
                    for e in result.policy],
         "policy_source": result.policy_source(),
         "notes": list(result.notes),
-        "reports": [r.to_dict() for r in result.reports],
     }
+
+
+def scan_document(result: ScanResult) -> dict[str, Any]:
+    return {**_document_head(result), "reports": [r.to_dict() for r in result.reports]}
 
 
 #: Above this size the document is written compact (one line): indented output goes
@@ -58,8 +63,37 @@ def dumps(doc: object) -> str:
     return json.dumps(doc, indent=2, ensure_ascii=True, sort_keys=False) + "\n"
 
 
+def iter_json(result: ScanResult) -> Iterator[str]:
+    """``dumps(scan_document(result))`` in pieces, byte for byte: a large document is
+    encoded without a dict per tensor and written as it is encoded (:mod:`.fastjson`);
+    one that stays under ``COMPACT_ABOVE`` is indented, from the dicts, as before."""
+    from .fastjson import compact, report_chunks
+
+    def compact_chunks() -> Iterator[str]:
+        yield compact(_document_head(result))[:-1] + ',"reports":['
+        for i, r in enumerate(result.reports):
+            if i:
+                yield ","
+            yield from report_chunks(r)
+        yield "]}"
+
+    held: list[str] = []
+    size = 0
+    chunks = compact_chunks()
+    for chunk in chunks:
+        held.append(chunk)
+        size += len(chunk)
+        if size > COMPACT_ABOVE:
+            yield "".join(held)
+            held.clear()
+            yield from chunks
+            yield "\n"
+            return
+    yield dumps(scan_document(result))
+
+
 def format_json(result: ScanResult, options: FormatOptions) -> str:
-    return dumps(scan_document(result))
+    return "".join(iter_json(result))
 
 
 def load_schema() -> dict[str, Any]:
@@ -71,5 +105,5 @@ def load_schema() -> dict[str, Any]:
     return schema
 
 
-__all__ = ["SCHEMA_VERSION", "dumps", "format_json", "load_schema", "scan_document",
-           "tool_info"]
+__all__ = ["SCHEMA_VERSION", "dumps", "format_json", "iter_json", "load_schema",
+           "scan_document", "tool_info"]
