@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
 from collections.abc import Callable, Iterable
 from typing import IO, Any, TypeVar
@@ -34,6 +33,8 @@ def color_wanted(stream: Any) -> bool:
 
 def text_width(stream: Any) -> int:
     if is_tty(stream):
+        import shutil  # a terminal only
+
         return max(shutil.get_terminal_size((160, 24)).columns, 60)
     return 160
 

@@ -38,8 +38,7 @@ import enum
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import PolicyError
 from ..model import Finding
@@ -48,6 +47,9 @@ from .benign import COMPANIONS, BenignRow, benign_row
 from .defaults import ALLOW, DENY, DENY_ATTRIBUTES, DenyKind
 from .profiles import PROFILES, ProfileName, profiles_with
 from .provenance import API_ORIGIN, DEFAULT_ORIGIN, OriginKind, PolicyOrigin
+
+if TYPE_CHECKING:  # pathlib is imported when a policy file is read
+    from pathlib import Path
 
 
 def _toml() -> Any:
@@ -317,6 +319,8 @@ class Policy:
 
     @classmethod
     def from_file(cls, path: str | Path, *, origin: PolicyOrigin | None = None) -> Policy:
+        from pathlib import Path
+
         p = Path(path)
         tomllib = _toml()
         try:
@@ -335,6 +339,8 @@ class Policy:
         An explicit opt-in only (``ckptguard scan --discover-policy``): nothing calls this
         on its own, because a scanned repository could ship a pyproject that allows its own
         payload."""
+        from pathlib import Path
+
         here = Path(start).resolve()
         tomllib = _toml()
         for d in (here, *here.parents):
