@@ -148,3 +148,69 @@ def test_other_formats_render_in_one_piece() -> None:
     result = ScanResult(reports=(_report(random.Random(2), 3),))
     for fmt in ("text", "sarif"):
         assert list(render_chunks(fmt, result)) == [render(fmt, result)]
+
+
+# --- the indented layout ---------------------------------------------------------------------
+
+def test_indented_documents_byte_for_byte() -> None:
+    """Random results of every shape, with and without odd tensor types (those batches go
+    through json.dumps), indented exactly as ``json.dumps(indent=2)``."""
+    from ckptguard.report.jsonreport import indented_document
+
+    rng = random.Random(1316)
+    for _ in range(150):
+        reports = tuple(_report(rng, rng.randrange(30), odd=rng.random() < 0.4,
+                                children=rng.randrange(3)) for _ in range(rng.randrange(3)))
+        result = ScanResult(reports=reports, skipped=rng.randrange(3),
+                            notes=tuple(rng.sample(_NAMES, rng.randrange(3))),
+                            interrupted=rng.random() < 0.2)
+        want = json.dumps(scan_document(result), indent=2, ensure_ascii=True) + "\n"
+        assert indented_document(result) == want
+
+
+def _value(rng: random.Random, depth: int) -> Any:
+    k = rng.randrange(12 if depth < 4 else 7)
+    leaves: list[Any] = [rng.choice(_NAMES), rng.randrange(-10**20, 10**20), rng.random() * 1e6,
+                         rng.choice([True, False, None]), float("nan"), float("-inf"), 0.0]
+    if k < 7:
+        return leaves[k]
+    if k < 9:
+        return [_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    if k < 10:
+        return tuple(_value(rng, depth + 1) for _ in range(rng.randrange(3)))
+    return {rng.choice(_NAMES): _value(rng, depth + 1) for _ in range(rng.randrange(4))}
+
+
+def test_indented_values_byte_for_byte() -> None:
+    rng = random.Random(1317)
+    for _ in range(2000):
+        v = _value(rng, 0)
+        assert fj.indented(v) == json.dumps(v, indent=2, ensure_ascii=True), v
+
+
+@pytest.mark.parametrize("value", [{1: "a"}, {"a": {None: 1}}, [Severity.HIGH], Format.ZIP,
+                                   {"a": {1, 2}}, b"x"])
+def test_indented_refuses_what_it_cannot_reproduce(value: Any) -> None:
+    with pytest.raises(fj.Unencodable):
+        fj.indented(value)
+
+
+@pytest.mark.parametrize("level", [None, 0, 1, 3])
+def test_tensor_batches_through_json_dumps_match(level: int | None) -> None:
+    rng = random.Random(level or 0)
+    ts = tuple(_tensor(rng, i, odd=True) for i in range(7))
+    got = fj.tensors_json(ts, level)
+    want = (_compact([t.to_dict() for t in ts]) if level is None else
+            json.dumps([t.to_dict() for t in ts], indent=2).replace("\n", "\n" + "  " * level))
+    assert got == want
+
+
+@pytest.mark.parametrize("name_len", [10, 400, 700])
+def test_few_tensors_with_long_names_choose_like_dumps(name_len: int) -> None:
+    """Few tensors but a large document (the size estimate says small, the text says
+    large): still exactly what ``dumps`` chooses."""
+    ts = tuple(TensorInfo("n" * name_len + str(i), "float32", (i,)) for i in range(2500))
+    result = ScanResult(reports=(Report("p", Format.SAFETENSORS, Verdict.SAFE, tensors=ts),))
+    want = dumps(scan_document(result))
+    assert render("json", result) == want
+    assert want.startswith("{\n") == (name_len < 400)

@@ -38,7 +38,9 @@ NEVER = ("torch", "numpy", "safetensors", "httpx", "certifi", "h11", "anyio", "f
          "tomllib", "rich", "importlib.resources", "ckptguard.remote.http",
          "ckptguard.remote.scan", "ckptguard.loaders", "ckptguard.policy.suggest",
          "ckptguard.analysis.dcp", "ckptguard.analysis.folder", "ckptguard.cli.pool",
-         "ckptguard.report.sarif", "ckptguard.report.inspect", "ckptguard.report.explain")
+         "ckptguard.report.sarif", "ckptguard.report.inspect", "ckptguard.report.explain",
+         "ckptguard.guard", "importlib.abc", "pathlib", "urllib.parse", "ipaddress", "shutil",
+         "tempfile")
 
 
 def _imports(*args: str) -> set[str]:

@@ -1,22 +1,28 @@
-"""Compact JSON of reports with many tensors, byte for byte what
-``json.dumps(report.to_dict(), ensure_ascii=True, separators=(",", ":"))`` writes, without
-building a dict per tensor.
+"""JSON of reports with many tensors, byte for byte what ``json.dumps`` writes for
+``to_dict()`` (compact, and ``indent=2``), without building a dict per tensor.
 
 A 50,000-tensor report is 12 MB of JSON. ``json.dumps`` over ``to_dict()`` builds 50,000
 dicts of 12 keys and re-escapes 600,000 keys (~0.4 s and ~60 MB); here each *column*
 (every tensor's name, every shape, ...) is encoded by one C-level pass (``map`` over
 json's own ``encode_basestring_ascii``, ``int.__repr__``, or one ``json.dumps`` of the
-column), and the rows are stitched together by slice assignment and one ``join``. A column
-whose value types are not the plain ones (``str``, ``int``, ``bool``, ``None``, tuples of
-``int``) makes the whole array fall back to ``json.dumps`` of the dicts: the output is
-identical either way, only the cost differs (tests/test_report_fastjson.py proves it).
+column), a column with one value throughout is folded into the text between the others,
+and the rows are stitched together by slice assignment and one ``join``. The indented
+layout (documents under ``jsonreport.COMPACT_ABOVE``) is written by :func:`indented`, which
+``json.dumps(indent=2)`` would otherwise do in its pure-Python encoder.
+
+A value of a type this module does not encode itself (anything but ``str``, ``int``,
+``float``, ``bool``, ``None``, lists, tuples and ``str``-keyed dicts of them; tensor
+columns: tuples of ``int`` or ``None``) goes through ``json.dumps`` (a batch of tensors,
+or the whole indented document): the output is identical either way, only the cost
+differs (tests/test_report_fastjson.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
 from json.encoder import encode_basestring_ascii
 from typing import Any
@@ -29,25 +35,37 @@ _NONE = type(None)
 _TENSOR_KEYS = ("name", "dtype", "shape", "stride", "storage", "storage_offset", "nbytes",
                 "storage_nbytes", "data_offset", "device", "requires_grad", "file")
 _BOOL = {True: "true", False: "false"}
+#: rows encoded at a time: the columns of a batch are small, so a report of any size is
+#: written in bounded memory
+BATCH = 4096
 
 Encoded = list[str]
+
+
+class Unencodable(Exception):
+    """A value :func:`indented` does not encode itself (the caller uses ``json.dumps``)."""
 
 
 def compact(value: object) -> str:
     return json.dumps(value, ensure_ascii=True, separators=_COMPACT)
 
 
+def _nl(level: int | None) -> str:
+    """The line break and indentation before an item at ``level`` (nothing when compact)."""
+    return "" if level is None else "\n" + "  " * level
+
+
+# --- columns ---------------------------------------------------------------------------------
+
 def _str_or_null(v: str | None) -> str:
     return "null" if v is None else str(encode_basestring_ascii(v))
 
 
-def _int_list(v: tuple[int, ...]) -> str:
-    return "[" + ",".join(map(int.__repr__, v)) + "]"
-
-
-def _int_lists(values: Sequence[Any]) -> Encoded:
-    """``[1,2]`` for each tuple of ints; each distinct shape is encoded once (a model has
-    a few dozen)."""
+def _int_lists(values: Sequence[Any], level: int | None) -> Encoded:
+    """Each tuple of ints as a JSON list (its items at ``level + 1``); each distinct shape
+    is encoded once (a model has a few dozen)."""
+    sep = "," + _nl(None if level is None else level + 1)
+    close = _nl(level) + "]"
     cache: dict[tuple[int, ...], str] = {}
     get = cache.get
     out: Encoded = []
@@ -55,7 +73,7 @@ def _int_lists(values: Sequence[Any]) -> Encoded:
     for v in values:
         e = get(v)
         if e is None:
-            e = cache[v] = _int_list(v)
+            e = cache[v] = "[" + sep[1:] + sep.join(map(int.__repr__, v)) + close if v else "[]"
         add(e)
     return out
 
@@ -66,9 +84,9 @@ def _plain_ints(values: Sequence[Any]) -> bool:
     return set(map(type, chain.from_iterable(values))) <= {int}
 
 
-def encode_column(values: Sequence[Any]) -> Encoded | None:
-    """Each value's compact JSON, or None when the column holds a type this does not
-    encode (the caller then falls back to ``json.dumps``)."""
+def encode_column(values: Sequence[Any], level: int | None = None) -> Encoded | None:
+    """Each value's JSON (a list value's items at ``level + 1``; compact when ``level`` is
+    None), or None when the column holds a type this does not encode."""
     if not values:
         return []
     types = set(map(type, values))
@@ -85,63 +103,79 @@ def encode_column(values: Sequence[Any]) -> Encoded | None:
     if types <= {str, _NONE}:
         return list(map(_str_or_null, values))
     if types <= {tuple} and _plain_ints(values):
-        return _int_lists(values)
+        return _int_lists(values, level)
     if types <= {tuple, _NONE}:
         present = [v for v in values if v is not None]
         if _plain_ints(present):
-            enc = iter(_int_lists(present))
+            enc = iter(_int_lists(present, level))
             return ["null" if v is None else next(enc) for v in values]
     return None
 
 
-#: rows encoded at a time: the columns of a batch are small, so a report of any size is
-#: written in bounded memory
-BATCH = 4096
+# --- tensors ---------------------------------------------------------------------------------
+
+def _rows_by_json(tensors: Sequence[TensorInfo], level: int | None) -> str:
+    """``_rows`` through ``json.dumps`` of the dicts (any type, any subclass)."""
+    dicts = [t.to_dict() for t in tensors]
+    if level is None:
+        return compact(dicts)[1:-1]
+    # the list at level 0, its rows at 1: shift every line to put the rows at ``level``
+    text = json.dumps(dicts, indent=2, ensure_ascii=True).replace("\n", _nl(level - 1))
+    return text[len("[" + _nl(level)):-len(_nl(level - 1) + "]")]
 
 
-def _rows(tensors: Sequence[TensorInfo]) -> str:
-    """The rows of ``tensors`` (non-empty), comma-separated, without the brackets."""
+def _rows(tensors: Sequence[TensorInfo], level: int | None) -> str:
+    """The rows of ``tensors`` (non-empty), each a tensor object at ``level`` (compact
+    when None), separated by ``,`` (and a line break)."""
     n = len(tensors)
+    inner = None if level is None else level + 1
+    ksep = ":" if level is None else ": "
+    row_sep = "," + _nl(level)
     if set(map(type, tensors)) != {TensorInfo}:  # a subclass may encode differently
-        return compact([t.to_dict() for t in tensors])[1:-1]
+        return _rows_by_json(tensors, level)
     slots: list[tuple[str, Encoded]] = []  # (the text before the column, the column)
     text = "{"
     for i, key in enumerate(_TENSOR_KEYS):
-        col = encode_column(list(map(TensorInfo.__dict__[key].__get__, tensors)))
+        col = encode_column(list(map(TensorInfo.__dict__[key].__get__, tensors)), inner)
         if col is None:
-            return compact([t.to_dict() for t in tensors])[1:-1]
-        text += ("," if i else "") + encode_basestring_ascii(key) + ":"
+            return _rows_by_json(tensors, level)
+        text += ("," if i else "") + _nl(inner) + encode_basestring_ascii(key) + ksep
         if col.count(col[0]) == n:  # the same text in every row
             text += col[0]
         else:
             slots.append((text, col))
             text = ""
-    trail = text + "}"
+    trail = text + _nl(level) + "}"
     if not slots:
-        return ",".join([trail] * n)
+        return row_sep.join([trail] * n)
     width = 2 * len(slots)
     pieces: list[str] = [""] * (width * n)
     for j, (lead, col) in enumerate(slots):
         pieces[2 * j::width] = [lead] * n
         pieces[2 * j + 1::width] = col
-    pieces[width::width] = [trail + "," + slots[0][0]] * (n - 1)
+    pieces[width::width] = [trail + row_sep + slots[0][0]] * (n - 1)
     return "".join(pieces) + trail
 
 
-def tensors_chunks(tensors: Sequence[TensorInfo]) -> Iterator[str]:
-    """``compact([t.to_dict() for t in tensors])`` in pieces of ``BATCH`` rows: a column
-    with one value throughout (``"device":"cpu"``, ``"file":null``) is folded into the
-    text between the others, and the rows are stitched by slice assignment and one
-    ``join``."""
-    yield "["
+def tensors_chunks(tensors: Sequence[TensorInfo], level: int | None = None) -> Iterator[str]:
+    """``[t.to_dict() for t in tensors]`` as JSON (a list at ``level``, compact when None),
+    in pieces of ``BATCH`` rows (a batch with a value of another type goes through
+    ``json.dumps``, with the same result)."""
+    if not tensors:
+        yield "[]"
+        return
+    inner = None if level is None else level + 1
+    yield "[" + _nl(inner)
     for i in range(0, len(tensors), BATCH):
-        yield ("," if i else "") + _rows(tensors[i:i + BATCH])
-    yield "]"
+        yield ("," + _nl(inner) if i else "") + _rows(tensors[i:i + BATCH], inner)
+    yield _nl(level) + "]"
 
 
-def tensors_json(tensors: Sequence[TensorInfo]) -> str:
-    return "".join(tensors_chunks(tensors))
+def tensors_json(tensors: Sequence[TensorInfo], level: int | None = None) -> str:
+    return "".join(tensors_chunks(tensors, level))
 
+
+# --- reports ---------------------------------------------------------------------------------
 
 #: Report.to_dict's keys, in its order: the tensors and children are encoded here
 _REPORT_KEYS = ("path", "format", "verdict", "findings", "problems", "tensors", "identity",
@@ -150,18 +184,23 @@ _HEAD = _REPORT_KEYS[:_REPORT_KEYS.index("tensors")]
 _TAIL = _REPORT_KEYS[_REPORT_KEYS.index("tensors") + 1:-1]
 
 
+def _fields(report: Report) -> dict[str, Any] | None:
+    """``report.to_dict()`` without tensors and children; None when this module cannot
+    reproduce the report's encoding (a subclass, or ``to_dict`` changed)."""
+    if type(report) is not Report:
+        return None
+    d = dataclasses.replace(report, tensors=(), children=()).to_dict()
+    return d if tuple(d) == _REPORT_KEYS else None
+
+
 def report_chunks(report: Report) -> Iterator[str]:
     """``compact(report.to_dict())`` in pieces, the tensors (its own and its children's)
     column by column."""
-    if type(report) is not Report:
+    d = _fields(report)
+    if d is None:
         yield compact(report.to_dict())
         return
-    d = dataclasses.replace(report, tensors=(), children=()).to_dict()
-    if tuple(d) != _REPORT_KEYS:  # pragma: no cover - Report.to_dict changed: stay exact
-        yield compact(report.to_dict())
-        return
-    head = compact({k: d[k] for k in _HEAD})
-    yield head[:-1] + ',"tensors":'
+    yield compact({k: d[k] for k in _HEAD})[:-1] + ',"tensors":'
     yield from tensors_chunks(report.tensors)
     yield "," + compact({k: d[k] for k in _TAIL})[1:-1] + ',"children":['
     for i, c in enumerate(report.children):
@@ -175,5 +214,72 @@ def report_json(report: Report) -> str:
     return "".join(report_chunks(report))
 
 
-__all__ = ["BATCH", "compact", "encode_column", "report_chunks", "report_json",
-           "tensors_chunks", "tensors_json"]
+# --- the indented layout ---------------------------------------------------------------------
+
+class Deferred:
+    """A value whose JSON text depends on the level it is written at (the tensors)."""
+
+    def __init__(self, text: Callable[[int], str]) -> None:
+        self.text = text
+
+
+def _float(o: float) -> str:
+    """json's ``floatstr`` (``allow_nan``): ``repr``, or NaN / Infinity / -Infinity."""
+    if math.isnan(o):
+        return "NaN"
+    if math.isinf(o):
+        return "Infinity" if o > 0 else "-Infinity"
+    return float.__repr__(o)
+
+
+def indented(o: Any, level: int = 0) -> str:
+    """``json.dumps(o, indent=2, ensure_ascii=True)`` for ``o`` at ``level``; raises
+    :class:`Unencodable` for a type it does not encode exactly."""
+    t = type(o)
+    if t is str:
+        return str(encode_basestring_ascii(o))
+    if o is None:
+        return "null"
+    if t is bool:
+        return _BOOL[o]
+    if t is int:
+        return int.__repr__(o)
+    if t is float:
+        return _float(o)
+    if t is Deferred:
+        return str(o.text(level))
+    nl = _nl(level + 1)
+    if t is list or t is tuple:
+        if not o:
+            return "[]"
+        items: Iterable[str]
+        if set(map(type, o)) <= {str}:
+            items = map(encode_basestring_ascii, o)
+        else:
+            items = (indented(v, level + 1) for v in o)
+        return "[" + nl + ("," + nl).join(items) + _nl(level) + "]"
+    if t is dict:
+        if not o:
+            return "{}"
+        if set(map(type, o)) != {str}:
+            raise Unencodable("a dict key that is not a str")
+        return "{" + nl + ("," + nl).join(
+            encode_basestring_ascii(k) + ": " + indented(v, level + 1)
+            for k, v in o.items()) + _nl(level) + "}"
+    raise Unencodable(t.__name__)
+
+
+def report_tree(report: Report) -> dict[str, Any]:
+    """``report.to_dict()`` for :func:`indented`, its tensors (and its children's) as
+    :class:`Deferred` values; raises :class:`Unencodable` when it cannot be exact."""
+    d = _fields(report)
+    if d is None:
+        raise Unencodable("a Report subclass or changed to_dict")
+    tensors = report.tensors
+    d["tensors"] = Deferred(lambda level: "".join(tensors_chunks(tensors, level)))
+    d["children"] = [report_tree(c) for c in report.children]
+    return d
+
+
+__all__ = ["BATCH", "Deferred", "Unencodable", "compact", "encode_column", "indented",
+           "report_chunks", "report_json", "report_tree", "tensors_chunks", "tensors_json"]

@@ -21,6 +21,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from ..model import Report
 from .options import FormatOptions
 from .result import ScanResult
 
@@ -63,6 +64,14 @@ def dumps(doc: object) -> str:
     return json.dumps(doc, indent=2, ensure_ascii=True, sort_keys=False) + "\n"
 
 
+#: a lower bound of a tensor's compact JSON (its keys alone take 150 bytes)
+_MIN_ROW = 150
+
+
+def _tensor_count(reports: tuple[Report, ...]) -> int:
+    return sum(len(r.tensors) + _tensor_count(r.children) for r in reports)
+
+
 def iter_json(result: ScanResult) -> Iterator[str]:
     """``dumps(scan_document(result))`` in pieces, byte for byte: a large document is
     encoded without a dict per tensor and written as it is encoded (:mod:`.fastjson`);
@@ -77,6 +86,13 @@ def iter_json(result: ScanResult) -> Iterator[str]:
             yield from report_chunks(r)
         yield "]}"
 
+    if _tensor_count(result.reports) * _MIN_ROW <= COMPACT_ABOVE:
+        # probably small: the indented text is never shorter than the compact one, so
+        # when it fits, the compact one does too (and is not needed)
+        text = indented_document(result)
+        if len(text) <= COMPACT_ABOVE:
+            yield text
+            return
     held: list[str] = []
     size = 0
     chunks = compact_chunks()
@@ -89,7 +105,22 @@ def iter_json(result: ScanResult) -> Iterator[str]:
             yield from chunks
             yield "\n"
             return
-    yield dumps(scan_document(result))
+    yield indented_document(result)
+
+
+def indented_document(result: ScanResult) -> str:
+    """``json.dumps(scan_document(result), indent=2)`` (and a newline), the tensors column
+    by column (:func:`.fastjson.indented`); through ``json.dumps`` when a value is of a
+    type that does not encode exactly."""
+    from .fastjson import Unencodable, indented, report_tree
+
+    try:
+        tree = {**_document_head(result),
+                "reports": [report_tree(r) for r in result.reports]}
+        return indented(tree) + "\n"
+    except Unencodable:
+        return json.dumps(scan_document(result), indent=2, ensure_ascii=True,
+                          sort_keys=False) + "\n"
 
 
 def format_json(result: ScanResult, options: FormatOptions) -> str:
@@ -105,5 +136,5 @@ def load_schema() -> dict[str, Any]:
     return schema
 
 
-__all__ = ["SCHEMA_VERSION", "dumps", "format_json", "iter_json", "load_schema",
-           "scan_document", "tool_info"]
+__all__ = ["SCHEMA_VERSION", "dumps", "format_json", "indented_document", "iter_json",
+           "load_schema", "scan_document", "tool_info"]
