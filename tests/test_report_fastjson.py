@@ -214,3 +214,16 @@ def test_few_tensors_with_long_names_choose_like_dumps(name_len: int) -> None:
     want = dumps(scan_document(result))
     assert render("json", result) == want
     assert want.startswith("{\n") == (name_len < 400)
+
+
+def test_from_file_json_lines_byte_for_byte() -> None:
+    from ckptguard.cli.scan_list import json_line
+
+    rng = random.Random(1318)
+    for _ in range(100):
+        r = _report(rng, rng.randrange(20), odd=rng.random() < 0.3, children=rng.randrange(2))
+        sev = r.max_severity
+        row = {"target": "hf://o/n\u00e9", "verdict": r.verdict.value,
+               "max_severity": sev.name.lower() if sev is not None else None,
+               "rules": sorted(r.rule_ids()), "bytes_read": r.bytes_read, "report": r.to_dict()}
+        assert json_line("hf://o/n\u00e9", r) == json.dumps(row, separators=(",", ":"))
