@@ -218,6 +218,15 @@ def _file(header: bytes, data: bytes = b"") -> bytes:
 @pytest.mark.parametrize(("header", "data", "rule"), [
     pytest.param(b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[-0,4]}}', b"\0" * 4,
                  "CKG504", id="minus-zero-offset"),
+    pytest.param(b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[\n-0,4]}}', b"\0" * 4,
+                 "CKG504", id="minus-zero-after-newline"),
+    pytest.param(b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[ -0 , 4]}}', b"\0" * 4,
+                 "CKG504", id="minus-zero-after-space"),
+    pytest.param(b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32",'
+                 b'"shape":[-0],"data_offsets":[4,4]}}', b"\0" * 4, "CKG501",
+                 id="minus-zero-dim"),
+    pytest.param(b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,123456789012345678901]}}',
+                 b"\0" * 4, "CKG501", id="21-digit-offset"),
     pytest.param(b'{"a":{"dtype":"F32","shape":{},"data_offsets":[0,4]}}', b"\0" * 4,
                  "CKG501", id="empty-object-shape"),
     pytest.param(b'{"a":{"dtype":"F32","shape":[1],"data_offsets":{}}}', b"\0" * 4,
@@ -284,3 +293,13 @@ def test_every_fixture_fast_equals_strict(monkeypatch: pytest.MonkeyPatch) -> No
         assert fast.to_dict() == slow.to_dict(), p
         seen += 1
     assert seen >= 8, seen  # the safetensors-layout fixtures (benign, hostile, robustness)
+
+
+def test_names_with_minus_zero_are_proven(monkeypatch: pytest.MonkeyPatch) -> None:
+    header = b'{"layer-0.w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},' \
+             b'"x,-0":{"dtype":"U8","shape":[2],"data_offsets":[4,6]}}'
+    rec, proved = _audit(_file(header, b"\0" * 6), True, monkeypatch)
+    assert rec["findings"] == [] and [t["name"] for t in rec["tensors"]] == ["layer-0.w", "x,-0"]
+    assert not proved  # ",-0" inside a string still declines (needlessly, never wrongly)
+    rec, proved = _audit(_file(header.replace(b"x,-0", b"x-0"), b"\0" * 6), True, monkeypatch)
+    assert proved and rec["findings"] == []

@@ -16,7 +16,6 @@ Only the header is read (and recorded for the same-bytes check); tensor data nev
 from __future__ import annotations
 
 import json
-import re
 import sys
 from itertools import chain, repeat
 from math import prod
@@ -63,9 +62,10 @@ _TORCH_DTYPE = {k: name for k, (_, name) in DTYPES.items()}
 #: the fast path leaves headers to the strict parser when the C JSON scanner could recurse
 #: deeper than this (the interpreter's recursion limit bounds it; see ``_fast_header``)
 _FAST_MAX_RECURSION = 20_000
-#: ``-0`` where a JSON number may start (after ``:``, ``[``, ``,`` or white space); inside a
-#: string (a name such as ``layer-0``) it is harmless, and only ever declines needlessly
-_MINUS_ZERO = re.compile(rb"[:\[,\s]-0")
+#: ``-0`` where a JSON number may start (after ``:``, ``[``, ``,`` or JSON white space);
+#: inside a string (a name such as ``layer-0``) it is harmless, and only declines needlessly.
+#: Seven substring searches cost ~1 ms on a 4 MB header, a regular expression ~40 ms.
+_MINUS_ZERO = tuple(c + b"-0" for c in (b":", b"[", b",", b" ", b"\t", b"\n", b"\r"))
 _U64 = (1 << 64) - 1
 _MAX_METADATA_ITEMS = 64  # copied into Report.metadata (the rest is only counted)
 
@@ -149,9 +149,13 @@ def _fast_header(ctx: AuditContext, data: bytes, data_start: int, size: int) -> 
     tensor's bytes, and a printable non-empty name. Such a header nests 3 deep, so the
     strict path's depth check passes whenever ``max_json_depth >= 3``. ``-0`` where a number
     may start declines (the C parser reads it as the integer 0, serde_json as a float), so
-    does a recursion limit above ``_FAST_MAX_RECURSION`` (the C scanner's depth bound)."""
+    does a recursion limit above ``_FAST_MAX_RECURSION`` (the C scanner's depth bound).
+
+    Work stays linear in the header: integer literals are converted by the C parser (at
+    most 4300 digits each, CPython's own bound; ~30 ns a byte for a header made of the
+    longest ones, where the strict path stops at the first literal over 20 digits)."""
     if ctx.limits.max_json_depth < 3 or sys.getrecursionlimit() > _FAST_MAX_RECURSION or \
-            (b"-0" in data and _MINUS_ZERO.search(data)):
+            (b"-0" in data and any(m in data for m in _MINUS_ZERO)):
         return False
     try:
         # objects become tuples of (key, value) pairs (arrays stay lists): repeated keys
