@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import sys
-from itertools import chain, repeat
+from itertools import chain, islice, repeat
 from math import prod
-from operator import add, mul, sub
+from operator import add, lt, mul, sub
 from typing import Any
 
 from ..context import AuditContext, LimitExceeded
@@ -165,19 +165,19 @@ def _fast_header(ctx: AuditContext, data: bytes, data_start: int, size: int) -> 
         return False
     if type(top) is not tuple:
         return False
-    names: tuple[str, ...] = ()
-    infos: tuple[Any, ...] = ()
-    if top:
-        names, infos = zip(*top, strict=True)
+    # every column by slicing flat lists: [name0, info0, name1, info1, ...]
+    flat: list[Any] = list(chain.from_iterable(top))
     del top
+    names: list[str] = flat[0::2]
+    infos: list[Any] = flat[1::2]
+    del flat
     if len(set(names)) != len(names):
         return False  # a repeated key (CKG502)
     meta: Any = None
     if _METADATA in names:
         i = names.index(_METADATA)
         meta = infos[i]
-        names = names[:i] + names[i + 1:]
-        infos = infos[:i] + infos[i + 1:]
+        del names[i], infos[i]
         if type(meta) is not tuple or len(dict(meta)) != len(meta) or \
                 set(map(type, chain.from_iterable(meta))) - {str} or \
                 not all(map(_utf8_clean, chain.from_iterable(meta))):
@@ -185,20 +185,21 @@ def _fast_header(ctx: AuditContext, data: bytes, data_start: int, size: int) -> 
     n = len(names)
     if n > ctx.limits.max_tensors:
         return False  # the strict path raises the limit
+    tensors: list[TensorInfo] = []
+    spans: list[tuple[int, int, str]] | None = None  # None: laid out back to back, in order
     if n:
         if set(map(type, infos)) != {tuple} or set(map(len, infos)) != {3} or \
                 "" in names or not all(map(str.isprintable, names)):
             return False
-        fields = list(zip(*infos, strict=True))
+        # each entry: (("dtype", d), ("shape", s), ("data_offsets", o)) -> k d k s k o
+        fields: list[Any] = list(chain.from_iterable(chain.from_iterable(infos)))
         del infos
-        columns = []
-        for key, pairs in zip(_FIELD_ORDER, fields, strict=True):
-            keys, values = zip(*pairs, strict=True)  # an object's members: (key, value)
-            if set(keys) != {key}:
-                return False
-            columns.append(values)
+        if fields[0::6].count(_FIELD_ORDER[0]) != n or \
+                fields[2::6].count(_FIELD_ORDER[1]) != n or \
+                fields[4::6].count(_FIELD_ORDER[2]) != n:
+            return False
+        dtypes, shapes, offsets = fields[1::6], fields[3::6], fields[5::6]
         del fields
-        dtypes, shapes, offsets = columns
         if set(map(type, dtypes)) != {str} or not set(dtypes) <= _BITS.keys() or \
                 set(map(type, shapes)) != {list} or set(map(type, offsets)) != {list} or \
                 set(map(len, offsets)) != {2}:
@@ -206,9 +207,13 @@ def _fast_header(ctx: AuditContext, data: bytes, data_start: int, size: int) -> 
         dims = list(chain.from_iterable(shapes))
         if dims and (set(map(type, dims)) != {int} or min(dims) < 0 or max(dims) > _U64):
             return False
-        begins, ends = zip(*offsets, strict=True)
-        if set(map(type, begins)) | set(map(type, ends)) != {int} or min(begins) < 0 or \
-                max(ends) > _U64:
+        bounds = list(chain.from_iterable(offsets))
+        del offsets
+        if set(map(type, bounds)) != {int}:
+            return False
+        begins, ends = bounds[0::2], bounds[1::2]
+        del bounds
+        if min(begins) < 0 or max(ends) > _U64:
             return False
         nbytes = list(map(sub, ends, begins))
         total_bits = list(map(mul, map(prod, shapes), map(_BITS.__getitem__, dtypes)))
@@ -216,23 +221,26 @@ def _fast_header(ctx: AuditContext, data: bytes, data_start: int, size: int) -> 
                 list(map(mul, nbytes, repeat(8))) != total_bits:
             return False
         starts = list(map(add, begins, repeat(data_start)))
-        order = sorted(zip(starts, names, range(n), strict=True))
         tensors = list(map(TensorInfo, names, map(_TORCH_DTYPE.__getitem__, dtypes),
                            map(tuple, shapes), repeat(None), names, repeat(0), nbytes, nbytes,
                            starts))
-        tensors = [tensors[i] for _, _, i in order]
-    else:
-        tensors = []
+        if all(map(lt, begins, islice(begins, 1, None))):  # the header lists them in order
+            if begins[0] != 0 or ends[-1] != size - data_start or begins[1:] != ends[:-1]:
+                spans = list(zip(starts, map(add, starts, nbytes), names, strict=True))
+        else:
+            order = sorted(zip(starts, names, range(n), strict=True))
+            tensors = [tensors[i] for _, _, i in order]
+            spans = sorted(zip(starts, map(add, starts, nbytes), names, strict=True))
+            b, e, _ = zip(*spans, strict=True)
+            if b[0] == data_start and e[-1] == size and b[1:] == e[:-1]:
+                spans = None
     ctx.source.check_time()
     # every value proven: from here on the records are the strict path's
     _check_metadata(ctx, None if meta is None else dict(meta), meta is not None)
     ctx.metadata["safetensors.tensors"] = str(n)
-    if n:
-        spans = sorted(zip(starts, map(add, starts, nbytes), names, strict=True))
-        b, e, _ = zip(*spans, strict=True)
-        if b[0] != data_start or e[-1] != size or b[1:] != e[:-1]:
-            _check_layout(ctx, spans, data_start, size)  # says which tensor, and how
-    elif data_start != size:
+    if spans is not None:
+        _check_layout(ctx, spans, data_start, size)  # says which tensor, and how
+    elif not n and data_start != size:
         _check_layout(ctx, [], data_start, size)
     ctx.tensors.extend(tensors)
     return True
