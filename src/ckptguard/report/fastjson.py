@@ -61,21 +61,24 @@ def _str_or_null(v: str | None) -> str:
     return "null" if v is None else str(encode_basestring_ascii(v))
 
 
+class _IntLists(dict[tuple[int, ...], str]):
+    """tuple of ints -> its JSON list (items at ``level + 1``), encoded on first use."""
+
+    def __init__(self, level: int | None) -> None:
+        super().__init__()
+        self.sep = "," + _nl(None if level is None else level + 1)
+        self.close = _nl(level) + "]"
+
+    def __missing__(self, v: tuple[int, ...]) -> str:
+        e = self[v] = ("[" + self.sep[1:] + self.sep.join(map(int.__repr__, v)) + self.close
+                       if v else "[]")
+        return e
+
+
 def _int_lists(values: Sequence[Any], level: int | None) -> Encoded:
     """Each tuple of ints as a JSON list (its items at ``level + 1``); each distinct shape
-    is encoded once (a model has a few dozen)."""
-    sep = "," + _nl(None if level is None else level + 1)
-    close = _nl(level) + "]"
-    cache: dict[tuple[int, ...], str] = {}
-    get = cache.get
-    out: Encoded = []
-    add = out.append
-    for v in values:
-        e = get(v)
-        if e is None:
-            e = cache[v] = "[" + sep[1:] + sep.join(map(int.__repr__, v)) + close if v else "[]"
-        add(e)
-    return out
+    is encoded once (a model has a few dozen), the lookups in one C-level ``map``."""
+    return list(map(_IntLists(level).__getitem__, values))
 
 
 def _plain_ints(values: Sequence[Any]) -> bool:
