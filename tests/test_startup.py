@@ -126,3 +126,19 @@ def test_slot_init_sets_every_field_and_stays_frozen() -> None:
         TensorInfo("a", "f", (), nope=1)  # type: ignore[call-arg]
     f = Finding("CKG101", *(None,) * 2, "m", Location("p"))  # type: ignore[arg-type]
     assert f.evidence == () and f.advice == "" and f.location.member is None
+
+
+def test_slot_init_objects_pickle_copy_and_replace() -> None:
+    import copy
+    import dataclasses
+    import pickle
+
+    from ckptguard.model import Effect, Severity
+
+    objs = [TensorInfo("a", "f", (1, 2), stride=(2, 1)), Location("p", "m", 3),
+            Region(1, 2, "ab"), Finding("CKG101", Severity.HIGH, Effect.BLOCKS, "m",
+                                        Location("p"), (("k", "v"),), "x")]
+    for o in objs:
+        assert pickle.loads(pickle.dumps(o)) == o  # the pool sends reports between processes
+        assert copy.deepcopy(o) == o and copy.copy(o) == o
+    assert dataclasses.replace(objs[0], name="b").name == "b"
