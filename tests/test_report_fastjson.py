@@ -92,6 +92,25 @@ def test_random_reports_byte_for_byte() -> None:
         assert fj.report_json(r) == _compact(r.to_dict())
 
 
+@pytest.mark.parametrize("ts", [
+    (TensorInfo("a", "f", (1,), stride=(True,)), TensorInfo("b", "f", (2,), stride=(2,))),
+    (TensorInfo("a", "f", (1,), stride=(1,)), TensorInfo("b", "f", (1,), stride=(True,))),
+    (TensorInfo("a", "f", (), nbytes=1, storage_nbytes=True),
+     TensorInfo("b", "f", (), nbytes=0, storage_nbytes=False)),
+    (TensorInfo("a", "f", (), nbytes=1, storage_nbytes=1, storage_offset=True),
+     TensorInfo("b", "f", (), nbytes=1, storage_nbytes=1, storage_offset=True)),
+    (TensorInfo("a", "f", (), storage="a", file="a"), TensorInfo("b", "f", (), storage="b")),
+], ids=["bool-stride-equal-to-shape", "bool-in-one-row", "bool-equal-to-int-column",
+        "constant-bool-for-int", "str-and-null"])
+def test_equal_values_of_other_types_are_not_shared(ts: tuple[TensorInfo, ...]) -> None:
+    """``(1,) == (True,)`` and ``1 == True``: a column is never reused or folded from values
+    that are equal but encode differently."""
+    for level in (None, 2):
+        want = (_compact([t.to_dict() for t in ts]) if level is None else
+                json.dumps([t.to_dict() for t in ts], indent=2).replace("\n", "\n" + "  " * level))
+        assert fj.tensors_json(ts, level) == want
+
+
 def test_constant_and_varying_columns() -> None:
     same = tuple(TensorInfo("a", "f", (1,)) for _ in range(10))
     assert fj.tensors_json(same) == _compact([t.to_dict() for t in same])

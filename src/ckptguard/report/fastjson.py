@@ -35,6 +35,9 @@ _NONE = type(None)
 _TENSOR_KEYS = ("name", "dtype", "shape", "stride", "storage", "storage_offset", "nbytes",
                 "storage_nbytes", "data_offset", "device", "requires_grad", "file")
 _BOOL = {True: "true", False: "false"}
+#: value types whose equal values always have the same JSON text (not float: 0.0 == -0.0;
+#: not tuple: (1,) == (True,))
+_SCALARS = frozenset({str, int, bool, type(None)})
 #: rows encoded at a time: the columns of a batch are small, so a report of any size is
 #: written in bounded memory
 BATCH = 4096
@@ -137,12 +140,28 @@ def _rows(tensors: Sequence[TensorInfo], level: int | None) -> str:
     if set(map(type, tensors)) != {TensorInfo}:  # a subclass may encode differently
         return _rows_by_json(tensors, level)
     slots: list[tuple[str, Encoded]] = []  # (the text before the column, the column)
+    seen: list[tuple[list[Any], set[type], Encoded]] = []  # columns encoded so far
     text = "{"
     for i, key in enumerate(_TENSOR_KEYS):
-        col = encode_column(list(map(TensorInfo.__dict__[key].__get__, tensors)), inner)
-        if col is None:
-            return _rows_by_json(tensors, level)
         text += ("," if i else "") + _nl(inner) + encode_basestring_ascii(key) + ksep
+        values = list(map(TensorInfo.__dict__[key].__get__, tensors))
+        types = set(map(type, values))
+        if len(types) == 1 and types <= _SCALARS and values.count(values[0]) == n:
+            # one value throughout ("device": "cpu", "file": null): equal values of one
+            # of these types have one text
+            one = encode_column(values[:1], inner)
+            assert one is not None
+            text += one[0]
+            continue
+        # a column equal to an earlier one (safetensors: storage is the name; nbytes is
+        # storage_nbytes) with the same value types has the same text
+        col = next((enc for v, t, enc in seen if t == types and v == values), None) \
+            if types <= _SCALARS else None
+        if col is None:
+            col = encode_column(values, inner)
+            if col is None:
+                return _rows_by_json(tensors, level)
+            seen.append((values, types, col))
         if col.count(col[0]) == n:  # the same text in every row
             text += col[0]
         else:
