@@ -52,8 +52,9 @@ def scan_document(result: ScanResult) -> dict[str, Any]:
     return {**_document_head(result), "reports": [r.to_dict() for r in result.reports]}
 
 
-#: Above this size the document is written compact (one line): indented output goes
-#: through json's pure-Python encoder, 4x slower on a 50,000-tensor report.
+#: Above this size the document is written compact (one line), below it indented. (The
+#: choice dates from when indented output went through json's pure-Python encoder; the
+#: format keeps it: :mod:`.fastjson` writes both layouts byte for byte.)
 COMPACT_ABOVE = 1 << 20
 
 
@@ -73,9 +74,9 @@ def _tensor_count(reports: tuple[Report, ...]) -> int:
 
 
 def iter_json(result: ScanResult) -> Iterator[str]:
-    """``dumps(scan_document(result))`` in pieces, byte for byte: a large document is
-    encoded without a dict per tensor and written as it is encoded (:mod:`.fastjson`);
-    one that stays under ``COMPACT_ABOVE`` is indented, from the dicts, as before."""
+    """``dumps(scan_document(result))`` in pieces, byte for byte, without a dict per
+    tensor (:mod:`.fastjson`): a large document streamed compact as it is encoded, one
+    that stays under ``COMPACT_ABOVE`` indented in one piece."""
     from .fastjson import compact, report_chunks
 
     def compact_chunks() -> Iterator[str]:
