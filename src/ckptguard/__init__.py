@@ -4,12 +4,15 @@
     >>> report = ckptguard.scan("model.bin")          # never imports torch, never executes
     >>> tensors = ckptguard.safe_load("model.bin")    # audit, then torch.load(weights_only)
 
-Importing this package never imports torch; the loaders import it on first use (the
-public API is imported explicitly: ``api`` and ``guard`` cost about 2 ms and import
-nothing heavy).
+Importing this package never imports torch; the loaders import it on first use. The
+public API is imported explicitly, except ``guard_torch_load``: :mod:`.guard` is an import
+hook, whose finder base classes pull in the standard library's resources, tempfile and
+shutil modules (~5 ms in a fresh interpreter), so it is imported on first access.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .api import iter_state_dict, load_state_dict, safe_load
@@ -22,7 +25,6 @@ from .errors import (
     ScanInputError,
     UnsafeCheckpointError,
 )
-from .guard import guard_torch_load
 from .model import (
     Engine,
     Finding,
@@ -36,6 +38,9 @@ from .model import (
 )
 from .policy import Limits, Policy
 from .scan_api import scan
+
+if TYPE_CHECKING:
+    from .guard import guard_torch_load
 
 __all__ = [
     "CkptGuardError",
@@ -63,6 +68,20 @@ __all__ = [
     "safe_load",
     "scan",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``guard_torch_load``, imported on first access (see the module docstring)."""
+    if name == "guard_torch_load":
+        from .guard import guard_torch_load
+
+        globals()[name] = guard_torch_load
+        return guard_torch_load
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def _install_gate_from_env() -> None:

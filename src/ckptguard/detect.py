@@ -7,6 +7,8 @@ and an npz needs the zip directory and happens in the engine (``refine_zip``).
 from __future__ import annotations
 
 import enum
+import os
+import re
 import struct
 from dataclasses import dataclass
 
@@ -108,6 +110,22 @@ def expected_formats(name: str) -> frozenset[Format] | None:
 
 #: a sharded checkpoint's index json (``scan`` audits it with the shards it names)
 INDEX_SUFFIX = ".index.json"
+#: a torch.distributed.checkpoint folder's metadata file and shard names (analysis/dcp.py);
+#: here so that walking folders and naming files do not import the DCP auditor
+DCP_METADATA_RE = re.compile(r"(?:__\d+)?\.metadata\Z")
+DCP_SHARD_SUFFIX = ".distcp"
+
+
+def lists_dcp_metadata(entries: list[os.DirEntry[str]]) -> bool:
+    """Does a folder listing hold the ``.metadata`` file (a link to one counts, as for
+    torch's reader: Hugging Face cache snapshots link every file to a blob)?"""
+    for e in entries:
+        if e.name == ".metadata":
+            try:
+                return e.is_file()
+            except OSError:
+                return False
+    return False
 
 
 def extension_of(name: str) -> str:

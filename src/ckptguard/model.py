@@ -8,8 +8,38 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, TypeVar
+
+_C = TypeVar("_C", bound=type)
+
+
+def _slot_init(cls: _C) -> _C:
+    """Give a frozen slotted dataclass an ``__init__`` that stores each field through its
+    slot's descriptor: the same signature and defaults as the generated one, about twice
+    as fast (the generated one calls ``object.__setattr__`` by name per field, because the
+    class is frozen). A 50,000-tensor checkpoint builds 50,000 ``TensorInfo``; start-up
+    pays about 0.1 ms per class. Fields with a ``default_factory`` are not supported."""
+    ns: dict[str, Any] = {}
+    params: list[str] = []
+    body: list[str] = []
+    for i, f in enumerate(fields(cls)):
+        if f.default_factory is not MISSING or not f.init or f.kw_only:
+            raise TypeError(f"{cls.__name__}.{f.name}: only plain fields")
+        ns[f"_set{i}"] = cls.__dict__[f.name].__set__
+        if f.default is MISSING:
+            params.append(f.name)
+        else:
+            ns[f"_default{i}"] = f.default
+            params.append(f"{f.name}=_default{i}")
+        body.append(f"    _set{i}(self, {f.name})\n")
+    exec(f"def __init__(self, {', '.join(params)}):\n{''.join(body)}", ns)  # noqa: S102
+    init = ns["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__module__ = cls.__module__
+    init.__annotations__ = {**{f.name: f.type for f in fields(cls)}, "return": None}
+    cls.__init__ = init  # type: ignore[misc]
+    return cls
 
 
 class Format(str, enum.Enum):
@@ -87,6 +117,7 @@ class Effect(str, enum.Enum):
         return self.value
 
 
+@_slot_init
 @dataclass(frozen=True, slots=True)
 class Location:
     """Where a finding sits: ``path:member@offset``."""
@@ -111,6 +142,7 @@ class Location:
         return cls(path=d["path"], member=d.get("member"), offset=d.get("offset"))
 
 
+@_slot_init
 @dataclass(frozen=True, slots=True)
 class Finding:
     """One thing the audit found, under a stable rule ID."""
@@ -166,6 +198,7 @@ class Problem:
         return cls(message=d["message"], location=Location.from_dict(d["location"]))
 
 
+@_slot_init
 @dataclass(frozen=True, slots=True)
 class TensorInfo:
     """A tensor as the audit reconstructed it, without reading its data.
@@ -223,6 +256,7 @@ class TensorInfo:
         )
 
 
+@_slot_init
 @dataclass(frozen=True, slots=True)
 class Region:
     """A byte range the audit read and relied on, with its SHA-256 (for the same-bytes check)."""

@@ -21,17 +21,17 @@ not decoded (CKG805); bytes no entry names are noted (CKG807).
 from __future__ import annotations
 
 import os
-import re
 import stat
 from dataclasses import dataclass, field
 
 from ..context import AuditContext, LimitExceeded
+from ..detect import DCP_METADATA_RE as METADATA_RE
+from ..detect import DCP_SHARD_SUFFIX as SHARD_SUFFIX
+from ..detect import lists_dcp_metadata as lists_metadata
 from ..policy.benign_formats import FormatScope, allowance_for
 from .values import Call, Global
 from .vm import PickleMode, audit_pickle
 
-METADATA_RE = re.compile(r"(?:__\d+)?\.metadata\Z")
-SHARD_SUFFIX = ".distcp"
 _MD = "torch.distributed.checkpoint.metadata."
 _METADATA = _MD + "Metadata"
 _INDEX = _MD + "MetadataIndex"
@@ -77,18 +77,6 @@ def is_dcp_dir(path: str) -> bool:
     except OSError:
         return False
     return stat.S_ISREG(st.st_mode)
-
-
-def lists_metadata(entries: list[os.DirEntry[str]]) -> bool:
-    """Does a folder listing hold the ``.metadata`` file (a link to one counts, as for
-    torch's reader: Hugging Face cache snapshots link every file to a blob)?"""
-    for e in entries:
-        if e.name == ".metadata":
-            try:
-                return e.is_file()
-            except OSError:
-                return False
-    return False
 
 
 def audit_metadata(ctx: AuditContext) -> DcpMetadata | None:

@@ -19,6 +19,7 @@ from ..context import AuditContext, LimitExceeded, Source, SourceError, identity
 from ..detect import (
     CODE_BEARING,
     DATA_ONLY_EXTENSIONS,
+    DCP_METADATA_RE,
     Reading,
     expected_formats,
     extension_of,
@@ -296,9 +297,7 @@ def _json(ctx: AuditContext, detail: str) -> Format:
 
 
 def _dcp_metadata_name(base: str) -> bool:
-    from .dcp import METADATA_RE
-
-    return METADATA_RE.match(base) is not None
+    return DCP_METADATA_RE.match(base) is not None
 
 
 def _dcp_metadata(ctx: AuditContext) -> Format:

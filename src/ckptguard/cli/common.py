@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import IO, Any, TypeVar
 
 import click
@@ -34,6 +33,8 @@ def color_wanted(stream: Any) -> bool:
 
 def text_width(stream: Any) -> int:
     if is_tty(stream):
+        import shutil  # a terminal only
+
         return max(shutil.get_terminal_size((160, 24)).columns, 60)
     return 160
 
@@ -121,8 +122,9 @@ def load_limits(items: tuple[str, ...]) -> Limits:
     return limits
 
 
-def write_output(text: str, output: str | None) -> None:
-    """Write the report to stdout or, atomically, to ``output``."""
+def write_output(text: str | Iterable[str], output: str | None) -> None:
+    """Write the report (a string, or pieces of one written as they come) to stdout or,
+    atomically, to ``output``."""
     if output is None or output == "-":
         write_stdout(text)
         return
@@ -133,30 +135,36 @@ def write_output(text: str, output: str | None) -> None:
                    "an earlier file at that path is unchanged") from None
 
 
-def write_stdout(text: str) -> None:
-    """Write ``text`` to stdout whole. A signal that interrupts a blocked write to a pipe
-    makes the buffered text layer drop the rest of a large write (seen with CPython 3.11),
-    so the bytes go out in an explicit loop over ``os.write``. A reader that went away
-    (``| head``) ends the output quietly."""
+def _pieces(text: str | Iterable[str]) -> Iterable[str]:
+    return (text,) if isinstance(text, str) else text
+
+
+def write_stdout(text: str | Iterable[str]) -> None:
+    """Write ``text`` (or its pieces, in order) to stdout whole. A signal that interrupts a
+    blocked write to a pipe makes the buffered text layer drop the rest of a large write
+    (seen with CPython 3.11), so the bytes go out in an explicit loop over ``os.write``. A
+    reader that went away (``| head``) ends the output quietly."""
     stream = stdout()
     try:
         fd = stream.fileno()
     except (AttributeError, ValueError, OSError):  # not a real file (click's test runner)
-        click.echo(text, nl=False)
+        for piece in _pieces(text):
+            click.echo(piece, nl=False)
         return
     try:
         stream.flush()
-        data = memoryview(text.encode(getattr(stream, "encoding", None) or "utf-8",
-                                      "backslashreplace"))
-        while data:
-            data = data[os.write(fd, data[:1 << 16]):]
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        for piece in _pieces(text):
+            data = memoryview(piece.encode(encoding, "backslashreplace"))
+            while data:
+                data = data[os.write(fd, data[:1 << 16]):]
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, fd)  # nothing more reaches the closed pipe, not even at exit
         os.close(devnull)
 
 
-def atomic_write(path: str, text: str) -> None:
+def atomic_write(path: str, text: str | Iterable[str]) -> None:
     """Write ``text`` to a temporary file beside ``path``, flush it to disk and rename it
     over ``path``. On any error (a full disk, a Ctrl-C) the temporary file is removed and
     an earlier file at ``path`` is left as it was. A path that exists and is not a regular
@@ -170,7 +178,7 @@ def atomic_write(path: str, text: str) -> None:
         special = False
     if special:  # /dev/null, /dev/stdout, a FIFO: nothing to replace, write straight to it
         with open(path, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
+            fh.writelines(_pieces(text))
         return
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
@@ -185,7 +193,7 @@ def atomic_write(path: str, text: str) -> None:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
             fd = -1
-            fh.write(text)
+            fh.writelines(_pieces(text))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

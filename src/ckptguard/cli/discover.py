@@ -20,8 +20,10 @@ import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from ..analysis.dcp import METADATA_RE, SHARD_SUFFIX, lists_metadata
+from ..detect import DCP_METADATA_RE as METADATA_RE
+from ..detect import DCP_SHARD_SUFFIX as SHARD_SUFFIX
 from ..detect import EXTENSION_HINTS, extension_of, sniff
+from ..detect import lists_dcp_metadata as lists_metadata
 from ..model import Format
 from ..primitives import open_readonly
 

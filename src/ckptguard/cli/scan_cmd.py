@@ -9,8 +9,7 @@ import click
 
 from ..model import Report
 from ..policy import Limits, Policy
-from ..policy.suggest import suggest_policy_toml
-from ..report import FORMATTERS, FormatOptions, ScanResult, render, summary_line
+from ..report import FORMATTERS, FormatOptions, ScanResult, render_chunks, summary_line
 from ..report.options import TextLayout
 from .common import (
     color_wanted,
@@ -145,6 +144,8 @@ def scan_command(
                             policy_origin=policy.origin, profiles=policy.profiles,
                             source_root=os.getcwd(), hf_cache=cache_dir)
         if suggest_policy:
+            from ..policy.suggest import suggest_policy_toml
+
             write_output(suggest_policy_toml(result.reports), output)
         else:
             _emit_or_abort(result, fmt, output, verbose)
@@ -257,7 +258,7 @@ def _emit(result: ScanResult, fmt: str, output: str | None, verbose: bool) -> No
         verbose=verbose,
         layout=TextLayout.TERMINAL if terminal else TextLayout.LINES,
     )
-    write_output(render(fmt, result, options), output)
+    write_output(render_chunks(fmt, result, options), output)
     if not to_stdout:
         err(summary_line(result))
 

@@ -38,8 +38,7 @@ import enum
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import PolicyError
 from ..model import Finding
@@ -49,10 +48,18 @@ from .defaults import ALLOW, DENY, DENY_ATTRIBUTES, DenyKind
 from .profiles import PROFILES, ProfileName, profiles_with
 from .provenance import API_ORIGIN, DEFAULT_ORIGIN, OriginKind, PolicyOrigin
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+if TYPE_CHECKING:  # pathlib is imported when a policy file is read
+    from pathlib import Path
+
+
+def _toml() -> Any:
+    """The TOML parser, imported when a policy file is read (a scan with the default
+    policy never parses TOML)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+    return tomllib
 
 _DEFAULT_ALLOW: dict[str, str] = {f"{m}.{n}": reason for m, n, reason in ALLOW}
 _DENY: dict[str, tuple[DenyKind, str]] = {prefix: (kind, reason) for prefix, kind, reason in DENY}
@@ -312,7 +319,10 @@ class Policy:
 
     @classmethod
     def from_file(cls, path: str | Path, *, origin: PolicyOrigin | None = None) -> Policy:
+        from pathlib import Path
+
         p = Path(path)
+        tomllib = _toml()
         try:
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except OSError as e:
@@ -329,7 +339,10 @@ class Policy:
         An explicit opt-in only (``ckptguard scan --discover-policy``): nothing calls this
         on its own, because a scanned repository could ship a pyproject that allows its own
         payload."""
+        from pathlib import Path
+
         here = Path(start).resolve()
+        tomllib = _toml()
         for d in (here, *here.parents):
             pp = d / "pyproject.toml"
             if pp.is_file():

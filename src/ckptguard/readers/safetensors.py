@@ -70,9 +70,9 @@ def read_length(read: Read, size: int) -> int:
     return int(n)
 
 
-def read_header(read: Read, size: int, n: int, *, max_header_bytes: int,
-                max_json_depth: int) -> Header:
-    """The header JSON of a file of ``size`` bytes whose length field says ``n``."""
+def read_header_bytes(read: Read, size: int, n: int, *, max_header_bytes: int) -> bytes:
+    """The header JSON's bytes, of a file of ``size`` bytes whose length field says ``n``
+    (bounds checked before anything is read; the bytes must start with ``{``)."""
     if n > size - 8:
         raise HeaderError(f"header length {n} runs past the end of the file ({size} bytes)",
                           0, {"header_length": str(n), "file_size": str(size)})
@@ -86,6 +86,12 @@ def read_header(read: Read, size: int, n: int, *, max_header_bytes: int,
     header = read(8, n)
     if header[:1] != b"{":
         raise HeaderError("header does not start with '{'", 8)
+    return header
+
+
+def parse_header(header: bytes, n: int, *, max_json_depth: int) -> Header:
+    """Parse the header bytes (``read_header_bytes``; ``n`` the length field) strictly:
+    depth, duplicate keys, integer literals (negative ones as :class:`Negative`), UTF-8."""
     try:
         parsed = parse_json(header, max_depth=max_json_depth, parse_int=_parse_int,
                             allow_constants=False)
@@ -98,5 +104,12 @@ def read_header(read: Read, size: int, n: int, *, max_header_bytes: int,
     return Header(n, parsed.value, tuple(parsed.duplicates))
 
 
-__all__ = ["CRATE_MAX_HEADER", "Header", "HeaderError", "Negative", "Read", "read_header",
-           "read_length"]
+def read_header(read: Read, size: int, n: int, *, max_header_bytes: int,
+                max_json_depth: int) -> Header:
+    """The header JSON of a file of ``size`` bytes whose length field says ``n``."""
+    data = read_header_bytes(read, size, n, max_header_bytes=max_header_bytes)
+    return parse_header(data, n, max_json_depth=max_json_depth)
+
+
+__all__ = ["CRATE_MAX_HEADER", "Header", "HeaderError", "Negative", "Read", "parse_header",
+           "read_header", "read_header_bytes", "read_length"]

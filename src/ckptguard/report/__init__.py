@@ -76,6 +76,17 @@ def render(name: str | ReportFormat, result: ScanResult,
     return formatter(result, options or FormatOptions())
 
 
+def render_chunks(name: str | ReportFormat, result: ScanResult,
+                  options: FormatOptions | None = None) -> Iterator[str]:
+    """``render`` in pieces whose concatenation is the same text: the JSON of a large scan
+    is written as it is encoded (bounded memory); the other formats in one piece."""
+    if name == ReportFormat.JSON:
+        from .jsonreport import iter_json
+
+        return iter_json(result)
+    return iter((render(name, result, options),))
+
+
 __all__ = [
     "FORMATTERS",
     "SCHEMA_VERSION",
@@ -86,5 +97,6 @@ __all__ = [
     "formatter",
     "load_schema",
     "render",
+    "render_chunks",
     "summary_line",
 ]

@@ -18,9 +18,10 @@ and non-ASCII bytes of hostile names never reach a terminal raw.
 from __future__ import annotations
 
 import json
-from importlib import resources
+from collections.abc import Iterator
 from typing import Any
 
+from ..model import Report
 from .options import FormatOptions
 from .result import ScanResult
 
@@ -34,7 +35,8 @@ def tool_info() -> dict[str, str]:
     return {"name": "ckptguard", "version": __version__}
 
 
-def scan_document(result: ScanResult) -> dict[str, Any]:
+def _document_head(result: ScanResult) -> dict[str, Any]:
+    """The document without its reports."""
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": tool_info(),
@@ -43,12 +45,16 @@ def scan_document(result: ScanResult) -> dict[str, Any]:
                    for e in result.policy],
         "policy_source": result.policy_source(),
         "notes": list(result.notes),
-        "reports": [r.to_dict() for r in result.reports],
     }
 
 
-#: Above this size the document is written compact (one line): indented output goes
-#: through json's pure-Python encoder, 4x slower on a 50,000-tensor report.
+def scan_document(result: ScanResult) -> dict[str, Any]:
+    return {**_document_head(result), "reports": [r.to_dict() for r in result.reports]}
+
+
+#: Above this size the document is written compact (one line), below it indented. (The
+#: choice dates from when indented output went through json's pure-Python encoder; the
+#: format keeps it: :mod:`.fastjson` writes both layouts byte for byte.)
 COMPACT_ABOVE = 1 << 20
 
 
@@ -59,16 +65,77 @@ def dumps(doc: object) -> str:
     return json.dumps(doc, indent=2, ensure_ascii=True, sort_keys=False) + "\n"
 
 
+#: a lower bound of a tensor's compact JSON (its keys alone take 150 bytes)
+_MIN_ROW = 150
+
+
+def _tensor_count(reports: tuple[Report, ...]) -> int:
+    return sum(len(r.tensors) + _tensor_count(r.children) for r in reports)
+
+
+def iter_json(result: ScanResult) -> Iterator[str]:
+    """``dumps(scan_document(result))`` in pieces, byte for byte, without a dict per
+    tensor (:mod:`.fastjson`): a large document streamed compact as it is encoded, one
+    that stays under ``COMPACT_ABOVE`` indented in one piece."""
+    from .fastjson import compact, report_chunks
+
+    def compact_chunks() -> Iterator[str]:
+        yield compact(_document_head(result))[:-1] + ',"reports":['
+        for i, r in enumerate(result.reports):
+            if i:
+                yield ","
+            yield from report_chunks(r)
+        yield "]}"
+
+    if _tensor_count(result.reports) * _MIN_ROW <= COMPACT_ABOVE:
+        # probably small: the indented text is never shorter than the compact one, so
+        # when it fits, the compact one does too (and is not needed)
+        text = indented_document(result)
+        if len(text) <= COMPACT_ABOVE:
+            yield text
+            return
+    held: list[str] = []
+    size = 0
+    chunks = compact_chunks()
+    for chunk in chunks:
+        held.append(chunk)
+        size += len(chunk)
+        if size > COMPACT_ABOVE:
+            yield "".join(held)
+            held.clear()
+            yield from chunks
+            yield "\n"
+            return
+    yield indented_document(result)
+
+
+def indented_document(result: ScanResult) -> str:
+    """``json.dumps(scan_document(result), indent=2)`` (and a newline), the tensors column
+    by column (:func:`.fastjson.indented`); through ``json.dumps`` when a value is of a
+    type that does not encode exactly."""
+    from .fastjson import Unencodable, indented, report_tree
+
+    try:
+        tree = {**_document_head(result),
+                "reports": [report_tree(r) for r in result.reports]}
+        return indented(tree) + "\n"
+    except Unencodable:
+        return json.dumps(scan_document(result), indent=2, ensure_ascii=True,
+                          sort_keys=False) + "\n"
+
+
 def format_json(result: ScanResult, options: FormatOptions) -> str:
-    return dumps(scan_document(result))
+    return "".join(iter_json(result))
 
 
 def load_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of the document ``format_json`` writes."""
+    from importlib import resources
+
     text = resources.files(__package__).joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
 
 
-__all__ = ["SCHEMA_VERSION", "dumps", "format_json", "load_schema", "scan_document",
-           "tool_info"]
+__all__ = ["SCHEMA_VERSION", "dumps", "format_json", "indented_document", "iter_json",
+           "load_schema", "scan_document", "tool_info"]

@@ -20,16 +20,18 @@ layout. ``make_console`` and the ``rich`` helpers serve ``inspect`` and ``explai
 from __future__ import annotations
 
 import io
-import textwrap
 from collections.abc import Iterator
-
-from rich.console import Console
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from ..model import Effect, Finding, Format, Location, Report, Severity, Verdict
 from ..primitives import escape_untrusted
 from .options import FormatOptions, TextLayout
 from .result import ScanResult, summary_line
+
+if TYPE_CHECKING:  # rich is imported by the functions that use it (inspect, explain):
+    # rendering a scan never imports it
+    from rich.console import Console
+    from rich.text import Text
 
 VERDICT_STYLE = {
     Verdict.SAFE: "bold green",
@@ -46,6 +48,8 @@ SEVERITY_STYLE = {
 
 
 def make_console(buf: io.StringIO, options: FormatOptions) -> Console:
+    from rich.console import Console
+
     return Console(
         file=buf,
         force_terminal=options.color,
@@ -61,6 +65,8 @@ def make_console(buf: io.StringIO, options: FormatOptions) -> Console:
 
 
 def finding_text(f: Finding) -> Text:
+    from rich.text import Text
+
     t = Text()
     t.append(f.rule_id, style="bold")
     t.append(" ")
@@ -164,6 +170,8 @@ def _wrap(text: str, width: int, indent: int) -> list[str]:
     pad = " " * indent
     if len(text) <= room:
         return [pad + text]
+    import textwrap  # the terminal layout only
+
     return [pad + ln for ln in textwrap.wrap(text, room, break_on_hyphens=False)]
 
 

@@ -1,0 +1,144 @@
+"""Start-up: ``ckptguard scan FILE`` imports only what scanning that file needs.
+
+Each case runs the CLI in a fresh interpreter and looks at the modules it imported on top
+of what the interpreter had already imported before ckptguard (site hooks may import
+certifi on their own: only ckptguard's imports count)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import struct
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ckptguard.model import Finding, Location, Region, TensorInfo
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures"
+
+PROBE = r"""
+import json, sys
+before = set(sys.modules)
+sys.argv = ["ckptguard", "scan", *sys.argv[1:]]
+from ckptguard.cli import main
+try:
+    main()
+except SystemExit as e:
+    code = e.code
+print(json.dumps({"code": code, "new": sorted(set(sys.modules) - before)}), file=sys.stderr)
+"""
+
+#: never imported by a scan of a local file, whatever its format and the output format
+NEVER = ("torch", "numpy", "safetensors", "httpx", "certifi", "h11", "anyio", "fickling",
+         "tomllib", "rich", "importlib.resources", "ckptguard.remote.http",
+         "ckptguard.remote.scan", "ckptguard.loaders", "ckptguard.policy.suggest",
+         "ckptguard.analysis.dcp", "ckptguard.analysis.folder", "ckptguard.cli.pool",
+         "ckptguard.report.sarif", "ckptguard.report.inspect", "ckptguard.report.explain",
+         "ckptguard.guard", "importlib.abc", "pathlib", "urllib.parse", "ipaddress", "shutil",
+         "tempfile")
+
+
+def _imports(*args: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True,
+                         text=True, check=False, cwd=ROOT,
+                         env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+    rec = json.loads(out.stderr.strip().splitlines()[-1])
+    assert rec["code"] == 0, out.stderr
+    return set(rec["new"])
+
+
+def _top(mods: set[str]) -> set[str]:
+    return mods | {m.split(".")[0] for m in mods}
+
+
+def _safetensors(folder: Path) -> Path:
+    header = json.dumps({"__metadata__": {"format": "pt"},
+                         "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}},
+                        separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    path = folder / "m.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize("fixture", ["benign/linear.pt", "m.safetensors"])
+def test_a_local_scan_imports_only_what_it_needs(fixture: str, fmt: str,
+                                                 tmp_path: Path) -> None:
+    path = _safetensors(tmp_path) if fixture == "m.safetensors" else FIXTURES / fixture
+    assert path.is_file(), path
+    mods = _top(_imports(str(path), "--format", fmt))
+    assert "ckptguard.cli.scan_cmd" in mods and "click" in mods  # the probe saw the scan
+    for name in NEVER:
+        assert name not in mods, name
+    if fmt == "json":
+        assert "ckptguard.report.text" not in mods
+    else:
+        assert "ckptguard.report.fastjson" not in mods
+    if fixture.endswith(".safetensors"):  # no pickle VM for a file without pickles
+        for name in ("ckptguard.analysis.vm", "ckptguard.analysis.torchfile",
+                     "ckptguard.readers.zipfile", "ckptguard.analysis.fastpath"):
+            assert name not in mods, name
+
+
+def test_a_policy_file_imports_the_toml_parser(tmp_path: Path) -> None:
+    pol = tmp_path / "p.toml"
+    pol.write_text("# no entries: the default policy\n", encoding="utf-8")
+    mods = _imports(str(_safetensors(tmp_path)), "--policy", str(pol))
+    assert "tomllib" in mods
+
+
+# --- TensorInfo & co.: the slot-descriptor __init__ (model._slot_init) ----------------------
+
+@pytest.mark.parametrize("cls", [TensorInfo, Finding, Location, Region])
+def test_slot_init_has_the_dataclass_signature(cls: type) -> None:
+    """Same parameters, order and defaults as the ``__init__`` dataclasses generates."""
+    fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    ns = {"__annotations__": {k: f.type for k, f in fields.items()}}
+    for k, f in fields.items():
+        if f.default is not f.default_factory:  # a default (no field here has a factory)
+            ns[k] = f.default
+    ref = dataclass(frozen=True, slots=True)(type("Ref", (), ns))
+    got = inspect.signature(cls.__init__)
+    want = inspect.signature(ref.__init__)
+    assert [(p.name, p.default, p.kind) for p in got.parameters.values()] == \
+        [(p.name, p.default, p.kind) for p in want.parameters.values()]
+
+
+def test_slot_init_sets_every_field_and_stays_frozen() -> None:
+    t = TensorInfo("a", "float32", (2, 3), storage="0", nbytes=24)
+    assert t.to_dict() == {"name": "a", "dtype": "float32", "shape": [2, 3], "stride": None,
+                           "storage": "0", "storage_offset": 0, "nbytes": 24,
+                           "storage_nbytes": None, "data_offset": None, "device": "cpu",
+                           "requires_grad": False, "file": None}
+    assert t == TensorInfo.from_dict(t.to_dict()) and hash(t) == hash(TensorInfo(
+        "a", "float32", (2, 3), None, "0", 0, 24))
+    with pytest.raises(AttributeError):
+        t.name = "b"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        TensorInfo("a")  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        TensorInfo("a", "f", (), nope=1)  # type: ignore[call-arg]
+    f = Finding("CKG101", *(None,) * 2, "m", Location("p"))  # type: ignore[arg-type]
+    assert f.evidence == () and f.advice == "" and f.location.member is None
+
+
+def test_slot_init_objects_pickle_copy_and_replace() -> None:
+    import copy
+    import dataclasses
+    import pickle
+
+    from ckptguard.model import Effect, Severity
+
+    objs = [TensorInfo("a", "f", (1, 2), stride=(2, 1)), Location("p", "m", 3),
+            Region(1, 2, "ab"), Finding("CKG101", Severity.HIGH, Effect.BLOCKS, "m",
+                                        Location("p"), (("k", "v"),), "x")]
+    for o in objs:
+        assert pickle.loads(pickle.dumps(o)) == o  # the pool sends reports between processes
+        assert copy.deepcopy(o) == o and copy.copy(o) == o
+    assert dataclasses.replace(objs[0], name="b").name == "b"
