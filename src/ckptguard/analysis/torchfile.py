@@ -203,7 +203,10 @@ def _torch_zip(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEnt
         _after_stop(ctx, data, result, pkl.name)
     if result.globals:
         ctx.metadata["pickle.globals"] = str(len({g.full for g in result.globals}))
-    _emit_tensors(ctx, result, catalog)
+    if fast is not None and fast.infos is not None:
+        ctx.tensors.extend(fast.infos)  # built by the native core, as _emit_tensors would
+    else:
+        _emit_tensors(ctx, result, catalog)
 
     for key, e in data_records.items():
         if key not in catalog.seen:
