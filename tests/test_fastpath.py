@@ -359,3 +359,61 @@ def test_understood_globals_table() -> None:
 def test_engine_values_pinned() -> None:
     assert {e.value for e in Engine} == {"torch", "ckptguard"}
     assert Engine("ckptguard") is Engine.CKPTGUARD and Engine("torch") is Engine.TORCH
+
+
+# --- what CPython's C unpickler does silently (regressions: the Python path accepted these) ---
+
+def test_build_slot_state_on_a_storage_declines() -> None:
+    """BUILD with (None, {"numel": 1000}) on the StorageRef a BINPERSID made: the C
+    unpickler sets the slot after persistent_load checked it (the view bound then used the
+    forged numel). Declined on both fast paths; the VM reports CKG111."""
+    buf = io.BytesIO()
+    torch.save(torch.zeros(4), buf)
+    data, cat = _data_pkl(buf.getvalue())
+    assert data is not None
+    i = data.index(b"Q") + 1
+    prog = data[:i] + b"N}X\x05\x00\x00\x00numelM\xe8\x03s\x86b" + data[i:]
+    for core in (fastpath._try_python, fastpath.try_fast):
+        assert core(_ctx(), prog, StorageCatalog(records=dict(cat.records))) is None
+    ctx = _ctx()
+    audit_pickle(ctx, prog, mode=PickleMode.TORCH_ZIP,
+                 storages=StorageCatalog(records=dict(cat.records)))
+    assert "CKG111" in {f.rule_id for f in ctx.findings}
+
+
+@pytest.mark.parametrize("prog", [b"\x80\x02N(u.", b"\x80\x02N(e.", b"\x80\x02K\x01Nb.",
+                                  b"\x80\x02)Nb."])
+def test_silent_no_ops_decline(prog: bytes) -> None:
+    """SETITEMS/APPENDS of nothing on a non-container, BUILD with None on an int or a tuple:
+    no-ops for the C unpickler, CKG202 for the VM. Declined on both fast paths."""
+    for core in (fastpath._try_python, fastpath.try_fast):
+        assert core(_ctx(), prog, StorageCatalog()) is None
+    ctx = _ctx()
+    audit_pickle(ctx, prog, mode=PickleMode.TORCH_ZIP, storages=StorageCatalog())
+    assert "CKG202" in {f.rule_id for f in ctx.findings}
+
+
+def _shared_meta_level(lvl: int) -> bytes:
+    """A dict of 60 keys; below level 1 every value is the same dict of the level below
+    (built inline for the first key, then read from the memo)."""
+    keys = [b"X\x02\x00\x00\x00" + bytes([65 + i // 26, 97 + i % 26]) for i in range(60)]
+    if lvl == 1:
+        return b"}q\x01(" + b"".join(k + b"K\x01" for k in keys) + b"u"
+    return (b"}q" + bytes([lvl]) + b"(" + keys[0] + _shared_meta_level(lvl - 1) +
+            b"".join(k + b"h" + bytes([lvl - 1]) for k in keys[1:]) + b"u")
+
+
+def test_shared_metadata_dag_is_budgeted() -> None:
+    """_metadata four dicts deep, each level's 60 values one shared dict (60**4 = 13M
+    visits for a 3 KB program): the check's work budget declines at once."""
+    import time
+
+    prog = b"\x80\x02ccollections\nOrderedDict\n)R" + _shared_meta_level(4) + b"b."
+    t = time.process_time()
+    for core in (fastpath._try_python, fastpath.try_fast):
+        assert core(_ctx(), prog, StorageCatalog()) is None
+    assert time.process_time() - t < 2.0
+    # the same metadata without sharing-blowup (one level) is proven
+    ok = b"\x80\x02ccollections\nOrderedDict\n)R" + _shared_meta_level(1) + b"b."
+    for core in (fastpath._try_python, fastpath.try_fast):
+        assert core(_ctx(), ok, StorageCatalog()) is not None
