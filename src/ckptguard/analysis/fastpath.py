@@ -96,6 +96,20 @@ _OWN_NAME = _OWN.decode()
 _NEW = {b"}": b"c" + _OWN + b"\nD\n)R", b"]": b"c" + _OWN + b"\nL\n)R"}
 #: around the program: our sentinel, MARK ... program ... TUPLE, TUPLE2
 _HEAD = b"c" + _OWN + b"\nS\n("
+#: MARK + SETITEMS / APPENDS of nothing become a BUILD with our marker (see _NoItems)
+_NO_ITEMS = {0x75: b"c" + _OWN + b"\nZ\nb", 0x65: b"c" + _OWN + b"\nY\nb"}
+_TOKEN1 = re.compile(_TOKEN, re.S)
+
+
+def _last_token(data: bytes, start: int, end: int) -> int:
+    """Where the last token of the run ``data[start:end]`` starts (the run's tokens, as the
+    run pattern split them; a run is scanned at most once, so this stays linear)."""
+    last, p, match = start, start, _TOKEN1.match
+    while p < end:
+        m = match(data, p, end)
+        assert m is not None  # the run pattern matched these very tokens
+        last, p = p, m.end()
+    return last
 _TAIL = b"t\x86."
 
 
@@ -110,6 +124,21 @@ class _Decline(Exception):
 _MAX_KEY = 1 << 60
 
 
+class _NoItems:
+    """What a SETITEMS (``dict``) or APPENDS (``list``) of no items becomes: a BUILD with
+    this marker as the state, so the target's type is checked (the C unpickler would skip
+    an empty SETITEMS/APPENDS without looking at it; the VM refuses a wrong target)."""
+
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+_NO_ITEMS_DICT = _NoItems("dict")
+_NO_ITEMS_LIST = _NoItems("list")
+
+
 class FastDict(dict[Any, Any]):
     """A dict the program built (EMPTY_DICT): keys are checked before they are hashed."""
 
@@ -121,6 +150,8 @@ class FastDict(dict[Any, Any]):
         dict.__setitem__(self, k, v)
 
     def __setstate__(self, state: Any) -> None:
+        if state is _NO_ITEMS_DICT:
+            return  # SETITEMS of nothing
         raise _Decline("BUILD on a dict")
 
 
@@ -133,6 +164,8 @@ class FastList(list[Any]):
         raise _Decline("SETITEM on a list")
 
     def __setstate__(self, state: Any) -> None:
+        if state is _NO_ITEMS_LIST:
+            return  # APPENDS of nothing
         raise _Decline("BUILD on a list")
 
 
@@ -156,6 +189,8 @@ class FastOrderedDict(dict[Any, Any]):
         dict.__setitem__(self, k, v)
 
     def __setstate__(self, state: Any) -> None:
+        if state is _NO_ITEMS_DICT:
+            return  # SETITEMS of nothing
         if self.hooks:
             raise _Decline("state set on a tensor's backward-hooks dict after the rebuild")
         if type(state) is not FastDict or not _plain_meta(state, 4):
@@ -265,7 +300,8 @@ class _Run:
         if stub is not None:
             return stub
         if module == _OWN_NAME:
-            stub = {"D": FastDict, "L": FastList, "S": _SENTINEL}.get(name)
+            stub = {"D": FastDict, "L": FastList, "S": _SENTINEL, "Z": _NO_ITEMS_DICT,
+                    "Y": _NO_ITEMS_LIST}.get(name)
             if stub is None:
                 raise _Decline("unknown own stub")
             self.stubs[(module, name)] = stub
@@ -410,7 +446,7 @@ def _rewrite(data: bytes) -> tuple[bytes, int] | None:
         assert m is not None  # the pattern matches the empty string
         run_end, op_end = m.end(1), m.end()
         parts.append(view[pos:run_end])
-        pos = op_end
+        run_start, pos = pos, op_end
         if op_end == run_end:
             break
         op = data[run_end]
@@ -418,9 +454,14 @@ def _rewrite(data: bytes) -> tuple[bytes, int] | None:
             builds += 1
             parts.append(b"b")
         elif op in (0x75, 0x65):  # SETITEMS / APPENDS
-            if data[run_end - 1] == 0x28:
-                return None  # right after a MARK (or an argument byte 0x28): decline
-            parts.append(view[run_end:op_end])
+            if data[run_end - 1] == 0x28 and _last_token(data, run_start, run_end) == \
+                    run_end - 1:
+                # MARK then SETITEMS/APPENDS: no items, so the C unpickler would not look
+                # at the target; BUILD with our marker checks its type instead
+                parts[-1] = view[run_start : run_end - 1]
+                parts.append(_NO_ITEMS[op])
+            else:
+                parts.append(view[run_end:op_end])
         else:
             parts.append(_NEW[data[run_end : op_end]])
     if pos != end:
