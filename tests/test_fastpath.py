@@ -147,10 +147,17 @@ def _mutate(rng: random.Random, data: bytes) -> bytes:
 
 
 def _same_as_vm(data: bytes, cat: StorageCatalog) -> str:
-    """'accept' / 'decline', after checking the acceptance against the VM."""
+    """'accept' / 'decline' (of try_fast: the native core first where it is built), after
+    checking the acceptance against the VM; the Python fast path alone is checked too."""
+    if fastpath._core() is not None:
+        _same_as_vm_with(fastpath._try_python, data, cat)
+    return _same_as_vm_with(fastpath.try_fast, data, cat)
+
+
+def _same_as_vm_with(try_fast: Any, data: bytes, cat: StorageCatalog) -> str:
     ctx_f = _ctx()
     cat_f = StorageCatalog(records=dict(cat.records))
-    fast = fastpath.try_fast(ctx_f, data, cat_f)
+    fast = try_fast(ctx_f, data, cat_f)
     assert not ctx_f.findings
     if fast is None:
         assert not cat_f.seen
@@ -417,3 +424,27 @@ def test_shared_metadata_dag_is_budgeted() -> None:
     ok = b"\x80\x02ccollections\nOrderedDict\n)R" + _shared_meta_level(1) + b"b."
     for core in (fastpath._try_python, fastpath.try_fast):
         assert core(_ctx(), ok, StorageCatalog()) is not None
+
+
+def test_shared_shape_walks_are_charged() -> None:
+    """One memoised 1,000-int shape reused by 100 rebuilds: the VM charges every walk of it
+    to max_container_items (200,000 > 100,000: CKG901). Both fast paths charge it too and
+    decline (the Python path used to walk it 100 times and prove the file SAFE)."""
+    lim = DEFAULT_LIMITS.replace(max_container_items=100_000)
+    ctx = AuditContext("<gen>", Source.from_bytes(b""), Policy(), lim)
+    cat = StorageCatalog(records={"0": ("a/data/0", 64, 4)})
+    shape = b"(" + b"K\x01" * 1000 + b"tr\x00\x00\x01\x00"  # memo slot 65536
+    pid = (b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000"
+           b"X\x03\x00\x00\x00cpuK\x01tQ")
+    one = (b"ctorch._utils\n_rebuild_tensor_v2\n(" + pid + b"K\x00j\x00\x00\x01\x00"
+           b"j\x00\x00\x01\x00\x89ccollections\nOrderedDict\n)RtR")
+    prog = b"\x80\x02](" + shape + one * 100 + b"e."
+    for core in (fastpath._try_python, fastpath.try_fast):
+        assert core(ctx, prog, StorageCatalog(records=dict(cat.records))) is None
+    vctx = AuditContext("<gen>", Source.from_bytes(b""), Policy(), lim)
+    audit_pickle(vctx, prog, mode=PickleMode.TORCH_ZIP,
+                 storages=StorageCatalog(records=dict(cat.records)))
+    assert "CKG901" in {f.rule_id for f in vctx.findings}
+    # with the default budget the same program is proven, and the VM agrees
+    assert fastpath.try_fast(_ctx(), prog, StorageCatalog(records=dict(cat.records))) \
+        is not None

@@ -679,6 +679,11 @@ static int rebuild_v2(St *s, uint32_t args, Val *out) {
     uint32_t nd = sn->len;
     if (tn->len != nd)
         return -1;
+    /* the VM charges the walk of (possibly memo-shared) size and stride to the items
+     * budget; charged before the walk, so a shared million-int shape cannot go quadratic */
+    s->items += 2 * (int64_t)nd;
+    if (s->items > s->max_items)
+        return -1;
     const Val *sz = &s->pool[sn->aux], *sd = &s->pool[tn->aux];
     int has_zero = 0;
     for (uint32_t i = 0; i < nd; i++) {
@@ -705,7 +710,6 @@ static int rebuild_v2(St *s, uint32_t args, Val *out) {
             return -1;
     }
     s->nodes[hooks.a].flags |= F_HOOKS;
-    s->items += 2 * (int64_t)nd;
     TensorC t = {0};
     t.storage = st.a;
     t.size = size.a;
@@ -956,7 +960,10 @@ static int run(St *s) {
         if (pos >= n)
             return -1;
         unsigned char op = d[pos++];
-        s->n_ops++;
+        /* every value on the stack and every tuple item needs an opcode: this bounds the
+         * memory of the pass while it runs (not only at the end) */
+        if (++s->n_ops > s->max_stack || s->n_ops > s->max_items)
+            return -1;
         switch (op) {
         case '.': /* STOP: the last byte, one value left, no MARK open */
             if (pos != n || s->sp != 1 || s->nmarks != 0)

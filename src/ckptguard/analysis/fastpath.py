@@ -294,6 +294,9 @@ class _Run:
         self.g_v2: Global | None = None
         #: rebuild arguments are kept only for engine="ckptguard" (its hooks re-check)
         self.keep_args = ctx.keep_graph
+        #: the VM charges each rebuild's size and stride walk to max_container_items (a
+        #: memo-shared shape is walked once per rebuild): charged here too, before the walk
+        self.items_left = ctx.limits.max_container_items
 
     def find_class(self, module: str, name: str) -> Any:
         stub = self.stubs.get((module, name))
@@ -365,6 +368,9 @@ class _Run:
                 type(hooks) is not FastOrderedDict or hooks or hooks.state is not None or \
                 len(size) != len(stride):
             raise _Decline("rebuild arguments")
+        self.items_left -= 2 * len(size)
+        if self.items_left < 0:
+            raise _Decline("size and stride walks over the items budget")
         hooks.hooks = True
         for x in size:
             if type(x) is not int:
