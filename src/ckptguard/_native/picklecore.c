@@ -91,7 +91,9 @@ typedef struct {
     Py_ssize_t off[12];
 } SlotClass;
 
-static SlotClass C_STORAGE, C_FTENSOR;   /* StorageRef: key dtype itemsize numel location offset member
+static SlotClass C_STORAGE, C_FTENSOR;
+static SlotClass C_FASTOD;    /* FastOrderedDict: state hooks (a dict: made by dict's tp_new) */
+static PyObject *EMPTY_ARGS;   /* StorageRef: key dtype itemsize numel location offset member
                                  data_offset record_size */
 static SlotClass C_RECORD;    /* TensorRecord: storage storage_offset shape stride dtype
                                  requires_grad offset kind */
@@ -163,7 +165,7 @@ typedef struct {
 } Val;
 
 enum { N_TUPLE = 1, N_LIST, N_DICT, N_OD, N_TENSOR, N_STORAGE };
-enum { F_SPECIAL = 1, F_INTS = 2, F_HOOKS = 4, F_VISITED = 8 };
+enum { F_SPECIAL = 1, F_INTS = 2, F_HOOKS = 4, F_VISITED = 8, F_REACH = 16 };
 
 typedef struct {
     uint8_t type, flags, dstate, pad;
@@ -1483,12 +1485,50 @@ static PyObject *val_obj(St *s, Val v) {
     }
 }
 
-static int build_graph(St *s) {
-    /* 1: every object, in creation order (a tuple's items and a tensor's arguments are
-     * older than it); containers empty */
+/* mark the nodes the root reaches (items, values, OrderedDict state, a tensor's
+ * arguments): only those are built (a persistent id's tuple, say, is not) */
+static int mark_reachable(St *s, Val root) {
+    if (root.tag != V_NODE)
+        return 0;
+    uint32_t *todo = NULL;
+    size_t nt = 0, cap = 0;
+    if (grow((void **)&todo, &cap, 1, sizeof(uint32_t)))
+        return -1;
+    todo[nt++] = root.a;
+    s->nodes[root.a].flags |= F_REACH;
+    while (nt) {
+        Node *nd = &s->nodes[todo[--nt]];
+        Val extra[2];
+        int ne = 0;
+        if (nd->type == N_TENSOR)
+            extra[ne++] = node_val(s->tensors[nd->aux].args);
+        else if (nd->type == N_OD && STATE(s, nd).tag == V_NODE)
+            extra[ne++] = STATE(s, nd);
+        uint32_t len = is_container(nd) ? nd->len : 0;
+        for (uint32_t i = 0; i < len + (uint32_t)ne; i++) {
+            Val c = i < len ? child(s, nd, i, NULL) : extra[i - len];
+            if (c.tag != V_NODE || (s->nodes[c.a].flags & F_REACH))
+                continue;
+            s->nodes[c.a].flags |= F_REACH;
+            if (grow((void **)&todo, &cap, nt + 1, sizeof(uint32_t))) {
+                free(todo);
+                return -1;
+            }
+            todo[nt++] = c.a; /* (todo may move; the nodes do not) */
+        }
+    }
+    free(todo);
+    return 0;
+}
+
+static int build_graph(St *s, Val root) {
+    if (mark_reachable(s, root))
+        return -1;
+    /* 1: every object the root reaches, in creation order (a tuple's items and a tensor's
+     * arguments are older than it); containers empty */
     for (size_t i = 0; i < s->nn; i++) {
         Node *nd = &s->nodes[i];
-        if (nd->obj != NULL || nd->type == N_STORAGE)
+        if (nd->obj != NULL || nd->type == N_STORAGE || !(nd->flags & F_REACH))
             continue;
         switch (nd->type) {
         case N_TUPLE: {
@@ -1508,7 +1548,19 @@ static int build_graph(St *s) {
         }
         case N_LIST: nd->obj = PyObject_CallNoArgs(T_FASTLIST); break;
         case N_DICT: nd->obj = PyObject_CallNoArgs(T_FASTDICT); break;
-        case N_OD: nd->obj = PyObject_CallNoArgs(T_FASTOD); break;
+        case N_OD: {
+            /* dict's own constructor, then the two slots FastOrderedDict.__init__ sets
+             * (state None, hooks False): no Python call per OrderedDict (one per tensor) */
+            PyObject *o = PyDict_Type.tp_new(C_FASTOD.type, EMPTY_ARGS, NULL);
+            if (o != NULL) {
+                Py_INCREF(Py_None);
+                Py_INCREF(Py_False);
+                Py_XSETREF(*(PyObject **)((char *)o + C_FASTOD.off[0]), Py_None);
+                Py_XSETREF(*(PyObject **)((char *)o + C_FASTOD.off[1]), Py_False);
+            }
+            nd->obj = o;
+            break;
+        }
         case N_TENSOR: {
             TensorC *t = &s->tensors[nd->aux];
             PyObject *v[3];
@@ -1535,6 +1587,8 @@ static int build_graph(St *s) {
     /* 2: fill the containers, set the OrderedDicts' state and hooks marks */
     for (size_t i = 0; i < s->nn; i++) {
         Node *nd = &s->nodes[i];
+        if (!(nd->flags & F_REACH))
+            continue;
         if (nd->type == N_LIST) {
             for (uint32_t j = 0; j < nd->len; j++) {
                 PyObject *x = val_obj(s, VEC(s, nd)[j]);
@@ -1556,13 +1610,14 @@ static int build_graph(St *s) {
             if (nd->type == N_OD) {
                 if (STATE(s, nd).tag != V_UNSET) {
                     PyObject *st = val_obj(s, STATE(s, nd));
-                    int bad = st == NULL || PyObject_SetAttr(nd->obj, S_STATE, st) < 0;
-                    Py_XDECREF(st);
-                    if (bad)
+                    if (st == NULL)
                         return -1;
+                    Py_XSETREF(*(PyObject **)((char *)nd->obj + C_FASTOD.off[0]), st);
                 }
-                if ((nd->flags & F_HOOKS) && PyObject_SetAttr(nd->obj, S_HOOKS, Py_True) < 0)
-                    return -1;
+                if (nd->flags & F_HOOKS) {
+                    Py_INCREF(Py_True);
+                    Py_XSETREF(*(PyObject **)((char *)nd->obj + C_FASTOD.off[1]), Py_True);
+                }
             }
         }
     }
@@ -1686,7 +1741,7 @@ static PyObject *pc_scan(PyObject *self, PyObject *args) {
         goto decline;
     TMARK("names");
     if (keep_graph) {
-        if (build_graph(s))
+        if (build_graph(s, rootv))
             goto decline;
         root = val_obj(s, rootv);
         if (root == NULL)
@@ -1738,6 +1793,7 @@ static const char *const INFO_FIELDS[] = {"name", "dtype", "shape", "stride", "s
                                           "storage_offset", "nbytes", "storage_nbytes",
                                           "data_offset", "device", "requires_grad", "file"};
 static const char *const FTENSOR_FIELDS[] = {"func", "args", "tensor"};
+static const char *const FASTOD_FIELDS[] = {"state", "hooks"};
 
 static PyObject *pc_init(PyObject *self, PyObject *args) {
     PyObject *storage, *record, *info, *fdict, *flist, *fod, *ftensor;
@@ -1755,6 +1811,9 @@ static PyObject *pc_init(PyObject *self, PyObject *args) {
     } else if (slot_class(&C_INFO, info, INFO_FIELDS, 12)) {
         return NULL;
     }
+    if (!PyType_Check(fod) || ((PyTypeObject *)fod)->tp_base != &PyDict_Type ||
+        slot_class(&C_FASTOD, fod, FASTOD_FIELDS, 2))
+        return NULL;
     if (!PyType_Check(fdict) || !PyType_IsSubtype((PyTypeObject *)fdict, &PyDict_Type) ||
         !PyType_Check(fod) || !PyType_IsSubtype((PyTypeObject *)fod, &PyDict_Type) ||
         !PyType_Check(flist) || !PyType_IsSubtype((PyTypeObject *)flist, &PyList_Type)) {
@@ -1841,6 +1900,9 @@ PyMODINIT_FUNC PyInit_picklecore(void) {
         memcpy(&ht_seed, PyBytes_AS_STRING(r), 8);
         Py_DECREF(r);
     }
+    EMPTY_ARGS = PyTuple_New(0);
+    if (EMPTY_ARGS == NULL)
+        goto fail;
     S_TENSOR = PyUnicode_InternFromString("tensor");
     S_PARAMETER = PyUnicode_InternFromString("parameter");
     S_DATA = PyUnicode_InternFromString("data/");
