@@ -1707,7 +1707,12 @@ static PyObject *pc_scan(PyObject *self, PyObject *args) {
 #endif
     /* everything built here is acyclic: the collector would only re-walk it */
     gc_was = PyGC_Disable();
+    /* at most one storage per record: sized once, never resized while filled */
+#if PY_VERSION_HEX < 0x030D0000
+    s->seen = _PyDict_NewPresized(PyDict_GET_SIZE(records));
+#else
     s->seen = PyDict_New();
+#endif
     if (s->seen == NULL || new_node(s, N_TUPLE, &e))
         goto decline;
     if (run(s))

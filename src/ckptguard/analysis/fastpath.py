@@ -557,7 +557,10 @@ def _try_native(core: Any, ctx: AuditContext, data: bytes,
         return None
     order, tensors, infos, seen, root = out
     ctx.source.check_time()
-    catalog.seen.update(seen)
+    if catalog.seen:
+        catalog.seen.update(seen)
+    else:
+        catalog.seen = seen  # the core's dict, sized for the archive (no 50k-item copy)
     keep = root if ctx.keep_graph else None
     result = PickleResult(end=len(data), complete=True, root=keep,
                           globals=[gobjs[i] for i in order], tensors=tensors)
