@@ -448,3 +448,20 @@ def test_shared_shape_walks_are_charged() -> None:
     # with the default budget the same program is proven, and the VM agrees
     assert fastpath.try_fast(_ctx(), prog, StorageCatalog(records=dict(cat.records))) \
         is not None
+
+
+def test_native_core_initialises_when_built() -> None:
+    """Where picklecore is built, try_fast uses it: the classes it fills in C (StorageRef,
+    TensorRecord, FastTensor, FastOrderedDict, TensorInfo) still have the slots it writes.
+    A new TensorInfo field must be added to the core too (else its records are left to
+    _emit_tensors, correct but slow): pinned here."""
+    from dataclasses import fields
+
+    from ckptguard._native import native
+    from ckptguard.model import TensorInfo
+
+    assert fastpath._INFO_FIELDS == tuple(f.name for f in fields(TensorInfo))
+    mod = native("picklecore")
+    if mod is None:
+        pytest.skip("picklecore not built (or CKPTGUARD_PURE=1)")
+    assert fastpath._core() is mod
