@@ -1707,9 +1707,11 @@ static PyObject *pc_scan(PyObject *self, PyObject *args) {
 #endif
     /* everything built here is acyclic: the collector would only re-walk it */
     gc_was = PyGC_Disable();
-    /* at most one storage per record: sized once, never resized while filled */
+    /* at most one storage per record, and each costs a persistent id of 16+ bytes: sized
+     * once, never resized while filled */
 #if PY_VERSION_HEX < 0x030D0000
-    s->seen = _PyDict_NewPresized(PyDict_GET_SIZE(records));
+    Py_ssize_t nrec = PyDict_GET_SIZE(records);
+    s->seen = _PyDict_NewPresized(nrec < n / 16 + 8 ? nrec : n / 16 + 8);
 #else
     s->seen = PyDict_New();
 #endif
