@@ -238,7 +238,6 @@ typedef struct {
     PyObject *gobj[N_GLOBALS];  /* Global objects (None: not allowed under the policy) */
 } St;
 
-#define DECLINE(st) return -1
 
 /* Large arrays (a 50k-tensor program: ~35 MB) cost more in page faults than in the pass
  * itself: ask Linux for transparent huge pages on them (a hint; nothing else changes). */
@@ -1343,10 +1342,8 @@ static int name_tensors(St *s, Val root, PyObject *names, PyObject *infos) {
     if (root.tag != V_NODE)
         return 0;
     Node *rn = &s->nodes[root.a];
-    Val last = {V_STR, 0, 0};
     if (rn->type == N_TENSOR) {
         /* the root itself: named "" */
-        fr = NULL;
         TensorC *t = &s->tensors[rn->aux];
         PyObject *name = PyUnicode_FromStringAndSize("", 0);
         if (name == NULL)
@@ -1444,7 +1441,6 @@ static int name_tensors(St *s, Val root, PyObject *names, PyObject *infos) {
         path[np++] = key;
         fr[nf++] = (Frame){c.a, 0};
     }
-    (void)last;
     rc = 0;
 done:
     free(fr);
