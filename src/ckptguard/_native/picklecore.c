@@ -91,14 +91,14 @@ typedef struct {
     Py_ssize_t off[12];
 } SlotClass;
 
-static SlotClass C_STORAGE, C_FTENSOR;
-static SlotClass C_FASTOD;    /* FastOrderedDict: state hooks (a dict: made by dict's tp_new) */
-static PyObject *EMPTY_ARGS;   /* StorageRef: key dtype itemsize numel location offset member
+static SlotClass C_STORAGE;   /* StorageRef: key dtype itemsize numel location offset member
                                  data_offset record_size */
 static SlotClass C_RECORD;    /* TensorRecord: storage storage_offset shape stride dtype
                                  requires_grad offset kind */
 static SlotClass C_INFO;      /* TensorInfo (n == 0: not built here) */
-/* C_FTENSOR: FastTensor: func args tensor */
+static SlotClass C_FTENSOR;   /* FastTensor: func args tensor */
+static SlotClass C_FASTOD;    /* FastOrderedDict: state hooks (a dict: made by dict's tp_new) */
+static PyObject *EMPTY_ARGS;
 static PyObject *T_FASTDICT, *T_FASTLIST, *T_FASTOD;
 static PyObject *S_DTYPE[N_STORAGES], *S_TENSOR, *S_PARAMETER, *S_DATA, *S_STATE, *S_HOOKS;
 
