@@ -460,7 +460,7 @@ def test_native_core_initialises_when_built() -> None:
     from ckptguard._native import native
     from ckptguard.model import TensorInfo
 
-    assert fastpath._INFO_FIELDS == tuple(f.name for f in fields(TensorInfo))
+    assert tuple(f.name for f in fields(TensorInfo)) == fastpath._INFO_FIELDS
     mod = native("picklecore")
     if mod is None:
         pytest.skip("picklecore not built (or CKPTGUARD_PURE=1)")

@@ -107,12 +107,11 @@ def mutate(fdp: atheris.FuzzedDataProvider) -> tuple[StorageCatalog, bytes]:
         elif kind == 5:  # a slice copied elsewhere (memo reuse, repeated keys)
             j = fdp.ConsumeIntInRange(0, max(0, len(b) - 1))
             b[j:j] = b[i : i + fdp.ConsumeIntInRange(1, 64)]
-        else:  # a storage record of another size
-            if cat.records:
-                k = sorted(cat.records)[fdp.ConsumeIntInRange(0, len(cat.records) - 1)]
-                m, off, size = cat.records[k]
-                cat = StorageCatalog(records={**cat.records,
-                                              k: (m, off, size + fdp.ConsumeIntInRange(-8, 8))})
+        elif cat.records:  # a storage record of another size
+            k = sorted(cat.records)[fdp.ConsumeIntInRange(0, len(cat.records) - 1)]
+            m, off, size = cat.records[k]
+            cat = StorageCatalog(records={**cat.records,
+                                          k: (m, off, size + fdp.ConsumeIntInRange(-8, 8))})
     return cat, bytes(b)
 
 
@@ -149,30 +148,39 @@ def TestOneInput(data: bytes) -> None:
         raise AssertionError("native and Python fast paths differ")
 
 
-def seed(corpus: Path) -> int:
-    """The data.pkl of every torch zip under fixtures/, with its catalog."""
-    corpus.mkdir(parents=True, exist_ok=True)
+def _torch_zip(p: Path) -> tuple[list[bytes], bytes | None]:
+    """(catalog lines, data.pkl) of a torch zip; data.pkl None for anything else."""
+    cat: list[bytes] = []
+    pkl = None
+    try:
+        with zipfile.ZipFile(io.BytesIO(p.read_bytes())) as z:
+            for info in z.infolist():
+                rel = info.filename.split("/", 1)[-1]
+                if rel == "data.pkl":
+                    pkl = z.read(info)
+                elif rel.startswith("data/"):
+                    cat.append(f"{rel[5:]}:{info.file_size}".encode())
+    except Exception:  # noqa: BLE001 - not a zip, a broken or encrypted one: no seed
+        return [], None
+    return cat, pkl
+
+
+def seed(corpus: Path | None) -> int:
+    """The data.pkl of every torch zip under fixtures/, with its catalog (written into
+    ``corpus`` too, when given)."""
+    if corpus is not None:
+        corpus.mkdir(parents=True, exist_ok=True)
     n = 0
     for p in sorted((ROOT / "fixtures").rglob("*")):
         if not p.is_file() or p.stat().st_size > 4 << 20:
             continue
-        try:
-            with zipfile.ZipFile(io.BytesIO(p.read_bytes())) as z:
-                cat, pkl = [], None
-                for info in z.infolist():
-                    rel = info.filename.split("/", 1)[-1]
-                    if rel == "data.pkl":
-                        pkl = z.read(info)
-                    elif rel.startswith("data/"):
-                        cat.append(f"{rel[5:]}:{info.file_size}".encode())
-        except Exception:  # noqa: BLE001 - not a zip (or a broken one): no seed
-            continue
+        cat, pkl = _torch_zip(p)
         if pkl is None or len(pkl) > 1 << 16:
             continue
         SEEDS.append((StorageCatalog(records={
             k.decode(): ("a/data/" + k.decode(), 64, int(v))
             for k, _, v in (c.partition(b":") for c in cat)}), pkl))
-        for flags in (0, 1):
+        for flags in (0, 1) if corpus is not None else ():
             (corpus / f"{p.stem}-{n}-{flags}").write_bytes(
                 bytes([flags]) + b"\n".join(cat) + SPLIT + pkl)
         n += 1
@@ -181,9 +189,8 @@ def seed(corpus: Path) -> int:
 
 if __name__ == "__main__":
     dirs = [a for a in sys.argv[1:] if not a.startswith("-")]
-    corpus = Path(dirs[0]) if dirs else Path("/tmp/pkl-fuzz-seeds")
-    fresh = not corpus.is_dir() or not os.listdir(corpus)
-    print(f"{seed(corpus if fresh else Path('/tmp/pkl-fuzz-seeds-scratch'))} data.pkl seeds",
-          flush=True)
+    corpus = Path(dirs[0]) if dirs else None
+    fresh = corpus is not None and (not corpus.is_dir() or not os.listdir(corpus))
+    print(f"{seed(corpus if fresh else None)} data.pkl seeds", flush=True)
     atheris.Setup(sys.argv, TestOneInput)
     atheris.Fuzz()
