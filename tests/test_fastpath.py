@@ -147,10 +147,17 @@ def _mutate(rng: random.Random, data: bytes) -> bytes:
 
 
 def _same_as_vm(data: bytes, cat: StorageCatalog) -> str:
-    """'accept' / 'decline', after checking the acceptance against the VM."""
+    """'accept' / 'decline' (of try_fast: the native core first where it is built), after
+    checking the acceptance against the VM; the Python fast path alone is checked too."""
+    if fastpath._core() is not None:
+        _same_as_vm_with(fastpath._try_python, data, cat)
+    return _same_as_vm_with(fastpath.try_fast, data, cat)
+
+
+def _same_as_vm_with(try_fast: Any, data: bytes, cat: StorageCatalog) -> str:
     ctx_f = _ctx()
     cat_f = StorageCatalog(records=dict(cat.records))
-    fast = fastpath.try_fast(ctx_f, data, cat_f)
+    fast = try_fast(ctx_f, data, cat_f)
     assert not ctx_f.findings
     if fast is None:
         assert not cat_f.seen
@@ -359,3 +366,102 @@ def test_understood_globals_table() -> None:
 def test_engine_values_pinned() -> None:
     assert {e.value for e in Engine} == {"torch", "ckptguard"}
     assert Engine("ckptguard") is Engine.CKPTGUARD and Engine("torch") is Engine.TORCH
+
+
+# --- what CPython's C unpickler does silently (regressions: the Python path accepted these) ---
+
+def test_build_slot_state_on_a_storage_declines() -> None:
+    """BUILD with (None, {"numel": 1000}) on the StorageRef a BINPERSID made: the C
+    unpickler sets the slot after persistent_load checked it (the view bound then used the
+    forged numel). Declined on both fast paths; the VM reports CKG111."""
+    buf = io.BytesIO()
+    torch.save(torch.zeros(4), buf)
+    data, cat = _data_pkl(buf.getvalue())
+    assert data is not None
+    i = data.index(b"Q") + 1
+    prog = data[:i] + b"N}X\x05\x00\x00\x00numelM\xe8\x03s\x86b" + data[i:]
+    for core in (fastpath._try_python, fastpath.try_fast):
+        assert core(_ctx(), prog, StorageCatalog(records=dict(cat.records))) is None
+    ctx = _ctx()
+    audit_pickle(ctx, prog, mode=PickleMode.TORCH_ZIP,
+                 storages=StorageCatalog(records=dict(cat.records)))
+    assert "CKG111" in {f.rule_id for f in ctx.findings}
+
+
+@pytest.mark.parametrize("prog", [b"\x80\x02N(u.", b"\x80\x02N(e.", b"\x80\x02K\x01Nb.",
+                                  b"\x80\x02)Nb."])
+def test_silent_no_ops_decline(prog: bytes) -> None:
+    """SETITEMS/APPENDS of nothing on a non-container, BUILD with None on an int or a tuple:
+    no-ops for the C unpickler, CKG202 for the VM. Declined on both fast paths."""
+    for core in (fastpath._try_python, fastpath.try_fast):
+        assert core(_ctx(), prog, StorageCatalog()) is None
+    ctx = _ctx()
+    audit_pickle(ctx, prog, mode=PickleMode.TORCH_ZIP, storages=StorageCatalog())
+    assert "CKG202" in {f.rule_id for f in ctx.findings}
+
+
+def _shared_meta_level(lvl: int) -> bytes:
+    """A dict of 60 keys; below level 1 every value is the same dict of the level below
+    (built inline for the first key, then read from the memo)."""
+    keys = [b"X\x02\x00\x00\x00" + bytes([65 + i // 26, 97 + i % 26]) for i in range(60)]
+    if lvl == 1:
+        return b"}q\x01(" + b"".join(k + b"K\x01" for k in keys) + b"u"
+    return (b"}q" + bytes([lvl]) + b"(" + keys[0] + _shared_meta_level(lvl - 1) +
+            b"".join(k + b"h" + bytes([lvl - 1]) for k in keys[1:]) + b"u")
+
+
+def test_shared_metadata_dag_is_budgeted() -> None:
+    """_metadata four dicts deep, each level's 60 values one shared dict (60**4 = 13M
+    visits for a 3 KB program): the check's work budget declines at once."""
+    import time
+
+    prog = b"\x80\x02ccollections\nOrderedDict\n)R" + _shared_meta_level(4) + b"b."
+    t = time.process_time()
+    for core in (fastpath._try_python, fastpath.try_fast):
+        assert core(_ctx(), prog, StorageCatalog()) is None
+    assert time.process_time() - t < 2.0
+    # the same metadata without sharing-blowup (one level) is proven
+    ok = b"\x80\x02ccollections\nOrderedDict\n)R" + _shared_meta_level(1) + b"b."
+    for core in (fastpath._try_python, fastpath.try_fast):
+        assert core(_ctx(), ok, StorageCatalog()) is not None
+
+
+def test_shared_shape_walks_are_charged() -> None:
+    """One memoised 1,000-int shape reused by 100 rebuilds: the VM charges every walk of it
+    to max_container_items (200,000 > 100,000: CKG901). Both fast paths charge it too and
+    decline (the Python path used to walk it 100 times and prove the file SAFE)."""
+    lim = DEFAULT_LIMITS.replace(max_container_items=100_000)
+    ctx = AuditContext("<gen>", Source.from_bytes(b""), Policy(), lim)
+    cat = StorageCatalog(records={"0": ("a/data/0", 64, 4)})
+    shape = b"(" + b"K\x01" * 1000 + b"tr\x00\x00\x01\x00"  # memo slot 65536
+    pid = (b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000"
+           b"X\x03\x00\x00\x00cpuK\x01tQ")
+    one = (b"ctorch._utils\n_rebuild_tensor_v2\n(" + pid + b"K\x00j\x00\x00\x01\x00"
+           b"j\x00\x00\x01\x00\x89ccollections\nOrderedDict\n)RtR")
+    prog = b"\x80\x02](" + shape + one * 100 + b"e."
+    for core in (fastpath._try_python, fastpath.try_fast):
+        assert core(ctx, prog, StorageCatalog(records=dict(cat.records))) is None
+    vctx = AuditContext("<gen>", Source.from_bytes(b""), Policy(), lim)
+    audit_pickle(vctx, prog, mode=PickleMode.TORCH_ZIP,
+                 storages=StorageCatalog(records=dict(cat.records)))
+    assert "CKG901" in {f.rule_id for f in vctx.findings}
+    # with the default budget the same program is proven, and the VM agrees
+    assert fastpath.try_fast(_ctx(), prog, StorageCatalog(records=dict(cat.records))) \
+        is not None
+
+
+def test_native_core_initialises_when_built() -> None:
+    """Where picklecore is built, try_fast uses it: the classes it fills in C (StorageRef,
+    TensorRecord, FastTensor, FastOrderedDict, TensorInfo) still have the slots it writes.
+    A new TensorInfo field must be added to the core too (else its records are left to
+    _emit_tensors, correct but slow): pinned here."""
+    from dataclasses import fields
+
+    from ckptguard._native import native
+    from ckptguard.model import TensorInfo
+
+    assert tuple(f.name for f in fields(TensorInfo)) == fastpath._INFO_FIELDS
+    mod = native("picklecore")
+    if mod is None:
+        pytest.skip("picklecore not built (or CKPTGUARD_PURE=1)")
+    assert fastpath._core() is mod

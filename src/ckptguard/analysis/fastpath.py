@@ -37,10 +37,13 @@ import io
 import pickle
 import re
 import sys
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, fields
 from typing import Any
 
+from .._native import native
 from ..context import AuditContext, LimitExceeded
+from ..model import TensorInfo
 from ..policy import GlobalStatus, classify_global
 from .tensors import (
     GRAD_DTYPES,
@@ -69,7 +72,7 @@ _NAME = rb"[A-Za-z_][A-Za-z0-9_.]{0,127}"
 _TOKEN = b"(?:" + b"|".join([
     rb"[Kqh].",                    # BININT1 / BINPUT / BINGET
     rb"r..[\x00-\x3f]\x00",        # LONG_BINPUT: index < 2**22 (a bounded C memo array)
-    rb"[(\x85\x86\x87\x88\x89NtQRsuaeb)]",  # MARK, tuples, bools, None, REDUCE, ...
+    rb"[(\x85\x86\x87\x88\x89NtQRsa)]",  # MARK, tuples, bools, None, REDUCE, ...
     _counted(b"X", 4, 128),        # BINUNICODE under 128 bytes
     rb"[Jj]....",                  # BININT / LONG_BINGET
     rb"M..",                       # BININT2
@@ -79,7 +82,12 @@ _TOKEN = b"(?:" + b"|".join([
 ]) + b")"
 #: bytes that start a token: a program has at most this many opcodes
 _STARTS = b"Kqhr(\x85\x86\x87\x88\x89NtQRsuaeb)XJjMG\x8ac}]"
-_RUN = re.compile(b"(" + _TOKEN + rb"*+)([}\]]?)", re.S)
+#: a run of tokens, then one the rewrite must see: EMPTY_DICT / EMPTY_LIST (rewritten),
+#: BUILD (counted: every one must reach FastOrderedDict.__setstate__; the C unpickler
+#: applies any other silently, e.g. slot state to a StorageRef) and SETITEMS / APPENDS
+#: (right after a MARK the C unpickler skips them without looking at the target, which the
+#: VM checks: declined)
+_RUN = re.compile(b"(" + _TOKEN + rb"*+)([}\]bue]?)", re.S)
 
 #: what replaces EMPTY_DICT / EMPTY_LIST before the C unpickler runs: GLOBAL of our own
 #: module name (the file may not name it), EMPTY_TUPLE, REDUCE
@@ -88,6 +96,20 @@ _OWN_NAME = _OWN.decode()
 _NEW = {b"}": b"c" + _OWN + b"\nD\n)R", b"]": b"c" + _OWN + b"\nL\n)R"}
 #: around the program: our sentinel, MARK ... program ... TUPLE, TUPLE2
 _HEAD = b"c" + _OWN + b"\nS\n("
+#: MARK + SETITEMS / APPENDS of nothing become a BUILD with our marker (see _NoItems)
+_NO_ITEMS = {0x75: b"c" + _OWN + b"\nZ\nb", 0x65: b"c" + _OWN + b"\nY\nb"}
+_TOKEN1 = re.compile(_TOKEN, re.S)
+
+
+def _last_token(data: bytes, start: int, end: int) -> int:
+    """Where the last token of the run ``data[start:end]`` starts (the run's tokens, as the
+    run pattern split them; a run is scanned at most once, so this stays linear)."""
+    last, p, match = start, start, _TOKEN1.match
+    while p < end:
+        m = match(data, p, end)
+        assert m is not None  # the run pattern matched these very tokens
+        last, p = p, m.end()
+    return last
 _TAIL = b"t\x86."
 
 
@@ -102,6 +124,21 @@ class _Decline(Exception):
 _MAX_KEY = 1 << 60
 
 
+class _NoItems:
+    """What a SETITEMS (``dict``) or APPENDS (``list``) of no items becomes: a BUILD with
+    this marker as the state, so the target's type is checked (the C unpickler would skip
+    an empty SETITEMS/APPENDS without looking at it; the VM refuses a wrong target)."""
+
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+_NO_ITEMS_DICT = _NoItems("dict")
+_NO_ITEMS_LIST = _NoItems("list")
+
+
 class FastDict(dict[Any, Any]):
     """A dict the program built (EMPTY_DICT): keys are checked before they are hashed."""
 
@@ -113,6 +150,8 @@ class FastDict(dict[Any, Any]):
         dict.__setitem__(self, k, v)
 
     def __setstate__(self, state: Any) -> None:
+        if state is _NO_ITEMS_DICT:
+            return  # SETITEMS of nothing
         raise _Decline("BUILD on a dict")
 
 
@@ -125,6 +164,8 @@ class FastList(list[Any]):
         raise _Decline("SETITEM on a list")
 
     def __setstate__(self, state: Any) -> None:
+        if state is _NO_ITEMS_LIST:
+            return  # APPENDS of nothing
         raise _Decline("BUILD on a list")
 
 
@@ -148,11 +189,19 @@ class FastOrderedDict(dict[Any, Any]):
         dict.__setitem__(self, k, v)
 
     def __setstate__(self, state: Any) -> None:
+        if state is _NO_ITEMS_DICT:
+            return  # SETITEMS of nothing
         if self.hooks:
             raise _Decline("state set on a tensor's backward-hooks dict after the rebuild")
         if type(state) is not FastDict or not _plain_meta(state, 4):
             raise _Decline("OrderedDict state that is not plain metadata")
         self.state = state
+        _tls.builds += 1
+
+
+#: per-thread counters of the run in progress: BUILDs that reached an OrderedDict, and the
+#: items _plain_meta may still look at (a memo-shared metadata DAG must not cost n**4)
+_tls = threading.local()
 
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
@@ -162,6 +211,9 @@ def _plain_meta(d: dict[Any, Any], depth: int) -> bool:
     """A dict of str keys whose values are scalars or such dicts (``_metadata``)."""
     if depth <= 0:
         return False
+    _tls.budget -= len(d)
+    if _tls.budget < 0:
+        raise _Decline("metadata too costly to check")
     for k, v in d.items():
         if type(k) is not str:
             return False
@@ -202,13 +254,33 @@ _UNDERSTOOD = frozenset({"torch._utils._rebuild_tensor_v2", "torch._utils._rebui
                                                                      "TypedStorage")}
 
 
+def _understood_global(module: str, name: str, proto: int,
+                       ctx: AuditContext) -> Global | None:
+    """The Global the fast path resolves ``module.name`` to, or None when it is not one it
+    understands, the VM would resolve it to another name, or the policy does not allow it."""
+    raw = f"{module}.{name}"
+    if raw not in _UNDERSTOOD or not _valid_dotted(module):
+        return None
+    # the VM's resolution: torch's rename table, then pickle's (protocol < 3)
+    py = _py_mapped(module, name) if proto < 3 else raw
+    if _torch_mapped(module, name) != raw or py != raw:
+        return None
+    if classify_global(raw, ctx.policy).status is not GlobalStatus.ALLOW:
+        return None
+    return Global(module, name, raw, 0, GlobalStatus.ALLOW)
+
+
 @dataclass
 class FastResult:
-    """An accepted program: the VM-equivalent result and the symbolic root."""
+    """An accepted program: the VM-equivalent result and the symbolic root.
+
+    ``infos``: the report's tensor records, when the native core built them (the caller
+    then skips its own per-tensor loop); None when the caller builds them."""
 
     result: PickleResult
     root: object
     storages: dict[str, StorageRef]
+    infos: list[TensorInfo] | None = None
 
 
 class _Run:
@@ -222,27 +294,26 @@ class _Run:
         self.g_v2: Global | None = None
         #: rebuild arguments are kept only for engine="ckptguard" (its hooks re-check)
         self.keep_args = ctx.keep_graph
+        #: the VM charges each rebuild's size and stride walk to max_container_items (a
+        #: memo-shared shape is walked once per rebuild): charged here too, before the walk
+        self.items_left = ctx.limits.max_container_items
 
     def find_class(self, module: str, name: str) -> Any:
         stub = self.stubs.get((module, name))
         if stub is not None:
             return stub
         if module == _OWN_NAME:
-            stub = {"D": FastDict, "L": FastList, "S": _SENTINEL}.get(name)
+            stub = {"D": FastDict, "L": FastList, "S": _SENTINEL, "Z": _NO_ITEMS_DICT,
+                    "Y": _NO_ITEMS_LIST}.get(name)
             if stub is None:
                 raise _Decline("unknown own stub")
             self.stubs[(module, name)] = stub
             return stub
-        raw = f"{module}.{name}"
-        if raw not in _UNDERSTOOD or not _valid_dotted(module):
-            raise _Decline(f"global {raw} is not one the fast path understands")
-        # the VM's resolution: torch's rename table, then pickle's (protocol < 3)
-        py = _py_mapped(module, name) if self.proto < 3 else raw
-        if _torch_mapped(module, name) != raw or py != raw:
-            raise _Decline("renamed global")
-        if classify_global(raw, self.ctx.policy).status is not GlobalStatus.ALLOW:
-            raise _Decline("global not allowlisted under this policy")
-        g = Global(module, name, raw, 0, GlobalStatus.ALLOW)
+        g = _understood_global(module, name, self.proto, self.ctx)
+        if g is None:
+            raise _Decline(f"global {module}.{name} is not one the fast path understands "
+                           "and allows")
+        raw = g.full
         self.globals[raw] = g
         if raw == "collections.OrderedDict":
             stub = FastOrderedDict
@@ -297,6 +368,9 @@ class _Run:
                 type(hooks) is not FastOrderedDict or hooks or hooks.state is not None or \
                 len(size) != len(stride):
             raise _Decline("rebuild arguments")
+        self.items_left -= 2 * len(size)
+        if self.items_left < 0:
+            raise _Decline("size and stride walks over the items budget")
         hooks.hooks = True
         for x in size:
             if type(x) is not int:
@@ -360,31 +434,46 @@ class _Sentinel:
 _SENTINEL = _Sentinel()
 
 
-def _rewrite(data: bytes) -> bytes | None:
-    """The program made safe for the C unpickler, or None when ``data`` is not
-    ``PROTO 2|3, accepted opcodes..., STOP``: EMPTY_DICT/EMPTY_LIST become calls of our
-    own classes and the program is wrapped as ``(SENTINEL, (MARK program TUPLE))``, so
-    values or MARKs left over at STOP show."""
+def _rewrite(data: bytes) -> tuple[bytes, int] | None:
+    """The program made safe for the C unpickler and its number of BUILD opcodes, or None
+    when ``data`` is not ``PROTO 2|3, accepted opcodes..., STOP``: EMPTY_DICT/EMPTY_LIST
+    become calls of our own classes and the program is wrapped as
+    ``(SENTINEL, (MARK program TUPLE))``, so values or MARKs left over at STOP show."""
     n = len(data)
     if n < 4 or data[0] != 0x80 or data[1] not in (2, 3) or data[-1] != 0x2E:
         return None
     view = memoryview(data)  # the runs are joined without a copy of each
     parts: list[bytes | memoryview] = [data[:2], _HEAD]
     pos, end = 2, n - 1
+    builds = 0
     match = _RUN.match
     while True:
         m = match(data, pos, end)
         assert m is not None  # the pattern matches the empty string
         run_end, op_end = m.end(1), m.end()
         parts.append(view[pos:run_end])
-        pos = op_end
+        run_start, pos = pos, op_end
         if op_end == run_end:
             break
-        parts.append(_NEW[data[run_end : op_end]])
+        op = data[run_end]
+        if op == 0x62:  # BUILD
+            builds += 1
+            parts.append(b"b")
+        elif op in (0x75, 0x65):  # SETITEMS / APPENDS
+            if data[run_end - 1] == 0x28 and _last_token(data, run_start, run_end) == \
+                    run_end - 1:
+                # MARK then SETITEMS/APPENDS: no items, so the C unpickler would not look
+                # at the target; BUILD with our marker checks its type instead
+                parts[-1] = view[run_start : run_end - 1]
+                parts.append(_NO_ITEMS[op])
+            else:
+                parts.append(view[run_end:op_end])
+        else:
+            parts.append(_NEW[data[run_end : op_end]])
     if pos != end:
         return None
     parts.append(_TAIL)
-    return b"".join(parts)
+    return b"".join(parts), builds
 
 
 def _depth(root: object, cap: int) -> int:
@@ -426,11 +515,88 @@ def _depth(root: object, cap: int) -> int:
 _CONTAINER_TYPES = frozenset({tuple, FastDict, FastList, FastOrderedDict})
 
 
+# --- the native core (src/ckptguard/_native/picklecore.c) -----------------------------------
+
+#: the TensorInfo fields the native core fills (any other shape: it leaves them to Python)
+_INFO_FIELDS = ("name", "dtype", "shape", "stride", "storage", "storage_offset", "nbytes",
+                "storage_nbytes", "data_offset", "device", "requires_grad", "file")
+_core_state: list[Any] = []  # [module or None], once
+
+
+def _core() -> Any:
+    """The native core, initialised with the classes it builds, or None (not built,
+    CKPTGUARD_PURE=1, or classes it cannot fill)."""
+    core = native("picklecore")
+    if core is None:
+        return None
+    if not _core_state:
+        info: Any = TensorInfo if tuple(f.name for f in fields(TensorInfo)) == \
+            _INFO_FIELDS else None
+        try:
+            core.init(StorageRef, TensorRecord, info, FastDict, FastList, FastOrderedDict,
+                      FastTensor)
+        except (TypeError, AttributeError):
+            _core_state.append(None)
+        else:
+            _core_state.append(core)
+    return _core_state[0]
+
+
+def _try_native(core: Any, ctx: AuditContext, data: bytes,
+                catalog: StorageCatalog) -> FastResult | None:
+    """The native core's proof, as a FastResult identical to the Python path's, or None."""
+    proto = data[1] if len(data) > 1 else 0
+    gobjs = tuple(_understood_global(module, name, proto, ctx)
+                  for module, name in _native_globals(core))
+    lim = ctx.limits
+    out = core.scan(data, catalog.records, gobjs,
+                    (lim.max_stack, lim.max_container_items, lim.max_memo,
+                     lim.max_mark_depth, lim.max_tensors, lim.max_objects,
+                     lim.max_memo_index), ctx.keep_graph, True)
+    if out is None:
+        return None
+    order, tensors, infos, seen, root = out
+    ctx.source.check_time()
+    if catalog.seen:
+        catalog.seen.update(seen)
+    else:
+        catalog.seen = seen  # the core's dict, sized for the archive (no 50k-item copy)
+    keep = root if ctx.keep_graph else None
+    result = PickleResult(end=len(data), complete=True, root=keep,
+                          globals=[gobjs[i] for i in order], tensors=tensors)
+    return FastResult(result, keep, seen, infos)
+
+
+_globals_cache: list[tuple[tuple[str, str], ...]] = []
+
+
+def _native_globals(core: Any) -> tuple[tuple[str, str], ...]:
+    """(module, name) of the globals the core knows, in the order of its ids."""
+    if not _globals_cache:
+        _globals_cache.append(tuple((m, n) for m, n in (full.rsplit(".", 1)
+                                                        for full in core.tables()[0])))
+    return _globals_cache[0]
+
+
 def try_fast(ctx: AuditContext, data: bytes, catalog: StorageCatalog) -> FastResult | None:
     """Prove the torch-zip ``data.pkl`` program ``data`` SAFE, or return None (decline).
 
-    On acceptance ``catalog.seen`` is filled exactly as the VM fills it; on decline
-    nothing in ``ctx`` or ``catalog`` has changed."""
+    The native core runs first where it is built; when it declines (or is absent, or
+    ``CKPTGUARD_PURE=1``), the Python path below. On acceptance ``catalog.seen`` is filled
+    exactly as the VM fills it; on decline nothing in ``ctx`` or ``catalog`` has
+    changed."""
+    if catalog.deferred:
+        return None
+    core = _core()
+    if core is not None:
+        fast = _try_native(core, ctx, data, catalog)
+        if fast is not None:
+            return fast
+    return _try_python(ctx, data, catalog)
+
+
+def _try_python(ctx: AuditContext, data: bytes, catalog: StorageCatalog) -> FastResult | None:
+    """The Python fast path (CPython's C unpickler over checking stubs)."""
     limits = ctx.limits
     if catalog.deferred or _OWN in data:
         return None
@@ -442,15 +608,20 @@ def try_fast(ctx: AuditContext, data: bytes, catalog: StorageCatalog) -> FastRes
     if n_ops > min(limits.max_stack, limits.max_container_items) or \
             n_puts > limits.max_memo or limits.max_memo_index < (1 << 22):
         return None
-    prog = _rewrite(data)
-    if prog is None:
+    rewritten = _rewrite(data)
+    if rewritten is None:
         return None
+    prog, builds = rewritten
     run = _Run(ctx, catalog, data[1])
+    _tls.builds = 0
+    _tls.budget = 8 * n + 1024
     blocks = sys.getallocatedblocks()
     try:
         out = _Unpickler(prog, run).load()
     except Exception:  # noqa: BLE001 - anything the C unpickler or a stub raises: decline
         return None
+    if _tls.builds != builds:
+        return None  # a BUILD applied to something else than an OrderedDict
     # the VM's allocation bound, with room for the VM's own records
     if 2 * (sys.getallocatedblocks() - blocks) > limits.max_objects:
         return None

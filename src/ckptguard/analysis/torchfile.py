@@ -182,17 +182,22 @@ def _torch_zip(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEnt
                 ctx.add("CKG311", f"{rec} record is not a number", member=e.name)
 
     catalog = StorageCatalog()
+    cat_records = catalog.records
     data_records: dict[str, ZipEntry] = {}
+    others: list[tuple[str, ZipEntry]] = []  # the records that are not tensor data
+    # one pass over the (up to a million) records: this loop runs once per tensor
     for rel, e in records.items():
-        if rel.startswith("data/") and len(rel) > 5:
+        if rel[:5] == "data/" and len(rel) > 5:
             key = rel[5:]
             data_records[key] = e
-            catalog.records[key] = (e.name, e.data_offset, e.size)
+            cat_records[key] = (e.name, e.data_offset, e.size)
             if e.method != STORED:
                 ctx.add("CKG305", f"tensor record {e.name} is compressed: torch's mmap loader "
                         "reads it as raw bytes", member=e.name, offset=e.header_offset)
+        else:
+            others.append((rel, e))
 
-    for rel, e in records.items():
+    for rel, e in others:
         if e.method != STORED and not rel.startswith("data/"):
             ctx.add("CKG305", f"record {e.name} is compressed (method {e.method}); torch.save "
                     "never compresses, and byte-level scanners see no opcodes in it",
@@ -211,14 +216,19 @@ def _torch_zip(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEnt
         _after_stop(ctx, data, result, pkl.name)
     if result.globals:
         ctx.metadata["pickle.globals"] = str(len({g.full for g in result.globals}))
-    _emit_tensors(ctx, result, catalog)
+    if fast is not None and fast.infos is not None:
+        ctx.tensors.extend(fast.infos)  # built by the native core, as _emit_tensors would
+    else:
+        _emit_tensors(ctx, result, catalog)
 
-    for key, e in data_records.items():
-        if key not in catalog.seen:
-            ctx.add("CKG312", f"tensor record {e.name} is not referenced by data.pkl",
-                    member=e.name)
-    for rel, e in records.items():
-        if rel in _TORCH_RECORDS or (rel.startswith("data/") and len(rel) > 5):
+    seen = catalog.seen
+    if not all(map(seen.__contains__, data_records)):  # a C loop; the rare case in order
+        for key, e in data_records.items():
+            if key not in seen:
+                ctx.add("CKG312", f"tensor record {e.name} is not referenced by data.pkl",
+                        member=e.name)
+    for rel, e in others:
+        if rel in _TORCH_RECORDS:
             continue
         _maybe_hidden_pickle(ctx, archive, e, "a member torch never reads")
     for e in outside:
