@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import sys
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from ..analysis.fastpath import (
@@ -35,7 +36,7 @@ from ..analysis.fastpath import (
     FastResult,
     FastTensor,
 )
-from ..analysis.tensors import StorageRef, TensorRecord
+from ..analysis.tensors import TensorRecord
 from ..model import Format
 from ..primitives import gc_paused
 from ._torch import MapLocation, dtype_of, torch
@@ -44,6 +45,7 @@ from .base import AuditedFile, fd_path
 _SLICE: Any = torch._C.StorageBase.__dict__["__getitem__"]
 _STORAGE: Any = torch.UntypedStorage
 _EMPTY: Any = torch.empty
+_PARAMETER: Any = torch.nn.Parameter
 
 #: returned when this engine does not handle the file (the caller falls back to torch.load)
 FALLBACK: Any = object()
@@ -78,14 +80,18 @@ def load_direct(af: AuditedFile, map_location: MapLocation = "cpu") -> Any:
     the audit; :data:`FALLBACK` when this engine does not handle the file."""
     graph = _graph(af)
     if graph is None or not _cpu_only(map_location) or \
-            any(st.location != "cpu" for st in graph.storages.values()):
+            any(st.location != "cpu" or st.data_offset is None
+                for st in graph.storages.values()):
         return FALLBACK
     af.check_stat()
     path = fd_path(af.fd)
     if path is None:
         return FALLBACK
     assert af.report.identity is not None
-    obj = _build(_Materialiser(path, af.report.identity.size), graph)
+    # one private map of the audited inode, as torch.load(mmap=True) makes it
+    overall = torch.UntypedStorage.from_file(path, False, af.report.identity.size) \
+        if graph.storages else None
+    obj = _build(graph.root, _cpu_maker(overall))
     if obj is not FALLBACK:
         af.verify()
     return obj
@@ -101,145 +107,136 @@ def load_meta_direct(af: AuditedFile) -> Any:
     if graph is None:
         return FALLBACK
     af.verify()
-    return _build(_MetaMaterialiser(), graph)
+    return _build(graph.root, _meta_maker())
 
 
-def _build(m: _Materialiser, graph: FastResult) -> Any:
-    # tensors, storages and containers form no cycles: the collector would re-walk them
-    with gc_paused():
-        try:
-            return m.value(graph.root)
-        except (_Unsupported, RecursionError):
-            return FALLBACK
+# What the fast path proved is not re-checked here (analysis/fastpath.py: _rebuild_v2,
+# _rebuild_parameter, FastOrderedDict): every FastTensor carries a record with an int
+# storage offset, int size and stride tuples of one length, a view inside its storage, a
+# storage whose record holds exactly the storage's bytes, requires_grad only on dtypes
+# with gradients, and hooks dicts that stayed empty (items or state added to one after the
+# rebuild decline). Per tensor: one Python call (the maker), one ``new()`` of a per-dtype
+# prototype + ``set_`` (torch: ``empty((0,), dtype).set_``), one ``OrderedDict`` of hooks
+# (torch's unpickler makes one per rebuild); per storage one slice of the map.
+
+_Maker = Callable[[TensorRecord], Any]
 
 
-class _Materialiser:
-    """Builds the proven graph. What the fast path proved is not re-checked here (its
-    _rebuild_v2 / _rebuild_parameter / FastOrderedDict): every FastTensor carries a record
-    with an int storage offset, int size and stride tuples of one length, a view inside its
-    storage, a storage whose record has exactly the storage's bytes, requires_grad only on
-    dtypes with gradients, and hooks dicts that stayed empty (items or state added to one
-    after the rebuild decline). One ``empty(0).set_(...)`` per tensor (a per-dtype
-    prototype's ``new()``), one storage slice per storage, one ``OrderedDict`` of
-    hooks per tensor (torch's unpickler makes one per rebuild)."""
-
-    def __init__(self, path: str = "", size: int = 0) -> None:
-        self.path = path
-        self.size = size
-        self._overall: Any = None
-        self.storages: dict[str, Any] = {}
-        self.memo: dict[int, Any] = {}
-        self.new: dict[str, Any] = {}  # dtype name -> prototype.new
-
-    def overall(self) -> Any:
-        if self._overall is None:
-            self._overall = torch.UntypedStorage.from_file(self.path, False, self.size)
-        return self._overall
-
-    def prototype(self, dtype: str) -> Any:
-        # x.new() is torch.empty((0,), dtype=x.dtype) on x's device, ~20% cheaper per call
-        fn = self.new[dtype] = torch.empty((0,), dtype=dtype_of(dtype)).new
-        return fn
-
-    def storage(self, st: StorageRef) -> Any:
-        off = st.data_offset
-        if off is None:
-            raise _Unsupported("storage without an offset")
-        # torch.load(mmap=True): overall_storage[off : off + nbytes] (the C method:
-        # UntypedStorage.__getitem__ only adds a meta-device check in Python)
-        s = self.storages[st.key] = _SLICE(self.overall(), slice(off, off + st.numel * st.itemsize))
-        return s
-
-    def tensor(self, rec: TensorRecord) -> Any:
-        st = rec.storage
-        assert st is not None
-        s = self.storages.get(st.key)
-        if s is None:
-            s = self.storage(st)
-        ne = self.new.get(rec.dtype)
-        if ne is None:
-            ne = self.prototype(rec.dtype)
-        t = ne().set_(s, rec.storage_offset, rec.shape, rec.stride)
-        return self.finish(t, rec)
-
-    @staticmethod
-    def finish(t: Any, rec: TensorRecord) -> Any:
-        # torch._utils._rebuild_tensor_v2 / _rebuild_parameter
-        kind = rec.kind
-        if kind == "parameter":
-            t = torch.nn.Parameter(t, rec.requires_grad)
-        elif kind != "tensor":
-            raise _Unsupported(kind)
-        elif rec.requires_grad:
+def _finish(t: Any, rec: TensorRecord) -> Any:
+    # the rest of torch._utils._rebuild_tensor_v2 / _rebuild_parameter
+    kind = rec.kind
+    if kind == "tensor":
+        if rec.requires_grad:
             t.requires_grad = True
-        t._backward_hooks = OrderedDict()
-        return t
+    elif kind == "parameter":
+        t = _PARAMETER(t, rec.requires_grad)
+    else:
+        raise _Unsupported(kind)
+    t._backward_hooks = OrderedDict()
+    return t
 
-    def item(self, x: Any) -> Any:
-        """``value`` inlined for the common leaves (scalars, tensors)."""
-        tx = type(x)
-        if tx in _SCALARS:
-            return x
-        if tx is FastTensor:
-            out = self.memo.get(id(x))
-            if out is None:
-                out = self.memo[id(x)] = self.tensor(x.tensor)
-            return out
-        return self.value(x)
 
-    def value(self, v: Any) -> Any:
+def _cpu_maker(overall: Any) -> _Maker:
+    storages: dict[str, Any] = {}
+    news: dict[str, Any] = {}
+    storages_get = storages.get
+    news_get = news.get
+    od = OrderedDict
+
+    def make(rec: TensorRecord) -> Any:
+        st: Any = rec.storage
+        s = storages_get(st.key)
+        if s is None:
+            # torch.load(mmap=True): overall_storage[off : off + nbytes] (the C method:
+            # UntypedStorage.__getitem__ only adds a meta-device check in Python)
+            off = st.data_offset
+            s = storages[st.key] = _SLICE(overall, slice(off, off + st.numel * st.itemsize))
+        new = news_get(rec.dtype)
+        if new is None:
+            # x.new() is torch.empty((0,), dtype=x.dtype) on x's device (cheaper per call)
+            new = news[rec.dtype] = _EMPTY((0,), dtype=dtype_of(rec.dtype)).new
+        t = new().set_(s, rec.storage_offset, rec.shape, rec.stride)
+        if rec.kind == "tensor":
+            if rec.requires_grad:
+                t.requires_grad = True
+            t._backward_hooks = od()
+            return t
+        return _finish(t, rec)
+
+    return make
+
+
+def _meta_maker() -> _Maker:
+    dtypes: dict[str, Any] = {}
+    meta = torch.device("meta")
+
+    def make(rec: TensorRecord) -> Any:
+        st: Any = rec.storage
+        # torch.load(map_location="meta"): UntypedStorage(nbytes, device="meta") per
+        # persistent_load (never cached: no data pointer), _checkpoint_offset = the
+        # record's data offset
+        s = _STORAGE(st.numel * st.itemsize, device=meta)
+        s._checkpoint_offset = st.data_offset
+        dt = dtypes.get(rec.dtype)
+        if dt is None:
+            dt = dtypes[rec.dtype] = dtype_of(rec.dtype)
+        # (on meta, torch.empty is cheaper than a prototype's new / new_empty)
+        return _finish(_EMPTY(0, dtype=dt, device=meta).set_(s, rec.storage_offset, rec.shape,
+                                                             rec.stride), rec)
+
+    return make
+
+
+def _build(root: Any, make: _Maker) -> Any:
+    """The proven graph with plain containers and ``make``'s tensors; shared sub-objects
+    stay shared. :data:`FALLBACK` for anything unexpected."""
+    memo: dict[int, Any] = {}
+    memo_get = memo.get
+    scalars = _SCALARS
+    ft = FastTensor
+
+    def value(v: Any) -> Any:
         t = type(v)
-        if t in _SCALARS:
+        if t in scalars:
             return v
         vid = id(v)
-        done = self.memo.get(vid)
+        done = memo_get(vid)
         if done is not None:
             return done
         out: Any
-        item = self.item
-        if t is FastTensor:
-            out = self.memo[vid] = self.tensor(v.tensor)
-        elif t is FastDict:
-            out = self.memo[vid] = {}
+        if t is ft:
+            out = memo[vid] = make(v.tensor)
+            return out
+        if t is FastDict or t is FastOrderedDict:
+            out = memo[vid] = {} if t is FastDict else OrderedDict()
             for k, x in v.items():
-                out[k] = item(x)
-        elif t is FastOrderedDict:
-            out = self.memo[vid] = OrderedDict()
-            for k, x in v.items():
-                out[k] = item(x)
-            if v.state is not None:
-                out.__dict__.update(self.value(v.state))
+                tx = type(x)
+                if tx is ft:  # inlined: most items of a state dict
+                    y = memo_get(id(x))
+                    if y is None:
+                        y = memo[id(x)] = make(x.tensor)
+                elif tx in scalars:
+                    y = x
+                else:
+                    y = value(x)
+                out[k] = y
+            if t is FastOrderedDict and v.state is not None:
+                out.__dict__.update(value(v.state))
         elif t is FastList:
-            out = self.memo[vid] = []
-            out.extend([item(x) for x in v])
+            out = memo[vid] = []
+            out.extend([value(x) for x in v])
         elif t is tuple:
-            out = self.memo[vid] = tuple([item(x) for x in v])
+            out = memo[vid] = tuple([value(x) for x in v])
         else:
             raise _Unsupported(t.__name__)
         return out
 
-
-class _MetaMaterialiser(_Materialiser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.dtypes: dict[str, Any] = {}
-        self.meta = torch.device("meta")
-
-    def tensor(self, rec: TensorRecord) -> Any:
-        st = rec.storage
-        assert st is not None
-        meta = self.meta
-        # torch.load(map_location="meta"): UntypedStorage(nbytes, device="meta") per
-        # persistent_load, with _checkpoint_offset = the record's data offset
-        s = _STORAGE(st.numel * st.itemsize, device=meta)
-        s._checkpoint_offset = st.data_offset
-        dt = self.dtypes.get(rec.dtype)
-        if dt is None:
-            dt = self.dtypes[rec.dtype] = dtype_of(rec.dtype)
-        # (on meta, torch.empty is cheaper than a prototype's new / new_empty)
-        t = _EMPTY(0, dtype=dt, device=meta).set_(s, rec.storage_offset, rec.shape,
-                                                  rec.stride)
-        return self.finish(t, rec)
+    # tensors, storages and containers form no cycles: the collector would re-walk them
+    with gc_paused():
+        try:
+            return value(root)
+        except (_Unsupported, RecursionError):
+            return FALLBACK
 
 
 __all__ = ["FALLBACK", "load_direct", "load_meta_direct"]
