@@ -381,3 +381,27 @@ def test_cuda_safetensors_and_torch(tmp_path: Path, loc: object) -> None:
     ref_pt = torch.load(path, map_location=loc, weights_only=True)
     assert_same_state_dict(ours_pt, ref_pt)
     assert all(t.is_cuda for t in ours_pt.values())
+
+
+@pytest.mark.parametrize(("name", "walked"), [
+    ("linear.pt", False), ("views.pt", False), ("parameters.pt", False),  # fast path proved
+    ("sparse.pt", True), ("quantized.pt", True), ("all_dtypes.pt", True),  # the VM's files
+    ("legacy_format.pt", True),
+])
+def test_invariant_walk_only_where_the_fast_path_did_not_prove(
+        monkeypatch: pytest.MonkeyPatch, name: str, walked: bool) -> None:
+    """A torch zip whose data.pkl the audit's fast path proved holds only dense strided
+    rebuilds with checked views: the invariant walk is skipped there (and only there)."""
+    from ckptguard.loaders import torchfile
+
+    calls: list[object] = []
+    real = torchfile.check_loaded
+    monkeypatch.setattr(torchfile, "check_loaded",
+                        lambda obj, rep: (calls.append(obj), real(obj, rep)))
+    path = Path(__file__).resolve().parent.parent / "fixtures" / "benign" / name
+    with open_audited(path) as af:
+        assert af.proven is not walked
+        obj = load_audited(af)
+    assert bool(calls) is walked
+    if name not in ("sparse.pt", "quantized.pt"):  # (those: tests/test_tensor_invariants.py)
+        assert_same_state_dict(obj, REAL_LOAD(path, weights_only=True))
