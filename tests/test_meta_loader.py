@@ -52,7 +52,8 @@ def _same(a: Any, b: Any, objs: dict[int, int], stores: dict[int, int],
             b.device, b.layout), path
         assert b.device.type == "meta", path
         sa, sb = a.untyped_storage(), b.untyped_storage()
-        assert sa.nbytes() == sb.nbytes(), path
+        assert (sa.nbytes(), sa.resizable(), sa.device) == (sb.nbytes(), sb.resizable(),
+                                                            sb.device), path
         assert getattr(sa, "_checkpoint_offset", None) == \
             getattr(sb, "_checkpoint_offset", None), path
         assert type(a._backward_hooks) is type(b._backward_hooks), path

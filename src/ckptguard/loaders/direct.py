@@ -43,7 +43,6 @@ from ._torch import MapLocation, dtype_of, torch
 from .base import AuditedFile, fd_path
 
 _SLICE: Any = torch._C.StorageBase.__dict__["__getitem__"]
-_STORAGE: Any = torch.UntypedStorage
 _EMPTY: Any = torch.empty
 _PARAMETER: Any = torch.nn.Parameter
 
@@ -172,17 +171,18 @@ def _meta_maker() -> _Maker:
 
     def make(rec: TensorRecord) -> Any:
         st: Any = rec.storage
-        # torch.load(map_location="meta"): UntypedStorage(nbytes, device="meta") per
-        # persistent_load (never cached: no data pointer), _checkpoint_offset = the
-        # record's data offset
-        s = _STORAGE(st.numel * st.itemsize, device=meta)
-        s._checkpoint_offset = st.data_offset
         dt = dtypes.get(rec.dtype)
         if dt is None:
             dt = dtypes[rec.dtype] = dtype_of(rec.dtype)
-        # (on meta, torch.empty is cheaper than a prototype's new / new_empty)
-        return _finish(_EMPTY(0, dtype=dt, device=meta).set_(s, rec.storage_offset, rec.shape,
-                                                             rec.stride), rec)
+        # torch.load(map_location="meta"): a new UntypedStorage(nbytes, device="meta") per
+        # persistent_load (never cached: no data pointer) with _checkpoint_offset = the
+        # record's data offset, then empty(0).set_(storage, offset, size, stride). Same
+        # result, ~0.4 us cheaper: a fresh meta tensor of the storage's numel (the fast
+        # path proved the tensor's dtype is the storage's) restrided in place.
+        t = _EMPTY(st.numel, dtype=dt, device=meta).as_strided_(rec.shape, rec.stride,
+                                                                 rec.storage_offset)
+        t.untyped_storage()._checkpoint_offset = st.data_offset
+        return _finish(t, rec)
 
     return make
 
