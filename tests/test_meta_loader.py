@@ -211,3 +211,34 @@ def test_meta_without_graph_uses_torch_load(tmp_path: Path,
     assert len(seen) == 1 and seen[0]["weights_only"] is True
     want = real(p, weights_only=True, mmap=True, map_location="meta")
     _same(want, got, {}, {})
+
+
+@pytest.mark.parametrize("loc", ["meta", "cpu"])
+def test_unexpected_graph_falls_back_to_torch_load(tmp_path: Path, loc: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graph node the builders do not know (here planted after the audit) makes them
+    decline: torch.load builds the object after the audit, never a traceback."""
+    import dataclasses
+
+    from ckptguard import Engine
+    from ckptguard.analysis.fastpath import FastDict
+
+    p = save_torch(tmp_path / "m.pt", {"w": torch.ones(2)})
+    seen: list[int] = []
+    real = torch_mod.ORIGINAL_LOAD
+
+    def spy(*a: Any, **k: Any) -> Any:
+        seen.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch_mod, "ORIGINAL_LOAD", spy)
+    with open_audited(p, keep_graph=True) as af:
+        odd = FastDict()
+        dict.__setitem__(odd, "w", object())
+        af.graph = dataclasses.replace(af.graph, root=odd)  # type: ignore[type-var]
+        got = load_audited(af, loc, engine=Engine.CKPTGUARD)
+    assert seen == [1]
+    if loc == "cpu":
+        assert torch.equal(got["w"], torch.ones(2))
+    else:
+        assert got["w"].is_meta and got["w"].shape == (2,)

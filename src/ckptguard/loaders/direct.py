@@ -235,7 +235,10 @@ def _build(root: Any, make: _Maker) -> Any:
     with gc_paused():
         try:
             return value(root)
-        except (_Unsupported, RecursionError):
+        except (_Unsupported, RuntimeError, TypeError, AttributeError, KeyError):
+            # RecursionError (a RuntimeError) on deep nesting; the others only if the
+            # graph holds something the fast path was not meant to accept: the default
+            # engine (torch.load after the audit) then builds the object
             return FALLBACK
 
 
