@@ -168,6 +168,7 @@ def _cpu_maker(overall: Any) -> _Maker:
 def _meta_maker() -> _Maker:
     dtypes: dict[str, Any] = {}
     meta = torch.device("meta")
+    od = OrderedDict
 
     def make(rec: TensorRecord) -> Any:
         st: Any = rec.storage
@@ -182,6 +183,11 @@ def _meta_maker() -> _Maker:
         t = _EMPTY(st.numel, dtype=dt, device=meta).as_strided_(rec.shape, rec.stride,
                                                                  rec.storage_offset)
         t.untyped_storage()._checkpoint_offset = st.data_offset
+        if rec.kind == "tensor":
+            if rec.requires_grad:
+                t.requires_grad = True
+            t._backward_hooks = od()
+            return t
         return _finish(t, rec)
 
     return make
