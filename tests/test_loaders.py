@@ -33,6 +33,7 @@ from ckptguard.loaders import (
     UnsupportedFormatError,
     _torch,
     load_audited,
+    open_audited,
 )
 from ckptguard.loaders.base import fd_path
 from ckptguard.loaders.sharded import _valid_shard_name
@@ -198,14 +199,26 @@ def test_legacy_loads_without_mmap(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert seen[0]["mmap"] is False and seen[0]["weights_only"] is True
 
 
-def test_torch_meta_from_records(tmp_path: Path, no_torch_load: list[object]) -> None:
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy-records", "zip-graph"])
+def test_torch_meta_without_torch_load(tmp_path: Path, no_torch_load: list[object],
+                                       legacy: bool) -> None:
+    """Legacy files on meta: a flat dict from the audit's records, tied weights sharing one
+    meta storage. Torch zips the fast path proved: torch.load(map_location="meta")'s object
+    built from the audit's graph (tests/test_meta_loader.py compares it in full). Neither
+    calls torch.load nor reads tensor bytes."""
     path = tmp_path / "m.pt"
-    with pt_file(path, with_infos=True) as af:
+    if legacy:
+        af = pt_file(path, legacy=True, with_infos=True)
+    else:
+        save_torch(path, legacy_state_dict())
+        af = open_audited(path, keep_graph=True)
+    with af:
         r0, _ = io_chars()
         ours = load_audited(af, "meta")
         r1, _ = io_chars()
     assert r1 - r0 < 64 * 1024
     ref = REAL_LOAD(path, weights_only=True)
+    assert list(ours) == list(ref)
     for k, v in ref.items():
         t = ours[k]
         assert t.device.type == "meta"
@@ -368,3 +381,27 @@ def test_cuda_safetensors_and_torch(tmp_path: Path, loc: object) -> None:
     ref_pt = torch.load(path, map_location=loc, weights_only=True)
     assert_same_state_dict(ours_pt, ref_pt)
     assert all(t.is_cuda for t in ours_pt.values())
+
+
+@pytest.mark.parametrize(("name", "walked"), [
+    ("linear.pt", False), ("views.pt", False), ("parameters.pt", False),  # fast path proved
+    ("sparse.pt", True), ("quantized.pt", True), ("all_dtypes.pt", True),  # the VM's files
+    ("legacy_format.pt", True),
+])
+def test_invariant_walk_only_where_the_fast_path_did_not_prove(
+        monkeypatch: pytest.MonkeyPatch, name: str, walked: bool) -> None:
+    """A torch zip whose data.pkl the audit's fast path proved holds only dense strided
+    rebuilds with checked views: the invariant walk is skipped there (and only there)."""
+    from ckptguard.loaders import torchfile
+
+    calls: list[object] = []
+    real = torchfile.check_loaded
+    monkeypatch.setattr(torchfile, "check_loaded",
+                        lambda obj, rep: (calls.append(obj), real(obj, rep)))
+    path = Path(__file__).resolve().parent.parent / "fixtures" / "benign" / name
+    with open_audited(path) as af:
+        assert af.proven is not walked
+        obj = load_audited(af)
+    assert bool(calls) is walked
+    if name not in ("sparse.pt", "quantized.pt"):  # (those: tests/test_tensor_invariants.py)
+        assert_same_state_dict(obj, REAL_LOAD(path, weights_only=True))

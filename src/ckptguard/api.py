@@ -62,8 +62,12 @@ def safe_load(
         - a torch.distributed.checkpoint folder (``dcp.save``): its state dict, loaded by
           torch's own DCP reader through the audited files (non-tensor items with
           ``weights_only=True``); ``map_location`` a device string or ``torch.device``.
-        - ``map_location="meta"`` (any format): a flat ``{name: meta tensor}`` built from the
-          audit's tensor records, reading no tensor bytes.
+        - ``map_location="meta"``: no tensor byte is read. A torch zip gives what
+          ``torch.load(weights_only=True, map_location="meta")`` gives (same containers,
+          ``_metadata``, tensor classes, dtypes, shapes, strides, storage offsets and sizes,
+          ``requires_grad``), built straight from the audit when its fast path proved the
+          pickle, else by that ``torch.load`` after the audit; safetensors and legacy
+          torch files give a flat ``{name: meta tensor}`` built from the audit's records.
 
     ``map_location`` is torch's: ``"cpu"``, ``"cuda"``/``"cuda:N"``, ``"meta"``, a
     ``torch.device``, a dict remap (and, for torch files only, a callable). The policy's
@@ -107,7 +111,7 @@ def safe_load(
     # over (~20% of a 50k-tensor torch.load). It is paused for the call and restored after.
     with gc_paused():
         af = ld.open_audited(path, policy=pol, limits=lim,
-                             keep_graph=eng is Engine.CKPTGUARD)
+                             keep_graph=eng is Engine.CKPTGUARD or ld.is_meta(map_location))
         try:
             ld.require_safe(af.report)
             if af.report.format is Format.TORCH_EXPORT:

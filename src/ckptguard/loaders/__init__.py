@@ -35,8 +35,11 @@ def load_audited(af: AuditedFile, map_location: MapLocation = "cpu", *,
                  **pickle_load_args: Any) -> Any:
     """Load a single audited, SAFE file (not an index json).
 
-    torch files return what ``torch.load`` returns; safetensors and meta loads return a
-    flat ``{name: tensor}`` dict. ``copy``: tensors own their memory (nothing mapped).
+    torch files return what ``torch.load`` returns (a torch zip on meta too: from the
+    audit's graph when the fast path proved it and ``af`` kept it, else from
+    ``torch.load(map_location="meta")``); safetensors files, and legacy torch files on
+    meta, return a flat ``{name: tensor}`` dict built from the audit's records.
+    ``copy``: tensors own their memory (nothing mapped).
     ``engine=Engine.CKPTGUARD`` builds a torch zip's object from the audit's own graph
     (loaders/direct.py) when the fast path proved it and the load is a plain CPU mmap load
     without ``copy``; otherwise, and for every other format, ``torch.load``.
@@ -46,6 +49,16 @@ def load_audited(af: AuditedFile, map_location: MapLocation = "cpu", *,
     if fmt not in TORCH_FORMATS and fmt is not Format.SAFETENSORS:
         raise UnsupportedFormatError(af.report)
     if is_meta(map_location):
+        if fmt is Format.TORCH_ZIP:
+            # what torch.load(map_location="meta") returns: built from the audit's graph
+            # when the fast path proved data.pkl (and the caller kept the graph), else by
+            # torch.load itself (it reads data.pkl, never tensor bytes, on meta)
+            from .direct import FALLBACK, load_meta_direct
+
+            obj = load_meta_direct(af)
+            if obj is not FALLBACK:
+                return obj
+            return load_torch(af, map_location, mmap=mmap, copy=copy, **pickle_load_args)
         af.verify()
         return load_meta(af.report.tensors)
     if fmt is Format.SAFETENSORS:

@@ -121,8 +121,13 @@ class AuditedFile:
     report: Report
     policy: Policy = field(default_factory=Policy)
     limits: Limits = DEFAULT_LIMITS
-    #: the fast path's symbolic graph of the audited data.pkl, when it proved it
+    #: the fast path's symbolic graph of the audited data.pkl, when it proved it and the
+    #: caller asked to keep it (``open_audited(keep_graph=True)``)
     graph: object = None
+    #: the audit's fast path proved data.pkl (analysis/fastpath.py): every tensor in it is
+    #: a dense strided ``_rebuild_tensor_v2`` / ``_rebuild_parameter`` rebuild whose view
+    #: lies inside its storage, and the only other objects are plain containers and scalars
+    proven: bool = False
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -147,8 +152,9 @@ def open_audited(path: str | os.PathLike[str], *, policy: Policy | None = None,
                  limits: Limits | None = None, keep_graph: bool = False) -> AuditedFile:
     """Open ``path`` once and audit it from that descriptor. Does not judge the verdict.
 
-    ``keep_graph``: keep the fast path's graph for ``engine="ckptguard"`` (else it is
-    freed with the audit)."""
+    ``keep_graph``: keep the fast path's graph for ``engine="ckptguard"`` and meta loads
+    (else it is freed with the audit; :attr:`AuditedFile.proven` says either way whether
+    the fast path proved the file)."""
     from ..analysis.engine import audit_fd
 
     p = os.fspath(path)
@@ -162,12 +168,12 @@ def open_audited(path: str | os.PathLike[str], *, policy: Policy | None = None,
         raise ScanInputError(p, e.strerror or str(e)) from None
     graph: list[object] = []
     try:
-        report = audit_fd(p, fd, policy=pol, limits=lim,
-                          graph_out=graph if keep_graph else None)
+        report = audit_fd(p, fd, policy=pol, limits=lim, graph_out=graph)
     except BaseException:
         os.close(fd)
         raise
-    return AuditedFile(p, fd, report, pol, lim, graph[0] if graph else None)
+    g = graph[0] if graph else None
+    return AuditedFile(p, fd, report, pol, lim, g if keep_graph else None, g is not None)
 
 
 __all__ = [

@@ -2,7 +2,10 @@
 records. No tensor byte is read, for every format.
 
 The result is a flat ``{name: tensor}`` dict keyed by the audit's tensor names (the
-state-dict key path for torch files), whatever structure ``torch.load`` would return.
+state-dict key path for torch files), whatever structure ``torch.load`` would return. It
+serves safetensors files, legacy torch files and the sharded iterator; a torch zip's meta
+load returns torch's own structure instead (``direct.load_meta_direct`` from the audit's
+graph, else ``torch.load(map_location="meta")``).
 Tensors that share a storage in the file share one meta storage here, with the file's
 storage offsets and strides, so tied weights stay tied.
 """

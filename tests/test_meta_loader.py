@@ -1,0 +1,244 @@
+"""``safe_load(path, map_location="meta")`` on a torch zip returns what
+``torch.load(path, weights_only=True, mmap=True, map_location="meta")`` returns, attribute by
+attribute: container types and key order, ``OrderedDict`` and its ``_metadata``, shared
+sub-objects, and for every tensor its class (Tensor / Parameter), dtype, shape, stride,
+storage offset, storage size, ``_checkpoint_offset``, storage sharing (on meta torch gives
+every rebuilt tensor a storage of its own), ``requires_grad``, ``is_leaf`` and
+``_backward_hooks``. Where the audit's fast path proved the pickle, the result is built from
+the audit (torch.load is never called); elsewhere torch.load builds it after the audit.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ckg_loader_helpers import legacy_state_dict, random_checkpoint, save_torch
+
+import ckptguard
+from ckptguard.errors import FileChangedError
+from ckptguard.loaders import _torch as torch_mod
+from ckptguard.loaders import load_audited, open_audited
+
+torch = pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parent.parent
+BENIGN = sorted((ROOT / "fixtures" / "benign").glob("*.pt"))
+#: benign fixtures the fast path does not prove (their meta load is torch.load's own)
+NOT_PROVEN = {"all_dtypes.pt", "quantized.pt", "sparse.pt"}
+
+
+def _same(a: Any, b: Any, objs: dict[int, int], stores: dict[int, int],
+          path: str = "") -> None:
+    """``a`` (torch.load) and ``b`` (ours) are equal attribute by attribute; ``objs`` and
+    ``stores`` pair object ids and storage ids both ways (sharing must match exactly)."""
+    assert type(a) is type(b), path
+    if not isinstance(a, (str, int, float, bool, type(None))):
+        # the same sub-object in one is the same sub-object in the other, and only then
+        assert objs.setdefault(id(a), id(b)) == id(b), f"{path}: object sharing differs"
+        assert objs.setdefault(-id(b) - 1, id(a)) == id(a), f"{path}: object sharing differs"
+    if isinstance(a, torch.Tensor) and a.layout != torch.strided:
+        # only torch.load builds these (the fast path declines them): no storage to compare
+        assert (a.dtype, a.shape, a.layout, a.device, a.requires_grad) == (
+            b.dtype, b.shape, b.layout, b.device, b.requires_grad), path
+        return
+    if isinstance(a, torch.Tensor):
+        assert (a.dtype, a.shape, a.stride(), a.storage_offset(), a.requires_grad,
+                a.is_leaf, a.device, a.layout) == (
+            b.dtype, b.shape, b.stride(), b.storage_offset(), b.requires_grad, b.is_leaf,
+            b.device, b.layout), path
+        assert b.device.type == "meta", path
+        sa, sb = a.untyped_storage(), b.untyped_storage()
+        assert (sa.nbytes(), sa.resizable(), sa.device) == (sb.nbytes(), sb.resizable(),
+                                                            sb.device), path
+        assert getattr(sa, "_checkpoint_offset", None) == \
+            getattr(sb, "_checkpoint_offset", None), path
+        assert type(a._backward_hooks) is type(b._backward_hooks), path
+        assert a._backward_hooks == b._backward_hooks, path
+        assert vars(a).keys() == vars(b).keys(), path
+        assert stores.setdefault(sa._cdata, sb._cdata) == sb._cdata, \
+            f"{path}: storage sharing differs"
+        assert stores.setdefault(-sb._cdata - 1, sa._cdata) == sa._cdata, \
+            f"{path}: storage sharing differs"
+        return
+    if isinstance(a, dict):
+        assert list(a) == list(b), path
+        da, db = getattr(a, "__dict__", {}), getattr(b, "__dict__", {})
+        assert list(da) == list(db), path
+        for k in da:
+            _same(da[k], db[k], objs, stores, f"{path}.{k}")
+        for k in a:
+            _same(a[k], b[k], objs, stores, f"{path}.{k}")
+        return
+    if isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _same(x, y, objs, stores, f"{path}[{i}]")
+        return
+    assert a == b or (a != a and b != b), path
+
+
+def _check(path: Path, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Compare; return whether ckptguard built it without torch.load."""
+    try:
+        want = torch.load(path, weights_only=True, mmap=True, map_location="meta")
+    except RuntimeError as e:  # torch cannot build it on meta (quantized): nor can we
+        with pytest.raises(type(e)):
+            ckptguard.safe_load(path, map_location="meta")
+        return False
+    used: list[int] = []
+    real = torch_mod.ORIGINAL_LOAD
+
+    def spy(*a: Any, **k: Any) -> Any:
+        used.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch_mod, "ORIGINAL_LOAD", spy)
+    try:
+        got = ckptguard.safe_load(path, map_location="meta")
+        got_dev = ckptguard.safe_load(path, map_location=torch.device("meta"))
+    finally:
+        monkeypatch.setattr(torch_mod, "ORIGINAL_LOAD", real)
+    _same(want, got, {}, {})
+    _same(want, got_dev, {}, {})
+    return not used
+
+
+@pytest.mark.parametrize("path", BENIGN, ids=lambda p: p.name)
+def test_benign_fixtures_equal_torch_meta(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if path.name == "legacy_format.pt":
+        pytest.skip("legacy files load on meta as a flat dict from the records")
+    direct = _check(path, monkeypatch)
+    assert direct == (path.name not in NOT_PROVEN), path.name
+
+
+def _state_dict() -> OrderedDict[str, torch.Tensor]:
+    """The helpers' benign state dict without float8 (torch saves those through an untyped
+    storage, which the fast path leaves to the VM)."""
+    return legacy_state_dict()
+
+
+def _tensor(rng: random.Random) -> torch.Tensor:
+    dt = rng.choice([torch.float32, torch.float16, torch.bfloat16, torch.float64,
+                     torch.int64, torch.int8, torch.uint8, torch.bool, torch.complex64])
+    t = (torch.rand(rng.randint(1, 5), rng.randint(1, 4)) * 100).to(dt)
+    k = rng.random()
+    if k < 0.2:
+        t = t.transpose(0, 1)
+    elif k < 0.4 and t.numel() > 2:
+        t = t.reshape(-1)[1:]          # a view with a storage offset
+    elif k < 0.5:
+        t = t[:0]
+    elif k < 0.6:
+        t = t[0]                        # 1-dim view of a 2-dim storage
+    if dt.is_floating_point and rng.random() < 0.4:
+        t = torch.nn.Parameter(t.detach(), requires_grad=rng.random() < 0.5) \
+            if rng.random() < 0.5 else t.detach().requires_grad_(True)
+    return t
+
+
+N_GENERATED = 320
+
+
+def test_generated_checkpoints_equal_torch_meta(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(1313)
+    direct = 0
+    for i in range(N_GENERATED):
+        pool: list[Any] = []
+        obj = random_checkpoint(rng, rng.randint(1, 4), pool, _tensor)
+        if pool and rng.random() < 0.3:  # views of one storage as separate entries
+            base = pool[0]
+            obj = {"x": obj, "views": [base.detach()[1:], base]} if len(base) > 1 else obj
+        if rng.random() < 0.1:
+            m = torch.nn.Linear(3, 2)
+            opt = torch.optim.Adam(m.parameters())
+            m(torch.ones(1, 3)).sum().backward()
+            opt.step()
+            obj = {"model": m.state_dict(), "optimizer": opt.state_dict(), "extra": obj}
+        p = tmp_path / f"g{i}.pt"
+        torch.save(obj, p)
+        direct += _check(p, monkeypatch)
+    assert direct >= 0.9 * N_GENERATED, direct
+
+
+def test_tied_and_views_as_torch_shows_them_on_meta(tmp_path: Path) -> None:
+    """The same tensor twice is one tensor; two views of one storage get two meta storages
+    (torch caches only storages with data); each keeps its record's data offset."""
+    sd = _state_dict()
+    p = save_torch(tmp_path / "m.pt", sd)
+    out = ckptguard.safe_load(p, map_location="meta")
+    assert type(out) is OrderedDict and list(out) == list(sd)
+    assert out["embed.weight"] is out["lm_head.weight"]
+    assert out["view"].untyped_storage()._cdata != out["base"].untyped_storage()._cdata
+    assert out["view"].untyped_storage()._checkpoint_offset == \
+        out["base"].untyped_storage()._checkpoint_offset
+    assert out["view"].storage_offset() == 8
+
+
+def test_meta_from_graph_checks_identity(tmp_path: Path) -> None:
+    p = save_torch(tmp_path / "m.pt", _state_dict())
+    with open_audited(p, keep_graph=True) as af:
+        assert af.proven and af.graph is not None
+        with open(p, "r+b") as f:  # same size, one byte of data.pkl changed
+            data = f.read()
+            i = data.index(b"embed.weight")
+            f.seek(i)
+            f.write(b"E")
+        with pytest.raises(FileChangedError):
+            load_audited(af, "meta")
+
+
+def test_meta_without_graph_uses_torch_load(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """An audited file whose graph was not kept: torch.load(map_location="meta") builds
+    the same object after the audit."""
+    p = save_torch(tmp_path / "m.pt", _state_dict())
+    seen: list[dict[str, Any]] = []
+    real = torch_mod.ORIGINAL_LOAD
+
+    def spy(*a: Any, **k: Any) -> Any:
+        seen.append(k)
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch_mod, "ORIGINAL_LOAD", spy)
+    with open_audited(p) as af:
+        assert af.proven and af.graph is None
+        got = load_audited(af, "meta")
+    assert len(seen) == 1 and seen[0]["weights_only"] is True
+    want = real(p, weights_only=True, mmap=True, map_location="meta")
+    _same(want, got, {}, {})
+
+
+@pytest.mark.parametrize("loc", ["meta", "cpu"])
+def test_unexpected_graph_falls_back_to_torch_load(tmp_path: Path, loc: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graph node the builders do not know (here planted after the audit) makes them
+    decline: torch.load builds the object after the audit, never a traceback."""
+    import dataclasses
+
+    from ckptguard import Engine
+    from ckptguard.analysis.fastpath import FastDict
+
+    p = save_torch(tmp_path / "m.pt", {"w": torch.ones(2)})
+    seen: list[int] = []
+    real = torch_mod.ORIGINAL_LOAD
+
+    def spy(*a: Any, **k: Any) -> Any:
+        seen.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch_mod, "ORIGINAL_LOAD", spy)
+    with open_audited(p, keep_graph=True) as af:
+        odd = FastDict()
+        dict.__setitem__(odd, "w", object())
+        af.graph = dataclasses.replace(af.graph, root=odd)  # type: ignore[type-var]
+        got = load_audited(af, loc, engine=Engine.CKPTGUARD)
+    assert seen == [1]
+    if loc == "cpu":
+        assert torch.equal(got["w"], torch.ones(2))
+    else:
+        assert got["w"].is_meta and got["w"].shape == (2,)
