@@ -267,7 +267,8 @@ _RULES: tuple[Rule, ...] = (
          "is on."),
     Rule("CKG421", "bad-quantization-parameters", S.HIGH, B,
          "A quantized tensor has a non-finite or non-positive scale, a zero point outside its "
-         "dtype's range, or a per-channel axis or parameter count that does not fit its shape.",
+         "dtype's range, a per-channel axis or parameter count that does not fit its shape, "
+         "or no quantizer at all (a plain rebuild over a quantized storage).",
          "Do not use this file; re-quantize the model with torch's observers."),
     Rule("CKG422", "nested-tensor-out-of-bounds", S.HIGH, B,
          "A nested tensor's component sizes, strides or offsets reach outside its buffer or "

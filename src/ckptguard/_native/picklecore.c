@@ -70,6 +70,8 @@ static const char *const ST_DTYPE[N_STORAGES] = {
 };
 static const int ST_ITEMSIZE[N_STORAGES] = {8, 4, 2, 8, 4, 2, 1, 1, 1, 2, 16, 8, 1, 4, 1, 1, 1};
 static const int ST_GRAD[N_STORAGES] = {1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0};
+/* the quantized storages (QInt8Storage on): a plain rebuild over one is the VM's CKG421 */
+#define ST_FIRST_QUANT 12
 
 #define N_LOCATIONS 16
 static const char *const LOCATIONS[N_LOCATIONS] = {
@@ -697,6 +699,8 @@ static int rebuild_v2(St *s, uint32_t args, Val *out) {
         return -1;
     StorageC *sc = &s->stores[s->nodes[st.a].aux];
     if (rg.tag == V_TRUE && !ST_GRAD[sc->g])
+        return -1;
+    if (sc->g >= ST_FIRST_QUANT)
         return -1;
     if (!has_zero) {
         /* the last element the view reaches must lie inside the storage */

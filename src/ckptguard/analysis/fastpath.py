@@ -48,6 +48,7 @@ from ..policy import GlobalStatus, classify_global
 from .tensors import (
     GRAD_DTYPES,
     LOCATION_PREFIXES,
+    QUANTIZED_DTYPES,
     STORAGE_DTYPES,
     StorageCatalog,
     StorageRef,
@@ -387,6 +388,8 @@ class _Run:
         dtype = st.dtype
         if rg and dtype not in GRAD_DTYPES:
             raise _Decline("requires_grad on a dtype without gradients")
+        if dtype in QUANTIZED_DTYPES:
+            raise _Decline("plain rebuild over a quantized storage")
         if 0 not in size:
             last = offset
             for n, sd in zip(size, stride, strict=True):

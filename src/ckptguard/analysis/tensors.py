@@ -39,6 +39,10 @@ GRAD_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16", "complex12
                           "complex64", "complex32", "float8_e4m3fn", "float8_e5m2",
                           "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu"})
 
+#: quantized dtypes: only ``_rebuild_qtensor`` gives a tensor of these its quantizer; a plain
+#: rebuild over such a storage makes a quantized tensor with none (torch asserts on its use)
+QUANTIZED_DTYPES = frozenset({"qint8", "qint32", "quint8", "quint4x2", "quint2x4"})
+
 #: positional arity (min, max) of torch's tensor rebuild functions
 _REBUILD_ARITY = {"_rebuild_tensor": (4, 4), "_rebuild_tensor_v2": (6, 7),
                   "_rebuild_tensor_v3": (7, 8), "_rebuild_qtensor": (7, 7)}
@@ -297,6 +301,11 @@ class TorchTensors:
             if bad is not None:
                 self.add("CKG421", bad, pos)
                 return
+        if dtype in QUANTIZED_DTYPES and not full.endswith("_rebuild_qtensor"):
+            self.add("CKG421", f"plain tensor rebuild over a {dtype} storage: torch makes a "
+                     "quantized tensor without a quantizer (it asserts on first use); "
+                     "torch.save writes quantized tensors with _rebuild_qtensor", pos)
+            return
         rg = bool(args[4]) if len(args) > 4 and isinstance(args[4], bool) else False
         if rg and dtype not in GRAD_DTYPES:
             self.add("CKG408", f"requires_grad on a {dtype} tensor: torch refuses to load it "
@@ -557,5 +566,6 @@ def _join(prefix: str, key: object) -> str:
     return k if not prefix else f"{prefix}.{k}"
 
 
-__all__ = ["DTYPE_SIZES", "GRAD_DTYPES", "LOCATION_PREFIXES", "STORAGE_DTYPES", "StorageCatalog",
-           "StorageRef", "TensorRecord", "TorchTensors", "name_tensors"]
+__all__ = ["DTYPE_SIZES", "GRAD_DTYPES", "LOCATION_PREFIXES", "QUANTIZED_DTYPES",
+           "STORAGE_DTYPES", "StorageCatalog", "StorageRef", "TensorRecord", "TorchTensors",
+           "name_tensors"]

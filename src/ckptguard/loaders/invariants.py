@@ -38,6 +38,7 @@ from typing import Any
 
 from ..errors import TensorInvariantError
 from ..model import Location, Report, Verdict
+from ..primitives import clip
 from ..rules import make_finding
 from ._torch import torch
 
@@ -93,7 +94,11 @@ def _check_quantized(t: torch.Tensor) -> None:
     lo, hi = QUANTIZED_RANGES.get(dtype, (None, None))
     if lo is None or hi is None:
         raise Violation("CKG421", f"quantized dtype {dtype} is not one ckptguard can check")
-    scheme = str(t.qscheme())
+    try:
+        scheme = str(t.qscheme())
+    except RuntimeError as e:  # a quantized tensor without a quantizer: torch asserts
+        raise Violation("CKG421", f"quantized {dtype} tensor without a usable quantizer "
+                        f"({clip(str(e))})") from None
     if scheme in _PER_TENSOR:
         scale, zp = float(t.q_scale()), int(t.q_zero_point())
         if not _scales_ok([scale]):
