@@ -28,7 +28,6 @@ from .model import (
     combine_verdicts,
 )
 from .policy import DEFAULT_LIMITS, Limits, Policy
-from .rules import make_finding
 
 
 class LimitExceeded(Exception):
@@ -194,6 +193,8 @@ class AuditContext:
         if key in self._seen:
             return
         self._seen.add(key)
+        from .rules import make_finding  # the rule table: imported by the first finding
+
         self.findings.append(
             make_finding(rule_id, message, self.loc(member, offset), evidence=evidence,
                          severity=severity)
