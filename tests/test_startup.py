@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from ckptguard import context as CTX
 from ckptguard import scan
 from ckptguard.cli.exitcodes import ExitCode
 from ckptguard.model import Finding, Location, Region, TensorInfo, Verdict
@@ -48,7 +49,8 @@ NEVER = ("torch", "numpy", "safetensors", "httpx", "certifi", "h11", "anyio", "f
 #: of the other things a zip can be, and the tables that only a finding needs
 PLAIN_ZIP_NEVER = ("ckptguard.analysis.tscode", "ckptguard.analysis.pt2",
                    "ckptguard.analysis.nested", "ckptguard.readers.jsonfile",
-                   "ckptguard.analysis.zipdefects", "ckptguard.rules", "ckptguard.analysis.numpy")
+                   "ckptguard.analysis.zipdefects", "ckptguard.rules", "ckptguard.analysis.numpy",
+                   "hashlib", "_hashlib")
 
 
 def _imports(*args: str, code: int = 0) -> set[str]:
@@ -110,6 +112,22 @@ def test_a_finding_imports_the_rule_table_and_a_zip_defect_its_mapping(tmp_path:
     report = scan(str(bad))
     assert report.verdict is Verdict.UNSAFE
     assert "CKG310" in {f.rule_id for f in report.findings}
+
+
+@pytest.mark.parametrize("size", [0, 1, 55, 64, CTX.SMALL_REGION - 1, CTX.SMALL_REGION,
+                                  CTX.SMALL_REGION + 1, 3 << 20])
+def test_region_digests_are_hashlibs_whichever_sha256_computes_them(size: int) -> None:
+    """context.sha256_hex: CPython's own SHA-256 for small regions (no OpenSSL at start-up),
+    hashlib's for large ones: the same hex digest either way, and in ``regions()``."""
+    import hashlib
+    import random
+
+    data = random.Random(size).randbytes(size)
+    assert CTX.sha256_hex(data) == hashlib.sha256(data).hexdigest()
+    src = CTX.Source.from_bytes(data + b"tail")
+    assert src.read(0, size, record=True) == data
+    assert [(r.offset, r.length, r.sha256) for r in src.regions()] == \
+        [(0, size, hashlib.sha256(data).hexdigest())]
 
 
 def test_a_policy_file_imports_the_toml_parser(tmp_path: Path) -> None:
