@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from ckptguard.model import Finding, Location, Region, TensorInfo
+from ckptguard import context as CTX
+from ckptguard import scan
+from ckptguard.cli.exitcodes import ExitCode
+from ckptguard.model import Finding, Location, Region, TensorInfo, Verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
@@ -40,15 +43,22 @@ NEVER = ("torch", "numpy", "safetensors", "httpx", "certifi", "h11", "anyio", "f
          "ckptguard.analysis.dcp", "ckptguard.analysis.folder", "ckptguard.cli.pool",
          "ckptguard.report.sarif", "ckptguard.report.inspect", "ckptguard.report.explain",
          "ckptguard.guard", "importlib.abc", "pathlib", "urllib.parse", "ipaddress", "shutil",
-         "tempfile")
+         "tempfile", "ckptguard.remote", "ckptguard.remote.targets")
+
+#: not imported by the scan of a plain torch zip (a state dict, no finding): the sub-auditors
+#: of the other things a zip can be, and the tables that only a finding needs
+PLAIN_ZIP_NEVER = ("ckptguard.analysis.tscode", "ckptguard.analysis.pt2",
+                   "ckptguard.analysis.nested", "ckptguard.readers.jsonfile",
+                   "ckptguard.analysis.zipdefects", "ckptguard.rules", "ckptguard.analysis.numpy",
+                   "hashlib", "_hashlib")
 
 
-def _imports(*args: str) -> set[str]:
+def _imports(*args: str, code: int = 0) -> set[str]:
     out = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True,
                          text=True, check=False, cwd=ROOT,
                          env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
     rec = json.loads(out.stderr.strip().splitlines()[-1])
-    assert rec["code"] == 0, out.stderr
+    assert rec["code"] == code, out.stderr
     return set(rec["new"])
 
 
@@ -82,8 +92,42 @@ def test_a_local_scan_imports_only_what_it_needs(fixture: str, fmt: str,
         assert "ckptguard.report.fastjson" not in mods
     if fixture.endswith(".safetensors"):  # no pickle VM for a file without pickles
         for name in ("ckptguard.analysis.vm", "ckptguard.analysis.torchfile",
-                     "ckptguard.readers.zipfile", "ckptguard.analysis.fastpath"):
+                     "ckptguard.readers.zipfile", "ckptguard.analysis.fastpath", "pickle",
+                     "_pickle"):
             assert name not in mods, name
+    else:
+        assert "ckptguard.analysis.torchfile" in mods
+        for name in PLAIN_ZIP_NEVER:
+            assert name not in mods, name
+
+
+def test_a_finding_imports_the_rule_table_and_a_zip_defect_its_mapping(tmp_path: Path) -> None:
+    """What the plain scans above leave out comes back where it is needed: bytes before the
+    archive (a zip defect, CKG310) import the defect table and the rules, and the scan
+    reports the defect."""
+    bad = tmp_path / "prefixed.pt"
+    bad.write_bytes(b"junk" + (FIXTURES / "benign/linear.pt").read_bytes())
+    mods = _imports(str(bad), "--format", "json", code=int(ExitCode.FINDINGS))
+    assert {"ckptguard.analysis.zipdefects", "ckptguard.rules"} <= mods
+    report = scan(str(bad))
+    assert report.verdict is Verdict.UNSAFE
+    assert "CKG310" in {f.rule_id for f in report.findings}
+
+
+@pytest.mark.parametrize("size", [0, 1, 55, 64, CTX.SMALL_REGION - 1, CTX.SMALL_REGION,
+                                  CTX.SMALL_REGION + 1, 3 << 20])
+def test_region_digests_are_hashlibs_whichever_sha256_computes_them(size: int) -> None:
+    """context.sha256_hex: CPython's own SHA-256 for small regions (no OpenSSL at start-up),
+    hashlib's for large ones: the same hex digest either way, and in ``regions()``."""
+    import hashlib
+    import random
+
+    data = random.Random(size).randbytes(size)
+    assert CTX.sha256_hex(data) == hashlib.sha256(data).hexdigest()
+    src = CTX.Source.from_bytes(data + b"tail")
+    assert src.read(0, size, record=True) == data
+    assert [(r.offset, r.length, r.sha256) for r in src.regions()] == \
+        [(0, size, hashlib.sha256(data).hexdigest())]
 
 
 def test_a_policy_file_imports_the_toml_parser(tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ of the package).
 - ``escape_untrusted``: untrusted text shown on a terminal (reports, progress, errors);
 - ``gc_paused``: the cyclic collector paused around an audit that allocates millions of
   acyclic objects (nests: the outermost pause restores the collector);
-- ``or_default``: ``value if value is not None else default``.
+- ``or_default``: ``value if value is not None else default``;
+- ``is_remote``: an ``http://``, ``https://`` or ``hf://`` scan target (here, not in
+  ``remote.targets``, so that a local scan imports nothing of ``remote``).
 
 Anything a hostile file controls can reach a terminal through a report: a file name with an
 escape sequence, a member name with a newline, a global name thousands of characters long.
@@ -103,5 +105,15 @@ def or_default(value: T | None, default: T) -> T:
     return value if value is not None else default
 
 
-__all__ = ["DISPLAY_LIMIT", "READONLY_FLAGS", "clip", "escape", "escape_untrusted", "gc_paused",
-           "has_unsafe_chars", "open_readonly", "or_default"]
+#: the scan targets read over HTTP (remote/), case-insensitive
+REMOTE_SCHEMES = ("http://", "https://", "hf://")
+
+
+def is_remote(target: str) -> bool:
+    """True for ``http://``, ``https://`` and ``hf://`` targets."""
+    return target[:8].lower().startswith(REMOTE_SCHEMES)
+
+
+__all__ = ["DISPLAY_LIMIT", "READONLY_FLAGS", "REMOTE_SCHEMES", "clip", "escape",
+           "escape_untrusted", "gc_paused", "has_unsafe_chars", "is_remote", "open_readonly",
+           "or_default"]

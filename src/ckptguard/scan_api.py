@@ -33,7 +33,7 @@ def scan(
     (SAFE / UNSAFE / INCOMPLETE). Raises :class:`ScanInputError` only for misuse, such as
     a path that does not exist.
     """
-    from .remote.targets import is_remote
+    from .primitives import is_remote
 
     p = os.fspath(path)
     if is_remote(p):

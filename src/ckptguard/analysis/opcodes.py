@@ -5,10 +5,9 @@ Values are the opcode bytes as ints. A test checks this table against ``pickleto
 
 from __future__ import annotations
 
-import _pickle
 import codecs
+import functools
 import io
-import pickle
 import re
 from typing import Any
 
@@ -175,15 +174,6 @@ _INF = float("inf")
 MAX_TEXT_LITERAL = 4300
 
 
-_REFUSALS = (pickle.UnpicklingError, ValueError, EOFError, OverflowError, UnicodeError,
-             KeyError, IndexError, TypeError, AttributeError)
-
-
-class _PersUnpickler(pickle._Unpickler):
-    def persistent_load(self, pid: Any) -> Any:
-        return pid
-
-
 def text_value(op: int, line: bytes, *, c: bool) -> tuple[bool, Any]:
     """What an unpickler reads from the text line of INT/LONG/FLOAT/GET/PUT/STRING/
     UNICODE/PERSID: (True, value) or (False, error name). ``c``: the C unpickler
@@ -230,20 +220,21 @@ def text_value(op: int, line: bytes, *, c: bool) -> tuple[bool, Any]:
         if index is not None and abs(index) > _MEMO_PROBE_MAX:
             return True, index
     prog = b"Np" + line + b"\n." if op in (GET, PUT) else bytes([op]) + line + b"\n."
+    refusals, py_unpickler, c_unpickler, pers_py, pers_c = _probes()
     try:
         f = io.BytesIO(prog)
         if op == PERSID:
-            u: Any = _PersC(f) if c else _PersUnpickler(f)
+            u: Any = pers_c(f) if c else pers_py(f)
         elif c:
-            u = _pickle.Unpickler(f, encoding="latin1")
+            u = c_unpickler(f, encoding="latin1")
         else:
-            u = pickle._Unpickler(f, encoding="latin1")
+            u = py_unpickler(f, encoding="latin1")
         value = u.load()
         if op in (GET, PUT):
             keys = list(u.memo.copy() if c else u.memo)
             return (True, keys[0]) if len(keys) == 1 else (False, "memo")
         return True, value
-    except _REFUSALS as e:  # the unpickler's refusal is the answer
+    except refusals as e:  # the unpickler's refusal is the answer
         return False, type(e).__name__
     except MemoryError:  # the real unpickler could not take this line either
         return False, "MemoryError"
@@ -254,9 +245,25 @@ def text_value(op: int, line: bytes, *, c: bool) -> tuple[bool, Any]:
 _MEMO_PROBE_MAX = 1 << 20
 
 
-class _PersC(_pickle.Unpickler):
-    def persistent_load(self, pid: Any) -> Any:
-        return pid
+@functools.cache
+def _probes() -> tuple[Any, ...]:
+    """(refusals, pickle.py unpickler, C unpickler, their persistent_load variants):
+    ``pickle`` (~1 ms) is imported by the first text literal a program holds, not by every
+    scan (tests/test_startup.py)."""
+    import _pickle
+    import pickle
+
+    class _PersUnpickler(pickle._Unpickler):
+        def persistent_load(self, pid: Any) -> Any:
+            return pid
+
+    class _PersC(_pickle.Unpickler):
+        def persistent_load(self, pid: Any) -> Any:
+            return pid
+
+    refusals = (pickle.UnpicklingError, ValueError, EOFError, OverflowError, UnicodeError,
+                KeyError, IndexError, TypeError, AttributeError)
+    return refusals, pickle._Unpickler, _pickle.Unpickler, _PersUnpickler, _PersC
 
 
 def _identifier_path(line: bytes) -> bool:

@@ -67,12 +67,6 @@ _SCALAR_TYPES = {1: ("uint8", 1), 2: ("int8", 1), 3: ("int16", 2), 4: ("int32", 
 _ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 
 
-def is_pt2(records: dict[str, ZipEntry]) -> bool:
-    """A torch.export archive: its folder holds ``archive_format`` or ``archive_version``
-    (load_pt2 reads only the latter)."""
-    return "archive_format" in records or "archive_version" in records
-
-
 def audit_pt2(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEntry],
               prefix: str) -> Format:
     ctx.add("CKG820", "torch.export archive (ExportedProgram): weights, constants, sample "
@@ -479,5 +473,4 @@ def _nested(ctx: AuditContext, archive: ZipArchive, e: ZipEntry) -> NestedResult
     return audit_data(ctx, data, e.data_offset, e.name)
 
 
-__all__ = ["SYMPY_CALLABLES", "audit_outside", "audit_pt2", "expr_problem", "guard_problem",
-           "is_pt2"]
+__all__ = ["SYMPY_CALLABLES", "audit_outside", "audit_pt2", "expr_problem", "guard_problem"]

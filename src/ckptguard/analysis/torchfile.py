@@ -17,6 +17,8 @@ from ..readers.zipfast import facts
 from ..readers.zipfile import (
     STORED,
     TORCH_NAME_BUFFER,
+    Defect,
+    DefectSink,
     ZipArchive,
     ZipEntry,
     compare_python_zipfile,
@@ -26,9 +28,7 @@ from . import opcodes as O
 from .fastpath import try_fast
 from .records import check_byteorder, read_small_record
 from .tensors import DTYPE_SIZES, StorageCatalog
-from .tscode import grade_code
 from .vm import PickleMode, PickleResult, audit_pickle
-from .zipdefects import record_defects
 
 _TORCH_RECORDS = frozenset({"data.pkl", "version", ".data/version", "byteorder",
                             ".format_version", ".storage_alignment", ".data/serialization_id"})
@@ -39,7 +39,7 @@ TORCH_FORMAT_VERSIONS = (1, 10)
 # --- zip ---------------------------------------------------------------------------------
 
 def audit_zip(ctx: AuditContext) -> Format:
-    archive = read_archive(ctx, record_defects(ctx))
+    archive = read_archive(ctx, _record_defects(ctx))
     if archive is None:
         return Format.ZIP
     _python_reading(ctx, archive)
@@ -78,8 +78,6 @@ def audit_zip(ctx: AuditContext) -> Format:
         else:
             outside.append(e)
     ctx.metadata["torch.archive_folder"] = prefix[:-1]
-    from .pt2 import is_pt2
-
     if is_pt2(records):  # a torch.export archive (.pt2): its own auditor
         from .pt2 import audit_outside, audit_pt2
 
@@ -103,6 +101,23 @@ def audit_zip(ctx: AuditContext) -> Format:
         fmt = Format.TORCH_ZIP
     _numpy_reading(ctx, archive)
     return fmt
+
+
+def _record_defects(ctx: AuditContext) -> DefectSink:
+    """``zipdefects.record_defects(ctx)``, its rule table imported by the first defect: a
+    canonical archive has none, and its scan does not import the table (~1 ms)."""
+    def record(defect: Defect) -> None:
+        from .zipdefects import record_defects
+
+        record_defects(ctx)(defect)
+    return record
+
+
+def is_pt2(records: dict[str, ZipEntry]) -> bool:
+    """A torch.export archive: its folder holds ``archive_format`` or ``archive_version``
+    (load_pt2 reads only the latter). Here, not in pt2.py, so that a torch zip's scan
+    imports the .pt2 auditor (and its JSON reader) only for such an archive."""
+    return "archive_format" in records or "archive_version" in records
 
 
 def _numpy_reading(ctx: AuditContext, archive: ZipArchive) -> None:
@@ -314,6 +329,8 @@ def _torchscript(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipE
                 sources.append((e.name, archive.read(e, record=False)))
     except LimitExceeded as exc:
         ctx.limit_hit(exc, member=e.name)
+    from .tscode import grade_code  # TorchScript only: not imported by a state dict's scan
+
     grade_code(ctx, sources)
     catalog = StorageCatalog()
     for rel, e in records.items():
@@ -546,5 +563,5 @@ def audit_legacy_tar(ctx: AuditContext) -> Format:
     return Format.TORCH_LEGACY_TAR
 
 
-__all__ = ["audit_legacy", "audit_legacy_tar", "audit_raw_pickle", "audit_zip",
+__all__ = ["audit_legacy", "audit_legacy_tar", "audit_raw_pickle", "audit_zip", "is_pt2",
            "pickle_extent"]

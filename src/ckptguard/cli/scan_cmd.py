@@ -103,7 +103,7 @@ def scan_command(
         raise click.UsageError("--dask works with --from-file")
     if not paths and hf_cache is None:
         raise click.UsageError("give at least one PATH or --hf-cache")
-    from ..remote.targets import is_remote
+    from ..primitives import is_remote
 
     remote = [p for p in paths if is_remote(p)]
     paths = tuple(p for p in paths if not is_remote(p))

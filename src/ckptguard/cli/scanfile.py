@@ -8,7 +8,6 @@ from ..analysis.engine import unreadable_report
 from ..errors import ScanInputError
 from ..model import Format, Location, Problem, Report, decide
 from ..policy import Limits, Policy
-from ..rules import make_finding
 from ..scan_api import scan
 
 
@@ -29,6 +28,8 @@ def scan_one(path: str, policy: Policy, limits: Limits, unreadable: str | None =
 
 def error_report(path: str, exc: BaseException) -> Report:
     message = f"internal error while scanning ({type(exc).__name__}: {str(exc)[:200]})"
+    from ..rules import make_finding
+
     loc = Location(path)
     findings = (make_finding("CKG902", message, loc),)
     problems = (Problem(message, loc),)

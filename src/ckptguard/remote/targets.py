@@ -11,14 +11,10 @@ import os
 from dataclasses import dataclass
 
 from ..errors import ScanInputError
+from ..primitives import REMOTE_SCHEMES as SCHEMES
+from ..primitives import is_remote
 
-SCHEMES = ("http://", "https://", "hf://")
 DEFAULT_ENDPOINT = "https://huggingface.co"
-
-
-def is_remote(target: str) -> bool:
-    """True for ``http://``, ``https://`` and ``hf://`` targets."""
-    return target[:8].lower().startswith(SCHEMES)
 
 
 def hub_endpoint() -> str:
