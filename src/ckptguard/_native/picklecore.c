@@ -30,7 +30,8 @@
 #include <stdio.h>
 #include <time.h>
 static double pc_now(void) { struct timespec t; clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t); return t.tv_sec * 1e3 + t.tv_nsec / 1e6; }
-#define TMARK(label) fprintf(stderr, "%s %.2f\n", label, pc_now() - t0)
+static void pc_rss(const char *label) { char l[256]; FILE *f = fopen("/proc/self/status", "r"); if (!f) return; while (fgets(l, sizeof l, f)) if (!strncmp(l, "VmHWM", 5) || !strncmp(l, "VmRSS", 5)) fprintf(stderr, "  %s %s", label, l); fclose(f); }
+#define TMARK(label) (fprintf(stderr, "%s %.2f\n", label, pc_now() - t0), pc_rss(label))
 #else
 #define TMARK(label) ((void)0)
 #endif
@@ -218,7 +219,7 @@ typedef struct {
     /* growable arrays */
     Val *stack; size_t sp, scap;
     uint32_t *marks; size_t nmarks, mcap;
-    Val *memo; size_t memocap;
+    Val *memo; size_t memocap, memolen;  /* memolen: entries [0, memolen) are set up */
     Val *pool; size_t plen, pcap;
     Node *nodes; size_t nn, ncap;
     TensorC *tensors; size_t nt, tcap;
@@ -235,14 +236,83 @@ typedef struct {
     int found[N_GLOBALS];
     int order[N_GLOBALS], norder;
     PyObject *records, *seen;
+    PyObject *shapes;  /* equal size / stride tuples shared: {tuple: tuple} */
     PyObject *gobj[N_GLOBALS];  /* Global objects (None: not allowed under the policy) */
 } St;
 
 
+/* The working arrays. Large ones get their own mappings, grown in place or moved by
+ * mremap and unmapped when freed: glibc's heap would copy them on each doubling and keep
+ * the freed copies (its mmap threshold rises with every large free), ~7 MB of peak RSS on
+ * a 50k-tensor program. Under ASan everything stays on malloc (checked). */
+#if defined(__linux__) && defined(MREMAP_MAYMOVE) && !defined(__SANITIZE_ADDRESS__)
+#define ARR_MAP_MIN ((size_t)1 << 18)
+typedef struct {
+    size_t mapped; /* bytes mapped (0: malloc'd) */
+    size_t size;   /* bytes asked for, after the header */
+} ArrHead;         /* 16 bytes: the data keeps malloc's alignment */
+
+static void *arr_realloc(void *p, size_t n) {
+    ArrHead *h = p ? (ArrHead *)p - 1 : NULL;
+    if (n > ((size_t)1 << 46))
+        return NULL;
+    size_t total = n + sizeof(ArrHead);
+    if (total < ARR_MAP_MIN && (h == NULL || h->mapped == 0)) {
+        ArrHead *q = realloc(h, total);
+        if (q == NULL)
+            return NULL;
+        q->mapped = 0;
+        q->size = n;
+        return q + 1;
+    }
+    size_t len = (total + 4095) & ~(size_t)4095;
+    void *q;
+    if (h != NULL && h->mapped) {
+        if (len <= h->mapped) {
+            h->size = n;
+            return p;
+        }
+        q = mremap(h, h->mapped, len, MREMAP_MAYMOVE);
+        if (q == MAP_FAILED)
+            return NULL;
+    } else {
+        q = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (q == MAP_FAILED)
+            return NULL;
+        if (h != NULL) {
+            memcpy((ArrHead *)q + 1, p, h->size < n ? h->size : n);
+            free(h);
+        }
+    }
+#if defined(MADV_HUGEPAGE) && !defined(PC_NOHUGE)
+    /* the whole mapping (a range inside it would split it, and mremap would refuse) */
+    if (len >= ((size_t)4 << 20))
+        (void)madvise(q, len, MADV_HUGEPAGE);
+#endif
+    ArrHead *nh = q;
+    nh->mapped = len;
+    nh->size = n;
+    return nh + 1;
+}
+
+static void arr_free(void *p) {
+    if (p == NULL)
+        return;
+    ArrHead *h = (ArrHead *)p - 1;
+    if (h->mapped)
+        munmap(h, h->mapped);
+    else
+        free(h);
+}
+#else
+static void *arr_realloc(void *p, size_t n) { return realloc(p, n); }
+static void arr_free(void *p) { free(p); }
+#endif
+
 /* Large arrays (a 50k-tensor program: ~35 MB) cost more in page faults than in the pass
  * itself: ask Linux for transparent huge pages on them (a hint; nothing else changes). */
 static void huge(void *p, size_t len) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
+#if defined(__linux__) && defined(MADV_HUGEPAGE) && !defined(PC_NOHUGE) && !defined(ARR_MAP_MIN)
     if (len >= ((size_t)4 << 20)) {
         uintptr_t a = ((uintptr_t)p + ((2u << 20) - 1)) & ~(uintptr_t)((2u << 20) - 1);
         uintptr_t e = ((uintptr_t)p + len) & ~(uintptr_t)((2u << 20) - 1);
@@ -264,7 +334,7 @@ static int grow(void **p, size_t *cap, size_t need, size_t sz) {
             return -1;
         c *= 2;
     }
-    void *q = realloc(*p, c * sz);
+    void *q = arr_realloc(*p, c * sz);
     if (q == NULL)
         return -1;
     *p = q;
@@ -373,7 +443,7 @@ static int key_eq(St *s, HEntry *e, uint64_t payload) {
 static int ht_insert(St *s, uint32_t node, Val k, uint32_t value, uint32_t *found) {
     if ((s->htlen + 1) * 2 > s->htcap) {
         size_t nc = s->htcap ? s->htcap * 2 : 1024;
-        HEntry *nt = malloc(nc * sizeof(HEntry));
+        HEntry *nt = arr_realloc(NULL, nc * sizeof(HEntry));
         if (nt == NULL)
             return -1;
         for (size_t i = 0; i < nc; i++)
@@ -386,13 +456,13 @@ static int ht_insert(St *s, uint32_t node, Val k, uint32_t value, uint32_t *foun
             while (nt[j].node != HT_EMPTY) {
                 j = (j + 1) & (nc - 1);
                 if (++s->probes > s->probe_budget) {
-                    free(nt);
+                    arr_free(nt);
                     return -1;
                 }
             }
             nt[j] = *e;
         }
-        free(s->ht);
+        arr_free(s->ht);
         s->ht = nt;
         s->htcap = nc;
     }
@@ -455,13 +525,18 @@ static int memo_set(St *s, size_t idx, Val v) {
         size_t nc = s->memocap ? s->memocap : 256;
         while (nc <= idx)
             nc *= 2;
-        Val *m = realloc(s->memo, nc * sizeof(Val));
+        Val *m = arr_realloc(s->memo, nc * sizeof(Val));
         if (m == NULL)
             return -1;
         huge(m, nc * sizeof(Val));
-        memset(m + s->memocap, 0, (nc - s->memocap) * sizeof(Val));
         s->memo = m;
         s->memocap = nc;
+    }
+    if (idx >= s->memolen) {
+        /* cleared up to idx only: the capacity past the highest index the program uses
+         * is never touched (no resident pages for it) */
+        memset(s->memo + s->memolen, 0, (idx + 1 - s->memolen) * sizeof(Val));
+        s->memolen = idx + 1;
     }
     if (s->memo[idx].tag == V_UNSET)
         s->n_puts++;
@@ -470,7 +545,7 @@ static int memo_set(St *s, size_t idx, Val v) {
 }
 
 static int memo_get(St *s, size_t idx) {
-    if (idx >= s->memocap || s->memo[idx].tag == V_UNSET)
+    if (idx >= s->memolen || s->memo[idx].tag == V_UNSET)
         return -1;
     return push(s, s->memo[idx]);
 }
@@ -546,6 +621,8 @@ static int make_tuple(St *s, size_t start) {
     return push(s, node_val(idx));
 }
 
+#define MAX_SHARED_SHAPES 4096
+
 /* the tuple of ints a node holds, as a Python tuple (cached on the node) */
 static PyObject *int_tuple(St *s, uint32_t idx) {
     Node *nd = &s->nodes[idx];
@@ -566,6 +643,20 @@ static PyObject *int_tuple(St *s, uint32_t idx) {
     }
     if (nd->len)
         PyObject_GC_UnTrack(t); /* ints only */
+    /* one object per distinct shape (a checkpoint repeats a few shapes many times): the
+     * first tuple of its value is kept, equal later ones are dropped; bounded table */
+    if (s->shapes != NULL) {
+        PyObject *same = PyDict_GetItemWithError(s->shapes, t);
+        if (same != NULL) {
+            Py_INCREF(same);
+            Py_SETREF(t, same);
+        } else if (PyErr_Occurred() ||
+                   (PyDict_GET_SIZE(s->shapes) < MAX_SHARED_SHAPES &&
+                    PyDict_SetItem(s->shapes, t, t) < 0)) {
+            Py_DECREF(t);
+            return NULL;
+        }
+    }
     nd->obj = t;
     Py_INCREF(t);
     return t;
@@ -1239,14 +1330,14 @@ static int64_t longest_chain(St *s, Val root) {
             if (c.tag == V_NODE && is_container(&s->nodes[c.a])) {
                 Node *cn = &s->nodes[c.a];
                 if (cn->dstate == 1) {
-                    free(fr);
+                    arr_free(fr);
                     return -1; /* a cycle */
                 }
                 if (cn->dstate == 0) {
                     cn->dstate = 1;
                     cn->depth = 1;
                     if (grow((void **)&fr, &fcap, nf + 1, sizeof(Frame))) {
-                        free(fr);
+                        arr_free(fr);
                         return -1;
                     }
                     fr[nf++] = (Frame){c.a, 0};
@@ -1263,7 +1354,7 @@ static int64_t longest_chain(St *s, Val root) {
         nd->dstate = 2;
         nf--;
     }
-    free(fr);
+    arr_free(fr);
     return s->nodes[root.a].depth;
 }
 
@@ -1443,9 +1534,9 @@ static int name_tensors(St *s, Val root, PyObject *names, PyObject *infos) {
     }
     rc = 0;
 done:
-    free(fr);
-    free(path);
-    free(b.p);
+    arr_free(fr);
+    arr_free(path);
+    arr_free(b.p);
     return rc;
 }
 
@@ -1507,13 +1598,13 @@ static int mark_reachable(St *s, Val root) {
                 continue;
             s->nodes[c.a].flags |= F_REACH;
             if (grow((void **)&todo, &cap, nt + 1, sizeof(uint32_t))) {
-                free(todo);
+                arr_free(todo);
                 return -1;
             }
             todo[nt++] = c.a; /* (todo may move; the nodes do not) */
         }
     }
-    free(todo);
+    arr_free(todo);
     return 0;
 }
 
@@ -1620,27 +1711,38 @@ static int build_graph(St *s, Val root) {
     return 0;
 }
 
+static void st_free_run(St *s) {
+    arr_free(s->stack);
+    arr_free(s->marks);
+    arr_free(s->memo);
+    arr_free(s->ht);
+    s->stack = NULL;
+    s->marks = NULL;
+    s->memo = NULL;
+    s->ht = NULL;
+    s->sp = s->scap = s->nmarks = s->mcap = s->memocap = s->memolen = s->htcap = 0;
+    s->htlen = 0;
+}
+
 static void st_free(St *s) {
     for (size_t i = 0; i < s->nn; i++)
         Py_XDECREF(s->nodes[i].obj);
     for (size_t i = 0; i < s->nv; i++)
-        free(s->vecs[i].vec);
-    free(s->vecs);
+        arr_free(s->vecs[i].vec);
+    arr_free(s->vecs);
     for (size_t i = 0; i < s->nt; i++)
         Py_XDECREF(s->tensors[i].rec);
     for (size_t i = 0; i < s->ns; i++) {
         Py_XDECREF(s->stores[i].ref);
         Py_XDECREF(s->stores[i].name);
     }
-    free(s->nodes);
-    free(s->tensors);
-    free(s->stores);
-    free(s->stack);
-    free(s->marks);
-    free(s->memo);
-    free(s->pool);
-    free(s->ht);
+    arr_free(s->nodes);
+    arr_free(s->tensors);
+    arr_free(s->stores);
+    st_free_run(s);
+    arr_free(s->pool);
     Py_XDECREF(s->loc_last);
+    Py_CLEAR(s->shapes);
 }
 
 /* ---- module functions ------------------------------------------------------------------- */
@@ -1711,7 +1813,9 @@ static PyObject *pc_scan(PyObject *self, PyObject *args) {
 #else
     s->seen = PyDict_New();
 #endif
-    if (s->seen == NULL || new_node(s, N_TUPLE, &e))
+    /* (a kept graph shares objects exactly as the Python path's: no sharing added there) */
+    s->shapes = keep_graph ? NULL : PyDict_New();
+    if (s->seen == NULL || (!keep_graph && s->shapes == NULL) || new_node(s, N_TUPLE, &e))
         goto decline;
     if (run(s))
         goto decline;
@@ -1724,6 +1828,9 @@ static PyObject *pc_scan(PyObject *self, PyObject *args) {
         s->n_puts > s->max_memo || 2 * s->objects > s->max_objects)
         goto decline;
     Val rootv = s->stack[0];
+    /* the memo, the stack, the MARK stack and the key table serve run() only: freed before
+     * the Python objects are built (they would add to the peak) */
+    st_free_run(s);
     if (!storable(s, rootv))
         goto decline;
     /* an OrderedDict's state may have been filled in after BUILD checked it */
