@@ -1381,17 +1381,27 @@ static int key_text(St *s, Buf *b, Val k) {
 
 static inline int key_empty(Val k) { return k.tag == V_STR && k.i == 0; }
 
-static PyObject *tensor_info(St *s, TensorC *t, PyObject *name) {
-    StorageC *sc = &s->stores[s->nodes[t->storage].aux];
+/* a tensor's storage index and byte count (-1: the shape's product overflows, and the
+ * Python path names it) */
+static int tensor_nbytes(St *s, TensorC *t, uint32_t *store, int64_t *nbytes) {
+    *store = s->nodes[t->storage].aux;
+    StorageC *sc = &s->stores[*store];
     Node *sn = &s->nodes[t->size];
     int64_t numel = 1;
     for (uint32_t i = 0; i < sn->len; i++) {
         if (__builtin_mul_overflow(numel, s->pool[sn->aux + i].i, &numel))
-            return NULL; /* a shape whose product overflows: the Python path names it */
+            return -1;
     }
-    int64_t nbytes;
-    if (__builtin_mul_overflow(numel, (int64_t)ST_ITEMSIZE[sc->g], &nbytes))
-        return NULL;
+    if (__builtin_mul_overflow(numel, (int64_t)ST_ITEMSIZE[sc->g], nbytes))
+        return -1;
+    return 0;
+}
+
+/* the report's TensorInfo; its shape and stride are the record's own tuples (so it needs
+ * neither the nodes nor the pool: they may be freed by then) */
+static PyObject *tensor_info_of(St *s, TensorC *t, uint32_t store, int64_t nbytes,
+                                PyObject *name) {
+    StorageC *sc = &s->stores[store];
     if (sc->name == NULL) {
         sc->name = PyUnicode_Concat(S_DATA, sc->key);
         if (sc->name == NULL)
@@ -1400,8 +1410,10 @@ static PyObject *tensor_info(St *s, TensorC *t, PyObject *name) {
     PyObject *v[12];
     v[0] = name;
     v[1] = S_DTYPE[sc->g];
-    v[2] = int_tuple(s, t->size);
-    v[3] = int_tuple(s, t->stride);
+    v[2] = *(PyObject **)((char *)t->rec + C_RECORD.off[2]);
+    v[3] = *(PyObject **)((char *)t->rec + C_RECORD.off[3]);
+    Py_XINCREF(v[2]);
+    Py_XINCREF(v[3]);
     v[4] = sc->name;
     v[5] = PyLong_FromLongLong(t->offset);
     v[6] = PyLong_FromLongLong(nbytes);
@@ -1420,13 +1432,78 @@ static PyObject *tensor_info(St *s, TensorC *t, PyObject *name) {
     return slot_new(&C_INFO, v);
 }
 
+static PyObject *tensor_info(St *s, TensorC *t, PyObject *name) {
+    uint32_t store;
+    int64_t nbytes;
+    if (tensor_nbytes(s, t, &store, &nbytes))
+        return NULL;
+    return tensor_info_of(s, t, store, nbytes, name);
+}
+
+/* a tensor named by the walk, its Python objects not built yet (see name_tensors) */
+typedef struct {
+    uint32_t t, store;
+    size_t off, len;   /* its name: UTF-8 bytes in the names buffer */
+    int64_t nbytes;
+} Named;
+
+/* the arrays only the graph needs (nodes, values pool, containers): freed once the names
+ * are known in a scan, before the Python records are built */
+static void free_graph(St *s) {
+    for (size_t i = 0; i < s->nn; i++)
+        Py_CLEAR(s->nodes[i].obj);
+    for (size_t i = 0; i < s->nv; i++)
+        arr_free(s->vecs[i].vec);
+    arr_free(s->vecs);
+    arr_free(s->nodes);
+    arr_free(s->pool);
+    s->vecs = NULL;
+    s->nodes = NULL;
+    s->pool = NULL;
+    s->nv = s->vcap = s->nn = s->ncap = s->plen = s->pcap = 0;
+}
+
+/* the deferred names and records, built after free_graph */
+static int emit_named(St *s, const Named *nm, size_t count, const char *text,
+                      PyObject *names, PyObject *infos) {
+    Py_ssize_t chars = 0;
+    for (size_t i = 0; i < count; i++) {
+        TensorC *t = &s->tensors[nm[i].t];
+        PyObject *name = PyUnicode_DecodeUTF8(nm[i].len ? text + nm[i].off : "",
+                                              (Py_ssize_t)nm[i].len, "surrogatepass");
+        if (name == NULL)
+            return -1;
+        chars += PyUnicode_GET_LENGTH(name);
+        if (chars > MAX_NAME_CHARS) {
+            Py_DECREF(name);
+            return -1;
+        }
+        PyObject *pair = PyTuple_Pack(2, name, t->rec);
+        if (pair != NULL)
+            PyObject_GC_UnTrack(pair);
+        int bad = pair == NULL || PyList_Append(names, pair) < 0;
+        Py_XDECREF(pair);
+        if (!bad && infos != NULL) {
+            PyObject *info = tensor_info_of(s, t, nm[i].store, nm[i].nbytes, name);
+            bad = info == NULL || PyList_Append(infos, info) < 0;
+            Py_XDECREF(info);
+        }
+        Py_DECREF(name);
+        if (bad)
+            return -1;
+    }
+    return 0;
+}
+
 /* name every tensor by its key path, exactly as analysis.tensors.name_tensors walks the
  * fast path's graph; appends (name, record) to names and TensorInfo to infos */
-static int name_tensors(St *s, Val root, PyObject *names, PyObject *infos) {
+static int name_tensors(St *s, Val root, PyObject *names, PyObject *infos, int defer) {
     Frame *fr = NULL;
     Val *path = NULL;
     size_t nf = 0, fcap = 0, np = 0, pcap = 0;
     Buf b = {0};
+    Named *nm = NULL;  /* defer: the names found, built into objects after free_graph */
+    size_t nnm = 0, nmcap = 0;
     Py_ssize_t chars = 0, count = 0;
     int64_t work = 0;
     int rc = -1;
@@ -1481,7 +1558,8 @@ static int name_tensors(St *s, Val root, PyObject *names, PyObject *infos) {
         Node *cn = &s->nodes[c.a];
         if (cn->type == N_TENSOR) {
             TensorC *t = &s->tensors[cn->aux];
-            b.len = 0;
+            size_t start = defer ? b.len : 0;
+            b.len = start;
             int started = 0;
             work += (int64_t)np + 1;
             if (work > MAX_NAME_CHARS)
@@ -1495,6 +1573,18 @@ static int name_tensors(St *s, Val root, PyObject *names, PyObject *infos) {
                 if (key_text(s, &b, k))
                     goto done;
                 started = 1;
+            }
+            if (defer) {
+                /* b holds every name so far, back to back: the name is its tail */
+                uint32_t store;
+                int64_t nbytes;
+                count++;
+                if (count > s->max_tensors || b.len > 4 * (size_t)MAX_NAME_CHARS ||
+                    tensor_nbytes(s, t, &store, &nbytes) ||
+                    grow((void **)&nm, &nmcap, nnm + 1, sizeof(Named)))
+                    goto done;
+                nm[nnm++] = (Named){cn->aux, store, start, b.len - start, nbytes};
+                continue;
             }
             PyObject *name = PyUnicode_DecodeUTF8(b.p ? b.p : "", (Py_ssize_t)b.len,
                                                   "surrogatepass");
@@ -1532,11 +1622,21 @@ static int name_tensors(St *s, Val root, PyObject *names, PyObject *infos) {
         path[np++] = key;
         fr[nf++] = (Frame){c.a, 0};
     }
+    if (defer) {
+        arr_free(fr);
+        arr_free(path);
+        fr = NULL;
+        path = NULL;
+        free_graph(s);
+        if (emit_named(s, nm, nnm, b.p, names, infos))
+            goto done;
+    }
     rc = 0;
 done:
     arr_free(fr);
     arr_free(path);
     arr_free(b.p);
+    arr_free(nm);
     return rc;
 }
 
@@ -1847,7 +1947,9 @@ static PyObject *pc_scan(PyObject *self, PyObject *args) {
     infos = want_infos && C_INFO.type != NULL ? PyList_New(0) : NULL;
     if (names == NULL || (want_infos && C_INFO.type != NULL && infos == NULL))
         goto decline;
-    if (name_tensors(s, rootv, names, infos))
+    /* a scan keeps no graph: the names are collected first, the graph arrays freed, and
+     * only then the Python records built (a lower peak) */
+    if (name_tensors(s, rootv, names, infos, !keep_graph))
         goto decline;
     TMARK("names");
     if (keep_graph) {
