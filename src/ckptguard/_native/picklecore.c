@@ -736,18 +736,26 @@ static PyObject *new_record(St *s, uint32_t storage, int64_t offset, uint32_t si
     return slot_new(&C_RECORD, v);
 }
 
+/* every tensor's TensorRecord, in creation order (after run: nothing in the pass reads
+ * them, and the memo and key table are freed by then) */
+static int make_records(St *s) {
+    for (size_t i = 0; i < s->nt; i++) {
+        TensorC *t = &s->tensors[i];
+        t->rec = new_record(s, t->storage, t->offset, t->size, t->stride, t->rg, t->param);
+        if (t->rec == NULL)
+            return -1;
+    }
+    return 0;
+}
+
 static int new_tensor(St *s, TensorC *t, Val *out) {
     uint32_t idx;
     if (grow((void **)&s->tensors, &s->tcap, s->nt + 1, sizeof(TensorC)) ||
         s->nt >= 0xFFFFFFF0u)
         return -1;
-    t->rec = new_record(s, t->storage, t->offset, t->size, t->stride, t->rg, t->param);
-    if (t->rec == NULL)
+    t->rec = NULL; /* built after the pass (make_records): the pass's arrays are gone by then */
+    if (new_node(s, N_TENSOR, &idx))
         return -1;
-    if (new_node(s, N_TENSOR, &idx)) {
-        Py_DECREF(t->rec);
-        return -1;
-    }
     s->nodes[idx].aux = (uint32_t)s->nt;
     s->tensors[s->nt++] = *t;
     s->objects += 4;
@@ -1943,6 +1951,8 @@ static PyObject *pc_scan(PyObject *self, PyObject *args) {
     if (depth < 0 || depth + 5 > s->max_mark)
         goto decline;
     TMARK("checks");
+    if (make_records(s))
+        goto decline;
     names = PyList_New(0);
     infos = want_infos && C_INFO.type != NULL ? PyList_New(0) : NULL;
     if (names == NULL || (want_infos && C_INFO.type != NULL && infos == NULL))
