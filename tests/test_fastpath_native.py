@@ -556,3 +556,20 @@ def test_equal_shapes_shared_in_a_scan_not_in_a_kept_graph() -> None:
     assert kept is not None
     # the graph shares objects exactly as the Python path's (one tuple per rebuild)
     assert len({id(r.shape) for _, r in kept.result.tensors}) == 300
+
+
+@pytest.mark.parametrize("obj", [
+    "tensor", "tuple", "list", "empty",
+], ids=str)
+def test_scan_roots_of_every_shape_match_python_and_vm(obj: str) -> None:
+    # a scan makes the storages and records after its pass (after the naming walk when the
+    # root is a container, before it otherwise): every root shape, same results
+    t = torch.arange(6.0).reshape(2, 3)
+    value = {"tensor": t, "tuple": (t, t[1], 5), "list": [t, {"a": t[0]}],
+             "empty": {}}[obj]
+    buf = io.BytesIO()
+    torch.save(value, buf)
+    data, cat = _data_pkl(buf.getvalue())
+    assert data is not None
+    assert _check_native_vs_python(data, cat, DEFAULT_LIMITS) == "both"
+    assert _check_native_vs_vm(data, cat, DEFAULT_LIMITS)

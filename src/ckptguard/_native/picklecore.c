@@ -194,8 +194,10 @@ typedef struct {
     uint32_t key_off, key_len, node;
     int g;             /* storage class index */
     int64_t numel;
-    PyObject *ref;     /* StorageRef (owns key, location, member, data_offset, record_size) */
-    PyObject *key, *loc, *doff, *rsize;  /* borrowed from ref */
+    PyObject *ref;     /* StorageRef (owns key, location, member, data_offset, record_size);
+                          NULL while pending (during the pass, see make_storages) */
+    PyObject *key, *loc, *doff, *rsize;  /* borrowed from ref (pending: key and loc owned,
+                                            doff the archive's record tuple) */
     PyObject *name;    /* "data/<key>", made on first use */
 } StorageC;
 
@@ -736,6 +738,51 @@ static PyObject *new_record(St *s, uint32_t storage, int64_t offset, uint32_t si
     return slot_new(&C_RECORD, v);
 }
 
+/* every storage's StorageRef, into seen in the order of first reference (the order the
+ * pass made them in); after the pass, before make_records */
+static int make_storages(St *s) {
+    for (size_t i = 0; i < s->ns; i++) {
+        StorageC *sc = &s->stores[i];
+        if (sc->ref != NULL)
+            continue;
+        PyObject *rec = sc->doff;
+        PyObject *v[9];
+        v[0] = sc->key;
+        v[1] = S_DTYPE[sc->g];
+        v[2] = PyLong_FromLong(ST_ITEMSIZE[sc->g]);
+        v[3] = PyLong_FromLongLong(sc->numel);
+        v[4] = sc->loc;
+        v[5] = PyLong_FromLong(0);
+        if (v[2] == NULL || v[3] == NULL || v[5] == NULL) {
+            Py_XDECREF(v[2]);
+            Py_XDECREF(v[3]);
+            Py_XDECREF(v[5]);
+            return -1;
+        }
+        Py_INCREF(v[0]);
+        Py_INCREF(v[1]);
+        Py_INCREF(v[4]);
+        for (int j = 0; j < 3; j++) {
+            v[6 + j] = PyTuple_GET_ITEM(rec, j);
+            Py_INCREF(v[6 + j]);
+        }
+        PyObject *ref = slot_new(&C_STORAGE, v);
+        if (ref == NULL)
+            return -1;
+        if (PyDict_SetItem(s->seen, sc->key, ref) < 0) {
+            Py_DECREF(ref);
+            return -1;
+        }
+        /* made: the ref owns the key and the location; borrowed from it from here on */
+        Py_DECREF(sc->key);
+        Py_DECREF(sc->loc);
+        sc->ref = ref;
+        sc->doff = v[7];
+        sc->rsize = v[8];
+    }
+    return 0;
+}
+
 /* every tensor's TensorRecord, in creation order (after run: nothing in the pass reads
  * them, and the memo and key table are freed by then) */
 static int make_records(St *s) {
@@ -953,31 +1000,14 @@ static int persistent_load(St *s, Val pid, Val *out) {
             s->loc_len = (uint32_t)loc.i;
         }
     }
-    PyObject *v[9];
-    v[0] = k;
-    v[1] = S_DTYPE[g];
-    Py_INCREF(v[1]);
-    v[2] = PyLong_FromLong(ST_ITEMSIZE[g]);
-    v[3] = PyLong_FromLongLong(numel.i);
-    v[4] = locobj;
-    v[5] = PyLong_FromLong(0);
-    for (int i = 0; i < 3; i++) {
-        v[6 + i] = PyTuple_GET_ITEM(rec, i);
-        Py_INCREF(v[6 + i]);
-    }
-    if (v[2] == NULL || v[3] == NULL || v[4] == NULL || v[5] == NULL) {
-        for (int i = 0; i < 9; i++)
-            Py_XDECREF(v[i]);
+    if (locobj == NULL || new_node(s, N_STORAGE, &idx)) {
+        Py_DECREF(k);
+        Py_XDECREF(locobj);
         return -1;
     }
-    PyObject *loc_o = v[4], *doff = v[7], *rsize = v[8];
-    PyObject *ref = slot_new(&C_STORAGE, v);
-    if (ref == NULL)
-        return -1;
-    if (PyDict_SetItem(s->seen, k, ref) < 0 || new_node(s, N_STORAGE, &idx)) {
-        Py_DECREF(ref);
-        return -1;
-    }
+    /* the StorageRef itself is made after the pass (make_storages): pending, the key and
+     * the location are owned here and doff holds the record tuple (borrowed from the
+     * records dict, which outlives the scan) */
     StorageC *sc = &s->stores[s->ns];
     memset(sc, 0, sizeof(*sc));
     sc->key_off = key.a;
@@ -985,11 +1015,10 @@ static int persistent_load(St *s, Val pid, Val *out) {
     sc->node = idx;
     sc->g = g;
     sc->numel = numel.i;
-    sc->ref = ref;
+    sc->ref = NULL;
     sc->key = k;
-    sc->loc = loc_o;
-    sc->doff = doff;
-    sc->rsize = rsize;
+    sc->loc = locobj;
+    sc->doff = rec;
     s->nodes[idx].aux = (uint32_t)s->ns++;
     s->objects += 3;
     *out = node_val(idx);
@@ -1457,18 +1486,23 @@ typedef struct {
 
 /* the arrays only the graph needs (nodes, values pool, containers): freed once the names
  * are known in a scan, before the Python records are built */
-static void free_graph(St *s) {
-    for (size_t i = 0; i < s->nn; i++)
-        Py_CLEAR(s->nodes[i].obj);
+static void free_vecs(St *s) {
     for (size_t i = 0; i < s->nv; i++)
         arr_free(s->vecs[i].vec);
     arr_free(s->vecs);
+    s->vecs = NULL;
+    s->nv = s->vcap = 0;
+}
+
+static void free_graph(St *s) {
+    for (size_t i = 0; i < s->nn; i++)
+        Py_CLEAR(s->nodes[i].obj);
+    free_vecs(s);
     arr_free(s->nodes);
     arr_free(s->pool);
-    s->vecs = NULL;
     s->nodes = NULL;
     s->pool = NULL;
-    s->nv = s->vcap = s->nn = s->ncap = s->plen = s->pcap = 0;
+    s->nn = s->ncap = s->plen = s->pcap = 0;
 }
 
 /* the deferred names and records, built after free_graph */
@@ -1512,6 +1546,12 @@ static int name_tensors(St *s, Val root, PyObject *names, PyObject *infos, int d
     Buf b = {0};
     Named *nm = NULL;  /* defer: the names found, built into objects after free_graph */
     size_t nnm = 0, nmcap = 0;
+    if (defer && (root.tag != V_NODE || !is_container(&s->nodes[root.a]))) {
+        /* nothing to walk: the records now, and the plain way */
+        if (make_storages(s) || make_records(s))
+            return -1;
+        defer = 0;
+    }
     Py_ssize_t chars = 0, count = 0;
     int64_t work = 0;
     int rc = -1;
@@ -1635,6 +1675,11 @@ static int name_tensors(St *s, Val root, PyObject *names, PyObject *infos, int d
         arr_free(path);
         fr = NULL;
         path = NULL;
+        /* the containers served the walk only; the records need the nodes and the pool
+         * (their shape tuples), the names nothing of the graph */
+        free_vecs(s);
+        if (make_storages(s) || make_records(s))
+            goto done;
         free_graph(s);
         if (emit_named(s, nm, nnm, b.p, names, infos))
             goto done;
@@ -1841,6 +1886,10 @@ static void st_free(St *s) {
     for (size_t i = 0; i < s->nt; i++)
         Py_XDECREF(s->tensors[i].rec);
     for (size_t i = 0; i < s->ns; i++) {
+        if (s->stores[i].ref == NULL) { /* pending (see make_storages) */
+            Py_XDECREF(s->stores[i].key);
+            Py_XDECREF(s->stores[i].loc);
+        }
         Py_XDECREF(s->stores[i].ref);
         Py_XDECREF(s->stores[i].name);
     }
@@ -1951,7 +2000,8 @@ static PyObject *pc_scan(PyObject *self, PyObject *args) {
     if (depth < 0 || depth + 5 > s->max_mark)
         goto decline;
     TMARK("checks");
-    if (make_records(s))
+    /* a scan (no graph kept) makes them inside name_tensors, after its walk */
+    if (keep_graph && (make_storages(s) || make_records(s)))
         goto decline;
     names = PyList_New(0);
     infos = want_infos && C_INFO.type != NULL ? PyList_New(0) : NULL;
