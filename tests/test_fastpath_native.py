@@ -505,3 +505,71 @@ def test_engine_report_uses_the_native_records(tmp_path: Path) -> None:
     assert calls == [True]
     assert r.verdict is Verdict.SAFE and [t.name for t in r.tensors] == ["weight", "bias"]
     assert r.tensors[0].storage == "data/0" and r.tensors[0].nbytes == 24
+
+
+# --- memory (issue #13: peak RSS of a 50k-tensor scan) -----------------------------------------
+
+def test_unset_memo_slots_below_and_past_the_highest_index_decline() -> None:
+    # the memo is cleared up to the highest index written only: a read of an unset slot
+    # below it (5) or past it but inside the capacity (1010) still declines, as the VM
+    # flags it (CKG202); the slot written is read back
+    put = b"\x80\x02]r\xe8\x03\x00\x00"  # EMPTY_LIST, LONG_BINPUT 1000
+    for get in (b"h\x05", b"j\xf2\x03\x00\x00"):
+        prog = put + get + b"a."
+        assert _native(prog, StorageCatalog())[0] is None
+        assert "CKG202" in _flags(prog, StorageCatalog())
+    prog = put + b"K\x01r\xe7\x03\x00\x00aj\xe7\x03\x00\x00a."  # [1, 1]: slot 999 (< 1000) is set
+    nat, _ = _native(prog, StorageCatalog(), keep_graph=True)
+    assert nat is not None and list(nat.root) == [1, 1]
+
+
+def _big_state_dict(n: int) -> tuple[bytes, StorageCatalog]:
+    sd = {f"layer{i // 3}.{('weight', 'bias', 'scale')[i % 3]}":
+          torch.zeros((4, 4) if i % 3 == 0 else (i % 5 + 1,)) for i in range(n)}
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    data, cat = _data_pkl(buf.getvalue())
+    assert data is not None
+    return data, cat
+
+
+def test_large_program_on_mapped_arrays_matches_python_and_vm() -> None:
+    # 20k tensors: every working array of the core passes the size where it gets its own
+    # mapping (grown by mremap): the result is still the Python path's and the VM's
+    data, cat = _big_state_dict(20000)
+    assert _check_native_vs_python(data, cat, DEFAULT_LIMITS) == "both"
+    assert _check_native_vs_vm(data, cat, DEFAULT_LIMITS)
+    nat, _ = _native(data, cat, keep_graph=True)
+    py, _ = _python(data, cat, keep_graph=True)
+    assert nat is not None and py is not None
+    _same_graph(nat.root, py.root)
+
+
+def test_equal_shapes_shared_in_a_scan_not_in_a_kept_graph() -> None:
+    data, cat = _big_state_dict(300)
+    nat, _ = _native(data, cat)
+    assert nat is not None
+    shapes = [r.shape for _, r in nat.result.tensors]
+    assert len({id(s) for s in shapes}) == len(set(shapes)) == 6
+    assert [i.shape for i in nat.infos] == shapes
+    kept, _ = _native(data, cat, keep_graph=True)
+    assert kept is not None
+    # the graph shares objects exactly as the Python path's (one tuple per rebuild)
+    assert len({id(r.shape) for _, r in kept.result.tensors}) == 300
+
+
+@pytest.mark.parametrize("obj", [
+    "tensor", "tuple", "list", "empty",
+], ids=str)
+def test_scan_roots_of_every_shape_match_python_and_vm(obj: str) -> None:
+    # a scan makes the storages and records after its pass (after the naming walk when the
+    # root is a container, before it otherwise): every root shape, same results
+    t = torch.arange(6.0).reshape(2, 3)
+    value = {"tensor": t, "tuple": (t, t[1], 5), "list": [t, {"a": t[0]}],
+             "empty": {}}[obj]
+    buf = io.BytesIO()
+    torch.save(value, buf)
+    data, cat = _data_pkl(buf.getvalue())
+    assert data is not None
+    assert _check_native_vs_python(data, cat, DEFAULT_LIMITS) == "both"
+    assert _check_native_vs_vm(data, cat, DEFAULT_LIMITS)

@@ -30,7 +30,8 @@
 #include <stdio.h>
 #include <time.h>
 static double pc_now(void) { struct timespec t; clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t); return t.tv_sec * 1e3 + t.tv_nsec / 1e6; }
-#define TMARK(label) fprintf(stderr, "%s %.2f\n", label, pc_now() - t0)
+static void pc_rss(const char *label) { char l[256]; FILE *f = fopen("/proc/self/status", "r"); if (!f) return; while (fgets(l, sizeof l, f)) if (!strncmp(l, "VmHWM", 5) || !strncmp(l, "VmRSS", 5)) fprintf(stderr, "  %s %s", label, l); fclose(f); }
+#define TMARK(label) (fprintf(stderr, "%s %.2f\n", label, pc_now() - t0), pc_rss(label))
 #else
 #define TMARK(label) ((void)0)
 #endif
@@ -195,8 +196,10 @@ typedef struct {
     uint32_t key_off, key_len, node;
     int g;             /* storage class index */
     int64_t numel;
-    PyObject *ref;     /* StorageRef (owns key, location, member, data_offset, record_size) */
-    PyObject *key, *loc, *doff, *rsize;  /* borrowed from ref */
+    PyObject *ref;     /* StorageRef (owns key, location, member, data_offset, record_size);
+                          NULL while pending (during the pass, see make_storages) */
+    PyObject *key, *loc, *doff, *rsize;  /* borrowed from ref (pending: key and loc owned,
+                                            doff the archive's record tuple) */
     PyObject *name;    /* "data/<key>", made on first use */
 } StorageC;
 
@@ -220,7 +223,7 @@ typedef struct {
     /* growable arrays */
     Val *stack; size_t sp, scap;
     uint32_t *marks; size_t nmarks, mcap;
-    Val *memo; size_t memocap;
+    Val *memo; size_t memocap, memolen;  /* memolen: entries [0, memolen) are set up */
     Val *pool; size_t plen, pcap;
     Node *nodes; size_t nn, ncap;
     TensorC *tensors; size_t nt, tcap;
@@ -237,14 +240,83 @@ typedef struct {
     int found[N_GLOBALS];
     int order[N_GLOBALS], norder;
     PyObject *records, *seen;
+    PyObject *shapes;  /* equal size / stride tuples shared: {tuple: tuple} */
     PyObject *gobj[N_GLOBALS];  /* Global objects (None: not allowed under the policy) */
 } St;
 
 
+/* The working arrays. Large ones get their own mappings, grown in place or moved by
+ * mremap and unmapped when freed: glibc's heap would copy them on each doubling and keep
+ * the freed copies (its mmap threshold rises with every large free), ~7 MB of peak RSS on
+ * a 50k-tensor program. Under ASan everything stays on malloc (checked). */
+#if defined(__linux__) && defined(MREMAP_MAYMOVE) && !defined(__SANITIZE_ADDRESS__)
+#define ARR_MAP_MIN ((size_t)1 << 18)
+typedef struct {
+    size_t mapped; /* bytes mapped (0: malloc'd) */
+    size_t size;   /* bytes asked for, after the header */
+} ArrHead;         /* 16 bytes: the data keeps malloc's alignment */
+
+static void *arr_realloc(void *p, size_t n) {
+    ArrHead *h = p ? (ArrHead *)p - 1 : NULL;
+    if (n > ((size_t)1 << 46))
+        return NULL;
+    size_t total = n + sizeof(ArrHead);
+    if (total < ARR_MAP_MIN && (h == NULL || h->mapped == 0)) {
+        ArrHead *q = realloc(h, total);
+        if (q == NULL)
+            return NULL;
+        q->mapped = 0;
+        q->size = n;
+        return q + 1;
+    }
+    size_t len = (total + 4095) & ~(size_t)4095;
+    void *q;
+    if (h != NULL && h->mapped) {
+        if (len <= h->mapped) {
+            h->size = n;
+            return p;
+        }
+        q = mremap(h, h->mapped, len, MREMAP_MAYMOVE);
+        if (q == MAP_FAILED)
+            return NULL;
+    } else {
+        q = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (q == MAP_FAILED)
+            return NULL;
+        if (h != NULL) {
+            memcpy((ArrHead *)q + 1, p, h->size < n ? h->size : n);
+            free(h);
+        }
+    }
+#if defined(MADV_HUGEPAGE) && !defined(PC_NOHUGE)
+    /* the whole mapping (a range inside it would split it, and mremap would refuse) */
+    if (len >= ((size_t)4 << 20))
+        (void)madvise(q, len, MADV_HUGEPAGE);
+#endif
+    ArrHead *nh = q;
+    nh->mapped = len;
+    nh->size = n;
+    return nh + 1;
+}
+
+static void arr_free(void *p) {
+    if (p == NULL)
+        return;
+    ArrHead *h = (ArrHead *)p - 1;
+    if (h->mapped)
+        munmap(h, h->mapped);
+    else
+        free(h);
+}
+#else
+static void *arr_realloc(void *p, size_t n) { return realloc(p, n); }
+static void arr_free(void *p) { free(p); }
+#endif
+
 /* Large arrays (a 50k-tensor program: ~35 MB) cost more in page faults than in the pass
  * itself: ask Linux for transparent huge pages on them (a hint; nothing else changes). */
 static void huge(void *p, size_t len) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
+#if defined(__linux__) && defined(MADV_HUGEPAGE) && !defined(PC_NOHUGE) && !defined(ARR_MAP_MIN)
     if (len >= ((size_t)4 << 20)) {
         uintptr_t a = ((uintptr_t)p + ((2u << 20) - 1)) & ~(uintptr_t)((2u << 20) - 1);
         uintptr_t e = ((uintptr_t)p + len) & ~(uintptr_t)((2u << 20) - 1);
@@ -266,7 +338,7 @@ static int grow(void **p, size_t *cap, size_t need, size_t sz) {
             return -1;
         c *= 2;
     }
-    void *q = realloc(*p, c * sz);
+    void *q = arr_realloc(*p, c * sz);
     if (q == NULL)
         return -1;
     *p = q;
@@ -375,7 +447,7 @@ static int key_eq(St *s, HEntry *e, uint64_t payload) {
 static int ht_insert(St *s, uint32_t node, Val k, uint32_t value, uint32_t *found) {
     if ((s->htlen + 1) * 2 > s->htcap) {
         size_t nc = s->htcap ? s->htcap * 2 : 1024;
-        HEntry *nt = malloc(nc * sizeof(HEntry));
+        HEntry *nt = arr_realloc(NULL, nc * sizeof(HEntry));
         if (nt == NULL)
             return -1;
         for (size_t i = 0; i < nc; i++)
@@ -388,13 +460,13 @@ static int ht_insert(St *s, uint32_t node, Val k, uint32_t value, uint32_t *foun
             while (nt[j].node != HT_EMPTY) {
                 j = (j + 1) & (nc - 1);
                 if (++s->probes > s->probe_budget) {
-                    free(nt);
+                    arr_free(nt);
                     return -1;
                 }
             }
             nt[j] = *e;
         }
-        free(s->ht);
+        arr_free(s->ht);
         s->ht = nt;
         s->htcap = nc;
     }
@@ -457,13 +529,18 @@ static int memo_set(St *s, size_t idx, Val v) {
         size_t nc = s->memocap ? s->memocap : 256;
         while (nc <= idx)
             nc *= 2;
-        Val *m = realloc(s->memo, nc * sizeof(Val));
+        Val *m = arr_realloc(s->memo, nc * sizeof(Val));
         if (m == NULL)
             return -1;
         huge(m, nc * sizeof(Val));
-        memset(m + s->memocap, 0, (nc - s->memocap) * sizeof(Val));
         s->memo = m;
         s->memocap = nc;
+    }
+    if (idx >= s->memolen) {
+        /* cleared up to idx only: the capacity past the highest index the program uses
+         * is never touched (no resident pages for it) */
+        memset(s->memo + s->memolen, 0, (idx + 1 - s->memolen) * sizeof(Val));
+        s->memolen = idx + 1;
     }
     if (s->memo[idx].tag == V_UNSET)
         s->n_puts++;
@@ -472,7 +549,7 @@ static int memo_set(St *s, size_t idx, Val v) {
 }
 
 static int memo_get(St *s, size_t idx) {
-    if (idx >= s->memocap || s->memo[idx].tag == V_UNSET)
+    if (idx >= s->memolen || s->memo[idx].tag == V_UNSET)
         return -1;
     return push(s, s->memo[idx]);
 }
@@ -548,6 +625,8 @@ static int make_tuple(St *s, size_t start) {
     return push(s, node_val(idx));
 }
 
+#define MAX_SHARED_SHAPES 4096
+
 /* the tuple of ints a node holds, as a Python tuple (cached on the node) */
 static PyObject *int_tuple(St *s, uint32_t idx) {
     Node *nd = &s->nodes[idx];
@@ -568,6 +647,20 @@ static PyObject *int_tuple(St *s, uint32_t idx) {
     }
     if (nd->len)
         PyObject_GC_UnTrack(t); /* ints only */
+    /* one object per distinct shape (a checkpoint repeats a few shapes many times): the
+     * first tuple of its value is kept, equal later ones are dropped; bounded table */
+    if (s->shapes != NULL) {
+        PyObject *same = PyDict_GetItemWithError(s->shapes, t);
+        if (same != NULL) {
+            Py_INCREF(same);
+            Py_SETREF(t, same);
+        } else if (PyErr_Occurred() ||
+                   (PyDict_GET_SIZE(s->shapes) < MAX_SHARED_SHAPES &&
+                    PyDict_SetItem(s->shapes, t, t) < 0)) {
+            Py_DECREF(t);
+            return NULL;
+        }
+    }
     nd->obj = t;
     Py_INCREF(t);
     return t;
@@ -647,18 +740,71 @@ static PyObject *new_record(St *s, uint32_t storage, int64_t offset, uint32_t si
     return slot_new(&C_RECORD, v);
 }
 
+/* every storage's StorageRef, into seen in the order of first reference (the order the
+ * pass made them in); after the pass, before make_records */
+static int make_storages(St *s) {
+    for (size_t i = 0; i < s->ns; i++) {
+        StorageC *sc = &s->stores[i];
+        if (sc->ref != NULL)
+            continue;
+        PyObject *rec = sc->doff;
+        PyObject *v[9];
+        v[0] = sc->key;
+        v[1] = S_DTYPE[sc->g];
+        v[2] = PyLong_FromLong(ST_ITEMSIZE[sc->g]);
+        v[3] = PyLong_FromLongLong(sc->numel);
+        v[4] = sc->loc;
+        v[5] = PyLong_FromLong(0);
+        if (v[2] == NULL || v[3] == NULL || v[5] == NULL) {
+            Py_XDECREF(v[2]);
+            Py_XDECREF(v[3]);
+            Py_XDECREF(v[5]);
+            return -1;
+        }
+        Py_INCREF(v[0]);
+        Py_INCREF(v[1]);
+        Py_INCREF(v[4]);
+        for (int j = 0; j < 3; j++) {
+            v[6 + j] = PyTuple_GET_ITEM(rec, j);
+            Py_INCREF(v[6 + j]);
+        }
+        PyObject *ref = slot_new(&C_STORAGE, v);
+        if (ref == NULL)
+            return -1;
+        if (PyDict_SetItem(s->seen, sc->key, ref) < 0) {
+            Py_DECREF(ref);
+            return -1;
+        }
+        /* made: the ref owns the key and the location; borrowed from it from here on */
+        Py_DECREF(sc->key);
+        Py_DECREF(sc->loc);
+        sc->ref = ref;
+        sc->doff = v[7];
+        sc->rsize = v[8];
+    }
+    return 0;
+}
+
+/* every tensor's TensorRecord, in creation order (after run: nothing in the pass reads
+ * them, and the memo and key table are freed by then) */
+static int make_records(St *s) {
+    for (size_t i = 0; i < s->nt; i++) {
+        TensorC *t = &s->tensors[i];
+        t->rec = new_record(s, t->storage, t->offset, t->size, t->stride, t->rg, t->param);
+        if (t->rec == NULL)
+            return -1;
+    }
+    return 0;
+}
+
 static int new_tensor(St *s, TensorC *t, Val *out) {
     uint32_t idx;
     if (grow((void **)&s->tensors, &s->tcap, s->nt + 1, sizeof(TensorC)) ||
         s->nt >= 0xFFFFFFF0u)
         return -1;
-    t->rec = new_record(s, t->storage, t->offset, t->size, t->stride, t->rg, t->param);
-    if (t->rec == NULL)
+    t->rec = NULL; /* built after the pass (make_records): the pass's arrays are gone by then */
+    if (new_node(s, N_TENSOR, &idx))
         return -1;
-    if (new_node(s, N_TENSOR, &idx)) {
-        Py_DECREF(t->rec);
-        return -1;
-    }
     s->nodes[idx].aux = (uint32_t)s->nt;
     s->tensors[s->nt++] = *t;
     s->objects += 4;
@@ -858,31 +1004,14 @@ static int persistent_load(St *s, Val pid, Val *out) {
             s->loc_len = (uint32_t)loc.i;
         }
     }
-    PyObject *v[9];
-    v[0] = k;
-    v[1] = S_DTYPE[g];
-    Py_INCREF(v[1]);
-    v[2] = PyLong_FromLong(ST_ITEMSIZE[g]);
-    v[3] = PyLong_FromLongLong(numel.i);
-    v[4] = locobj;
-    v[5] = PyLong_FromLong(0);
-    for (int i = 0; i < 3; i++) {
-        v[6 + i] = PyTuple_GET_ITEM(rec, i);
-        Py_INCREF(v[6 + i]);
-    }
-    if (v[2] == NULL || v[3] == NULL || v[4] == NULL || v[5] == NULL) {
-        for (int i = 0; i < 9; i++)
-            Py_XDECREF(v[i]);
+    if (locobj == NULL || new_node(s, N_STORAGE, &idx)) {
+        Py_DECREF(k);
+        Py_XDECREF(locobj);
         return -1;
     }
-    PyObject *loc_o = v[4], *doff = v[7], *rsize = v[8];
-    PyObject *ref = slot_new(&C_STORAGE, v);
-    if (ref == NULL)
-        return -1;
-    if (PyDict_SetItem(s->seen, k, ref) < 0 || new_node(s, N_STORAGE, &idx)) {
-        Py_DECREF(ref);
-        return -1;
-    }
+    /* the StorageRef itself is made after the pass (make_storages): pending, the key and
+     * the location are owned here and doff holds the record tuple (borrowed from the
+     * records dict, which outlives the scan) */
     StorageC *sc = &s->stores[s->ns];
     memset(sc, 0, sizeof(*sc));
     sc->key_off = key.a;
@@ -890,11 +1019,10 @@ static int persistent_load(St *s, Val pid, Val *out) {
     sc->node = idx;
     sc->g = g;
     sc->numel = numel.i;
-    sc->ref = ref;
+    sc->ref = NULL;
     sc->key = k;
-    sc->loc = loc_o;
-    sc->doff = doff;
-    sc->rsize = rsize;
+    sc->loc = locobj;
+    sc->doff = rec;
     s->nodes[idx].aux = (uint32_t)s->ns++;
     s->objects += 3;
     *out = node_val(idx);
@@ -1243,14 +1371,14 @@ static int64_t longest_chain(St *s, Val root) {
             if (c.tag == V_NODE && is_container(&s->nodes[c.a])) {
                 Node *cn = &s->nodes[c.a];
                 if (cn->dstate == 1) {
-                    free(fr);
+                    arr_free(fr);
                     return -1; /* a cycle */
                 }
                 if (cn->dstate == 0) {
                     cn->dstate = 1;
                     cn->depth = 1;
                     if (grow((void **)&fr, &fcap, nf + 1, sizeof(Frame))) {
-                        free(fr);
+                        arr_free(fr);
                         return -1;
                     }
                     fr[nf++] = (Frame){c.a, 0};
@@ -1267,7 +1395,7 @@ static int64_t longest_chain(St *s, Val root) {
         nd->dstate = 2;
         nf--;
     }
-    free(fr);
+    arr_free(fr);
     return s->nodes[root.a].depth;
 }
 
@@ -1294,17 +1422,27 @@ static int key_text(St *s, Buf *b, Val k) {
 
 static inline int key_empty(Val k) { return k.tag == V_STR && k.i == 0; }
 
-static PyObject *tensor_info(St *s, TensorC *t, PyObject *name) {
-    StorageC *sc = &s->stores[s->nodes[t->storage].aux];
+/* a tensor's storage index and byte count (-1: the shape's product overflows, and the
+ * Python path names it) */
+static int tensor_nbytes(St *s, TensorC *t, uint32_t *store, int64_t *nbytes) {
+    *store = s->nodes[t->storage].aux;
+    StorageC *sc = &s->stores[*store];
     Node *sn = &s->nodes[t->size];
     int64_t numel = 1;
     for (uint32_t i = 0; i < sn->len; i++) {
         if (__builtin_mul_overflow(numel, s->pool[sn->aux + i].i, &numel))
-            return NULL; /* a shape whose product overflows: the Python path names it */
+            return -1;
     }
-    int64_t nbytes;
-    if (__builtin_mul_overflow(numel, (int64_t)ST_ITEMSIZE[sc->g], &nbytes))
-        return NULL;
+    if (__builtin_mul_overflow(numel, (int64_t)ST_ITEMSIZE[sc->g], nbytes))
+        return -1;
+    return 0;
+}
+
+/* the report's TensorInfo; its shape and stride are the record's own tuples (so it needs
+ * neither the nodes nor the pool: they may be freed by then) */
+static PyObject *tensor_info_of(St *s, TensorC *t, uint32_t store, int64_t nbytes,
+                                PyObject *name) {
+    StorageC *sc = &s->stores[store];
     if (sc->name == NULL) {
         sc->name = PyUnicode_Concat(S_DATA, sc->key);
         if (sc->name == NULL)
@@ -1313,8 +1451,10 @@ static PyObject *tensor_info(St *s, TensorC *t, PyObject *name) {
     PyObject *v[12];
     v[0] = name;
     v[1] = S_DTYPE[sc->g];
-    v[2] = int_tuple(s, t->size);
-    v[3] = int_tuple(s, t->stride);
+    v[2] = *(PyObject **)((char *)t->rec + C_RECORD.off[2]);
+    v[3] = *(PyObject **)((char *)t->rec + C_RECORD.off[3]);
+    Py_XINCREF(v[2]);
+    Py_XINCREF(v[3]);
     v[4] = sc->name;
     v[5] = PyLong_FromLongLong(t->offset);
     v[6] = PyLong_FromLongLong(nbytes);
@@ -1333,13 +1473,89 @@ static PyObject *tensor_info(St *s, TensorC *t, PyObject *name) {
     return slot_new(&C_INFO, v);
 }
 
+static PyObject *tensor_info(St *s, TensorC *t, PyObject *name) {
+    uint32_t store;
+    int64_t nbytes;
+    if (tensor_nbytes(s, t, &store, &nbytes))
+        return NULL;
+    return tensor_info_of(s, t, store, nbytes, name);
+}
+
+/* a tensor named by the walk, its Python objects not built yet (see name_tensors) */
+typedef struct {
+    uint32_t t, store;
+    size_t off, len;   /* its name: UTF-8 bytes in the names buffer */
+    int64_t nbytes;
+} Named;
+
+/* the arrays only the graph needs (nodes, values pool, containers): freed once the names
+ * are known in a scan, before the Python records are built */
+static void free_vecs(St *s) {
+    for (size_t i = 0; i < s->nv; i++)
+        arr_free(s->vecs[i].vec);
+    arr_free(s->vecs);
+    s->vecs = NULL;
+    s->nv = s->vcap = 0;
+}
+
+static void free_graph(St *s) {
+    for (size_t i = 0; i < s->nn; i++)
+        Py_CLEAR(s->nodes[i].obj);
+    free_vecs(s);
+    arr_free(s->nodes);
+    arr_free(s->pool);
+    s->nodes = NULL;
+    s->pool = NULL;
+    s->nn = s->ncap = s->plen = s->pcap = 0;
+}
+
+/* the deferred names and records, built after free_graph */
+static int emit_named(St *s, const Named *nm, size_t count, const char *text,
+                      PyObject *names, PyObject *infos) {
+    Py_ssize_t chars = 0;
+    for (size_t i = 0; i < count; i++) {
+        TensorC *t = &s->tensors[nm[i].t];
+        PyObject *name = PyUnicode_DecodeUTF8(nm[i].len ? text + nm[i].off : "",
+                                              (Py_ssize_t)nm[i].len, "surrogatepass");
+        if (name == NULL)
+            return -1;
+        chars += PyUnicode_GET_LENGTH(name);
+        if (chars > MAX_NAME_CHARS) {
+            Py_DECREF(name);
+            return -1;
+        }
+        PyObject *pair = PyTuple_Pack(2, name, t->rec);
+        if (pair != NULL)
+            PyObject_GC_UnTrack(pair);
+        int bad = pair == NULL || PyList_Append(names, pair) < 0;
+        Py_XDECREF(pair);
+        if (!bad && infos != NULL) {
+            PyObject *info = tensor_info_of(s, t, nm[i].store, nm[i].nbytes, name);
+            bad = info == NULL || PyList_Append(infos, info) < 0;
+            Py_XDECREF(info);
+        }
+        Py_DECREF(name);
+        if (bad)
+            return -1;
+    }
+    return 0;
+}
+
 /* name every tensor by its key path, exactly as analysis.tensors.name_tensors walks the
  * fast path's graph; appends (name, record) to names and TensorInfo to infos */
-static int name_tensors(St *s, Val root, PyObject *names, PyObject *infos) {
+static int name_tensors(St *s, Val root, PyObject *names, PyObject *infos, int defer) {
     Frame *fr = NULL;
     Val *path = NULL;
     size_t nf = 0, fcap = 0, np = 0, pcap = 0;
     Buf b = {0};
+    Named *nm = NULL;  /* defer: the names found, built into objects after free_graph */
+    size_t nnm = 0, nmcap = 0;
+    if (defer && (root.tag != V_NODE || !is_container(&s->nodes[root.a]))) {
+        /* nothing to walk: the records now, and the plain way */
+        if (make_storages(s) || make_records(s))
+            return -1;
+        defer = 0;
+    }
     Py_ssize_t chars = 0, count = 0;
     int64_t work = 0;
     int rc = -1;
@@ -1394,7 +1610,8 @@ static int name_tensors(St *s, Val root, PyObject *names, PyObject *infos) {
         Node *cn = &s->nodes[c.a];
         if (cn->type == N_TENSOR) {
             TensorC *t = &s->tensors[cn->aux];
-            b.len = 0;
+            size_t start = defer ? b.len : 0;
+            b.len = start;
             int started = 0;
             work += (int64_t)np + 1;
             if (work > MAX_NAME_CHARS)
@@ -1408,6 +1625,18 @@ static int name_tensors(St *s, Val root, PyObject *names, PyObject *infos) {
                 if (key_text(s, &b, k))
                     goto done;
                 started = 1;
+            }
+            if (defer) {
+                /* b holds every name so far, back to back: the name is its tail */
+                uint32_t store;
+                int64_t nbytes;
+                count++;
+                if (count > s->max_tensors || b.len > 4 * (size_t)MAX_NAME_CHARS ||
+                    tensor_nbytes(s, t, &store, &nbytes) ||
+                    grow((void **)&nm, &nmcap, nnm + 1, sizeof(Named)))
+                    goto done;
+                nm[nnm++] = (Named){cn->aux, store, start, b.len - start, nbytes};
+                continue;
             }
             PyObject *name = PyUnicode_DecodeUTF8(b.p ? b.p : "", (Py_ssize_t)b.len,
                                                   "surrogatepass");
@@ -1445,11 +1674,26 @@ static int name_tensors(St *s, Val root, PyObject *names, PyObject *infos) {
         path[np++] = key;
         fr[nf++] = (Frame){c.a, 0};
     }
+    if (defer) {
+        arr_free(fr);
+        arr_free(path);
+        fr = NULL;
+        path = NULL;
+        /* the containers served the walk only; the records need the nodes and the pool
+         * (their shape tuples), the names nothing of the graph */
+        free_vecs(s);
+        if (make_storages(s) || make_records(s))
+            goto done;
+        free_graph(s);
+        if (emit_named(s, nm, nnm, b.p, names, infos))
+            goto done;
+    }
     rc = 0;
 done:
-    free(fr);
-    free(path);
-    free(b.p);
+    arr_free(fr);
+    arr_free(path);
+    arr_free(b.p);
+    arr_free(nm);
     return rc;
 }
 
@@ -1511,13 +1755,13 @@ static int mark_reachable(St *s, Val root) {
                 continue;
             s->nodes[c.a].flags |= F_REACH;
             if (grow((void **)&todo, &cap, nt + 1, sizeof(uint32_t))) {
-                free(todo);
+                arr_free(todo);
                 return -1;
             }
             todo[nt++] = c.a; /* (todo may move; the nodes do not) */
         }
     }
-    free(todo);
+    arr_free(todo);
     return 0;
 }
 
@@ -1624,27 +1868,42 @@ static int build_graph(St *s, Val root) {
     return 0;
 }
 
+static void st_free_run(St *s) {
+    arr_free(s->stack);
+    arr_free(s->marks);
+    arr_free(s->memo);
+    arr_free(s->ht);
+    s->stack = NULL;
+    s->marks = NULL;
+    s->memo = NULL;
+    s->ht = NULL;
+    s->sp = s->scap = s->nmarks = s->mcap = s->memocap = s->memolen = s->htcap = 0;
+    s->htlen = 0;
+}
+
 static void st_free(St *s) {
     for (size_t i = 0; i < s->nn; i++)
         Py_XDECREF(s->nodes[i].obj);
     for (size_t i = 0; i < s->nv; i++)
-        free(s->vecs[i].vec);
-    free(s->vecs);
+        arr_free(s->vecs[i].vec);
+    arr_free(s->vecs);
     for (size_t i = 0; i < s->nt; i++)
         Py_XDECREF(s->tensors[i].rec);
     for (size_t i = 0; i < s->ns; i++) {
+        if (s->stores[i].ref == NULL) { /* pending (see make_storages) */
+            Py_XDECREF(s->stores[i].key);
+            Py_XDECREF(s->stores[i].loc);
+        }
         Py_XDECREF(s->stores[i].ref);
         Py_XDECREF(s->stores[i].name);
     }
-    free(s->nodes);
-    free(s->tensors);
-    free(s->stores);
-    free(s->stack);
-    free(s->marks);
-    free(s->memo);
-    free(s->pool);
-    free(s->ht);
+    arr_free(s->nodes);
+    arr_free(s->tensors);
+    arr_free(s->stores);
+    st_free_run(s);
+    arr_free(s->pool);
     Py_XDECREF(s->loc_last);
+    Py_CLEAR(s->shapes);
 }
 
 /* ---- module functions ------------------------------------------------------------------- */
@@ -1715,7 +1974,9 @@ static PyObject *pc_scan(PyObject *self, PyObject *args) {
 #else
     s->seen = PyDict_New();
 #endif
-    if (s->seen == NULL || new_node(s, N_TUPLE, &e))
+    /* (a kept graph shares objects exactly as the Python path's: no sharing added there) */
+    s->shapes = keep_graph ? NULL : PyDict_New();
+    if (s->seen == NULL || (!keep_graph && s->shapes == NULL) || new_node(s, N_TUPLE, &e))
         goto decline;
     if (run(s))
         goto decline;
@@ -1728,6 +1989,9 @@ static PyObject *pc_scan(PyObject *self, PyObject *args) {
         s->n_puts > s->max_memo || 2 * s->objects > s->max_objects)
         goto decline;
     Val rootv = s->stack[0];
+    /* the memo, the stack, the MARK stack and the key table serve run() only: freed before
+     * the Python objects are built (they would add to the peak) */
+    st_free_run(s);
     if (!storable(s, rootv))
         goto decline;
     /* an OrderedDict's state may have been filled in after BUILD checked it */
@@ -1740,11 +2004,16 @@ static PyObject *pc_scan(PyObject *self, PyObject *args) {
     if (depth < 0 || depth + 5 > s->max_mark)
         goto decline;
     TMARK("checks");
+    /* a scan (no graph kept) makes them inside name_tensors, after its walk */
+    if (keep_graph && (make_storages(s) || make_records(s)))
+        goto decline;
     names = PyList_New(0);
     infos = want_infos && C_INFO.type != NULL ? PyList_New(0) : NULL;
     if (names == NULL || (want_infos && C_INFO.type != NULL && infos == NULL))
         goto decline;
-    if (name_tensors(s, rootv, names, infos))
+    /* a scan keeps no graph: the names are collected first, the graph arrays freed, and
+     * only then the Python records built (a lower peak) */
+    if (name_tensors(s, rootv, names, infos, !keep_graph))
         goto decline;
     TMARK("names");
     if (keep_graph) {

@@ -198,13 +198,11 @@ def _torch_zip(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEnt
 
     catalog = StorageCatalog()
     cat_records = catalog.records
-    data_records: dict[str, ZipEntry] = {}
     others: list[tuple[str, ZipEntry]] = []  # the records that are not tensor data
     # one pass over the (up to a million) records: this loop runs once per tensor
     for rel, e in records.items():
         if rel[:5] == "data/" and len(rel) > 5:
             key = rel[5:]
-            data_records[key] = e
             cat_records[key] = (e.name, e.data_offset, e.size)
             if e.method != STORED:
                 ctx.add("CKG305", f"tensor record {e.name} is compressed: torch's mmap loader "
@@ -237,11 +235,13 @@ def _torch_zip(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEnt
         _emit_tensors(ctx, result, catalog)
 
     seen = catalog.seen
-    if not all(map(seen.__contains__, data_records)):  # a C loop; the rare case in order
-        for key, e in data_records.items():
+    # (the catalog's records are the tensor records, keyed and ordered alike: no second
+    # 50k-entry dict held through the scan)
+    if not all(map(seen.__contains__, cat_records)):  # a C loop; the rare case in order
+        for key, (member, _, _) in cat_records.items():
             if key not in seen:
-                ctx.add("CKG312", f"tensor record {e.name} is not referenced by data.pkl",
-                        member=e.name)
+                ctx.add("CKG312", f"tensor record {member} is not referenced by data.pkl",
+                        member=member)
     for rel, e in others:
         if rel in _TORCH_RECORDS:
             continue
