@@ -66,17 +66,27 @@ def audit_zip(ctx: AuditContext) -> Format:
     records: dict[str, ZipEntry] = {}
     outside: list[ZipEntry] = []
     proven = facts(archive)  # the zip prover's facts: per-member loops that find nothing
-    lowercase = proven is not None and proven.no_upper
-    for e in archive.entries:
-        lname = e.name if lowercase else _ascii_lower(e.name)
-        if lname.startswith(lprefix):
-            rel = lname[len(lprefix):]
-            if e.name != prefix + rel and rel in _TORCH_RECORDS | {"constants.pkl"}:
-                ctx.add("CKG301", f"member {e.name!r} is the record {prefix}{rel} only because "
-                        "torch's reader ignores case", member=e.name, offset=e.header_offset)
-            records.setdefault(rel, e)
-        else:
-            outside.append(e)
+    if proven is not None and proven.no_upper:
+        # no name holds a capital: lower-casing changes none, and no record can be another
+        # one's case twin (the loop below, without its per-member work)
+        n = len(prefix)
+        for e in archive.entries:
+            if e.name.startswith(prefix):
+                records.setdefault(e.name[n:], e)
+            else:
+                outside.append(e)
+    else:
+        for e in archive.entries:
+            lname = _ascii_lower(e.name)
+            if lname.startswith(lprefix):
+                rel = lname[len(lprefix):]
+                if e.name != prefix + rel and rel in _TORCH_RECORDS | {"constants.pkl"}:
+                    ctx.add("CKG301", f"member {e.name!r} is the record {prefix}{rel} only "
+                            "because torch's reader ignores case", member=e.name,
+                            offset=e.header_offset)
+                records.setdefault(rel, e)
+            else:
+                outside.append(e)
     ctx.metadata["torch.archive_folder"] = prefix[:-1]
     if is_pt2(records):  # a torch.export archive (.pt2): its own auditor
         from .pt2 import audit_outside, audit_pt2
