@@ -258,3 +258,19 @@ def io_chars() -> tuple[int, int]:
 
 
 __all__ = [name for name in dir() if not name.startswith("_")]
+
+
+def spy_torch_load(monkeypatch: Any) -> list[int]:
+    """Count ckptguard's calls of the real ``torch.load`` from now until ``monkeypatch``
+    is undone (``monkeypatch.undo()`` or the test's end): one item per call."""
+    from ckptguard.loaders import _torch as torch_mod
+
+    calls: list[int] = []
+    real = torch_mod.ORIGINAL_LOAD
+
+    def spy(*a: Any, **k: Any) -> Any:
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch_mod, "ORIGINAL_LOAD", spy)
+    return calls

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ckg_loader_helpers import random_checkpoint
+from ckg_loader_helpers import random_checkpoint, spy_torch_load
 
 import ckptguard
 from ckptguard import Engine, UnsafeCheckpointError
-from ckptguard.loaders import _torch as torch_mod
 
 torch = pytest.importorskip("torch")
 
@@ -66,16 +65,9 @@ def _same(a: Any, b: Any, ptrs: dict[int, int], path: str = "") -> None:
 
 def _check(path: Path, monkeypatch: pytest.MonkeyPatch, *, must_be_direct: bool) -> bool:
     want = torch.load(path, weights_only=True, mmap=True)
-    used_torch: list[int] = []
-    real = torch_mod.ORIGINAL_LOAD
-
-    def spy(*a: Any, **k: Any) -> Any:
-        used_torch.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(torch_mod, "ORIGINAL_LOAD", spy)
-    got = ckptguard.safe_load(path, engine=Engine.CKPTGUARD)
-    monkeypatch.setattr(torch_mod, "ORIGINAL_LOAD", real)
+    with monkeypatch.context() as m:
+        used_torch = spy_torch_load(m)
+        got = ckptguard.safe_load(path, engine=Engine.CKPTGUARD)
     _same(want, got, {})
     if must_be_direct:
         assert not used_torch, "the ckptguard engine fell back to torch.load"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ckg_loader_helpers import legacy_state_dict, random_checkpoint, save_torch
+from ckg_loader_helpers import legacy_state_dict, random_checkpoint, save_torch, spy_torch_load
 
 import ckptguard
 from ckptguard.errors import FileChangedError
@@ -89,19 +89,10 @@ def _check(path: Path, monkeypatch: pytest.MonkeyPatch) -> bool:
         with pytest.raises(type(e)):
             ckptguard.safe_load(path, map_location="meta")
         return False
-    used: list[int] = []
-    real = torch_mod.ORIGINAL_LOAD
-
-    def spy(*a: Any, **k: Any) -> Any:
-        used.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(torch_mod, "ORIGINAL_LOAD", spy)
-    try:
+    with monkeypatch.context() as m:
+        used = spy_torch_load(m)
         got = ckptguard.safe_load(path, map_location="meta")
         got_dev = ckptguard.safe_load(path, map_location=torch.device("meta"))
-    finally:
-        monkeypatch.setattr(torch_mod, "ORIGINAL_LOAD", real)
     _same(want, got, {}, {})
     _same(want, got_dev, {}, {})
     return not used
@@ -224,14 +215,7 @@ def test_unexpected_graph_falls_back_to_torch_load(tmp_path: Path, loc: str,
     from ckptguard.analysis.fastpath import FastDict
 
     p = save_torch(tmp_path / "m.pt", {"w": torch.ones(2)})
-    seen: list[int] = []
-    real = torch_mod.ORIGINAL_LOAD
-
-    def spy(*a: Any, **k: Any) -> Any:
-        seen.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(torch_mod, "ORIGINAL_LOAD", spy)
+    seen = spy_torch_load(monkeypatch)
     with open_audited(p, keep_graph=True) as af:
         odd = FastDict()
         dict.__setitem__(odd, "w", object())

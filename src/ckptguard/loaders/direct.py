@@ -140,7 +140,6 @@ def _cpu_maker(overall: Any) -> _Maker:
     news: dict[str, Any] = {}
     storages_get = storages.get
     news_get = news.get
-    od = OrderedDict
 
     def make(rec: TensorRecord) -> Any:
         st: Any = rec.storage
@@ -154,13 +153,7 @@ def _cpu_maker(overall: Any) -> _Maker:
         if new is None:
             # x.new() is torch.empty((0,), dtype=x.dtype) on x's device (cheaper per call)
             new = news[rec.dtype] = _EMPTY((0,), dtype=dtype_of(rec.dtype)).new
-        t = new().set_(s, rec.storage_offset, rec.shape, rec.stride)
-        if rec.kind == "tensor":
-            if rec.requires_grad:
-                t.requires_grad = True
-            t._backward_hooks = od()
-            return t
-        return _finish(t, rec)
+        return _finish(new().set_(s, rec.storage_offset, rec.shape, rec.stride), rec)
 
     return make
 
@@ -168,7 +161,6 @@ def _cpu_maker(overall: Any) -> _Maker:
 def _meta_maker() -> _Maker:
     dtypes: dict[str, Any] = {}
     meta = torch.device("meta")
-    od = OrderedDict
 
     def make(rec: TensorRecord) -> Any:
         st: Any = rec.storage
@@ -183,11 +175,6 @@ def _meta_maker() -> _Maker:
         t = _EMPTY(st.numel, dtype=dt, device=meta).as_strided_(rec.shape, rec.stride,
                                                                  rec.storage_offset)
         t.untyped_storage()._checkpoint_offset = st.data_offset
-        if rec.kind == "tensor":
-            if rec.requires_grad:
-                t.requires_grad = True
-            t._backward_hooks = od()
-            return t
         return _finish(t, rec)
 
     return make
