@@ -1541,6 +1541,22 @@ static int emit_named(St *s, const Named *nm, size_t count, const char *text,
     return 0;
 }
 
+/* one named tensor: (name, record) onto ``names`` and, when the report's records are
+ * built here (``infos``), its TensorInfo; 0, or -1 with a Python error set */
+static int append_named(St *s, TensorC *t, PyObject *name, PyObject *names, PyObject *infos) {
+    PyObject *pair = PyTuple_Pack(2, name, t->rec);
+    if (pair != NULL)
+        PyObject_GC_UnTrack(pair);
+    int bad = pair == NULL || PyList_Append(names, pair) < 0;
+    Py_XDECREF(pair);
+    if (!bad && infos != NULL) {
+        PyObject *info = tensor_info(s, t, name);
+        bad = info == NULL || PyList_Append(infos, info) < 0;
+        Py_XDECREF(info);
+    }
+    return bad ? -1 : 0;
+}
+
 /* name every tensor by its key path, exactly as analysis.tensors.name_tensors walks the
  * fast path's graph; appends (name, record) to names and TensorInfo to infos */
 static int name_tensors(St *s, Val root, PyObject *names, PyObject *infos, int defer) {
@@ -1568,18 +1584,9 @@ static int name_tensors(St *s, Val root, PyObject *names, PyObject *infos, int d
         PyObject *name = PyUnicode_FromStringAndSize("", 0);
         if (name == NULL)
             return -1;
-        PyObject *pair = PyTuple_Pack(2, name, t->rec);
-        if (pair != NULL)
-            PyObject_GC_UnTrack(pair);
-        int bad = pair == NULL || PyList_Append(names, pair) < 0;
-        Py_XDECREF(pair);
-        if (!bad && infos != NULL) {
-            PyObject *info = tensor_info(s, t, name);
-            bad = info == NULL || PyList_Append(infos, info) < 0;
-            Py_XDECREF(info);
-        }
+        int bad = append_named(s, t, name, names, infos);
         Py_DECREF(name);
-        return bad ? -1 : 0;
+        return bad;
     }
     if (!is_container(rn))
         return 0;
@@ -1648,16 +1655,7 @@ static int name_tensors(St *s, Val root, PyObject *names, PyObject *infos, int d
                 Py_DECREF(name);
                 goto done;
             }
-            PyObject *pair = PyTuple_Pack(2, name, t->rec);
-            if (pair != NULL)
-                PyObject_GC_UnTrack(pair);
-            int bad = pair == NULL || PyList_Append(names, pair) < 0;
-            Py_XDECREF(pair);
-            if (!bad && infos != NULL) {
-                PyObject *info = tensor_info(s, t, name);
-                bad = info == NULL || PyList_Append(infos, info) < 0;
-                Py_XDECREF(info);
-            }
+            int bad = append_named(s, t, name, names, infos);
             Py_DECREF(name);
             if (bad)
                 goto done;
