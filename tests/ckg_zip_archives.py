@@ -344,3 +344,24 @@ def archive(rng: random.Random) -> tuple[str, bytes]:
     if rng.random() < 0.55:
         data, kind = mutate(rng, data), kind + "+mut"
     return kind, data
+
+
+def read_outcome(data: bytes, limits: object) -> tuple[tuple[object, ...], bool]:
+    """What ``read_archive`` makes of ``data`` on the path CKPTGUARD_PURE selects now: the
+    archive (or the limit hit), findings, recorded regions and bytes read, and whether the
+    C prover accepted it. The differential tests and the ASan fuzz target compare this."""
+    from ckptguard.analysis.zipdefects import record_defects
+    from ckptguard.context import AuditContext, LimitExceeded, Source
+    from ckptguard.policy import Policy
+    from ckptguard.readers import zipfast
+    from ckptguard.readers.zipfile import read_archive
+
+    ctx = AuditContext("x.pt", Source.from_bytes(data), Policy(), limits)  # type: ignore[arg-type]
+    got: object
+    try:
+        a = read_archive(ctx, record_defects(ctx))
+        got = None if a is None else (a.entries, a.cd_offset, a.comment, a.python_canonical)
+        proven = a is not None and zipfast.facts(a) is not None
+    except LimitExceeded as e:
+        got, proven = ("limit", e.limit), False
+    return (got, ctx.findings, ctx.source.regions(), ctx.source.bytes_read), proven

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ckg_zip_archives import Member, archive, torch_pool, write
+from ckg_zip_archives import Member, archive, read_outcome, torch_pool, write
 
 from ckptguard._native import native
 from ckptguard.analysis import engine
 from ckptguard.analysis.zipdefects import record_defects
-from ckptguard.context import AuditContext, LimitExceeded, Source
+from ckptguard.context import AuditContext, Source
 from ckptguard.policy import DEFAULT_LIMITS, Policy
 from ckptguard.readers import zipfast
 from ckptguard.readers.zipfile import read_archive
@@ -44,15 +44,7 @@ def _read(data: bytes, pure: bool, monkeypatch: pytest.MonkeyPatch,
           limits: Any = DEFAULT_LIMITS) -> tuple[Any, bool]:
     with monkeypatch.context() as m:
         m.setenv("CKPTGUARD_PURE", "1" if pure else "0")
-        ctx = AuditContext("x.pt", Source.from_bytes(data), Policy(), limits)
-        try:
-            a = read_archive(ctx, record_defects(ctx))
-            got: Any = None if a is None else (a.entries, a.cd_offset, a.comment,
-                                               a.python_canonical)
-            proven = a is not None and zipfast.facts(a) is not None
-        except LimitExceeded as e:
-            got, proven = ("limit", e.limit), False
-        return (got, ctx.findings, ctx.source.regions(), ctx.source.bytes_read), proven
+        return read_outcome(data, limits)
 
 
 def _report(data: bytes, pure: bool, monkeypatch: pytest.MonkeyPatch) -> Any:

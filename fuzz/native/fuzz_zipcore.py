@@ -26,15 +26,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 with atheris.instrument_imports():
-    import ckptguard.readers.zipfile
-    from ckptguard.readers import zipfast
+    pass
 
 import ckg_zip_archives  # noqa: E402
-from ckg_zip_archives import archive, mutate  # noqa: E402
+from ckg_zip_archives import archive, mutate, read_outcome  # noqa: E402
 
 from ckptguard._native import native  # noqa: E402
-from ckptguard.analysis.zipdefects import record_defects  # noqa: E402
-from ckptguard.context import AuditContext, LimitExceeded, Source  # noqa: E402
 from ckptguard.policy import DEFAULT_LIMITS, Policy  # noqa: E402
 
 ckg_zip_archives.USE_TORCH = False
@@ -45,16 +42,7 @@ STATS = {"runs": 0, "proven": 0, "flagged": 0}
 
 def _read(data: bytes, pure: bool, small: bool) -> tuple[object, bool]:
     os.environ["CKPTGUARD_PURE"] = "1" if pure else "0"
-    ctx = AuditContext("x.pt", Source.from_bytes(data), POLICY,
-                       SMALL if small else DEFAULT_LIMITS)
-    try:
-        a = ckptguard.readers.zipfile.read_archive(ctx, record_defects(ctx))
-        got: object = None if a is None else (a.entries, a.cd_offset, a.comment,
-                                              a.python_canonical)
-        proven = a is not None and zipfast.facts(a) is not None
-    except LimitExceeded as e:
-        got, proven = ("limit", e.limit), False
-    return (got, ctx.findings, ctx.source.regions(), ctx.source.bytes_read), proven
+    return read_outcome(data, SMALL if small else DEFAULT_LIMITS)
 
 
 def _fixture_seeds() -> list[bytes]:
