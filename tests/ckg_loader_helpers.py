@@ -274,3 +274,24 @@ def spy_torch_load(monkeypatch: Any) -> list[int]:
 
     monkeypatch.setattr(torch_mod, "ORIGINAL_LOAD", spy)
     return calls
+
+
+def random_tensor(rng: random.Random, dtypes: list[torch.dtype]) -> torch.Tensor:
+    """A small tensor of one of ``dtypes``, sometimes a view (transposed, with a storage
+    offset, empty, or a 1-dim view of a 2-dim storage), sometimes a Parameter or requiring
+    gradients: the leaves of the loader differentials' ``random_checkpoint``."""
+    dt = rng.choice(dtypes)
+    t = (torch.rand(rng.randint(1, 5), rng.randint(1, 5)) * 100).to(dt)
+    k = rng.random()
+    if k < 0.2:
+        t = t.transpose(0, 1)
+    elif k < 0.4 and t.numel() > 2:
+        t = t.reshape(-1)[1:]          # a view with a storage offset
+    elif k < 0.5:
+        t = t[:0]
+    elif k < 0.6:
+        t = t[0]                        # 1-dim view of a 2-dim storage
+    if dt.is_floating_point and rng.random() < 0.4:
+        t = torch.nn.Parameter(t.detach(), requires_grad=rng.random() < 0.5) \
+            if rng.random() < 0.5 else t.detach().requires_grad_(True)
+    return t

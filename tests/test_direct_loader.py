@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ckg_loader_helpers import random_checkpoint, spy_torch_load
+from ckg_loader_helpers import random_checkpoint, random_tensor, spy_torch_load
 
 import ckptguard
 from ckptguard import Engine, UnsafeCheckpointError
@@ -88,19 +88,7 @@ _DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.in
 
 
 def _tensor(rng: random.Random) -> torch.Tensor:
-    dt = rng.choice(_DTYPES)
-    t = (torch.rand(rng.randint(1, 5), rng.randint(1, 5)) * 100).to(dt)
-    k = rng.random()
-    if k < 0.2:
-        t = t.transpose(0, 1)
-    elif k < 0.4 and t.numel() > 2:
-        t = t.reshape(-1)[1:]
-    elif k < 0.5:
-        t = t[:0]
-    if dt.is_floating_point and rng.random() < 0.4:
-        t = torch.nn.Parameter(t.detach(), requires_grad=rng.random() < 0.5) \
-            if rng.random() < 0.5 else t.detach().requires_grad_(True)
-    return t
+    return random_tensor(rng, _DTYPES)
 
 
 def _gen(rng: random.Random, depth: int, pool: list[Any]) -> Any:

@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ckg_loader_helpers import legacy_state_dict, random_checkpoint, save_torch, spy_torch_load
+from ckg_loader_helpers import (
+    legacy_state_dict,
+    random_checkpoint,
+    random_tensor,
+    save_torch,
+    spy_torch_load,
+)
 
 import ckptguard
 from ckptguard.errors import FileChangedError
@@ -112,23 +118,12 @@ def _state_dict() -> OrderedDict[str, torch.Tensor]:
     return legacy_state_dict()
 
 
+_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64,
+                     torch.int64, torch.int8, torch.uint8, torch.bool, torch.complex64]
+
+
 def _tensor(rng: random.Random) -> torch.Tensor:
-    dt = rng.choice([torch.float32, torch.float16, torch.bfloat16, torch.float64,
-                     torch.int64, torch.int8, torch.uint8, torch.bool, torch.complex64])
-    t = (torch.rand(rng.randint(1, 5), rng.randint(1, 4)) * 100).to(dt)
-    k = rng.random()
-    if k < 0.2:
-        t = t.transpose(0, 1)
-    elif k < 0.4 and t.numel() > 2:
-        t = t.reshape(-1)[1:]          # a view with a storage offset
-    elif k < 0.5:
-        t = t[:0]
-    elif k < 0.6:
-        t = t[0]                        # 1-dim view of a 2-dim storage
-    if dt.is_floating_point and rng.random() < 0.4:
-        t = torch.nn.Parameter(t.detach(), requires_grad=rng.random() < 0.5) \
-            if rng.random() < 0.5 else t.detach().requires_grad_(True)
-    return t
+    return random_tensor(rng, _DTYPES)
 
 
 N_GENERATED = 320
