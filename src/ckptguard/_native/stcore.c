@@ -92,24 +92,31 @@ static inline int lit(P *s, unsigned char c) {
     return 0;
 }
 
+/* bytes allowed in a plain key or name: printable ASCII (0x20-0x7e) but '"' and '\\' */
+static unsigned char plain_ok[256];
+
 /* a plain key or name: printable ASCII without '"' or a backslash; *off, *len: its bytes */
-static int plain_string(P *s, size_t *off, size_t *len) {
+static inline int plain_string(P *s, size_t *off, size_t *len) {
     if (!lit(s, '"'))
         return 0;
-    size_t start = s->p;
-    while (s->p < s->n) {
-        unsigned char c = s->b[s->p];
-        if (c == '"') {
-            *off = start;
-            *len = s->p - start;
-            s->p++;
-            return 1;
-        }
-        if (c < 0x20 || c > 0x7e || c == '\\')
+    size_t start = s->p, p = s->p, n = s->n;
+    const unsigned char *b = s->b;
+    while (p < n && plain_ok[b[p]])
+        p++;
+    if (p >= n || b[p] != '"')
+        return 0; /* the end, a control byte, a non-ASCII byte or an escape */
+    *off = start;
+    *len = p - start;
+    s->p = p + 1;
+    return 1;
+}
+
+/* a short byte string equal to a C string of klen bytes (no libc call per key) */
+static inline int bytes_eq(const unsigned char *a, const char *k, size_t klen) {
+    for (size_t i = 0; i < klen; i++)
+        if (a[i] != (unsigned char)k[i])
             return 0;
-        s->p++;
-    }
-    return 0;
+    return 1;
 }
 
 static inline int hexd(unsigned char c) {
@@ -180,7 +187,7 @@ static int u64_lit(P *s, uint64_t *out) {
 }
 
 static inline int key_is(const P *s, size_t off, size_t len, const char *k, size_t klen) {
-    return len == klen && memcmp(s->b + off, k, klen) == 0;
+    return len == klen && bytes_eq(s->b + off, k, klen);
 }
 
 typedef struct {
@@ -227,7 +234,7 @@ static int meta_object(P *s) {
 }
 
 /* one tensor entry; 1 ok, 0 decline, -1 error (memory) */
-static int entry(P *s, Dims *dims, Entry *e) {
+static int entry(P *s, Dims *dims, Entry *e, int *last_dtype) {
     if (!lit(s, '{'))
         return 0;
     int seen = 0; /* 1 dtype, 2 shape, 4 data_offsets */
@@ -246,14 +253,21 @@ static int entry(P *s, Dims *dims, Entry *e) {
             if (!plain_string(s, &doff, &dlen))
                 return 0;
             e->dtype = -1;
-            for (int i = 0; i < n_dtypes; i++) {
-                if (dtypes[i].len == dlen && memcmp(dtypes[i].name, s->b + doff, dlen) == 0) {
-                    e->dtype = i;
-                    break;
+            /* the previous entry's dtype first (headers repeat one or two) */
+            if (*last_dtype >= 0 && dtypes[*last_dtype].len == dlen &&
+                bytes_eq(s->b + doff, dtypes[*last_dtype].name, dlen)) {
+                e->dtype = *last_dtype;
+            } else {
+                for (int i = 0; i < n_dtypes; i++) {
+                    if (dtypes[i].len == dlen && bytes_eq(s->b + doff, dtypes[i].name, dlen)) {
+                        e->dtype = i;
+                        break;
+                    }
                 }
             }
             if (e->dtype < 0)
                 return 0;
+            *last_dtype = e->dtype;
         } else if (key_is(s, off, len, "shape", 5) && !(seen & 2)) {
             seen |= 2;
             if (!lit(s, '['))
@@ -529,6 +543,7 @@ static PyObject *prove(PyObject *self, PyObject *args) {
     int err = 0;
     size_t meta_start = 0, meta_end = 0;
     int has_meta = 0;
+    int last_dtype = -1;
 
     if (size < data_start || max_tensors < 0)
         goto decline;
@@ -572,7 +587,7 @@ static PyObject *prove(PyObject *self, PyObject *args) {
                 e->name_off = off;
                 e->name_len = len;
                 e->dims_off = e->ndim = 0;
-                int r = entry(s, &dims, e);
+                int r = entry(s, &dims, e, &last_dtype);
                 if (r < 0) {
                     err = 1;
                     PyErr_NoMemory();
@@ -778,6 +793,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "stcore",
                                     -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit_stcore(void) {
+    for (int c = 0x20; c <= 0x7e; c++)
+        plain_ok[c] = c != '"' && c != '\\';
     s_cpu = PyUnicode_InternFromString("cpu");
     i_zero = PyLong_FromLong(0);
     if (s_cpu == NULL || i_zero == NULL)
