@@ -168,6 +168,7 @@ def test_native_proves_the_benchmark_header(monkeypatch: pytest.MonkeyPatch) -> 
     assert audit(blob, "strict") == {**rec, "proven": False}
     fast, fast_json = _scan_json(blob, "s.safetensors", False, monkeypatch)
     slow, slow_json = _scan_json(blob, "s.safetensors", True, monkeypatch)
+    assert slow.to_dict() == fast.to_dict()
     assert fast.verdict is Verdict.SAFE and fast_json == slow_json
     real = Path("/work/main/bench/out/ckpts/s1000.safetensors")
     if real.is_file():
@@ -235,6 +236,10 @@ T = b'"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}'
                  4, False, "CKG501", id="dim-over-u64"),
     pytest.param(b'{"t":{"dtype":"F64","shape":[4294967296,4294967296],"data_offsets":[0,0]}}',
                  0, False, "CKG504", id="shape-overflow"),
+    pytest.param(b'{"t":{"dtype":"F64","shape":[0,4294967296,4294967296],"data_offsets":[0,0]}}',
+                 0, True, None, id="zero-first-then-huge"),
+    pytest.param(b'{"t":{"dtype":"F64","shape":[4294967296,4294967296,0],"data_offsets":[0,0]}}',
+                 0, False, None, id="overflow-before-zero"),  # Python: 0; the crate: overflow
     pytest.param(b'{"t":{"dtype":"F4","shape":[3],"data_offsets":[0,1]}}', 1, False,
                  "CKG504", id="half-byte"),
     pytest.param(b'{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}', 4, False,

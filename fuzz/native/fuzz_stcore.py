@@ -9,10 +9,11 @@ ASan and UBSan by build_asan.sh, so an out-of-bounds read, a use-after-free or a
 aborts the run), with ``CKPTGUARD_PURE=1`` and by the strict parser alone: all three must
 record the same findings, tensors, metadata and bytes read (or hit the same limit), and a
 header the prover accepts must be one the strict parser records nothing for. An input
-whose bytes 8.. start with ``{`` is audited as it is (one in three also sent straight to
-``prove`` with odd sizes); any other input seeds a generator (tests/ckg_st_headers.py: a
-plain header in one of several JSON layouts, then 0-3 hostile edits), so the run stays
-meaningful where the ASan preload leaves libFuzzer without coverage.
+whose bytes 8.. start with ``{`` is audited as it is; any other input seeds a generator
+(tests/ckg_st_headers.py: a plain header in one of several JSON layouts, then 0-3 hostile
+edits, and one in ten gets the input's own bytes spliced into its header), so the run stays
+meaningful where the ASan preload leaves libFuzzer without coverage. One file in three is
+also sent straight to ``prove`` with wrong file sizes and small tensor limits.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 with atheris.instrument_imports():
     pass
 
-from ckg_st_headers import audit, mutate, plain, random_limits  # noqa: E402
+from ckg_st_headers import audit, join, mutate, plain, random_limits, split  # noqa: E402
 
 from ckptguard._native import native  # noqa: E402
 from ckptguard.analysis import safetensors as st_audit  # noqa: E402
@@ -43,18 +44,26 @@ def _derive(data: bytes) -> bytes:
     blob = plain(rng, rng.choice([None, None, 0, 1, 200]))
     for _ in range(rng.randrange(4)):
         blob = mutate(rng, blob)
+    if rng.random() < 0.1:  # the input's own bytes spliced into the header
+        header, rest = split(blob)
+        i = rng.randrange(len(header) + 1)
+        blob = join(header[:i] + data + header[i + len(data):], rest)
     return blob
 
 
 def TestOneInput(data: bytes) -> None:
     raw = data[8:9] == b"{"
     blob = data if raw else _derive(data)
-    limits = random_limits(random.Random(blob)) if blob and blob[-1] % 7 == 0 else \
-        DEFAULT_LIMITS
-    if raw and data[0] % 3 == 0:  # the prover alone, on any sizes
+    small = bool(blob) and blob[-1] % 7 == 0
+    limits = random_limits(random.Random(blob)) if small else DEFAULT_LIMITS  # noqa: S311
+    if len(blob) >= 8 and blob[-1] % 3 == 0:  # the prover alone: odd sizes and limits
         core = st_audit._stcore()
-        for size in (len(data), len(data) + data[1], max(0, len(data) - data[2])):
-            core.prove(data[8:], 8, size, data[3])
+        header, rest = split(blob)
+        start = 8 + len(header)
+        for size in (start + len(rest), start + len(rest) + 1, start, start - 1, 0):
+            got = core.prove(header, start, size, blob[3])
+            # a proven layout ends exactly at the end of the file it was given
+            assert got is None or sum(t.nbytes for t in got[0]) == size - start
     nat = audit(blob, "native", limits)
     pure = audit(blob, "pure", limits)
     strict = audit(blob, "strict", limits)

@@ -25,9 +25,9 @@
  *     ``data_offsets`` (any order, each once), the dtype a known name, the shape an array of
  *     integers, the offsets an array of two integers; integers are plain digit strings
  *     without a sign, fraction, exponent or leading zero, at most 2**64-1;
- *   - each tensor's bytes = product(shape) * bits / 8, a whole number without overflow
- *     (the product is exact: a zero dimension makes it 0 whatever the others), and
- *     end - begin equal to it;
+ *   - each tensor's bytes = product(shape) * bits / 8, a whole number, and end - begin
+ *     equal to it; no step of the product, folded left to right as the crate folds it,
+ *     overflows 64 bits (after a zero dimension it stays 0: both readers agree);
  *   - the layout: sorted by (begin, end, name) every tensor starts where the previous
  *     ended, the first at 0, the last ending at the end of the file;
  *   - at most ``max_tensors`` tensors.
@@ -315,22 +315,17 @@ static int entry(P *s, Dims *dims, Entry *e, int *last_dtype) {
     }
     if (!lit(s, '}'))
         return 0;
-    /* bytes = product(shape) * bits / 8, exactly (a zero dimension zeroes any product) */
+    /* bytes = product(shape) * bits / 8. The crate folds the product left to right with
+     * checked multiplications (an overflow before a zero dimension is an error there, while
+     * Python's exact product is 0): an overflow at any step declines, so both readers agree
+     * on every product proven here */
     uint64_t numel = 1;
-    int over = 0, zero = 0;
     for (size_t i = 0; i < e->ndim; i++) {
         uint64_t d = dims->d[e->dims_off + i];
-        if (d == 0)
-            zero = 1;
-        else if (!over && numel > UINT64_MAX / d)
-            over = 1;
-        else if (!over)
-            numel *= d;
+        if (numel != 0 && d != 0 && numel > UINT64_MAX / d)
+            return 0;
+        numel *= d;
     }
-    if (zero)
-        numel = 0;
-    else if (over)
-        return 0;
     uint64_t bits = dtypes[e->dtype].bits;
     if (bits && numel > UINT64_MAX / bits)
         return 0;

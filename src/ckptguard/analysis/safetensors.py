@@ -172,7 +172,7 @@ def _native_header(ctx: AuditContext, data: bytes, data_start: int, size: int) -
     core = _stcore()
     if core is None:
         return False
-    got = core.prove(data, data_start, size, ctx.limits.max_tensors)
+    got = core.prove(data, data_start, size, min(ctx.limits.max_tensors, sys.maxsize))
     if got is None:
         return False
     tensors, span, n = got
