@@ -319,6 +319,29 @@ def test_init_refuses_other_classes() -> None:
     assert audit(_bench_like(3), "native")["proven"]
 
 
+def test_fields_pinned() -> None:
+    """The C code fills exactly TensorInfo's fields (and its FIELDS table names them)."""
+    import dataclasses
+    assert tuple(f.name for f in dataclasses.fields(TensorInfo)) == st_audit.STCORE_FIELDS
+    src = (ROOT / "src" / "ckptguard" / "_native" / "stcore.c").read_text()
+    table = src[src.index("FIELDS[N_FIELDS] = {"):]
+    table = table[:table.index("};")]
+    assert tuple(table.split('"')[1::2]) == st_audit.STCORE_FIELDS
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", sorted(st_audit.DTYPES))
+def test_every_dtype_proven_with_its_torch_name(dtype: str) -> None:
+    bits, torch_name = st_audit.DTYPES[dtype]
+    nbytes = 8 * bits // 8
+    header = (b'{"t":{"dtype":"' + dtype.encode() + b'","shape":[2,4],"data_offsets":[0,'
+              + str(nbytes).encode() + b"]}}")
+    rec = audit(join(header, bytes(nbytes)), "native")
+    assert rec["proven"] and rec["tensors"][0]["dtype"] == torch_name
+    assert rec["tensors"][0]["nbytes"] == nbytes
+    assert {**rec, "proven": False} == audit(join(header, bytes(nbytes)), "strict")
+
+
 def test_pure_never_uses_the_prover(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(5)
     header, data_len = plain_header(rng, 4)

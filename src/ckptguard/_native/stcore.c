@@ -48,6 +48,7 @@
 #define MAX_DTYPES 64
 #define SHAPE_CACHE 4096 /* slots of the shape-tuple cache (power of two) */
 
+/* analysis/safetensors.py::STCORE_FIELDS (the Python side checks they are all of them) */
 static const char *const FIELDS[N_FIELDS] = {
     "name", "dtype", "shape", "stride", "storage", "storage_offset", "nbytes",
     "storage_nbytes", "data_offset", "device", "requires_grad", "file"};

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import fields
 from itertools import chain, islice, repeat
 from math import prod
 from operator import add, lt, mul, sub
@@ -138,12 +139,19 @@ def audit_safetensors(ctx: AuditContext) -> None:
 
 #: the native prover, once initialised with the TensorInfo class and the dtype table
 _STCORE_READY: list[object] = []
+#: the TensorInfo fields stcore.c fills (every one); any other layout disables the prover
+STCORE_FIELDS = ("name", "dtype", "shape", "stride", "storage", "storage_offset", "nbytes",
+                 "storage_nbytes", "data_offset", "device", "requires_grad", "file")
 
 
 def _stcore() -> Any:
-    """``_native/stcore.c`` initialised (None: not built, or ``CKPTGUARD_PURE=1``)."""
+    """``_native/stcore.c`` initialised (None: not built, ``CKPTGUARD_PURE=1``, or a
+    TensorInfo whose fields are not the ones the C code fills)."""
     core = native("stcore")
     if core is not None and core not in _STCORE_READY:
+        if tuple(f.name for f in fields(TensorInfo)) != STCORE_FIELDS or \
+                hasattr(TensorInfo, "__post_init__"):
+            return None
         core.init(TensorInfo, tuple((k, bits, name) for k, (bits, name) in DTYPES.items()))
         _STCORE_READY.append(core)
     return core
