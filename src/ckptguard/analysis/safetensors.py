@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import fields
 from itertools import chain, islice, repeat
 from math import prod
 from operator import add, lt, mul, sub
 from typing import Any
 
+from .._native import native
 from ..context import AuditContext, LimitExceeded
 from ..model import TensorInfo
 from ..primitives import escape
@@ -99,7 +101,7 @@ def audit_safetensors(ctx: AuditContext) -> None:
         n = read_length(read, size)
         ctx.metadata["safetensors.header_bytes"] = str(n)
         data = read_header_bytes(read, size, n, max_header_bytes=ctx.limits.max_header_bytes)
-        if _fast_header(ctx, data, 8 + n, size):
+        if _native_header(ctx, data, 8 + n, size) or _fast_header(ctx, data, 8 + n, size):
             return
         header = parse_header(data, n, max_json_depth=ctx.limits.max_json_depth)
     except HeaderError as e:
@@ -133,6 +135,68 @@ def audit_safetensors(ctx: AuditContext) -> None:
         _check_layout(ctx, spans, data_start, size)
     tensors.sort(key=lambda t: (t.data_offset or 0, t.name))
     ctx.tensors.extend(tensors)
+
+
+#: the native prover, once initialised with the TensorInfo class and the dtype table
+_STCORE_READY: list[object] = []
+#: the TensorInfo fields stcore.c fills (every one); any other layout disables the prover
+STCORE_FIELDS = ("name", "dtype", "shape", "stride", "storage", "storage_offset", "nbytes",
+                 "storage_nbytes", "data_offset", "device", "requires_grad", "file")
+
+
+def _stcore() -> Any:
+    """``_native/stcore.c`` initialised (None: not built, ``CKPTGUARD_PURE=1``, or a
+    TensorInfo whose fields are not the ones the C code fills)."""
+    core = native("stcore")
+    if core is not None and core not in _STCORE_READY:
+        if tuple(f.name for f in fields(TensorInfo)) != STCORE_FIELDS or \
+                hasattr(TensorInfo, "__post_init__"):
+            return None
+        core.init(TensorInfo, tuple((k, bits, name) for k, (bits, name) in DTYPES.items()))
+        _STCORE_READY.append(core)
+    return core
+
+
+def _plain_metadata(meta: Any) -> bool:
+    """``__metadata__`` parsed with ``object_pairs_hook=tuple`` is a plain string map: no
+    repeated key, strings only, no lone surrogate (which serde_json refuses)."""
+    return type(meta) is tuple and len(dict(meta)) == len(meta) and \
+        not set(map(type, chain.from_iterable(meta))) - {str} and \
+        all(map(_utf8_clean, chain.from_iterable(meta)))
+
+
+def _native_header(ctx: AuditContext, data: bytes, data_start: int, size: int) -> bool:
+    """The plain header proven by the C prover (``_native/stcore.c``): True when it proved
+    that the strict path records no finding, and then recorded exactly what the strict
+    path records (the same tensors in the same order, the same metadata); False (nothing
+    recorded) when the module is not built or declines, and ``_fast_header`` then the
+    strict path run as before and explain.
+
+    The C pass checks the whole grammar and every tensor and layout rule; the
+    ``__metadata__`` object it only delimits (its strings may hold escapes and UTF-8): that
+    span is decoded and parsed here and must be a plain string map (``_plain_metadata``)."""
+    if ctx.limits.max_json_depth < 3:  # a proven header nests 3 deep
+        return False
+    core = _stcore()
+    if core is None:
+        return False
+    got = core.prove(data, data_start, size, min(ctx.limits.max_tensors, sys.maxsize))
+    if got is None:
+        return False
+    tensors, span, n = got
+    meta: Any = None
+    if span is not None:
+        try:
+            meta = json.loads(data[span[0]:span[1]].decode("utf-8"), object_pairs_hook=tuple)
+        except ValueError:  # UnicodeDecodeError is a ValueError
+            return False
+        if not _plain_metadata(meta):
+            return False
+    ctx.source.check_time()
+    _check_metadata(ctx, None if meta is None else dict(meta), meta is not None)
+    ctx.metadata["safetensors.tensors"] = str(n)
+    ctx.tensors.extend(tensors)
+    return True
 
 
 def _fast_header(ctx: AuditContext, data: bytes, data_start: int, size: int) -> bool:
@@ -178,9 +242,7 @@ def _fast_header(ctx: AuditContext, data: bytes, data_start: int, size: int) -> 
         i = names.index(_METADATA)
         meta = infos[i]
         del names[i], infos[i]
-        if type(meta) is not tuple or len(dict(meta)) != len(meta) or \
-                set(map(type, chain.from_iterable(meta))) - {str} or \
-                not all(map(_utf8_clean, chain.from_iterable(meta))):
+        if not _plain_metadata(meta):
             return False
     n = len(names)
     if n > ctx.limits.max_tensors:
