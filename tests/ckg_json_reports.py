@@ -117,6 +117,14 @@ def reference_rows(ts: Sequence[TensorInfo], level: int | None) -> str | BaseExc
         return e
 
 
+def fastjson_rows(ts: Sequence[TensorInfo], level: int | None) -> str | BaseException:
+    """``fastjson._rows`` (with or without the C encoder), or what it raises."""
+    try:
+        return fj._rows(ts, level)
+    except (ValueError, TypeError, AttributeError, RecursionError) as e:
+        return e
+
+
 def same_outcome(got: str | BaseException, want: str | BaseException) -> bool:
     if isinstance(want, BaseException) or isinstance(got, BaseException):
         return type(got) is type(want) and str(got) == str(want)
@@ -127,5 +135,5 @@ def dumps_rows(ts: Sequence[TensorInfo]) -> str:
     return json.dumps([t.to_dict() for t in ts], ensure_ascii=True, separators=(",", ":"))
 
 
-__all__ = ["DTYPES", "Int", "Str", "dumps_rows", "integer", "reference_rows", "same_outcome",
+__all__ = ["DTYPES", "Int", "Str", "dumps_rows", "fastjson_rows", "integer", "reference_rows", "same_outcome",
            "tensor", "tensors", "text"]

@@ -106,6 +106,29 @@ def test_a_local_scan_imports_only_what_it_needs(fixture: str, fmt: str,
             assert name not in mods, name
 
 
+def test_a_natively_proven_scan_compiles_no_fast_path_regex() -> None:
+    """analysis/fastpath.py's two token patterns (~2 ms to compile) are compiled by the
+    Python fast path only: a file the native core proves never needs them."""
+    from ckptguard._native import native
+
+    if native("picklecore") is None:
+        pytest.skip("picklecore not built")
+    probe = ("import sys, ckptguard\n"
+             "from ckptguard.analysis import fastpath as fp\n"
+             "r = ckptguard.scan(sys.argv[1])\n"
+             "print(r.verdict.name, fp._run_pattern.cache_info().currsize,"
+             " fp._token_pattern.cache_info().currsize)\n")
+    out = subprocess.run([sys.executable, "-c", probe, str(FIXTURES / "benign/linear.pt")],
+                         capture_output=True, text=True, check=True, cwd=ROOT,
+                         env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+    assert out.stdout.split() == ["SAFE", "0", "0"]
+    pure = subprocess.run([sys.executable, "-c", probe, str(FIXTURES / "benign/linear.pt")],
+                          capture_output=True, text=True, check=True, cwd=ROOT,
+                          env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin",
+                               "CKPTGUARD_PURE": "1"})
+    assert pure.stdout.split() == ["SAFE", "1", "0"]  # the Python fast path compiles it
+
+
 def test_a_finding_imports_the_rule_table_and_a_zip_defect_its_mapping(tmp_path: Path) -> None:
     """What the plain scans above leave out comes back where it is needed: bytes before the
     archive (a zip defect, CKG310) import the defect table and the rules, and the scan
