@@ -111,6 +111,39 @@ static int put_str(Buf *b, PyObject *s) {
         return -1;
     char *o = b->p + b->n;
     *o++ = '"';
+    if (kind == PyUnicode_1BYTE_KIND) {
+        /* the common case: copy runs of plain ASCII characters at once */
+        const Py_UCS1 *u = (const Py_UCS1 *)data;
+        Py_ssize_t i = 0;
+        while (i < len) {
+            Py_ssize_t j = i;
+            while (j < len && u[j] >= ' ' && u[j] <= '~' && u[j] != '\\' && u[j] != '"')
+                j++;
+            memcpy(o, u + i, (size_t)(j - i));
+            o += j - i;
+            if (j == len)
+                break;
+            Py_UCS4 c = u[j];
+            *o++ = '\\';
+            switch (c) {
+            case '\\': *o++ = '\\'; break;
+            case '"': *o++ = '"'; break;
+            case '\b': *o++ = 'b'; break;
+            case '\f': *o++ = 'f'; break;
+            case '\n': *o++ = 'n'; break;
+            case '\r': *o++ = 'r'; break;
+            case '\t': *o++ = 't'; break;
+            default:
+                o--;
+                put_u(o, c);
+                o += 6;
+            }
+            i = j + 1;
+        }
+        *o++ = '"';
+        b->n = o - b->p;
+        return 0;
+    }
     for (Py_ssize_t i = 0; i < len; i++) {
         Py_UCS4 c = PyUnicode_READ(kind, data, i);
         if (c >= ' ' && c <= '~' && c != '\\' && c != '"') {
@@ -270,8 +303,36 @@ static PyObject *jc_init(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* what precedes each value of a row: ("," and) the line break, the key and its colon;
+ * then what closes the row and separates it from the next (all for one level) */
+#define PFX_MAX (2 + 2 * (MAX_LEVEL + 2) + 48 + 2)
+typedef struct {
+    char pfx[N_FIELDS][PFX_MAX];
+    Py_ssize_t pfx_len[N_FIELDS];
+} RowText;
+
+static void row_text(RowText *rt, int level) {
+    int inner = level < 0 ? -1 : level + 1;
+    for (int i = 0; i < N_FIELDS; i++) {
+        char *q = rt->pfx[i];
+        if (i)
+            *q++ = ',';
+        if (inner >= 0) {
+            *q++ = '\n';
+            memset(q, ' ', (size_t)(2 * inner));
+            q += 2 * inner;
+        }
+        memcpy(q, KEY_TEXT[i], (size_t)KEY_LEN[i]);
+        q += KEY_LEN[i];
+        *q++ = ':';
+        if (inner >= 0)
+            *q++ = ' ';
+        rt->pfx_len[i] = q - rt->pfx[i];
+    }
+}
+
 /* one tensor object at `level` (its keys at level + 1). 0 / 1 (decline) / -1 */
-static int put_row(Buf *b, PyObject *o, int level) {
+static int put_row(Buf *b, const RowText *rt, PyObject *o, int level) {
     int inner = level < 0 ? -1 : level + 1;
     if (put(b, "{", 1) < 0)
         return -1;
@@ -279,9 +340,7 @@ static int put_row(Buf *b, PyObject *o, int level) {
         PyObject *v = *(PyObject **)((char *)o + INFO_OFF[i]);
         if (v == NULL)
             return 1; /* an unset slot: to_dict would raise */
-        if ((i && put(b, ",", 1) < 0) || put_nl(b, inner) < 0 ||
-            put(b, KEY_TEXT[i], KEY_LEN[i]) < 0 ||
-            put(b, level < 0 ? ":" : ": ", level < 0 ? 1 : 2) < 0)
+        if (put(b, rt->pfx[i], rt->pfx_len[i]) < 0)
             return -1;
         int rc;
         if (i == F_SHAPE || (i == F_STRIDE && v != Py_None))
@@ -314,6 +373,12 @@ static PyObject *jc_rows(PyObject *self, PyObject *args) {
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
     Buf b = {NULL, 0, 0};
+    RowText *rt = PyMem_Malloc(sizeof(RowText));
+    if (rt == NULL) {
+        Py_DECREF(fast);
+        return PyErr_NoMemory();
+    }
+    row_text(rt, level);
     int rc = n ? 0 : 1; /* no rows: the caller writes "[]" */
     for (Py_ssize_t i = 0; i < n && rc == 0; i++) {
         /* a borrowed item: PySequence_Fast of an exact list/tuple is the object itself
@@ -327,8 +392,9 @@ static PyObject *jc_rows(PyObject *self, PyObject *args) {
             rc = -1;
             break;
         }
-        rc = put_row(&b, o, level);
+        rc = put_row(&b, rt, o, level);
     }
+    PyMem_Free(rt);
     Py_DECREF(fast);
     PyObject *out = NULL;
     if (rc == 0) {
