@@ -194,3 +194,23 @@ def test_the_pure_path_writes_the_same(pure: None) -> None:
     assert fj._core() is None
     for level in LEVELS:
         assert same_outcome(fastjson_rows(ts, level), reference_rows(ts, level))
+
+
+@pytest.mark.parametrize("core", ["native", "pure"])
+def test_the_first_error_in_row_order_is_json_dumps_one(core: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row that to_dict cannot write (a non-iterable shape) before a row with an int over
+    the digit limit in an earlier column: json.dumps raises the first row's TypeError, and
+    so does fastjson (found by fuzz/native/fuzz_jsoncore.py: the columns raised the
+    ValueError)."""
+    if core == "native" and CORE is None:
+        pytest.skip("jsoncore not built")
+    monkeypatch.setattr(fj, "_CORE", [CORE if core == "native" else None])
+    ts = [TensorInfo("a", "f", 5),  # type: ignore[arg-type]
+          TensorInfo("b", "f", (1,), storage_offset=10**4400)]
+    for level in LEVELS:
+        want = reference_rows(ts, level)
+        assert isinstance(want, TypeError)
+        assert same_outcome(fastjson_rows(ts, level), want)
+    huge = [TensorInfo("b", "f", (1,), storage_offset=10**4400)]
+    assert isinstance(fastjson_rows(huge, None), ValueError)

@@ -154,10 +154,6 @@ def _core() -> Any:
 def _rows(tensors: Sequence[TensorInfo], level: int | None) -> str:
     """The rows of ``tensors`` (non-empty), each a tensor object at ``level`` (compact
     when None), separated by ``,`` (and a line break)."""
-    n = len(tensors)
-    inner = None if level is None else level + 1
-    ksep = ":" if level is None else ": "
-    row_sep = "," + _nl(level)
     if set(map(type, tensors)) != {TensorInfo}:  # a subclass may encode differently
         return _rows_by_json(tensors, level)
     core = _core()
@@ -165,6 +161,18 @@ def _rows(tensors: Sequence[TensorInfo], level: int | None) -> str:
         text = core.rows(tensors, -1 if level is None else level)
         if text is not None:
             return str(text)
+    try:
+        return _rows_by_columns(tensors, level)
+    except ValueError:  # an int over the digit limit: json.dumps raises, row by row (its
+        return _rows_by_json(tensors, level)  # error, when a row before holds another)
+
+
+def _rows_by_columns(tensors: Sequence[TensorInfo], level: int | None) -> str:
+    """``_rows`` column by column (exact ``TensorInfo`` rows)."""
+    n = len(tensors)
+    inner = None if level is None else level + 1
+    ksep = ":" if level is None else ": "
+    row_sep = "," + _nl(level)
     slots: list[tuple[str, Encoded]] = []  # (the text before the column, the column)
     seen: list[tuple[list[Any], set[type], Encoded]] = []  # columns encoded so far
     text = "{"
