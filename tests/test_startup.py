@@ -47,7 +47,8 @@ NEVER = ("torch", "numpy", "safetensors", "httpx", "certifi", "h11", "anyio", "f
 
 #: not imported by the scan of a plain torch zip (a state dict, no finding): the sub-auditors
 #: of the other things a zip can be, and the tables that only a finding needs
-PLAIN_ZIP_NEVER = ("ckptguard.analysis.tscode", "ckptguard.analysis.pt2",
+PLAIN_ZIP_NEVER = ("ckptguard.policy.benign", "ckptguard.policy.profiles",
+                   "ckptguard.analysis.tscode", "ckptguard.analysis.pt2",
                    "ckptguard.analysis.nested", "ckptguard.readers.jsonfile",
                    "ckptguard.analysis.zipdefects", "ckptguard.rules", "ckptguard.analysis.numpy",
                    "hashlib", "_hashlib")
@@ -156,6 +157,22 @@ def test_region_digests_are_hashlibs_whichever_sha256_computes_them(size: int) -
     assert src.read(0, size, record=True) == data
     assert [(r.offset, r.length, r.sha256) for r in src.regions()] == \
         [(0, size, hashlib.sha256(data).hexdigest())]
+
+
+def test_the_benign_table_and_profiles_come_back_where_needed(tmp_path: Path) -> None:
+    """A plain state dict leaves the BENIGN table and the profiles unimported (above); a
+    global off the allowlist imports the table (and is reported by its rule), a chosen
+    profile imports the profiles."""
+    from ckptguard.model import Severity
+
+    mods = _imports(str(FIXTURES / "medium/argparse_namespace.pt"), "--format", "json",
+                    code=int(ExitCode.FINDINGS))
+    assert "ckptguard.policy.benign" in mods
+    report = scan(str(FIXTURES / "medium/argparse_namespace.pt"))
+    assert report.verdict is Verdict.UNSAFE
+    assert {(f.rule_id, f.severity) for f in report.findings} >= {("CKG102", Severity.MEDIUM)}
+    mods = _imports(str(_safetensors(tmp_path)), "--profile", "numpy")
+    assert {"ckptguard.policy.profiles", "ckptguard.policy.benign"} <= mods
 
 
 def test_a_policy_file_imports_the_toml_parser(tmp_path: Path) -> None:
