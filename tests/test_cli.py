@@ -211,7 +211,7 @@ def test_internal_error_never_exits_0(here: Path, monkeypatch: pytest.MonkeyPatc
     assert res.exit_code == 2
     assert "kaboom" in res.stdout  # recorded as a CKG902 finding
 
-    monkeypatch.setattr("ckptguard.cli.scan_cmd.discover", boom)
+    monkeypatch.setattr("ckptguard.cli.scan_run.discover", boom)
     res = run("scan", "ok.safetensors")
     assert res.exit_code == 2
     assert "internal error" in res.stderr and "kaboom" in res.stderr
@@ -684,7 +684,8 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
 
 def test_ctrl_c_while_parsing_arguments_exits_2(monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    """click alone would print 'Aborted!' and exit 1 ('findings')."""
+    """click alone would print 'Aborted!' and exit 1 ('findings'). (``--workers 1``: an
+    option makes main() parse with click; ``scan PATH`` alone skips it, cli/plain.py.)"""
     from ckptguard.cli import cli as group
     from ckptguard.cli import main
 
@@ -692,7 +693,7 @@ def test_ctrl_c_while_parsing_arguments_exits_2(monkeypatch: pytest.MonkeyPatch,
         raise KeyboardInterrupt
 
     monkeypatch.setattr(group, "make_context", interrupted)
-    monkeypatch.setattr("sys.argv", ["ckptguard", "scan", "."])
+    monkeypatch.setattr("sys.argv", ["ckptguard", "scan", "--workers", "1", "."])
     with pytest.raises(SystemExit) as exc:
         main()
     assert exc.value.code == 2
@@ -703,7 +704,7 @@ def test_ctrl_c_while_looking_for_files(here: Path, monkeypatch: pytest.MonkeyPa
     def interrupted(*a: object, **k: object) -> object:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("ckptguard.cli.scan_cmd.discover", interrupted)
+    monkeypatch.setattr("ckptguard.cli.scan_run.discover", interrupted)
     res = run("scan", "--format", "json", ".")
     assert res.exit_code == 2
     summary = json.loads(res.stdout)["summary"]

@@ -47,10 +47,16 @@ NEVER = ("torch", "numpy", "safetensors", "httpx", "certifi", "h11", "anyio", "f
 
 #: not imported by the scan of a plain torch zip (a state dict, no finding): the sub-auditors
 #: of the other things a zip can be, and the tables that only a finding needs
-PLAIN_ZIP_NEVER = ("ckptguard.analysis.tscode", "ckptguard.analysis.pt2",
+PLAIN_ZIP_NEVER = ("ckptguard.policy.benign", "ckptguard.policy.profiles",
+                   "ckptguard.analysis.tscode", "ckptguard.analysis.pt2",
                    "ckptguard.analysis.nested", "ckptguard.readers.jsonfile",
                    "ckptguard.analysis.zipdefects", "ckptguard.rules", "ckptguard.analysis.numpy",
                    "hashlib", "_hashlib")
+
+
+#: not imported by a plain ``scan PATH... [--format F]`` (cli/plain.py: no click parser)
+PLAIN_SCAN_NEVER = ("click", "ckptguard.cli.group", "ckptguard.cli.scan_cmd", "uuid", "platform",
+                    "datetime", "gettext")
 
 
 def _imports(*args: str, code: int = 0) -> set[str]:
@@ -83,8 +89,8 @@ def test_a_local_scan_imports_only_what_it_needs(fixture: str, fmt: str,
     path = _safetensors(tmp_path) if fixture == "m.safetensors" else FIXTURES / fixture
     assert path.is_file(), path
     mods = _top(_imports(str(path), "--format", fmt))
-    assert "ckptguard.cli.scan_cmd" in mods and "click" in mods  # the probe saw the scan
-    for name in NEVER:
+    assert "ckptguard.cli.scan_run" in mods  # the probe saw the scan
+    for name in (*NEVER, *PLAIN_SCAN_NEVER):
         assert name not in mods, name
     if fmt == "json":
         assert "ckptguard.report.text" not in mods
@@ -99,6 +105,29 @@ def test_a_local_scan_imports_only_what_it_needs(fixture: str, fmt: str,
         assert "ckptguard.analysis.torchfile" in mods
         for name in PLAIN_ZIP_NEVER:
             assert name not in mods, name
+
+
+def test_a_natively_proven_scan_compiles_no_fast_path_regex() -> None:
+    """analysis/fastpath.py's two token patterns (~2 ms to compile) are compiled by the
+    Python fast path only: a file the native core proves never needs them."""
+    from ckptguard._native import native
+
+    if native("picklecore") is None:
+        pytest.skip("picklecore not built")
+    probe = ("import sys, ckptguard\n"
+             "from ckptguard.analysis import fastpath as fp\n"
+             "r = ckptguard.scan(sys.argv[1])\n"
+             "print(r.verdict.name, fp._run_pattern.cache_info().currsize,"
+             " fp._token_pattern.cache_info().currsize)\n")
+    out = subprocess.run([sys.executable, "-c", probe, str(FIXTURES / "benign/linear.pt")],
+                         capture_output=True, text=True, check=True, cwd=ROOT,
+                         env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+    assert out.stdout.split() == ["SAFE", "0", "0"]
+    pure = subprocess.run([sys.executable, "-c", probe, str(FIXTURES / "benign/linear.pt")],
+                          capture_output=True, text=True, check=True, cwd=ROOT,
+                          env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin",
+                               "CKPTGUARD_PURE": "1"})
+    assert pure.stdout.split() == ["SAFE", "1", "0"]  # the Python fast path compiles it
 
 
 def test_a_finding_imports_the_rule_table_and_a_zip_defect_its_mapping(tmp_path: Path) -> None:
@@ -128,6 +157,22 @@ def test_region_digests_are_hashlibs_whichever_sha256_computes_them(size: int) -
     assert src.read(0, size, record=True) == data
     assert [(r.offset, r.length, r.sha256) for r in src.regions()] == \
         [(0, size, hashlib.sha256(data).hexdigest())]
+
+
+def test_the_benign_table_and_profiles_come_back_where_needed(tmp_path: Path) -> None:
+    """A plain state dict leaves the BENIGN table and the profiles unimported (above); a
+    global off the allowlist imports the table (and is reported by its rule), a chosen
+    profile imports the profiles."""
+    from ckptguard.model import Severity
+
+    mods = _imports(str(FIXTURES / "medium/argparse_namespace.pt"), "--format", "json",
+                    code=int(ExitCode.FINDINGS))
+    assert "ckptguard.policy.benign" in mods
+    report = scan(str(FIXTURES / "medium/argparse_namespace.pt"))
+    assert report.verdict is Verdict.UNSAFE
+    assert {(f.rule_id, f.severity) for f in report.findings} >= {("CKG102", Severity.MEDIUM)}
+    mods = _imports(str(_safetensors(tmp_path)), "--profile", "numpy")
+    assert {"ckptguard.policy.profiles", "ckptguard.policy.benign"} <= mods
 
 
 def test_a_policy_file_imports_the_toml_parser(tmp_path: Path) -> None:

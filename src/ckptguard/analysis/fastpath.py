@@ -39,6 +39,7 @@ import re
 import sys
 import threading
 from dataclasses import dataclass, fields
+from functools import cache
 from typing import Any
 
 from .._native import native
@@ -88,7 +89,12 @@ _STARTS = b"Kqhr(\x85\x86\x87\x88\x89NtQRsuaeb)XJjMG\x8ac}]"
 #: applies any other silently, e.g. slot state to a StorageRef) and SETITEMS / APPENDS
 #: (right after a MARK the C unpickler skips them without looking at the target, which the
 #: VM checks: declined)
-_RUN = re.compile(b"(" + _TOKEN + rb"*+)([}\]bue]?)", re.S)
+@cache
+def _run_pattern() -> re.Pattern[bytes]:
+    """Compiled on first use (~1 ms each, this and :func:`_token_pattern`): a scan the
+    native core proves never needs them."""
+    return re.compile(b"(" + _TOKEN + rb"*+)([}\]bue]?)", re.S)
+
 
 #: what replaces EMPTY_DICT / EMPTY_LIST before the C unpickler runs: GLOBAL of our own
 #: module name (the file may not name it), EMPTY_TUPLE, REDUCE
@@ -99,13 +105,17 @@ _NEW = {b"}": b"c" + _OWN + b"\nD\n)R", b"]": b"c" + _OWN + b"\nL\n)R"}
 _HEAD = b"c" + _OWN + b"\nS\n("
 #: MARK + SETITEMS / APPENDS of nothing become a BUILD with our marker (see _NoItems)
 _NO_ITEMS = {0x75: b"c" + _OWN + b"\nZ\nb", 0x65: b"c" + _OWN + b"\nY\nb"}
-_TOKEN1 = re.compile(_TOKEN, re.S)
+
+
+@cache
+def _token_pattern() -> re.Pattern[bytes]:
+    return re.compile(_TOKEN, re.S)
 
 
 def _last_token(data: bytes, start: int, end: int) -> int:
     """Where the last token of the run ``data[start:end]`` starts (the run's tokens, as the
     run pattern split them; a run is scanned at most once, so this stays linear)."""
-    last, p, match = start, start, _TOKEN1.match
+    last, p, match = start, start, _token_pattern().match
     while p < end:
         m = match(data, p, end)
         assert m is not None  # the run pattern matched these very tokens
@@ -449,7 +459,7 @@ def _rewrite(data: bytes) -> tuple[bytes, int] | None:
     parts: list[bytes | memoryview] = [data[:2], _HEAD]
     pos, end = 2, n - 1
     builds = 0
-    match = _RUN.match
+    match = _run_pattern().match
     while True:
         m = match(data, pos, end)
         assert m is not None  # the pattern matches the empty string

@@ -1,4 +1,6 @@
-"""Helpers shared by the commands: policy and limits options, output, TTY checks."""
+"""Helpers shared by the commands: policy and limits options, output, TTY checks.
+
+click is imported where it is used (a plain ``scan`` runs without it: :mod:`.plain`)."""
 
 from __future__ import annotations
 
@@ -6,14 +8,15 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterable
-from typing import IO, Any, TypeVar
-
-import click
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from ..errors import PolicyError
 from ..policy import DEFAULT_LIMITS, Limits, OriginKind, Policy, PolicyOrigin, ProfileName
 from ..primitives import escape_untrusted
 from .exitcodes import ExitCode
+
+if TYPE_CHECKING:
+    import click
 
 F = TypeVar("F", bound=Callable[..., Any])
 POLICY_ENV_VAR = "CKPTGUARD_POLICY"
@@ -41,15 +44,21 @@ def text_width(stream: Any) -> int:
 
 def err(message: str) -> None:
     """One line on stderr (the message is escaped: it may hold untrusted names)."""
+    import click
+
     click.echo(escape_untrusted(message, 1000), err=True)
 
 
 def fail(message: str, code: ExitCode = ExitCode.UNDECIDED) -> click.exceptions.Exit:
+    import click
+
     err(f"error: {message}")
     return click.exceptions.Exit(int(code))
 
 
 def policy_option(f: F) -> F:
+    import click
+
     return click.option(
         "--policy", "policy_file", type=click.Path(dir_okay=False, path_type=str),
         help="TOML policy file (extra allowed globals, each with a reason; profiles). "
@@ -59,6 +68,8 @@ def policy_option(f: F) -> F:
 
 def profile_options(f: F) -> F:
     """--profile NAME (repeatable) and --discover-policy."""
+    import click
+
     f = click.option(
         "--discover-policy", "discover_policy", is_flag=True,
         help="Opt in to the [tool.ckptguard] table of the nearest pyproject.toml above the "
@@ -72,6 +83,8 @@ def profile_options(f: F) -> F:
 
 
 def limit_option(f: F) -> F:
+    import click
+
     return click.option(
         "--limit", "limit_items", multiple=True, metavar="NAME=VALUE",
         help="Change one audit limit, e.g. max_seconds=600 (repeatable; names in "
@@ -101,6 +114,12 @@ def load_policy(policy_file: str | None, *, discover: bool = False,
         raise fail(f"invalid policy: {e}") from None
 
 
+def _bad_limit(message: str) -> click.BadParameter:
+    import click
+
+    return click.BadParameter(message, param_hint="--limit")
+
+
 def load_limits(items: tuple[str, ...]) -> Limits:
     limits = DEFAULT_LIMITS
     names = set(Limits.names())
@@ -108,16 +127,15 @@ def load_limits(items: tuple[str, ...]) -> Limits:
         name, sep, value = item.partition("=")
         name = name.strip()
         if not sep or name not in names:
-            raise click.BadParameter(f"{item!r}: expected NAME=VALUE with NAME one of "
-                                     f"{', '.join(sorted(names))}", param_hint="--limit")
+            raise _bad_limit(f"{item!r}: expected NAME=VALUE with NAME one of "
+                             f"{', '.join(sorted(names))}")
         kind = type(getattr(DEFAULT_LIMITS, name))
         try:
             parsed = kind(value.strip())
         except ValueError:
-            raise click.BadParameter(f"{item!r}: {value!r} is not a valid {kind.__name__}",
-                                     param_hint="--limit") from None
+            raise _bad_limit(f"{item!r}: {value!r} is not a valid {kind.__name__}") from None
         if parsed <= 0:
-            raise click.BadParameter(f"{item!r}: must be positive", param_hint="--limit")
+            raise _bad_limit(f"{item!r}: must be positive")
         limits = limits.replace(**{name: parsed})
     return limits
 
@@ -148,6 +166,8 @@ def write_stdout(text: str | Iterable[str]) -> None:
     try:
         fd = stream.fileno()
     except (AttributeError, ValueError, OSError):  # not a real file (click's test runner)
+        import click
+
         for piece in _pieces(text):
             click.echo(piece, nl=False)
         return

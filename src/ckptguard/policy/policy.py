@@ -43,13 +43,14 @@ from typing import TYPE_CHECKING, Any
 from ..errors import PolicyError
 from ..model import Finding
 from ..primitives import or_default
-from .benign import COMPANIONS, BenignRow, benign_row
 from .defaults import ALLOW, DENY, DENY_ATTRIBUTES, DenyKind
-from .profiles import PROFILES, ProfileName, profiles_with
+from .profile_names import ProfileName
 from .provenance import API_ORIGIN, DEFAULT_ORIGIN, OriginKind, PolicyOrigin
 
 if TYPE_CHECKING:  # pathlib is imported when a policy file is read
     from pathlib import Path
+
+    from .benign import BenignRow
 
 
 def _toml() -> Any:
@@ -63,6 +64,21 @@ def _toml() -> Any:
 
 _DEFAULT_ALLOW: dict[str, str] = {f"{m}.{n}": reason for m, n, reason in ALLOW}
 _DENY: dict[str, tuple[DenyKind, str]] = {prefix: (kind, reason) for prefix, kind, reason in DENY}
+
+
+def _profiles() -> dict[ProfileName, Any]:
+    """The shipped profiles' table (:mod:`.profiles`), imported when a profile is chosen."""
+    from .profiles import PROFILES
+
+    return PROFILES
+
+
+def _benign_row(full_path: str) -> BenignRow | None:
+    """The BENIGN table's row of ``full_path`` (:mod:`.benign`, imported for the first
+    global off the weights-only allowlist: a plain state dict never needs it)."""
+    from .benign import benign_row
+
+    return benign_row(full_path)
 
 
 def parse_profile(text: str) -> ProfileName:
@@ -228,7 +244,7 @@ class Policy:
         """Every allowed global beyond the default: own entries, then the profiles' rows."""
         out = list(self.extra)
         for choice in self.profiles:
-            for row in PROFILES[choice.name].rows():
+            for row in _profiles()[choice.name].rows():
                 out.append(AllowEntry(row.full_path, row.reason, choice.origin,
                                       profile=choice.name))
         return tuple(out)
@@ -374,7 +390,7 @@ def with_caller_globals(policy: Policy, names: Iterable[str]) -> Policy:
     origin = PolicyOrigin(OriginKind.CALLER, "torch.serialization.safe_globals")
     add = tuple(AllowEntry(n, f"allowed by the caller's safe_globals: {row.reason}", origin)
                 for n in dict.fromkeys(names)
-                if (row := benign_row(n)) is not None and static_status(n) is GlobalStatus.BENIGN
+                if (row := _benign_row(n)) is not None and static_status(n) is GlobalStatus.BENIGN
                 and policy.user_entry(n) is None)
     if not add:
         return policy
@@ -390,6 +406,8 @@ def used_entries(policy: Policy, findings: Iterable[Finding]) -> tuple[AllowEntr
     hand to torch's weights-only unpickler; a profile's other rows are never imported)."""
     used = {g for f in findings if f.rule_id in LADDER_RULES
             and (g := f.evidence_dict.get("global")) is not None}
+    from .benign import COMPANIONS
+
     used |= {c for g in tuple(used) for c in COMPANIONS.get(g, ())}
     return tuple(e for e in policy.entries() if e.full_path in used)
 
@@ -423,7 +441,7 @@ def classify_global(full_path: str, policy: Policy) -> GlobalDecision:
     if reason is not None:
         return GlobalDecision(GlobalStatus.ALLOW, reason)
     hit = denied_by(full_path)
-    row = benign_row(full_path)
+    row = _benign_row(full_path)
     # A reviewed BENIGN row outranks an indirect denylist match (numpy.random._pickle is
     # not the stdlib _pickle), never a direct one.
     if hit is not None and (hit.direct or row is None):
@@ -446,6 +464,8 @@ def global_message(how: str, name: str, d: GlobalDecision) -> str:
         return (f"{how} imports {name}, which is neither on the weights-only allowlist nor on "
                 "the reviewed benign table")
     if s is GlobalStatus.BENIGN:
+        from .profiles import profiles_with
+
         names = profiles_with(d.benign.full_path) if d.benign is not None else ()
         hint = (f" (allowed by profile{'s' if len(names) > 1 else ''} "
                 f"{', '.join(p.value for p in names)})") if names else ""

@@ -8,25 +8,11 @@ purpose: ``ckptguard scan --profile hf-trainer``, ``scan(path, profiles=["hf-tra
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .benign import BENIGN, BENIGN_BY_PATH, BenignRow
-
-
-class ProfileName(str, enum.Enum):
-    """The shipped profiles."""
-
-    HF_TRAINER = "hf-trainer"
-    ACCELERATE = "accelerate"
-    NUMPY = "numpy"
-    LIGHTNING = "lightning"
-    TORCH_MODULES = "torch-modules"
-    STDLIB_DATA = "stdlib-data"
-
-    def __str__(self) -> str:
-        return self.value
+from .profile_names import ProfileName
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,8 @@ _NONE = type(None)
 _TENSOR_KEYS = ("name", "dtype", "shape", "stride", "storage", "storage_offset", "nbytes",
                 "storage_nbytes", "data_offset", "device", "requires_grad", "file")
 _BOOL = {True: "true", False: "false"}
+#: the columns to_dict writes as lists (``list(shape)``): the types encoded as such here
+_LIST_TYPES: dict[str, set[type]] = {"shape": {tuple}, "stride": {tuple, type(None)}}
 #: value types whose equal values always have the same JSON text (not float: 0.0 == -0.0;
 #: not tuple: (1,) == (True,))
 _SCALARS = frozenset({str, int, bool, type(None)})
@@ -130,22 +132,59 @@ def _rows_by_json(tensors: Sequence[TensorInfo], level: int | None) -> str:
     return text[len("[" + _nl(level)):-len(_nl(level - 1) + "]")]
 
 
+_CORE: list[Any] = []  # [module or None], once
+
+
+def _core() -> Any:
+    """``_native/jsoncore`` set up for :class:`TensorInfo`, or None (not built,
+    ``CKPTGUARD_PURE=1``, or the class is not the plain slots class it reads)."""
+    if not _CORE:
+        from .._native import native
+
+        core = native("jsoncore")
+        if core is not None:
+            try:
+                core.init(TensorInfo, _TENSOR_KEYS)
+            except (TypeError, AttributeError):
+                core = None
+        _CORE.append(core)
+    return _CORE[0]
+
+
 def _rows(tensors: Sequence[TensorInfo], level: int | None) -> str:
     """The rows of ``tensors`` (non-empty), each a tensor object at ``level`` (compact
     when None), separated by ``,`` (and a line break)."""
+    if set(map(type, tensors)) != {TensorInfo}:  # a subclass may encode differently
+        return _rows_by_json(tensors, level)
+    core = _core()
+    if core is not None:
+        text = core.rows(tensors, -1 if level is None else level)
+        if text is not None:
+            return str(text)
+    try:
+        return _rows_by_columns(tensors, level)
+    except ValueError:  # an int over the digit limit: json.dumps raises, row by row (its
+        return _rows_by_json(tensors, level)  # error, when a row before holds another)
+
+
+def _rows_by_columns(tensors: Sequence[TensorInfo], level: int | None) -> str:
+    """``_rows`` column by column (exact ``TensorInfo`` rows)."""
     n = len(tensors)
     inner = None if level is None else level + 1
     ksep = ":" if level is None else ": "
     row_sep = "," + _nl(level)
-    if set(map(type, tensors)) != {TensorInfo}:  # a subclass may encode differently
-        return _rows_by_json(tensors, level)
     slots: list[tuple[str, Encoded]] = []  # (the text before the column, the column)
     seen: list[tuple[list[Any], set[type], Encoded]] = []  # columns encoded so far
     text = "{"
     for i, key in enumerate(_TENSOR_KEYS):
         text += ("," if i else "") + _nl(inner) + encode_basestring_ascii(key) + ksep
-        values = list(map(TensorInfo.__dict__[key].__get__, tensors))
+        try:
+            values = list(map(TensorInfo.__dict__[key].__get__, tensors))
+        except AttributeError:  # an unset slot: to_dict raises, json.dumps says where first
+            return _rows_by_json(tensors, level)
         types = set(map(type, values))
+        if not types <= _LIST_TYPES.get(key, types):  # to_dict writes list(shape): an int
+            return _rows_by_json(tensors, level)  # or a str there is not written as itself
         if len(types) == 1 and types <= _SCALARS and values.count(values[0]) == n:
             # one value throughout ("device": "cpu", "file": null): equal values of one
             # of these types have one text
