@@ -184,3 +184,26 @@ def test_the_plain_lane_never_imports_click(tmp_path: Path) -> None:
                              capture_output=True, text=True, check=False, env=env)
         got[lane] = out.stderr.strip().splitlines()[-1]
     assert got == {"plain": "0 False", "click": "0 True"}
+
+
+def test_the_policy_from_the_environment_applies_in_both_lanes(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """$CKPTGUARD_POLICY is read by the command's body, not by click: a plain scan honours
+    it (and reports where it came from) exactly as the click group does."""
+    import json
+    import pickle
+    from argparse import Namespace
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ns.pkl").write_bytes(pickle.dumps(Namespace(a=1), protocol=2))
+    pol = tmp_path / "p.toml"
+    pol.write_text('allow = [{ global = "argparse.Namespace", reason = "hp" }]\n')
+    monkeypatch.delenv("CKPTGUARD_POLICY", raising=False)
+    code, _, _ = _both(["scan", "ns.pkl"], capfd, monkeypatch)
+    assert code == 1  # not on the weights-only allowlist without the policy
+    monkeypatch.setenv("CKPTGUARD_POLICY", str(pol))
+    code, out, _ = _both(["scan", "ns.pkl", "--format", "json"], capfd, monkeypatch)
+    assert code == 0
+    assert json.loads(out)["policy_source"]["origin"] == {
+        "kind": "environment", "location": f"CKPTGUARD_POLICY={pol}"}
