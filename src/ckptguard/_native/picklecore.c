@@ -2059,6 +2059,106 @@ decline:
     Py_RETURN_NONE;
 }
 
+/* split_records(entries, prefix, ZipEntry) -> (records, catalog, outside) | None
+ *
+ * torchfile.audit_zip's member split and _torch_zip's catalog loop in one C pass, for an
+ * archive the zip prover accepted with no capital in any name (so ASCII lower-casing is
+ * the identity): for each entry (in order) whose name starts with prefix, rel = the rest;
+ * rel "data/<key>" (key not empty) goes to catalog[key] = (name, data_offset, size), any
+ * other rel to records[rel] = entry; entries outside the prefix go to outside. None (the
+ * Python loops run instead) for anything else: an object that is not exactly a ZipEntry
+ * with str name and int fields, a compressed tensor record (CKG305), a repeated rel or
+ * key (records.setdefault would keep the first). */
+static PyObject *pc_split_records(PyObject *self, PyObject *args) {
+    PyObject *entries, *prefix, *cls;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!UO!", &PyList_Type, &entries, &prefix, &PyType_Type, &cls))
+        return NULL;
+    static const char *const names[] = {"name", "data_offset", "size", "method"};
+    SlotClass sc;
+    memset(&sc, 0, sizeof sc);
+    if (slot_class(&sc, cls, names, 4))
+        return NULL;
+    PyTypeObject *type = sc.type; /* a new reference (slot_class) */
+    PyObject *records = PyDict_New(), *catalog = NULL, *outside = PyList_New(0);
+    PyObject *result = NULL;
+    Py_ssize_t n = PyList_GET_SIZE(entries), plen = PyUnicode_GET_LENGTH(prefix);
+#if PY_VERSION_HEX < 0x030D0000
+    catalog = _PyDict_NewPresized(n);
+#else
+    catalog = PyDict_New();
+#endif
+    if (records == NULL || catalog == NULL || outside == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *e = PyList_GET_ITEM(entries, i);
+        if (Py_TYPE(e) != type)
+            goto decline;
+        PyObject *name = *(PyObject **)((char *)e + sc.off[0]);
+        PyObject *doff = *(PyObject **)((char *)e + sc.off[1]);
+        PyObject *size = *(PyObject **)((char *)e + sc.off[2]);
+        PyObject *method = *(PyObject **)((char *)e + sc.off[3]);
+        if (name == NULL || !PyUnicode_CheckExact(name) || doff == NULL ||
+            !PyLong_CheckExact(doff) || size == NULL || !PyLong_CheckExact(size) ||
+            method == NULL || !PyLong_CheckExact(method))
+            goto decline;
+        Py_ssize_t len = PyUnicode_GET_LENGTH(name);
+        Py_ssize_t m = PyUnicode_Tailmatch(name, prefix, 0, PY_SSIZE_T_MAX, -1);
+        if (m < 0)
+            goto done;
+        if (!m) {
+            if (PyList_Append(outside, e) < 0)
+                goto done;
+            continue;
+        }
+        int is_data = len - plen > 5 &&
+                      PyUnicode_READ_CHAR(name, plen) == 'd' &&
+                      PyUnicode_READ_CHAR(name, plen + 1) == 'a' &&
+                      PyUnicode_READ_CHAR(name, plen + 2) == 't' &&
+                      PyUnicode_READ_CHAR(name, plen + 3) == 'a' &&
+                      PyUnicode_READ_CHAR(name, plen + 4) == '/';
+        PyObject *key = PyUnicode_Substring(name, is_data ? plen + 5 : plen, len);
+        if (key == NULL)
+            goto done;
+        PyObject *target = is_data ? catalog : records;
+        int has = PyDict_Contains(target, key);
+        if (has) {
+            Py_DECREF(key);
+            if (has < 0)
+                goto done;
+            goto decline; /* repeated: the Python loop keeps the first */
+        }
+        PyObject *val;
+        if (is_data) {
+            int stored = PyLong_AsLong(method) == 0;
+            if (!stored) {
+                Py_DECREF(key);
+                PyErr_Clear();
+                goto decline; /* compressed tensor record: CKG305 from the Python loop */
+            }
+            val = PyTuple_Pack(3, name, doff, size);
+        } else {
+            val = Py_NewRef(e);
+        }
+        int bad = val == NULL || PyDict_SetItem(target, key, val) < 0;
+        Py_DECREF(key);
+        Py_XDECREF(val);
+        if (bad)
+            goto done;
+    }
+    result = PyTuple_Pack(3, records, catalog, outside);
+    goto done;
+decline:
+    PyErr_Clear();
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(records);
+    Py_XDECREF(catalog);
+    Py_XDECREF(outside);
+    Py_DECREF(type);
+    return result;
+}
+
 static const char *const STORAGE_FIELDS[] = {"key", "dtype", "itemsize", "numel", "location",
                                              "offset", "member", "data_offset", "record_size"};
 static const char *const RECORD_FIELDS[] = {"storage", "storage_offset", "shape", "stride",
@@ -2143,6 +2243,9 @@ static PyMethodDef methods[] = {
     {"scan", pc_scan, METH_VARARGS,
      "scan(data, records, globals, limits, keep_graph, want_infos) -> None (decline) or "
      "(global ids, [(name, TensorRecord)], [TensorInfo] | None, seen, root | None)"},
+    {"split_records", pc_split_records, METH_VARARGS,
+     "split_records(entries, prefix, ZipEntry) -> None or (records without tensor data, "
+     "{key: (member, data_offset, size)}, entries outside the prefix)"},
     {"tables", pc_tables, METH_NOARGS,
      "tables() -> (global names, ((dtype, itemsize, grad), ...), location prefixes)"},
     {NULL, NULL, 0, NULL},

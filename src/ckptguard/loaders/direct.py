@@ -44,6 +44,11 @@ from .base import AuditedFile, fd_path
 
 _SLICE: Any = torch._C.StorageBase.__dict__["__getitem__"]
 _EMPTY: Any = torch.empty
+_EMPTY_STRIDED: Any = torch.empty_strided
+_UNTYPED: Any = torch.UntypedStorage
+#: sets the version counters of many tensors at once (torch >= 2.1); without it meta
+#: tensors are made with ``set_`` as torch makes them
+_SET_VERSIONS: Any = getattr(torch._C._autograd, "_unsafe_set_version_counter", None)
 _PARAMETER: Any = torch.nn.Parameter
 
 #: returned when this engine does not handle the file (the caller falls back to torch.load)
@@ -106,7 +111,11 @@ def load_meta_direct(af: AuditedFile) -> Any:
     if graph is None:
         return FALLBACK
     af.verify()
-    return _build(graph.root, _meta_maker())
+    make, fresh = _meta_maker()
+    obj = _build(graph.root, make)
+    if obj is not FALLBACK:
+        _bump_versions(fresh)
+    return obj
 
 
 # What the fast path proved is not re-checked here (analysis/fastpath.py: _rebuild_v2,
@@ -158,26 +167,60 @@ def _cpu_maker(overall: Any) -> _Maker:
     return make
 
 
-def _meta_maker() -> _Maker:
+def _meta_maker() -> tuple[_Maker, list[Any]]:
+    """The meta maker and the list of the tensors it made without ``set_`` (whose version
+    counter :func:`_bump_versions` then sets to torch's 1)."""
     dtypes: dict[str, Any] = {}
+    dtypes_get = dtypes.get
     meta = torch.device("meta")
+    fresh: list[Any] = []
+    fresh_append = fresh.append
+    hooks = OrderedDict
+    parameter = _PARAMETER
+    versions = _SET_VERSIONS
 
     def make(rec: TensorRecord) -> Any:
         st: Any = rec.storage
-        dt = dtypes.get(rec.dtype)
+        dt = dtypes_get(rec.dtype)
         if dt is None:
             dt = dtypes[rec.dtype] = dtype_of(rec.dtype)
         # torch.load(map_location="meta"): a new UntypedStorage(nbytes, device="meta") per
         # persistent_load (never cached: no data pointer) with _checkpoint_offset = the
-        # record's data offset, then empty(0).set_(storage, offset, size, stride). Same
-        # result, ~0.4 us cheaper: a fresh meta tensor of the storage's numel (the fast
-        # path proved the tensor's dtype is the storage's) restrided in place.
-        t = _EMPTY(st.numel, dtype=dt, device=meta).as_strided_(rec.shape, rec.stride,
-                                                                 rec.storage_offset)
-        t.untyped_storage()._checkpoint_offset = st.data_offset
-        return _finish(t, rec)
+        # record's data offset, then empty((0,)).set_(storage, offset, size, stride). The
+        # same tensor, ~0.7 us cheaper where the view starts at 0 and spans its storage
+        # exactly (a state dict's plain tensors): empty_strided makes the storage of that
+        # size itself (its version counter is set to set_'s 1 afterwards, in one call).
+        shape = rec.shape
+        stride = rec.stride
+        t = _EMPTY_STRIDED(shape, stride, dtype=dt, device=meta)
+        s = t.untyped_storage()
+        nbytes = st.numel * st.itemsize
+        offset = rec.storage_offset
+        if offset or s.nbytes() != nbytes or versions is None:
+            s = _UNTYPED(nbytes, device=meta)
+            t.set_(s, offset, shape, stride)
+        else:
+            fresh_append(t)
+        s._checkpoint_offset = st.data_offset
+        # the rest of torch._utils._rebuild_tensor_v2 / _rebuild_parameter (_finish)
+        kind = rec.kind
+        if kind == "tensor":
+            if rec.requires_grad:
+                t.requires_grad = True
+        elif kind == "parameter":
+            t = parameter(t, rec.requires_grad)
+        else:
+            raise _Unsupported(kind)
+        t._backward_hooks = hooks()
+        return t
 
-    return make
+    return make, fresh
+
+
+def _bump_versions(tensors: list[Any]) -> None:
+    """Version counter 1 on each (what torch.load's ``set_`` leaves), one call for all."""
+    if tensors:
+        _SET_VERSIONS(tensors, (1,) * len(tensors))
 
 
 def _build(root: Any, make: _Maker) -> Any:
