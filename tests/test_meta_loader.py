@@ -2,7 +2,7 @@
 ``torch.load(path, weights_only=True, mmap=True, map_location="meta")`` returns, attribute by
 attribute: container types and key order, ``OrderedDict`` and its ``_metadata``, shared
 sub-objects, and for every tensor its class (Tensor / Parameter), dtype, shape, stride,
-storage offset, storage size, ``_checkpoint_offset``, storage sharing (on meta torch gives
+storage offset, version counter, storage size, ``_checkpoint_offset``, storage sharing (on meta torch gives
 every rebuilt tensor a storage of its own), ``requires_grad``, ``is_leaf`` and
 ``_backward_hooks``. Where the audit's fast path proved the pickle, the result is built from
 the audit (torch.load is never called); elsewhere torch.load builds it after the audit.
@@ -53,9 +53,9 @@ def _same(a: Any, b: Any, objs: dict[int, int], stores: dict[int, int],
         return
     if isinstance(a, torch.Tensor):
         assert (a.dtype, a.shape, a.stride(), a.storage_offset(), a.requires_grad,
-                a.is_leaf, a.device, a.layout) == (
+                a.is_leaf, a.device, a.layout, a._version) == (
             b.dtype, b.shape, b.stride(), b.storage_offset(), b.requires_grad, b.is_leaf,
-            b.device, b.layout), path
+            b.device, b.layout, b._version), path
         assert b.device.type == "meta", path
         sa, sb = a.untyped_storage(), b.untyped_storage()
         assert (sa.nbytes(), sa.resizable(), sa.device) == (sb.nbytes(), sb.resizable(),
