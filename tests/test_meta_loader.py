@@ -88,7 +88,10 @@ def _same(a: Any, b: Any, objs: dict[int, int], stores: dict[int, int],
 
 
 def _check(path: Path, monkeypatch: pytest.MonkeyPatch) -> bool:
-    """Compare; return whether ckptguard built it without torch.load."""
+    """Compare; return whether ckptguard built it without torch.load. Both builders:
+    safe_load's (the native core builds the object during the audit, where it is built;
+    else from the Python fast path's graph) and the graph's (``open_audited(keep_graph=
+    True)``, then ``load_audited``: direct._build over the symbolic graph)."""
     try:
         want = torch.load(path, weights_only=True, mmap=True, map_location="meta")
     except RuntimeError as e:  # torch cannot build it on meta (quantized): nor can we
@@ -99,8 +102,11 @@ def _check(path: Path, monkeypatch: pytest.MonkeyPatch) -> bool:
         used = spy_torch_load(m)
         got = ckptguard.safe_load(path, map_location="meta")
         got_dev = ckptguard.safe_load(path, map_location=torch.device("meta"))
+        with open_audited(path, keep_graph=True) as af:
+            got_graph = load_audited(af, "meta")
     _same(want, got, {}, {})
     _same(want, got_dev, {}, {})
+    _same(want, got_graph, {}, {})
     return not used
 
 
@@ -221,3 +227,43 @@ def test_unexpected_graph_falls_back_to_torch_load(tmp_path: Path, loc: str,
         assert torch.equal(got["w"], torch.ones(2))
     else:
         assert got["w"].is_meta and got["w"].shape == (2,)
+
+
+def test_built_in_the_audit_and_fallbacks(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the native core, safe_load's meta object is built during the audit (no graph
+    is kept, torch.load is not called); a maker that fails there leaves the proof as it
+    is and torch.load(map_location="meta") builds the object after the audit."""
+    from ckptguard._native import native
+    from ckptguard.analysis.fastpath import FastResult
+    from ckptguard.loaders import direct
+
+    sd = _state_dict()
+    p = save_torch(tmp_path / "m.pt", sd)
+    want = torch.load(p, weights_only=True, mmap=True, map_location="meta")
+    with direct.open_audited_meta(p) as af:
+        g = af.graph
+        assert isinstance(g, FastResult) and af.proven
+        if native("picklecore") is None:  # CKPTGUARD_PURE=1: the Python path's graph
+            assert g.built is None and g.root is not None
+        else:
+            assert g.built is not None and g.root is None
+        report = af.report
+    assert report == ckptguard.scan(p)
+
+    real = direct._meta_maker
+
+    def failing() -> Any:
+        make, fresh = real()
+
+        def bad(rec: Any) -> Any:
+            raise RuntimeError("maker failed")
+        return (bad if native("picklecore") is not None else make), fresh
+
+    monkeypatch.setattr(direct, "_meta_maker", failing)
+    used = spy_torch_load(monkeypatch)
+    with direct.open_audited_meta(p) as af:
+        assert af.proven and af.report == report
+    got = ckptguard.safe_load(p, map_location="meta")
+    _same(want, got, {}, {})
+    assert used == ([1] if native("picklecore") is not None else [])

@@ -1729,7 +1729,7 @@ static PyObject *val_obj(St *s, Val v) {
 
 /* mark the nodes the root reaches (items, values, OrderedDict state, a tensor's
  * arguments): only those are built (a persistent id's tuple, say, is not) */
-static int mark_reachable(St *s, Val root) {
+static int mark_reachable(St *s, Val root, int follow_args) {
     if (root.tag != V_NODE)
         return 0;
     uint32_t *todo = NULL;
@@ -1742,7 +1742,7 @@ static int mark_reachable(St *s, Val root) {
         Node *nd = &s->nodes[todo[--nt]];
         Val extra[2];
         int ne = 0;
-        if (nd->type == N_TENSOR)
+        if (nd->type == N_TENSOR && follow_args)
             extra[ne++] = node_val(s->tensors[nd->aux].args);
         else if (nd->type == N_OD && STATE(s, nd).tag == V_NODE)
             extra[ne++] = STATE(s, nd);
@@ -1764,7 +1764,7 @@ static int mark_reachable(St *s, Val root) {
 }
 
 static int build_graph(St *s, Val root) {
-    if (mark_reachable(s, root))
+    if (mark_reachable(s, root, 1))
         return -1;
     /* 1: every object the root reaches, in creation order (a tuple's items and a tensor's
      * arguments are older than it); containers empty */
@@ -1866,6 +1866,93 @@ static int build_graph(St *s, Val root) {
     return 0;
 }
 
+/* The loaded object itself (scan's ``maker``: meta loads, loaders/direct.py), built as
+ * direct._build builds it from the graph above: what the root reaches through container
+ * items and OrderedDict state (not a rebuild's arguments), dict / list / tuple /
+ * OrderedDict (its state applied by __dict__.update), scalars, maker(TensorRecord) per
+ * tensor node; shared nodes stay shared. -1 with an exception set on any failure. */
+static int build_final(St *s, Val root, PyObject *maker, PyObject *od_type) {
+    if (mark_reachable(s, root, 0))
+        return -1;
+    for (size_t i = 0; i < s->nn; i++) {
+        Node *nd = &s->nodes[i];
+        if (nd->obj != NULL || !(nd->flags & F_REACH))
+            continue;
+        PyObject *o;
+        switch (nd->type) {
+        case N_TUPLE:
+            o = PyTuple_New(nd->len);
+            for (uint32_t j = 0; o != NULL && j < nd->len; j++) {
+                PyObject *x = val_obj(s, s->pool[nd->aux + j]);
+                if (x == NULL)
+                    Py_CLEAR(o);
+                else
+                    PyTuple_SET_ITEM(o, j, x);
+            }
+            break;
+        case N_LIST: o = PyList_New(0); break;
+        case N_DICT: o = PyDict_New(); break;
+        case N_OD: o = PyObject_CallNoArgs(od_type); break;
+        case N_TENSOR: {
+            PyObject *rec = s->tensors[nd->aux].rec;
+            o = rec != NULL ? PyObject_CallOneArg(maker, rec) : NULL;
+            break;
+        }
+        default: /* a storage reached as a value: the scan declines those */
+            PyErr_SetString(PyExc_RuntimeError, "unexpected node");
+            o = NULL;
+        }
+        if (o == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_RuntimeError, "node not built");
+            return -1;
+        }
+        nd->obj = o;
+    }
+    for (size_t i = 0; i < s->nn; i++) {
+        Node *nd = &s->nodes[i];
+        if (!(nd->flags & F_REACH))
+            continue;
+        if (nd->type == N_LIST) {
+            for (uint32_t j = 0; j < nd->len; j++) {
+                PyObject *x = val_obj(s, VEC(s, nd)[j]);
+                int bad = x == NULL || PyList_Append(nd->obj, x) < 0;
+                Py_XDECREF(x);
+                if (bad)
+                    return -1;
+            }
+        } else if (nd->type == N_DICT || nd->type == N_OD) {
+            for (uint32_t j = 0; j < nd->len; j++) {
+                PyObject *k = val_obj(s, VEC(s, nd)[2 * j]);
+                PyObject *x = k ? val_obj(s, VEC(s, nd)[2 * j + 1]) : NULL;
+                int bad = x == NULL || PyObject_SetItem(nd->obj, k, x) < 0;
+                Py_XDECREF(k);
+                Py_XDECREF(x);
+                if (bad)
+                    return -1;
+            }
+        }
+    }
+    /* then the OrderedDicts' state (torch's weights-only BUILD: __dict__.update(state)),
+     * once every container it may hold is filled */
+    for (size_t i = 0; i < s->nn; i++) {
+        Node *nd = &s->nodes[i];
+        if (!(nd->flags & F_REACH) || nd->type != N_OD || STATE(s, nd).tag == V_UNSET)
+            continue;
+        PyObject *st = val_obj(s, STATE(s, nd));
+        PyObject *d = st ? PyObject_GetAttrString(nd->obj, "__dict__") : NULL;
+        int bad = d == NULL || !PyDict_Check(st) || PyDict_Update(d, st) < 0;
+        Py_XDECREF(st);
+        Py_XDECREF(d);
+        if (bad) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_RuntimeError, "OrderedDict state");
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static void st_free_run(St *s) {
     arr_free(s->stack);
     arr_free(s->marks);
@@ -1908,16 +1995,18 @@ static void st_free(St *s) {
 
 static PyObject *pc_scan(PyObject *self, PyObject *args) {
     Py_buffer buf;
-    PyObject *records, *gobjs, *limits;
+    PyObject *records, *gobjs, *limits, *maker = Py_None, *od_type = Py_None;
     int keep_graph, want_infos;
     (void)self;
     if (C_RECORD.type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "picklecore.init() was not called");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "y*O!O!O!pp", &buf, &PyDict_Type, &records, &PyTuple_Type,
-                          &gobjs, &PyTuple_Type, &limits, &keep_graph, &want_infos))
+    if (!PyArg_ParseTuple(args, "y*O!O!O!pp|OO", &buf, &PyDict_Type, &records, &PyTuple_Type,
+                          &gobjs, &PyTuple_Type, &limits, &keep_graph, &want_infos, &maker,
+                          &od_type))
         return NULL;
+    int final = keep_graph && maker != Py_None;
     St st;
     memset(&st, 0, sizeof st);
     St *s = &st;
@@ -2014,7 +2103,21 @@ static PyObject *pc_scan(PyObject *self, PyObject *args) {
     if (name_tensors(s, rootv, names, infos, !keep_graph))
         goto decline;
     TMARK("names");
-    if (keep_graph) {
+    if (final) {
+        /* the loaded object (or, when the maker or anything else fails, None: the proof
+         * stands, and the loader falls back to torch.load) */
+        if (build_final(s, rootv, maker, od_type) == 0)
+            root = val_obj(s, rootv);
+        if (root == NULL) {
+            PyErr_Clear();
+            root = Py_NewRef(Py_None);
+        } else {
+            PyObject *box = PyTuple_Pack(1, root);
+            Py_SETREF(root, box);
+            if (root == NULL)
+                goto decline;
+        }
+    } else if (keep_graph) {
         if (build_graph(s, rootv))
             goto decline;
         root = val_obj(s, rootv);
@@ -2241,8 +2344,10 @@ static PyMethodDef methods[] = {
      "init(StorageRef, TensorRecord, TensorInfo | None, FastDict, FastList, "
      "FastOrderedDict, FastTensor): the classes scan() builds"},
     {"scan", pc_scan, METH_VARARGS,
-     "scan(data, records, globals, limits, keep_graph, want_infos) -> None (decline) or "
-     "(global ids, [(name, TensorRecord)], [TensorInfo] | None, seen, root | None)"},
+     "scan(data, records, globals, limits, keep_graph, want_infos[, maker, OrderedDict]) -> "
+     "None (decline) or (global ids, [(name, TensorRecord)], [TensorInfo] | None, seen, "
+     "root | None); with a maker (and keep_graph): root is (the loaded object,) built with "
+     "maker(TensorRecord) per tensor, or None when that build failed"},
     {"split_records", pc_split_records, METH_VARARGS,
      "split_records(entries, prefix, ZipEntry) -> None or (records without tensor data, "
      "{key: (member, data_offset, size)}, entries outside the prefix)"},

@@ -24,6 +24,7 @@ is handed out, as for every loader. tests/test_direct_loader.py compares it with
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import OrderedDict
 from collections.abc import Callable
@@ -35,12 +36,14 @@ from ..analysis.fastpath import (
     FastOrderedDict,
     FastResult,
     FastTensor,
+    set_maker,
 )
 from ..analysis.tensors import TensorRecord
 from ..model import Format
+from ..policy import Limits, Policy
 from ..primitives import gc_paused
 from ._torch import MapLocation, dtype_of, torch
-from .base import AuditedFile, fd_path
+from .base import AuditedFile, fd_path, open_audited
 
 _SLICE: Any = torch._C.StorageBase.__dict__["__getitem__"]
 _EMPTY: Any = torch.empty
@@ -101,6 +104,24 @@ def load_direct(af: AuditedFile, map_location: MapLocation = "cpu") -> Any:
     return obj
 
 
+def open_audited_meta(path: str | os.PathLike[str], *, policy: Policy | None = None,
+                      limits: Limits | None = None) -> AuditedFile:
+    """``open_audited(path, keep_graph=True)``, where the native core, when it proves the
+    torch zip's ``data.pkl``, builds the meta load's object during the audit (straight
+    from its own graph, with this module's meta maker: no symbolic graph, no second walk);
+    :func:`load_meta_direct` hands it out after the identity check."""
+    make, fresh = _meta_maker()
+    prev = set_maker(make)
+    try:
+        af = open_audited(path, policy=policy, limits=limits, keep_graph=True)
+    finally:
+        set_maker(prev)
+    graph = af.graph
+    if isinstance(graph, FastResult) and graph.built is not None:
+        _bump_versions(fresh)
+    return af
+
+
 def load_meta_direct(af: AuditedFile) -> Any:
     """What ``torch.load(weights_only=True, map_location="meta")`` returns, built from the
     audit (no byte of the file is read again); :data:`FALLBACK` when this engine does not
@@ -109,6 +130,11 @@ def load_meta_direct(af: AuditedFile) -> Any:
     data offset as ``_checkpoint_offset``."""
     graph = _graph(af)
     if graph is None:
+        return FALLBACK
+    if graph.built is not None:  # built during the audit (open_audited_meta)
+        af.verify()
+        return graph.built[0]
+    if graph.root is None:  # that build failed: torch.load
         return FALLBACK
     af.verify()
     make, fresh = _meta_maker()
@@ -278,4 +304,4 @@ def _build(root: Any, make: _Maker) -> Any:
             return FALLBACK
 
 
-__all__ = ["FALLBACK", "load_direct", "load_meta_direct"]
+__all__ = ["FALLBACK", "load_direct", "load_meta_direct", "open_audited_meta"]
