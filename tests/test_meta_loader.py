@@ -232,8 +232,9 @@ def test_unexpected_graph_falls_back_to_torch_load(tmp_path: Path, loc: str,
 def test_built_in_the_audit_and_fallbacks(tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """With the native core, safe_load's meta object is built during the audit (no graph
-    is kept, torch.load is not called); a maker that fails there leaves the proof as it
-    is and torch.load(map_location="meta") builds the object after the audit."""
+    is kept, torch.load is not called; picklecore's meta maker); a build that fails there
+    leaves the proof as it is and torch.load(map_location="meta") builds the object after
+    the audit."""
     from ckptguard._native import native
     from ckptguard.analysis.fastpath import FastResult
     from ckptguard.loaders import direct
@@ -251,16 +252,13 @@ def test_built_in_the_audit_and_fallbacks(tmp_path: Path,
         report = af.report
     assert report == ckptguard.scan(p)
 
-    real = direct._meta_maker
+    real = direct._meta_spec
 
-    def failing() -> Any:
-        make, fresh = real()
+    def failing() -> Any:  # a dtype the maker cannot find: its build fails
+        spec, fresh = real()
+        return (*spec[:3], {}, *spec[4:]), fresh
 
-        def bad(rec: Any) -> Any:
-            raise RuntimeError("maker failed")
-        return (bad if native("picklecore") is not None else make), fresh
-
-    monkeypatch.setattr(direct, "_meta_maker", failing)
+    monkeypatch.setattr(direct, "_meta_spec", failing)
     used = spy_torch_load(monkeypatch)
     with direct.open_audited_meta(p) as af:
         assert af.proven and af.report == report

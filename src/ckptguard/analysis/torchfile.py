@@ -70,10 +70,12 @@ def audit_zip(ctx: AuditContext) -> Format:
     split = _split_native(archive, prefix) if proven is not None and proven.no_upper \
         else None
     catalog: dict[str, tuple[str, int, int]] | None = None
+    kept: list[ZipEntry] = []
     if split is not None:
         # the loop below and _torch_zip's catalog loop in one C pass: the records but the
-        # tensor data, the catalog's records, the members outside the folder
-        records, catalog, outside = split
+        # tensor data, the catalog's records, the members outside the folder, the entries
+        # that are not tensor data
+        records, catalog, outside, kept = split
     elif proven is not None and proven.no_upper:
         # no name holds a capital: lower-casing changes none, and no record can be another
         # one's case twin (the loop below, without its per-member work)
@@ -101,6 +103,12 @@ def audit_zip(ctx: AuditContext) -> Format:
                                 (proven is not None and not proven.no_constants_pkl)):
         # not a plain torch zip: its auditors want every record (the Python loop)
         records, catalog = _records(archive, prefix), None
+    if catalog is not None and proven is not None and proven.numpy_free:
+        # a plain torch zip: from here on nothing reads a tensor record's entry (the
+        # catalog holds its name, data offset and size; the numpy pass is skipped), so the
+        # entries (~400 bytes each) are released before data.pkl's proof, which is the
+        # peak of the scan's memory
+        archive.entries = kept
     if is_pt2(records):  # a torch.export archive (.pt2): its own auditor
         from .pt2 import audit_outside, audit_pt2
 
@@ -127,14 +135,15 @@ def audit_zip(ctx: AuditContext) -> Format:
 
 
 def _split_native(archive: ZipArchive, prefix: str) -> tuple[
-        dict[str, ZipEntry], dict[str, tuple[str, int, int]], list[ZipEntry]] | None:
+        dict[str, ZipEntry], dict[str, tuple[str, int, int]], list[ZipEntry],
+        list[ZipEntry]] | None:
     """``picklecore.split_records`` (the member split and the catalog loop in C), or None
     when it is not built or declines (then the Python loops run)."""
     core = native("picklecore")
     if core is None or type(archive.entries) is not list:
         return None
-    out: tuple[dict[str, ZipEntry], dict[str, tuple[str, int, int]], list[ZipEntry]] | \
-        None = core.split_records(archive.entries, prefix, ZipEntry)
+    out: tuple[dict[str, ZipEntry], dict[str, tuple[str, int, int]], list[ZipEntry],
+               list[ZipEntry]] | None = core.split_records(archive.entries, prefix, ZipEntry)
     return out
 
 

@@ -24,6 +24,7 @@ is handed out, as for every loader. tests/test_direct_loader.py compares it with
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections import OrderedDict
@@ -38,12 +39,12 @@ from ..analysis.fastpath import (
     FastTensor,
     set_maker,
 )
-from ..analysis.tensors import TensorRecord
+from ..analysis.tensors import STORAGE_DTYPES, TensorRecord
 from ..model import Format
 from ..policy import Limits, Policy
 from ..primitives import gc_paused
 from ._torch import MapLocation, dtype_of, torch
-from .base import AuditedFile, fd_path, open_audited
+from .base import AuditedFile, LoaderError, fd_path, open_audited
 
 _SLICE: Any = torch._C.StorageBase.__dict__["__getitem__"]
 _EMPTY: Any = torch.empty
@@ -110,8 +111,8 @@ def open_audited_meta(path: str | os.PathLike[str], *, policy: Policy | None = N
     torch zip's ``data.pkl``, builds the meta load's object during the audit (straight
     from its own graph, with this module's meta maker: no symbolic graph, no second walk);
     :func:`load_meta_direct` hands it out after the identity check."""
-    make, fresh = _meta_maker()
-    prev = set_maker(make)
+    spec, fresh = _meta_spec()
+    prev = set_maker(spec)
     try:
         af = open_audited(path, policy=policy, limits=limits, keep_graph=True)
     finally:
@@ -241,6 +242,22 @@ def _meta_maker() -> tuple[_Maker, list[Any]]:
         return t
 
     return make, fresh
+
+
+def _meta_spec() -> tuple[tuple[Any, ...], list[Any]]:
+    """The meta maker as the native core runs it (picklecore.c ``meta_make``: the same
+    steps as :func:`_meta_maker`'s ``make``, line for line, without a Python call per
+    tensor): its torch callables and dtypes, and the list of tensors made without ``set_``
+    (None where their version counters cannot be set: then every tensor gets ``set_``)."""
+    dtypes: dict[str, Any] = {}
+    for name, _ in STORAGE_DTYPES.values():
+        # one not in this torch: the core's build fails on it and torch.load runs
+        with contextlib.suppress(LoaderError):
+            dtypes[name] = dtype_of(name)
+    fresh: list[Any] = []
+    spec = (_EMPTY_STRIDED, _UNTYPED, torch.device("meta"), dtypes, _PARAMETER,
+            fresh if _SET_VERSIONS is not None else None)
+    return spec, fresh
 
 
 def _bump_versions(tensors: list[Any]) -> None:
