@@ -1536,7 +1536,14 @@ static PyObject *tensor_info_of(St *s, TensorC *t, uint32_t store, int64_t nbyte
     Py_XINCREF(v[3]);
     v[4] = sc->name;
     v[5] = PyLong_FromLongLong(t->offset);
-    v[6] = PyLong_FromLongLong(nbytes);
+    /* a tensor that spans its storage (most do): its byte count is the record's size */
+    if (PyLong_CheckExact(sc->rsize) && PyLong_AsLongLong(sc->rsize) == nbytes) {
+        v[6] = sc->rsize;
+        Py_INCREF(v[6]);
+    } else {
+        PyErr_Clear();
+        v[6] = PyLong_FromLongLong(nbytes);
+    }
     v[7] = sc->rsize;
     v[8] = sc->doff;
     v[9] = sc->loc;
