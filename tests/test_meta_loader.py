@@ -2,7 +2,7 @@
 ``torch.load(path, weights_only=True, mmap=True, map_location="meta")`` returns, attribute by
 attribute: container types and key order, ``OrderedDict`` and its ``_metadata``, shared
 sub-objects, and for every tensor its class (Tensor / Parameter), dtype, shape, stride,
-storage offset, storage size, ``_checkpoint_offset``, storage sharing (on meta torch gives
+storage offset, version counter, storage size, ``_checkpoint_offset``, storage sharing (on meta torch gives
 every rebuilt tensor a storage of its own), ``requires_grad``, ``is_leaf`` and
 ``_backward_hooks``. Where the audit's fast path proved the pickle, the result is built from
 the audit (torch.load is never called); elsewhere torch.load builds it after the audit.
@@ -53,9 +53,9 @@ def _same(a: Any, b: Any, objs: dict[int, int], stores: dict[int, int],
         return
     if isinstance(a, torch.Tensor):
         assert (a.dtype, a.shape, a.stride(), a.storage_offset(), a.requires_grad,
-                a.is_leaf, a.device, a.layout) == (
+                a.is_leaf, a.device, a.layout, a._version) == (
             b.dtype, b.shape, b.stride(), b.storage_offset(), b.requires_grad, b.is_leaf,
-            b.device, b.layout), path
+            b.device, b.layout, b._version), path
         assert b.device.type == "meta", path
         sa, sb = a.untyped_storage(), b.untyped_storage()
         assert (sa.nbytes(), sa.resizable(), sa.device) == (sb.nbytes(), sb.resizable(),
@@ -88,7 +88,10 @@ def _same(a: Any, b: Any, objs: dict[int, int], stores: dict[int, int],
 
 
 def _check(path: Path, monkeypatch: pytest.MonkeyPatch) -> bool:
-    """Compare; return whether ckptguard built it without torch.load."""
+    """Compare; return whether ckptguard built it without torch.load. Both builders:
+    safe_load's (the native core builds the object during the audit, where it is built;
+    else from the Python fast path's graph) and the graph's (``open_audited(keep_graph=
+    True)``, then ``load_audited``: direct._build over the symbolic graph)."""
     try:
         want = torch.load(path, weights_only=True, mmap=True, map_location="meta")
     except RuntimeError as e:  # torch cannot build it on meta (quantized): nor can we
@@ -99,8 +102,11 @@ def _check(path: Path, monkeypatch: pytest.MonkeyPatch) -> bool:
         used = spy_torch_load(m)
         got = ckptguard.safe_load(path, map_location="meta")
         got_dev = ckptguard.safe_load(path, map_location=torch.device("meta"))
+        with open_audited(path, keep_graph=True) as af:
+            got_graph = load_audited(af, "meta")
     _same(want, got, {}, {})
     _same(want, got_dev, {}, {})
+    _same(want, got_graph, {}, {})
     return not used
 
 
@@ -221,3 +227,41 @@ def test_unexpected_graph_falls_back_to_torch_load(tmp_path: Path, loc: str,
         assert torch.equal(got["w"], torch.ones(2))
     else:
         assert got["w"].is_meta and got["w"].shape == (2,)
+
+
+def test_built_in_the_audit_and_fallbacks(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the native core, safe_load's meta object is built during the audit (no graph
+    is kept, torch.load is not called; picklecore's meta maker); a build that fails there
+    leaves the proof as it is and torch.load(map_location="meta") builds the object after
+    the audit."""
+    from ckptguard._native import native
+    from ckptguard.analysis.fastpath import FastResult
+    from ckptguard.loaders import direct
+
+    sd = _state_dict()
+    p = save_torch(tmp_path / "m.pt", sd)
+    want = torch.load(p, weights_only=True, mmap=True, map_location="meta")
+    with direct.open_audited_meta(p) as af:
+        g = af.graph
+        assert isinstance(g, FastResult) and af.proven
+        if native("picklecore") is None:  # CKPTGUARD_PURE=1: the Python path's graph
+            assert g.built is None and g.root is not None
+        else:
+            assert g.built is not None and g.root is None
+        report = af.report
+    assert report == ckptguard.scan(p)
+
+    real = direct._meta_spec
+
+    def failing() -> Any:  # a dtype the maker cannot find: its build fails
+        spec, fresh = real()
+        return (*spec[:3], {}, *spec[4:]), fresh
+
+    monkeypatch.setattr(direct, "_meta_spec", failing)
+    used = spy_torch_load(monkeypatch)
+    with direct.open_audited_meta(p) as af:
+        assert af.proven and af.report == report
+    got = ckptguard.safe_load(p, map_location="meta")
+    _same(want, got, {}, {})
+    assert used == ([1] if native("picklecore") is not None else [])

@@ -85,3 +85,81 @@ def test_payload_injected_into_torchscript_constants_is_caught(tmp_path: Path) -
             zout.writestr(info.filename, data)
     r = ckptguard.scan(evil)
     assert r.verdict is Verdict.UNSAFE and {"CKG008", "CKG101"} <= r.rule_ids()
+
+
+# --- picklecore.split_records: audit_zip's member split and the catalog loop in C ---------
+
+def _py_split(entries: list, prefix: str) -> tuple | None:  # type: ignore[type-arg]
+    """The Python loops split_records stands for (audit_zip's, without capitals, then
+    _torch_zip's catalog loop); None where the C pass must decline: a repeated record
+    (setdefault keeps the first) or a compressed tensor record (CKG305)."""
+    n = len(prefix)
+    records: dict = {}  # type: ignore[type-arg]
+    outside = []
+    for e in entries:
+        if e.name.startswith(prefix):
+            if e.name[n:] in records:
+                return None
+            records.setdefault(e.name[n:], e)
+        else:
+            outside.append(e)
+    catalog, others, in_cat = {}, {}, set()
+    for rel, e in records.items():
+        if rel[:5] == "data/" and len(rel) > 5:
+            if e.method != 0:
+                return None
+            catalog[rel[5:]] = (e.name, e.data_offset, e.size)
+            in_cat.add(id(e))
+        else:
+            others[rel] = e
+    return others, catalog, outside, [e for e in entries if id(e) not in in_cat]
+
+
+def test_split_records_equals_the_python_loops() -> None:
+    """On 3,000 random member lists (names inside and outside the folder, ``data/`` and
+    look-alikes, repeats, compressed members, odd field types) the C split gives exactly
+    the Python loops' records, catalog, outside members and kept entries, in order, or
+    declines exactly where the loops would keep a first repeat or report CKG305."""
+    import random
+
+    from ckptguard._native import native
+    from ckptguard.readers.zipfile import ZipEntry
+
+    core = native("picklecore")
+    if core is None:
+        pytest.skip("the native picklecore is not built (or CKPTGUARD_PURE=1)")
+    rng = random.Random(1313)
+    names = ["archive/data.pkl", "archive/version", "archive/byteorder", "archive/data/",
+             "archive/data", "archive/datax/1", "archive/data//", "archive/.data/version",
+             "other/data/0", "archive", "archive/data/é", "x/archive/data/1", ""]
+    counts = {"split": 0, "declined": 0}
+    for _ in range(3000):
+        entries = []
+        for i in range(rng.randint(0, 12)):
+            name = rng.choice(names) if rng.random() < 0.4 else \
+                f"archive/data/{rng.randint(0, 20)}"
+            e = ZipEntry(i, name, name.encode(), 0, rng.randint(0, 1 << 40), 4, 4,
+                         0 if rng.random() < 0.95 else 8, 0, 0, 0, None)
+            entries.append(e)
+        want = _py_split(entries, "archive/")
+        got = core.split_records(entries, "archive/", ZipEntry)
+        if got is None:
+            counts["declined"] += 1
+            assert want is None
+            continue
+        counts["split"] += 1
+        assert want is not None
+        records, catalog, outside, kept = got
+        assert list(records.items()) == list(want[0].items())
+        assert list(catalog.items()) == list(want[1].items())
+        assert outside == want[2] and kept == want[3]
+        assert all(a is b for a, b in zip(kept, want[3], strict=True))
+    assert counts["split"] > 500 and counts["declined"] > 500, counts
+    # not exactly a ZipEntry with str/int fields: declined
+    e = ZipEntry(0, "archive/data/0", b"", 0, 1, 4, 4, 0, 0, 0, 0, None)
+    assert core.split_records([e], "archive/", ZipEntry) is not None
+    for bad in (ZipEntry(0, b"archive/data/0", b"", 0, 1, 4, 4, 0, 0, 0, 0, None),  # type: ignore[arg-type]
+                ZipEntry(0, "archive/data/0", b"", 0, 1.0, 4, 4, 0, 0, 0, 0, None),  # type: ignore[arg-type]
+                ZipEntry(0, "archive/data/0", b"", 0, 1, 4, 4, 1 << 70, 0, 0, 0, None),
+                ("archive/data/0",)):
+        assert core.split_records([bad], "archive/", ZipEntry) is None

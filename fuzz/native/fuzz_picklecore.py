@@ -20,10 +20,13 @@ The corpus folder is seeded with the same streams when empty. Per input:
 from __future__ import annotations
 
 import io
+import math
 import os
 import sys
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import atheris
 
@@ -146,6 +149,78 @@ def TestOneInput(data: bytes) -> None:
     py = fastpath._try_python(_ctx(limits, keep), pkl, pcat)
     if py is not None and (py.result.tensors != nat.result.tensors or pcat.seen != ncat.seen):
         raise AssertionError("native and Python fast paths differ")
+    if keep and nat.root is not None:
+        # the loaded object built inside the core (meta loads: set_maker), with a maker
+        # that returns the record, or fails on one in eight inputs: the object the graph
+        # gives (direct._build's walk), or None
+        fail = flags & 0x38 == 0x38
+        prev = fastpath.set_maker(_failing_maker if fail else _record)
+        try:
+            built = fastpath._try_native(CORE, _ctx(limits, True), pkl,
+                                         StorageCatalog(records=dict(cat.records)))
+        finally:
+            fastpath.set_maker(prev)
+        if built is None or built.root is not None:
+            raise AssertionError("the build with a maker changed the proof")
+        if fail:
+            if built.built is not None and nat.result.tensors:
+                raise AssertionError("a failing maker gave an object")
+        elif built.built is None:
+            raise AssertionError("the core built no object")
+        else:
+            try:
+                same = _same(_plain(nat.root, {}), built.built[0])
+            except RecursionError:  # nesting deeper than this harness walks
+                same = True
+            if not same:
+                raise AssertionError("the core's object differs from the graph's")
+
+
+def _record(rec: object) -> object:
+    return rec
+
+
+def _failing_maker(rec: object) -> object:
+    raise ValueError("maker failed")
+
+
+def _plain(v: object, memo: dict[int, object]) -> object:
+    """loaders/direct._build's object with the records as tensors (shared stays shared)."""
+    t = type(v)
+    if t in (str, int, float, bool, type(None)):
+        return v
+    if id(v) in memo:
+        return memo[id(v)]
+    out: Any
+    if t is fastpath.FastTensor:
+        out = memo[id(v)] = v.tensor  # type: ignore[attr-defined]
+    elif t is fastpath.FastDict or t is fastpath.FastOrderedDict:
+        out = memo[id(v)] = {} if t is fastpath.FastDict else OrderedDict()
+        for k, x in v.items():  # type: ignore[attr-defined]
+            out[k] = _plain(x, memo)
+        if t is fastpath.FastOrderedDict and v.state is not None:  # type: ignore[attr-defined]
+            out.__dict__.update(_plain(v.state, memo))  # type: ignore[attr-defined]
+    elif t is fastpath.FastList:
+        out = memo[id(v)] = [_plain(x, memo) for x in v]  # type: ignore[attr-defined]
+    elif t is tuple:
+        out = memo[id(v)] = tuple(_plain(x, memo) for x in v)  # type: ignore[attr-defined]
+    else:
+        raise AssertionError(f"unexpected {t.__name__} in the graph")
+    return out
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal types, keys in order, values, OrderedDict attributes; tensors as records."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and \
+            getattr(a, "__dict__", {}) == getattr(b, "__dict__", {}) and \
+            all(_same(a[k], b[k]) for k in a)  # type: ignore[index]
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(  # type: ignore[arg-type]
+            _same(x, y) for x, y in zip(a, b, strict=True))  # type: ignore[call-overload]
+    return a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b))  # type: ignore[arg-type]
 
 
 def _torch_zip(p: Path) -> tuple[list[bytes], bytes | None]:

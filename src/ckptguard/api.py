@@ -110,8 +110,13 @@ def safe_load(
     # (records, tensors, containers); the cyclic collector would re-walk them over and
     # over (~20% of a 50k-tensor torch.load). It is paused for the call and restored after.
     with gc_paused():
-        af = ld.open_audited(path, policy=pol, limits=lim,
-                             keep_graph=eng is Engine.CKPTGUARD or ld.is_meta(map_location))
+        if ld.is_meta(map_location):
+            from .loaders.direct import open_audited_meta
+
+            af = open_audited_meta(path, policy=pol, limits=lim)
+        else:
+            af = ld.open_audited(path, policy=pol, limits=lim,
+                                 keep_graph=eng is Engine.CKPTGUARD)
         try:
             ld.require_safe(af.report)
             if af.report.format is Format.TORCH_EXPORT:
@@ -126,6 +131,9 @@ def safe_load(
             return ld.load_audited(af, map_location, mmap=mmap, copy=copy, engine=eng)
         finally:
             af.close()
+            # the fast path's graph (~4 objects a tensor) dies while the collector is
+            # still paused: else its first pass after the pause walks it (~20 ms at 50k)
+            af.graph = None
 
 
 def load_state_dict(

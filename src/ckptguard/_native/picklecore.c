@@ -104,6 +104,9 @@ static SlotClass C_FASTOD;    /* FastOrderedDict: state hooks (a dict: made by d
 static PyObject *EMPTY_ARGS;
 static PyObject *T_FASTDICT, *T_FASTLIST, *T_FASTOD;
 static PyObject *S_DTYPE[N_STORAGES], *S_TENSOR, *S_PARAMETER, *S_DATA, *S_STATE, *S_HOOKS;
+/* the meta maker's method and attribute names, and keyword names */
+static PyObject *S_UNTYPED_STORAGE, *S_NBYTES, *S_SET_, *S_CKPT_OFFSET, *S_REQUIRES_GRAD,
+    *S_BACKWARD_HOOKS, *KW_DTYPE_DEVICE, *KW_DEVICE;
 
 static int slot_class(SlotClass *sc, PyObject *cls, const char *const *names, int n) {
     if (!PyType_Check(cls)) {
@@ -223,8 +226,10 @@ typedef struct {
     /* growable arrays */
     Val *stack; size_t sp, scap;
     uint32_t *marks; size_t nmarks, mcap;
-    Val *memo; size_t memocap, memolen;  /* memolen: entries [0, memolen) are set up */
-    Val *pool; size_t plen, pcap;
+    uint64_t *memo; size_t memocap, memolen;  /* packed (memo_pack); memolen: entries
+                                                 [0, memolen) are set up */
+    Val *mbig; size_t nbig, bigcap;  /* memo and pool values too wide to pack */
+    uint64_t *pool; size_t plen, pcap;  /* tuple items, packed as the memo's (pack_val) */
     Node *nodes; size_t nn, ncap;
     TensorC *tensors; size_t nt, tcap;
     StorageC *stores; size_t ns, stcap;
@@ -524,34 +529,99 @@ static int valid_str(St *s, uint32_t off, int64_t len) {
     return 1;
 }
 
+/* A memo entry or a tuple item (the pool) in 8 bytes: half a Val (the pool and the memo
+ * are the largest arrays at the end of the pass, the peak of a scan's memory). 0: unset; low 3 bits: 1 None, 2 True, 3 False, 4 node and 5
+ * global (index above), 6 string (offset in bits 3-34, length above), 7 an int of 61 bits
+ * (above, two's complement); 0 with a payload: mbig[payload - 1] (wider ints, floats).
+ * Every Val the pass makes has zero in its unused fields, so unpacking gives it back. */
+static int pack_val(St *s, Val v, uint64_t *out) {
+    switch (v.tag) {
+    case V_NONE: *out = 1; return 0;
+    case V_TRUE: *out = 2; return 0;
+    case V_FALSE: *out = 3; return 0;
+    case V_NODE: *out = (uint64_t)v.a << 3 | 4; return 0;
+    case V_GLOBAL: *out = (uint64_t)v.a << 3 | 5; return 0;
+    case V_STR:
+        if (v.i >= 0 && v.i < ((int64_t)1 << 29)) {
+            *out = (uint64_t)v.i << 35 | (uint64_t)v.a << 3 | 6;
+            return 0;
+        }
+        break;
+    case V_INT:
+        if (v.i >= -((int64_t)1 << 60) && v.i < ((int64_t)1 << 60)) {
+            *out = (uint64_t)v.i << 3 | 7;
+            return 0;
+        }
+        break;
+    default:
+        break;
+    }
+    if (grow((void **)&s->mbig, &s->bigcap, s->nbig + 1, sizeof(Val)))
+        return -1;
+    s->mbig[s->nbig++] = v;
+    *out = (uint64_t)s->nbig << 3;
+    return 0;
+}
+
+static Val unpack_val(St *s, uint64_t m) {
+    Val v = {V_UNSET, 0, 0};
+    switch (m & 7) {
+    case 1: v.tag = V_NONE; break;
+    case 2: v.tag = V_TRUE; break;
+    case 3: v.tag = V_FALSE; break;
+    case 4: v.tag = V_NODE; v.a = (uint32_t)(m >> 3); break;
+    case 5: v.tag = V_GLOBAL; v.a = (uint32_t)(m >> 3); break;
+    case 6: v.tag = V_STR; v.a = (uint32_t)(m >> 3); v.i = (int64_t)(m >> 35); break;
+    case 7: {
+        int64_t x;
+        memcpy(&x, &m, sizeof x);
+        v.tag = V_INT;
+        v.i = x >> 3; /* arithmetic: the sign comes back */
+        break;
+    }
+    default:
+        if ((m >> 3) - 1 < s->nbig)
+            v = s->mbig[(m >> 3) - 1];
+    }
+    return v;
+}
+
+static inline Val pool_at(St *s, size_t i) { return unpack_val(s, s->pool[i]); }
+
 static int memo_set(St *s, size_t idx, Val v) {
     if (idx >= s->memocap) {
         size_t nc = s->memocap ? s->memocap : 256;
         while (nc <= idx)
             nc *= 2;
-        Val *m = arr_realloc(s->memo, nc * sizeof(Val));
+        uint64_t *m = arr_realloc(s->memo, nc * sizeof(uint64_t));
         if (m == NULL)
             return -1;
-        huge(m, nc * sizeof(Val));
+        huge(m, nc * sizeof(uint64_t));
         s->memo = m;
         s->memocap = nc;
     }
     if (idx >= s->memolen) {
         /* cleared up to idx only: the capacity past the highest index the program uses
          * is never touched (no resident pages for it) */
-        memset(s->memo + s->memolen, 0, (idx + 1 - s->memolen) * sizeof(Val));
+        memset(s->memo + s->memolen, 0, (idx + 1 - s->memolen) * sizeof(uint64_t));
         s->memolen = idx + 1;
     }
-    if (s->memo[idx].tag == V_UNSET)
+    uint64_t m;
+    if (v.tag == V_UNSET || pack_val(s, v, &m))
+        return -1;
+    if (s->memo[idx] == 0)
         s->n_puts++;
-    s->memo[idx] = v;
+    s->memo[idx] = m;
     return 0;
 }
 
 static int memo_get(St *s, size_t idx) {
-    if (idx >= s->memolen || s->memo[idx].tag == V_UNSET)
+    if (idx >= s->memolen || s->memo[idx] == 0)
         return -1;
-    return push(s, s->memo[idx]);
+    Val v = unpack_val(s, s->memo[idx]);
+    if (v.tag == V_UNSET)
+        return -1;
+    return push(s, v);
 }
 
 static int add_item(St *s, uint32_t node, Val v) {
@@ -594,7 +664,7 @@ static int make_tuple(St *s, size_t start) {
         return push(s, node_val(empty_tuple_node));
     }
     if (s->plen + len > 0xFFFFFFF0u ||
-        grow((void **)&s->pool, &s->pcap, s->plen + len, sizeof(Val)))
+        grow((void **)&s->pool, &s->pcap, s->plen + len, sizeof(uint64_t)))
         return -1;
     uint8_t flags = F_INTS;
     for (size_t i = start; i < s->sp; i++) {
@@ -617,7 +687,9 @@ static int make_tuple(St *s, size_t start) {
     nd->aux = (uint32_t)s->plen;
     nd->len = (uint32_t)len;
     nd->flags = flags;
-    memcpy(s->pool + s->plen, s->stack + start, len * sizeof(Val));
+    for (size_t k = 0; k < len; k++)
+        if (pack_val(s, s->stack[start + k], &s->pool[s->plen + k]))
+            return -1;
     s->plen += len;
     s->items += (int64_t)len;
     s->objects += 1;
@@ -638,7 +710,7 @@ static PyObject *int_tuple(St *s, uint32_t idx) {
     if (t == NULL)
         return NULL;
     for (uint32_t i = 0; i < nd->len; i++) {
-        PyObject *x = PyLong_FromLongLong(s->pool[nd->aux + i].i);
+        PyObject *x = PyLong_FromLongLong(pool_at(s, nd->aux + i).i);
         if (x == NULL) {
             Py_DECREF(t);
             return NULL;
@@ -816,9 +888,11 @@ static int new_tensor(St *s, TensorC *t, Val *out) {
  *                                 backward_hooks[, metadata]) */
 static int rebuild_v2(St *s, uint32_t args, Val *out) {
     Node *an = &s->nodes[args];
-    if (!(an->len == 6 || (an->len == 7 && s->pool[an->aux + 6].tag == V_NONE)))
+    if (!(an->len == 6 || (an->len == 7 && pool_at(s, an->aux + 6).tag == V_NONE)))
         return -1;
-    Val *a = &s->pool[an->aux];
+    Val a[6];
+    for (int k = 0; k < 6; k++)
+        a[k] = pool_at(s, an->aux + k);
     Val st = a[0], off = a[1], size = a[2], stride = a[3], rg = a[4], hooks = a[5];
     if (st.tag != V_NODE || s->nodes[st.a].type != N_STORAGE || off.tag != V_INT ||
         (rg.tag != V_TRUE && rg.tag != V_FALSE) || !is_tuple_of_ints(s, size) ||
@@ -833,12 +907,12 @@ static int rebuild_v2(St *s, uint32_t args, Val *out) {
     s->items += 2 * (int64_t)nd;
     if (s->items > s->max_items)
         return -1;
-    const Val *sz = &s->pool[sn->aux], *sd = &s->pool[tn->aux];
     int has_zero = 0;
     for (uint32_t i = 0; i < nd; i++) {
-        if (sz[i].i < 0 || sz[i].i >= LIM62 || sd[i].i < 0 || sd[i].i >= LIM62)
+        int64_t zi = pool_at(s, sn->aux + i).i, di = pool_at(s, tn->aux + i).i;
+        if (zi < 0 || zi >= LIM62 || di < 0 || di >= LIM62)
             return -1;
-        if (sz[i].i == 0)
+        if (zi == 0)
             has_zero = 1;
     }
     if (off.i < 0 || off.i >= LIM62)
@@ -853,7 +927,8 @@ static int rebuild_v2(St *s, uint32_t args, Val *out) {
         int64_t last = off.i;
         for (uint32_t i = 0; i < nd; i++) {
             int64_t step;
-            if (__builtin_mul_overflow(sz[i].i - 1, sd[i].i, &step) ||
+            if (__builtin_mul_overflow(pool_at(s, sn->aux + i).i - 1,
+                                       pool_at(s, tn->aux + i).i, &step) ||
                 __builtin_add_overflow(last, step, &last))
                 return -1;
         }
@@ -878,7 +953,9 @@ static int rebuild_param(St *s, uint32_t args, Val *out) {
     Node *an = &s->nodes[args];
     if (an->len != 3)
         return -1;
-    Val *a = &s->pool[an->aux];
+    Val a[3];
+    for (int k = 0; k < 3; k++)
+        a[k] = pool_at(s, an->aux + k);
     Val data = a[0], rg = a[1], hooks = a[2];
     if (data.tag != V_NODE || s->nodes[data.a].type != N_TENSOR ||
         (rg.tag != V_TRUE && rg.tag != V_FALSE) || !is_empty_od(s, hooks))
@@ -903,7 +980,9 @@ static int rebuild_param(St *s, uint32_t args, Val *out) {
 static int persistent_load(St *s, Val pid, Val *out) {
     if (pid.tag != V_NODE || s->nodes[pid.a].type != N_TUPLE || s->nodes[pid.a].len != 5)
         return -1;
-    Val *a = &s->pool[s->nodes[pid.a].aux];
+    Val a[5];
+    for (int k = 0; k < 5; k++)
+        a[k] = pool_at(s, s->nodes[pid.a].aux + k);
     Val tag = a[0], cls = a[1], key = a[2], loc = a[3], numel = a[4];
     if (tag.tag != V_STR || tag.i != 7 || memcmp(s->d + tag.a, "storage", 7) != 0 ||
         cls.tag != V_GLOBAL || cls.a < G_STORAGE0 || key.tag != V_STR ||
@@ -1338,7 +1417,7 @@ static inline int is_container(Node *nd) {
 static inline Val child(St *s, Node *nd, uint32_t i, Val *key) {
     if (nd->type == N_TUPLE) {
         if (key) { key->tag = V_INT; key->a = 0; key->i = i; }
-        return s->pool[nd->aux + i];
+        return pool_at(s, nd->aux + i);
     }
     Val *vec = VEC(s, nd);
     if (nd->type == N_LIST) {
@@ -1430,7 +1509,7 @@ static int tensor_nbytes(St *s, TensorC *t, uint32_t *store, int64_t *nbytes) {
     Node *sn = &s->nodes[t->size];
     int64_t numel = 1;
     for (uint32_t i = 0; i < sn->len; i++) {
-        if (__builtin_mul_overflow(numel, s->pool[sn->aux + i].i, &numel))
+        if (__builtin_mul_overflow(numel, pool_at(s, sn->aux + i).i, &numel))
             return -1;
     }
     if (__builtin_mul_overflow(numel, (int64_t)ST_ITEMSIZE[sc->g], nbytes))
@@ -1457,7 +1536,14 @@ static PyObject *tensor_info_of(St *s, TensorC *t, uint32_t store, int64_t nbyte
     Py_XINCREF(v[3]);
     v[4] = sc->name;
     v[5] = PyLong_FromLongLong(t->offset);
-    v[6] = PyLong_FromLongLong(nbytes);
+    /* a tensor that spans its storage (most do): its byte count is the record's size */
+    if (PyLong_CheckExact(sc->rsize) && PyLong_AsLongLong(sc->rsize) == nbytes) {
+        v[6] = sc->rsize;
+        Py_INCREF(v[6]);
+    } else {
+        PyErr_Clear();
+        v[6] = PyLong_FromLongLong(nbytes);
+    }
     v[7] = sc->rsize;
     v[8] = sc->doff;
     v[9] = sc->loc;
@@ -1504,9 +1590,11 @@ static void free_graph(St *s) {
     free_vecs(s);
     arr_free(s->nodes);
     arr_free(s->pool);
+    arr_free(s->mbig);
     s->nodes = NULL;
     s->pool = NULL;
-    s->nn = s->ncap = s->plen = s->pcap = 0;
+    s->mbig = NULL;
+    s->nn = s->ncap = s->plen = s->pcap = s->nbig = s->bigcap = 0;
 }
 
 /* the deferred names and records, built after free_graph */
@@ -1729,7 +1817,7 @@ static PyObject *val_obj(St *s, Val v) {
 
 /* mark the nodes the root reaches (items, values, OrderedDict state, a tensor's
  * arguments): only those are built (a persistent id's tuple, say, is not) */
-static int mark_reachable(St *s, Val root) {
+static int mark_reachable(St *s, Val root, int follow_args) {
     if (root.tag != V_NODE)
         return 0;
     uint32_t *todo = NULL;
@@ -1742,7 +1830,7 @@ static int mark_reachable(St *s, Val root) {
         Node *nd = &s->nodes[todo[--nt]];
         Val extra[2];
         int ne = 0;
-        if (nd->type == N_TENSOR)
+        if (nd->type == N_TENSOR && follow_args)
             extra[ne++] = node_val(s->tensors[nd->aux].args);
         else if (nd->type == N_OD && STATE(s, nd).tag == V_NODE)
             extra[ne++] = STATE(s, nd);
@@ -1764,7 +1852,7 @@ static int mark_reachable(St *s, Val root) {
 }
 
 static int build_graph(St *s, Val root) {
-    if (mark_reachable(s, root))
+    if (mark_reachable(s, root, 1))
         return -1;
     /* 1: every object the root reaches, in creation order (a tuple's items and a tensor's
      * arguments are older than it); containers empty */
@@ -1778,7 +1866,7 @@ static int build_graph(St *s, Val root) {
             if (t == NULL)
                 return -1;
             for (uint32_t j = 0; j < nd->len; j++) {
-                PyObject *x = val_obj(s, s->pool[nd->aux + j]);
+                PyObject *x = val_obj(s, pool_at(s, nd->aux + j));
                 if (x == NULL) {
                     Py_DECREF(t);
                     return -1;
@@ -1866,6 +1954,201 @@ static int build_graph(St *s, Val root) {
     return 0;
 }
 
+/* loaders/direct._meta_maker's make(rec), line for line, for a maker given as the tuple
+ * (torch.empty_strided, torch.UntypedStorage, torch.device("meta"), {dtype name: torch
+ * dtype}, torch.nn.Parameter, fresh list or None): what torch.load(map_location="meta")
+ * makes of the record (see there). A new reference, or NULL with an exception set. */
+static PyObject *meta_make(PyObject *spec, PyObject *rec, PyObject *od_type) {
+    if (PyTuple_GET_SIZE(spec) != 6 || Py_TYPE(rec) != C_RECORD.type) {
+        PyErr_SetString(PyExc_TypeError, "meta maker");
+        return NULL;
+    }
+    PyObject *es = PyTuple_GET_ITEM(spec, 0), *untyped = PyTuple_GET_ITEM(spec, 1),
+             *meta = PyTuple_GET_ITEM(spec, 2), *dtypes = PyTuple_GET_ITEM(spec, 3),
+             *parameter = PyTuple_GET_ITEM(spec, 4), *fresh = PyTuple_GET_ITEM(spec, 5);
+#define RSLOT(i) (*(PyObject **)((char *)rec + C_RECORD.off[i]))
+    PyObject *st = RSLOT(0), *offset = RSLOT(1), *shape = RSLOT(2), *stride = RSLOT(3),
+             *dtname = RSLOT(4), *rg = RSLOT(5), *kind = RSLOT(7);
+#undef RSLOT
+    if (st == NULL || Py_TYPE(st) != C_STORAGE.type || offset == NULL || shape == NULL ||
+        stride == NULL || dtname == NULL || rg == NULL || kind == NULL ||
+        !PyDict_Check(dtypes)) {
+        PyErr_SetString(PyExc_TypeError, "meta maker: record");
+        return NULL;
+    }
+#define SSLOT(i) (*(PyObject **)((char *)st + C_STORAGE.off[i]))
+    PyObject *numel = SSLOT(3), *itemsize = SSLOT(2), *doff = SSLOT(7);
+#undef SSLOT
+    if (numel == NULL || itemsize == NULL || doff == NULL) {
+        PyErr_SetString(PyExc_TypeError, "meta maker: storage");
+        return NULL;
+    }
+    PyObject *dt = PyDict_GetItemWithError(dtypes, dtname); /* borrowed */
+    if (dt == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_KeyError, "meta maker: dtype");
+        return NULL;
+    }
+    PyObject *sto = NULL, *nbytes = NULL;
+    PyObject *a[5] = {NULL, shape, stride, dt, meta};
+    PyObject *t = PyObject_Vectorcall(es, a + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                      KW_DTYPE_DEVICE);
+    if (t == NULL)
+        return NULL;
+    sto = PyObject_CallMethodNoArgs(t, S_UNTYPED_STORAGE);
+    nbytes = PyNumber_Multiply(numel, itemsize);
+    if (sto == NULL || nbytes == NULL)
+        goto fail;
+    int plain = fresh != Py_None && PyLong_CheckExact(offset) && PyLong_AsLongLong(offset) == 0;
+    if (PyErr_Occurred())
+        goto fail;
+    if (plain) {
+        PyObject *nb = PyObject_CallMethodNoArgs(sto, S_NBYTES);
+        if (nb == NULL)
+            goto fail;
+        plain = PyObject_RichCompareBool(nb, nbytes, Py_EQ);
+        Py_DECREF(nb);
+        if (plain < 0)
+            goto fail;
+    }
+    if (plain) {
+        if (PyList_Append(fresh, t) < 0)
+            goto fail;
+    } else {
+        PyObject *b[3] = {NULL, nbytes, meta};
+        Py_SETREF(sto, PyObject_Vectorcall(untyped, b + 1, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                           KW_DEVICE));
+        if (sto == NULL)
+            goto fail;
+        PyObject *c[5] = {t, sto, offset, shape, stride};
+        PyObject *r = PyObject_VectorcallMethod(S_SET_, c, 5, NULL);
+        if (r == NULL)
+            goto fail;
+        Py_DECREF(r);
+    }
+    if (PyObject_SetAttr(sto, S_CKPT_OFFSET, doff) < 0)
+        goto fail;
+    Py_CLEAR(sto);
+    Py_CLEAR(nbytes);
+    /* the rest of torch._utils._rebuild_tensor_v2 / _rebuild_parameter */
+    if (kind == S_TENSOR || PyUnicode_Compare(kind, S_TENSOR) == 0) {
+        int on = PyObject_IsTrue(rg);
+        if (on < 0 || (on && PyObject_SetAttr(t, S_REQUIRES_GRAD, Py_True) < 0))
+            goto fail;
+    } else if (!PyErr_Occurred() && PyUnicode_Compare(kind, S_PARAMETER) == 0) {
+        PyObject *p[3] = {NULL, t, rg};
+        Py_SETREF(t, PyObject_Vectorcall(parameter, p + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                         NULL));
+        if (t == NULL)
+            goto fail;
+    } else {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "meta maker: kind");
+        goto fail;
+    }
+    PyObject *hooks = PyObject_CallNoArgs(od_type);
+    if (hooks == NULL)
+        goto fail;
+    int bad = PyObject_SetAttr(t, S_BACKWARD_HOOKS, hooks) < 0;
+    Py_DECREF(hooks);
+    if (bad)
+        goto fail;
+    return t;
+fail:
+    Py_XDECREF(sto);
+    Py_XDECREF(nbytes);
+    Py_XDECREF(t);
+    return NULL;
+}
+
+/* The loaded object itself (scan's ``maker``: meta loads, loaders/direct.py), built as
+ * direct._build builds it from the graph above: what the root reaches through container
+ * items and OrderedDict state (not a rebuild's arguments), dict / list / tuple /
+ * OrderedDict (its state applied by __dict__.update), scalars, maker(TensorRecord) per
+ * tensor node; shared nodes stay shared. -1 with an exception set on any failure. */
+static int build_final(St *s, Val root, PyObject *maker, PyObject *od_type) {
+    if (mark_reachable(s, root, 0))
+        return -1;
+    for (size_t i = 0; i < s->nn; i++) {
+        Node *nd = &s->nodes[i];
+        if (nd->obj != NULL || !(nd->flags & F_REACH))
+            continue;
+        PyObject *o;
+        switch (nd->type) {
+        case N_TUPLE:
+            o = PyTuple_New(nd->len);
+            for (uint32_t j = 0; o != NULL && j < nd->len; j++) {
+                PyObject *x = val_obj(s, pool_at(s, nd->aux + j));
+                if (x == NULL)
+                    Py_CLEAR(o);
+                else
+                    PyTuple_SET_ITEM(o, j, x);
+            }
+            break;
+        case N_LIST: o = PyList_New(0); break;
+        case N_DICT: o = PyDict_New(); break;
+        case N_OD: o = PyObject_CallNoArgs(od_type); break;
+        case N_TENSOR: {
+            PyObject *rec = s->tensors[nd->aux].rec;
+            o = rec == NULL ? NULL : PyTuple_Check(maker) ? meta_make(maker, rec, od_type)
+                                                        : PyObject_CallOneArg(maker, rec);
+            break;
+        }
+        default: /* a storage reached as a value: the scan declines those */
+            PyErr_SetString(PyExc_RuntimeError, "unexpected node");
+            o = NULL;
+        }
+        if (o == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_RuntimeError, "node not built");
+            return -1;
+        }
+        nd->obj = o;
+    }
+    for (size_t i = 0; i < s->nn; i++) {
+        Node *nd = &s->nodes[i];
+        if (!(nd->flags & F_REACH))
+            continue;
+        if (nd->type == N_LIST) {
+            for (uint32_t j = 0; j < nd->len; j++) {
+                PyObject *x = val_obj(s, VEC(s, nd)[j]);
+                int bad = x == NULL || PyList_Append(nd->obj, x) < 0;
+                Py_XDECREF(x);
+                if (bad)
+                    return -1;
+            }
+        } else if (nd->type == N_DICT || nd->type == N_OD) {
+            for (uint32_t j = 0; j < nd->len; j++) {
+                PyObject *k = val_obj(s, VEC(s, nd)[2 * j]);
+                PyObject *x = k ? val_obj(s, VEC(s, nd)[2 * j + 1]) : NULL;
+                int bad = x == NULL || PyObject_SetItem(nd->obj, k, x) < 0;
+                Py_XDECREF(k);
+                Py_XDECREF(x);
+                if (bad)
+                    return -1;
+            }
+        }
+    }
+    /* then the OrderedDicts' state (torch's weights-only BUILD: __dict__.update(state)),
+     * once every container it may hold is filled */
+    for (size_t i = 0; i < s->nn; i++) {
+        Node *nd = &s->nodes[i];
+        if (!(nd->flags & F_REACH) || nd->type != N_OD || STATE(s, nd).tag == V_UNSET)
+            continue;
+        PyObject *st = val_obj(s, STATE(s, nd));
+        PyObject *d = st ? PyObject_GetAttrString(nd->obj, "__dict__") : NULL;
+        int bad = d == NULL || !PyDict_Check(st) || PyDict_Update(d, st) < 0;
+        Py_XDECREF(st);
+        Py_XDECREF(d);
+        if (bad) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_RuntimeError, "OrderedDict state");
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static void st_free_run(St *s) {
     arr_free(s->stack);
     arr_free(s->marks);
@@ -1900,6 +2183,7 @@ static void st_free(St *s) {
     arr_free(s->stores);
     st_free_run(s);
     arr_free(s->pool);
+    arr_free(s->mbig);
     Py_XDECREF(s->loc_last);
     Py_CLEAR(s->shapes);
 }
@@ -1908,16 +2192,18 @@ static void st_free(St *s) {
 
 static PyObject *pc_scan(PyObject *self, PyObject *args) {
     Py_buffer buf;
-    PyObject *records, *gobjs, *limits;
+    PyObject *records, *gobjs, *limits, *maker = Py_None, *od_type = Py_None;
     int keep_graph, want_infos;
     (void)self;
     if (C_RECORD.type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "picklecore.init() was not called");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "y*O!O!O!pp", &buf, &PyDict_Type, &records, &PyTuple_Type,
-                          &gobjs, &PyTuple_Type, &limits, &keep_graph, &want_infos))
+    if (!PyArg_ParseTuple(args, "y*O!O!O!pp|OO", &buf, &PyDict_Type, &records, &PyTuple_Type,
+                          &gobjs, &PyTuple_Type, &limits, &keep_graph, &want_infos, &maker,
+                          &od_type))
         return NULL;
+    int final = keep_graph && maker != Py_None;
     St st;
     memset(&st, 0, sizeof st);
     St *s = &st;
@@ -2014,7 +2300,21 @@ static PyObject *pc_scan(PyObject *self, PyObject *args) {
     if (name_tensors(s, rootv, names, infos, !keep_graph))
         goto decline;
     TMARK("names");
-    if (keep_graph) {
+    if (final) {
+        /* the loaded object (or, when the maker or anything else fails, None: the proof
+         * stands, and the loader falls back to torch.load) */
+        if (build_final(s, rootv, maker, od_type) == 0)
+            root = val_obj(s, rootv);
+        if (root == NULL) {
+            PyErr_Clear();
+            root = Py_NewRef(Py_None);
+        } else {
+            PyObject *box = PyTuple_Pack(1, root);
+            Py_SETREF(root, box);
+            if (root == NULL)
+                goto decline;
+        }
+    } else if (keep_graph) {
         if (build_graph(s, rootv))
             goto decline;
         root = val_obj(s, rootv);
@@ -2057,6 +2357,113 @@ decline:
         PyGC_Enable();
     PyBuffer_Release(&buf);
     Py_RETURN_NONE;
+}
+
+/* split_records(entries, prefix, ZipEntry) -> (records, catalog, outside, kept) | None
+ *
+ * torchfile.audit_zip's member split and _torch_zip's catalog loop in one C pass, for an
+ * archive the zip prover accepted with no capital in any name (so ASCII lower-casing is
+ * the identity): for each entry (in order) whose name starts with prefix, rel = the rest;
+ * rel "data/<key>" (key not empty) goes to catalog[key] = (name, data_offset, size), any
+ * other rel to records[rel] = entry; entries outside the prefix go to outside; kept: the
+ * entries that are not in the catalog, in order. None (the
+ * Python loops run instead) for anything else: an object that is not exactly a ZipEntry
+ * with str name and int fields, a compressed tensor record (CKG305), a repeated rel or
+ * key (records.setdefault would keep the first). */
+static PyObject *pc_split_records(PyObject *self, PyObject *args) {
+    PyObject *entries, *prefix, *cls;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!UO!", &PyList_Type, &entries, &prefix, &PyType_Type, &cls))
+        return NULL;
+    static const char *const names[] = {"name", "data_offset", "size", "method"};
+    SlotClass sc;
+    memset(&sc, 0, sizeof sc);
+    if (slot_class(&sc, cls, names, 4))
+        return NULL;
+    PyTypeObject *type = sc.type; /* a new reference (slot_class) */
+    PyObject *records = PyDict_New(), *catalog = NULL, *outside = PyList_New(0);
+    PyObject *kept = PyList_New(0), *result = NULL;
+    Py_ssize_t n = PyList_GET_SIZE(entries), plen = PyUnicode_GET_LENGTH(prefix);
+#if PY_VERSION_HEX < 0x030D0000
+    catalog = _PyDict_NewPresized(n);
+#else
+    catalog = PyDict_New();
+#endif
+    if (records == NULL || catalog == NULL || outside == NULL || kept == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *e = PyList_GET_ITEM(entries, i);
+        if (Py_TYPE(e) != type)
+            goto decline;
+        PyObject *name = *(PyObject **)((char *)e + sc.off[0]);
+        PyObject *doff = *(PyObject **)((char *)e + sc.off[1]);
+        PyObject *size = *(PyObject **)((char *)e + sc.off[2]);
+        PyObject *method = *(PyObject **)((char *)e + sc.off[3]);
+        if (name == NULL || !PyUnicode_CheckExact(name) || doff == NULL ||
+            !PyLong_CheckExact(doff) || size == NULL || !PyLong_CheckExact(size) ||
+            method == NULL || !PyLong_CheckExact(method))
+            goto decline;
+        Py_ssize_t len = PyUnicode_GET_LENGTH(name);
+        Py_ssize_t m = PyUnicode_Tailmatch(name, prefix, 0, PY_SSIZE_T_MAX, -1);
+        if (m < 0)
+            goto done;
+        if (!m) {
+            if (PyList_Append(outside, e) < 0 || PyList_Append(kept, e) < 0)
+                goto done;
+            continue;
+        }
+        int is_data = len - plen > 5 &&
+                      PyUnicode_READ_CHAR(name, plen) == 'd' &&
+                      PyUnicode_READ_CHAR(name, plen + 1) == 'a' &&
+                      PyUnicode_READ_CHAR(name, plen + 2) == 't' &&
+                      PyUnicode_READ_CHAR(name, plen + 3) == 'a' &&
+                      PyUnicode_READ_CHAR(name, plen + 4) == '/';
+        PyObject *key = PyUnicode_Substring(name, is_data ? plen + 5 : plen, len);
+        if (key == NULL)
+            goto done;
+        PyObject *target = is_data ? catalog : records;
+        int has = PyDict_Contains(target, key);
+        if (has) {
+            Py_DECREF(key);
+            if (has < 0)
+                goto done;
+            goto decline; /* repeated: the Python loop keeps the first */
+        }
+        PyObject *val;
+        if (is_data) {
+            int stored = PyLong_AsLong(method) == 0;
+            if (!stored) {
+                Py_DECREF(key);
+                PyErr_Clear();
+                goto decline; /* compressed tensor record: CKG305 from the Python loop */
+            }
+            val = PyTuple_Pack(3, name, doff, size);
+        } else {
+            val = Py_NewRef(e);
+            if (PyList_Append(kept, e) < 0) {
+                Py_DECREF(key);
+                Py_DECREF(val);
+                goto done;
+            }
+        }
+        int bad = val == NULL || PyDict_SetItem(target, key, val) < 0;
+        Py_DECREF(key);
+        Py_XDECREF(val);
+        if (bad)
+            goto done;
+    }
+    result = PyTuple_Pack(4, records, catalog, outside, kept);
+    goto done;
+decline:
+    PyErr_Clear();
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(records);
+    Py_XDECREF(catalog);
+    Py_XDECREF(outside);
+    Py_XDECREF(kept);
+    Py_DECREF(type);
+    return result;
 }
 
 static const char *const STORAGE_FIELDS[] = {"key", "dtype", "itemsize", "numel", "location",
@@ -2141,8 +2548,14 @@ static PyMethodDef methods[] = {
      "init(StorageRef, TensorRecord, TensorInfo | None, FastDict, FastList, "
      "FastOrderedDict, FastTensor): the classes scan() builds"},
     {"scan", pc_scan, METH_VARARGS,
-     "scan(data, records, globals, limits, keep_graph, want_infos) -> None (decline) or "
-     "(global ids, [(name, TensorRecord)], [TensorInfo] | None, seen, root | None)"},
+     "scan(data, records, globals, limits, keep_graph, want_infos[, maker, OrderedDict]) -> "
+     "None (decline) or (global ids, [(name, TensorRecord)], [TensorInfo] | None, seen, "
+     "root | None); with a maker (and keep_graph): root is (the loaded object,) built with "
+     "maker(TensorRecord) per tensor, or None when that build failed"},
+    {"split_records", pc_split_records, METH_VARARGS,
+     "split_records(entries, prefix, ZipEntry) -> None or (records without tensor data, "
+     "{key: (member, data_offset, size)}, entries outside the prefix, entries not in the "
+     "catalog)"},
     {"tables", pc_tables, METH_NOARGS,
      "tables() -> (global names, ((dtype, itemsize, grad), ...), location prefixes)"},
     {NULL, NULL, 0, NULL},
@@ -2182,6 +2595,18 @@ PyMODINIT_FUNC PyInit_picklecore(void) {
     S_DATA = PyUnicode_InternFromString("data/");
     S_STATE = PyUnicode_InternFromString("state");
     S_HOOKS = PyUnicode_InternFromString("hooks");
+    S_UNTYPED_STORAGE = PyUnicode_InternFromString("untyped_storage");
+    S_NBYTES = PyUnicode_InternFromString("nbytes");
+    S_SET_ = PyUnicode_InternFromString("set_");
+    S_CKPT_OFFSET = PyUnicode_InternFromString("_checkpoint_offset");
+    S_REQUIRES_GRAD = PyUnicode_InternFromString("requires_grad");
+    S_BACKWARD_HOOKS = PyUnicode_InternFromString("_backward_hooks");
+    KW_DTYPE_DEVICE = Py_BuildValue("(ss)", "dtype", "device");
+    KW_DEVICE = Py_BuildValue("(s)", "device");
+    if (S_UNTYPED_STORAGE == NULL || S_NBYTES == NULL || S_SET_ == NULL ||
+        S_CKPT_OFFSET == NULL || S_REQUIRES_GRAD == NULL || S_BACKWARD_HOOKS == NULL ||
+        KW_DTYPE_DEVICE == NULL || KW_DEVICE == NULL)
+        goto fail;
     if (S_TENSOR == NULL || S_PARAMETER == NULL || S_DATA == NULL || S_STATE == NULL ||
         S_HOOKS == NULL)
         goto fail;

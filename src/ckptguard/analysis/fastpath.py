@@ -38,6 +38,7 @@ import pickle
 import re
 import sys
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, fields
 from functools import cache
 from typing import Any
@@ -292,6 +293,9 @@ class FastResult:
     root: object
     storages: dict[str, StorageRef]
     infos: list[TensorInfo] | None = None
+    #: ``(object,)``: the loaded object itself, built by the native core during the audit
+    #: with the maker of :func:`set_maker` (then ``root`` is None); None otherwise
+    built: tuple[object] | None = None
 
 
 class _Run:
@@ -562,13 +566,18 @@ def _try_native(core: Any, ctx: AuditContext, data: bytes,
     gobjs = tuple(_understood_global(module, name, proto, ctx)
                   for module, name in _native_globals(core))
     lim = ctx.limits
+    maker = getattr(_tls, "maker", None) if ctx.keep_graph else None
     out = core.scan(data, catalog.records, gobjs,
                     (lim.max_stack, lim.max_container_items, lim.max_memo,
                      lim.max_mark_depth, lim.max_tensors, lim.max_objects,
-                     lim.max_memo_index), ctx.keep_graph, True)
+                     lim.max_memo_index), ctx.keep_graph, True,
+                    *(() if maker is None else (maker, OrderedDict)))
     if out is None:
         return None
     order, tensors, infos, seen, root = out
+    built = None
+    if maker is not None:
+        built, root = root, None  # the loaded object (or None: its build failed)
     ctx.source.check_time()
     if catalog.seen:
         catalog.seen.update(seen)
@@ -577,7 +586,17 @@ def _try_native(core: Any, ctx: AuditContext, data: bytes,
     keep = root if ctx.keep_graph else None
     result = PickleResult(end=len(data), complete=True, root=keep,
                           globals=[gobjs[i] for i in order], tensors=tensors)
-    return FastResult(result, keep, seen, infos)
+    return FastResult(result, keep, seen, infos, built)
+
+
+def set_maker(maker: Any) -> Any:
+    """Until set back (returns the previous one; None: none), a native proof of a kept
+    graph (``ctx.keep_graph``) on this thread builds the loaded object itself, with
+    ``maker(TensorRecord)`` per tensor, instead of the graph (``FastResult.built``):
+    loaders/direct.py's meta loads."""
+    prev = getattr(_tls, "maker", None)
+    _tls.maker = maker
+    return prev
 
 
 _globals_cache: list[tuple[tuple[str, str], ...]] = []
@@ -663,4 +682,5 @@ def _try_python(ctx: AuditContext, data: bytes, catalog: StorageCatalog) -> Fast
     return FastResult(result, keep, run.seen)
 
 
-__all__ = ["FastDict", "FastList", "FastOrderedDict", "FastResult", "FastTensor", "try_fast"]
+__all__ = ["FastDict", "FastList", "FastOrderedDict", "FastResult", "FastTensor", "set_maker",
+           "try_fast"]

@@ -10,6 +10,7 @@ are read; tensor bytes never are.
 
 from __future__ import annotations
 
+from .._native import native
 from ..context import AuditContext, LimitExceeded
 from ..detect import TORCH_LEGACY_MAGIC, sniff
 from ..model import Format, TensorInfo
@@ -66,7 +67,16 @@ def audit_zip(ctx: AuditContext) -> Format:
     records: dict[str, ZipEntry] = {}
     outside: list[ZipEntry] = []
     proven = facts(archive)  # the zip prover's facts: per-member loops that find nothing
-    if proven is not None and proven.no_upper:
+    split = _split_native(archive, prefix) if proven is not None and proven.no_upper \
+        else None
+    catalog: dict[str, tuple[str, int, int]] | None = None
+    kept: list[ZipEntry] = []
+    if split is not None:
+        # the loop below and _torch_zip's catalog loop in one C pass: the records but the
+        # tensor data, the catalog's records, the members outside the folder, the entries
+        # that are not tensor data
+        records, catalog, outside, kept = split
+    elif proven is not None and proven.no_upper:
         # no name holds a capital: lower-casing changes none, and no record can be another
         # one's case twin (the loop below, without its per-member work)
         n = len(prefix)
@@ -88,6 +98,17 @@ def audit_zip(ctx: AuditContext) -> Format:
             else:
                 outside.append(e)
     ctx.metadata["torch.archive_folder"] = prefix[:-1]
+    if catalog is not None and (is_pt2(records) or "constants.pkl" in records or
+                                "data.pkl" not in records or
+                                (proven is not None and not proven.no_constants_pkl)):
+        # not a plain torch zip: its auditors want every record (the Python loop)
+        records, catalog = _records(archive, prefix), None
+    if catalog is not None and proven is not None and proven.numpy_free:
+        # a plain torch zip: from here on nothing reads a tensor record's entry (the
+        # catalog holds its name, data offset and size; the numpy pass is skipped), so the
+        # entries (~400 bytes each) are released before data.pkl's proof, which is the
+        # peak of the scan's memory
+        archive.entries = kept
     if is_pt2(records):  # a torch.export archive (.pt2): its own auditor
         from .pt2 import audit_outside, audit_pt2
 
@@ -107,10 +128,33 @@ def audit_zip(ctx: AuditContext) -> Format:
     elif "data.pkl" not in records:
         fmt = _generic_zip(ctx, archive, f"no {prefix}data.pkl record: not a torch checkpoint")
     else:
-        _torch_zip(ctx, archive, records, prefix, outside)
+        _torch_zip(ctx, archive, records, prefix, outside, catalog)
         fmt = Format.TORCH_ZIP
     _numpy_reading(ctx, archive)
     return fmt
+
+
+def _split_native(archive: ZipArchive, prefix: str) -> tuple[
+        dict[str, ZipEntry], dict[str, tuple[str, int, int]], list[ZipEntry],
+        list[ZipEntry]] | None:
+    """``picklecore.split_records`` (the member split and the catalog loop in C), or None
+    when it is not built or declines (then the Python loops run)."""
+    core = native("picklecore")
+    if core is None or type(archive.entries) is not list:
+        return None
+    out: tuple[dict[str, ZipEntry], dict[str, tuple[str, int, int]], list[ZipEntry],
+               list[ZipEntry]] | None = core.split_records(archive.entries, prefix, ZipEntry)
+    return out
+
+
+def _records(archive: ZipArchive, prefix: str) -> dict[str, ZipEntry]:
+    """Every record under ``prefix`` (names without capitals: audit_zip's loop)."""
+    n = len(prefix)
+    records: dict[str, ZipEntry] = {}
+    for e in archive.entries:
+        if e.name.startswith(prefix):
+            records.setdefault(e.name[n:], e)
+    return records
 
 
 def _record_defects(ctx: AuditContext) -> DefectSink:
@@ -178,7 +222,10 @@ def _read_small(ctx: AuditContext, archive: ZipArchive, e: ZipEntry) -> bytes | 
 
 
 def _torch_zip(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEntry],
-               prefix: str, outside: list[ZipEntry]) -> None:
+               prefix: str, outside: list[ZipEntry],
+               split: dict[str, tuple[str, int, int]] | None = None) -> None:
+    """``split``: the catalog's records when picklecore.split_records made them (then
+    ``records`` holds the other records only)."""
     # torch (PyTorchStreamReader::init) reads .data/version when it exists, else version,
     # parses it with std::stoull and accepts kMinSupportedFileFormatVersion..kMax.
     version = records.get(".data/version") or records.get("version")
@@ -207,10 +254,13 @@ def _torch_zip(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEnt
                 ctx.add("CKG311", f"{rec} record is not a number", member=e.name)
 
     catalog = StorageCatalog()
-    cat_records = catalog.records
     others: list[tuple[str, ZipEntry]] = []  # the records that are not tensor data
+    if split is not None:
+        catalog.records = split
+        others.extend(records.items())
+    cat_records = catalog.records
     # one pass over the (up to a million) records: this loop runs once per tensor
-    for rel, e in records.items():
+    for rel, e in records.items() if split is None else ():
         if rel[:5] == "data/" and len(rel) > 5:
             key = rel[5:]
             cat_records[key] = (e.name, e.data_offset, e.size)
