@@ -65,6 +65,59 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: the audited bytes a ``Source`` keeps (instead of hashing them as they are read), in all:
+#: the identity check compares them with the file after the load, and the SHA-256 of each
+#: region is computed only when a report shows it. Past this budget a region is hashed as
+#: it is read (a 50k-tensor archive records ~22 MB: its digests, not its bytes, are kept).
+KEEP_BYTES = 4 << 20
+
+_OFFSET_SLOT = Region.__dict__["offset"].__set__
+_LENGTH_SLOT = Region.__dict__["length"].__set__
+_SHA_SLOT = Region.__dict__["sha256"].__set__
+
+
+class AuditedRegion(Region):
+    """A :class:`~ckptguard.model.Region` that still holds the bytes the audit read there:
+    its ``sha256`` is computed on first access (then the bytes are let go), and the loader's
+    identity check compares the bytes themselves (``audited``) while they are held. Equal to,
+    hashed as, copied and pickled as the plain ``Region`` with the same digest."""
+
+    __slots__ = ("audited",)
+
+    audited: bytes | None
+
+    def __init__(self, offset: int, data: bytes) -> None:
+        _OFFSET_SLOT(self, offset)
+        _LENGTH_SLOT(self, len(data))
+        object.__setattr__(self, "audited", data)
+
+    def __getattr__(self, name: str) -> str:
+        # only reached while the sha256 slot is still empty (a slot read raised)
+        if name != "sha256":
+            raise AttributeError(name)
+        data = self.audited
+        if data is None:  # pragma: no cover - the slot is set before the bytes are dropped
+            raise AttributeError(name)
+        digest = sha256_hex(data)
+        _SHA_SLOT(self, digest)
+        object.__setattr__(self, "audited", None)
+        return digest
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Region):
+            return (self.offset, self.length, self.sha256) == \
+                (other.offset, other.length, other.sha256)
+        return NotImplemented
+
+    __hash__ = Region.__hash__
+
+    def __repr__(self) -> str:
+        return f"Region(offset={self.offset!r}, length={self.length!r}, sha256={self.sha256!r})"
+
+    def __reduce__(self) -> tuple[type[Region], tuple[int, int, str]]:
+        return Region, (self.offset, self.length, self.sha256)
+
+
 class SourceError(Exception):
     """A read failed for a reason the source can name (a remote server changed the file
     between two ranges, refused a range, timed out...). The engine records it as the
@@ -93,7 +146,9 @@ class Source:
         self.bytes_read = 0
         self.deadline = deadline
         self.depth = 0  # how many files this one is nested in (nested.py)
-        self._regions: dict[tuple[int, int], str] = {}
+        #: (offset, length) -> the audited bytes (within ``KEEP_BYTES``) or their SHA-256
+        self._regions: dict[tuple[int, int], bytes | str] = {}
+        self._kept = 0
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Source:
@@ -106,8 +161,19 @@ class Source:
         return max(0, min(length, self.size - offset))
 
     def _record(self, offset: int, data: bytes) -> None:
-        """Keep the region's SHA-256 for the same-bytes check at load time."""
-        self._regions[(offset, len(data))] = sha256_hex(data)
+        """Keep the region for the same-bytes check at load time: its bytes while the
+        budget lasts (``KEEP_BYTES``), else its SHA-256."""
+        n = len(data)
+        if self._kept + n <= KEEP_BYTES:
+            self._kept += n
+            self._regions[(offset, n)] = data
+        else:
+            self._regions[(offset, n)] = sha256_hex(data)
+
+    def record_all(self, regions: list[tuple[int, bytes]]) -> None:
+        """``_record`` each ``(offset, bytes)`` in order (the zip prover's recorded reads)."""
+        for offset, data in regions:
+            self._record(offset, data)
 
     def check_time(self) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -134,7 +200,10 @@ class Source:
         return data
 
     def regions(self) -> tuple[Region, ...]:
-        return tuple(Region(o, n, h) for (o, n), h in sorted(self._regions.items()))
+        """Every recorded region in offset order; those whose bytes are kept are
+        :class:`AuditedRegion` (their digest computed when first read)."""
+        return tuple(Region(o, n, h) if type(h) is str else AuditedRegion(o, h)  # type: ignore[arg-type]
+                     for (o, n), h in sorted(self._regions.items()))
 
 
 class _BytesSource(Source):
@@ -259,5 +328,5 @@ def identity_of(fd: int, regions: tuple[Region, ...] = ()) -> FileIdentity:
     return FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, regions)
 
 
-__all__ = ["AuditContext", "LimitExceeded", "SliceSource", "Source", "SourceError",
+__all__ = ["AuditContext", "AuditedRegion", "LimitExceeded", "SliceSource", "Source", "SourceError",
            "identity_of"]

@@ -7,6 +7,15 @@
  * ``(entries, cd_offset, facts)`` with the entries built exactly as read_archive builds
  * them, or returns None (decline) and the pure-Python reader runs and explains.
  *
+ * prove_fd(fd, base, size, max_members, max_cd_bytes, entry_type) is the same proof over
+ * pread(2) on a local file's descriptor (the source's byte 0 at file offset ``base``), with
+ * no call back into Python: it returns ``(entries, cd_offset, facts, recorded, nread)``,
+ * ``recorded`` the list of ``(file offset, bytes)`` of the reads Source.read would have
+ * recorded, in order, and ``nread`` the bytes those logical reads returned (what
+ * Source.bytes_read would count); the glue records and counts them only when the proof
+ * holds. A data descriptor that lies just before the next local-header window is read
+ * with that window (one pread; the logical reads, their bytes and counts are unchanged).
+ *
  * It accepts only the plain case: one EOCD without a comment ending the file, an optional
  * Zip64 end record + locator as torch writes them, a central directory that exactly fills
  * the space up to the end records, stored members in ascending offset order with no gap,
@@ -27,6 +36,8 @@
 #include <structmember.h>
 #include <stdint.h>
 #include <string.h>
+#include <errno.h>
+#include <unistd.h>
 
 #define EOCD_SIZE 22
 #define Z64_LOC_SIZE 20
@@ -65,8 +76,79 @@ static inline uint64_t rd64(const unsigned char *p) {
     return (uint64_t)rd32(p) | ((uint64_t)rd32(p + 4) << 32);
 }
 
+/* Where the prover's reads go: Source.read (``read`` set), or pread on ``fd``. */
+typedef struct {
+    PyObject *read;     /* Source.read, or NULL for the descriptor */
+    int fd;
+    int64_t base;       /* file offset of the source's byte 0 */
+    int64_t size;       /* the source's size: reads are clipped to it as Source.read clips */
+    PyObject *recorded; /* fd: list of (file offset, bytes) of the recorded reads */
+    int64_t nread;      /* fd: bytes returned by the logical reads */
+} Reader;
+
+/* pread until ``len`` bytes or end of file: the bytes read, -1 with an exception set */
+static int64_t pread_full(int fd, unsigned char *buf, int64_t len, int64_t off) {
+    int64_t got = 0;
+    while (got < len) {
+        int64_t want = len - got;
+        if (want > ((int64_t)1 << 26)) want = (int64_t)1 << 26;
+        ssize_t k = pread(fd, buf + got, (size_t)want, (off_t)(off + got));
+        if (k < 0) {
+            if (errno == EINTR) {
+                if (PyErr_CheckSignals() < 0) return -1;
+                continue;
+            }
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (k == 0) break;
+        got += k;
+    }
+    return got;
+}
+
+/* Source.read's clip: the length of a read at ``off`` inside the source (0 past its end) */
+static int64_t clip_len(const Reader *r, int64_t off, int64_t len) {
+    int64_t room = r->size - off;
+    if (room < 0) room = 0;
+    return len < room ? len : room;
+}
+
+/* Account for one logical read the fd path made (its bytes in ``b``): count it, and keep
+ * it when ``record``. 0, or -1 with an exception. */
+static int account(Reader *r, int64_t off, PyObject *b, int record) {
+    r->nread += PyBytes_GET_SIZE(b);
+    if (!record || PyBytes_GET_SIZE(b) == 0) return 0;
+    PyObject *item = Py_BuildValue("(LO)", (long long)(r->base + off), b);
+    if (!item) return -1;
+    int rc = PyList_Append(r->recorded, item);
+    Py_DECREF(item);
+    return rc;
+}
+
+/* One logical read on the descriptor, as Source.read makes it (a new reference) */
+static PyObject *fd_read(Reader *r, int64_t off, int64_t len, int record) {
+    if (off < 0 || len < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative read");
+        return NULL;
+    }
+    len = clip_len(r, off, len);
+    PyObject *b = PyBytes_FromStringAndSize(NULL, len);
+    if (!b) return NULL;
+    if (len > 0) {
+        int64_t got = pread_full(r->fd, (unsigned char *)PyBytes_AS_STRING(b), len,
+                                 r->base + off);
+        if (got < 0) { Py_DECREF(b); return NULL; }
+        if (got < len && _PyBytes_Resize(&b, (Py_ssize_t)got) < 0) return NULL;
+    }
+    if (account(r, off, b, record) < 0) { Py_DECREF(b); return NULL; }
+    return b;
+}
+
 /* read(offset, length[, record=True]) -> bytes (a new reference), NULL with an exception */
-static PyObject *do_read(PyObject *read, int64_t off, int64_t len, int record) {
+static PyObject *do_read(Reader *rd, int64_t off, int64_t len, int record) {
+    if (!rd->read) return fd_read(rd, off, len, record);
+    PyObject *read = rd->read;
     PyObject *args[3];
     args[0] = PyLong_FromLongLong(off);
     if (!args[0]) return NULL;
@@ -340,7 +422,27 @@ typedef struct {
 /* The local-header pass (zipfile._check_locals) for entries in ascending offset order.
  * Each window is released once its members are checked (their stored heads are copied
  * out), as the Python reader does. 1: proven, 0: decline, -1: exception. */
-static int check_locals(PyObject *read, Ent *ents, Py_ssize_t n, int64_t cd_off) {
+/* The bytes of the logical read (off, len) taken out of ``raw``, which holds the file's
+ * bytes from ``raw_start`` on as one pread returned them (a new reference): what fd_read
+ * would have returned for that read, counted (and recorded) the same way. */
+static PyObject *from_raw(Reader *r, PyObject *raw, int64_t raw_start, int64_t off,
+                         int64_t len, int record) {
+    int64_t want = clip_len(r, off, len);
+    int64_t avail = PyBytes_GET_SIZE(raw) - (off - raw_start);
+    if (avail < 0) avail = 0;
+    if (want > avail) want = avail;
+    PyObject *b = bytes_of((const unsigned char *)PyBytes_AS_STRING(raw) + (off - raw_start),
+                           (Py_ssize_t)want);
+    if (!b) return NULL;
+    if (account(r, off, b, record) < 0) { Py_DECREF(b); return NULL; }
+    return b;
+}
+
+/* at most this many bytes between a data descriptor and the next window for the two to be
+ * read with one pread (torch.save: none) */
+#define DD_MERGE_GAP 64
+
+static int check_locals(Reader *read, Ent *ents, Py_ssize_t n, int64_t cd_off) {
     Window *wins = PyMem_Malloc((size_t)n * sizeof(Window));
     if (!wins) { PyErr_NoMemory(); return -1; }
     Py_ssize_t nw = 0;
@@ -362,11 +464,18 @@ static int check_locals(PyObject *read, Ent *ents, Py_ssize_t n, int64_t cd_off)
     }
     int64_t prev_end = 0;
     int ok = 1;
+    /* fd path: the next window, read early together with the data descriptor before it */
+    PyObject *ahead = NULL;
+    int64_t ahead_start = 0;
     for (Py_ssize_t w = 0; w < nw && ok == 1; w++) {
         int64_t ws = wins[w].start;
         int64_t we = wins[w].end < cd_off ? wins[w].end : cd_off;
         PyObject *bo;
-        if (we > ws) {
+        if (we > ws && ahead) {
+            bo = from_raw(read, ahead, ahead_start, ws, we - ws, 1);
+            Py_CLEAR(ahead);
+            if (!bo) { ok = -1; break; }
+        } else if (we > ws) {
             bo = do_read(read, ws, we - ws, 1);
             if (!bo) { ok = -1; break; }
         } else {
@@ -412,7 +521,30 @@ static int check_locals(PyObject *read, Ent *ents, Py_ssize_t n, int64_t cd_off)
                 if (dd_rel >= 0 && dd_rel + 24 <= blen) {
                     dd = buf + dd_rel;
                 } else {
-                    ddo = do_read(read, end, nd, 0); /* _check_descriptor's own read */
+                    /* _check_descriptor's own read; on the fd path, when it lies just
+                     * before the next window, one pread takes both */
+                    int64_t ns = w + 1 < nw ? wins[w + 1].start : 0;
+                    int64_t ne = w + 1 < nw ? (wins[w + 1].end < cd_off ? wins[w + 1].end
+                                                                         : cd_off) : 0;
+                    if (!read->read && !ahead && i + 1 == wins[w].last && w + 1 < nw &&
+                        ne > ns && end >= 0 && end <= ns && ns - end <= DD_MERGE_GAP &&
+                        end + nd <= ne) {
+                        int64_t rlen = clip_len(read, end, ne - end);
+                        ahead = PyBytes_FromStringAndSize(NULL, rlen);
+                        if (!ahead) { ok = -1; break; }
+                        int64_t got = pread_full(read->fd,
+                                                 (unsigned char *)PyBytes_AS_STRING(ahead),
+                                                 rlen, read->base + end);
+                        if (got < 0 ||
+                            (got < rlen && _PyBytes_Resize(&ahead, (Py_ssize_t)got) < 0)) {
+                            Py_CLEAR(ahead);
+                            ok = -1; break;
+                        }
+                        ahead_start = end;
+                        ddo = from_raw(read, ahead, ahead_start, end, nd, 0);
+                    } else {
+                        ddo = do_read(read, end, nd, 0);
+                    }
                     if (!ddo) { ok = -1; break; }
                     if (PyBytes_GET_SIZE(ddo) < nd) { Py_DECREF(ddo); ok = 0; break; }
                     dd = (const unsigned char *)PyBytes_AS_STRING(ddo);
@@ -457,18 +589,15 @@ static int check_locals(PyObject *read, Ent *ents, Py_ssize_t n, int64_t cd_off)
         }
         Py_DECREF(bo);
     }
+    Py_XDECREF(ahead);
     PyMem_Free(wins);
     if (ok == 1 && prev_end != cd_off) ok = 0; /* CKG306: bytes before the directory */
     return ok;
 }
 
-static PyObject *prove(PyObject *self, PyObject *args) {
-    (void)self;
-    PyObject *read, *entry_type;
-    long long size_ll, max_members_ll, max_cd_ll;
-    if (!PyArg_ParseTuple(args, "OLLLO", &read, &size_ll, &max_members_ll, &max_cd_ll,
-                          &entry_type))
-        return NULL;
+/* The proof over ``read``: (entries, cd_offset, facts), None (decline) or NULL (error) */
+static PyObject *prove_with(Reader *read, long long size_ll, long long max_members_ll,
+                            long long max_cd_ll, PyObject *entry_type) {
     Py_ssize_t offs[N_FIELDS];
     if (slot_offsets(entry_type, offs) < 0 || size_ll < 0 || max_members_ll < 0 ||
         max_cd_ll < 0)
@@ -636,10 +765,49 @@ done:
     return result;
 }
 
+static PyObject *prove(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *read, *entry_type;
+    long long size_ll, max_members_ll, max_cd_ll;
+    if (!PyArg_ParseTuple(args, "OLLLO", &read, &size_ll, &max_members_ll, &max_cd_ll,
+                          &entry_type))
+        return NULL;
+    Reader rd = {read, -1, 0, size_ll, NULL, 0};
+    return prove_with(&rd, size_ll, max_members_ll, max_cd_ll, entry_type);
+}
+
+static PyObject *prove_fd(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *entry_type;
+    int fd;
+    long long base_ll, size_ll, max_members_ll, max_cd_ll;
+    if (!PyArg_ParseTuple(args, "iLLLLO", &fd, &base_ll, &size_ll, &max_members_ll,
+                          &max_cd_ll, &entry_type))
+        return NULL;
+    if (fd < 0 || base_ll < 0 || size_ll < 0 || size_ll > INT64_MAX - base_ll)
+        Py_RETURN_NONE;
+    Reader rd = {NULL, fd, base_ll, size_ll, PyList_New(0), 0};
+    if (!rd.recorded) return NULL;
+    PyObject *got = prove_with(&rd, size_ll, max_members_ll, max_cd_ll, entry_type);
+    if (!got || got == Py_None) {
+        Py_DECREF(rd.recorded);
+        return got;
+    }
+    /* (entries, cd_offset, facts) + (recorded, nread) */
+    PyObject *out = Py_BuildValue("(OOONL)", PyTuple_GET_ITEM(got, 0), PyTuple_GET_ITEM(got, 1),
+                                  PyTuple_GET_ITEM(got, 2), rd.recorded,
+                                  (long long)rd.nread);
+    Py_DECREF(got);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"prove", prove, METH_VARARGS,
      "prove(read, size, max_members, max_cd_bytes, entry_type) -> "
      "(entries, cd_offset, facts) | None"},
+    {"prove_fd", prove_fd, METH_VARARGS,
+     "prove_fd(fd, base, size, max_members, max_cd_bytes, entry_type) -> "
+     "(entries, cd_offset, facts, recorded, nread) | None"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "zipcore",
