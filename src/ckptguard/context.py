@@ -147,7 +147,7 @@ class Source:
         self.deadline = deadline
         self.depth = 0  # how many files this one is nested in (nested.py)
         #: (offset, length) -> the audited bytes (within ``KEEP_BYTES``) or their SHA-256
-        self._regions: dict[tuple[int, int], bytes | str] = {}
+        self._regions: dict[tuple[int, int], Region] = {}
         self._kept = 0
 
     @classmethod
@@ -166,13 +166,21 @@ class Source:
         n = len(data)
         if self._kept + n <= KEEP_BYTES:
             self._kept += n
-            self._regions[(offset, n)] = data
+            self._regions[(offset, n)] = AuditedRegion(offset, data)
         else:
-            self._regions[(offset, n)] = sha256_hex(data)
+            self._regions[(offset, n)] = Region(offset, n, sha256_hex(data))
 
-    def record_all(self, regions: list[tuple[int, bytes]]) -> None:
-        """``_record`` each ``(offset, bytes)`` in order (the zip prover's recorded reads)."""
-        for offset, data in regions:
+    def record_all(self, regions: list[tuple[tuple[int, int], AuditedRegion]],
+                   nbytes: int) -> None:
+        """Record the zip prover's regions (``((offset, length), region)`` in read order,
+        ``nbytes`` in all) as ``_record`` would, one by one."""
+        if self._kept + nbytes <= KEEP_BYTES:
+            self._kept += nbytes
+            self._regions.update(regions)
+            return
+        for (offset, _), region in regions:
+            data = region.audited
+            assert data is not None
             self._record(offset, data)
 
     def check_time(self) -> None:
@@ -202,8 +210,8 @@ class Source:
     def regions(self) -> tuple[Region, ...]:
         """Every recorded region in offset order; those whose bytes are kept are
         :class:`AuditedRegion` (their digest computed when first read)."""
-        return tuple(Region(o, n, h) if type(h) is str else AuditedRegion(o, h)  # type: ignore[arg-type]
-                     for (o, n), h in sorted(self._regions.items()))
+        regions = self._regions
+        return tuple(map(regions.__getitem__, sorted(regions)))
 
 
 class _BytesSource(Source):

@@ -9,11 +9,12 @@
  *
  * prove_fd(fd, base, size, max_members, max_cd_bytes, entry_type) is the same proof over
  * pread(2) on a local file's descriptor (the source's byte 0 at file offset ``base``), with
- * no call back into Python: it returns ``(entries, cd_offset, facts, recorded, nread)``,
- * ``recorded`` the list of ``(file offset, bytes)`` of the reads Source.read would have
- * recorded, in order, and ``nread`` the bytes those logical reads returned (what
- * Source.bytes_read would count); the glue records and counts them only when the proof
- * holds. A data descriptor that lies just before the next local-header window is read
+ * no call back into Python: it returns ``(entries, cd_offset, facts, recorded,
+ * recorded_bytes, nread)``, ``recorded`` the list of ``((file offset, length), region)`` of
+ * the reads Source.read would have recorded, in order, each region a ``region_type``
+ * (context.AuditedRegion) holding the bytes read, ``recorded_bytes`` their total, and
+ * ``nread`` the bytes all the logical reads returned (what Source.bytes_read would count);
+ * the glue records and counts them only when the proof holds. A data descriptor that lies just before the next local-header window is read
  * with that window (one pread; the logical reads, their bytes and counts are unchanged).
  *
  * It accepts only the plain case: one EOCD without a comment ending the file, an optional
@@ -82,9 +83,35 @@ typedef struct {
     int fd;
     int64_t base;       /* file offset of the source's byte 0 */
     int64_t size;       /* the source's size: reads are clipped to it as Source.read clips */
-    PyObject *recorded; /* fd: list of (file offset, bytes) of the recorded reads */
+    PyObject *recorded; /* fd: list of ((file offset, length), region) of the recorded reads */
     int64_t nread;      /* fd: bytes returned by the logical reads */
+    int64_t nrecorded;  /* fd: bytes of the recorded reads */
+    PyTypeObject *region_type; /* context.AuditedRegion */
+    Py_ssize_t region_offs[3]; /* its offset, length, audited slots */
 } Reader;
+
+static const char *const REGION_SLOTS[3] = {"offset", "length", "audited"};
+
+/* The slot offsets of ``tp``'s offset / length / audited (found through its MRO), or -1
+ * when it is not a plain slots class with those object slots. */
+static int region_slots(PyObject *tp, Py_ssize_t *offs) {
+    if (!PyType_Check(tp)) return -1;
+    PyTypeObject *t = (PyTypeObject *)tp;
+    if (t->tp_dictoffset != 0 || t->tp_itemsize != 0 || t->tp_alloc == NULL) return -1;
+    for (int k = 0; k < 3; k++) {
+        PyObject *d = PyObject_GetAttrString(tp, REGION_SLOTS[k]);
+        if (!d) { PyErr_Clear(); return -1; }
+        int bad = !Py_IS_TYPE(d, &PyMemberDescr_Type);
+        PyMemberDef *m = bad ? NULL : ((PyMemberDescrObject *)d)->d_member;
+        Py_DECREF(d); /* the type keeps the descriptor */
+        if (bad || m->type != T_OBJECT_EX || (m->flags & READONLY) ||
+            m->offset < (Py_ssize_t)sizeof(PyObject) ||
+            m->offset + (Py_ssize_t)sizeof(PyObject *) > t->tp_basicsize)
+            return -1;
+        offs[k] = m->offset;
+    }
+    return 0;
+}
 
 /* pread until ``len`` bytes or end of file: the bytes read, -1 with an exception set */
 static int64_t pread_full(int fd, unsigned char *buf, int64_t len, int64_t off) {
@@ -119,10 +146,30 @@ static int64_t clip_len(const Reader *r, int64_t off, int64_t len) {
 static int account(Reader *r, int64_t off, PyObject *b, int record) {
     r->nread += PyBytes_GET_SIZE(b);
     if (!record || PyBytes_GET_SIZE(b) == 0) return 0;
-    PyObject *item = Py_BuildValue("(LO)", (long long)(r->base + off), b);
+    /* ((offset, length), AuditedRegion(offset, b)): the region made as its __init__
+     * makes it (the digest slot stays empty until read) */
+    PyObject *o = PyLong_FromLongLong((long long)(r->base + off));
+    PyObject *n = PyLong_FromSsize_t(PyBytes_GET_SIZE(b));
+    PyObject *reg = (o && n) ? r->region_type->tp_alloc(r->region_type, 0) : NULL;
+    PyObject *key = reg ? PyTuple_Pack(2, o, n) : NULL;
+    if (!key) {
+        Py_XDECREF(reg);
+        Py_XDECREF(o);
+        Py_XDECREF(n);
+        return -1;
+    }
+    PyObject **slot;
+    slot = (PyObject **)((char *)reg + r->region_offs[0]); *slot = o; /* steals o */
+    slot = (PyObject **)((char *)reg + r->region_offs[1]); *slot = n; /* steals n */
+    Py_INCREF(b);
+    slot = (PyObject **)((char *)reg + r->region_offs[2]); *slot = b;
+    PyObject *item = PyTuple_Pack(2, key, reg);
+    Py_DECREF(key);
+    Py_DECREF(reg);
     if (!item) return -1;
     int rc = PyList_Append(r->recorded, item);
     Py_DECREF(item);
+    if (rc == 0) r->nrecorded += PyBytes_GET_SIZE(b);
     return rc;
 }
 
@@ -772,31 +819,34 @@ static PyObject *prove(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OLLLO", &read, &size_ll, &max_members_ll, &max_cd_ll,
                           &entry_type))
         return NULL;
-    Reader rd = {read, -1, 0, size_ll, NULL, 0};
+    Reader rd = {read, -1, 0, size_ll, NULL, 0, 0, NULL, {0, 0, 0}};
     return prove_with(&rd, size_ll, max_members_ll, max_cd_ll, entry_type);
 }
 
 static PyObject *prove_fd(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *entry_type;
+    PyObject *entry_type, *region_type;
     int fd;
     long long base_ll, size_ll, max_members_ll, max_cd_ll;
-    if (!PyArg_ParseTuple(args, "iLLLLO", &fd, &base_ll, &size_ll, &max_members_ll,
-                          &max_cd_ll, &entry_type))
+    if (!PyArg_ParseTuple(args, "iLLLLOO", &fd, &base_ll, &size_ll, &max_members_ll,
+                          &max_cd_ll, &entry_type, &region_type))
         return NULL;
-    if (fd < 0 || base_ll < 0 || size_ll < 0 || size_ll > INT64_MAX - base_ll)
+    Reader rd = {NULL, fd, base_ll, size_ll, NULL, 0, 0, NULL, {0, 0, 0}};
+    if (fd < 0 || base_ll < 0 || size_ll < 0 || size_ll > INT64_MAX - base_ll ||
+        region_slots(region_type, rd.region_offs) < 0)
         Py_RETURN_NONE;
-    Reader rd = {NULL, fd, base_ll, size_ll, PyList_New(0), 0};
+    rd.region_type = (PyTypeObject *)region_type;
+    rd.recorded = PyList_New(0);
     if (!rd.recorded) return NULL;
     PyObject *got = prove_with(&rd, size_ll, max_members_ll, max_cd_ll, entry_type);
     if (!got || got == Py_None) {
         Py_DECREF(rd.recorded);
         return got;
     }
-    /* (entries, cd_offset, facts) + (recorded, nread) */
-    PyObject *out = Py_BuildValue("(OOONL)", PyTuple_GET_ITEM(got, 0), PyTuple_GET_ITEM(got, 1),
-                                  PyTuple_GET_ITEM(got, 2), rd.recorded,
-                                  (long long)rd.nread);
+    /* (entries, cd_offset, facts) + (recorded, recorded bytes, nread) */
+    PyObject *out = Py_BuildValue("(OOONLL)", PyTuple_GET_ITEM(got, 0),
+                                  PyTuple_GET_ITEM(got, 1), PyTuple_GET_ITEM(got, 2),
+                                  rd.recorded, (long long)rd.nrecorded, (long long)rd.nread);
     Py_DECREF(got);
     return out;
 }
@@ -806,8 +856,8 @@ static PyMethodDef methods[] = {
      "prove(read, size, max_members, max_cd_bytes, entry_type) -> "
      "(entries, cd_offset, facts) | None"},
     {"prove_fd", prove_fd, METH_VARARGS,
-     "prove_fd(fd, base, size, max_members, max_cd_bytes, entry_type) -> "
-     "(entries, cd_offset, facts, recorded, nread) | None"},
+     "prove_fd(fd, base, size, max_members, max_cd_bytes, entry_type, region_type) -> "
+     "(entries, cd_offset, facts, recorded, recorded_bytes, nread) | None"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "zipcore",

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .._native import native
-from ..context import AuditContext, SliceSource, Source, _BytesSource
+from ..context import AuditContext, AuditedRegion, SliceSource, Source, _BytesSource
 
 if TYPE_CHECKING:
     from .zipfile import DefectSink, ZipArchive, ZipEntry
@@ -46,6 +46,8 @@ class ArchiveFacts:
 
 
 _FACTS: weakref.WeakKeyDictionary[object, ArchiveFacts] = weakref.WeakKeyDictionary()
+
+native("zipcore")  # loaded with this module, not by the first audit (its dlopen: ~0.2 ms)
 
 
 def _local(src: Source) -> bool:
@@ -98,11 +100,11 @@ def prove_canonical(ctx: AuditContext, archive_cls: type[ZipArchive],
         # with the proof and are kept only when it holds (a decline leaves no trace)
         fd, base, outer = fd_at
         got = core.prove_fd(fd, base, src.size, lim.max_members,
-                            lim.max_central_directory_bytes, entry_cls)
+                            lim.max_central_directory_bytes, entry_cls, AuditedRegion)
         if got is None:
             return None
-        entries, cd_off, (numpy_free, no_constants, no_upper), recorded, nread = got
-        outer.record_all(recorded)
+        entries, cd_off, (numpy_free, no_constants, no_upper), recorded, nbytes, nread = got
+        outer.record_all(recorded, nbytes)
         for s, _ in _counters(src):
             s.bytes_read += nread
     else:
