@@ -329,3 +329,54 @@ def test_prove_fd_reads_a_file_through_a_slice(tmp_path: Path,
     assert outs[0][:5] == outs[1][:5]
     assert outs[1][5] is True and outs[0][5] is False
     assert min(r.offset for r in outs[1][2]) >= 100
+
+
+# --- zipcore.same_bytes: the identity check's re-read in C --------------------------------------
+
+@needs_native
+def test_same_bytes_finds_the_first_changed_region(tmp_path: Path) -> None:
+    core = native("zipcore")
+    assert core is not None
+    data = bytearray(random.Random(3).randbytes(300_000))
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(data))
+    spans = [(0, 10), (12, 30), (5000, 100), (5200, 1), (9000, 20_000), (200_000, 50),
+             (299_990, 10)]  # runs merged (gaps <= 4096), split, and one at the very end
+    regions = tuple(AuditedRegion(o, bytes(data[o:o + n])) for o, n in spans)
+    plain = Region(100, 5, hashlib.sha256(bytes(data[100:105])).hexdigest())
+    mixed = tuple(sorted((*regions, plain), key=lambda r: r.offset))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert core.same_bytes(fd, regions, AuditedRegion) == (-1, [])
+        at = next(i for i, r in enumerate(mixed) if r is plain)  # (== would read digests)
+        assert core.same_bytes(fd, mixed, AuditedRegion) == (-1, [at])
+        for k, (o, n) in enumerate(spans):
+            for spot in (o, o + n - 1):
+                changed = bytearray(data)
+                changed[spot] ^= 0x80
+                path.write_bytes(bytes(changed))
+                assert core.same_bytes(fd, regions, AuditedRegion)[0] == k, (k, spot)
+        path.write_bytes(bytes(data[:299_995]))  # the last region cut short
+        assert core.same_bytes(fd, regions, AuditedRegion)[0] == len(spans) - 1
+        path.write_bytes(bytes(data))
+        # a region whose digest was read has let its bytes go: checked by digest instead
+        assert len(regions[2].sha256) == 64
+        assert core.same_bytes(fd, regions, AuditedRegion) == (-1, [2])
+        assert core.same_bytes(fd, regions, Region) == (-1, list(range(len(spans))))
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("pure", ["1", "0"])
+def test_verify_both_ways(tmp_path: Path, pure: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """verify_identity with the C re-read and with CKPTGUARD_PURE=1 (the Python loop)."""
+    path = tmp_path / "m.pt"
+    _save(path)
+    monkeypatch.setenv("CKPTGUARD_PURE", pure)
+    for target in TARGETS:
+        _save(path)
+        with open_audited(path) as af:
+            af.verify()
+            _flip(path, _offsets(path)[target])()
+            with pytest.raises(FileChangedError):
+                af.verify()

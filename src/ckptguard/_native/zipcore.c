@@ -851,7 +851,116 @@ static PyObject *prove_fd(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* --- the loader's identity check: the audited bytes, read again -------------------------
+ *
+ * same_bytes(fd, regions, region_type) -> (first_bad, rest). ``regions``: the report's
+ * regions in offset order (a tuple). Each ``region_type`` (context.AuditedRegion) still
+ * holding its audited bytes is read again with pread and compared byte for byte; regions
+ * at most MERGE_GAP apart are read with one pread (their span at most MERGE_SPAN).
+ * ``first_bad``: the index of the first region whose bytes differ or cannot be read in
+ * full, -1 when none; ``rest``: the indexes of the regions it did not check (plain
+ * Regions, or digests already computed): the caller compares their SHA-256. */
+#define MERGE_GAP 4096
+#define MERGE_SPAN (256 * 1024)
+
+/* the audited bytes of region ``o`` (borrowed), or NULL when it holds none */
+static PyObject *kept_bytes(PyObject *o, PyTypeObject *rt, const Py_ssize_t *offs,
+                            int64_t *off, int64_t *len) {
+    if (Py_TYPE(o) != rt) return NULL;
+    PyObject *a = *(PyObject **)((char *)o + offs[2]);
+    PyObject *po = *(PyObject **)((char *)o + offs[0]);
+    PyObject *pl = *(PyObject **)((char *)o + offs[1]);
+    if (!a || !PyBytes_CheckExact(a) || !po || !pl || !PyLong_CheckExact(po) ||
+        !PyLong_CheckExact(pl))
+        return NULL;
+    int of1 = 0, of2 = 0;
+    long long v1 = PyLong_AsLongLongAndOverflow(po, &of1);
+    long long v2 = PyLong_AsLongLongAndOverflow(pl, &of2);
+    if (of1 || of2 || v1 < 0 || v2 < 0 || (v1 == -1 && PyErr_Occurred()) ||
+        (v2 == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (v1 > INT64_MAX - v2 || PyBytes_GET_SIZE(a) != v2) return NULL;
+    *off = v1;
+    *len = v2;
+    return a;
+}
+
+static PyObject *same_bytes_fn(PyObject *self, PyObject *args) {
+    (void)self;
+    int fd;
+    PyObject *regions, *region_type;
+    if (!PyArg_ParseTuple(args, "iO!O", &fd, &PyTuple_Type, &regions, &region_type))
+        return NULL;
+    Py_ssize_t offs[3];
+    PyObject *rest = PyList_New(0);
+    if (!rest) return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(regions);
+    int usable = fd >= 0 && region_slots(region_type, offs) == 0;
+    PyTypeObject *rt = (PyTypeObject *)region_type;
+    unsigned char *buf = NULL;
+    int64_t cap = 0;
+    Py_ssize_t bad = -1;
+    Py_ssize_t i = 0;
+    while (i < n && bad < 0) {
+        int64_t off, len;
+        PyObject *a = usable ? kept_bytes(PyTuple_GET_ITEM(regions, i), rt, offs, &off, &len)
+                             : NULL;
+        if (!a) {
+            PyObject *ix = PyLong_FromSsize_t(i);
+            if (!ix || PyList_Append(rest, ix) < 0) { Py_XDECREF(ix); goto error; }
+            Py_DECREF(ix);
+            i++;
+            continue;
+        }
+        /* the run of kept regions read with this one: [off, end) */
+        int64_t end = off + len;
+        Py_ssize_t j = i + 1;
+        while (j < n) {
+            int64_t o2, l2;
+            if (!kept_bytes(PyTuple_GET_ITEM(regions, j), rt, offs, &o2, &l2)) break;
+            int64_t e2 = o2 + l2 > end ? o2 + l2 : end;
+            if (o2 < off || o2 > end + MERGE_GAP || e2 - off > MERGE_SPAN) break;
+            end = e2;
+            j++;
+        }
+        int64_t span = end - off;
+        if (span > cap) {
+            unsigned char *nb = PyMem_Realloc(buf, span > 0 ? (size_t)span : 1);
+            if (!nb) { PyErr_NoMemory(); goto error; }
+            buf = nb;
+            cap = span;
+        }
+        int64_t got = span > 0 ? pread_full(fd, buf, span, off) : 0;
+        if (got < 0) goto error;
+        for (Py_ssize_t k = i; k < j && bad < 0; k++) {
+            int64_t o2, l2;
+            PyObject *b = kept_bytes(PyTuple_GET_ITEM(regions, k), rt, offs, &o2, &l2);
+            if (!b || o2 < off || o2 + l2 > end) {
+                /* (a signal handler run by the read let its bytes go): by digest */
+                PyObject *ix = PyLong_FromSsize_t(k);
+                if (!ix || PyList_Append(rest, ix) < 0) { Py_XDECREF(ix); goto error; }
+                Py_DECREF(ix);
+                continue;
+            }
+            if (o2 - off + l2 > got ||
+                memcmp(buf + (o2 - off), PyBytes_AS_STRING(b), (size_t)l2) != 0)
+                bad = k;
+        }
+        i = j;
+    }
+    PyMem_Free(buf);
+    return Py_BuildValue("(nN)", bad, rest);
+error:
+    PyMem_Free(buf);
+    Py_DECREF(rest);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"same_bytes", same_bytes_fn, METH_VARARGS,
+     "same_bytes(fd, regions, region_type) -> (first_bad, rest)"},
     {"prove", prove, METH_VARARGS,
      "prove(read, size, max_members, max_cd_bytes, entry_type) -> "
      "(entries, cd_offset, facts) | None"},
