@@ -44,7 +44,7 @@ from typing import Any
 from .._native import native
 from ..context import AuditContext, LimitExceeded
 from ..model import TensorInfo
-from ..policy import GlobalStatus, classify_global
+from ..policy import DEFAULT_POLICY, GlobalStatus, Policy, classify_global
 from .tensors import (
     GRAD_DTYPES,
     LOCATION_PREFIXES,
@@ -259,6 +259,10 @@ def _understood_global(module: str, name: str, proto: int,
                        ctx: AuditContext) -> Global | None:
     """The Global the fast path resolves ``module.name`` to, or None when it is not one it
     understands, the VM would resolve it to another name, or the policy does not allow it."""
+    return _resolve_global(module, name, proto, ctx.policy)
+
+
+def _resolve_global(module: str, name: str, proto: int, policy: Policy) -> Global | None:
     raw = f"{module}.{name}"
     if raw not in _UNDERSTOOD or not _valid_dotted(module):
         return None
@@ -266,7 +270,7 @@ def _understood_global(module: str, name: str, proto: int,
     py = _py_mapped(module, name) if proto < 3 else raw
     if _torch_mapped(module, name) != raw or py != raw:
         return None
-    if classify_global(raw, ctx.policy).status is not GlobalStatus.ALLOW:
+    if classify_global(raw, policy).status is not GlobalStatus.ALLOW:
         return None
     return Global(module, name, raw, 0, GlobalStatus.ALLOW)
 
@@ -549,7 +553,7 @@ def _try_native(core: Any, ctx: AuditContext, data: bytes,
                 catalog: StorageCatalog) -> FastResult | None:
     """The native core's proof, as a FastResult identical to the Python path's, or None."""
     proto = data[1] if len(data) > 1 else 0
-    gobjs = _native_gobjs(core, proto, ctx)
+    gobjs = _native_gobjs(core, proto, ctx.policy)
     lim = ctx.limits
     out = core.scan(data, catalog.records, gobjs,
                     (lim.max_stack, lim.max_container_items, lim.max_memo,
@@ -576,11 +580,11 @@ _globals_cache: list[tuple[tuple[str, str], ...]] = []
 _gobjs_cache: dict[tuple[object, int], tuple[Global | None, ...]] = {}
 
 
-def _native_gobjs(core: Any, proto: int, ctx: AuditContext) -> tuple[Global | None, ...]:
-    key = (ctx.policy, proto)
+def _native_gobjs(core: Any, proto: int, policy: Policy) -> tuple[Global | None, ...]:
+    key = (policy, proto)
     got = _gobjs_cache.get(key)
     if got is None:
-        got = tuple(_understood_global(module, name, proto, ctx)
+        got = tuple(_resolve_global(module, name, proto, policy)
                     for module, name in _native_globals(core))
         if len(_gobjs_cache) >= 16:
             _gobjs_cache.clear()
@@ -668,6 +672,14 @@ def _try_python(ctx: AuditContext, data: bytes, catalog: StorageCatalog) -> Fast
     return FastResult(result, keep, run.seen)
 
 
-native("picklecore")  # loaded with this module, not by the first audit (its dlopen)
+def _warm() -> None:
+    """Load the core with this module, and resolve its globals under the default policy for
+    torch.save's protocol: the first audit of a process paid both (~0.15 ms)."""
+    core = _core()
+    if core is not None:
+        _native_gobjs(core, 2, DEFAULT_POLICY)
+
+
+_warm()
 
 __all__ = ["FastDict", "FastList", "FastOrderedDict", "FastResult", "FastTensor", "try_fast"]
