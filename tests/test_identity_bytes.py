@@ -78,12 +78,15 @@ def test_audited_region_is_a_region_for_every_observer() -> None:
 
 def test_source_keeps_bytes_within_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     data = random.Random(1).randbytes(4000)
-    src = Source.from_bytes(data)
+    src = Source.from_bytes(data, keep=True)
     src.read(0, 1000, record=True)
     src.read(2000, 1000, record=True)
     assert all(type(r) is AuditedRegion and r.audited is not None for r in src.regions())
+    plain = Source.from_bytes(data)  # a scan's source: hashed as read, as before
+    plain.read(0, 1000, record=True)
+    assert [type(r) for r in plain.regions()] == [Region]
     monkeypatch.setattr(CTX, "KEEP_BYTES", 1500)
-    src = Source.from_bytes(data)
+    src = Source.from_bytes(data, keep=True)
     src.read(0, 1000, record=True)
     src.read(2000, 1000, record=True)  # past the budget: hashed as read
     first, second = src.regions()
@@ -237,12 +240,16 @@ def test_unchanged_file_loads_bit_exact(tmp_path: Path, how: str) -> None:
 def test_report_json_is_the_same_whether_digests_were_read(tmp_path: Path) -> None:
     path = tmp_path / "m.pt"
     _save(path)
-    fresh = ckptguard.scan(path)
-    assert all(type(r) is AuditedRegion for r in fresh.identity.regions)  # type: ignore[union-attr]
-    first = render("json", ScanResult(reports=(fresh,)))
-    again = render("json", ScanResult(reports=(fresh,)))
+    scanned = ckptguard.scan(path)  # a scan hashes as it reads (no bytes kept)
+    assert all(type(r) is Region for r in scanned.identity.regions)  # type: ignore[union-attr]
+    with open_audited(path) as af:  # a load's audit keeps the bytes, digests on demand
+        fresh = af.report
+        assert all(type(r) is AuditedRegion for r in fresh.identity.regions)  # type: ignore[union-attr]
+        first = render("json", ScanResult(reports=(fresh,)))
+        again = render("json", ScanResult(reports=(fresh,)))
     other = ckptguard.scan(path)
     assert first == again == render("json", ScanResult(reports=(other,)))
+    assert first == render("json", ScanResult(reports=(scanned,)))
     doc = json.loads(first)
     raw = path.read_bytes()
     regions = doc["reports"][0]["identity"]["regions"] if "reports" in doc else \

@@ -65,10 +65,12 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-#: the audited bytes a ``Source`` keeps (instead of hashing them as they are read), in all:
-#: the identity check compares them with the file after the load, and the SHA-256 of each
-#: region is computed only when a report shows it. Past this budget a region is hashed as
-#: it is read (a 50k-tensor archive records ~22 MB: its digests, not its bytes, are kept).
+#: the audited bytes a ``Source(keep=True)`` keeps (instead of hashing them as they are
+#: read), in all: the loader's identity check compares them with the file after the load,
+#: and the SHA-256 of each region is computed only when something reads it. Past this
+#: budget a region is hashed as it is read (a 50k-tensor archive records ~22 MB: its
+#: digests, not its bytes, are kept). Only ``open_audited`` keeps bytes (one file, for the
+#: length of a load); scans hash as they read, so a folder's reports hold digests only.
 KEEP_BYTES = 4 << 20
 
 _OFFSET_SLOT = Region.__dict__["offset"].__set__
@@ -140,19 +142,23 @@ def limit_text(value: float) -> str:
 class Source:
     """Random-access reads of one open file, counted and bounded."""
 
-    def __init__(self, fd: int, size: int, *, deadline: float | None = None) -> None:
+    def __init__(self, fd: int, size: int, *, deadline: float | None = None,
+                 keep: bool = False) -> None:
         self.fd = fd
         self.size = size
         self.bytes_read = 0
         self.deadline = deadline
         self.depth = 0  # how many files this one is nested in (nested.py)
-        #: (offset, length) -> the audited bytes (within ``KEEP_BYTES``) or their SHA-256
+        #: (offset, length) -> the recorded region: an ``AuditedRegion`` holding its bytes
+        #: while ``_room`` lasts (``keep``: ``KEEP_BYTES``), else a ``Region`` (hashed)
         self._regions: dict[tuple[int, int], Region] = {}
-        self._kept = 0
+        self._room = KEEP_BYTES if keep else 0
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Source:
-        return _BytesSource(data)
+    def from_bytes(cls, data: bytes, *, keep: bool = False) -> Source:
+        src = _BytesSource(data)
+        src._room = KEEP_BYTES if keep else 0
+        return src
 
     def _clip(self, offset: int, length: int) -> int:
         """The length of a read at ``offset`` that stays inside the file (0 past its end)."""
@@ -162,10 +168,10 @@ class Source:
 
     def _record(self, offset: int, data: bytes) -> None:
         """Keep the region for the same-bytes check at load time: its bytes while the
-        budget lasts (``KEEP_BYTES``), else its SHA-256."""
+        budget lasts (a ``keep`` source), else its SHA-256."""
         n = len(data)
-        if self._kept + n <= KEEP_BYTES:
-            self._kept += n
+        if n <= self._room:
+            self._room -= n
             self._regions[(offset, n)] = AuditedRegion(offset, data)
         else:
             self._regions[(offset, n)] = Region(offset, n, sha256_hex(data))
@@ -174,8 +180,8 @@ class Source:
                    nbytes: int) -> None:
         """Record the zip prover's regions (``((offset, length), region)`` in read order,
         ``nbytes`` in all) as ``_record`` would, one by one."""
-        if self._kept + nbytes <= KEEP_BYTES:
-            self._kept += nbytes
+        if nbytes <= self._room:
+            self._room -= nbytes
             self._regions.update(regions)
             return
         for (offset, _), region in regions:

@@ -54,11 +54,14 @@ def unreadable_report(path: str, reason: str, limits: Limits) -> Report:
 
 
 def audit_fd(path: str, fd: int, *, policy: Policy, limits: Limits,
-             name: str | None = None, graph_out: list[object] | None = None) -> Report:
+             name: str | None = None, graph_out: list[object] | None = None,
+             keep_bytes: bool = False) -> Report:
     """Audit the open file ``fd`` (reads with pread; never moves its offset).
 
     ``graph_out``, when given, receives the fast path's symbolic graph of a proven
-    ``data.pkl`` (None otherwise): ``engine="ckptguard"`` materialises it."""
+    ``data.pkl`` (None otherwise): ``engine="ckptguard"`` materialises it.
+    ``keep_bytes``: the report's regions keep the audited bytes (``context.KEEP_BYTES``)
+    and compute their SHA-256 only when read (the loader compares the bytes instead)."""
     import stat
 
     st = os.fstat(fd)
@@ -69,7 +72,7 @@ def audit_fd(path: str, fd: int, *, policy: Policy, limits: Limits,
                 evidence={"kind": kind})
         return _finish(ctx, Format.UNKNOWN, None)
     deadline = time.monotonic() + limits.max_seconds
-    src = Source(fd, st.st_size, deadline=deadline)
+    src = Source(fd, st.st_size, deadline=deadline, keep=keep_bytes)
     ctx = AuditContext(path, src, policy, limits, keep_graph=graph_out is not None)
     if st.st_nlink > 1:
         # Another path names these bytes (a shard hard-linked from outside the model

@@ -193,7 +193,7 @@ def open_audited(path: str | os.PathLike[str], *, policy: Policy | None = None,
         raise ScanInputError(p, e.strerror or str(e)) from None
     graph: list[object] = []
     try:
-        report = audit_fd(p, fd, policy=pol, limits=lim, graph_out=graph)
+        report = audit_fd(p, fd, policy=pol, limits=lim, graph_out=graph, keep_bytes=True)
     except BaseException:
         os.close(fd)
         raise
