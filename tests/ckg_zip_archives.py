@@ -12,6 +12,7 @@ values, truncations, insertions, appended/prepended bytes).
 from __future__ import annotations
 
 import io
+import os
 import random
 import struct
 import zipfile
@@ -346,22 +347,38 @@ def archive(rng: random.Random) -> tuple[str, bytes]:
     return kind, data
 
 
-def read_outcome(data: bytes, limits: object) -> tuple[tuple[object, ...], bool]:
+def read_outcome(data: bytes, limits: object, *,
+                 fd: bool = False) -> tuple[tuple[object, ...], bool]:
     """What ``read_archive`` makes of ``data`` on the path CKPTGUARD_PURE selects now: the
     archive (or the limit hit), findings, recorded regions and bytes read, and whether the
-    C prover accepted it. The differential tests and the ASan fuzz target compare this."""
+    C prover accepted it. The differential tests and the ASan fuzz target compare this.
+
+    ``fd``: read it as a local file (an anonymous memfd through ``Source``'s descriptor:
+    the prover's ``prove_fd`` path, pread in C) instead of from memory (its callback
+    into ``Source.read``)."""
     from ckptguard.analysis.zipdefects import record_defects
     from ckptguard.context import AuditContext, LimitExceeded, Source
     from ckptguard.policy import Policy
     from ckptguard.readers import zipfast
     from ckptguard.readers.zipfile import read_archive
 
-    ctx = AuditContext("x.pt", Source.from_bytes(data), Policy(), limits)  # type: ignore[arg-type]
-    got: object
+    handle = -1
+    if fd:
+        handle = os.memfd_create("ckg-zip")
+        os.write(handle, data)
+        src = Source(handle, len(data))
+    else:
+        src = Source.from_bytes(data)
     try:
-        a = read_archive(ctx, record_defects(ctx))
-        got = None if a is None else (a.entries, a.cd_offset, a.comment, a.python_canonical)
-        proven = a is not None and zipfast.facts(a) is not None
-    except LimitExceeded as e:
-        got, proven = ("limit", e.limit), False
-    return (got, ctx.findings, ctx.source.regions(), ctx.source.bytes_read), proven
+        ctx = AuditContext("x.pt", src, Policy(), limits)  # type: ignore[arg-type]
+        got: object
+        try:
+            a = read_archive(ctx, record_defects(ctx))
+            got = None if a is None else (a.entries, a.cd_offset, a.comment, a.python_canonical)
+            proven = a is not None and zipfast.facts(a) is not None
+        except LimitExceeded as e:
+            got, proven = ("limit", e.limit), False
+        return (got, ctx.findings, ctx.source.regions(), ctx.source.bytes_read), proven
+    finally:
+        if handle >= 0:
+            os.close(handle)

@@ -41,10 +41,10 @@ needs_native = pytest.mark.skipif(native("zipcore") is None,
 
 
 def _read(data: bytes, pure: bool, monkeypatch: pytest.MonkeyPatch,
-          limits: Any = DEFAULT_LIMITS) -> tuple[Any, bool]:
+          limits: Any = DEFAULT_LIMITS, *, fd: bool = False) -> tuple[Any, bool]:
     with monkeypatch.context() as m:
         m.setenv("CKPTGUARD_PURE", "1" if pure else "0")
-        return read_outcome(data, limits)
+        return read_outcome(data, limits, fd=fd)
 
 
 def _report(data: bytes, pure: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
@@ -71,6 +71,8 @@ def test_zip_fixture_same_report(rel: str, monkeypatch: pytest.MonkeyPatch) -> N
     slow, _ = _read(data, True, monkeypatch)
     fast, proven = _read(data, False, monkeypatch)
     assert slow == fast
+    slow_fd, _ = _read(data, True, monkeypatch, fd=True)
+    assert _read(data, False, monkeypatch, fd=True) == (slow_fd, proven)
     if proven:
         assert slow[1] == []
 
@@ -104,6 +106,12 @@ def test_generated_archives_differential(monkeypatch: pytest.MonkeyPatch) -> Non
         slow, _ = _read(data, True, monkeypatch, limits)
         fast, proven = _read(data, False, monkeypatch, limits)
         assert slow == fast, (i, kind)
+        # the same archive as a local file: prove_fd (pread in C) against the pure reader
+        # on the same kind of source (an in-memory source also records empty reads)
+        slow_fd, _ = _read(data, True, monkeypatch, limits, fd=True)
+        on_fd, proven_fd = _read(data, False, monkeypatch, limits, fd=True)
+        assert on_fd == slow_fd and proven_fd == proven, (i, kind)
+        assert on_fd[:2] == slow[:2], (i, kind)
         flagged += bool(slow[1])
         if proven:
             accepted[kind] += 1

@@ -40,9 +40,9 @@ SMALL = DEFAULT_LIMITS.replace(max_members=64, max_central_directory_bytes=1 << 
 STATS = {"runs": 0, "proven": 0, "flagged": 0}
 
 
-def _read(data: bytes, pure: bool, small: bool) -> tuple[object, bool]:
+def _read(data: bytes, pure: bool, small: bool, fd: bool = False) -> tuple[object, bool]:
     os.environ["CKPTGUARD_PURE"] = "1" if pure else "0"
-    return read_outcome(data, SMALL if small else DEFAULT_LIMITS)
+    return read_outcome(data, SMALL if small else DEFAULT_LIMITS, fd=fd)
 
 
 def _fixture_seeds() -> list[bytes]:
@@ -87,6 +87,12 @@ def TestOneInput(data: bytes) -> None:
         raise AssertionError(f"prover and Python reader differ: {slow!r:.300} / {fast!r:.300}")
     if proven and slow[1]:  # type: ignore[index]
         raise AssertionError(f"prover accepted an archive the Python reader flags: {slow[1]}")
+    # the same bytes as a local file (a memfd): prove_fd, pread in C
+    slow_fd, _ = _read(data, True, small, fd=True)
+    fast_fd, proven_fd = _read(data, False, small, fd=True)
+    if slow_fd != fast_fd or proven_fd != proven:
+        raise AssertionError(f"prove_fd and Python reader differ: {slow_fd!r:.300} / "
+                             f"{fast_fd!r:.300}")
 
 
 def _seed(corpus: Path) -> None:

@@ -65,6 +65,61 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: the audited bytes a ``Source(keep=True)`` keeps (instead of hashing them as they are
+#: read), in all: the loader's identity check compares them with the file after the load,
+#: and the SHA-256 of each region is computed only when something reads it. Past this
+#: budget a region is hashed as it is read (a 50k-tensor archive records ~22 MB: its
+#: digests, not its bytes, are kept). Only ``open_audited`` keeps bytes (one file, for the
+#: length of a load); scans hash as they read, so a folder's reports hold digests only.
+KEEP_BYTES = 4 << 20
+
+_OFFSET_SLOT = Region.__dict__["offset"].__set__
+_LENGTH_SLOT = Region.__dict__["length"].__set__
+_SHA_SLOT = Region.__dict__["sha256"].__set__
+
+
+class AuditedRegion(Region):
+    """A :class:`~ckptguard.model.Region` that still holds the bytes the audit read there:
+    its ``sha256`` is computed on first access (then the bytes are let go), and the loader's
+    identity check compares the bytes themselves (``audited``) while they are held. Equal to,
+    hashed as, copied and pickled as the plain ``Region`` with the same digest."""
+
+    __slots__ = ("audited",)
+
+    audited: bytes | None
+
+    def __init__(self, offset: int, data: bytes) -> None:
+        _OFFSET_SLOT(self, offset)
+        _LENGTH_SLOT(self, len(data))
+        object.__setattr__(self, "audited", data)
+
+    def __getattr__(self, name: str) -> str:
+        # only reached while the sha256 slot is still empty (a slot read raised)
+        if name != "sha256":
+            raise AttributeError(name)
+        data = self.audited
+        if data is None:  # pragma: no cover - the slot is set before the bytes are dropped
+            raise AttributeError(name)
+        digest = sha256_hex(data)
+        _SHA_SLOT(self, digest)
+        object.__setattr__(self, "audited", None)
+        return digest
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Region):
+            return (self.offset, self.length, self.sha256) == \
+                (other.offset, other.length, other.sha256)
+        return NotImplemented
+
+    __hash__ = Region.__hash__
+
+    def __repr__(self) -> str:
+        return f"Region(offset={self.offset!r}, length={self.length!r}, sha256={self.sha256!r})"
+
+    def __reduce__(self) -> tuple[type[Region], tuple[int, int, str]]:
+        return Region, (self.offset, self.length, self.sha256)
+
+
 class SourceError(Exception):
     """A read failed for a reason the source can name (a remote server changed the file
     between two ranges, refused a range, timed out...). The engine records it as the
@@ -87,17 +142,23 @@ def limit_text(value: float) -> str:
 class Source:
     """Random-access reads of one open file, counted and bounded."""
 
-    def __init__(self, fd: int, size: int, *, deadline: float | None = None) -> None:
+    def __init__(self, fd: int, size: int, *, deadline: float | None = None,
+                 keep: bool = False) -> None:
         self.fd = fd
         self.size = size
         self.bytes_read = 0
         self.deadline = deadline
         self.depth = 0  # how many files this one is nested in (nested.py)
-        self._regions: dict[tuple[int, int], str] = {}
+        #: (offset, length) -> the recorded region: an ``AuditedRegion`` holding its bytes
+        #: while ``_room`` lasts (``keep``: ``KEEP_BYTES``), else a ``Region`` (hashed)
+        self._regions: dict[tuple[int, int], Region] = {}
+        self._room = KEEP_BYTES if keep else 0
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Source:
-        return _BytesSource(data)
+    def from_bytes(cls, data: bytes, *, keep: bool = False) -> Source:
+        src = _BytesSource(data)
+        src._room = KEEP_BYTES if keep else 0
+        return src
 
     def _clip(self, offset: int, length: int) -> int:
         """The length of a read at ``offset`` that stays inside the file (0 past its end)."""
@@ -106,8 +167,27 @@ class Source:
         return max(0, min(length, self.size - offset))
 
     def _record(self, offset: int, data: bytes) -> None:
-        """Keep the region's SHA-256 for the same-bytes check at load time."""
-        self._regions[(offset, len(data))] = sha256_hex(data)
+        """Keep the region for the same-bytes check at load time: its bytes while the
+        budget lasts (a ``keep`` source), else its SHA-256."""
+        n = len(data)
+        if n <= self._room:
+            self._room -= n
+            self._regions[(offset, n)] = AuditedRegion(offset, data)
+        else:
+            self._regions[(offset, n)] = Region(offset, n, sha256_hex(data))
+
+    def record_all(self, regions: list[tuple[tuple[int, int], AuditedRegion]],
+                   nbytes: int) -> None:
+        """Record the zip prover's regions (``((offset, length), region)`` in read order,
+        ``nbytes`` in all) as ``_record`` would, one by one."""
+        if nbytes <= self._room:
+            self._room -= nbytes
+            self._regions.update(regions)
+            return
+        for (offset, _), region in regions:
+            data = region.audited
+            assert data is not None
+            self._record(offset, data)
 
     def check_time(self) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
@@ -134,7 +214,10 @@ class Source:
         return data
 
     def regions(self) -> tuple[Region, ...]:
-        return tuple(Region(o, n, h) for (o, n), h in sorted(self._regions.items()))
+        """Every recorded region in offset order; those whose bytes are kept are
+        :class:`AuditedRegion` (their digest computed when first read)."""
+        regions = self._regions
+        return tuple(map(regions.__getitem__, sorted(regions)))
 
 
 class _BytesSource(Source):
@@ -259,5 +342,5 @@ def identity_of(fd: int, regions: tuple[Region, ...] = ()) -> FileIdentity:
     return FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, regions)
 
 
-__all__ = ["AuditContext", "LimitExceeded", "SliceSource", "Source", "SourceError",
+__all__ = ["AuditContext", "AuditedRegion", "LimitExceeded", "SliceSource", "Source", "SourceError",
            "identity_of"]

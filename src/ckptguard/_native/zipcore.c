@@ -7,6 +7,16 @@
  * ``(entries, cd_offset, facts)`` with the entries built exactly as read_archive builds
  * them, or returns None (decline) and the pure-Python reader runs and explains.
  *
+ * prove_fd(fd, base, size, max_members, max_cd_bytes, entry_type) is the same proof over
+ * pread(2) on a local file's descriptor (the source's byte 0 at file offset ``base``), with
+ * no call back into Python: it returns ``(entries, cd_offset, facts, recorded,
+ * recorded_bytes, nread)``, ``recorded`` the list of ``((file offset, length), region)`` of
+ * the reads Source.read would have recorded, in order, each region a ``region_type``
+ * (context.AuditedRegion) holding the bytes read, ``recorded_bytes`` their total, and
+ * ``nread`` the bytes all the logical reads returned (what Source.bytes_read would count);
+ * the glue records and counts them only when the proof holds. A data descriptor that lies just before the next local-header window is read
+ * with that window (one pread; the logical reads, their bytes and counts are unchanged).
+ *
  * It accepts only the plain case: one EOCD without a comment ending the file, an optional
  * Zip64 end record + locator as torch writes them, a central directory that exactly fills
  * the space up to the end records, stored members in ascending offset order with no gap,
@@ -27,6 +37,8 @@
 #include <structmember.h>
 #include <stdint.h>
 #include <string.h>
+#include <errno.h>
+#include <unistd.h>
 
 #define EOCD_SIZE 22
 #define Z64_LOC_SIZE 20
@@ -65,8 +77,125 @@ static inline uint64_t rd64(const unsigned char *p) {
     return (uint64_t)rd32(p) | ((uint64_t)rd32(p + 4) << 32);
 }
 
+/* Where the prover's reads go: Source.read (``read`` set), or pread on ``fd``. */
+typedef struct {
+    PyObject *read;     /* Source.read, or NULL for the descriptor */
+    int fd;
+    int64_t base;       /* file offset of the source's byte 0 */
+    int64_t size;       /* the source's size: reads are clipped to it as Source.read clips */
+    PyObject *recorded; /* fd: list of ((file offset, length), region) of the recorded reads */
+    int64_t nread;      /* fd: bytes returned by the logical reads */
+    int64_t nrecorded;  /* fd: bytes of the recorded reads */
+    PyTypeObject *region_type; /* context.AuditedRegion */
+    Py_ssize_t region_offs[3]; /* its offset, length, audited slots */
+} Reader;
+
+static const char *const REGION_SLOTS[3] = {"offset", "length", "audited"};
+
+/* The slot offsets of ``tp``'s offset / length / audited (found through its MRO), or -1
+ * when it is not a plain slots class with those object slots. */
+static int region_slots(PyObject *tp, Py_ssize_t *offs) {
+    if (!PyType_Check(tp)) return -1;
+    PyTypeObject *t = (PyTypeObject *)tp;
+    if (t->tp_dictoffset != 0 || t->tp_itemsize != 0 || t->tp_alloc == NULL) return -1;
+    for (int k = 0; k < 3; k++) {
+        PyObject *d = PyObject_GetAttrString(tp, REGION_SLOTS[k]);
+        if (!d) { PyErr_Clear(); return -1; }
+        int bad = !Py_IS_TYPE(d, &PyMemberDescr_Type);
+        PyMemberDef *m = bad ? NULL : ((PyMemberDescrObject *)d)->d_member;
+        Py_DECREF(d); /* the type keeps the descriptor */
+        if (bad || m->type != T_OBJECT_EX || (m->flags & READONLY) ||
+            m->offset < (Py_ssize_t)sizeof(PyObject) ||
+            m->offset + (Py_ssize_t)sizeof(PyObject *) > t->tp_basicsize)
+            return -1;
+        offs[k] = m->offset;
+    }
+    return 0;
+}
+
+/* pread until ``len`` bytes or end of file: the bytes read, -1 with an exception set */
+static int64_t pread_full(int fd, unsigned char *buf, int64_t len, int64_t off) {
+    int64_t got = 0;
+    while (got < len) {
+        int64_t want = len - got;
+        if (want > ((int64_t)1 << 26)) want = (int64_t)1 << 26;
+        ssize_t k = pread(fd, buf + got, (size_t)want, (off_t)(off + got));
+        if (k < 0) {
+            if (errno == EINTR) {
+                if (PyErr_CheckSignals() < 0) return -1;
+                continue;
+            }
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (k == 0) break;
+        got += k;
+    }
+    return got;
+}
+
+/* Source.read's clip: the length of a read at ``off`` inside the source (0 past its end) */
+static int64_t clip_len(const Reader *r, int64_t off, int64_t len) {
+    int64_t room = r->size - off;
+    if (room < 0) room = 0;
+    return len < room ? len : room;
+}
+
+/* Account for one logical read the fd path made (its bytes in ``b``): count it, and keep
+ * it when ``record``. 0, or -1 with an exception. */
+static int account(Reader *r, int64_t off, PyObject *b, int record) {
+    r->nread += PyBytes_GET_SIZE(b);
+    if (!record || PyBytes_GET_SIZE(b) == 0) return 0;
+    /* ((offset, length), AuditedRegion(offset, b)): the region made as its __init__
+     * makes it (the digest slot stays empty until read) */
+    PyObject *o = PyLong_FromLongLong((long long)(r->base + off));
+    PyObject *n = PyLong_FromSsize_t(PyBytes_GET_SIZE(b));
+    PyObject *reg = (o && n) ? r->region_type->tp_alloc(r->region_type, 0) : NULL;
+    PyObject *key = reg ? PyTuple_Pack(2, o, n) : NULL;
+    if (!key) {
+        Py_XDECREF(reg);
+        Py_XDECREF(o);
+        Py_XDECREF(n);
+        return -1;
+    }
+    PyObject **slot;
+    slot = (PyObject **)((char *)reg + r->region_offs[0]); *slot = o; /* steals o */
+    slot = (PyObject **)((char *)reg + r->region_offs[1]); *slot = n; /* steals n */
+    Py_INCREF(b);
+    slot = (PyObject **)((char *)reg + r->region_offs[2]); *slot = b;
+    PyObject *item = PyTuple_Pack(2, key, reg);
+    Py_DECREF(key);
+    Py_DECREF(reg);
+    if (!item) return -1;
+    int rc = PyList_Append(r->recorded, item);
+    Py_DECREF(item);
+    if (rc == 0) r->nrecorded += PyBytes_GET_SIZE(b);
+    return rc;
+}
+
+/* One logical read on the descriptor, as Source.read makes it (a new reference) */
+static PyObject *fd_read(Reader *r, int64_t off, int64_t len, int record) {
+    if (off < 0 || len < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative read");
+        return NULL;
+    }
+    len = clip_len(r, off, len);
+    PyObject *b = PyBytes_FromStringAndSize(NULL, len);
+    if (!b) return NULL;
+    if (len > 0) {
+        int64_t got = pread_full(r->fd, (unsigned char *)PyBytes_AS_STRING(b), len,
+                                 r->base + off);
+        if (got < 0) { Py_DECREF(b); return NULL; }
+        if (got < len && _PyBytes_Resize(&b, (Py_ssize_t)got) < 0) return NULL;
+    }
+    if (account(r, off, b, record) < 0) { Py_DECREF(b); return NULL; }
+    return b;
+}
+
 /* read(offset, length[, record=True]) -> bytes (a new reference), NULL with an exception */
-static PyObject *do_read(PyObject *read, int64_t off, int64_t len, int record) {
+static PyObject *do_read(Reader *rd, int64_t off, int64_t len, int record) {
+    if (!rd->read) return fd_read(rd, off, len, record);
+    PyObject *read = rd->read;
     PyObject *args[3];
     args[0] = PyLong_FromLongLong(off);
     if (!args[0]) return NULL;
@@ -340,7 +469,27 @@ typedef struct {
 /* The local-header pass (zipfile._check_locals) for entries in ascending offset order.
  * Each window is released once its members are checked (their stored heads are copied
  * out), as the Python reader does. 1: proven, 0: decline, -1: exception. */
-static int check_locals(PyObject *read, Ent *ents, Py_ssize_t n, int64_t cd_off) {
+/* The bytes of the logical read (off, len) taken out of ``raw``, which holds the file's
+ * bytes from ``raw_start`` on as one pread returned them (a new reference): what fd_read
+ * would have returned for that read, counted (and recorded) the same way. */
+static PyObject *from_raw(Reader *r, PyObject *raw, int64_t raw_start, int64_t off,
+                         int64_t len, int record) {
+    int64_t want = clip_len(r, off, len);
+    int64_t avail = PyBytes_GET_SIZE(raw) - (off - raw_start);
+    if (avail < 0) avail = 0;
+    if (want > avail) want = avail;
+    PyObject *b = bytes_of((const unsigned char *)PyBytes_AS_STRING(raw) + (off - raw_start),
+                           (Py_ssize_t)want);
+    if (!b) return NULL;
+    if (account(r, off, b, record) < 0) { Py_DECREF(b); return NULL; }
+    return b;
+}
+
+/* at most this many bytes between a data descriptor and the next window for the two to be
+ * read with one pread (torch.save: none) */
+#define DD_MERGE_GAP 64
+
+static int check_locals(Reader *read, Ent *ents, Py_ssize_t n, int64_t cd_off) {
     Window *wins = PyMem_Malloc((size_t)n * sizeof(Window));
     if (!wins) { PyErr_NoMemory(); return -1; }
     Py_ssize_t nw = 0;
@@ -362,11 +511,18 @@ static int check_locals(PyObject *read, Ent *ents, Py_ssize_t n, int64_t cd_off)
     }
     int64_t prev_end = 0;
     int ok = 1;
+    /* fd path: the next window, read early together with the data descriptor before it */
+    PyObject *ahead = NULL;
+    int64_t ahead_start = 0;
     for (Py_ssize_t w = 0; w < nw && ok == 1; w++) {
         int64_t ws = wins[w].start;
         int64_t we = wins[w].end < cd_off ? wins[w].end : cd_off;
         PyObject *bo;
-        if (we > ws) {
+        if (we > ws && ahead) {
+            bo = from_raw(read, ahead, ahead_start, ws, we - ws, 1);
+            Py_CLEAR(ahead);
+            if (!bo) { ok = -1; break; }
+        } else if (we > ws) {
             bo = do_read(read, ws, we - ws, 1);
             if (!bo) { ok = -1; break; }
         } else {
@@ -412,7 +568,30 @@ static int check_locals(PyObject *read, Ent *ents, Py_ssize_t n, int64_t cd_off)
                 if (dd_rel >= 0 && dd_rel + 24 <= blen) {
                     dd = buf + dd_rel;
                 } else {
-                    ddo = do_read(read, end, nd, 0); /* _check_descriptor's own read */
+                    /* _check_descriptor's own read; on the fd path, when it lies just
+                     * before the next window, one pread takes both */
+                    int64_t ns = w + 1 < nw ? wins[w + 1].start : 0;
+                    int64_t ne = w + 1 < nw ? (wins[w + 1].end < cd_off ? wins[w + 1].end
+                                                                         : cd_off) : 0;
+                    if (!read->read && !ahead && i + 1 == wins[w].last && w + 1 < nw &&
+                        ne > ns && end >= 0 && end <= ns && ns - end <= DD_MERGE_GAP &&
+                        end + nd <= ne) {
+                        int64_t rlen = clip_len(read, end, ne - end);
+                        ahead = PyBytes_FromStringAndSize(NULL, rlen);
+                        if (!ahead) { ok = -1; break; }
+                        int64_t got = pread_full(read->fd,
+                                                 (unsigned char *)PyBytes_AS_STRING(ahead),
+                                                 rlen, read->base + end);
+                        if (got < 0 ||
+                            (got < rlen && _PyBytes_Resize(&ahead, (Py_ssize_t)got) < 0)) {
+                            Py_CLEAR(ahead);
+                            ok = -1; break;
+                        }
+                        ahead_start = end;
+                        ddo = from_raw(read, ahead, ahead_start, end, nd, 0);
+                    } else {
+                        ddo = do_read(read, end, nd, 0);
+                    }
                     if (!ddo) { ok = -1; break; }
                     if (PyBytes_GET_SIZE(ddo) < nd) { Py_DECREF(ddo); ok = 0; break; }
                     dd = (const unsigned char *)PyBytes_AS_STRING(ddo);
@@ -457,18 +636,15 @@ static int check_locals(PyObject *read, Ent *ents, Py_ssize_t n, int64_t cd_off)
         }
         Py_DECREF(bo);
     }
+    Py_XDECREF(ahead);
     PyMem_Free(wins);
     if (ok == 1 && prev_end != cd_off) ok = 0; /* CKG306: bytes before the directory */
     return ok;
 }
 
-static PyObject *prove(PyObject *self, PyObject *args) {
-    (void)self;
-    PyObject *read, *entry_type;
-    long long size_ll, max_members_ll, max_cd_ll;
-    if (!PyArg_ParseTuple(args, "OLLLO", &read, &size_ll, &max_members_ll, &max_cd_ll,
-                          &entry_type))
-        return NULL;
+/* The proof over ``read``: (entries, cd_offset, facts), None (decline) or NULL (error) */
+static PyObject *prove_with(Reader *read, long long size_ll, long long max_members_ll,
+                            long long max_cd_ll, PyObject *entry_type) {
     Py_ssize_t offs[N_FIELDS];
     if (slot_offsets(entry_type, offs) < 0 || size_ll < 0 || max_members_ll < 0 ||
         max_cd_ll < 0)
@@ -636,10 +812,161 @@ done:
     return result;
 }
 
+static PyObject *prove(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *read, *entry_type;
+    long long size_ll, max_members_ll, max_cd_ll;
+    if (!PyArg_ParseTuple(args, "OLLLO", &read, &size_ll, &max_members_ll, &max_cd_ll,
+                          &entry_type))
+        return NULL;
+    Reader rd = {read, -1, 0, size_ll, NULL, 0, 0, NULL, {0, 0, 0}};
+    return prove_with(&rd, size_ll, max_members_ll, max_cd_ll, entry_type);
+}
+
+static PyObject *prove_fd(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *entry_type, *region_type;
+    int fd;
+    long long base_ll, size_ll, max_members_ll, max_cd_ll;
+    if (!PyArg_ParseTuple(args, "iLLLLOO", &fd, &base_ll, &size_ll, &max_members_ll,
+                          &max_cd_ll, &entry_type, &region_type))
+        return NULL;
+    Reader rd = {NULL, fd, base_ll, size_ll, NULL, 0, 0, NULL, {0, 0, 0}};
+    if (fd < 0 || base_ll < 0 || size_ll < 0 || size_ll > INT64_MAX - base_ll ||
+        region_slots(region_type, rd.region_offs) < 0)
+        Py_RETURN_NONE;
+    rd.region_type = (PyTypeObject *)region_type;
+    rd.recorded = PyList_New(0);
+    if (!rd.recorded) return NULL;
+    PyObject *got = prove_with(&rd, size_ll, max_members_ll, max_cd_ll, entry_type);
+    if (!got || got == Py_None) {
+        Py_DECREF(rd.recorded);
+        return got;
+    }
+    /* (entries, cd_offset, facts) + (recorded, recorded bytes, nread) */
+    PyObject *out = Py_BuildValue("(OOONLL)", PyTuple_GET_ITEM(got, 0),
+                                  PyTuple_GET_ITEM(got, 1), PyTuple_GET_ITEM(got, 2),
+                                  rd.recorded, (long long)rd.nrecorded, (long long)rd.nread);
+    Py_DECREF(got);
+    return out;
+}
+
+/* --- the loader's identity check: the audited bytes, read again -------------------------
+ *
+ * same_bytes(fd, regions, region_type) -> (first_bad, rest). ``regions``: the report's
+ * regions in offset order (a tuple). Each ``region_type`` (context.AuditedRegion) still
+ * holding its audited bytes is read again with pread and compared byte for byte; regions
+ * at most MERGE_GAP apart are read with one pread (their span at most MERGE_SPAN).
+ * ``first_bad``: the index of the first region whose bytes differ or cannot be read in
+ * full, -1 when none; ``rest``: the indexes of the regions it did not check (plain
+ * Regions, or digests already computed): the caller compares their SHA-256. */
+#define MERGE_GAP 4096
+#define MERGE_SPAN (256 * 1024)
+
+/* the audited bytes of region ``o`` (borrowed), or NULL when it holds none */
+static PyObject *kept_bytes(PyObject *o, PyTypeObject *rt, const Py_ssize_t *offs,
+                            int64_t *off, int64_t *len) {
+    if (Py_TYPE(o) != rt) return NULL;
+    PyObject *a = *(PyObject **)((char *)o + offs[2]);
+    PyObject *po = *(PyObject **)((char *)o + offs[0]);
+    PyObject *pl = *(PyObject **)((char *)o + offs[1]);
+    if (!a || !PyBytes_CheckExact(a) || !po || !pl || !PyLong_CheckExact(po) ||
+        !PyLong_CheckExact(pl))
+        return NULL;
+    int of1 = 0, of2 = 0;
+    long long v1 = PyLong_AsLongLongAndOverflow(po, &of1);
+    long long v2 = PyLong_AsLongLongAndOverflow(pl, &of2);
+    if (of1 || of2 || v1 < 0 || v2 < 0 || (v1 == -1 && PyErr_Occurred()) ||
+        (v2 == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (v1 > INT64_MAX - v2 || PyBytes_GET_SIZE(a) != v2) return NULL;
+    *off = v1;
+    *len = v2;
+    return a;
+}
+
+static PyObject *same_bytes_fn(PyObject *self, PyObject *args) {
+    (void)self;
+    int fd;
+    PyObject *regions, *region_type;
+    if (!PyArg_ParseTuple(args, "iO!O", &fd, &PyTuple_Type, &regions, &region_type))
+        return NULL;
+    Py_ssize_t offs[3];
+    PyObject *rest = PyList_New(0);
+    if (!rest) return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(regions);
+    int usable = fd >= 0 && region_slots(region_type, offs) == 0;
+    PyTypeObject *rt = (PyTypeObject *)region_type;
+    unsigned char *buf = NULL;
+    int64_t cap = 0;
+    Py_ssize_t bad = -1;
+    Py_ssize_t i = 0;
+    while (i < n && bad < 0) {
+        int64_t off, len;
+        PyObject *a = usable ? kept_bytes(PyTuple_GET_ITEM(regions, i), rt, offs, &off, &len)
+                             : NULL;
+        if (!a) {
+            PyObject *ix = PyLong_FromSsize_t(i);
+            if (!ix || PyList_Append(rest, ix) < 0) { Py_XDECREF(ix); goto error; }
+            Py_DECREF(ix);
+            i++;
+            continue;
+        }
+        /* the run of kept regions read with this one: [off, end) */
+        int64_t end = off + len;
+        Py_ssize_t j = i + 1;
+        while (j < n) {
+            int64_t o2, l2;
+            if (!kept_bytes(PyTuple_GET_ITEM(regions, j), rt, offs, &o2, &l2)) break;
+            int64_t e2 = o2 + l2 > end ? o2 + l2 : end;
+            if (o2 < off || o2 > end + MERGE_GAP || e2 - off > MERGE_SPAN) break;
+            end = e2;
+            j++;
+        }
+        int64_t span = end - off;
+        if (span > cap) {
+            unsigned char *nb = PyMem_Realloc(buf, span > 0 ? (size_t)span : 1);
+            if (!nb) { PyErr_NoMemory(); goto error; }
+            buf = nb;
+            cap = span;
+        }
+        int64_t got = span > 0 ? pread_full(fd, buf, span, off) : 0;
+        if (got < 0) goto error;
+        for (Py_ssize_t k = i; k < j && bad < 0; k++) {
+            int64_t o2, l2;
+            PyObject *b = kept_bytes(PyTuple_GET_ITEM(regions, k), rt, offs, &o2, &l2);
+            if (!b || o2 < off || o2 + l2 > end) {
+                /* (a signal handler run by the read let its bytes go): by digest */
+                PyObject *ix = PyLong_FromSsize_t(k);
+                if (!ix || PyList_Append(rest, ix) < 0) { Py_XDECREF(ix); goto error; }
+                Py_DECREF(ix);
+                continue;
+            }
+            if (o2 - off + l2 > got ||
+                memcmp(buf + (o2 - off), PyBytes_AS_STRING(b), (size_t)l2) != 0)
+                bad = k;
+        }
+        i = j;
+    }
+    PyMem_Free(buf);
+    return Py_BuildValue("(nN)", bad, rest);
+error:
+    PyMem_Free(buf);
+    Py_DECREF(rest);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"same_bytes", same_bytes_fn, METH_VARARGS,
+     "same_bytes(fd, regions, region_type) -> (first_bad, rest)"},
     {"prove", prove, METH_VARARGS,
      "prove(read, size, max_members, max_cd_bytes, entry_type) -> "
      "(entries, cd_offset, facts) | None"},
+    {"prove_fd", prove_fd, METH_VARARGS,
+     "prove_fd(fd, base, size, max_members, max_cd_bytes, entry_type, region_type) -> "
+     "(entries, cd_offset, facts, recorded, recorded_bytes, nread) | None"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "zipcore",

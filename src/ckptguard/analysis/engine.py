@@ -29,6 +29,7 @@ from ..detect import (
 from ..model import Format, Report, decide
 from ..policy import Limits, Policy
 from ..primitives import clip, gc_paused, open_readonly
+from .readings import audit_readings  # every file's audit runs it (a first call paid ~0.6 ms)
 
 _HEAD = 4096
 
@@ -53,11 +54,14 @@ def unreadable_report(path: str, reason: str, limits: Limits) -> Report:
 
 
 def audit_fd(path: str, fd: int, *, policy: Policy, limits: Limits,
-             name: str | None = None, graph_out: list[object] | None = None) -> Report:
+             name: str | None = None, graph_out: list[object] | None = None,
+             keep_bytes: bool = False) -> Report:
     """Audit the open file ``fd`` (reads with pread; never moves its offset).
 
     ``graph_out``, when given, receives the fast path's symbolic graph of a proven
-    ``data.pkl`` (None otherwise): ``engine="ckptguard"`` materialises it."""
+    ``data.pkl`` (None otherwise): ``engine="ckptguard"`` materialises it.
+    ``keep_bytes``: the report's regions keep the audited bytes (``context.KEEP_BYTES``)
+    and compute their SHA-256 only when read (the loader compares the bytes instead)."""
     import stat
 
     st = os.fstat(fd)
@@ -68,7 +72,7 @@ def audit_fd(path: str, fd: int, *, policy: Policy, limits: Limits,
                 evidence={"kind": kind})
         return _finish(ctx, Format.UNKNOWN, None)
     deadline = time.monotonic() + limits.max_seconds
-    src = Source(fd, st.st_size, deadline=deadline)
+    src = Source(fd, st.st_size, deadline=deadline, keep=keep_bytes)
     ctx = AuditContext(path, src, policy, limits, keep_graph=graph_out is not None)
     if st.st_nlink > 1:
         # Another path names these bytes (a shard hard-linked from outside the model
@@ -168,8 +172,6 @@ def _audit_file(ctx: AuditContext, name: str) -> Format:
         # format's own audit does not cover are audited too.
         todo = unaudited_readings(fmt, head, name)
         if todo:
-            from .readings import audit_readings
-
             needs_zip = not zip_audited and any(r in todo for r in (Reading.ZIP_MINIZ,
                                                                     Reading.ZIP_PYTHON))
             audit_readings(ctx, fmt, todo, zip_audited=zip_audited,

@@ -35,6 +35,7 @@ from ..policy import GlobalDecision, GlobalStatus, classify_global, global_messa
 from ..policy.benign_formats import ScopedAllowance
 from ..primitives import clip, gc_paused
 from . import opcodes as O
+from ._torch_names import IMPORT_MAPPING, NAME_MAPPING  # every torch global is mapped
 from .callmodels import CallModel, Effect
 from .tensors import StorageCatalog, TensorRecord, TorchTensors, name_tensors
 from .values import (
@@ -1049,8 +1050,6 @@ def _valid_dotted(s: str) -> bool:
 
 
 def _torch_mapped(module: str, name: str) -> str:
-    from ._torch_names import IMPORT_MAPPING, NAME_MAPPING
-
     if (module, name) in NAME_MAPPING:
         module, name = NAME_MAPPING[(module, name)]
     elif module in IMPORT_MAPPING:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 MiB = 1024 * 1024
@@ -43,8 +43,13 @@ class Limits:
         return replace(self, **changes)
 
     def as_items(self) -> tuple[tuple[str, float], ...]:
-        # integers stay integers (JSON ``2147483648``, not ``2147483648.0``)
-        return tuple(sorted((k, v) for k, v in asdict(self).items()))
+        # integers stay integers (JSON ``2147483648``, not ``2147483648.0``); every report
+        # carries them, so they are computed once per (immutable) value
+        items: tuple[tuple[str, float], ...] | None = self.__dict__.get("_items")
+        if items is None:
+            items = tuple(sorted((f.name, getattr(self, f.name)) for f in fields(self)))
+            object.__setattr__(self, "_items", items)
+        return items
 
     @classmethod
     def names(cls) -> list[str]:

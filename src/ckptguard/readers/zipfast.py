@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .._native import native
-from ..context import AuditContext, SliceSource, Source, _BytesSource
+from ..context import AuditContext, AuditedRegion, SliceSource, Source, _BytesSource
 
 if TYPE_CHECKING:
     from .zipfile import DefectSink, ZipArchive, ZipEntry
@@ -47,6 +47,8 @@ class ArchiveFacts:
 
 _FACTS: weakref.WeakKeyDictionary[object, ArchiveFacts] = weakref.WeakKeyDictionary()
 
+native("zipcore")  # loaded with this module, not by the first audit (its dlopen: ~0.2 ms)
+
 
 def _local(src: Source) -> bool:
     """Sources read from a local file or memory (remote ones keep the Python path: a
@@ -54,6 +56,19 @@ def _local(src: Source) -> bool:
     if type(src) is SliceSource:
         return _local(src.parent)
     return type(src) in (Source, _BytesSource)
+
+
+def _fd_of(src: Source) -> tuple[int, int, Source] | None:
+    """(descriptor, file offset of the source's byte 0, the source that records) for a
+    local file read through ``Source.read`` (a ``SliceSource`` of one included), else
+    None: in-memory sources keep the callback into their own ``read``."""
+    base = 0
+    while type(src) is SliceSource:
+        base += src.base
+        src = src.parent
+    if type(src) is not Source or src.fd < 0:
+        return None
+    return src.fd, base, src
 
 
 def _counters(src: Source) -> list[tuple[Source, int]]:
@@ -78,15 +93,29 @@ def prove_canonical(ctx: AuditContext, archive_cls: type[ZipArchive],
     src = ctx.source
     if core is None or not _local(src) or not _entry_layout_ok(entry_cls):
         return None
-    before = _counters(src)
     lim = ctx.limits
-    got = core.prove(src.read, src.size, lim.max_members, lim.max_central_directory_bytes,
-                     entry_cls)
-    if got is None:
-        for s, n in before:
-            s.bytes_read = n  # the Python reader makes these very reads again
-        return None
-    entries, cd_off, (numpy_free, no_constants, no_upper) = got
+    fd_at = _fd_of(src)
+    if fd_at is not None:
+        # pread in C, no call back per read: the recorded reads and the byte count come back
+        # with the proof and are kept only when it holds (a decline leaves no trace)
+        fd, base, outer = fd_at
+        got = core.prove_fd(fd, base, src.size, lim.max_members,
+                            lim.max_central_directory_bytes, entry_cls, AuditedRegion)
+        if got is None:
+            return None
+        entries, cd_off, (numpy_free, no_constants, no_upper), recorded, nbytes, nread = got
+        outer.record_all(recorded, nbytes)
+        for s, _ in _counters(src):
+            s.bytes_read += nread
+    else:
+        before = _counters(src)
+        got = core.prove(src.read, src.size, lim.max_members, lim.max_central_directory_bytes,
+                         entry_cls)
+        if got is None:
+            for s, n in before:
+                s.bytes_read = n  # the Python reader makes these very reads again
+            return None
+        entries, cd_off, (numpy_free, no_constants, no_upper) = got
     archive = archive_cls(ctx, entries, cd_off, b"", on_defect)
     archive.python_canonical = True
     _FACTS[archive] = ArchiveFacts(numpy_free, no_constants, no_upper)
