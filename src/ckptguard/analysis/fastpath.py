@@ -46,7 +46,7 @@ from typing import Any
 from .._native import native
 from ..context import AuditContext, LimitExceeded
 from ..model import TensorInfo
-from ..policy import DEFAULT_POLICY, GlobalStatus, Policy, classify_global
+from ..policy import GlobalStatus, Policy, classify_global
 from .tensors import (
     GRAD_DTYPES,
     LOCATION_PREFIXES,
