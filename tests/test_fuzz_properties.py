@@ -224,7 +224,7 @@ def test_atheris_targets_short_run(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, str(ROOT / "fuzz" / "run.py"), *budget, "-j", "4",
                         "--work", str(tmp_path)],
                        check=False, capture_output=True, text=True,
-                       timeout=120 + 20 * int(seconds or 0), cwd=str(ROOT))
+                       timeout=300 + 20 * int(seconds or 0), cwd=str(ROOT))
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     executed = dict(re.findall(r"^(\w+): (-?\d+) inputs", r.stdout, re.MULTILINE))
     assert set(executed) == {"vm", "zip", "safetensors", "npy"}, r.stdout
