@@ -286,6 +286,16 @@ def torch_pool() -> list[bytes]:
 _INTERESTING = [0, 1, 0x7F, 0x80, 0xFF, 0xFFFF, 0xFFFFFFFF, 0x08074B50, 0x06054B50]
 
 
+def _first_hits(b: bytearray, sig: bytes, n: int) -> list[int]:
+    """The first ``n`` offsets where ``sig`` starts (overlaps included), in order."""
+    hits: list[int] = []
+    i = b.find(sig)
+    while i >= 0 and len(hits) < n:
+        hits.append(i)
+        i = b.find(sig, i + 1)
+    return hits
+
+
 def mutate(rng: random.Random, data: bytes) -> bytes:
     b = bytearray(data)
     for _ in range(rng.choice([1, 1, 1, 2, 3])):
@@ -301,7 +311,7 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
         elif op in (2, 3):                            # an interesting value at a header
             sig = rng.choice([b"PK\x01\x02", b"PK\x03\x04", b"PK\x05\x06", b"PK\x06\x06",
                               b"PK\x06\x07", b"PK\x07\x08"])
-            hits = [i for i in range(len(b)) if b[i:i + 4] == sig][:64]
+            hits = _first_hits(b, sig, 64)
             if hits:
                 at = rng.choice(hits) + rng.randrange(4, 46)
                 width = rng.choice([1, 2, 4])

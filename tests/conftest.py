@@ -20,10 +20,26 @@ def shares_a_fixture(item: pytest.Item) -> bool:
                for defs in info.name2fixturedefs.values() for d in defs)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     grouped = {item.module.__name__ for item in items  # type: ignore[attr-defined]
                if isinstance(item, pytest.Function) and shares_a_fixture(item)}
+    loadgroup = config.getoption("loadgroup", default=False)   # set on xdist workers
     for item in items:
         if isinstance(item, pytest.Function) and item.module.__name__ in grouped:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+            group = item.module.__name__
+            item.add_marker(pytest.mark.xdist_group(group))
+            if loadgroup:
+                _name_group(item, group)
+
+
+def _name_group(item: pytest.Item, group: str) -> None:
+    """Give ``item`` the ``@group`` nodeid suffix the loadgroup scheduler reads. xdist's own
+    hook sets ``item._nodeid``, which pytest 9 no longer reads (``Node.nodeid`` is
+    ``str(item._id)``): without this every test was a work unit of its own, and both
+    workers built each module fixture (the oracle run, the loader workers) once each."""
+    from _pytest.nodeid import NodeId
+
+    nodeid = item.nodeid
+    if nodeid.rfind("@") <= nodeid.rfind("]"):   # xdist did not name it already
+        item._id = NodeId.parse(f"{nodeid}@{group}")  # type: ignore[attr-defined]

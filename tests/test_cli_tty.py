@@ -22,7 +22,18 @@ pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is no
 
 
 def _tmux(*args: str) -> str:
-    return subprocess.run(["tmux", *args], check=True, capture_output=True, text=True).stdout
+    """tmux ARGS on the session's own server (``-L`` its name): the default server is shared
+    with every other tmux user of the machine, and one that exits as its last session is
+    killed makes a concurrent ``new-session`` fail."""
+    session = args[args.index("-s" if "-s" in args else "-t") + 1]
+    return subprocess.run(["tmux", "-L", session, *args], check=True, capture_output=True,
+                          text=True).stdout
+
+
+def _kill(session: str) -> None:
+    subprocess.run(["tmux", "-L", session, "kill-server"], capture_output=True, check=False)
+    sockets = Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}"
+    (sockets / session).unlink(missing_ok=True)
 
 
 def _scan_in_tmux(tmp_path: Path, files: int, *args: str) -> tuple[str, Path]:
@@ -68,7 +79,7 @@ def test_progress_bar_in_terminal(tmp_path: Path) -> None:
         assert "60 files scanned: 60 SAFE" in final
         assert "scanning" not in final.split("60 files scanned")[-1]
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, check=False)
+        _kill(session)
 
 
 def test_no_progress_when_not_a_tty(tmp_path: Path) -> None:
@@ -100,7 +111,7 @@ def test_ctrl_c_in_terminal(tmp_path: Path, workers: str) -> None:
         assert "interrupted after" in final
         assert "Traceback" not in final
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, check=False)
+        _kill(session)
 
 
 def _run_in_terminal(tmp_path: Path, width: int, *args: str, colour: bool = True) -> str:
@@ -122,7 +133,7 @@ def _run_in_terminal(tmp_path: Path, width: int, *args: str, colour: bool = True
         time.sleep(0.2)
         return _tmux("capture-pane", "-p", *(["-e"] if colour else []), "-t", session)
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, check=False)
+        _kill(session)
 
 
 def _layout_folder(tmp_path: Path) -> None:
