@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -250,7 +251,15 @@ def test_built_in_the_audit_and_fallbacks(tmp_path: Path,
         else:
             assert g.built is not None and g.root is None
         report = af.report
-    assert report == ckptguard.scan(p)
+    full = ckptguard.scan(p)
+    assert len(full.tensors) == len(sd)
+    if native("picklecore") is None:
+        assert report == full
+    else:  # the object is the load: the core left the report's tensor rows out
+        assert g.rows_skipped and report == replace(full, tensors=())
+        report = full
+
+    # a failed build audits the descriptor again without the maker: the full report
 
     real = direct._meta_spec
 
@@ -265,3 +274,36 @@ def test_built_in_the_audit_and_fallbacks(tmp_path: Path,
     got = ckptguard.safe_load(p, map_location="meta")
     _same(want, got, {}, {})
     assert used == ([1] if native("picklecore") is not None else [])
+
+
+def test_refused_meta_load_reports_every_tensor(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A meta load the audit refuses although the core proved (and built) data.pkl: the
+    refusal carries scan()'s report, tensor rows and all (the descriptor is audited again
+    without the maker), and nothing is loaded."""
+    import zipfile
+
+    from ckptguard._native import native
+    from ckptguard.errors import UnsafeCheckpointError
+    from ckptguard.loaders import direct
+
+    p = save_torch(tmp_path / "m.pt", _state_dict())
+    with zipfile.ZipFile(p, "a") as z:  # a member outside the archive folder: CKG311
+        z.writestr("outside.txt", b"hello")
+    want = ckptguard.scan(p)
+    assert want.verdict.name == "UNSAFE" and "CKG311" in {f.rule_id for f in want.findings}
+    assert len(want.tensors) == len(_state_dict())
+    again: list[int] = []
+    real = direct._audit_again
+
+    def spy(af: Any) -> Any:
+        again.append(1)
+        return real(af)
+
+    monkeypatch.setattr(direct, "_audit_again", spy)
+    used = spy_torch_load(monkeypatch)
+    with pytest.raises(UnsafeCheckpointError) as exc:
+        ckptguard.safe_load(p, map_location="meta")
+    assert exc.value.report == want
+    assert used == []
+    assert again == ([1] if native("picklecore") is not None else [])
