@@ -257,6 +257,7 @@ def test_built_in_the_audit_and_fallbacks(tmp_path: Path,
         assert report == full
     else:  # the object is the load: the core left the report's tensor rows out
         assert g.rows_skipped and report == replace(full, tensors=())
+        assert g.infos == [] and g.result.tensors == []  # names freed before the build
         report = full
 
     # a failed build audits the descriptor again without the maker: the full report

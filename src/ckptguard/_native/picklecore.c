@@ -2301,6 +2301,11 @@ static PyObject *pc_scan(PyObject *self, PyObject *args) {
         goto decline;
     TMARK("names");
     if (final) {
+        /* a built load hands out the object, not the report: without its rows the names
+         * served the walk's bounds only, and are freed before the tensors are built
+         * (their memory is the tensors' first) */
+        if (!want_infos && PyList_SetSlice(names, 0, PyList_GET_SIZE(names), NULL) < 0)
+            goto decline;
         /* the loaded object (or, when the maker or anything else fails, None: the proof
          * stands, and the loader falls back to torch.load) */
         if (build_final(s, rootv, maker, od_type) == 0)

@@ -571,8 +571,10 @@ def _try_native(core: Any, ctx: AuditContext, data: bytes,
                   for module, name in _native_globals(core))
     lim = ctx.limits
     maker = getattr(_tls, "maker", None) if ctx.keep_graph else None
-    # with a maker (a meta load) the report's 50k TensorInfo rows are not built: the load
-    # returns the object, and the report is handed out only by an audit without a maker
+    # with a maker (a meta load) the report's 50k TensorInfo rows are not built, and the
+    # (name, record) pairs are freed before the object is built (``result.tensors`` is
+    # empty): the load returns the object, and the report is handed out only by an audit
+    # without a maker
     out = core.scan(data, catalog.records, gobjs,
                     (lim.max_stack, lim.max_container_items, lim.max_memo,
                      lim.max_mark_depth, lim.max_tensors, lim.max_objects,
