@@ -308,3 +308,28 @@ def test_refused_meta_load_reports_every_tensor(tmp_path: Path,
     assert exc.value.report == want
     assert used == []
     assert again == ([1] if native("picklecore") is not None else [])
+
+
+@pytest.mark.parametrize("increments", [True, False])
+def test_version_counters_both_ways(tmp_path: Path, increments: bool,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tensors made without ``set_`` get torch's version counter 1 both ways: one
+    increment of each (where torch's ``_increment_version`` takes a list) or one call that
+    sets them; ties, views and Parameters included."""
+    from ckptguard.loaders import direct
+
+    if increments and not direct._increments_lists():
+        pytest.skip("this torch's _increment_version takes no list")
+    monkeypatch.setattr(direct, "_increments", [increments])
+    w = torch.arange(12.0).reshape(3, 4)
+    sd = OrderedDict(w=w, tied=w, view=w[1], p=torch.nn.Parameter(torch.ones(2, 2)),
+                     g=torch.ones(3, requires_grad=True), i=torch.arange(5))
+    p = save_torch(tmp_path / "v.pt", sd)
+    want = torch.load(p, weights_only=True, mmap=True, map_location="meta")
+    got_safe = ckptguard.safe_load(p, map_location="meta")
+    with open_audited(p, keep_graph=True) as af:
+        got_graph = load_audited(af, "meta")
+    for got in (got_safe, got_graph):
+        _same(want, got, {}, {})
+        assert [t._version for t in got.values()] == [t._version for t in want.values()]
+        assert {t._version for t in got.values()} == {1}

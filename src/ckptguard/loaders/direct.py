@@ -286,9 +286,35 @@ def _meta_spec() -> tuple[tuple[Any, ...], list[Any]]:
     return spec, fresh
 
 
+#: adds 1 to the version counter of each tensor of a list (torch >= 2.4 takes a list):
+#: ~4x cheaper than setting 50k counters (no tuple of values to convert)
+_INCREMENT: Any = getattr(torch._C, "_increment_version", None)
+_increments: list[bool] = []  # [whether _INCREMENT takes a list], probed once
+
+
+def _increments_lists() -> bool:
+    if not _increments:
+        ok = False
+        if _INCREMENT is not None:
+            try:
+                probe = [_EMPTY_STRIDED((2,), (1,), device="meta") for _ in range(2)]
+                _INCREMENT(probe)
+                ok = [t._version for t in probe] == [1, 1]
+            except Exception:  # noqa: BLE001 - another signature: set them instead
+                ok = False
+        _increments.append(ok)
+    return _increments[0]
+
+
 def _bump_versions(tensors: list[Any]) -> None:
-    """Version counter 1 on each (what torch.load's ``set_`` leaves), one call for all."""
-    if tensors:
+    """Version counter 1 on each (what torch.load's ``set_`` leaves), one call for all.
+    Each was just made by ``empty_strided`` (counter 0), is listed once, and nothing has
+    written to it since: adding 1 to each is setting it to 1."""
+    if not tensors:
+        return
+    if _increments_lists():
+        _INCREMENT(tensors)
+    else:
         _SET_VERSIONS(tensors, (1,) * len(tensors))
 
 
