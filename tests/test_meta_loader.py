@@ -333,3 +333,61 @@ def test_version_counters_both_ways(tmp_path: Path, increments: bool,
         _same(want, got, {}, {})
         assert [t._version for t in got.values()] == [t._version for t in want.values()]
         assert {t._version for t in got.values()} == {1}
+
+
+def test_equal_shape_tuples_reached_as_values_stay_apart(tmp_path: Path) -> None:
+    """A built meta load shares equal shape tuples among the records (only the maker reads
+    them), never among nodes the loaded object reaches: a data.pkl whose two tensors'
+    size tuples are memoised and read again as two dict values gives two tuple objects,
+    as torch.load does (sharing compared both ways)."""
+    import io
+    import pickle
+    import zipfile
+
+    from ckptguard._native import native
+    from ckptguard.analysis.fastpath import FastResult
+    from ckptguard.loaders import direct
+
+    p = save_torch(tmp_path / "s.pt", {"w": torch.ones(2), "w2": torch.zeros(2)})
+
+    class Storage:
+        def __init__(self, key: str) -> None:
+            self.key = key
+
+    class Rebuilt:
+        def __init__(self, key: str, shape: tuple[int, ...]) -> None:
+            self.key, self.shape = key, shape
+
+        def __reduce_ex__(self, proto: Any) -> Any:
+            return (torch._utils._rebuild_tensor_v2,
+                    (Storage(self.key), 0, self.shape, (1,), False, OrderedDict()))
+
+    class Writer(pickle.Pickler):
+        def persistent_id(self, obj: Any) -> Any:
+            if isinstance(obj, Storage):
+                return ("storage", torch.FloatStorage, obj.key, "cpu", 2)
+            return None
+
+    s1, s2 = tuple([2]), tuple([2])
+    assert s1 is not s2
+    buf = io.BytesIO()
+    Writer(buf, protocol=2).dump({"w": Rebuilt("0", s1), "s1": s1,
+                                  "w2": Rebuilt("1", s2), "s2": s2})
+    with zipfile.ZipFile(p) as z:
+        records = [(i.filename.split("/", 1)[1], z.read(i.filename)) for i in z.infolist()]
+    w = torch._C.PyTorchFileWriter(str(p))
+    for rel, raw in records:
+        if rel != ".data/serialization_id":
+            b = buf.getvalue() if rel == "data.pkl" else raw
+            w.write_record(rel, b, len(b))
+    w.write_end_of_file()
+
+    assert ckptguard.scan(p).verdict.name == "SAFE"
+    want = torch.load(p, weights_only=True, mmap=True, map_location="meta")
+    assert want["s1"] == want["s2"] == (2,) and want["s1"] is not want["s2"]
+    with direct.open_audited_meta(p) as af:
+        assert isinstance(af.graph, FastResult) and af.proven
+        assert (af.graph.built is not None) == (native("picklecore") is not None)
+    got = ckptguard.safe_load(p, map_location="meta")
+    _same(want, got, {}, {})
+    assert got["s1"] is not got["s2"]
