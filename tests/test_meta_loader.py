@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -250,7 +251,16 @@ def test_built_in_the_audit_and_fallbacks(tmp_path: Path,
         else:
             assert g.built is not None and g.root is None
         report = af.report
-    assert report == ckptguard.scan(p)
+    full = ckptguard.scan(p)
+    assert len(full.tensors) == len(sd)
+    if native("picklecore") is None:
+        assert report == full
+    else:  # the object is the load: the core left the report's tensor rows out
+        assert g.rows_skipped and report == replace(full, tensors=())
+        assert g.infos == [] and g.result.tensors == []  # names freed before the build
+        report = full
+
+    # a failed build audits the descriptor again without the maker: the full report
 
     real = direct._meta_spec
 
@@ -265,3 +275,119 @@ def test_built_in_the_audit_and_fallbacks(tmp_path: Path,
     got = ckptguard.safe_load(p, map_location="meta")
     _same(want, got, {}, {})
     assert used == ([1] if native("picklecore") is not None else [])
+
+
+def test_refused_meta_load_reports_every_tensor(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A meta load the audit refuses although the core proved (and built) data.pkl: the
+    refusal carries scan()'s report, tensor rows and all (the descriptor is audited again
+    without the maker), and nothing is loaded."""
+    import zipfile
+
+    from ckptguard._native import native
+    from ckptguard.errors import UnsafeCheckpointError
+    from ckptguard.loaders import direct
+
+    p = save_torch(tmp_path / "m.pt", _state_dict())
+    with zipfile.ZipFile(p, "a") as z:  # a member outside the archive folder: CKG311
+        z.writestr("outside.txt", b"hello")
+    want = ckptguard.scan(p)
+    assert want.verdict.name == "UNSAFE" and "CKG311" in {f.rule_id for f in want.findings}
+    assert len(want.tensors) == len(_state_dict())
+    again: list[int] = []
+    real = direct._audit_again
+
+    def spy(af: Any) -> Any:
+        again.append(1)
+        return real(af)
+
+    monkeypatch.setattr(direct, "_audit_again", spy)
+    used = spy_torch_load(monkeypatch)
+    with pytest.raises(UnsafeCheckpointError) as exc:
+        ckptguard.safe_load(p, map_location="meta")
+    assert exc.value.report == want
+    assert used == []
+    assert again == ([1] if native("picklecore") is not None else [])
+
+
+@pytest.mark.parametrize("increments", [True, False])
+def test_version_counters_both_ways(tmp_path: Path, increments: bool,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tensors made without ``set_`` get torch's version counter 1 both ways: one
+    increment of each (where torch's ``_increment_version`` takes a list) or one call that
+    sets them; ties, views and Parameters included."""
+    from ckptguard.loaders import direct
+
+    if increments and not direct._increments_lists():
+        pytest.skip("this torch's _increment_version takes no list")
+    monkeypatch.setattr(direct, "_increments", [increments])
+    w = torch.arange(12.0).reshape(3, 4)
+    sd = OrderedDict(w=w, tied=w, view=w[1], p=torch.nn.Parameter(torch.ones(2, 2)),
+                     g=torch.ones(3, requires_grad=True), i=torch.arange(5))
+    p = save_torch(tmp_path / "v.pt", sd)
+    want = torch.load(p, weights_only=True, mmap=True, map_location="meta")
+    got_safe = ckptguard.safe_load(p, map_location="meta")
+    with open_audited(p, keep_graph=True) as af:
+        got_graph = load_audited(af, "meta")
+    for got in (got_safe, got_graph):
+        _same(want, got, {}, {})
+        assert [t._version for t in got.values()] == [t._version for t in want.values()]
+        assert {t._version for t in got.values()} == {1}
+
+
+def test_equal_shape_tuples_reached_as_values_stay_apart(tmp_path: Path) -> None:
+    """A built meta load shares equal shape tuples among the records (only the maker reads
+    them), never among nodes the loaded object reaches: a data.pkl whose two tensors'
+    size tuples are memoised and read again as two dict values gives two tuple objects,
+    as torch.load does (sharing compared both ways)."""
+    import io
+    import pickle
+    import zipfile
+
+    from ckptguard._native import native
+    from ckptguard.analysis.fastpath import FastResult
+    from ckptguard.loaders import direct
+
+    p = save_torch(tmp_path / "s.pt", {"w": torch.ones(2), "w2": torch.zeros(2)})
+
+    class Storage:
+        def __init__(self, key: str) -> None:
+            self.key = key
+
+    class Rebuilt:
+        def __init__(self, key: str, shape: tuple[int, ...]) -> None:
+            self.key, self.shape = key, shape
+
+        def __reduce_ex__(self, proto: Any) -> Any:
+            return (torch._utils._rebuild_tensor_v2,
+                    (Storage(self.key), 0, self.shape, (1,), False, OrderedDict()))
+
+    class Writer(pickle.Pickler):
+        def persistent_id(self, obj: Any) -> Any:
+            if isinstance(obj, Storage):
+                return ("storage", torch.FloatStorage, obj.key, "cpu", 2)
+            return None
+
+    s1, s2 = tuple([2]), tuple([2])
+    assert s1 is not s2
+    buf = io.BytesIO()
+    Writer(buf, protocol=2).dump({"w": Rebuilt("0", s1), "s1": s1,
+                                  "w2": Rebuilt("1", s2), "s2": s2})
+    with zipfile.ZipFile(p) as z:
+        records = [(i.filename.split("/", 1)[1], z.read(i.filename)) for i in z.infolist()]
+    w = torch._C.PyTorchFileWriter(str(p))
+    for rel, raw in records:
+        if rel != ".data/serialization_id":
+            b = buf.getvalue() if rel == "data.pkl" else raw
+            w.write_record(rel, b, len(b))
+    w.write_end_of_file()
+
+    assert ckptguard.scan(p).verdict.name == "SAFE"
+    want = torch.load(p, weights_only=True, mmap=True, map_location="meta")
+    assert want["s1"] == want["s2"] == (2,) and want["s1"] is not want["s2"]
+    with direct.open_audited_meta(p) as af:
+        assert isinstance(af.graph, FastResult) and af.proven
+        assert (af.graph.built is not None) == (native("picklecore") is not None)
+    got = ckptguard.safe_load(p, map_location="meta")
+    _same(want, got, {}, {})
+    assert got["s1"] is not got["s2"]

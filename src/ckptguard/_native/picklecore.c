@@ -720,8 +720,10 @@ static PyObject *int_tuple(St *s, uint32_t idx) {
     if (nd->len)
         PyObject_GC_UnTrack(t); /* ints only */
     /* one object per distinct shape (a checkpoint repeats a few shapes many times): the
-     * first tuple of its value is kept, equal later ones are dropped; bounded table */
-    if (s->shapes != NULL) {
+     * first tuple of its value is kept, equal later ones are dropped; bounded table. Not
+     * for a node the loaded object reaches (a built meta load marks them first): there
+     * two equal tuples stay two objects, as torch.load makes them */
+    if (s->shapes != NULL && !(nd->flags & F_REACH)) {
         PyObject *same = PyDict_GetItemWithError(s->shapes, t);
         if (same != NULL) {
             Py_INCREF(same);
@@ -2259,8 +2261,10 @@ static PyObject *pc_scan(PyObject *self, PyObject *args) {
     s->seen = PyDict_New();
 #endif
     /* (a kept graph shares objects exactly as the Python path's: no sharing added there) */
-    s->shapes = keep_graph ? NULL : PyDict_New();
-    if (s->seen == NULL || (!keep_graph && s->shapes == NULL) || new_node(s, N_TUPLE, &e))
+    /* (and a built meta load's records, which only the maker reads: see int_tuple) */
+    s->shapes = keep_graph && !final ? NULL : PyDict_New();
+    if (s->seen == NULL || ((!keep_graph || final) && s->shapes == NULL) ||
+        new_node(s, N_TUPLE, &e))
         goto decline;
     if (run(s))
         goto decline;
@@ -2288,6 +2292,14 @@ static PyObject *pc_scan(PyObject *self, PyObject *args) {
     if (depth < 0 || depth + 5 > s->max_mark)
         goto decline;
     TMARK("checks");
+    /* a built load: what the object reaches is marked before the records share shapes
+     * (if that fails, no sharing, and build_final marks from scratch: the proof stands) */
+    if (final && mark_reachable(s, rootv, 0)) {
+        PyErr_Clear();
+        Py_CLEAR(s->shapes);
+        for (size_t i = 0; i < s->nn; i++)
+            s->nodes[i].flags &= (uint8_t)~F_REACH;
+    }
     /* a scan (no graph kept) makes them inside name_tensors, after its walk */
     if (keep_graph && (make_storages(s) || make_records(s)))
         goto decline;
@@ -2301,6 +2313,11 @@ static PyObject *pc_scan(PyObject *self, PyObject *args) {
         goto decline;
     TMARK("names");
     if (final) {
+        /* a built load hands out the object, not the report: without its rows the names
+         * served the walk's bounds only, and are freed before the tensors are built
+         * (their memory is the tensors' first) */
+        if (!want_infos && PyList_SetSlice(names, 0, PyList_GET_SIZE(names), NULL) < 0)
+            goto decline;
         /* the loaded object (or, when the maker or anything else fails, None: the proof
          * stands, and the loader falls back to torch.load) */
         if (build_final(s, rootv, maker, od_type) == 0)

@@ -300,6 +300,10 @@ class FastResult:
     #: ``(object,)``: the loaded object itself, built by the native core during the audit
     #: with the maker of :func:`set_maker` (then ``root`` is None); None otherwise
     built: tuple[object] | None = None
+    #: the core ran with a maker and left out the report's tensor rows (``infos`` is
+    #: empty): the report is complete in every other field, and a caller that hands it
+    #: out audits again without a maker (loaders/direct.py ``open_audited_meta``)
+    rows_skipped: bool = False
 
 
 class _Run:
@@ -570,10 +574,14 @@ def _try_native(core: Any, ctx: AuditContext, data: bytes,
     gobjs = _native_gobjs(core, proto, ctx.policy)
     lim = ctx.limits
     maker = getattr(_tls, "maker", None) if ctx.keep_graph else None
+    # with a maker (a meta load) the report's 50k TensorInfo rows are not built, and the
+    # (name, record) pairs are freed before the object is built (``result.tensors`` is
+    # empty): the load returns the object, and the report is handed out only by an audit
+    # without a maker
     out = core.scan(data, catalog.records, gobjs,
                     (lim.max_stack, lim.max_container_items, lim.max_memo,
                      lim.max_mark_depth, lim.max_tensors, lim.max_objects,
-                     lim.max_memo_index), ctx.keep_graph, True,
+                     lim.max_memo_index), ctx.keep_graph, maker is None,
                     *(() if maker is None else (maker, OrderedDict)))
     if out is None:
         return None
@@ -589,13 +597,16 @@ def _try_native(core: Any, ctx: AuditContext, data: bytes,
     keep = root if ctx.keep_graph else None
     result = PickleResult(end=len(data), complete=True, root=keep,
                           globals=[gobjs[i] for i in order], tensors=tensors)
+    if maker is not None:
+        return FastResult(result, keep, seen, [], built, rows_skipped=True)
     return FastResult(result, keep, seen, infos, built)
 
 
 def set_maker(maker: Any) -> Any:
     """Until set back (returns the previous one; None: none), a native proof of a kept
     graph (``ctx.keep_graph``) on this thread builds the loaded object itself, with
-    ``maker(TensorRecord)`` per tensor, instead of the graph (``FastResult.built``):
+    ``maker(TensorRecord)`` per tensor, instead of the graph (``FastResult.built``),
+    and leaves the report's tensor rows out (``FastResult.rows_skipped``):
     loaders/direct.py's meta loads."""
     prev = getattr(_tls, "maker", None)
     _tls.maker = maker
