@@ -41,25 +41,31 @@ What is covered, while any guard is active in the process:
   the installed gate and the forking context's guards. Or enable a guard in the worker
   yourself (``Pool(initializer=ckptguard.guard.install_from_env)``).
 
+Also covered: DCP's ``FileSystemReader.read_metadata`` (``torch.distributed.checkpoint``)
+and ``torch.export.load`` / ``load_pt2``, hooked when the guard is enabled or, if torch has
+not imported them yet, right after it does (the gate never imports them itself).
+
 Not covered: other deserializers (``pickle.load``, ``numpy.load(allow_pickle=True)``,
-``torch.jit.load`` / TorchScript, ``torch.package``, ``torch.distributed.checkpoint``
-readers), references to torch's internal ``_load`` taken before the gate was enabled
-(``torch.distributed._serialization`` imports it by name), a copy of ``load``'s code
-made into a new function before the gate was enabled, processes that neither import
-ckptguard nor inherit an installed gate, and code that restores torch's internals itself.
+``torch.jit.load`` / TorchScript, ``torch.package``), references to torch's internal
+``_load`` taken before the gate was enabled (``torch.distributed._serialization`` imports
+it by name), a copy of ``load``'s code made into a new function before the gate was
+enabled, processes that neither import ckptguard nor inherit an installed gate, and code
+that restores torch's internals itself.
 
 This module never imports torch itself; enabling the gate imports the loaders.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.abc
 import importlib.machinery
 import importlib.util
 import os
 import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import ModuleType, TracebackType
 from typing import Any
 
@@ -151,19 +157,44 @@ class TorchLoadGuard:
         self.disable()
 
 
-def _format_gates(on: bool) -> None:
-    """The seam for loaders that read checkpoints without (only) torch.load: DCP's
-    ``FileSystemReader.read_metadata`` (loaders/dcp.py) and ``torch.export.load`` /
-    ``load_pt2`` (loaders/export.py). Each hook looks up ``gate.current()`` per call and
-    passes through when no guard is active; a torch without torch.distributed keeps the
-    torch.load gate and skips the DCP hook."""
-    from .loaders import dcp, export
+#: The loaders that read checkpoints without (only) torch.load: DCP's
+#: ``FileSystemReader.read_metadata`` (loaders/dcp.py) and ``torch.export.load`` /
+#: ``load_pt2`` (loaders/export.py); each names the modules it hooks (``MODULES``).
+_FORMAT_LOADERS = ("dcp", "export")
 
-    for module in (dcp, export):
-        try:
-            (module.install_gate if on else module.uninstall_gate)()
-        except ImportError:  # pragma: no cover - torch built without that package
-            continue
+
+def _format_gate(loader: str) -> ModuleType:
+    return importlib.import_module(f"{__package__}.loaders.{loader}")
+
+
+def _install_format_gate(loader: str, module: str) -> None:
+    with contextlib.suppress(ImportError):  # torch built without that package
+        _format_gate(loader).install_gate(module)
+
+
+def _format_gates(on: bool) -> None:
+    """The seam for the loaders of :data:`_FORMAT_LOADERS`. Each hook looks up
+    ``gate.current()`` per call and passes through when no guard is active.
+
+    A module torch has not imported yet is hooked right after it is (:class:`_AfterImport`),
+    never imported for the gate: ``torch.export.pt2_archive._package`` (torch._dynamo, the
+    export serializer) and ``torch.distributed.checkpoint`` cost ~1.3 s of CPU, which every
+    gated process (every worker the ``.pth`` line starts) paid when the gate turned on,
+    whether or not it ever read such a checkpoint. A reference taken before the gate was
+    enabled walks around either way (module docstring).
+    """
+    for loader in _FORMAT_LOADERS:
+        gate_module = _format_gate(loader)
+        for module in gate_module.MODULES:
+            if not on:
+                _AfterImport.cancel(module)
+            elif module in sys.modules:
+                _install_format_gate(loader, module)
+            else:
+                _AfterImport.register(module, functools.partial(_install_format_gate, loader,
+                                                                module))
+        if not on:
+            gate_module.uninstall_gate()
 
 
 def guard_torch_load(*, policy: Policy | None = None, limits: Limits | None = None,
@@ -197,41 +228,58 @@ def _enable_from_env(policy: Policy, refusal: CkptGuardError | None) -> None:
         _env_guard.append(g.enable())
 
 
-class _TorchImportHook(importlib.abc.MetaPathFinder):
-    """Enables the gate right after ``import torch`` finishes.
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs ``action`` right after module ``name`` executes (the first time it is imported),
+    then leaves ``sys.meta_path``: Python has no post-import hook, so this finder wraps the
+    real loader's ``exec_module``.
 
-    It stays on ``sys.meta_path`` until torch's module really executes: a mere
-    ``importlib.util.find_spec("torch")`` (transformers and accelerate probe for torch that
+    It stays on ``sys.meta_path`` until the module really executes: a mere
+    ``importlib.util.find_spec(name)`` (transformers and accelerate probe for torch that
     way before importing it) must not use it up."""
 
-    def __init__(self, policy: Policy, refusal: CkptGuardError | None) -> None:
-        self.policy = policy
-        self.refusal = refusal
+    _lock = threading.Lock()
+
+    def __init__(self, name: str, action: Callable[[], None]) -> None:
+        self.name = name
+        self.action = action
         self._busy = threading.local()
+
+    @classmethod
+    def register(cls, name: str, action: Callable[[], None]) -> None:
+        """Run ``action`` once ``name`` has been imported (one pending action a module)."""
+        with cls._lock:
+            if not any(isinstance(h, cls) and h.name == name for h in sys.meta_path):
+                sys.meta_path.insert(0, cls(name, action))
+
+    @classmethod
+    def cancel(cls, name: str) -> None:
+        with cls._lock:
+            sys.meta_path[:] = [h for h in sys.meta_path
+                                if not (isinstance(h, cls) and h.name == name)]
 
     def find_spec(self, fullname: str, path: Sequence[str] | None,
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname != "torch" or getattr(self._busy, "on", False):
+        if fullname != self.name or getattr(self._busy, "on", False):
             return None
         self._busy.on = True  # the look-up below passes through this finder again
         try:
-            spec = importlib.util.find_spec("torch")
+            spec = importlib.util.find_spec(fullname)
         finally:
             self._busy.on = False
         if spec is None or spec.loader is None:
             return spec
-        loader = spec.loader
-        exec_module = loader.exec_module
-        policy, refusal = self.policy, self.refusal
+        exec_module = spec.loader.exec_module
         hook = self
 
-        def exec_and_guard(module: ModuleType) -> None:
+        def exec_and_run(module: ModuleType) -> None:
             exec_module(module)
-            if hook in sys.meta_path:
+            with _AfterImport._lock:
+                if hook not in sys.meta_path:  # cancelled meanwhile
+                    return
                 sys.meta_path.remove(hook)
-            _enable_from_env(policy, refusal)
+            hook.action()
 
-        loader.exec_module = exec_and_guard  # type: ignore[method-assign]
+        spec.loader.exec_module = exec_and_run  # type: ignore[method-assign]
         return spec
 
 
@@ -263,8 +311,8 @@ def install_from_env(environ: Mapping[str, str] | None = None, *, strict: bool =
             f"cannot use the gate's policy: {e}", source=policy_file or PROFILES_ENV_VAR)
     if "torch" in sys.modules:
         _enable_from_env(policy, refusal)
-    elif not any(isinstance(h, _TorchImportHook) for h in sys.meta_path):
-        sys.meta_path.insert(0, _TorchImportHook(policy, refusal))
+    else:  # right after ``import torch`` finishes
+        _AfterImport.register("torch", lambda: _enable_from_env(policy, refusal))
     if refusal is not None and strict:
         raise refusal
     return True

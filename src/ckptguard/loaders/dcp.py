@@ -263,7 +263,12 @@ def _gated_read_metadata(self: Any, *args: Any, **kwargs: Any) -> Any:
     return metadata
 
 
-def install_gate() -> None:
+#: the module whose ``FileSystemReader`` the gate hooks (guard.py hooks it once torch has
+#: imported it: the gate never imports torch.distributed.checkpoint itself)
+MODULES: tuple[str, ...] = ("torch.distributed.checkpoint.filesystem",)
+
+
+def install_gate(module_name: str = MODULES[0]) -> None:
     """Route ``FileSystemReader.read_metadata`` through the audit (idempotent)."""
     from torch.distributed.checkpoint.filesystem import FileSystemReader
 
@@ -273,11 +278,13 @@ def install_gate() -> None:
 
 
 def uninstall_gate() -> None:
+    original = _saved.pop("read_metadata", None)
+    if original is None:  # never hooked: nothing to import
+        return
     from torch.distributed.checkpoint.filesystem import FileSystemReader
 
-    original = _saved.pop("read_metadata", None)
-    if original is not None and FileSystemReader.read_metadata is _gated_read_metadata:
+    if FileSystemReader.read_metadata is _gated_read_metadata:
         FileSystemReader.read_metadata = original  # type: ignore[method-assign]
 
 
-__all__ = ["install_gate", "load_dcp", "uninstall_gate", "unpickle_metadata"]
+__all__ = ["MODULES", "install_gate", "load_dcp", "uninstall_gate", "unpickle_metadata"]

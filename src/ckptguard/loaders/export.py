@@ -19,6 +19,7 @@ load``), and the C++ loaders (``AOTIModelPackageLoader`` opened directly).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import os
 from typing import Any
@@ -83,18 +84,24 @@ def _gated(key: str) -> Any:
     return gated
 
 
-def _targets() -> list[tuple[str, Any, str]]:
-    import torch.export
-    import torch.export.pt2_archive._package as package
+#: ``(key, module, attribute)`` of each function the gate wraps. The guard hooks each module
+#: once torch has imported it (guard.py): ``torch.export`` comes with ``import torch``, while
+#: ``_package`` pulls in torch._dynamo and the export serializer (~0.9 s of CPU), which a
+#: gated process that never reads a .pt2 must not pay.
+TARGETS: tuple[tuple[str, str, str], ...] = (
+    ("torch.export.load", "torch.export", "load"),
+    ("torch.export.pt2_archive._package.load_pt2", "torch.export.pt2_archive._package",
+     "load_pt2"),
+)
+MODULES: tuple[str, ...] = tuple(dict.fromkeys(m for _, m, _ in TARGETS))
 
-    return [("torch.export.load", torch.export, "load"),
-            ("torch.export.pt2_archive._package.load_pt2", package, "load_pt2")]
 
-
-def install_gate() -> None:
-    """Route torch.export.load / load_pt2 through the audit (idempotent)."""
-    for key, module, attr in _targets():
-        if key not in _saved:
+def install_gate(module_name: str) -> None:
+    """Route the functions of ``module_name`` (one of :data:`MODULES`) through the audit
+    (idempotent)."""
+    for key, name, attr in TARGETS:
+        if name == module_name and key not in _saved:
+            module = importlib.import_module(name)
             fn = _gated(key)
             _saved[key] = (module, attr, getattr(module, attr), fn)
             setattr(module, attr, fn)
@@ -107,4 +114,4 @@ def uninstall_gate() -> None:
             setattr(module, attr, original)
 
 
-__all__ = ["install_gate", "uninstall_gate"]
+__all__ = ["MODULES", "TARGETS", "install_gate", "uninstall_gate"]
