@@ -567,6 +567,9 @@ def _core() -> Any:
     return _core_state[0]
 
 
+_core()  # loaded and initialised with this module, as zipfast loads zipcore (a dlopen)
+
+
 def _try_native(core: Any, ctx: AuditContext, data: bytes,
                 catalog: StorageCatalog) -> FastResult | None:
     """The native core's proof, as a FastResult identical to the Python path's, or None."""

@@ -406,6 +406,8 @@ def used_entries(policy: Policy, findings: Iterable[Finding]) -> tuple[AllowEntr
     hand to torch's weights-only unpickler; a profile's other rows are never imported)."""
     used = {g for f in findings if f.rule_id in LADDER_RULES
             and (g := f.evidence_dict.get("global")) is not None}
+    if not used:  # a plain state dict: no table to look at (nor to import)
+        return ()
     from .benign import COMPANIONS
 
     used |= {c for g in tuple(used) for c in COMPANIONS.get(g, ())}
