@@ -1853,6 +1853,33 @@ static int mark_reachable(St *s, Val root, int follow_args) {
     return 0;
 }
 
+/* Fill a reachable list, dict or OrderedDict node's object with its items, in order:
+ * PyDict_SetItem for the graph's Fast* dicts (exact dict subclasses of ours), the generic
+ * PyObject_SetItem for the loaded object (a real OrderedDict). 0, or -1 with an exception. */
+static int fill_items(St *s, Node *nd, int generic) {
+    if (nd->type == N_LIST) {
+        for (uint32_t j = 0; j < nd->len; j++) {
+            PyObject *x = val_obj(s, VEC(s, nd)[j]);
+            int bad = x == NULL || PyList_Append(nd->obj, x) < 0;
+            Py_XDECREF(x);
+            if (bad)
+                return -1;
+        }
+    } else if (nd->type == N_DICT || nd->type == N_OD) {
+        for (uint32_t j = 0; j < nd->len; j++) {
+            PyObject *k = val_obj(s, VEC(s, nd)[2 * j]);
+            PyObject *x = k ? val_obj(s, VEC(s, nd)[2 * j + 1]) : NULL;
+            int bad = x == NULL || (generic ? PyObject_SetItem(nd->obj, k, x)
+                                            : PyDict_SetItem(nd->obj, k, x)) < 0;
+            Py_XDECREF(k);
+            Py_XDECREF(x);
+            if (bad)
+                return -1;
+        }
+    }
+    return 0;
+}
+
 static int build_graph(St *s, Val root) {
     if (mark_reachable(s, root, 1))
         return -1;
@@ -1921,35 +1948,18 @@ static int build_graph(St *s, Val root) {
         Node *nd = &s->nodes[i];
         if (!(nd->flags & F_REACH))
             continue;
-        if (nd->type == N_LIST) {
-            for (uint32_t j = 0; j < nd->len; j++) {
-                PyObject *x = val_obj(s, VEC(s, nd)[j]);
-                int bad = x == NULL || PyList_Append(nd->obj, x) < 0;
-                Py_XDECREF(x);
-                if (bad)
+        if (fill_items(s, nd, 0) < 0)
+            return -1;
+        if (nd->type == N_OD) {
+            if (STATE(s, nd).tag != V_UNSET) {
+                PyObject *st = val_obj(s, STATE(s, nd));
+                if (st == NULL)
                     return -1;
+                Py_XSETREF(*(PyObject **)((char *)nd->obj + C_FASTOD.off[0]), st);
             }
-        } else if (nd->type == N_DICT || nd->type == N_OD) {
-            for (uint32_t j = 0; j < nd->len; j++) {
-                PyObject *k = val_obj(s, VEC(s, nd)[2 * j]);
-                PyObject *x = k ? val_obj(s, VEC(s, nd)[2 * j + 1]) : NULL;
-                int bad = x == NULL || PyDict_SetItem(nd->obj, k, x) < 0;
-                Py_XDECREF(k);
-                Py_XDECREF(x);
-                if (bad)
-                    return -1;
-            }
-            if (nd->type == N_OD) {
-                if (STATE(s, nd).tag != V_UNSET) {
-                    PyObject *st = val_obj(s, STATE(s, nd));
-                    if (st == NULL)
-                        return -1;
-                    Py_XSETREF(*(PyObject **)((char *)nd->obj + C_FASTOD.off[0]), st);
-                }
-                if (nd->flags & F_HOOKS) {
-                    Py_INCREF(Py_True);
-                    Py_XSETREF(*(PyObject **)((char *)nd->obj + C_FASTOD.off[1]), Py_True);
-                }
+            if (nd->flags & F_HOOKS) {
+                Py_INCREF(Py_True);
+                Py_XSETREF(*(PyObject **)((char *)nd->obj + C_FASTOD.off[1]), Py_True);
             }
         }
     }
@@ -2111,25 +2121,8 @@ static int build_final(St *s, Val root, PyObject *maker, PyObject *od_type) {
         Node *nd = &s->nodes[i];
         if (!(nd->flags & F_REACH))
             continue;
-        if (nd->type == N_LIST) {
-            for (uint32_t j = 0; j < nd->len; j++) {
-                PyObject *x = val_obj(s, VEC(s, nd)[j]);
-                int bad = x == NULL || PyList_Append(nd->obj, x) < 0;
-                Py_XDECREF(x);
-                if (bad)
-                    return -1;
-            }
-        } else if (nd->type == N_DICT || nd->type == N_OD) {
-            for (uint32_t j = 0; j < nd->len; j++) {
-                PyObject *k = val_obj(s, VEC(s, nd)[2 * j]);
-                PyObject *x = k ? val_obj(s, VEC(s, nd)[2 * j + 1]) : NULL;
-                int bad = x == NULL || PyObject_SetItem(nd->obj, k, x) < 0;
-                Py_XDECREF(k);
-                Py_XDECREF(x);
-                if (bad)
-                    return -1;
-            }
-        }
+        if (fill_items(s, nd, 1) < 0)
+            return -1;
     }
     /* then the OrderedDicts' state (torch's weights-only BUILD: __dict__.update(state)),
      * once every container it may hold is filled */
