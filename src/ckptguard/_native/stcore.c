@@ -368,6 +368,22 @@ typedef struct {
     size_t dims_off, ndim;
 } ShapeSlot;
 
+/* A new tuple of the n ints d[0..n), or NULL with an exception. */
+static PyObject *int_tuple(const uint64_t *d, size_t n) {
+    PyObject *t = PyTuple_New((Py_ssize_t)n);
+    if (t == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(d[i]);
+        if (v == NULL) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, (Py_ssize_t)i, v);
+    }
+    return t;
+}
+
 static PyObject *shape_tuple(ShapeSlot *cache, const Dims *dims, const Entry *e) {
     const uint64_t *d = dims->d + e->dims_off;
     uint64_t h = 1469598103934665603ULL ^ e->ndim;
@@ -377,17 +393,9 @@ static PyObject *shape_tuple(ShapeSlot *cache, const Dims *dims, const Entry *e)
     for (int probe = 0; probe < 8; probe++) {
         ShapeSlot *c = &cache[(slot + (size_t)probe) & (SHAPE_CACHE - 1)];
         if (c->tuple == NULL) {
-            PyObject *t = PyTuple_New((Py_ssize_t)e->ndim);
+            PyObject *t = int_tuple(d, e->ndim);
             if (t == NULL)
                 return NULL;
-            for (size_t i = 0; i < e->ndim; i++) {
-                PyObject *v = PyLong_FromUnsignedLongLong(d[i]);
-                if (v == NULL) {
-                    Py_DECREF(t);
-                    return NULL;
-                }
-                PyTuple_SET_ITEM(t, (Py_ssize_t)i, v);
-            }
             if (PyObject_GC_IsTracked(t))
                 PyObject_GC_UnTrack(t); /* ints only: no cycle */
             c->tuple = t;
@@ -402,19 +410,7 @@ static PyObject *shape_tuple(ShapeSlot *cache, const Dims *dims, const Entry *e)
             return c->tuple;
         }
     }
-    /* a crowded neighbourhood: a tuple of its own */
-    PyObject *t = PyTuple_New((Py_ssize_t)e->ndim);
-    if (t == NULL)
-        return NULL;
-    for (size_t i = 0; i < e->ndim; i++) {
-        PyObject *v = PyLong_FromUnsignedLongLong(d[i]);
-        if (v == NULL) {
-            Py_DECREF(t);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(t, (Py_ssize_t)i, v);
-    }
-    return t;
+    return int_tuple(d, e->ndim); /* a crowded neighbourhood: a tuple of its own */
 }
 
 static PyObject *new_info(PyObject **vals) {
