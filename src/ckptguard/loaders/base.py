@@ -55,16 +55,18 @@ def require_safe(report: Report) -> None:
     raise err
 
 
-def fd_path(fd: int) -> str | None:
+def fd_path(fd: int, st_fd: os.stat_result | None = None) -> str | None:
     """A path that opens the same open file as ``fd`` (same inode), or None on platforms
-    without one (then loaders read through a duplicate of the descriptor)."""
+    without one (then loaders read through a duplicate of the descriptor). ``st_fd``: the
+    descriptor's ``fstat`` when the caller just took it (:func:`check_stat` returns it)."""
     base = "/proc/self/fd" if sys.platform.startswith("linux") else "/dev/fd"
     candidate = f"{base}/{fd}"
     try:
         st_link = os.stat(candidate)
     except OSError:
         return None
-    st_fd = os.fstat(fd)
+    if st_fd is None:
+        st_fd = os.fstat(fd)
     if (st_link.st_dev, st_link.st_ino) != (st_fd.st_dev, st_fd.st_ino):
         return None
     return candidate
@@ -86,8 +88,9 @@ def pread_all(fd: int, offset: int, length: int) -> bytes:
     return b"".join(chunks)
 
 
-def check_stat(path: str, fd: int, ident: FileIdentity | None) -> None:
-    """Cheap identity check: the descriptor's fstat and the path's stat."""
+def check_stat(path: str, fd: int, ident: FileIdentity | None) -> os.stat_result:
+    """Cheap identity check: the descriptor's fstat and the path's stat. Returns the
+    descriptor's fstat (:func:`fd_path` takes it: one fstat fewer per load)."""
     if ident is None:
         raise FileChangedError(path, "the audit recorded no file identity")
     st = os.fstat(fd)
@@ -104,6 +107,7 @@ def check_stat(path: str, fd: int, ident: FileIdentity | None) -> None:
             from None
     if (sp.st_dev, sp.st_ino) != (ident.device, ident.inode):
         raise FileChangedError(path, "the path now names a different file (it was replaced)")
+    return st
 
 
 def verify_identity(path: str, fd: int, ident: FileIdentity | None) -> None:
@@ -166,8 +170,8 @@ class AuditedFile:
                  tb: TracebackType | None) -> None:
         self.close()
 
-    def check_stat(self) -> None:
-        check_stat(self.path, self.fd, self.report.identity)
+    def check_stat(self) -> os.stat_result:
+        return check_stat(self.path, self.fd, self.report.identity)
 
     def verify(self) -> None:
         verify_identity(self.path, self.fd, self.report.identity)

@@ -91,8 +91,7 @@ def load_direct(af: AuditedFile, map_location: MapLocation = "cpu") -> Any:
             any(st.location != "cpu" or st.data_offset is None
                 for st in graph.storages.values()):
         return FALLBACK
-    af.check_stat()
-    path = fd_path(af.fd)
+    path = fd_path(af.fd, af.check_stat())
     if path is None:
         return FALLBACK
     assert af.report.identity is not None

@@ -51,8 +51,7 @@ def load_torch(af: AuditedFile, map_location: MapLocation = "cpu", *, mmap: bool
     """
     legacy = af.report.format is Format.TORCH_LEGACY
     use_mmap: bool | None = mmap if exact_mmap else (bool(mmap) and not legacy and not copy)
-    af.check_stat()
-    path = fd_path(af.fd)
+    path = fd_path(af.fd, af.check_stat())
     try:
         with safe_globals(af.policy, af.report):
             if path is not None:
