@@ -233,14 +233,9 @@ class Worker:
                           [(str(m), str(n)) for m, n in d["globals"]], events, dt)
 
     def close(self) -> None:
-        if self.p is None:
-            return
-        try:
-            assert self.p.stdin is not None
-            self.p.stdin.close()
-            self.p.wait(timeout=10)
-        except (subprocess.TimeoutExpired, OSError):
-            pass
+        """End the worker now: every reply has been read, and an interpreter that imported
+        torch spends ~0.35 s of CPU (and the caller's wall time) tearing itself down on a
+        graceful exit, for nothing the oracle reads (its process group is killed)."""
         self._kill()
 
 
