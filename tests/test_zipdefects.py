@@ -350,3 +350,53 @@ def test_a_spent_decompression_budget_still_caps_inflating(first: int) -> None:
     with pytest.raises(LimitExceeded) as e:
         archive.read(b)
     assert e.value.limit == "max_decompressed_bytes"
+
+
+def test_entries_sharing_one_body_are_each_checked_against_their_own_header() -> None:
+    """``verify`` inflates a local body that several central entries share once (an
+    overlapping zip bomb: 2000 entries), yet every entry gets its own outcome: its own CRC
+    and size checked, its own ratio limit, and the bytes read counted as if inflated again."""
+    import random
+
+    def archive(body: bytes, entries: list[tuple[bool, int]]) -> bytes:
+        raw = zlib.compressobj(9, zlib.DEFLATED, -15)
+        kernel = raw.compress(body) + raw.flush()
+        crc = zlib.crc32(body) & 0xFFFFFFFF
+        out = _LOC.pack(b"PK\x03\x04", 20, 0, 8, 0, 0x21, crc, len(kernel), len(body), 1, 0)
+        out += b"k" + kernel
+        cd = b""
+        for i, (crc_ok, size) in enumerate(entries):
+            nm = f"f{i}".encode()
+            cd += _CEN.pack(b"PK\x01\x02", 20, 20, 0, 8, 0, 0x21,
+                            crc if crc_ok else crc ^ 1, len(kernel), size,
+                            len(nm), 0, 0, 0, 0, 0, 0) + nm
+        return out + cd + _EOCD.pack(b"PK\x05\x06", 0, 0, len(entries), len(entries),
+                                     len(cd), len(out), 0)
+
+    def verify_all(data: bytes, limits: Limits) -> tuple[list[object], int]:
+        ctx = AuditContext("x.zip", Source.from_bytes(data), Policy(), limits)
+        found: list[Defect] = []
+        a = read_archive(ctx, found.append)
+        assert isinstance(a, ZipArchive)
+        before = ctx.source.bytes_read
+        out: list[object] = []
+        for e in a.entries:
+            start = len(found)
+            try:
+                a.verify(e)
+                out.append([d.kind.name for d in found[start:]])
+            except LimitExceeded as x:
+                out.append((x.limit, str(x)))
+        return out, ctx.source.bytes_read - before
+
+    noise = random.Random(3).randbytes(1 << 16)
+    n = len(noise)
+    res, nread = verify_all(archive(noise, [(True, n), (False, n), (True, n), (False, n),
+                                            (True, n - 1), (True, n)]), Limits())
+    assert res == [[], ["CRC_MISMATCH"], [], ["CRC_MISMATCH"], ["INFLATES_PAST_SIZE"], []]
+    assert nread > 5 * n
+    zeros = bytes(1 << 20)   # ratio ~1000: past the default cap of 200
+    res, nread = verify_all(archive(zeros, [(True, 1 << 20)] * 3), Limits())
+    assert res == [("max_compression_ratio", f"limit max_compression_ratio=200 reached: "
+                    f"member f{i}") for i in range(3)]
+    assert nread > 0 and nread % 3 == 0

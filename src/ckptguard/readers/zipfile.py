@@ -202,6 +202,11 @@ class ZipArchive:
         self.cd_offset = cd_offset
         self.comment = comment
         self._decompressed = 0
+        #: ``verify``'s inflations that ran to their end or to the compression-ratio cap, by
+        #: (data offset, compressed size, size): (cap reached, crc, inflated size, bytes
+        #: read). Central entries sharing one local body (an overlapping zip bomb: 2000
+        #: entries) inflate it once, not once each.
+        self._inflated: dict[tuple[int, int, int], tuple[bool, int, int, int]] = {}
         #: True when CPython's zipfile provably reads the same directory (see
         #: ``python_canonical``); otherwise ``compare_python_zipfile`` runs zipfile itself.
         self.python_canonical = False
@@ -263,6 +268,16 @@ class ZipArchive:
             return
         cap = min(max(entry.size, 0) + 1, entry.compressed_size * lim.max_compression_ratio
                   + 4096)
+        key = (entry.data_offset, entry.compressed_size, entry.size)
+        done = self._inflated.get(key)
+        if done is not None:   # the same bytes inflated to the same cap: the same outcome
+            capped, crc, total, nread = done
+            ctx.source.bytes_read += nread
+            if capped:
+                raise LimitExceeded("max_compression_ratio", lim.max_compression_ratio,
+                                    f"member {entry.name}")
+            self._check_sums(entry, crc, total)
+            return
         d = zlib.decompressobj(-15)
         crc = total = 0
         step = 1 << 20
@@ -289,12 +304,17 @@ class ZipArchive:
                         self.report(D.INFLATES_PAST_SIZE, entry.name, entry.size,
                                     member=entry.name, offset=entry.data_offset)
                         return
+                    self._inflated[key] = (True, crc, total, pos - entry.data_offset)
                     raise LimitExceeded("max_compression_ratio", lim.max_compression_ratio,
                                         f"member {entry.name}")
         except zlib.error as e:
             self.report(D.BAD_DEFLATE, entry.name, str(e), member=entry.name,
                         offset=entry.data_offset)
             return
+        self._inflated[key] = (False, crc, total, pos - entry.data_offset)
+        self._check_sums(entry, crc, total)
+
+    def _check_sums(self, entry: ZipEntry, crc: int, total: int) -> None:
         if (crc & 0xFFFFFFFF) != entry.crc32:
             self.report(D.CRC_MISMATCH, entry.name, entry.crc32, member=entry.name,
                         offset=entry.data_offset)
