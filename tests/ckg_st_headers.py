@@ -32,6 +32,17 @@ def _name(rng: random.Random, i: int) -> str:
     return base.format(i) if "{}" in base else f"{base}{i}"
 
 
+def contiguous_offsets(sizes: list[int], order: list[int]) -> dict[int, tuple[int, int]]:
+    """``{tensor index: (begin, end)}`` laying the tensors out back to back in ``order``
+    (what a valid safetensors data section is)."""
+    offs: dict[int, tuple[int, int]] = {}
+    pos = 0
+    for k in order:
+        offs[k] = (pos, pos + sizes[k])
+        pos += sizes[k]
+    return offs
+
+
 def plain_header(rng: random.Random, n: int | None = None) -> tuple[dict[str, Any], int]:
     """A header the prover must prove (as a dict, in its key order) and its data length."""
     if n is None:
@@ -61,11 +72,8 @@ def plain_header(rng: random.Random, n: int | None = None) -> tuple[dict[str, An
         order.sort(key=lambda k: tensors[k][0])  # the library: sorted by name
     elif how < 0.7:
         rng.shuffle(order)
-    offs: dict[int, tuple[int, int]] = {}
-    pos = 0
-    for k in order:
-        offs[k] = (pos, pos + tensors[k][3])
-        pos += tensors[k][3]
+    offs = contiguous_offsets([t[3] for t in tensors], order)
+    pos = sum(t[3] for t in tensors)  # the data section's length
     header: dict[str, Any] = {}
     meta_first = rng.random() < 0.7
     meta: dict[str, str] | None = None

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ckg_st_headers import contiguous_offsets
 
 import ckptguard
 from ckptguard.analysis import safetensors as st_audit
@@ -94,11 +95,8 @@ def canonical(rng: random.Random) -> tuple[dict[str, Any], int]:
         tensors.append((_name(rng, i), dt, shape, numel * bits // 8))
     order = list(range(n))
     rng.shuffle(order)
-    offs: dict[int, tuple[int, int]] = {}
-    pos = 0
-    for k in order:
-        offs[k] = (pos, pos + tensors[k][3])
-        pos += tensors[k][3]
+    offs = contiguous_offsets([t[3] for t in tensors], order)
+    pos = sum(t[3] for t in tensors)  # the data section's length
     header: dict[str, Any] = {}
     if rng.random() < 0.5:
         header["__metadata__"] = {"format": rng.choice(["pt", "np", "tf"]),
