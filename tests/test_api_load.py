@@ -156,6 +156,7 @@ def test_hostile_never_reaches_torch_load(tmp_path: Path, make: object, loc: str
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_hostile_fixture_is_live(tmp_path: Path) -> None:
     """The hostile zip really executes under an unsafe load (run in a child process)."""
     marker = tmp_path / "pwned"

@@ -184,6 +184,7 @@ def torch_loads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             for name in PROVEN}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PROVEN)
 def test_gadget_really_allocates_under_torch_load(torch_loads: dict[str, str],
                                                   name: str) -> None:

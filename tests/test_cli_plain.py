@@ -95,6 +95,7 @@ def _both(argv: list[str], capfd: pytest.CaptureFixture[str],
     return fast
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", [None, *(f.value for f in ReportFormat)])
 def test_fixture_folders_same_output_both_lanes(fmt: str | None, capfd: pytest.CaptureFixture[str],
                                               monkeypatch: pytest.MonkeyPatch) -> None:

@@ -82,6 +82,7 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ctrl_c_while_scanning_ends_fast_with_a_partial_report(tmp_path: Path,
                                                                workers: int) -> None:
@@ -131,6 +132,7 @@ def test_sigkill_to_the_parent_kills_the_workers(tmp_path: Path) -> None:
     assert wait_for(lambda: not any(alive(p) for p in pool), 2.0), pool
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_scan_is_reported_not_lost(tmp_path: Path) -> None:
     n = 60  # ~0.05 s a file: the kill (0.3 s after both workers started) lands mid-scan
     folder = slow_folder(tmp_path, n)
@@ -166,6 +168,7 @@ def _many_small(tmp_path: Path, n: int = 3000) -> Path:
     return tmp_path / "many"
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_writing_the_report_keeps_report_and_exit_code_in_agreement(
         tmp_path: Path) -> None:
     """One Ctrl-C while the (finished) report is being written: the whole report is written,
@@ -182,6 +185,7 @@ def test_ctrl_c_while_writing_the_report_keeps_report_and_exit_code_in_agreement
     assert "the report is complete" in err
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_while_writing_abandons_the_report(tmp_path: Path) -> None:
     folder = _many_small(tmp_path)
     proc = start(str(folder), "-v", cwd=tmp_path)

@@ -57,6 +57,7 @@ def _scan_in_tmux(tmp_path: Path, files: int, *args: str) -> tuple[str, Path]:
     return session, done
 
 
+@pytest.mark.slow
 def test_progress_bar_in_terminal(tmp_path: Path) -> None:
     session, done = _scan_in_tmux(tmp_path, 60)
     try:

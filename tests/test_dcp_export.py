@@ -271,6 +271,7 @@ def dcp_fired(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], str
 
 @pytest.mark.parametrize("i", range(len(DCP_FIXTURES)),
                          ids=[e["path"] for e in DCP_FIXTURES])
+@pytest.mark.slow
 def test_hostile_metadata_is_critical_and_fires_with_dcp_load(
         i: int, dcp_fired: tuple[list[Path], str, str]) -> None:
     cwds, out, err = dcp_fired
@@ -350,6 +351,7 @@ def test_stream_transforms_are_incomplete(tmp_path: Path) -> None:
     assert _cli(str(folder)) == 2
 
 
+@pytest.mark.slow
 def test_trojaned_bytes_item_fires_with_dcp_load(tmp_path: Path) -> None:
     """A non-tensor item: torch's default planner torch.load(weights_only=False)s it."""
     fam = family()

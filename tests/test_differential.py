@@ -353,6 +353,7 @@ def _check(worker: Any, data: bytes, globals_used: list[str], tmp: Path) -> tupl
 @DIFF
 @given(tensor_case(), st.sampled_from(["archive", "model", "a"]),
        st.sampled_from(["torch", "reversed"]))
+@pytest.mark.slow
 def test_generated_torch_zips(worker: Any, case: tuple[bytes, dict[str, bytes], list[str], str],
                               folder: str, order: str) -> None:
     pkl, storages, globals_used, _kind = case
@@ -360,6 +361,7 @@ def test_generated_torch_zips(worker: Any, case: tuple[bytes, dict[str, bytes], 
         _check(worker, torch_zip(pkl, storages, folder, order), globals_used, Path(d))
 
 
+@pytest.mark.slow
 @DIFF
 @given(tensor_case(), st.data())
 def test_mutated_torch_zips(worker: Any, case: tuple[bytes, dict[str, bytes], list[str], str],

@@ -182,6 +182,7 @@ N_PROGRAMS = 2000
 N_MUTANTS = 5
 
 
+@pytest.mark.slow
 def test_generated_programs_fast_equals_vm() -> None:
     rng = random.Random(20261128)
     counts = {"accept": 0, "decline": 0}

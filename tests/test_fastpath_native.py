@@ -153,6 +153,7 @@ def _full(r: Any) -> Any:
             r.tensors, r.metadata, r.members)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: str(p.relative_to(ROOT / "fixtures")))
 def test_every_fixture_native_pure_vm(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     nat = _report(path, "native", monkeypatch)
@@ -223,6 +224,7 @@ N_PROGRAMS = 1200
 N_MUTANTS = 8
 
 
+@pytest.mark.slow
 def test_generated_programs_native_python_vm() -> None:
     rng = random.Random(20261129)
     counts: dict[str, int] = {"native": 0, "decline": 0, "n": 0, "p": 0, "both": 0, "-": 0}
@@ -533,6 +535,7 @@ def _big_state_dict(n: int) -> tuple[bytes, StorageCatalog]:
     return data, cat
 
 
+@pytest.mark.slow
 def test_large_program_on_mapped_arrays_matches_python_and_vm() -> None:
     # 20k tensors: every working array of the core passes the size where it gets its own
     # mapping (grown by mremap): the result is still the Python path's and the VM's

@@ -44,6 +44,7 @@ def _id(e: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------- generator
 
+@pytest.mark.slow
 def test_generate_is_deterministic_and_committed() -> None:
     r = subprocess.run([sys.executable, str(FIXTURES / "generate.py"), "--check"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
@@ -99,6 +100,7 @@ def fired(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, Path
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", FIRING, ids=_id)
 def test_payload_fires(entry: dict[str, Any], fired: dict[str, tuple[Any, Path]]) -> None:
     loader = entry["fires"]

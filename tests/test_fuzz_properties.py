@@ -94,12 +94,14 @@ def opcode_program(draw: st.DrawFn) -> bytes:
     return b"".join(out)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(opcode_program())
 def test_opcode_programs_raw(prog: bytes) -> None:
     audit(prog, "x.pkl")
 
 
+@pytest.mark.slow
 @FUZZ
 @given(opcode_program())
 def test_opcode_programs_in_torch_zip(prog: bytes) -> None:
@@ -138,6 +140,7 @@ def mutated_benign(draw: st.DrawFn) -> tuple[str, bytes, bytes]:
     return name, orig, _mutate(draw, orig)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(mutated_benign())
 def test_mutated_benign_never_falsely_safe(case: tuple[str, bytes, bytes]) -> None:
@@ -213,6 +216,7 @@ def test_npy_headers(header: str, body: bytes) -> None:
 
 # --- atheris, a short run per target ---------------------------------------------------------
 
+@pytest.mark.slow
 def test_atheris_targets_short_run(tmp_path: Path) -> None:
     """Every target runs CKG_FUZZ_RUNS inputs (default 10,000: what 3 s gave here), seed 1,
     from a fresh corpus seeded with the fixtures, the four at once; CKG_FUZZ_SECONDS runs

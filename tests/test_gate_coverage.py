@@ -172,6 +172,7 @@ def _user_site(base: Path) -> Path:
     return site
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["env+pth", "initializer"])
 def test_spawned_worker_is_gated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                  how: str) -> None:
@@ -238,6 +239,7 @@ except Exception as e:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pth", [True, False])
 def test_subprocess_with_pth_is_gated(tmp_path: Path, pth: bool) -> None:
     marker = tmp_path / "pwned"
@@ -253,6 +255,7 @@ def test_subprocess_with_pth_is_gated(tmp_path: Path, pth: bool) -> None:
         assert marker.exists()
 
 
+@pytest.mark.slow
 def test_unusable_policy_file_fails_closed(tmp_path: Path) -> None:
     """CKPTGUARD_POLICY names a file that cannot be used: the gate still turns on and
     refuses every load (the start-up hook cannot stop the interpreter, so it must not

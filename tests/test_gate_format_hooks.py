@@ -70,6 +70,7 @@ def _run(code: str, env: dict[str, str] | None = None) -> dict[str, dict[str, bo
     return out
 
 
+@pytest.mark.slow
 def test_the_guard_hooks_a_format_loader_when_torch_imports_it() -> None:
     steps = _run(_GUARD_THEN_IMPORT)
     everything = {"export_imported": True, "pkg_imported": True}
@@ -85,6 +86,7 @@ def test_the_guard_hooks_a_format_loader_when_torch_imports_it() -> None:
         "load_pt2_gated": False}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="environment gate test uses POSIX env")
 def test_the_environment_gate_imports_no_format_loader_and_hooks_them_later() -> None:
     env = {**os.environ, ENV_VAR: "1"}

@@ -161,6 +161,7 @@ def test_hostile_file_like_never_reaches_torch_load(tmp_path: Path,
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_hostile_without_guard_would_run(tmp_path: Path) -> None:
     """Control: the same file, loaded unsafely in a child process, does create the marker."""
     marker = tmp_path / "pwned"
@@ -200,6 +201,7 @@ def _run_child(code: str, env_on: bool) -> subprocess.CompletedProcess[str]:
                           env=env, timeout=180, check=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("torch_first", [True, False])
 def test_environment_switch(tmp_path: Path, torch_first: bool) -> None:
     marker = tmp_path / "pwned"
@@ -220,6 +222,7 @@ def test_environment_switch(tmp_path: Path, torch_first: bool) -> None:
     assert not marker.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("probes", [1, 3])
 def test_environment_switch_survives_find_spec_probes(tmp_path: Path, probes: int) -> None:
     """transformers and accelerate ask ``importlib.util.find_spec("torch")`` before they

@@ -175,6 +175,7 @@ def test_torch_import_out_of_memory_names_the_cause(tmp_path: Path, limit_mb: in
     assert "out of memory" in out and "RLIMIT_AS" in out
 
 
+@pytest.mark.slow
 def test_torch_import_without_limit_loads(tmp_path: Path) -> None:
     """Control: the same child without the limit loads."""
     path = save_torch(tmp_path / "m.pt", {"x": torch.ones(2)})
@@ -283,6 +284,7 @@ print(float(out["w"].sum()))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["zip", "safetensors"])
 @pytest.mark.parametrize("copy", [False, True])
 def test_truncation_sigbus_only_without_copy(tmp_path: Path, kind: str, copy: bool) -> None:

@@ -94,6 +94,7 @@ def _results(tot: Totals, cls: str, kind: str) -> list[tuple[str, LoadResult]]:
     return out
 
 
+@pytest.mark.slow
 def test_oracle_short_run_finds_no_new_class(short_run: Totals) -> None:
     new = [d for d in short_run.disagreements if _known(d) is None]
     assert not new, f"{len(new)} SAFE files a loader exploits:\n" + "\n".join(

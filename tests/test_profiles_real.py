@@ -103,6 +103,7 @@ def _scan_cli(*args: str) -> int:
 
 # --- transformers Trainer ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_trainer_folder_is_medium_only_without_profile(hf_run: Path) -> None:
     ckpt = hf_run / "checkpoint-2"
     r = ckptguard.scan(ckpt)

@@ -42,6 +42,7 @@ def client() -> Iterator[object]:
     cluster.close()
 
 
+@pytest.mark.slow
 def test_dask_scan_equals_local_scan(server: NginxServer, client: object) -> None:
     from ckptguard.remote.distributed import scan_on_dask
 
@@ -59,6 +60,7 @@ def test_dask_scan_equals_local_scan(server: NginxServer, client: object) -> Non
         assert got[p].to_dict()["verdict"] == ckptguard.scan(p).verdict.value
 
 
+@pytest.mark.slow
 def test_cli_from_file_on_dask_local_cluster(server: NginxServer, tmp_path: Path) -> None:
     lst = tmp_path / "list.txt"
     safe = f"{server.base}/files/benign/linear.pt"

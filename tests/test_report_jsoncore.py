@@ -24,7 +24,6 @@ from ckg_json_reports import (
 )
 
 import ckptguard
-from ckptguard._native import native
 from ckptguard.model import Report, TensorInfo
 from ckptguard.report import ScanResult
 from ckptguard.report import fastjson as fj
@@ -32,7 +31,7 @@ from ckptguard.report.jsonreport import dumps, iter_json, scan_document
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
-CORE = native("jsoncore")
+CORE = fj._core()  # the C encoder set up for TensorInfo (init() done), or None
 needs_core = pytest.mark.skipif(CORE is None, reason="jsoncore not built")
 LEVELS = [None, 1, 2, 3, 6]  # rows are written at level 1 and deeper (or compact)
 
@@ -66,6 +65,7 @@ def test_the_core_is_used_for_plain_tensors() -> None:
         assert got is not None and got == fj._rows_by_json(ts, level)
 
 
+@pytest.mark.slow
 def test_every_fixture_report_byte_for_byte(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every fixture's report, as a whole document (compact and indented) and row by row
     at several levels: json.dumps' bytes with the C encoder and without it."""
@@ -93,6 +93,7 @@ def test_every_fixture_report_byte_for_byte(monkeypatch: pytest.MonkeyPatch) -> 
     assert with_tensors > 30
 
 
+@pytest.mark.slow
 def test_seeded_tensor_lists_core_pure_and_json_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     """12,000 seeded lists: the C encoder's text (when it does not decline) is json.dumps';
     fastjson with and without it gives json.dumps' text or raises what json.dumps raises."""

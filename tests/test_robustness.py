@@ -256,6 +256,7 @@ def _manifest() -> list[dict[str, object]]:
     return json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else []
 
 
+@pytest.mark.slow
 def test_generator_is_deterministic_and_committed() -> None:
     rc = subprocess.run([sys.executable, str(ROOT / "fixtures" / "generate_robustness.py"),
                          "--check"], check=False, capture_output=True, text=True,

@@ -186,6 +186,7 @@ def _edit(h: dict[str, Any], rest: bytes, rng: random.Random) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + rest
 
 
+@pytest.mark.slow
 def test_generated_headers_fast_equals_strict(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(1313)
     proved_canonical = proved_mutant = mutants = 0

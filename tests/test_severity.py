@@ -545,6 +545,7 @@ def test_profile_flag_and_suggest_policy_round_trip(tmp_path: Path,
 
 @pytest.mark.parametrize(("profiles", "expect"), [("numpy", "LOADED"),
                                                   ("", "UnsafeCheckpointError")])
+@pytest.mark.slow
 def test_environment_gate_takes_profiles(tmp_path: Path, profiles: str, expect: str) -> None:
     import os
     import subprocess

@@ -84,6 +84,7 @@ def test_fixture_native_equals_pure(path: str, monkeypatch: pytest.MonkeyPatch) 
         assert recs["strict"]["findings"] == [] and recs["strict"]["problems"] == []
 
 
+@pytest.mark.slow
 @needs_native
 def test_generated_native_equals_pure_and_strict() -> None:
     rng = random.Random(1313)

@@ -243,6 +243,7 @@ def _torch_says_invalid(t: torch.Tensor) -> bool:
         return True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("crow", [[0, 3, 0], [0, 4, 0, 0, 0], [0, 2, 0], [0, -1, 0]])
 def test_compressed_indices_that_crash_torchs_own_check_are_refused(tmp_path: Path,
                                                                    crow: list[int]) -> None:

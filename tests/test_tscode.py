@@ -93,6 +93,7 @@ def jit_loaded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str
     return base, proc.stdout, proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", JIT_NAMES)
 def test_firing_variants_really_touch_files_under_jit_load(
         jit_loaded: tuple[Path, str, str], name: str) -> None:
@@ -132,6 +133,7 @@ _MODULE = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_real_jit_script_module_with_from_file_in_setstate(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     src = tmp_path / "mod.py"

@@ -72,6 +72,7 @@ def test_every_variant_has_an_expectation() -> None:
     assert set(family()["work_variants"](16)) == set(EXPECT)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPECT))
 def test_variant_answers_within_the_limit(results: dict[str, dict[str, Any]],
                                           name: str) -> None:

@@ -92,6 +92,7 @@ def test_zip_fixtures_prover_accepts_benign() -> None:
     assert accepted == total >= 10
 
 
+@pytest.mark.slow
 @needs_native
 def test_generated_archives_differential(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(20261129)
