@@ -57,6 +57,7 @@ def _validate(sarif: Path) -> list[dict]:
     return [r for run in doc["runs"] for r in run.get("results", [])]
 
 
+@pytest.mark.slow
 def test_multitool_finds_no_error_or_warning(tmp_path: Path) -> None:
     write(tmp_path / "m" / "ok.safetensors", safetensors_bytes())
     write(tmp_path / "m" / "evil.pkl", evil_pickle())
@@ -79,6 +80,7 @@ def test_multitool_finds_no_error_or_warning(tmp_path: Path) -> None:
     assert problems == [], [(p["ruleId"], p["message"]) for p in problems[:5]]
 
 
+@pytest.mark.slow
 def test_multitool_flags_a_missing_region(tmp_path: Path) -> None:
     """The check itself can fail: the same log with regions removed draws warnings."""
     write(tmp_path / "evil.pkl", evil_pickle())
