@@ -24,6 +24,7 @@ and fuzz/oracle.py (the long run). Deterministic for a given seed.
 from __future__ import annotations
 
 import _compat_pickle
+import atexit
 import contextlib
 import io
 import json
@@ -34,6 +35,7 @@ import runpy
 import select
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -137,6 +139,148 @@ class Totals:
                 f"{self.restarts}; {self.seconds:.1f} s")
 
 
+# ==================================================================================== zygote
+
+#: the zygote: import torch once, then fork one child per torch-kind worker that runs
+#: tests/oracle_worker.py exactly as ``python -c`` would (own session, environment, cwd,
+#: sys.path and argv; SIGCHLD back to default). Requests are one datagram each with the
+#: child's stdin, stdout and stderr as SCM_RIGHTS descriptors; the reply is its pid.
+_ZYGOTE_SRC = r"""
+import json, os, runpy, signal, socket, sys, traceback
+sock = socket.socket(fileno=int(sys.argv[1]))
+import torch  # what every torch-kind worker imports first: the forks share it
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the forks
+sock.sendall(b"ready")
+while True:
+    msg, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 3)
+    if not msg:
+        break
+    req = json.loads(msg)
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            os.setsid()
+            sock.close()
+            for i, fd in enumerate(fds):
+                os.dup2(fd, i)
+                os.close(fd)
+            os.environ.clear()
+            os.environ.update(req["env"])
+            os.chdir(req["cwd"])
+            extra = [p for p in req["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
+            sys.path[0:1] = ["", *extra]
+            sys.dont_write_bytecode = bool(req["env"].get("PYTHONDONTWRITEBYTECODE"))
+            sys.argv = [req["worker"], req["kind"]]
+            runpy.run_path(req["worker"], run_name="__main__")
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            for f in (sys.stdout, sys.stderr):
+                try:
+                    f.flush()
+                except Exception:
+                    pass
+            os._exit(code)
+    for fd in fds:
+        os.close(fd)
+    sock.sendall(str(pid).encode())
+"""
+
+
+class Forked:
+    """A worker forked by the zygote, with the part of ``Popen``'s interface Worker uses.
+    It is the zygote's child, not ours: ``poll`` sees it gone once the kernel reaped it
+    (its exit status is not ours to read: -1)."""
+
+    def __init__(self, pid: int, stdin: io.BufferedWriter, stdout: io.BufferedReader) -> None:
+        self.pid, self.stdin, self.stdout = pid, stdin, stdout
+
+    def poll(self) -> int | None:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return -1
+        except PermissionError:   # the pid was reused by another user's process
+            return -1
+        return None
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
+            time.sleep(0.001)
+        return -1
+
+
+class Zygote:
+    """One per test process (started on first use, ended at exit): saves each torch-kind
+    worker its own interpreter start and ``import torch`` (~0.9 s of CPU a worker).
+    ``CKG_ORACLE_FORK=0`` turns it off (every worker is a fresh ``python -c`` again)."""
+
+    _instance: Zygote | None = None
+    _failed = False
+
+    @classmethod
+    def get(cls) -> Zygote | None:
+        if cls._failed or os.environ.get("CKG_ORACLE_FORK", "1") == "0" or \
+                not hasattr(socket, "send_fds") or not sys.platform.startswith("linux"):
+            return None
+        if cls._instance is None or cls._instance.p.poll() is not None:
+            try:
+                cls._instance = cls()
+            except (OSError, RuntimeError):
+                cls._failed = True
+                return None
+        return cls._instance
+
+    def __init__(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("CKPTGUARD")}
+        env.pop("PYTHONPATH", None)
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock = ours
+        self.p = subprocess.Popen([sys.executable, "-c", _ZYGOTE_SRC, str(theirs.fileno())],
+                                  pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  env=env, start_new_session=True, cwd=tempfile.gettempdir())
+        theirs.close()
+        ours.settimeout(120.0)
+        if ours.recv(64) != b"ready":
+            self.close()
+            raise RuntimeError("oracle zygote did not start")
+        atexit.register(self.close)
+
+    def start(self, kind: str, env: dict[str, str], err: Any) -> Forked:
+        """Fork a worker of ``kind``; returns it with the parent's ends of its pipes."""
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_fd = os.open(os.devnull, os.O_WRONLY) if err is subprocess.DEVNULL else \
+            os.dup(err.fileno())
+        try:
+            msg = json.dumps({"kind": kind, "env": env, "cwd": tempfile.gettempdir(),
+                              "worker": str(WORKER)}).encode()
+            socket.send_fds(self.sock, [msg], [in_r, out_w, err_fd])
+            pid = int(self.sock.recv(64))
+        finally:
+            for fd in (in_r, out_w, err_fd):
+                os.close(fd)
+        return Forked(pid, os.fdopen(in_w, "wb"), os.fdopen(out_r, "rb"))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        if self.p.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.p.pid, signal.SIGKILL)
+            self.p.wait()
+
+
 # ==================================================================================== worker
 
 class Worker:
@@ -146,7 +290,7 @@ class Worker:
                  log: Path | None = None) -> None:
         self.kind, self.timeout, self.as_mb, self.log = kind, timeout, as_mb, log
         self.restarts = 0
-        self.p: subprocess.Popen[bytes] | None = None
+        self.p: subprocess.Popen[bytes] | Forked | None = None
         self._buf = b""
         self._start()
 
@@ -157,12 +301,17 @@ class Worker:
         if self.kind != "ckptguard":
             env.pop("PYTHONPATH", None)    # only safe_load's worker needs ckptguard
         err = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
-        # run like ``python -c``: sys.path[0] is '' (the load's cwd), not tests/
-        boot = ("import runpy, sys; sys.argv = [sys.argv[1], sys.argv[2]]; "
-                "runpy.run_path(sys.argv[0], run_name='__main__')")
-        self.p = subprocess.Popen([sys.executable, "-c", boot, str(WORKER), self.kind],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                  env=env, start_new_session=True, cwd=tempfile.gettempdir())
+        zygote = Zygote.get() if self.kind in TORCH_KINDS else None
+        if zygote is not None:
+            self.p = zygote.start(self.kind, env, err)
+        else:
+            # run like ``python -c``: sys.path[0] is '' (the load's cwd), not tests/
+            boot = ("import runpy, sys; sys.argv = [sys.argv[1], sys.argv[2]]; "
+                    "runpy.run_path(sys.argv[0], run_name='__main__')")
+            self.p = subprocess.Popen([sys.executable, "-c", boot, str(WORKER), self.kind],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=err, env=env, start_new_session=True,
+                                      cwd=tempfile.gettempdir())
         if err is not subprocess.DEVNULL:
             err.close()
         self._buf = b""
@@ -194,6 +343,8 @@ class Worker:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.p.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(self.p.pid, signal.SIGKILL)   # a fork killed before its setsid()
         self.p.wait()
         for s in (self.p.stdin, self.p.stdout):
             if s is not None:

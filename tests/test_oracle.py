@@ -181,3 +181,47 @@ def test_torch_zip_npy_member_is_a_real_attack(short_run: Totals) -> None:
 def test_torch_zip_npy_member_is_never_safe(short_run: Totals) -> None:
     verdicts = [v for v, _ in _results(short_run, "torch-zip-npy-member", "numpy")]
     assert "SAFE" not in verdicts, verdicts
+
+
+# --- the zygote (oracle_harness.Zygote): a forked worker sees what a fresh one sees -------
+
+@pytest.mark.slow
+def test_forked_workers_load_like_fresh_interpreters(tmp_path: pytest.TempPathFactory,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unsafe torch.load and safe_load over benign and firing fixtures:
+    the same outcome, globals and payload events from a worker forked by the zygote as
+    from a fresh ``python -c`` worker (CKG_ORACLE_FORK=0)."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from oracle_harness import FIXTURES, Forked, Worker, run_loads
+
+    manifest = json.loads((FIXTURES / "manifest.json").read_text(encoding="utf-8"))
+    firing = [e["path"] for e in manifest["fixtures"] if e["fires"] == "torch.load"][:4]
+    benign = [e["path"] for e in manifest["fixtures"]
+              if e["path"].startswith("benign/") and e["path"].endswith((".pt", ".bin"))][:2]
+    assert len(firing) == 4 and len(benign) == 2
+
+    def run(kind: str, fork: str) -> list[tuple[bool, str, list[tuple[str, str]], list[str]]]:
+        monkeypatch.setenv("CKG_ORACLE_FORK", fork)
+        jobs = []
+        for i, rel in enumerate(firing + benign):
+            d = Path(str(tmp_path)) / f"{kind}-{fork}-{i}"
+            d.mkdir()
+            shutil.copy(FIXTURES / rel, d / Path(rel).name)
+            jobs.append((d / Path(rel).name, d, 60.0))
+        return [(r.ok, r.error.split(":", 1)[0], sorted(r.globals), sorted(e for e, _ in r.events))
+                for _p, r, _n in run_loads(kind, jobs)]
+
+    for kind in ("torch_full", "ckptguard"):
+        forked, fresh = run(kind, "1"), run(kind, "0")
+        assert forked == fresh, kind
+        if kind == "torch_full":
+            assert all("file-created" in ev for _ok, _e, _g, ev in forked[:4]), forked
+    monkeypatch.setenv("CKG_ORACLE_FORK", "1")
+    w = Worker("torch_wo")
+    try:
+        assert isinstance(w.p, Forked)
+    finally:
+        w.close()
