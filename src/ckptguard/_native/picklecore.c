@@ -246,7 +246,10 @@ typedef struct {
     int order[N_GLOBALS], norder;
     PyObject *records, *seen;
     PyObject *shapes;  /* equal size / stride tuples shared: {tuple: tuple} */
-    PyObject *gobj[N_GLOBALS];  /* Global objects (None: not allowed under the policy) */
+    /* Global objects, owned (None: not allowed under the policy; Ellipsis: not resolved
+     * yet -- ``resolver(id)`` resolves it when the program first names it) */
+    PyObject *gobj[N_GLOBALS];
+    PyObject *resolver;
 } St;
 
 
@@ -1360,7 +1363,16 @@ static int run(St *s) {
                     break;
                 }
             }
-            if (g < 0 || s->gobj[g] == Py_None)
+            if (g >= 0 && s->gobj[g] == Py_Ellipsis) {
+                /* first named: resolved now, so a program resolves only what it uses */
+                PyObject *gid = s->resolver ? PyLong_FromLong(g) : NULL;
+                PyObject *r = gid ? PyObject_CallOneArg(s->resolver, gid) : NULL;
+                Py_XDECREF(gid);
+                if (r == NULL)
+                    return -1; /* no resolver, or it raised: decline */
+                Py_SETREF(s->gobj[g], r);
+            }
+            if (g < 0 || s->gobj[g] == Py_None || s->gobj[g] == Py_Ellipsis)
                 return -1; /* not a global the fast path understands, or not allowed */
             if (!s->found[g]) {
                 s->found[g] = 1;
@@ -2181,6 +2193,8 @@ static void st_free(St *s) {
     arr_free(s->mbig);
     Py_XDECREF(s->loc_last);
     Py_CLEAR(s->shapes);
+    for (int i = 0; i < N_GLOBALS; i++)
+        Py_CLEAR(s->gobj[i]);
 }
 
 /* ---- module functions ------------------------------------------------------------------- */
@@ -2188,15 +2202,16 @@ static void st_free(St *s) {
 static PyObject *pc_scan(PyObject *self, PyObject *args) {
     Py_buffer buf;
     PyObject *records, *gobjs, *limits, *maker = Py_None, *od_type = Py_None;
+    PyObject *resolver = Py_None;
     int keep_graph, want_infos;
     (void)self;
     if (C_RECORD.type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "picklecore.init() was not called");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "y*O!O!O!pp|OO", &buf, &PyDict_Type, &records, &PyTuple_Type,
+    if (!PyArg_ParseTuple(args, "y*O!O!O!pp|OOO", &buf, &PyDict_Type, &records, &PyTuple_Type,
                           &gobjs, &PyTuple_Type, &limits, &keep_graph, &want_infos, &maker,
-                          &od_type))
+                          &od_type, &resolver))
         return NULL;
     int final = keep_graph && maker != Py_None;
     St st;
@@ -2217,7 +2232,8 @@ static PyObject *pc_scan(PyObject *self, PyObject *args) {
         }
     }
     for (int i = 0; i < N_GLOBALS; i++)
-        s->gobj[i] = PyTuple_GET_ITEM(gobjs, i);
+        s->gobj[i] = Py_NewRef(PyTuple_GET_ITEM(gobjs, i));
+    s->resolver = resolver == Py_None ? NULL : resolver;
     s->d = buf.buf;
     s->n = buf.len;
     s->max_stack = lim[0];
@@ -2558,10 +2574,12 @@ static PyMethodDef methods[] = {
      "init(StorageRef, TensorRecord, TensorInfo | None, FastDict, FastList, "
      "FastOrderedDict, FastTensor): the classes scan() builds"},
     {"scan", pc_scan, METH_VARARGS,
-     "scan(data, records, globals, limits, keep_graph, want_infos[, maker, OrderedDict]) -> "
+     "scan(data, records, globals, limits, keep_graph, want_infos[, maker, OrderedDict, "
+     "resolver]) -> "
      "None (decline) or (global ids, [(name, TensorRecord)], [TensorInfo] | None, seen, "
      "root | None); with a maker (and keep_graph): root is (the loaded object,) built with "
-     "maker(TensorRecord) per tensor, or None when that build failed"},
+     "maker(TensorRecord) per tensor, or None when that build failed. A globals entry "
+     "that is Ellipsis is resolved by resolver(id) when the program first names it"},
     {"split_records", pc_split_records, METH_VARARGS,
      "split_records(entries, prefix, ZipEntry) -> None or (records without tensor data, "
      "{key: (member, data_offset, size)}, entries outside the prefix, entries not in the "

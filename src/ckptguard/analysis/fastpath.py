@@ -41,6 +41,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, fields
 from functools import cache
+from types import EllipsisType
 from typing import Any
 
 from .._native import native
@@ -581,11 +582,11 @@ def _try_native(core: Any, ctx: AuditContext, data: bytes,
     # (name, record) pairs are freed before the object is built (``result.tensors`` is
     # empty): the load returns the object, and the report is handed out only by an audit
     # without a maker
-    out = core.scan(data, catalog.records, gobjs,
+    out = core.scan(data, catalog.records, tuple(gobjs.values),
                     (lim.max_stack, lim.max_container_items, lim.max_memo,
                      lim.max_mark_depth, lim.max_tensors, lim.max_objects,
                      lim.max_memo_index), ctx.keep_graph, maker is None,
-                    *(() if maker is None else (maker, OrderedDict)))
+                    maker, None if maker is None else OrderedDict, gobjs.resolve)
     if out is None:
         return None
     order, tensors, infos, seen, root = out
@@ -599,7 +600,7 @@ def _try_native(core: Any, ctx: AuditContext, data: bytes,
         catalog.seen = seen  # the core's dict, sized for the archive (no 50k-item copy)
     keep = root if ctx.keep_graph else None
     result = PickleResult(end=len(data), complete=True, root=keep,
-                          globals=[gobjs[i] for i in order], tensors=tensors)
+                          globals=[gobjs.values[i] for i in order], tensors=tensors)
     if maker is not None:
         return FastResult(result, keep, seen, [], built, rows_skipped=True)
     return FastResult(result, keep, seen, infos, built)
@@ -617,18 +618,36 @@ def set_maker(maker: Any) -> Any:
 
 
 _globals_cache: list[tuple[tuple[str, str], ...]] = []
-#: (policy, protocol) -> the core's globals resolved under them (~40 us an audit): the
-#: resolution reads only static tables and the (immutable) policy, and a Global is never
-#: changed after it is made
-_gobjs_cache: dict[tuple[object, int], tuple[Global | None, ...]] = {}
 
 
-def _native_gobjs(core: Any, proto: int, policy: Policy) -> tuple[Global | None, ...]:
+class _Gobjs:
+    """The core's globals under one (policy, protocol), resolved when a program first names
+    one (``core.scan`` calls :meth:`resolve`; a state dict names 2-4 of the ~20): ``values``
+    holds ``...`` for those not resolved yet. A resolution reads only static tables and the
+    (immutable) policy, and a Global is never changed after it is made."""
+
+    __slots__ = ("names", "policy", "proto", "values")
+
+    def __init__(self, names: tuple[tuple[str, str], ...], proto: int, policy: Policy) -> None:
+        self.names, self.proto, self.policy = names, proto, policy
+        self.values: list[Global | EllipsisType | None] = [...] * len(names)
+
+    def resolve(self, i: int) -> Global | None:
+        module, name = self.names[i]
+        got = _resolve_global(module, name, self.proto, self.policy)
+        self.values[i] = got
+        return got
+
+
+#: (policy, protocol) -> its globals (a Global resolves in ~6 us on a first call)
+_gobjs_cache: dict[tuple[object, int], _Gobjs] = {}
+
+
+def _native_gobjs(core: Any, proto: int, policy: Policy) -> _Gobjs:
     key = (policy, proto)
     got = _gobjs_cache.get(key)
     if got is None:
-        got = tuple(_resolve_global(module, name, proto, policy)
-                    for module, name in _native_globals(core))
+        got = _Gobjs(_native_globals(core), proto, policy)
         if len(_gobjs_cache) >= 16:
             _gobjs_cache.clear()
         _gobjs_cache[key] = got
