@@ -576,3 +576,47 @@ def test_scan_roots_of_every_shape_match_python_and_vm(obj: str) -> None:
     assert data is not None
     assert _check_native_vs_python(data, cat, DEFAULT_LIMITS) == "both"
     assert _check_native_vs_vm(data, cat, DEFAULT_LIMITS)
+
+
+# --- globals resolved when the program first names them (fastpath._Gobjs) -------------------
+
+def _state_dict_zip() -> bytes:
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(2, 3), "b": torch.ones(3, dtype=torch.float16)}, buf)
+    return buf.getvalue()
+
+
+def test_only_the_globals_a_program_names_are_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fastpath, "_gobjs_cache", {})
+    r = engine.audit_bytes(_state_dict_zip(), "x.pt", policy=Policy(), limits=DEFAULT_LIMITS)
+    assert r.verdict is Verdict.SAFE and not r.findings
+    (gobjs,) = fastpath._gobjs_cache.values()
+    resolved = {gobjs.names[i] for i, v in enumerate(gobjs.values) if v is not ...}
+    assert resolved == {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
+                        ("torch", "FloatStorage"), ("torch", "HalfStorage")}, resolved
+    assert all(v is ... for i, v in enumerate(gobjs.values) if gobjs.names[i] not in resolved)
+    # the second audit under the same (policy, protocol) resolves nothing again
+    calls: list[int] = []
+    real = fastpath._Gobjs.resolve
+    monkeypatch.setattr(fastpath._Gobjs, "resolve", lambda self, i: calls.append(i) or
+                        real(self, i))
+    engine.audit_bytes(_state_dict_zip(), "x.pt", policy=Policy(), limits=DEFAULT_LIMITS)
+    assert calls == []
+
+
+def test_a_failing_resolver_declines_and_the_vm_decides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fastpath, "_gobjs_cache", {})
+
+    def boom(self: object, i: int) -> None:
+        raise RuntimeError("resolver failed")
+
+    monkeypatch.setattr(fastpath._Gobjs, "resolve", boom)
+    data = _state_dict_zip()
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        pkl = zf.read(next(n for n in zf.namelist() if n.endswith("data.pkl")))
+    c = StorageCatalog(records={})
+    assert fastpath._try_native(CORE, _ctx(), pkl, c) is None and not c.seen
+    r = engine.audit_bytes(data, "x.pt", policy=Policy(), limits=DEFAULT_LIMITS)
+    assert r.verdict is Verdict.SAFE  # the Python fast path or the VM proved it instead
