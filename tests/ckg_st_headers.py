@@ -43,6 +43,18 @@ def contiguous_offsets(sizes: list[int], order: list[int]) -> dict[int, tuple[in
     return offs
 
 
+def whole_bytes(shape: list[int], bits: int) -> tuple[list[int], int]:
+    """``shape`` (a trailing 8 added when its elements do not fill whole bytes) and the
+    tensor's byte count, for a dtype of ``bits`` bits an element."""
+    numel = 1
+    for d in shape:
+        numel *= d
+    if numel * bits % 8:
+        shape = [*shape, 8] if shape else [8]
+        numel *= 8
+    return shape, numel * bits // 8
+
+
 def plain_header(rng: random.Random, n: int | None = None) -> tuple[dict[str, Any], int]:
     """A header the prover must prove (as a dict, in its key order) and its data length."""
     if n is None:
@@ -55,17 +67,12 @@ def plain_header(rng: random.Random, n: int | None = None) -> tuple[dict[str, An
         shape = [rng.choice([0, 1, 2, 3, 4, 8, 16]) for _ in range(rng.choice([0, 1, 1, 2, 3]))]
         if rng.random() < 0.03:
             shape = [0, U64, U64]  # a zero dimension zeroes a product that would overflow
-        numel = 1
-        for d in shape:
-            numel *= d
-        if numel * bits % 8:
-            shape = [*shape, 8] if shape else [8]
-            numel *= 8
+        shape, nbytes = whole_bytes(shape, bits)
         name = _name(rng, i)
         while name in names:
             name += "_"
         names.add(name)
-        tensors.append((name, dt, shape, numel * bits // 8))
+        tensors.append((name, dt, shape, nbytes))
     order = list(range(n))
     how = rng.random()
     if how < 0.4:
@@ -345,3 +352,15 @@ def random_limits(rng: random.Random) -> Limits:
 
 __all__ = ["DTYPE_NAMES", "audit", "encode", "join", "mutate", "plain", "plain_header",
            "random_limits", "split"]
+
+
+def three_ways(blob: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[bool, dict[str, Any],
+                                                                      dict[str, Any],
+                                                                      dict[str, Any]]:
+    """(the C prover proved it, then the native, pure and strict audits' records without
+    their ``proven`` flags): the three must be equal."""
+    nat, pure, strict = (audit(blob, mode, limits) for mode in ("native", "pure", "strict"))
+    proven = nat.pop("proven")
+    pure.pop("proven")
+    strict.pop("proven")
+    return bool(proven), nat, pure, strict

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ckg_st_headers import contiguous_offsets
+from ckg_st_headers import contiguous_offsets, whole_bytes
 
 import ckptguard
 from ckptguard.analysis import safetensors as st_audit
@@ -86,13 +86,8 @@ def canonical(rng: random.Random) -> tuple[dict[str, Any], int]:
         dt = rng.choice(DTYPE_NAMES)
         bits = st_audit.DTYPES[dt][0]
         shape = [rng.choice([0, 1, 2, 3, 4, 8]) for _ in range(rng.choice([0, 1, 1, 2, 3]))]
-        numel = 1
-        for d in shape:
-            numel *= d
-        if numel * bits % 8:
-            shape = [*shape, 8] if shape else [8]
-            numel *= 8
-        tensors.append((_name(rng, i), dt, shape, numel * bits // 8))
+        shape, nbytes = whole_bytes(shape, bits)
+        tensors.append((_name(rng, i), dt, shape, nbytes))
     order = list(range(n))
     rng.shuffle(order)
     offs = contiguous_offsets([t[3] for t in tensors], order)
