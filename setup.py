@@ -43,6 +43,7 @@ def extensions() -> list[Extension]:
     extra = os.environ.get("CKPTGUARD_NATIVE_CFLAGS", "").split()  # e.g. the ASan build
     return [
         Extension(f"ckptguard._native.{src.stem}", [str(src)],
+                  depends=[str(h) for h in sorted(NATIVE.glob("*.h"))],  # slots.h
                   extra_compile_args=flags + extra, extra_link_args=extra)
         for src in sorted(NATIVE.glob("*.c"))
     ]

@@ -17,6 +17,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include "slots.h"
 #include <stdint.h>
 #include <string.h>
 
@@ -253,7 +254,7 @@ static PyObject *jc_init(PyObject *self, PyObject *args) {
         return NULL;
     }
     PyTypeObject *t = (PyTypeObject *)cls;
-    if (t->tp_dictoffset != 0 || t->tp_itemsize != 0) {
+    if (!ckg_plain_slots_class(t)) {
         PyErr_Format(PyExc_TypeError, "%s is not a plain __slots__ class", t->tp_name);
         return NULL;
     }
@@ -268,15 +269,9 @@ static PyObject *jc_init(PyObject *self, PyObject *args) {
         PyObject *d = PyObject_GetAttr(cls, name);
         if (d == NULL)
             return NULL;
-        int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) &&
-                 ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX;
-        if (ok) {
-            off[i] = ((PyMemberDescrObject *)d)->d_member->offset;
-            ok = off[i] >= (Py_ssize_t)sizeof(PyObject) &&
-                 off[i] + (Py_ssize_t)sizeof(PyObject *) <= t->tp_basicsize;
-        }
+        off[i] = ckg_object_slot(t, d, 0); /* read only here: a read-only slot will do */
         Py_DECREF(d);
-        if (!ok) {
+        if (off[i] < 0) {
             PyErr_Format(PyExc_TypeError, "%s.%U is not an object slot", t->tp_name, name);
             return NULL;
         }

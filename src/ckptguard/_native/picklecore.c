@@ -21,6 +21,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include "slots.h"
 #include <stdint.h>
 #include <string.h>
 #ifdef __linux__
@@ -114,7 +115,7 @@ static int slot_class(SlotClass *sc, PyObject *cls, const char *const *names, in
         return -1;
     }
     PyTypeObject *t = (PyTypeObject *)cls;
-    if (t->tp_dictoffset != 0 || t->tp_itemsize != 0 || n > 12) {
+    if (!ckg_plain_slots_class(t) || n > 12) {
         PyErr_Format(PyExc_TypeError, "%s is not a plain __slots__ class", t->tp_name);
         return -1;
     }
@@ -122,16 +123,9 @@ static int slot_class(SlotClass *sc, PyObject *cls, const char *const *names, in
         PyObject *d = PyObject_GetAttrString(cls, names[i]);
         if (d == NULL)
             return -1;
-        int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) &&
-                 ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX &&
-                 !(((PyMemberDescrObject *)d)->d_member->flags & READONLY);
-        if (ok) {
-            sc->off[i] = ((PyMemberDescrObject *)d)->d_member->offset;
-            ok = sc->off[i] >= (Py_ssize_t)sizeof(PyObject) &&
-                 sc->off[i] + (Py_ssize_t)sizeof(PyObject *) <= t->tp_basicsize;
-        }
+        sc->off[i] = ckg_object_slot(t, d, 1);
         Py_DECREF(d);
-        if (!ok) {
+        if (sc->off[i] < 0) {
             PyErr_Format(PyExc_TypeError, "%s.%s is not an object slot", t->tp_name, names[i]);
             return -1;
         }

@@ -40,6 +40,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include "slots.h"
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -704,7 +705,7 @@ static PyObject *init(PyObject *self, PyObject *args) {
         return NULL;
     }
     PyTypeObject *t = (PyTypeObject *)cls;
-    if (t->tp_dictoffset != 0 || t->tp_itemsize != 0) {
+    if (!ckg_plain_slots_class(t)) {
         PyErr_Format(PyExc_TypeError, "%s is not a plain __slots__ class", t->tp_name);
         return NULL;
     }
@@ -713,16 +714,9 @@ static PyObject *init(PyObject *self, PyObject *args) {
         PyObject *d = PyObject_GetAttrString(cls, FIELDS[i]);
         if (d == NULL)
             return NULL;
-        int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) &&
-                 ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX &&
-                 !(((PyMemberDescrObject *)d)->d_member->flags & READONLY);
-        if (ok) {
-            off[i] = ((PyMemberDescrObject *)d)->d_member->offset;
-            ok = off[i] >= (Py_ssize_t)sizeof(PyObject) &&
-                 off[i] + (Py_ssize_t)sizeof(PyObject *) <= t->tp_basicsize;
-        }
+        off[i] = ckg_object_slot(t, d, 1);
         Py_DECREF(d);
-        if (!ok) {
+        if (off[i] < 0) {
             PyErr_Format(PyExc_TypeError, "%s.%s is not an object slot", t->tp_name, FIELDS[i]);
             return NULL;
         }

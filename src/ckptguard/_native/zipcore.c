@@ -35,6 +35,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include "slots.h"
 #include <stdint.h>
 #include <string.h>
 #include <errno.h>
@@ -97,18 +98,13 @@ static const char *const REGION_SLOTS[3] = {"offset", "length", "audited"};
 static int region_slots(PyObject *tp, Py_ssize_t *offs) {
     if (!PyType_Check(tp)) return -1;
     PyTypeObject *t = (PyTypeObject *)tp;
-    if (t->tp_dictoffset != 0 || t->tp_itemsize != 0 || t->tp_alloc == NULL) return -1;
+    if (!ckg_plain_slots_class(t) || t->tp_alloc == NULL) return -1;
     for (int k = 0; k < 3; k++) {
         PyObject *d = PyObject_GetAttrString(tp, REGION_SLOTS[k]);
         if (!d) { PyErr_Clear(); return -1; }
-        int bad = !Py_IS_TYPE(d, &PyMemberDescr_Type);
-        PyMemberDef *m = bad ? NULL : ((PyMemberDescrObject *)d)->d_member;
+        offs[k] = ckg_object_slot(t, d, 1);
         Py_DECREF(d); /* the type keeps the descriptor */
-        if (bad || m->type != T_OBJECT_EX || (m->flags & READONLY) ||
-            m->offset < (Py_ssize_t)sizeof(PyObject) ||
-            m->offset + (Py_ssize_t)sizeof(PyObject *) > t->tp_basicsize)
-            return -1;
-        offs[k] = m->offset;
+        if (offs[k] < 0) return -1;
     }
     return 0;
 }
@@ -367,18 +363,13 @@ static int ends_with(const unsigned char *s, Py_ssize_t n, const char *t) {
 static int slot_offsets(PyObject *tp, Py_ssize_t *offs) {
     if (!PyType_Check(tp)) return -1;
     PyTypeObject *t = (PyTypeObject *)tp;
-    if (t->tp_dictoffset != 0 || t->tp_itemsize != 0 || t->tp_alloc == NULL) return -1;
+    if (!ckg_plain_slots_class(t) || t->tp_alloc == NULL) return -1;
     PyObject *dict = t->tp_dict;
     if (!dict || !PyDict_Check(dict)) return -1;
     for (int k = 0; k < N_FIELDS; k++) {
-        PyObject *d = PyDict_GetItemString(dict, FIELDS[k]); /* borrowed */
-        if (!d || !Py_IS_TYPE(d, &PyMemberDescr_Type)) return -1;
-        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
-        if (m->type != T_OBJECT_EX || (m->flags & READONLY) ||
-            m->offset < (Py_ssize_t)sizeof(PyObject) ||
-            m->offset + (Py_ssize_t)sizeof(PyObject *) > t->tp_basicsize)
-            return -1;
-        offs[k] = m->offset;
+        /* borrowed; NULL with an exception only for a non-str key, which FIELDS is not */
+        offs[k] = ckg_object_slot(t, PyDict_GetItemString(dict, FIELDS[k]), 1);
+        if (offs[k] < 0) return -1;
     }
     return 0;
 }
