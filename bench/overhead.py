@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Where ``safe_load``'s own time goes (issue 13's last row), first call in a fresh process.
+
+    python bench/overhead.py [--ckpts bench/out/ckpts] [--files small.bin,big.bin] [-n 5]
+        [--python .venv/bin/python] [--torch-python bench/.venvs/torch/bin/python]
+
+``safe_load`` = the audit + ``torch.load(weights_only=True, mmap=True)`` + the same-bytes
+check. Its ratio to ``torch.load(mmap)`` is ``1 + ours / torch``, where *ours* is what
+``safe_load`` costs with ``torch.load`` replaced by a stub. Each run is a fresh interpreter
+that imports what bench/child.py's ``safe_load_prep`` imports, then calls ``safe_load``
+three times on the same file (call 1 is the one bench/run.py times; call 3 is warm). The
+native calls are wrapped to split call 1: ``zipcore.prove_fd`` (the zip proof, one pread
+per local header), ``picklecore.split_records``, ``picklecore.scan`` (data.pkl),
+``zipcore.same_bytes`` (the re-read after the load); *glue* is the rest (the Python around
+them). ``faults`` are the minor page faults of call 1 (``ru_minflt``): first touches of
+fresh memory, which cost ~1-2 us each on a VM. ``torch.load(mmap)`` runs in its own fresh
+interpreters (``--torch-python``); *budget* is 5 % of its first call, the room a 1.05
+ratio leaves. Prints a markdown table of medians (min-max over the runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PARTS = ("prove_fd", "split_records", "scan", "same_bytes")
+
+
+def _child_ours(path: str) -> dict:
+    import resource
+
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import child  # the bench's own prep, so both sides measure the same imports
+
+    cg = child.safe_load_prep()
+    import ckptguard.loaders._torch as lt
+    from ckptguard._native import native
+
+    lt.ORIGINAL_LOAD = lambda *a, **k: {}  # what torch.load costs is measured on its own
+    spent = dict.fromkeys(PARTS, 0.0)
+
+    def wrap(mod, name):
+        fn = getattr(mod, name)
+
+        def timed(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name] += time.perf_counter() - t
+
+        setattr(mod, name, timed)
+
+    zc, pc = native("zipcore"), native("picklecore")
+    if zc is None or pc is None:
+        raise SystemExit("overhead.py: the native cores are not built (python setup.py "
+                         "build_ext --inplace)")
+    for mod, name in ((zc, "prove_fd"), (zc, "same_bytes"), (pc, "split_records"),
+                      (pc, "scan")):
+        wrap(mod, name)
+    calls = []
+    for _ in range(3):
+        for k in spent:
+            spent[k] = 0.0
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t = time.perf_counter()
+        cg.safe_load(path)
+        dt = time.perf_counter() - t
+        f1 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        calls.append({"total": dt, "faults": f1 - f0, **spent})
+    return {"calls": calls}
+
+
+def _child_torch(path: str) -> dict:
+    import torch
+
+    t = time.perf_counter()
+    torch.load(path, weights_only=True, mmap=True, map_location="cpu")
+    return {"first": time.perf_counter() - t}
+
+
+def _run(py: str, mode: str, path: str) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "src"),
+                                           os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    out = subprocess.run([py, os.path.abspath(__file__), "--child", mode, path],
+                         capture_output=True, text=True, env=env, timeout=300, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"overhead.py: {mode} child failed on {path}:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _mmm(xs: list[float], scale: float = 1e3, digits: int = 3) -> str:
+    return (f"{statistics.median(xs) * scale:.{digits}f} "
+            f"({min(xs) * scale:.{digits}f}-{max(xs) * scale:.{digits}f})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ckpts", default=os.path.join(ROOT, "bench", "out", "ckpts"))
+    ap.add_argument("--files", default="small.bin,big.bin")
+    ap.add_argument("-n", type=int, default=5, help="fresh processes per file and side")
+    ap.add_argument("--python", default=os.path.join(ROOT, ".venv", "bin", "python"))
+    ap.add_argument("--torch-python",
+                    default=os.path.join(ROOT, "bench", ".venvs", "torch", "bin", "python"))
+    ap.add_argument("--child", nargs=2, metavar=("MODE", "FILE"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        mode, path = a.child
+        print(json.dumps(_child_ours(path) if mode == "ours" else _child_torch(path)))
+        return
+    rows = []
+    for name in a.files.split(","):
+        path = os.path.join(a.ckpts, name)
+        if not os.path.exists(path):
+            raise SystemExit(f"overhead.py: {path} is missing (python bench/gen.py, or "
+                             "python bench/run.py --only load, generates it)")
+        ours, torch_first = [], []
+        for _ in range(a.n):  # alternating, so a noise burst hits both sides alike
+            ours.append(_run(a.python, "ours", path)["calls"])
+            torch_first.append(_run(a.torch_python, "torch", path)["first"])
+        first = [c[0] for c in ours]
+        warm = [c[2] for c in ours]
+        glue = [c["total"] - sum(c[k] for k in PARTS) for c in first]
+        tl = statistics.median(torch_first)
+        rows.append(
+            f"| {name} | {_mmm(torch_first)} | {tl * 0.05 * 1e3:.3f} | "
+            f"{_mmm([c['total'] for c in first])} | "
+            + " | ".join(_mmm([c[k] for c in first]) for k in PARTS)
+            + f" | {_mmm(glue)} | {statistics.median(c['faults'] for c in first):.0f} | "
+            f"{_mmm([c['total'] for c in warm])} | "
+            f"{1 + statistics.median(c['total'] for c in first) / tl:.3f} |")
+    print(f"`python bench/overhead.py --files {a.files} -n {a.n}` "
+          f"({time.strftime('%Y-%m-%d %H:%M')}, load average "
+          f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}); ms, median (min-max) of "
+          f"{a.n} fresh processes:\n")
+    print("| file | torch.load(mmap) | budget (5 %) | ours, call 1 | "
+          + " | ".join(PARTS) + " | glue | faults | ours, call 3 | ratio (est.) |")
+    print("|---" * (8 + len(PARTS)) + "|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
