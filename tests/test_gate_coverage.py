@@ -5,6 +5,7 @@ unaudited calls, and worker processes get the gate through the environment + ``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -12,6 +13,8 @@ import pickle
 import subprocess
 import sys
 import sysconfig
+import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -154,6 +157,78 @@ def test_gate_refuses_a_foreign_code_swap(monkeypatch: pytest.MonkeyPatch) -> No
         ckptguard.guard_torch_load()
     monkeypatch.undo()
     assert gate.current() is None
+
+
+# --- torch.hub.load_state_dict_from_url (weights_only=False by default) -------------------
+#
+# After its download hub reads the cached file in one of two ways: a zip that Python's
+# zipfile sees as exactly one member (torchvision's old "legacy zip" checkpoints) is
+# extracted and the member torch.load'ed; anything else is torch.load'ed as it is. The file
+# is put in hub's cache folder first, so nothing is downloaded (the URL is never opened).
+
+
+def _hub(path: Path) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # hub's legacy-zip deprecation note
+        return torch.hub.load_state_dict_from_url(f"http://127.0.0.1:9/{path.name}",
+                                                  model_dir=str(path.parent), progress=False)
+
+
+def _one_member_zip(path: Path, member: str, data: bytes) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr(member, data)
+    return path
+
+
+def _hostile_for_hub(tmp_path: Path, form: str, marker: Path) -> Path:
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    if form == "torch zip":
+        return hostile_torch_zip(cache / "evil.pth", marker)
+    return _one_member_zip(cache / "evil.pth", "evil.pt",
+                           hostile_raw_pickle(tmp_path / "evil.pkl", marker).read_bytes())
+
+
+@pytest.mark.parametrize("form", ["torch zip", "legacy zip"])
+def test_hub_load_fires_without_the_gate(tmp_path: Path, form: str) -> None:
+    """Control: each file really runs its payload through hub's default load."""
+    marker = tmp_path / "pwned"
+    path = _hostile_for_hub(tmp_path, form, marker)
+    with contextlib.suppress(Exception):  # the payload's return value is no state dict
+        _hub(path)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("form", ["torch zip", "legacy zip"])
+def test_hub_load_is_gated(tmp_path: Path, form: str) -> None:
+    marker = tmp_path / "pwned"
+    path = _hostile_for_hub(tmp_path, form, marker)
+    with ckptguard.guard_torch_load(), pytest.raises(UnsafeCheckpointError) as ei:
+        _hub(path)
+    assert {f.rule_id for f in ei.value.report.all_findings()} >= {"CKG101"}
+    assert not marker.exists()
+    # and the downloaded file itself is not SAFE for a scan either (hub's extraction is one
+    # more program reading its bytes)
+    report = ckptguard.scan(path)
+    assert report.verdict is ckptguard.Verdict.UNSAFE
+    assert "CKG101" in {f.rule_id for f in report.all_findings()}
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("form", ["torch zip", "legacy zip"])
+def test_hub_load_benign_unchanged(tmp_path: Path, form: str) -> None:
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    if form == "torch zip":
+        path = save_torch(cache / "m.pth", benign_state_dict())
+        ref = REAL_LOAD(path, weights_only=True)
+    else:
+        inner = save_torch(tmp_path / "m.pt", legacy_state_dict(), legacy=True)
+        path = _one_member_zip(cache / "m.pth", "m.pt", inner.read_bytes())
+        ref = REAL_LOAD(inner, weights_only=True)
+    with ckptguard.guard_torch_load():
+        ours = _hub(path)
+    assert_same_state_dict(ours, ref)
 
 
 # --- worker processes -------------------------------------------------------------------
