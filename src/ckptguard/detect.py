@@ -79,7 +79,7 @@ def sniff(head: bytes, size: int) -> tuple[Format, str]:
     for magic, off, name in WRAPPERS:
         if head[off : off + len(magic)] == magic:
             return Format.WRAPPED, name
-    if len(head) >= 265 and head[257:262] == b"ustar":
+    if is_tar_header(head):
         return Format.TORCH_LEGACY_TAR, "tar"
     if _is_safetensors(head, size):
         return Format.SAFETENSORS, ""
@@ -91,6 +91,42 @@ def sniff(head: bytes, size: int) -> tuple[Format, str]:
     if stripped.startswith(b"{"):
         return Format.JSON, "json"
     return Format.UNKNOWN, ""
+
+
+_TAR_BLOCK = 512
+_TAR_SUMS = struct.Struct("148B8x356B"), struct.Struct("148b8x356b")
+
+
+def is_tar_header(head: bytes) -> bool:
+    """Whether Python's ``tarfile`` accepts ``head``'s first 512 bytes as a first member
+    header: then ``torch.load`` (a path or an open file that is not a zip) reads the file as
+    a legacy tar checkpoint and unpickles its members, whatever else the bytes are. tarfile
+    needs no ``ustar`` magic (a v7 header has none): a valid checksum over the block and
+    numeric fields it can parse are enough.
+
+    The checksum test comes first, as tarfile's own first test: a block whose checksum
+    field cannot hold either of tarfile's two sums is refused without importing tarfile
+    (~2.6 ms); ``tarfile.TarInfo.frombuf`` decides the rest."""
+    if len(head) < _TAR_BLOCK:
+        return False
+    block = head[:_TAR_BLOCK]
+    field = block[148:156]
+    if field[:1] not in (b"\x80", b"\xff"):  # else base-256: tarfile decides
+        # tarfile's nti(): cut at the first NUL, ASCII only, stripped, octal
+        try:
+            value = int(field.split(b"\0", 1)[0].decode("ascii").strip() or "0", 8)
+        except ValueError:
+            return False
+        if value not in (256 + sum(_TAR_SUMS[0].unpack(block)),
+                         256 + sum(_TAR_SUMS[1].unpack(block))):
+            return False
+    import tarfile
+
+    try:
+        tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    return True
 
 
 def _is_safetensors(head: bytes, size: int) -> bool:
@@ -156,17 +192,20 @@ class Loader(str, enum.Enum):
 
 
 class Head(str, enum.Enum):
-    """What a loader looks at in the first bytes before choosing how to read."""
+    """One test a loader makes on the first bytes before choosing how to read. The tests
+    are independent (a file can pass several: an npy header that is also a tar header), and
+    each loader makes its own in its own order (LOADER_RULES)."""
 
     ZIP_LOCAL = "PK\\x03\\x04 at byte 0"       # torch._is_zipfile, numpy's zip test
     ZIP_EMPTY = "PK\\x05\\x06 at byte 0"       # numpy's zip test only
     NPY = "\\x93NUMPY at byte 0"                # numpy's npy test
-    TAR = "ustar at byte 257"                   # torch's legacy path tries tarfile first
-    OTHER = "anything else"
+    TAR = "a header tarfile accepts in bytes 0-511"  # torch's legacy path: tarfile first
 
 
 class NameKind(str, enum.Enum):
-    """What torch.load sees in the name (it is the only loader that looks)."""
+    """What torch.load sees in the name (it is the only loader that looks). It looks only
+    at a path: an open file handed to it is read by its content (NameKind.OTHER), so every
+    loader is also planned without a name (``readings``)."""
 
     SAFETENSORS = "path ends in .safetensors"   # torch.load hands it to safetensors
     OTHER = "any other name (or a file object)"
@@ -283,17 +322,18 @@ AUDITED_BY_FORMAT: dict[Format, frozenset[Reading]] = {
 }
 
 
-def head_kind(head: bytes) -> Head:
-    """What the loaders' magic tests see in the first bytes."""
+def head_kinds(head: bytes) -> frozenset[Head]:
+    """The loaders' magic tests that the first bytes pass."""
+    out = set()
     if head.startswith(b"PK\x03\x04"):
-        return Head.ZIP_LOCAL
+        out.add(Head.ZIP_LOCAL)
     if head.startswith(b"PK\x05\x06"):
-        return Head.ZIP_EMPTY
+        out.add(Head.ZIP_EMPTY)
     if head.startswith(b"\x93NUMPY"):
-        return Head.NPY
-    if len(head) >= 262 and head[257:262] == b"ustar":
-        return Head.TAR
-    return Head.OTHER
+        out.add(Head.NPY)
+    if is_tar_header(head):
+        out.add(Head.TAR)
+    return frozenset(out)
 
 
 def name_kind(name: str) -> NameKind:
@@ -301,10 +341,12 @@ def name_kind(name: str) -> NameKind:
     return NameKind.SAFETENSORS if name.endswith(".safetensors") else NameKind.OTHER
 
 
-def reading_of(loader: Loader, head: Head, name: NameKind) -> Reading:
-    """How ``loader`` reads a file with these first bytes and this name (LOADER_RULES)."""
+def reading_of(loader: Loader, heads: frozenset[Head], name: NameKind) -> Reading:
+    """How ``loader`` reads a file whose first bytes pass the tests ``heads`` and whose
+    name is ``name`` (LOADER_RULES: the loader's first matching rule)."""
     for r in LOADER_RULES:
-        if r.loader is loader and r.head in (None, head) and r.name in (None, name):
+        if r.loader is loader and (r.head is None or r.head in heads) and \
+                r.name in (None, name):
             return r.reading
     raise AssertionError(f"no rule for {loader}")  # the table test proves this unreachable
 
@@ -326,10 +368,13 @@ def plausible_loaders(fmt: Format, name: str) -> frozenset[Loader]:
 
 def readings(fmt: Format, head: bytes, name: str) -> dict[Reading, frozenset[Loader]]:
     """Each way the file will be read -> the loaders that read it that way."""
-    hk, nk = head_kind(head), name_kind(name)
+    heads, nk = head_kinds(head), name_kind(name)
     out: dict[Reading, set[Loader]] = {}
     for loader in sorted(plausible_loaders(fmt, name), key=lambda x: x.value):
-        out.setdefault(reading_of(loader, hk, nk), set()).add(loader)
+        # a loader handed the path reads by the name too; handed the open file, by the
+        # content alone (torch.load(open("m.safetensors", "rb")) is no safetensors load)
+        for kind in {nk, NameKind.OTHER}:
+            out.setdefault(reading_of(loader, heads, kind), set()).add(loader)
     return {r: frozenset(ls) for r, ls in out.items()}
 
 
@@ -359,7 +404,8 @@ __all__ = [
     "Reading",
     "expected_formats",
     "extension_of",
-    "head_kind",
+    "head_kinds",
+    "is_tar_header",
     "name_kind",
     "plausible_loaders",
     "reader_table_rows",

@@ -73,10 +73,16 @@ _RULES: tuple[Rule, ...] = (
          "Fix the permissions or point ckptguard at the regular file itself."),
     Rule("CKG011", "pickle-reading-polyglot", S.HIGH, B,
          "Read as a pickle from its first byte (pickle.load, numpy.load(allow_pickle=True), "
-         "torch.load on a name not ending in .safetensors), the file is a program that reaches "
-         "a global or a call, whatever format it also is.",
+         "torch.load on an open file or a name not ending in .safetensors), the file is a "
+         "program that reaches a global or a call, whatever format it also is.",
          "Do not load this file with any loader; the findings under '<pickle reading>' name "
          "what that reading imports and calls."),
+    Rule("CKG012", "tar-reading-polyglot", S.HIGH, B,
+         "The first 512 bytes are a tar header Python's tarfile accepts (a v7 header needs no "
+         "'ustar' magic): torch.load (a path or an open file that is not a zip) reads the file "
+         "as a legacy tar checkpoint and unpickles its members, whatever format it also is.",
+         "Do not load this file with torch.load; the findings under the tar members name what "
+         "their pickles import and call."),
     # --- globals and callables -------------------------------------------------------------
     Rule("CKG020", "torchscript-file-or-process-op", S.CRITICAL, B,
          "TorchScript code calls an operator that reads, maps or writes files, loads other "

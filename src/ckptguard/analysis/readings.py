@@ -56,7 +56,11 @@ def audit_readings(ctx: AuditContext, fmt: Format, todo: dict[Reading, frozenset
     if Reading.TAR in todo:
         from .torchfile import audit_legacy_tar
 
-        audit_legacy_tar(ctx)
+        readers = _names(todo[Reading.TAR])
+        ctx.add("CKG012", f"this {fmt.value} file also starts with a tar header that Python's "
+                f"tarfile accepts: {readers} read it as a legacy tar checkpoint and unpickle "
+                "its members", offset=0, evidence={"readers": readers})
+        audit_legacy_tar(ctx, as_reading=True)
 
 
 def _names(loaders: frozenset[Loader]) -> str:

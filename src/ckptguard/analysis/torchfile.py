@@ -564,12 +564,21 @@ def pickle_extent(ctx: AuditContext, start: int) -> int | None:
 
 # --- legacy tar --------------------------------------------------------------------------
 
-def audit_legacy_tar(ctx: AuditContext) -> Format:
+#: the members torch's legacy tar loader unpickles (storages and tensors hold a stream of
+#: pickles: a count, then one pickle per storage or tensor)
+_TAR_PICKLED = frozenset({"storages", "tensors", "pickle"})
+
+
+def audit_legacy_tar(ctx: AuditContext, *, as_reading: bool = False) -> Format:
+    """The legacy tar checkpoint torch.load reads: every member tarfile lists, and the
+    pickles among them. ``as_reading``: the file is another format that torch.load also
+    reads as a tar (the caller reported CKG012), so no CKG007."""
     import io
     import tarfile
 
-    ctx.add("CKG007", "legacy tar-format torch checkpoint: torch.load(weights_only=True) "
-            "refuses it")
+    if not as_reading:
+        ctx.add("CKG007", "legacy tar-format torch checkpoint: torch.load(weights_only=True) "
+                "refuses it")
     src = ctx.source
 
     class _Reader(io.RawIOBase):
@@ -611,14 +620,18 @@ def audit_legacy_tar(ctx: AuditContext) -> Format:
             continue
         if m.size > ctx.limits.max_pickle_bytes:
             raise LimitExceeded("max_pickle_bytes", ctx.limits.max_pickle_bytes, m.name)
-        head = src.read(m.offset_data, min(m.size, 4096))
-        fmt, _ = sniff(head, m.size)
-        if fmt is not Format.PICKLE:
-            continue
+        unpickled = m.name in _TAR_PICKLED
+        if not unpickled:
+            head = src.read(m.offset_data, min(m.size, 4096))
+            fmt, _ = sniff(head, m.size)
+            if fmt is not Format.PICKLE:
+                continue
+        # torch's legacy_load unpickles these members from their first byte whatever they
+        # look like (a legacy magic number or a GGUF head is a pickle prefix too)
         data = src.read(m.offset_data, m.size, record=True)
         r = audit_pickle(ctx, data, member=m.name, mode=PickleMode.TORCH_LEGACY,
                          storages=StorageCatalog(deferred=True))
-        if m.name in ("sys_info", "pickle") and r.complete and r.end < len(data):
+        if (unpickled or m.name == "sys_info") and r.complete and r.end < len(data):
             _after_stop(ctx, data, r, m.name)
     return Format.TORCH_LEGACY_TAR
 

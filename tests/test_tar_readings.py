@@ -1,0 +1,244 @@
+"""torch.load's tar reading, as Python's tarfile decides it (fixtures/families/tar_readings.py).
+
+torch.load (a path, or an open file, that is not a zip) first tries ``tarfile.open``, which
+needs no ``ustar`` magic: a v7 header hides inside a safetensors JSON string, an npy
+header comment or a pickle literal. Every generated variant must be
+- valid for its host format (nothing of the payload reachable by that format's reader),
+- a tar whose ``storages`` member is the payload,
+- UNSAFE, with the payload's CKG101 and CKG007 (sniffed as a tar) or CKG012 (an npy that
+  torch.load also reads as a tar).
+A subset runs for real under torch.load(weights_only=False) and creates the marker.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import os
+import pickle
+import runpy
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ckptguard
+from ckptguard.detect import Head, Loader, Reading, head_kinds, is_tar_header, readings
+from ckptguard.model import Format, Verdict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _family() -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT / "fixtures"))
+    try:
+        import generate
+    finally:
+        sys.path.pop(0)
+    return runpy.run_path(str(ROOT / "fixtures" / "families" / "tar_readings.py"),
+                          init_globals=dict(vars(generate)))
+
+
+FAM = _family()
+tar_polyglot = FAM["tar_polyglot"]
+PAYLOADS: dict[str, Any] = FAM["PAYLOADS"]
+MARKER: str = FAM["MARKER"]
+
+VARIANTS = [(host, kind, signed, magic)
+            for host in FAM["HOSTS"] for kind in FAM["KINDS"] for signed in (False, True)
+            for magic in (FAM["MAGICS"] if host in FAM["NUL_HOSTS"] else ("none",))]
+NAMES = {"safetensors": ["model.safetensors", "pytorch_model.bin", "w.pt", "weights"],
+         "npy": ["a.npy", "a.bin"], "pickle": ["m.pkl", "m.pt", "m"],
+         "plain": ["m.tar", "m.pth", "m.bin"]}
+#: (format the scan sniffs, the rule naming the tar reading)
+EXPECT = {"safetensors": (Format.TORCH_LEGACY_TAR, "CKG007"),
+          "npy": (Format.NUMPY_NPY, "CKG012"),
+          "pickle": (Format.TORCH_LEGACY_TAR, "CKG007"),
+          "plain": (Format.TORCH_LEGACY_TAR, "CKG007")}
+
+
+class Reached(Exception):
+    pass
+
+
+class _Probe(pickle.Unpickler):
+    """pickle.load that stops at the first global it would import (nothing runs)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise Reached(f"{module}.{name}")
+
+
+def _reached(data: bytes) -> str | None:
+    try:
+        _Probe(io.BytesIO(data)).load()
+    except Reached as e:
+        return str(e)
+    except Exception:
+        return None
+    return None
+
+
+def _host_reads_it(host: str, data: bytes) -> None:
+    """The file is what its host format says, and that reader reaches nothing."""
+    if host == "safetensors":
+        from safetensors.numpy import load
+
+        (t,) = load(data).values()
+        assert t.dtype.name == "uint8" and t.size == len(data) - 512
+    elif host == "npy":
+        import numpy as np
+
+        a = np.load(io.BytesIO(data), allow_pickle=False)
+        assert a.dtype == np.uint8 and a.size == len(data) - 512
+    elif host == "pickle":
+        got = _Probe(io.BytesIO(data)).load()
+        assert isinstance(got, bytes) and len(got) == len(data) - 8
+    assert _reached(data) is None  # read as a pickle from byte 0: no global
+
+
+def _storages(data: bytes) -> bytes:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        m = tar.getmember("storages")
+        f = tar.extractfile(m)
+        assert f is not None
+        return f.read()
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(map(str, v)))
+def test_tar_polyglot_variants(variant: tuple[Any, ...], tmp_path: Path) -> None:
+    host, kind, signed, magic = variant
+    fmt, rule = EXPECT[host]
+    for i, (pname, payload) in enumerate(sorted(PAYLOADS.items())):
+        data = tar_polyglot(payload(), host=host, kind=kind, signed=signed, magic=magic)
+        _host_reads_it(host, data)
+        # ... and a tar whose storages member is the payload (what torch.load unpickles)
+        assert _storages(data) == payload()
+        assert _reached(_storages(data)) in ("posix.system", "builtins.exec"), pname
+        assert is_tar_header(data) and Head.TAR in head_kinds(data)
+        names = NAMES[host]
+        name = names[(i + len(VARIANTS)) % len(names)]
+        p = tmp_path / name
+        p.write_bytes(data)
+        r = ckptguard.scan(p)
+        assert r.verdict is Verdict.UNSAFE, (name, pname, sorted(r.rule_ids()))
+        assert {"CKG101", rule} <= r.rule_ids(), (name, pname, sorted(r.rule_ids()))
+        assert r.format is fmt, (name, r.format)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.sampled_from(VARIANTS), st.integers(0, 511), st.integers(0, 255))
+def test_is_tar_header_is_tarfiles_own_decision(variant: tuple[Any, ...], at: int,
+                                                value: int) -> None:
+    """The checksum pre-test never refuses a block tarfile accepts: one byte of a valid
+    header changed anywhere (checksum, numeric fields, type, magic) gives the answer
+    tarfile.TarInfo.frombuf gives."""
+    host, kind, signed, magic = variant
+    block = bytearray(tar_polyglot(PAYLOADS["exec"](), host=host, kind=kind, signed=signed,
+                                   magic=magic)[:512])
+    block[at] = value
+    try:
+        tarfile.TarInfo.frombuf(bytes(block), "utf-8", "surrogateescape")
+        accepted = True
+    except tarfile.HeaderError:
+        accepted = False
+    assert is_tar_header(bytes(block)) is accepted
+
+
+def test_is_tar_header_edges() -> None:
+    good = tar_polyglot(PAYLOADS["exec"](), host="plain")
+    assert is_tar_header(good) and is_tar_header(good[:512])
+    assert not is_tar_header(good[:511])  # tarfile: a truncated header
+    assert not is_tar_header(b"\x00" * 1024)  # the end-of-archive block: no member
+    bad = bytearray(good[:512])
+    bad[150] = ord("9")  # not an octal digit
+    assert not is_tar_header(bytes(bad))
+    # a real ustar header, as tarfile writes it, and a base-256 checksum field
+    ti = tarfile.TarInfo("storages")
+    ti.size = 3
+    real = ti.tobuf(format=tarfile.USTAR_FORMAT)
+    assert is_tar_header(real)
+    b256 = bytearray(real)
+    chk = 256 + sum(b256[:148]) + sum(b256[156:512])
+    b256[148:156] = b"\x80" + chk.to_bytes(7, "big")
+    assert is_tar_header(bytes(b256)) is True
+
+
+def test_benign_fixtures_have_no_tar_head() -> None:
+    """No real checkpoint starts with a valid tar checksum by accident."""
+    checked = 0
+    for p in sorted((ROOT / "fixtures" / "benign").iterdir()):
+        if p.is_file():
+            with p.open("rb") as fh:
+                assert not is_tar_header(fh.read(512)), p.name
+            checked += 1
+    assert checked >= 10
+
+
+def test_torch_load_of_an_open_file_reads_by_content() -> None:
+    """torch.load looks at a path's name only: an open .safetensors file is read by its
+    content, so the plan holds torch.load's content reading for that name too."""
+    head = tar_polyglot(PAYLOADS["exec"](), host="safetensors")[:4096]
+    plan = readings(Format.SAFETENSORS, head, "model.safetensors")
+    assert Loader.TORCH_LOAD in plan[Reading.SAFETENSORS]  # the path
+    assert plan[Reading.TAR] == {Loader.TORCH_LOAD}       # the open file
+    plain = b"\x10" + b"\x00" * 7 + b"{}"
+    plan = readings(Format.SAFETENSORS, plain, "model.safetensors")
+    assert Loader.TORCH_LOAD in plan[Reading.PICKLE_TORCH]
+    assert Reading.TAR not in plan
+
+
+# --- for real: torch.load(weights_only=False) runs each host's payload ------------------
+
+_LOADER = r"""
+import json, os, sys, warnings
+import torch
+warnings.filterwarnings("ignore")
+out = {}
+for path, as_file, wo in json.loads(sys.argv[1]):
+    d = os.path.dirname(path)
+    os.chdir(d)
+    try:
+        if as_file:
+            with open(path, "rb") as fh:
+                torch.load(fh, weights_only=wo)
+        else:
+            torch.load(path, weights_only=wo)
+        err = ""
+    except Exception as e:
+        err = type(e).__name__ + ": " + str(e)[:200]
+    out[path] = [os.path.exists(os.path.join(d, sys.argv[2])), err]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_payload_fires_under_torch_load(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    jobs = []
+    cases = list(itertools.product(FAM["HOSTS"], FAM["KINDS"]))
+    for i, (host, kind) in enumerate(cases):
+        pname = sorted(PAYLOADS)[i % len(PAYLOADS)]
+        data = tar_polyglot(PAYLOADS[pname](), host=host, kind=kind, signed=bool(i % 2))
+        for as_file, wo in ((False, False), (True, False), (False, True)):
+            d = tmp_path / f"{host}-{kind}-{int(as_file)}{int(wo)}"
+            d.mkdir()
+            # a path named .safetensors is handed to safetensors: the open file is not
+            name = "model.safetensors" if host == "safetensors" and as_file else "m.bin"
+            (d / name).write_bytes(data)
+            jobs.append((str(d / name), as_file, wo))
+    out = subprocess.run([sys.executable, "-c", _LOADER, json.dumps(jobs), MARKER],
+                         capture_output=True, text=True, timeout=300, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    for path, as_file, wo in jobs:
+        fired, err = got[path]
+        if wo:  # weights_only=True refuses the tar before unpickling anything
+            assert not fired and "legacy .tar format" in err, (path, err)
+        else:
+            assert fired, (path, err)
