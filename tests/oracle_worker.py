@@ -172,6 +172,15 @@ def _shards(path: str) -> list[str]:
 
 
 def _torch_load(path: str, weights_only: bool) -> None:
+    if path.endswith(".safetensors"):
+        # torch.load hands a PATH ending in .safetensors to safetensors; the same bytes as
+        # an open file go through its own readers (tar, then pickle): both are loads
+        try:
+            with open(path, "rb") as fh:
+                _check_tensors(torch.load(fh, weights_only=weights_only, map_location="cpu"))
+        finally:
+            _check_tensors(torch.load(path, weights_only=weights_only, map_location="cpu"))
+        return
     if not path.endswith(".index.json"):
         _check_tensors(torch.load(path, weights_only=weights_only, map_location="cpu"))
         return
