@@ -35,12 +35,17 @@ PARTS = ("prove_fd", "split_records", "scan", "same_bytes")
 def _child_ours(path: str) -> dict:
     import resource
 
+    from ckptguard._native import native
+
+    zc, pc = native("zipcore"), native("picklecore")
+    if zc is None or pc is None:
+        raise SystemExit("overhead.py: the native cores are not built (python setup.py "
+                         "build_ext --inplace)")
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     import child  # the bench's own prep, so both sides measure the same imports
 
     cg = child.safe_load_prep()
     import ckptguard.loaders._torch as lt
-    from ckptguard._native import native
 
     lt.ORIGINAL_LOAD = lambda *a, **k: {}  # what torch.load costs is measured on its own
     spent = dict.fromkeys(PARTS, 0.0)
@@ -57,10 +62,6 @@ def _child_ours(path: str) -> dict:
 
         setattr(mod, name, timed)
 
-    zc, pc = native("zipcore"), native("picklecore")
-    if zc is None or pc is None:
-        raise SystemExit("overhead.py: the native cores are not built (python setup.py "
-                         "build_ext --inplace)")
     for mod, name in ((zc, "prove_fd"), (zc, "same_bytes"), (pc, "split_records"),
                       (pc, "scan")):
         wrap(mod, name)
