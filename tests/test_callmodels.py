@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ckg_families import family
 
 import ckptguard
 from ckptguard.analysis.callmodels import CALL_MODELS, Alloc, Effect
@@ -30,9 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _family() -> dict[str, Any]:
-    gen = runpy.run_path(str(ROOT / "fixtures" / "generate.py"), run_name="ckg_fixture_lib")
-    return runpy.run_path(str(ROOT / "fixtures" / "families" / "allocation_gadgets.py"),
-                          init_globals=gen)
+    return family("allocation_gadgets")
 
 
 FAM = _family()

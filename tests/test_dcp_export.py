@@ -11,12 +11,10 @@ torch's own loaders.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import io
 import json
 import os
 import pickle
-import runpy
 import shutil
 import subprocess
 import sys
@@ -26,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ckg_families import family
 
 torch = pytest.importorskip("torch")
 dcp = pytest.importorskip("torch.distributed.checkpoint")
@@ -50,15 +49,9 @@ PT2_FIXTURES = [e for e in MANIFEST["fixtures"] if e["family"] == "pt2-archive"]
 
 
 @functools.lru_cache(maxsize=1)
-def family() -> dict[str, Any]:
-    """fixtures/families/dcp_export.py's namespace (with generate.py's helpers)."""
-    spec = importlib.util.spec_from_file_location("ckg_fixture_generate",
-                                                  FIXTURES / "generate.py")
-    assert spec is not None and spec.loader is not None
-    gen = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = gen  # its dataclasses look their module up
-    spec.loader.exec_module(gen)
-    return runpy.run_path(str(FIXTURES / "families" / "dcp_export.py"), init_globals=vars(gen))
+def _family() -> dict[str, Any]:
+    """fixtures/families/dcp_export.py's namespace, built once."""
+    return family("dcp_export")
 
 
 def _save(folder: Path, sd: dict[str, Any]) -> Path:
@@ -221,7 +214,7 @@ def test_dcp_names_stay_denied_outside_dcp_metadata(dcp_dir: Path, tmp_path: Pat
 def test_hand_built_twin_is_what_dcp_load_reads(tmp_path: Path) -> None:
     folder, offset, length = _w_only(tmp_path)
     expected = _torch_reference(folder)
-    (folder / ".metadata").write_bytes(family()["dcp_metadata"](length, offset=offset))
+    (folder / ".metadata").write_bytes(_family()["dcp_metadata"](length, offset=offset))
     r = ckptguard.scan(folder)
     assert r.verdict is Verdict.SAFE and r.rule_ids() == {"CKG801"}
     sd = {"w": torch.zeros(2, 3)}
@@ -311,7 +304,7 @@ _TRAVERSALS = ["../outside.distcp", "/tmp/ckptguard-outside.distcp", "sub/__0_0.
 @pytest.mark.parametrize("rel", _TRAVERSALS)
 def test_storage_path_outside_the_folder(rel: str, tmp_path: Path) -> None:
     folder, offset, length = _w_only(tmp_path)
-    (folder / ".metadata").write_bytes(family()["dcp_metadata"](length, offset=offset, rel=rel))
+    (folder / ".metadata").write_bytes(_family()["dcp_metadata"](length, offset=offset, rel=rel))
     r = ckptguard.scan(folder)
     assert r.verdict is Verdict.UNSAFE and "CKG803" in r.rule_ids()
 
@@ -337,7 +330,7 @@ def test_byte_range_outside_its_file(where: str, tmp_path: Path) -> None:
         "missing_file": {"offset": offset, "length": length, "rel": "__9_9.distcp"},
     }[where]
     n = kw.pop("length")
-    (folder / ".metadata").write_bytes(family()["dcp_metadata"](n, **kw))
+    (folder / ".metadata").write_bytes(_family()["dcp_metadata"](n, **kw))
     r = ckptguard.scan(folder)
     assert r.verdict is Verdict.UNSAFE and "CKG804" in r.rule_ids()
 
@@ -345,7 +338,7 @@ def test_byte_range_outside_its_file(where: str, tmp_path: Path) -> None:
 def test_stream_transforms_are_incomplete(tmp_path: Path) -> None:
     folder, offset, length = _w_only(tmp_path)
     (folder / ".metadata").write_bytes(
-        family()["dcp_metadata"](length, offset=offset, transforms=["zstd"]))
+        _family()["dcp_metadata"](length, offset=offset, transforms=["zstd"]))
     r = ckptguard.scan(folder)
     assert r.verdict is Verdict.INCOMPLETE and "CKG805" in r.rule_ids()
     assert _cli(str(folder)) == 2
@@ -354,7 +347,7 @@ def test_stream_transforms_are_incomplete(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_trojaned_bytes_item_fires_with_dcp_load(tmp_path: Path) -> None:
     """A non-tensor item: torch's default planner torch.load(weights_only=False)s it."""
-    fam = family()
+    fam = _family()
     shard = fam["torch_zip"](fam["sd_with"](fam["call"]("posix", "system", fam["S"](
         fam["SHELL"]))), [("0", fam["F32_6"])], seed="dcp-bytes-item")
     folder = tmp_path / "ckpt"
@@ -378,7 +371,7 @@ def test_stored_tensor_must_match_its_chunk(tmp_path: Path) -> None:
     folder = _save(tmp_path / "ckpt", {"w": torch.arange(6, dtype=torch.int64).reshape(2, 3)})
     with open(folder / ".metadata", "rb") as f:
         (info,) = pickle.load(f).storage_data.values()  # made by torch
-    (folder / ".metadata").write_bytes(family()["dcp_metadata"](info.length,
+    (folder / ".metadata").write_bytes(_family()["dcp_metadata"](info.length,
                                                                 offset=info.offset))
     r = ckptguard.scan(folder)  # the metadata says float32, the shard holds int64
     assert r.verdict is Verdict.UNSAFE and "CKG808" in r.rule_ids()
@@ -590,7 +583,7 @@ def test_gate_refuses_metadata_swapped_after_the_folder_audit(
     import ckptguard.analysis.dcp_folder as adcp
 
     folder, offset, length = _w_only(tmp_path)
-    twin = family()["dcp_metadata"](length, offset=offset, rel="../outside.distcp")
+    twin = _family()["dcp_metadata"](length, offset=offset, rel="../outside.distcp")
     audit = adcp.audit_dcp
 
     def audit_then_swap(path: str, **kw: Any) -> Any:
@@ -627,7 +620,7 @@ def test_archive_without_archive_format_is_still_audited(pt2_files: dict[str, Pa
     """load_pt2 reads archive_version only: such an archive is a .pt2 all the same."""
     src = zipfile.ZipFile(pt2_files["static"])
     bad = tmp_path / "bad.pt2"
-    fam = family()
+    fam = _family()
     payload = fam["torch_zip"](fam["sd_with"](fam["call"]("posix", "system", fam["S"](
         fam["SHELL"]))), [("0", fam["F32_6"])], seed="no-archive-format")
     with zipfile.ZipFile(bad, "w", zipfile.ZIP_STORED) as out:

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
-import runpy
 import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ckg_families import family, reached
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -49,43 +48,8 @@ from ckptguard.model import Format, Severity, Verdict
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _family() -> dict[str, Any]:
-    sys.path.insert(0, str(ROOT / "fixtures"))
-    try:
-        import generate
-    finally:
-        sys.path.pop(0)
-    return runpy.run_path(str(ROOT / "fixtures" / "families" / "polyglots2.py"),
-                          init_globals=dict(vars(generate)))
-
-
-FAM = _family()
+FAM = family("polyglots2")
 PAYLOADS: dict[str, Any] = FAM["PAYLOADS"]
-
-
-class Reached(Exception):
-    pass
-
-
-class _Probe(pickle.Unpickler):
-    """Unpickles like pickle.load but stops at the first global it would import."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise Reached(f"{module}.{name}")
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("persistent id")
-
-
-def reached(data: bytes) -> str | None:
-    """The first global pickle.load would import from ``data`` (from byte 0), or None."""
-    try:
-        _Probe(io.BytesIO(data)).load()
-    except Reached as e:
-        return str(e)
-    except Exception:
-        return None
-    return None
 
 
 def scan(tmp: Path, name: str, data: bytes) -> Any:

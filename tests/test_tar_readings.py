@@ -16,8 +16,6 @@ import io
 import itertools
 import json
 import os
-import pickle
-import runpy
 import subprocess
 import sys
 import tarfile
@@ -25,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ckg_families import Probe, family, reached
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -35,17 +34,7 @@ from ckptguard.model import Format, Verdict
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _family() -> dict[str, Any]:
-    sys.path.insert(0, str(ROOT / "fixtures"))
-    try:
-        import generate
-    finally:
-        sys.path.pop(0)
-    return runpy.run_path(str(ROOT / "fixtures" / "families" / "tar_readings.py"),
-                          init_globals=dict(vars(generate)))
-
-
-FAM = _family()
+FAM = family("tar_readings")
 tar_polyglot = FAM["tar_polyglot"]
 PAYLOADS: dict[str, Any] = FAM["PAYLOADS"]
 MARKER: str = FAM["MARKER"]
@@ -63,27 +52,6 @@ EXPECT = {"safetensors": (Format.TORCH_LEGACY_TAR, "CKG007"),
           "plain": (Format.TORCH_LEGACY_TAR, "CKG007")}
 
 
-class Reached(Exception):
-    pass
-
-
-class _Probe(pickle.Unpickler):
-    """pickle.load that stops at the first global it would import (nothing runs)."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise Reached(f"{module}.{name}")
-
-
-def _reached(data: bytes) -> str | None:
-    try:
-        _Probe(io.BytesIO(data)).load()
-    except Reached as e:
-        return str(e)
-    except Exception:
-        return None
-    return None
-
-
 def _host_reads_it(host: str, data: bytes) -> None:
     """The file is what its host format says, and that reader reaches nothing."""
     if host == "safetensors":
@@ -97,9 +65,9 @@ def _host_reads_it(host: str, data: bytes) -> None:
         a = np.load(io.BytesIO(data), allow_pickle=False)
         assert a.dtype == np.uint8 and a.size == len(data) - 512
     elif host == "pickle":
-        got = _Probe(io.BytesIO(data)).load()
+        got = Probe(io.BytesIO(data)).load()
         assert isinstance(got, bytes) and len(got) == len(data) - 8
-    assert _reached(data) is None  # read as a pickle from byte 0: no global
+    assert reached(data) is None  # read as a pickle from byte 0: no global
 
 
 def _storages(data: bytes) -> bytes:
@@ -119,7 +87,7 @@ def test_tar_polyglot_variants(variant: tuple[Any, ...], tmp_path: Path) -> None
         _host_reads_it(host, data)
         # ... and a tar whose storages member is the payload (what torch.load unpickles)
         assert _storages(data) == payload()
-        assert _reached(_storages(data)) in ("posix.system", "builtins.exec"), pname
+        assert reached(_storages(data)) in ("posix.system", "builtins.exec"), pname
         assert is_tar_header(data) and Head.TAR in head_kinds(data)
         names = NAMES[host]
         name = names[(i + len(VARIANTS)) % len(names)]

@@ -14,11 +14,11 @@ from __future__ import annotations
 import _pickle
 import os
 import pickle
-import runpy
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ckg_families import family
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -126,9 +126,7 @@ def test_canonical_literals_take_no_differential() -> None:
 
 
 def _family() -> dict[str, Any]:
-    gen = runpy.run_path(str(ROOT / "fixtures" / "generate.py"), run_name="ckg_fixture_lib")
-    return runpy.run_path(str(ROOT / "fixtures" / "families" / "text_opcode_parity.py"),
-                          init_globals=gen)
+    return family("text_opcode_parity")
 
 
 VARIANTS: dict[str, tuple[bytes, bool]] = _family()["text_variants"]()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import runpy
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ckg_families import family
 
 import ckptguard
 from ckptguard import Severity
@@ -31,9 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _family() -> dict[str, Any]:
-    gen = runpy.run_path(str(ROOT / "fixtures" / "generate.py"), run_name="ckg_fixture_lib")
-    return runpy.run_path(str(ROOT / "fixtures" / "families" / "torchscript_code.py"),
-                          init_globals=gen)
+    return family("torchscript_code")
 
 
 VARIANTS: dict[str, tuple[bytes, str, bool]] = _family()["torchscript_variants"]()

@@ -12,27 +12,21 @@ from __future__ import annotations
 
 import json
 import os
-import runpy
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ckg_families import family, generate_module
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILY = ROOT / "fixtures" / "families" / "work_bounds.py"
 LIMIT_S = 2.0
 BOUND_S = 2 * LIMIT_S
 N = 100_000
 
 
-def family() -> dict[str, Any]:
-    gen = runpy.run_path(str(ROOT / "fixtures" / "generate.py"), run_name="ckg_fixture_lib")
-    return runpy.run_path(str(FAMILY), init_globals=gen)
-
-
-EXPECT: dict[str, tuple[str, str]] = family()["WORK_EXPECT"]
+EXPECT: dict[str, tuple[str, str]] = family("work_bounds")["WORK_EXPECT"]
 
 _RUNNER = r"""
 import json, os, runpy, sys, time
@@ -69,7 +63,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
 
 
 def test_every_variant_has_an_expectation() -> None:
-    assert set(family()["work_variants"](16)) == set(EXPECT)
+    assert set(family("work_bounds")["work_variants"](16)) == set(EXPECT)
 
 
 @pytest.mark.slow
@@ -95,7 +89,7 @@ def test_collisions_are_charged_not_just_timed(tmp_path: Path, name: str) -> Non
     from ckptguard import Limits
 
     p = tmp_path / "x.pkl"
-    p.write_bytes(family()["work_variants"](12_000)[name])
+    p.write_bytes(family("work_bounds")["work_variants"](12_000)[name])
     r = ckptguard.scan(p, limits=Limits(max_seconds=1e6, max_container_items=2_000_000))
     assert r.verdict.name == "INCOMPLETE"
     f = next(f for f in r.findings if f.rule_id == "CKG901")
@@ -121,8 +115,7 @@ def test_repeated_equal_keys_are_linear(tmp_path: Path) -> None:
     """Overwriting one colliding key many times is no collision: SAFE, not a limit."""
     import ckptguard
 
-    gen = runpy.run_path(str(ROOT / "fixtures" / "generate.py"), run_name="ckg_fixture_lib")
-    op = gen["op"]
+    op = generate_module().op
     key = op.LONG1(5 * ((1 << 61) - 1))
     prog = op.PROTO(2) + op.EMPTY_DICT + op.MARK + (key + op.NONE) * 200_000 + op.SETITEMS + b"."
     p = tmp_path / "x.pkl"
