@@ -373,7 +373,7 @@ def readings(fmt: Format, head: bytes, name: str) -> dict[Reading, frozenset[Loa
     for loader in sorted(plausible_loaders(fmt, name), key=lambda x: x.value):
         # a loader handed the path reads by the name too; handed the open file, by the
         # content alone (torch.load(open("m.safetensors", "rb")) is no safetensors load)
-        for kind in {nk, NameKind.OTHER}:
+        for kind in dict.fromkeys((nk, NameKind.OTHER)):  # (in a fixed order)
             out.setdefault(reading_of(loader, heads, kind), set()).add(loader)
     return {r: frozenset(ls) for r, ls in out.items()}
 
