@@ -301,6 +301,45 @@ def warm(paths: list[Path]) -> None:
                 pass
 
 
+#: files up to this size are read whole before each timed run (prewarm)
+PREWARM_WHOLE = 256 << 20
+_structure: dict[Path, list[tuple[int, int]]] = {}
+
+
+def _structure_of(p: Path) -> list[tuple[int, int]]:
+    """(offset, length) of what every tool reads through syscalls before any tensor byte:
+    the first and the last MiB (a safetensors header, a zip's end records and directory)
+    and 4 KiB at each zip member's local header (torch's data.pkl and records too)."""
+    import zipfile
+
+    if p not in _structure:
+        size = p.stat().st_size
+        ranges = [(0, 1 << 20), (max(0, size - (1 << 20)), 1 << 20)]
+        if zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as z:
+                ranges += [(i.header_offset, 4096) for i in z.infolist()]
+        _structure[p] = ranges
+    return _structure[p]
+
+
+def prewarm(p: Path) -> None:
+    """Untimed, before EVERY timed run: bring the file's structure back into the page cache.
+
+    The runs between two files' groups (a --touch of the 3.8 GB file, torch.load without
+    mmap holding 4 GB) push pages out, and without this the first tool of a file's group
+    paid the disk reads: `read_bytes` of 4 KB-780 KB for safe_load, the first load tool,
+    and 0 for every tool after it (2026-11-29, op 8.3 ms against 6.8 ms warm)."""
+    if p.stat().st_size <= PREWARM_WHOLE:
+        warm([p])
+        return
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        for off, n in _structure_of(p):
+            os.pread(fd, n, off)
+    finally:
+        os.close(fd)
+
+
 # ------------------------------------------------------------------ main
 def main() -> None:
     ap = argparse.ArgumentParser(
@@ -424,6 +463,7 @@ def main() -> None:
         if why:
             na[key] = why
             return
+        prewarm(f)
         if tool == "ckptguard(console)":
             cg = str(Path(a.ckptguard_python).parent / "ckptguard")
             rec = run_one(cg, [cg, "scan", str(f), "--format", "json"], a.timeout, harness=False)
