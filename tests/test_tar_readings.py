@@ -28,7 +28,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ckptguard
-from ckptguard.detect import Head, Loader, Reading, head_kinds, is_tar_header, readings
+from ckptguard.detect import (
+    TORCH_LEGACY_MAGIC,
+    Head,
+    Loader,
+    Reading,
+    head_kinds,
+    is_tar_header,
+    readings,
+)
 from ckptguard.model import Format, Verdict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,6 +124,29 @@ def test_is_tar_header_is_tarfiles_own_decision(variant: tuple[Any, ...], at: in
     except tarfile.HeaderError:
         accepted = False
     assert is_tar_header(bytes(block)) is accepted
+
+
+#: torch.load's first pickle of a legacy stream: the magic number, then STOP. As the head
+#: of a member it sniffs as a legacy torch file, not a pickle, yet torch's tar loader
+#: unpickles it (a count of storages) and then the payload right after it.
+LEGACY_HEAD = b"\x80\x02\x8a\x0a" + TORCH_LEGACY_MAGIC.to_bytes(10, "little") + b"."
+
+
+@pytest.mark.parametrize("decoy", [False, True], ids=["one", "decoy-first"])
+@pytest.mark.parametrize("host", FAM["HOSTS"])
+def test_every_storages_member_is_audited(host: str, decoy: bool, tmp_path: Path) -> None:
+    """torch unpickles the member tarfile's getmember('storages') returns, the last of that
+    name, from its first byte whatever it looks like: the audit names its payload behind
+    a benign namesake and behind a legacy magic number."""
+    for pname, payload in sorted(PAYLOADS.items()):
+        for body in (payload(), LEGACY_HEAD + payload()):
+            data = tar_polyglot(body, host=host, decoy=decoy)
+            assert _storages(data) == body
+            p = tmp_path / "m.bin"
+            p.write_bytes(data)
+            r = ckptguard.scan(p)
+            assert r.verdict is Verdict.UNSAFE
+            assert {"CKG101", EXPECT[host][1]} <= r.rule_ids(), (pname, sorted(r.rule_ids()))
 
 
 def test_is_tar_header_edges() -> None:
