@@ -149,6 +149,27 @@ def test_every_storages_member_is_audited(host: str, decoy: bool, tmp_path: Path
             assert {"CKG101", EXPECT[host][1]} <= r.rule_ids(), (pname, sorted(r.rule_ids()))
 
 
+@pytest.mark.parametrize("kind", ["x", "L"])
+def test_extended_header_claiming_gigabytes_is_a_limit(kind: str, tmp_path: Path) -> None:
+    """tarfile reads a PAX / GNU long-name member's whole declared size into memory in one
+    read: the tar audit counts those reads against max_header_bytes (CKG901), so a header
+    that claims more than the limit is never read, and one under it is read as before."""
+    from ckptguard import Limits
+
+    head = bytearray(b"v7".ljust(100, b"\x00") + b"0" * 412)
+    FAM["_fill_header"](head, size=3 << 20, kind=kind, signed=False, magic="none")
+    p = tmp_path / "m.bin"
+    with open(p, "wb") as fh:  # a sparse 4 MiB file: the declared 3 MiB are there (zeros)
+        fh.write(bytes(head))
+        fh.truncate(4 << 20)
+    small = ckptguard.scan(p, limits=Limits(max_header_bytes=1 << 20))
+    assert small.verdict is Verdict.UNSAFE and {"CKG007", "CKG901"} <= small.rule_ids()
+    assert any("max_header_bytes" in f.message for f in small.findings
+               if f.rule_id == "CKG901")
+    default = ckptguard.scan(p)
+    assert "CKG901" not in default.rule_ids() and "CKG007" in default.rule_ids()
+
+
 def test_is_tar_header_edges() -> None:
     good = tar_polyglot(PAYLOADS["exec"](), host="plain")
     assert is_tar_header(good) and is_tar_header(good[:512])

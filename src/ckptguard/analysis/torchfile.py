@@ -567,6 +567,9 @@ def pickle_extent(ctx: AuditContext, start: int) -> int | None:
 #: the members torch's legacy tar loader unpickles (storages and tensors hold a stream of
 #: pickles: a count, then one pickle per storage or tensor)
 _TAR_PICKLED = frozenset({"storages", "tensors", "pickle"})
+#: the reader's buffer: tarfile's header reads go through it, longer reads are extended
+#: headers (a PAX record set or a GNU long name, read whole)
+_TAR_BUFFER = 64 * 1024
 
 
 def audit_legacy_tar(ctx: AuditContext, *, as_reading: bool = False) -> Format:
@@ -580,10 +583,17 @@ def audit_legacy_tar(ctx: AuditContext, *, as_reading: bool = False) -> Format:
         ctx.add("CKG007", "legacy tar-format torch checkpoint: torch.load(weights_only=True) "
                 "refuses it")
     src = ctx.source
+    cap = ctx.limits.max_header_bytes
 
     class _Reader(io.RawIOBase):
+        """The source as a file for tarfile. tarfile reads 512-byte header blocks (through
+        the buffer) and, for a PAX or GNU long-name member, its whole declared size in one
+        read, held in memory: such reads count against ``max_header_bytes``, so a header
+        claiming gigabytes is a limit, not an allocation."""
+
         def __init__(self) -> None:
             self.pos = 0
+            self.extended = 0
 
         def readable(self) -> bool:
             return True
@@ -599,13 +609,18 @@ def audit_legacy_tar(ctx: AuditContext, *, as_reading: bool = False) -> Format:
             return self.pos
 
         def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+            if len(b) > _TAR_BUFFER:
+                self.extended += len(b)
+                if self.extended > cap:
+                    raise LimitExceeded("max_header_bytes", cap,
+                                        "tar extended headers (PAX / GNU long names)")
             data = src.read(self.pos, len(b))
             b[: len(data)] = data
             self.pos += len(data)
             return len(data)
 
     try:
-        with tarfile.open(fileobj=io.BufferedReader(_Reader()), mode="r:") as tar:
+        with tarfile.open(fileobj=io.BufferedReader(_Reader(), _TAR_BUFFER), mode="r:") as tar:
             members = []
             for i, m in enumerate(tar):
                 if i >= ctx.limits.max_members:

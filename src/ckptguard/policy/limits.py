@@ -32,7 +32,7 @@ class Limits:
     max_central_directory_bytes: int = 512 * MiB
     max_decompressed_bytes: int = 128 * MiB  # deflated bytes held in memory, all members
     max_compression_ratio: int = 200       # per deflated member
-    max_header_bytes: int = 64 * MiB       # safetensors / npy header
+    max_header_bytes: int = 64 * MiB       # safetensors / npy header; tar extended headers
     max_tensors: int = 5_000_000
     max_seconds: float = 120.0             # wall time per file
     max_files: int = 1_000_000             # files in a folder scan
