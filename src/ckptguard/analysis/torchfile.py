@@ -567,9 +567,10 @@ def pickle_extent(ctx: AuditContext, start: int) -> int | None:
 #: the members torch's legacy tar loader unpickles (storages and tensors hold a stream of
 #: pickles: a count, then one pickle per storage or tensor)
 _TAR_PICKLED = frozenset({"storages", "tensors", "pickle"})
-#: the reader's buffer: tarfile's header reads go through it, longer reads are extended
-#: headers (a PAX record set or a GNU long name, read whole)
-_TAR_BUFFER = 64 * 1024
+#: the reader's buffer (io's default, as before): tarfile's 512-byte header reads go
+#: through it; a read longer than it is an extended header (a PAX record set or a GNU long
+#: name, read whole)
+_TAR_BUFFER = 8192
 
 
 def audit_legacy_tar(ctx: AuditContext, *, as_reading: bool = False) -> Format:
