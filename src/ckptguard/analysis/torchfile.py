@@ -620,35 +620,41 @@ def audit_legacy_tar(ctx: AuditContext, *, as_reading: bool = False) -> Format:
             self.pos += len(data)
             return len(data)
 
+    # (name, data offset, size) of the regular files: tarfile keeps every TarInfo it reads
+    # (~500 bytes each, a million members allowed), so the list is emptied as it goes
+    files: list[tuple[str, int, int]] = []
     try:
         with tarfile.open(fileobj=io.BufferedReader(_Reader(), _TAR_BUFFER), mode="r:") as tar:
-            members = []
-            for i, m in enumerate(tar):
-                if i >= ctx.limits.max_members:
+            count = 0
+            kept = getattr(tar, "members", None)  # CPython's list of the TarInfos read
+            while (m := tar.next()) is not None:
+                count += 1
+                if count > ctx.limits.max_members:
                     raise LimitExceeded("max_members", ctx.limits.max_members)
-                members.append(m)
+                ctx.members.append(m.name)
+                if m.isfile():
+                    files.append((m.name, m.offset_data, m.size))
+                if isinstance(kept, list):
+                    kept.clear()
     except tarfile.TarError as e:
         ctx.add("CKG202", f"legacy tar file is not a valid tar archive ({e})")
         return Format.TORCH_LEGACY_TAR
-    ctx.members.extend(m.name for m in members)
-    for m in members:
-        if not m.isfile():
-            continue
-        if m.size > ctx.limits.max_pickle_bytes:
-            raise LimitExceeded("max_pickle_bytes", ctx.limits.max_pickle_bytes, m.name)
-        unpickled = m.name in _TAR_PICKLED
+    for name, offset, size in files:
+        if size > ctx.limits.max_pickle_bytes:
+            raise LimitExceeded("max_pickle_bytes", ctx.limits.max_pickle_bytes, name)
+        unpickled = name in _TAR_PICKLED
         if not unpickled:
-            head = src.read(m.offset_data, min(m.size, 4096))
-            fmt, _ = sniff(head, m.size)
+            head = src.read(offset, min(size, 4096))
+            fmt, _ = sniff(head, size)
             if fmt is not Format.PICKLE:
                 continue
         # torch's legacy_load unpickles these members from their first byte whatever they
         # look like (a legacy magic number or a GGUF head is a pickle prefix too)
-        data = src.read(m.offset_data, m.size, record=True)
-        r = audit_pickle(ctx, data, member=m.name, mode=PickleMode.TORCH_LEGACY,
+        data = src.read(offset, size, record=True)
+        r = audit_pickle(ctx, data, member=name, mode=PickleMode.TORCH_LEGACY,
                          storages=StorageCatalog(deferred=True))
-        if (unpickled or m.name == "sys_info") and r.complete and r.end < len(data):
-            _after_stop(ctx, data, r, m.name)
+        if (unpickled or name == "sys_info") and r.complete and r.end < len(data):
+            _after_stop(ctx, data, r, name)
     return Format.TORCH_LEGACY_TAR
 
 
