@@ -51,12 +51,13 @@ VARIANTS = [(host, kind, signed, magic)
             for host in FAM["HOSTS"] for kind in FAM["KINDS"] for signed in (False, True)
             for magic in (FAM["MAGICS"] if host in FAM["NUL_HOSTS"] else ("none",))]
 NAMES = {"safetensors": ["model.safetensors", "pytorch_model.bin", "w.pt", "weights"],
-         "npy": ["a.npy", "a.bin"], "pickle": ["m.pkl", "m.pt", "m"],
+         "npy": ["a.npy", "a.bin"], "pickle": ["m.pkl", "m.pt", "m"], "legacy": ["m.pt", "m.bin"],
          "plain": ["m.tar", "m.pth", "m.bin"]}
 #: (format the scan sniffs, the rule naming the tar reading)
 EXPECT = {"safetensors": (Format.TORCH_LEGACY_TAR, "CKG007"),
           "npy": (Format.NUMPY_NPY, "CKG012"),
           "pickle": (Format.TORCH_LEGACY_TAR, "CKG007"),
+          "legacy": (Format.TORCH_LEGACY, "CKG012"),
           "plain": (Format.TORCH_LEGACY_TAR, "CKG007")}
 
 
@@ -72,6 +73,11 @@ def _host_reads_it(host: str, data: bytes) -> None:
 
         a = np.load(io.BytesIO(data), allow_pickle=False)
         assert a.dtype == np.uint8 and a.size == len(data) - 512
+    elif host == "legacy":  # magic number, protocol, then a sys_info dict holding the tar
+        f = io.BytesIO(data)
+        assert Probe(f).load() == TORCH_LEGACY_MAGIC and Probe(f).load() == 1001
+        info = Probe(f).load()
+        assert info["little_endian"] is True and len(info["p"]) > 1024
     elif host == "pickle":
         got = Probe(io.BytesIO(data)).load()
         assert isinstance(got, bytes) and len(got) == len(data) - 8
