@@ -455,21 +455,30 @@ def main() -> None:
     na: dict[tuple[str, str, str, bool], str] = {}
     slow_cells: set[tuple[str, str, str, bool]] = set()
 
-    def measure(phase: str, tool: str, f: Path, rep: int, nreps: int, touch: bool = False) -> None:
+    def unavailable(phase: str, tool: str, f: Path, touch: bool) -> str | None:
+        """Why ``tool`` does not run on ``f`` (recorded in ``na``), or None."""
         key = (phase, tool, f.name, touch)
-        if key in na or rep >= nreps or (key in slow_cells):
-            return
-        why = NA.get((tool, kind_of(f))) or tool_available(tool)
-        if why:
-            na[key] = why
-            return
+        if key not in na:
+            why = NA.get((tool, kind_of(f))) or tool_available(tool)
+            if why:
+                na[key] = why
+        return na.get(key)
+
+    def run_tool(tool: str, f: Path, touch: bool) -> dict:
+        """One fresh process of ``tool`` on ``f``, the file's structure warmed first."""
         prewarm(f)
         if tool == "ckptguard(console)":
             cg = str(Path(a.ckptguard_python).parent / "ckptguard")
-            rec = run_one(cg, [cg, "scan", str(f), "--format", "json"], a.timeout, harness=False)
-        else:
-            argv = [tool, str(f)] + (["--touch"] if touch else [])
-            rec = run_one(pys[VENV_OF[tool]], argv, a.timeout)
+            return run_one(cg, [cg, "scan", str(f), "--format", "json"], a.timeout,
+                           harness=False)
+        return run_one(pys[VENV_OF[tool]], [tool, str(f)] + (["--touch"] if touch else []),
+                       a.timeout)
+
+    def measure(phase: str, tool: str, f: Path, rep: int, nreps: int, touch: bool = False) -> None:
+        key = (phase, tool, f.name, touch)
+        if rep >= nreps or key in slow_cells or unavailable(phase, tool, f, touch):
+            return
+        rec = run_tool(tool, f, touch)
         rec.update(
             phase=phase,
             tool=tool,
@@ -492,13 +501,9 @@ def main() -> None:
         tool of every group -- ckptguard's, in both phases -- paid that alone (small.bin
         safe_load op 7.5-8.3 ms against 6.8 ms when it runs second)."""
         for tool in tools:
-            if (phase, tool, f.name, touch) in na or tool_available(tool) or \
-                    NA.get((tool, kind_of(f))) or tool == "ckptguard(console)":
-                continue
-            prewarm(f)
-            run_one(pys[VENV_OF[tool]], [tool, str(f)] + (["--touch"] if touch else []),
-                    a.timeout)
-            return
+            if not unavailable(phase, tool, f, touch):
+                run_tool(tool, f, touch)
+                return
 
     # warm-up (untimed): every tool once on a small file, so bytecode caches are written
     # and shared libraries are in the page cache before the first timed run
