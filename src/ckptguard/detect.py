@@ -215,7 +215,8 @@ class Reading(str, enum.Enum):
     """How a loader reads the bytes."""
 
     PICKLE = "pickle program from byte 0; a persistent id fails"
-    PICKLE_TORCH = "pickle program from byte 0 with torch's legacy persistent_load"
+    PICKLE_TORCH = ("torch's legacy stream from byte 0: up to five pickles, the fourth "
+                    "with its persistent_load")
     ZIP_MINIZ = "zip through miniz: end record from the end, central directory, records"
     ZIP_PYTHON = "zip through CPython's zipfile; members starting \\x93NUMPY are arrays"
     NPY = "npy header; an object array's data is a pickle"

@@ -112,6 +112,38 @@ LINE_ARG = {FLOAT: 1, INT: 1, LONG: 1, PERSID: 1, STRING: 1, UNICODE: 1, GET: 1,
             GLOBAL: 2, INST: 2}
 ALL_OPCODES = frozenset(NAMES)
 
+#: How CPython's unpickler checks the stack (Modules/_pickle.c; pickle.py agrees), for
+#: the opcodes that neither push nor close a MARK frame: opcode -> (values the current
+#: MARK frame must hold, change of its size). With fewer values the unpickler raises
+#: ("unpickling stack underflow") before the opcode does anything else. The PUTs and
+#: MEMOIZE peek at the top value; STOP pops the value it returns. EXT codes, GLOBAL and
+#: PERSID push what they look up. A test pins this table against pickletools'.
+STACK_EFFECT: dict[int, tuple[int, int]] = {
+    **dict.fromkeys((INT, BININT, BININT1, BININT2, LONG, LONG1, LONG4, STRING, BINSTRING,
+                     SHORT_BINSTRING, BINBYTES, SHORT_BINBYTES, BINBYTES8, BYTEARRAY8,
+                     NEXT_BUFFER, NONE, NEWTRUE, NEWFALSE, UNICODE, SHORT_BINUNICODE,
+                     BINUNICODE, BINUNICODE8, FLOAT, BINFLOAT, EMPTY_LIST, EMPTY_TUPLE,
+                     EMPTY_DICT, EMPTY_SET, GET, BINGET, LONG_BINGET, EXT1, EXT2, EXT4,
+                     GLOBAL, PERSID), (0, 1)),
+    **dict.fromkeys((PUT, BINPUT, LONG_BINPUT, MEMOIZE, READONLY_BUFFER, TUPLE1, BINPERSID),
+                    (1, 0)),
+    **dict.fromkeys((PROTO, FRAME), (0, 0)),
+    APPEND: (2, -1), TUPLE2: (2, -1), TUPLE3: (3, -2), SETITEM: (3, -2), DUP: (1, 1),
+    STACK_GLOBAL: (2, -1), REDUCE: (2, -1), BUILD: (2, -1), NEWOBJ: (2, -1),
+    NEWOBJ_EX: (3, -2), STOP: (1, -1),
+}
+#: The opcodes that close the current MARK frame: opcode -> (values the closed frame must
+#: hold, values the enclosing frame must hold (the target of APPENDS/SETITEMS/ADDITEMS),
+#: values pushed onto the enclosing frame, the closed frame must hold an even number).
+#: Without a MARK the unpickler raises ("could not find MARK"). MARK opens a frame; POP
+#: drops a value, or the MARK itself when the frame is empty.
+MARK_EFFECT: dict[int, tuple[int, int, int, bool]] = {
+    TUPLE: (0, 0, 1, False), LIST: (0, 0, 1, False), DICT: (0, 0, 1, True),
+    FROZENSET: (0, 0, 1, False), INST: (0, 0, 1, False), OBJ: (1, 0, 1, False),
+    POP_MARK: (0, 0, 0, False), APPENDS: (0, 1, 0, False), SETITEMS: (0, 1, 0, True),
+    ADDITEMS: (0, 1, 0, False),
+}
+
 
 def scan_opcodes_prefix(head: bytes, *, min_ops: int = 3) -> bool:
     """Is ``head`` plausibly the start of a protocol 0/1 pickle? Decode opcodes without

@@ -6,10 +6,15 @@ loaders that may open the file take besides the sniffed format's. This module au
 - a pickle from byte 0 (pickle.load, numpy.load's fallback, torch.load's legacy path): a
   linear opcode walk finds where CPython's unpickler must stop at the latest (an invalid
   opcode, STOP, the end of the file, an EXT code, a persistent id for readers without
-  ``persistent_load``) and whether a GLOBAL/INST/STACK_GLOBAL opcode lies before it.
-  Only then is the prefix run through the symbolic VM in a scratch context; when the VM
-  reaches a global, the reading is live: CKG011 plus the VM's
-  findings, under the member ``<pickle reading>``. Benign files stop within a few bytes.
+  ``persistent_load``, an opcode its stack or MARKs cannot feed) and whether a
+  GLOBAL/INST/STACK_GLOBAL opcode lies before it. Only then is the prefix run through the
+  symbolic VM in a scratch context. When the VM reaches a global, the reading is live:
+  CKG011 plus the VM's findings, under the member ``<pickle reading>``. When it stops
+  before the global on an opcode it refuses (CPython may not), the reading cannot be
+  ruled out: CKG011 all the same. Benign files stop within a few bytes.
+- torch's legacy stream: torch.load goes on to a second, third, fourth (with its
+  ``persistent_load``) and fifth pickle while the ones before return the magic number and
+  the protocol version: each is walked and judged the same way.
 - a zip through miniz (torch.jit.load takes any name): when an end record ends the file,
   the archive is audited too.
 - the legacy tar reading (torch.load tries tarfile first): the tar audit.
@@ -18,11 +23,15 @@ loaders that may open the file take besides the sniffed format's. This module au
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..context import AuditContext, LimitExceeded
-from ..detect import Loader, Reading
+from ..detect import TORCH_LEGACY_MAGIC, Loader, Reading
 from ..model import Format, Severity
 from . import opcodes as O
+
+if TYPE_CHECKING:
+    from .vm import PickleResult
 
 PICKLE_READING = "<pickle reading>"
 
@@ -38,12 +47,9 @@ _EXT = frozenset({O.EXT1, O.EXT2, O.EXT4})
 def audit_readings(ctx: AuditContext, fmt: Format, todo: dict[Reading, frozenset[Loader]],
                    *, zip_audited: bool, has_eocd: bool, head: bytes = b"") -> None:
     """Audit each reading in ``todo`` (from ``detect.unaudited_readings``)."""
-    if Reading.PICKLE_TORCH in todo:
-        # a superset of the plain reading: persistent ids do not stop it
-        _pickle_reading(ctx, fmt, todo[Reading.PICKLE_TORCH] |
-                        todo.get(Reading.PICKLE, frozenset()), persistent_ok=True, head=head)
-    elif Reading.PICKLE in todo:
-        _pickle_reading(ctx, fmt, todo[Reading.PICKLE], persistent_ok=False, head=head)
+    if Reading.PICKLE in todo or Reading.PICKLE_TORCH in todo:
+        _pickle_reading(ctx, fmt, todo.get(Reading.PICKLE, frozenset()),
+                        todo.get(Reading.PICKLE_TORCH, frozenset()), head=head)
     if (Reading.ZIP_MINIZ in todo or Reading.ZIP_PYTHON in todo) and not zip_audited and \
             has_eocd:
         loaders = todo.get(Reading.ZIP_MINIZ, frozenset()) | todo.get(Reading.ZIP_PYTHON,
@@ -67,28 +73,84 @@ def _names(loaders: frozenset[Loader]) -> str:
     return ", ".join(sorted(x.value for x in loaders))
 
 
-def _pickle_reading(ctx: AuditContext, fmt: Format, loaders: frozenset[Loader], *,
-                    persistent_ok: bool, head: bytes) -> None:
-    walk = pickle_walk(ctx, persistent_ok=persistent_ok, head=head)
-    if walk.first_naming < 0:
-        return
+#: torch's legacy stream (torch.serialization._legacy_load): the pickles it loads one after
+#: the other from byte 0, each with what the one before must have returned for torch to go
+#: on (None: anything), and whether it is read with torch's ``persistent_load``.
+_LEGACY_STREAM: tuple[tuple[str, int | None, bool], ...] = (
+    ("magic number", TORCH_LEGACY_MAGIC, False),
+    ("protocol version", 1001, False),
+    ("sys info", None, False),
+    ("main", None, True),
+    ("storage keys", None, False),
+)
+
+
+def _pickle_reading(ctx: AuditContext, fmt: Format, plain: frozenset[Loader],
+                    torch: frozenset[Loader], *, head: bytes) -> None:
+    """The file read as pickles from byte 0: one program for ``plain`` readers (pickle.load,
+    numpy.load's fallback), and torch's legacy stream for ``torch`` (torch.load): the
+    same first program (plain ``pickle.load``: a persistent id fails), then, while each
+    returns what torch checks for, the next. The first program that can reach a global
+    ends the audit of the reading (CKG011 with the VM's findings, or CKG011 as uncertain
+    where the VM stops before the global on something CPython may accept)."""
+    win = _Window(ctx, head)
+    start = 0
+    for i, (label, expect, persistent_ok) in enumerate(_LEGACY_STREAM):
+        loaders = plain | torch if i == 0 else torch
+        if not loaders:
+            return
+        walk = pickle_walk(ctx, persistent_ok=persistent_ok, start=start, win=win)
+        if walk.first_naming >= 0:
+            _live_or_uncertain(ctx, fmt, loaders, walk, "" if i == 0 else label)
+            return
+        if not torch or not walk.returns or i == len(_LEGACY_STREAM) - 1:
+            return
+        # no global before this program's STOP: does torch go on to the next one?
+        result = _run_vm(ctx, walk)[1]
+        root = result.root
+        if not result.complete:  # the VM refused an opcode CPython may accept
+            _uncertain(ctx, torch, walk.end - 1, None,
+                       f"read as torch's legacy stream from byte 0 ({_names(torch)}), this "
+                       f"{fmt.value} file holds a {label} pickle that the audit cannot run to "
+                       "its end on an opcode CPython's unpickler may accept, and torch.load "
+                       "reads the next pickle when it returns the expected value")
+            return
+        if expect is not None and not (type(root) in (int, float, bool) and root == expect):
+            return  # torch raises ("Invalid magic number" / "Invalid protocol version")
+        start = walk.end
+
+
+def _run_vm(ctx: AuditContext, walk: Walk) -> tuple[AuditContext, PickleResult]:
+    """The VM over ``walk``'s program, in a scratch context (its findings are added only
+    when the reading is live)."""
     from .vm import PickleMode, audit_pickle
 
-    data = ctx.source.read(0, walk.end, record=True)
+    data = ctx.source.read(walk.start, walk.end - walk.start, record=True)
     scratch = AuditContext(ctx.path, ctx.source, ctx.policy, ctx.limits)
-    result = audit_pickle(scratch, data, member=PICKLE_READING, mode=PickleMode.RAW)
+    return scratch, audit_pickle(scratch, data, member=PICKLE_READING,
+                                 base_offset=walk.start, mode=PickleMode.RAW)
+
+
+def _live_or_uncertain(ctx: AuditContext, fmt: Format, loaders: frozenset[Loader],
+                       walk: Walk, label: str) -> None:
+    scratch, result = _run_vm(ctx, walk)
+    where = "byte 0" if not label else f"byte {walk.start} (the {label} pickle of torch's " \
+        "legacy stream)"
     if not result.globals:
-        if walk.text_before_naming and any(
-                f.rule_id in ("CKG202", "CKG204") for f in scratch.findings):
-            # The VM refused a text opcode (INT/LONG/FLOAT/... lines) before the first
-            # global; CPython's C unpickler parses those lines more leniently (strtol stops
-            # at a NUL): the reading cannot be ruled out.
-            _uncertain(ctx, fmt, loaders, data, walk.first_naming)
-        return  # otherwise the unpickler fails before it names anything
+        # The walk proved that every unpickler gets to the global with the stack and MARKs
+        # it needs; the VM stopped before it on an opcode it refuses (a BUILD, APPEND or
+        # SETITEM on a value it does not model that way, a text literal, a limit) that
+        # CPython may accept: the reading cannot be ruled out.
+        name = _global_at(ctx, walk)
+        _uncertain(ctx, loaders, walk.first_naming, name,
+                   f"read as a pickle from {where} ({_names(loaders)}), this {fmt.value} file "
+                   f"reaches {name or 'a global'} at byte {walk.first_naming}, and the audit "
+                   "stops before it on an opcode CPython's unpickler may accept")
+        return
     names = sorted({g.full for g in result.globals})
-    ctx.add("CKG011", f"read as a pickle from byte 0 ({_names(loaders)}), this "
+    ctx.add("CKG011", f"read as a pickle from {where} ({_names(loaders)}), this "
             f"{fmt.value} file is a program that imports {', '.join(names[:5])}",
-            member=PICKLE_READING, offset=0,
+            member=PICKLE_READING, offset=walk.start,
             evidence={"readers": _names(loaders), "globals": ", ".join(names[:20])})
     for f in scratch.findings:
         if f.rule_id not in ("CKG201", "CKG203"):  # cut where the walk stopped
@@ -96,48 +158,68 @@ def _pickle_reading(ctx: AuditContext, fmt: Format, loaders: frozenset[Loader], 
     ctx.problems.extend(scratch.problems)
 
 
-def _uncertain(ctx: AuditContext, fmt: Format, loaders: frozenset[Loader], data: bytes,
-               at: int) -> None:
+def _global_at(ctx: AuditContext, walk: Walk) -> str | None:
+    """``module.name`` of the GLOBAL/INST at ``walk.first_naming`` (as far as its lines
+    read), or None (a STACK_GLOBAL, or lines that do not read)."""
+    raw = ctx.source.read(walk.first_naming, 600)
+    if raw[:1] in (b"c", b"i"):
+        parts = raw[1:].split(b"\n", 2)
+        if len(parts) == 3:
+            return (parts[0] + b"." + parts[1]).decode("utf-8", "replace")[:120]
+    return None
+
+
+def _uncertain(ctx: AuditContext, loaders: frozenset[Loader], at: int, name: str | None,
+               message: str) -> None:
+    """CKG011 for a reading the audit cannot rule out: CRITICAL when the global it reaches
+    is on the deny list."""
     from ..policy import GlobalStatus, classify_global
 
-    name = "a global"
     severity = None
-    if data[at] in (O.GLOBAL, O.INST):
-        parts = data[at + 1 :].split(b"\n", 2)
-        if len(parts) == 3:
-            name = (parts[0] + b"." + parts[1]).decode("utf-8", "replace")[:120]
-            if classify_global(name, ctx.policy).status is GlobalStatus.DENY:
-                severity = Severity.CRITICAL
-    ctx.add("CKG011", f"read as a pickle from byte 0 ({_names(loaders)}), this {fmt.value} "
-            f"file reaches {name} at byte {at} after text opcodes that CPython's unpickler "
-            "parses more leniently than the audit", member=PICKLE_READING, offset=at,
-            evidence={"readers": _names(loaders), "globals": name}, severity=severity)
+    if name is not None and classify_global(name, ctx.policy).status is GlobalStatus.DENY:
+        severity = Severity.CRITICAL
+    ctx.add("CKG011", message, member=PICKLE_READING, offset=at,
+            evidence={"readers": _names(loaders), "globals": name or "unknown"},
+            severity=severity)
 
 
 @dataclass(frozen=True)
 class Walk:
-    end: int                   # where every unpickler has stopped at the latest
-    first_naming: int          # offset of the first GLOBAL/INST/STACK_GLOBAL, -1 if none
-    text_before_naming: bool   # a newline-terminated opcode comes before it
+    start: int
+    end: int            # where every unpickler has stopped at the latest
+    first_naming: int   # the first GLOBAL/INST/STACK_GLOBAL every unpickler reaches with
+    #                     the stack and MARK it needs, -1 if none
+    returns: bool       # the program ends at a STOP with a value to return
 
 
-def pickle_walk(ctx: AuditContext, *, persistent_ok: bool, head: bytes = b"") -> Walk:
-    """Decode opcodes from byte 0 without semantics: where any unpickler must have stopped
-    at the latest (just past STOP, or at an invalid opcode, the end of the file, an EXT
-    code, or a persistent id when ``persistent_ok`` is False) and where the first opcode
-    that names a callable lies before that. Raises LimitExceeded when the walk is
-    still going at ``max_pickle_bytes`` and the file goes on."""
+#: MARK frames the walk follows; deeper, it stops proving underflows (and says so by
+#: assuming every later opcode runs)
+_MAX_FRAMES = 1 << 20
+
+
+def pickle_walk(ctx: AuditContext, *, persistent_ok: bool, head: bytes = b"", start: int = 0,
+                win: _Window | None = None) -> Walk:
+    """Decode opcodes from ``start`` without semantics: where any unpickler must have
+    stopped at the latest (just past STOP, or at an invalid opcode, the end of the file,
+    an EXT code, a persistent id when ``persistent_ok`` is False, or an opcode the stack
+    or the MARKs cannot feed -- CPython's underflow checks, followed exactly
+    (opcodes.STACK_EFFECT / MARK_EFFECT)) and where the first opcode that names a callable
+    lies before that. Raises LimitExceeded when the walk is still going at
+    ``max_pickle_bytes`` and the file goes on."""
     src = ctx.source
     size = src.size
-    limit = min(size, ctx.limits.max_pickle_bytes)
+    limit = min(size, start + ctx.limits.max_pickle_bytes)
     fixed, counted, lines = O.FIXED_ARG, O.COUNTED_ARG, O.LINE_ARG
-    win = _Window(ctx, head)
-    pos = 0
+    effect, mark_effect = O.STACK_EFFECT, O.MARK_EFFECT
+    if win is None:
+        win = _Window(ctx, head if start == 0 else b"")
+    pos = start
     first = -1
-    text = False
+    frames = [0]  # values in each open MARK frame, the innermost last
+    exact = True  # False past _MAX_FRAMES: underflows no longer proven
 
-    def done(end: int) -> Walk:
-        return Walk(end, first, text and first >= 0)
+    def done(end: int, returns: bool = False) -> Walk:
+        return Walk(start, end, first, returns)
     while True:
         if pos >= limit:
             if pos < size:
@@ -147,12 +229,35 @@ def pickle_walk(ctx: AuditContext, *, persistent_ok: bool, head: bytes = b"") ->
         op = win.byte(pos)
         if op not in O.ALL_OPCODES or op in _EXT or (op in _PERSISTENT and not persistent_ok):
             return done(pos)
+        if exact:
+            top = frames[-1]
+            if op == O.MARK:
+                if len(frames) >= _MAX_FRAMES:
+                    exact = False
+                frames.append(0)
+            elif op == O.POP:
+                if top:
+                    frames[-1] = top - 1
+                elif len(frames) > 1:
+                    frames.pop()
+                else:
+                    return done(pos)
+            elif op in mark_effect:
+                need, outer, push, even = mark_effect[op]
+                if len(frames) == 1 or top < need or (even and top % 2) or \
+                        frames[-2] < outer:
+                    return done(pos)
+                frames.pop()
+                frames[-1] += push
+            else:
+                need, delta = effect[op]
+                if top < need:
+                    return done(pos)
+                frames[-1] = top + delta
         if op in _NAMING and first < 0:
             first = pos
-        elif op in lines and first < 0:
-            text = True
         if op == O.STOP:
-            return done(pos + 1)
+            return done(pos + 1, returns=True)
         pos += 1
         if op in fixed:
             pos += fixed[op]
