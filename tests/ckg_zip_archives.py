@@ -44,6 +44,8 @@ class Member:
     gap_before: int = 0
     crc_override: int | None = None
     size_override: int | None = None
+    external_attr: int = 0          # central entry bytes 38-41 (0x10: DOS directory)
+    made_by: int = 0x31E            # central entry bytes 4-5 (high byte: the OS)
     raw: bytes = field(default=b"", repr=False)
 
 
@@ -95,9 +97,10 @@ def write(members: list[Member], *, prefix: bytes = b"", suffix: bytes = b"",
         if m.z64_central:
             cextra = struct.pack("<HHQQQ", 1, 24, usize, len(comp), hoff) + cextra
             cc = cu = co = 0xFFFFFFFF
-        cen.append(struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 0x31E, m.version_needed,
-                               cflags, m.method, 0, 0, crc, cc, cu, len(m.name), len(cextra),
-                               0, m.disk, 0, 0, co) + m.name + cextra)
+        cen.append(struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", m.made_by,
+                               m.version_needed, cflags, m.method, 0, 0, crc, cc, cu,
+                               len(m.name), len(cextra), 0, m.disk, 0, m.external_attr, co)
+                   + m.name + cextra)
     if dup is not None and cen:
         cen.append(cen[dup % len(cen)])
     if order is not None:

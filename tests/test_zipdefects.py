@@ -115,6 +115,7 @@ class M:
     usize: int | None = None
     crc: int | None = None
     hoff: int | None = None     # the central entry's header offset
+    ext_attr: int = 0           # the central entry's external attributes
     cextra: bytes = b""
     lname: bytes | None = None
     lmethod: int | None = None
@@ -163,7 +164,7 @@ def build(z: Z) -> bytes:
         out += lname + m.data + m.descriptor
         central += _CEN.pack(b"PK\x01\x02", 20, m.version, m.flags, m.method, 0, 0, crc,
                              csize & 0xFFFFFFFF, usize & 0xFFFFFFFF, len(m.name),
-                             len(m.cextra), 0, m.disk, 0, 0,
+                             len(m.cextra), 0, m.disk, 0, m.ext_attr,
                              hoff if m.hoff is None else m.hoff)
         central += m.name + m.cextra
     out += z.before_cd
@@ -232,6 +233,7 @@ GENERATED: dict[ZipDefect, Callable[[], bytes]] = {
     D.ENCRYPTED: lambda: build(Z([M(flags=0x0001)])),
     D.UNSUPPORTED_FLAGS: lambda: build(Z([M(flags=0x0010)])),
     D.UNSUPPORTED_METHOD: lambda: build(Z([M(method=12)])),
+    D.MINIZ_DIRECTORY: lambda: build(Z([M(ext_attr=0x10)])),
     D.DUPLICATE_NAME: lambda: build(Z([M(), M()])),
     D.NAMES_DIFFER_IN_CASE: lambda: build(Z([M(), M(name=b"a/DATA.pkl")])),
     D.NAME_PAST_TORCH_BUFFER: lambda: build(Z([M(name=b"a/" + b"n" * 600)])),

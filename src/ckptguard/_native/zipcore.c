@@ -21,9 +21,11 @@
  * Zip64 end record + locator as torch writes them, a central directory that exactly fills
  * the space up to the end records, stored members in ascending offset order with no gap,
  * overlap or prefix, ASCII names without suspect bytes that stay distinct under ASCII case
- * folding, local headers equal to the central directory, data descriptors (with signature)
- * that agree with it. Every condition the Python reader checks is covered by a C condition
- * at least as strict (see the comments naming the rule each one stands for).
+ * folding, no entry miniz takes for a directory unless it has no bytes (a '/' name
+ * without bytes; the DOS directory attribute declines), local headers equal to the
+ * central directory, data descriptors (with signature) that agree with it. Every
+ * condition the Python reader checks is covered by a C condition at least as strict (see
+ * the comments naming the rule each one stands for).
  *
  * facts = (numpy_free, no_constants_pkl, no_upper): summary facts the torch-zip auditor
  * uses to skip per-member loops that would find nothing (analysis/torchfile.py).
@@ -47,6 +49,7 @@
 #define CEN_SIZE 46
 #define LOC_SIZE 30
 #define OK_FLAGS 0x080EU
+#define DOS_DIRECTORY 0x10U /* external attributes: miniz's MZ_ZIP_DOS_DIR_ATTRIBUTE_BITFLAG */
 #define NAME_BUFFER 512
 #define WINDOW_GAP 4096
 #define WINDOW_SPAN (1 << 20)
@@ -740,6 +743,12 @@ static PyObject *prove_with(Reader *read, long long size_ll, long long max_membe
         }
         /* CKG310 disk, CKG304 flags, CKG305 method, CKG316 sizes */
         if (edisk != 0 || (flags & ~OK_FLAGS & 0xFFFFU) || method != 0 || csize != usize)
+            goto decline;
+        /* CKG313 (zipfile._miniz_directory): miniz takes the entry for a directory (a name
+         * ending in '/', or the DOS directory attribute in the external attributes whatever
+         * the made-by OS) and reads none of its bytes; only a '/' name without bytes reads
+         * the same everywhere (csize == usize here). nlen >= 1: plain_name. */
+        if (name[nlen - 1] == '/' ? csize != 0 : (rd32(h + 38) & DOS_DIRECTORY) != 0)
             goto decline;
         /* ascending, inside the member area (the local pass proves the exact layout) */
         if (hoff >= cd_off || csize > cd_off || (i > 0 && hoff <= ents[i - 1].hoff))

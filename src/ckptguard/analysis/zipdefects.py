@@ -37,6 +37,18 @@ def _python_reading(name: str, data_offset: int | None, compressed_size: int, si
     return f"Python's zipfile reads member {name!r} differently from torch's reader ({what})"
 
 
+def _miniz_directory(name: str, external_attr: int, made_by: int, size: int) -> str:
+    why = ("a name ending in '/'" if name.endswith("/") else
+           "the DOS directory attribute 0x10 in its external attributes "
+           f"0x{external_attr:08x}, which miniz honours whatever the made-by OS ({made_by})")
+    if size:
+        what = (f"reads none of its bytes: torch gets an uninitialised {size}-byte buffer "
+                "(heap memory) where Python's zipfile and numpy read the member's bytes")
+    else:
+        what = "while Python's zipfile and numpy read it as a file"
+    return f"member {name!r}: torch's reader (miniz) takes it for a directory ({why}) and {what}"
+
+
 def _m(text: str) -> Callable[..., str]:
     """A message that names no value."""
     return lambda: text
@@ -94,6 +106,9 @@ ZIP_RULES: Mapping[ZipDefect, ZipRule] = MappingProxyType({
     D.UNSUPPORTED_METHOD: ZipRule("CKG305", lambda name, method: (
         f"member {name} uses compression method {method}"),
         lambda name, method: {"method": str(method)}),
+    D.MINIZ_DIRECTORY: ZipRule("CKG313", _miniz_directory,
+        lambda name, external_attr, made_by, size: {
+            "external_attr": f"0x{external_attr:08x}", "made_by_os": str(made_by)}),
     D.DUPLICATE_NAME: ZipRule("CKG301", lambda name, first, second: (
         f"duplicate member name {name!r} (entries {first} and {second})")),
     D.NAMES_DIFFER_IN_CASE: ZipRule("CKG301", lambda other, name: (

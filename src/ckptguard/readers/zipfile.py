@@ -41,6 +41,9 @@ _MAX_COMMENT = 0xFFFF
 #: 11 (UTF-8 names). Bit 0/6 are encryption; everything else is unknown to us.
 _OK_FLAGS = 0x0002 | 0x0004 | 0x0008 | 0x0800
 STORED, DEFLATED = 0, 8
+#: the DOS directory attribute in a central entry's external attributes (bytes 38-41):
+#: miniz's mz_zip_reader_is_file_a_directory honours it whatever the made-by OS
+DOS_DIRECTORY = 0x10
 #: miniz's MZ_ZIP_MAX_ARCHIVE_FILENAME_SIZE: torch's getAllRecords copies names into a buffer
 #: of this size (NUL included), so longer names are cut.
 TORCH_NAME_BUFFER = 512
@@ -77,6 +80,7 @@ class ZipDefect(Enum):
     ENCRYPTED = ("encrypted", "name")
     UNSUPPORTED_FLAGS = ("unsupported-flags", "name", "flags")
     UNSUPPORTED_METHOD = ("unsupported-method", "name", "method")
+    MINIZ_DIRECTORY = ("miniz-directory", "name", "external_attr", "made_by", "size")
     # names
     DUPLICATE_NAME = ("duplicate-name", "name", "first", "second")
     NAMES_DIFFER_IN_CASE = ("names-differ-in-case", "other", "name")
@@ -510,8 +514,8 @@ def _parse_central(report: Reporter, cd: bytes, cd_off: int, n_total: int,
         if pos + _CEN.size > len(cd) or cd[pos : pos + 4] != _CEN_SIG:
             report(D.ENTRY_MISSING, i, offset=cd_off + pos)
             return None
-        (_sig, _vm, vn, flags, method, _t, _d, crc, csize, usize, nlen, xlen, clen,
-         disk, _ia, _ea, hoff) = unpack(cd, pos)
+        (_sig, made_by, vn, flags, method, _t, _d, crc, csize, usize, nlen, xlen, clen,
+         disk, _ia, ext_attr, hoff) = unpack(cd, pos)
         name_b = cd[pos + 46 : pos + 46 + nlen]
         extra = cd[pos + 46 + nlen : pos + 46 + nlen + xlen]
         end = pos + 46 + nlen + xlen + clen
@@ -547,6 +551,9 @@ def _parse_central(report: Reporter, cd: bytes, cd_off: int, n_total: int,
             # miniz refuses the whole archive (mz_zip_reader_read_central_dir)
             report(D.SIZES_CONTRADICT, i, name, csize, usize, method, member=name,
                    offset=cd_off + pos)
+        if _miniz_directory(name_b, ext_attr, csize, usize):
+            report(D.MINIZ_DIRECTORY, name, ext_attr, made_by >> 8, usize, member=name,
+                   offset=cd_off + pos)
         # data_offset/end are provisional until the local header is read (_check_locals)
         entries.append(ZipEntry(i, name, name_b, hoff, hoff + _LOC.size + len(name_b), csize,
                                 usize, method, flags, crc, hoff))
@@ -564,6 +571,19 @@ def _parse_central(report: Reporter, cd: bytes, cd_off: int, n_total: int,
             report(D.UNSUPPORTED_METHOD, e.name, e.method, member=e.name,
                    offset=e.header_offset)
     return entries
+
+
+def _miniz_directory(name: bytes, ext_attr: int, csize: int, usize: int) -> bool:
+    """Does torch's reader read this member differently from its bytes because it takes it
+    for a directory? miniz's mz_zip_reader_is_file_a_directory: a name ending in '/' or the
+    DOS directory attribute (whatever the made-by OS); its extract-to-memory then returns
+    success without writing, so torch gets the uninitialised buffer it allocated for the
+    member's size, while Python's zipfile and numpy read the member's bytes. Only a
+    genuine directory entry (a name ending in '/' with no bytes at all) reads the same
+    (empty) everywhere."""
+    if name.endswith(b"/"):
+        return csize != 0 or usize != 0
+    return bool(ext_attr & DOS_DIRECTORY)
 
 
 def _python_same_entry(name: bytes, flags: int, version_needed: int, extra: bytes) -> bool:
@@ -945,6 +965,6 @@ def compare_python_zipfile(ctx: AuditContext, archive: ZipArchive) -> ZipArchive
         if entries else None
 
 
-__all__ = ["DEFLATED", "STORED", "TORCH_NAME_BUFFER", "Defect", "DefectSink", "DefectValue",
-           "Reporter", "ZipArchive", "ZipDefect", "ZipEntry", "compare_python_zipfile",
-           "python_zipfile_view", "read_archive"]
+__all__ = ["DEFLATED", "DOS_DIRECTORY", "STORED", "TORCH_NAME_BUFFER", "Defect", "DefectSink",
+           "DefectValue", "Reporter", "ZipArchive", "ZipDefect", "ZipEntry",
+           "compare_python_zipfile", "python_zipfile_view", "read_archive"]
