@@ -120,10 +120,12 @@ def audit_npz(ctx: AuditContext, archive: ZipArchive) -> None:
 
 def audit_numpy_reading(ctx: AuditContext, archive: ZipArchive,
                         entries: Sequence[ZipEntry]) -> None:
-    """numpy.load on a zip that is not an npz (a torch archive, any zip): NpzFile reads a
-    member whose bytes start with ``\\x93NUMPY`` as an array whatever its name, and runs an
-    object array's pickle under allow_pickle=True. Such members are audited; numeric
-    arrays and headers numpy refuses run nothing and add no finding."""
+    """numpy.load on a zip that is not an npz (a torch archive, a .pt2, any zip): NpzFile
+    reads a member whose bytes start with ``\\x93NUMPY`` as an array whatever its name, and
+    runs an object array's pickle under allow_pickle=True. Such members are audited:
+    numeric arrays add no finding, object arrays are CKG602 and their pickle is audited,
+    and a header this parser cannot read is CKG601 (fail closed: numpy may read it, as
+    it reads spellings this parser does not know, and unpickle the data)."""
     for entry in entries:
         if int(entry.size) < len(MAGIC) + 4 or int(entry.method) not in (0, 8):
             continue
@@ -136,8 +138,13 @@ def audit_numpy_reading(ctx: AuditContext, archive: ZipArchive,
             view = _InflatingView(archive, entry).view()
         try:
             hdr = read_header(view, ctx.limits.max_header_bytes)
-        except NpyHeaderError:
-            continue  # numpy.load raises on this member
+        except NpyHeaderError as e:
+            ctx.add("CKG601", f"member {escape(member, 80)!r} starts like a .npy whose header "
+                    f"ckptguard cannot fully parse ({e}): numpy.load(allow_pickle=True) may "
+                    "read it from this archive as an array and unpickle its data",
+                    member=member, offset=view.at(0),
+                    evidence={"reader": "numpy.load"})
+            continue
         if not hdr.dtype.has_object:
             continue
         ctx.add("CKG602", f"member {escape(member, 80)!r} starts like a .npy with an object "

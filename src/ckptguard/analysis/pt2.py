@@ -28,6 +28,15 @@ Two JSON strings are evaluated as Python by torch: every ``expr_str`` (``sympy.s
 at load time) and every ``guards_code`` entry (``exec`` when ``ep.module()`` is built).
 They must be plain expressions (CKG823, CRITICAL otherwise). Members outside the layout
 are noted (CKG824), and audited too when they hold a pickle or an archive.
+
+Other readers of the same archive (DESIGN.md principle 2): ``torch.load`` reads
+``<folder>/data.pkl`` of ANY zip (found as miniz finds it, ignoring ASCII case) and unpickles
+it with torch's persistent ids resolving to ``<folder>/data/<key>``, so a data.pkl is
+audited as a torch zip's data.pkl, from its first byte, whatever it sniffs as; numpy.load's
+npz reading of ``\\x93NUMPY`` members runs in ``torchfile.audit_zip``. Every member the
+.pt2 loader unpickles is audited as that loader reads it (``opaque_obj_N`` as a pickle from
+byte 0 even when its head sniffs as something else); sniffing only decides for members no
+reader unpickles.
 """
 
 from __future__ import annotations
@@ -44,6 +53,8 @@ from ..readers.jsonfile import JsonError, parse_json
 from ..readers.zipfile import STORED, ZipArchive, ZipEntry
 from .nested import NestedResult, audit_data, audit_range
 from .records import check_byteorder, read_small_record
+from .tensors import StorageCatalog
+from .vm import PickleMode, audit_pickle
 
 ARCHIVE_VERSION = b"0"
 _NESTABLE = frozenset({Format.ZIP, Format.PICKLE, Format.TORCH_LEGACY,
@@ -114,8 +125,14 @@ def audit_pt2(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEntr
             for fqn, tm in raw_payloads[rel]:  # several views may share one blob
                 _check_raw(ctx, e, fqn, tm)
             continue
+        if rel == "data.pkl":  # (records are keyed as miniz finds them: DATA.PKL too)
+            _torch_load_reading(ctx, archive, records, e)
+            continue
         reader = nested_payloads.get(rel) or (
             "torch.load" if _SAMPLE.match(rel) or _LEGACY_PAYLOAD.match(rel) else None)
+        if reader == "pickle.loads" and not _sniffs_pickle(archive, e):
+            _raw_pickle(ctx, archive, e)
+            continue
         if rel.startswith("extra/") and reader is None:
             if _nestable(archive, e):
                 _nested(ctx, archive, e)
@@ -464,6 +481,50 @@ def _nestable(archive: ZipArchive, e: ZipEntry) -> bool:
         return False
     head = archive.head(e, 4096)
     return sniff(head, max(e.size, len(head)))[0] in _NESTABLE
+
+
+def _sniffs_pickle(archive: ZipArchive, e: ZipEntry) -> bool:
+    if e.size == 0 or e.method not in (0, 8):
+        return False
+    head = archive.head(e, 4096)
+    return sniff(head, max(e.size, len(head)))[0] is Format.PICKLE
+
+
+def _raw_pickle(ctx: AuditContext, archive: ZipArchive, e: ZipEntry) -> None:
+    """A member the .pt2 loader hands to ``pickle.loads`` whose head does not sniff as a
+    pickle: pickle.loads reads it from byte 0 all the same (bytes after STOP ignored)."""
+    if e.method not in (0, 8):
+        return  # the zip reader's unsupported-method defect; no reader inflates it
+    ctx.add("CKG824", f"{e.name} does not start like a pickle, but torch.export.load passes it "
+            "to pickle.loads, which runs it from its first byte: audited as a pickle",
+            member=e.name, evidence={"reader": "pickle.loads"})
+    data = archive.read(e, record=True)
+    audit_pickle(ctx, data, member=e.name, mode=PickleMode.RAW)
+
+
+def _torch_load_reading(ctx: AuditContext, archive: ZipArchive,
+                        records: dict[str, ZipEntry], e: ZipEntry) -> None:
+    """``<folder>/data.pkl`` in a .pt2: torch.export.load never reads it, but torch.load
+    (weights_only=False, mmap or not, path or open file) loads it as the checkpoint of this
+    zip. Audited the way ``torchfile._torch_zip`` audits a torch zip's data.pkl: the whole
+    member from byte 0, persistent ids resolving to ``<folder>/data/<key>``, whatever its
+    head sniffs as."""
+    ctx.add("CKG824", f"{e.name} is not part of the torch.export layout: torch.export.load "
+            "never reads it, but torch.load reads it as this archive's data.pkl (audited as "
+            "a torch checkpoint's pickle)", member=e.name, evidence={"reader": "torch.load"})
+    if e.method not in (0, 8):
+        return  # the zip reader's unsupported-method defect; miniz refuses it too
+    from .torchfile import _after_stop
+
+    catalog = StorageCatalog()
+    for rel, r in records.items():
+        if rel[:5] == "data/" and len(rel) > 5:
+            catalog.records[rel[5:]] = (r.name, r.data_offset, r.size)
+    data = archive.read(e, record=True)
+    result = audit_pickle(ctx, data, member=e.name, base_offset=0, mode=PickleMode.TORCH_ZIP,
+                          storages=catalog)
+    if result.complete and result.end < len(data):
+        _after_stop(ctx, data, result, e.name)
 
 
 def _nested(ctx: AuditContext, archive: ZipArchive, e: ZipEntry) -> NestedResult:

@@ -113,7 +113,9 @@ def audit_zip(ctx: AuditContext) -> Format:
         from .pt2 import audit_outside, audit_pt2
 
         audit_outside(ctx, archive, outside)
-        return audit_pt2(ctx, archive, records, prefix)
+        fmt = audit_pt2(ctx, archive, records, prefix)
+        _numpy_reading(ctx, archive)  # numpy.load reads a .pt2 as an npz like any zip
+        return fmt
     # torch's TorchScript check sees each name as miniz copies it into a C buffer: cut at
     # the first NUL and at the buffer size.
     script_name = (prefix + "constants.pkl").encode("utf-8", "surrogateescape")

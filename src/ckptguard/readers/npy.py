@@ -4,15 +4,26 @@ auditor is ``analysis/numpy.py``).
 
 ``\\x93NUMPY``, a version (1.0, 2.0 or 3.0), a little-endian header length (2 bytes for 1.0,
 4 bytes after), a header that is a Python dict literal with exactly the keys ``descr``,
-``fortran_order`` and ``shape``, then the data. The dict literal is parsed with ``ast``
-(literals only, never ``eval``) after a length bound.
+``fortran_order`` and ``shape``, then the data.
+
+The header is read as numpy 2.x's ``numpy/lib/_format_impl.py`` reads it
+(``_read_array_header``): ``ast.literal_eval`` of the decoded text (a repeated key keeps its
+last value), and for versions 1.0 and 2.0 a second try after ``_filter_header`` drops the
+Python-2 ``L`` of long literals; ``shape`` is a tuple of ``int`` (``True`` included);
+``descr`` goes through ``descr_to_dtype``: a string is a dtype name, a tuple is
+``(descr, subarray shape)``, a list holds ``(name, descr[, shape])`` fields. Object-ness
+(``dtype.hasobject``, which makes numpy.load unpickle the data) is decided for every descr
+this parser accepts; a descr it does not understand raises :class:`NpyHeaderError`, and
+callers that meet such a header where numpy may read it fail closed.
 """
 
 from __future__ import annotations
 
 import ast
+import io
 import re
 import struct
+import tokenize
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,6 +39,12 @@ NPY_MAX_HEADER = 1 << 20
 _MAX_FIELDS = 100_000
 
 _SIMPLE = re.compile(r"([<>|=]?)([biufcSUVOMm])(\d*)(\[[A-Za-z0-9]+\])?")
+#: the dtype strings whose dtype has ``hasobject`` set (numpy 2.x): 'O' with any byte order
+#: and a size (numpy takes 4 and 8, leading zeros too; other sizes raise), the type names,
+#: and StringDType ('T', whose dtype also reports hasobject). A superset is harmless:
+#: numpy raises where it is wider.
+_OBJECT = re.compile(r"[<>|=]?[OT]\d*")
+_OBJECT_NAMES = frozenset({"object", "object_"})
 _VALID_SIZES: dict[str, frozenset[int]] = {
     "b": frozenset({1}),
     "i": frozenset({1, 2, 4, 8}),
@@ -85,12 +102,26 @@ class View:
 # --- descr -------------------------------------------------------------------------------
 
 def parse_descr(descr: Any, depth: int = 0) -> Dtype:
-    """Itemsize, object-ness and a display name of a numpy ``descr`` as numpy.save writes it
-    (``'<f4'``, ``'|O'``, or a list of ``(name, descr[, shape])`` for structured dtypes)."""
+    """Itemsize, object-ness and a display name of a numpy ``descr`` as numpy's
+    ``descr_to_dtype`` reads it: a string (``'<f4'``, ``'|O'``, ``'object'``), a tuple
+    ``(descr, shape)`` (a subarray), or a list of ``(name, descr[, shape])`` fields.
+    ``has_object`` is numpy's ``dtype.hasobject``: an object field anywhere. Anything
+    else raises NpyHeaderError (it is not proven free of objects)."""
     if depth > 32:
         raise NpyHeaderError("structured dtype nests too deeply")
     if isinstance(descr, str):
         return _simple_descr(descr)
+    if isinstance(descr, tuple):
+        # descr_to_dtype: numpy.dtype((descr_to_dtype(descr[0]), descr[1])); items after
+        # the second are ignored. A subarray has objects exactly when its base has.
+        if len(descr) < 2:
+            raise NpyHeaderError("tuple descr is not (descr, shape)")
+        base = parse_descr(descr[0], depth + 1)
+        sub = descr[1]
+        if base.has_object:
+            return Dtype(base.itemsize, True, "numpy:object-subarray")
+        count = _shape_count(sub, "subarray shape")
+        return Dtype(base.itemsize * count, False, "numpy:subarray")
     if isinstance(descr, list):
         if not descr:
             raise NpyHeaderError("empty structured descr")
@@ -98,7 +129,9 @@ def parse_descr(descr: Any, depth: int = 0) -> Dtype:
             raise NpyHeaderError("too many fields in structured descr")
         total, has_object, names = 0, False, set()
         for field in descr:
-            if not isinstance(field, tuple) or len(field) not in (2, 3):
+            # numpy unpacks any sequence of 2 or 3 items (a list too); other iterables
+            # (a string 'aO' is the field 'a' of dtype 'O') are not understood here
+            if not isinstance(field, (tuple, list)) or len(field) not in (2, 3):
                 raise NpyHeaderError("structured descr field is not (name, descr[, shape])")
             fname = field[0]
             if isinstance(fname, tuple):
@@ -122,16 +155,14 @@ def parse_descr(descr: Any, depth: int = 0) -> Dtype:
 
 
 def _simple_descr(text: str) -> Dtype:
+    if text in _OBJECT_NAMES or _OBJECT.fullmatch(text):
+        return Dtype(8, True, "numpy:object")
     m = _SIMPLE.fullmatch(text)
     if m is None:
         raise NpyHeaderError(f"unsupported descr {escape(text, 40)!r}")
     order, kind, digits, unit = m.groups()
     if unit and kind not in "Mm":
         raise NpyHeaderError(f"unsupported descr {escape(text, 40)!r}")
-    if kind == "O":
-        if digits not in ("", "8") or order not in ("", "|"):
-            raise NpyHeaderError(f"unsupported object descr {escape(text, 40)!r}")
-        return Dtype(8, True, "numpy:object")
     if not digits or len(digits) > 12:
         raise NpyHeaderError(f"descr {escape(text, 40)!r} has no valid size")
     n = int(digits)
@@ -171,30 +202,47 @@ def _shape(shape: Any, what: str) -> tuple[int, ...]:
 
 # --- header ------------------------------------------------------------------------------
 
-def _literal(text: str) -> dict[str, Any]:
+def _filter_header(text: str) -> str:
+    """numpy's ``_filter_header``: the header's tokens without the ``L`` that follows a
+    number (Python 2 longs), untokenized."""
+    tokens = []
+    last_was_number = False
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if last_was_number and tok.type == tokenize.NAME and tok.string == "L":
+            continue
+        tokens.append(tok)
+        last_was_number = tok.type == tokenize.NUMBER
+    return tokenize.untokenize(tokens)
+
+
+def _eval(text: str) -> Any:
     try:
-        tree = ast.parse(text.lstrip(" \t"), mode="eval")
-    except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
-        raise NpyHeaderError(f"header is not a Python literal ({type(e).__name__})") from None
-    body = tree.body
-    if not isinstance(body, ast.Dict):
-        raise NpyHeaderError("header is not a dict literal")
-    keys: list[str] = []
-    for k in body.keys:
-        if not isinstance(k, ast.Constant) or not isinstance(k.value, str):
-            raise NpyHeaderError("header dict has a key that is not a string")
-        keys.append(k.value)
-    if len(set(keys)) != len(keys):
-        raise NpyHeaderError("header dict repeats a key")
-    if set(keys) != KEYS:
-        raise NpyHeaderError("header keys must be exactly descr, fortran_order, shape (got "
-                             f"{escape(', '.join(sorted(keys)), 80)})")
-    try:
-        value = ast.literal_eval(body)
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
+        return ast.literal_eval(text)
+    except SyntaxError:
+        raise
+    except (ValueError, TypeError, MemoryError, RecursionError) as e:
         raise NpyHeaderError(f"header holds a non-literal value ({type(e).__name__})") from None
+
+
+def _literal(text: str, version: tuple[int, int]) -> dict[str, Any]:
+    """The header dict as numpy's ``_read_array_header`` evaluates it."""
+    try:
+        value = _eval(text)
+    except SyntaxError:
+        if version > (2, 0):
+            raise NpyHeaderError("header is not a Python literal (SyntaxError)") from None
+        try:
+            value = _eval(_filter_header(text))
+        except (SyntaxError, tokenize.TokenError, ValueError, MemoryError,
+                RecursionError) as e:
+            raise NpyHeaderError(f"header is not a Python literal ({type(e).__name__})") \
+                from None
     if not isinstance(value, dict):
         raise NpyHeaderError("header is not a dict literal")
+    if value.keys() != KEYS:
+        keys = sorted(escape(repr(k), 40) for k in value)
+        raise NpyHeaderError("header keys must be exactly descr, fortran_order, shape (got "
+                             f"{escape(', '.join(keys), 80)})")
     return value
 
 
@@ -225,14 +273,20 @@ def read_header(view: View, limits_header: int) -> NpyHeader:
         raise NpyHeaderError(f"header is not valid {encoding}") from None
     if "\x00" in text:
         raise NpyHeaderError("header holds NUL bytes")
-    d = _literal(text)
+    d = _literal(text, version)
     fortran = d["fortran_order"]
     if not isinstance(fortran, bool):
         raise NpyHeaderError("fortran_order is not a bool")
-    if not isinstance(d["shape"], tuple):
-        raise NpyHeaderError("shape is not a tuple")
-    shape = _shape(d["shape"], "shape")
+    raw_shape = d["shape"]
+    # numpy: a tuple of int instances (bool is one); the data of an object array is
+    # unpickled whatever the shape says
+    if not isinstance(raw_shape, tuple) or not all(isinstance(x, int) for x in raw_shape):
+        raise NpyHeaderError("shape is not a tuple of integers")
     dtype = parse_descr(d["descr"])
+    if dtype.has_object:
+        shape = tuple(int(x) for x in raw_shape)
+    else:
+        shape = _shape(tuple(int(x) for x in raw_shape), "shape")
     return NpyHeader(version, d["descr"], dtype, fortran, shape, start + hlen)
 
 
