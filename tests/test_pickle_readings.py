@@ -142,7 +142,8 @@ _DATA_OPS = [b"N", b"K\x01", b"K\x00", b"]", b"}", b")", b"\x8f", b"(", b"0", b"
 @settings(max_examples=1500, deadline=None, derandomize=True)
 @given(st.lists(st.sampled_from(_DATA_OPS), max_size=14), st.sampled_from([
     b"cbuiltins\nlen\n", b"X\x08\x00\x00\x00builtinsX\x03\x00\x00\x00len\x93",
-    b"(ibuiltins\nlen\n"]))
+    b"(ibuiltins\nlen\n", b"c\nlen\n", b"cbuiltins\n\n", b"cbuilt\xffins\nlen\n",
+    b"cbuiltins\nl\xc3\xa9n\n", b"(i\xe9\nlen\n", b"cbuiltins\nlen"]))
 def test_walk_never_rules_out_what_cpython_reaches(ops: list[bytes], naming: bytes) -> None:
     """Soundness of the stack walk: whenever CPython's unpickler gets to the global, the
     walk says a global is reachable (it may say so where CPython dies of something else:
@@ -166,6 +167,10 @@ def test_walk_never_rules_out_what_cpython_reaches(ops: list[bytes], naming: byt
     (b"(NNd}(Nu\x00cbuiltins\nlen\n.", False),             # SETITEMS of one value (odd)
     (b"q\x00cbuiltins\nlen\n.", False),                     # BINPUT peeks at nothing
     (b"N.cbuiltins\nlen\n.", False),                        # after STOP
+    (b"cbuiltins\nlen", False),                             # the name's line never ends
+    (b"c\nlen\n.", False),                                  # an empty module line
+    (b"cbuilt\xffins\nlen\n.", False),                     # not UTF-8
+    (b"cbuiltins\nl\xc3\xa9n\n.", True),                  # UTF-8: looked up
 ])
 def test_walk_stack_table(data: bytes, reachable: bool) -> None:
     assert (_walk(data).first_naming >= 0) is reachable, data

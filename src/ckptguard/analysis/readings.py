@@ -197,6 +197,19 @@ class Walk:
 _MAX_FRAMES = 1 << 20
 
 
+def _name_line(line: bytes) -> bool:
+    """Can a GLOBAL/INST line name a module or attribute? CPython's unpickler refuses an
+    empty line (``bad_readline``) and decodes the line as strict UTF-8 (INST: ASCII, which
+    is stricter) before it looks anything up."""
+    if not line:
+        return False
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def pickle_walk(ctx: AuditContext, *, persistent_ok: bool, head: bytes = b"", start: int = 0,
                 win: _Window | None = None) -> Walk:
     """Decode opcodes from ``start`` without semantics: where any unpickler must have
@@ -254,10 +267,9 @@ def pickle_walk(ctx: AuditContext, *, persistent_ok: bool, head: bytes = b"", st
                 if top < need:
                     return done(pos)
                 frames[-1] = top + delta
-        if op in _NAMING and first < 0:
-            first = pos
         if op == O.STOP:
             return done(pos + 1, returns=True)
+        op_pos = pos
         pos += 1
         if op in fixed:
             pos += fixed[op]
@@ -278,7 +290,11 @@ def pickle_walk(ctx: AuditContext, *, persistent_ok: bool, head: bytes = b"", st
                         raise LimitExceeded("max_pickle_bytes", ctx.limits.max_pickle_bytes,
                                             "a text opcode of the pickle reading has no end")
                     return done(size)
+                if op in _NAMING and not _name_line(win.get(pos, nl - pos)):
+                    return done(op_pos)  # the unpickler refuses the line: nothing imported
                 pos = nl + 1
+        if op in _NAMING and first < 0:
+            first = op_pos  # its arguments are all there: the unpickler looks the name up
 
 
 class _Window:
