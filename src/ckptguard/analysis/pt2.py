@@ -54,7 +54,7 @@ from ..readers.zipfile import STORED, ZipArchive, ZipEntry
 from .nested import NestedResult, audit_data, audit_range
 from .records import check_byteorder, read_small_record
 from .tensors import StorageCatalog
-from .vm import PickleMode, audit_pickle
+from .vm import PickleMode, audit_after_stop, audit_pickle
 
 ARCHIVE_VERSION = b"0"
 _NESTABLE = frozenset({Format.ZIP, Format.PICKLE, Format.TORCH_LEGACY,
@@ -514,8 +514,6 @@ def _torch_load_reading(ctx: AuditContext, archive: ZipArchive,
             "a torch checkpoint's pickle)", member=e.name, evidence={"reader": "torch.load"})
     if e.method not in (0, 8):
         return  # the zip reader's unsupported-method defect; miniz refuses it too
-    from .torchfile import _after_stop
-
     catalog = StorageCatalog()
     for rel, r in records.items():
         if rel[:5] == "data/" and len(rel) > 5:
@@ -524,7 +522,7 @@ def _torch_load_reading(ctx: AuditContext, archive: ZipArchive,
     result = audit_pickle(ctx, data, member=e.name, base_offset=0, mode=PickleMode.TORCH_ZIP,
                           storages=catalog)
     if result.complete and result.end < len(data):
-        _after_stop(ctx, data, result, e.name)
+        audit_after_stop(ctx, data, result, e.name)
 
 
 def _nested(ctx: AuditContext, archive: ZipArchive, e: ZipEntry) -> NestedResult:

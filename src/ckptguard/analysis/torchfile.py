@@ -29,7 +29,7 @@ from . import opcodes as O
 from .fastpath import try_fast
 from .records import check_byteorder, read_small_record
 from .tensors import DTYPE_SIZES, StorageCatalog
-from .vm import PickleMode, PickleResult, audit_pickle
+from .vm import PickleMode, PickleResult, audit_after_stop, audit_pickle
 
 _TORCH_RECORDS = frozenset({"data.pkl", "version", ".data/version", "byteorder",
                             ".format_version", ".storage_alignment", ".data/serialization_id"})
@@ -288,7 +288,7 @@ def _torch_zip(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEnt
         result = audit_pickle(ctx, data, member=pkl.name, base_offset=0,
                               mode=PickleMode.TORCH_ZIP, storages=catalog)
     if result.complete and result.end < len(data):
-        _after_stop(ctx, data, result, pkl.name)
+        audit_after_stop(ctx, data, result, pkl.name)
     if result.globals:
         ctx.metadata["pickle.globals"] = str(len({g.full for g in result.globals}))
     if fast is not None and fast.infos is not None:
@@ -336,19 +336,6 @@ def _emit_tensors(ctx: AuditContext, result: PickleResult, catalog: StorageCatal
             device=st.location if st is not None else "meta",
             requires_grad=rec.requires_grad,
         ))
-
-
-def _after_stop(ctx: AuditContext, data: bytes, result: PickleResult, member: str | None,
-                base: int = 0) -> None:
-    extra = len(data) - result.end
-    ctx.add("CKG203", f"{extra} bytes follow the pickle's STOP opcode", member=member,
-            offset=base + result.end)
-    tail = data[result.end:]
-    fmt, _ = sniff(tail[:4096], len(tail))
-    if fmt is Format.PICKLE:
-        # A hidden second program: audit it too, so its payload is named.
-        audit_pickle(ctx, data, member=member, base_offset=base, mode=PickleMode.RAW,
-                     start=result.end)
 
 
 def _maybe_hidden_pickle(ctx: AuditContext, archive: ZipArchive, e: ZipEntry, where: str) -> None:
@@ -422,7 +409,7 @@ def audit_raw_pickle(ctx: AuditContext) -> Format:
     data = ctx.source.read(0, size, record=True)
     result = audit_pickle(ctx, data, mode=PickleMode.RAW)
     if result.complete and result.end < len(data):
-        _after_stop(ctx, data, result, None)
+        audit_after_stop(ctx, data, result, None)
     _emit_tensors(ctx, result, StorageCatalog(deferred=True))
     return Format.PICKLE
 
@@ -656,7 +643,7 @@ def audit_legacy_tar(ctx: AuditContext, *, as_reading: bool = False) -> Format:
         r = audit_pickle(ctx, data, member=name, mode=PickleMode.TORCH_LEGACY,
                          storages=StorageCatalog(deferred=True))
         if (unpickled or name == "sys_info") and r.complete and r.end < len(data):
-            _after_stop(ctx, data, r, name)
+            audit_after_stop(ctx, data, r, name)
     return Format.TORCH_LEGACY_TAR
 
 

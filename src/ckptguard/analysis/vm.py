@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from ..context import AuditContext, LimitExceeded
-from ..model import Severity
+from ..detect import sniff
+from ..model import Format, Severity
 from ..policy import GlobalDecision, GlobalStatus, classify_global, global_message
 from ..policy.benign_formats import ScopedAllowance
 from ..primitives import clip, gc_paused
@@ -1071,6 +1072,20 @@ _ARG_CHECKED = frozenset({"builtins.bytearray", "numpy.dtype"})
 
 # --- entry point -------------------------------------------------------------------------
 
+def audit_after_stop(ctx: AuditContext, data: bytes, result: PickleResult,
+                     member: str | None, base: int = 0) -> None:
+    """Bytes after a complete program's STOP (CKG203), and the program they hold, when
+    they sniff as one (audited too, so its payload is named)."""
+    extra = len(data) - result.end
+    ctx.add("CKG203", f"{extra} bytes follow the pickle's STOP opcode", member=member,
+            offset=base + result.end)
+    tail = data[result.end:]
+    fmt, _ = sniff(tail[:4096], len(tail))
+    if fmt is Format.PICKLE:
+        audit_pickle(ctx, data, member=member, base_offset=base, mode=PickleMode.RAW,
+                     start=result.end)
+
+
 def audit_pickle(
     ctx: AuditContext,
     data: bytes | memoryview,
@@ -1104,4 +1119,4 @@ def audit_pickle(
     return result
 
 
-__all__ = ["PickleMode", "PickleResult", "StorageCatalog", "audit_pickle"]
+__all__ = ["PickleMode", "PickleResult", "StorageCatalog", "audit_after_stop", "audit_pickle"]
