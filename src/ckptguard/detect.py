@@ -164,6 +164,22 @@ def lists_dcp_metadata(entries: list[os.DirEntry[str]]) -> bool:
     return False
 
 
+#: a zip's end-of-central-directory record (22 bytes) and the longest comment it may carry:
+#: readers that look from the end (miniz, CPython's zipfile) search this many last bytes
+ZIP_END_RECORD_MAX = 22 + 0xFFFF
+
+
+def ends_in_zip_end_record(tail: bytes) -> bool:
+    """Whether ``tail`` (a file's last ``min(size, ZIP_END_RECORD_MAX)`` bytes) ends in a zip
+    end record whose comment ends exactly at the end of the file: zip readers that look
+    from the end (torch.jit.load's miniz, zipfile) then open the file as an archive."""
+    i = tail.rfind(b"PK\x05\x06")
+    if i < 0 or len(tail) - i < 22:
+        return False
+    comment_len = int.from_bytes(tail[i + 20 : i + 22], "little")
+    return i + 22 + comment_len == len(tail)
+
+
 def extension_of(name: str) -> str:
     lower = name.lower().rsplit("/", 1)[-1]
     if "." not in lower:
@@ -398,11 +414,13 @@ __all__ = [
     "NAME_LOADERS",
     "TORCH_LEGACY_MAGIC",
     "WRAPPERS",
+    "ZIP_END_RECORD_MAX",
     "Head",
     "Loader",
     "LoaderRule",
     "NameKind",
     "Reading",
+    "ends_in_zip_end_record",
     "expected_formats",
     "extension_of",
     "head_kinds",

@@ -20,7 +20,9 @@ from ..detect import (
     CODE_BEARING,
     DATA_ONLY_EXTENSIONS,
     DCP_METADATA_RE,
+    ZIP_END_RECORD_MAX,
     Reading,
+    ends_in_zip_end_record,
     expected_formats,
     extension_of,
     sniff,
@@ -190,14 +192,8 @@ def _has_eocd(ctx: AuditContext) -> bool:
     size = ctx.source.size
     if size < 22:
         return False
-    n = min(size, 22 + 0xFFFF)
-    tail = ctx.source.read(size - n, n)
-    i = tail.rfind(b"PK\x05\x06")
-    if i < 0 or len(tail) - i < 22:
-        return False
-    # the EOCD's comment must end exactly at the end of the file
-    comment_len = int.from_bytes(tail[i + 20 : i + 22], "little")
-    return i + 22 + comment_len == len(tail)
+    n = min(size, ZIP_END_RECORD_MAX)
+    return ends_in_zip_end_record(ctx.source.read(size - n, n))
 
 
 def _check_extension(ctx: AuditContext, name: str, fmt: Format) -> None:

@@ -2,8 +2,10 @@
 
 ``audit_folder`` walks a folder (sorted, bounded by ``Limits.max_files``, never following
 directory links), audits every file that is or claims to be a checkpoint, config or index,
-and adds the folder-level findings: Python files shipped beside the weights (CKG705) and,
-through each ``*.index.json``, the sharded-checkpoint checks (CKG701-704).
+and every other file that a loader taking any file (pickle.load, torch.load) would run as
+code (``analysis/skipped.py``; the rest is skipped), and adds the folder-level findings:
+Python files shipped beside the weights (CKG705) and, through each ``*.index.json``, the
+sharded-checkpoint checks (CKG701-704).
 
 ``audit_index`` audits one sharded checkpoint from its index json: the index itself, then
 every shard it names (as children), then the cross-checks between them.
@@ -29,6 +31,7 @@ from .dcp import METADATA_RE, SHARD_SUFFIX, lists_metadata
 from .dcp_folder import audit_dcp
 from .engine import audit_fd, audit_file, unreadable_report
 from .paths import allowed_roots
+from .skipped import HEAD_BYTES, may_run_code_fd, worth_reporting
 
 #: Extensions audited whatever their content (a mismatch is the file's own finding).
 MODEL_EXTENSIONS = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib",
@@ -42,7 +45,6 @@ AUDITED_FORMATS = CODE_BEARING | frozenset({Format.SAFETENSORS, Format.NUMPY_NPY
                                             Format.NUMPY_NPZ, Format.ZIP, Format.JSON})
 SKIPPED_DIRS = frozenset({".git", ".hg", ".svn"})
 _SHARD_NAME = re.compile(r"-\d+-of-\d+\.[^./\\]+\Z")
-_SNIFF_BYTES = 4096
 _LIST_SHOWN = 5
 
 
@@ -52,6 +54,9 @@ class _Walk:
     unreadable: dict[str, str] = field(default_factory=dict)  # relative path -> reason
     code: list[str] = field(default_factory=list)           # *.py
     skipped: list[str] = field(default_factory=list)
+    #: skipped files a code-running reading may take (``skipped.may_run_code``): audited,
+    #: and reported instead of skipped when the audit is worth reporting
+    may_run: list[str] = field(default_factory=list)
     skipped_links: list[str] = field(default_factory=list)  # links to directories
     dcp: list[str] = field(default_factory=list)  # torch.distributed.checkpoint folders
     seen: int = 0
@@ -119,29 +124,50 @@ def _classify(entry: os.DirEntry[str], rel: str, out: _Walk, subdirs: list[str])
     if not stat.S_ISREG(st.st_mode):
         out.skipped.append(rel)
         return
-    fmt = _sniff_file(entry.path)
-    if not isinstance(fmt, Format):  # Format is a str enum: test it first
-        out.unreadable[rel] = fmt
-    elif fmt in AUDITED_FORMATS:
+    sniffed = _sniff_file(entry.path)
+    if isinstance(sniffed, str):
+        out.unreadable[rel] = sniffed
+        return
+    fmt, may_run = sniffed
+    if fmt in AUDITED_FORMATS:
         out.files.append(rel)
     else:
         out.skipped.append(rel)
+        if may_run:
+            out.may_run.append(rel)
 
 
-def _sniff_file(path: str) -> Format | str:
-    """The file's format from its first bytes, or the reason it cannot be read."""
+def _sniff_file(path: str) -> tuple[Format, bool] | str:
+    """The file's format from its first bytes and whether a code-running reading may take
+    it (``skipped.may_run_code``, asked only when the format is not audited anyway), or
+    the reason it cannot be read."""
     try:
         fd = open_readonly(path)
     except OSError as e:
         return e.strerror or str(e)
     try:
         size = os.fstat(fd).st_size
-        head = os.pread(fd, _SNIFF_BYTES, 0)
+        head = os.pread(fd, HEAD_BYTES, 0)
+        fmt = sniff(head, size)[0]
+        return fmt, fmt not in AUDITED_FORMATS and may_run_code_fd(fd, size, head)
     except OSError as e:
         return e.strerror or str(e)
     finally:
         os.close(fd)
-    return sniff(head, size)[0]
+
+
+def _audit_may_run(path: str, walk: _Walk, *, policy: Policy, limits: Limits
+                   ) -> dict[str, Report]:
+    """Audit the skipped files a code-running reading may take; those worth reporting
+    leave ``walk.skipped`` and are returned (the rest stay skipped)."""
+    flagged: dict[str, Report] = {}
+    for rel in walk.may_run:
+        report = audit_file(os.path.join(path, rel), policy=policy, limits=limits)
+        if worth_reporting(report):
+            flagged[rel] = report
+    if flagged:
+        walk.skipped = [r for r in walk.skipped if r not in flagged]
+    return flagged
 
 
 # --- folders -----------------------------------------------------------------------------
@@ -150,10 +176,10 @@ def audit_folder(path: str, *, policy: Policy, limits: Limits) -> Report:
     """Audit a model folder: every checkpoint-like file, index files, remote code."""
     ctx = AuditContext(path, Source.from_bytes(b""), policy, limits)
     walk = _walk(ctx, path)
-    if walk.dcp == [""] and not (walk.files or walk.code or walk.unreadable
+    reports = _audit_may_run(path, walk, policy=policy, limits=limits)
+    if walk.dcp == [""] and not (walk.files or walk.code or walk.unreadable or reports
                                  or ctx.findings):
         return audit_dcp(path, policy=policy, limits=limits)  # the folder is one checkpoint
-    reports: dict[str, Report] = {}
     for rel in walk.dcp:
         reports[rel or "."] = audit_dcp(os.path.join(path, rel) if rel else path,
                                         policy=policy, limits=limits)

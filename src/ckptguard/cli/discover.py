@@ -5,7 +5,9 @@
   directory links (each one is noted), skips VCS folders, and never fails: an unreadable
   folder becomes an entry the scan reports as unreadable.
 * Inside folders, files are kept by content (``ckptguard.detect.sniff``) with the extension
-  as a hint; files named on the command line are always scanned.
+  as a hint; files named on the command line are always scanned. A file that is no model
+  file by either is still kept when a loader that takes any file (pickle.load, torch.load)
+  would run it as code: ``analysis/skipped.py`` checks it with the engine's audit.
 * Shards named by an ``*.index.json`` of the same scan are scanned with their index and
   listed once, under it (``defer_shards``).
 * The same file reached under several names (hard links, symlinks, the Hugging Face cache's
@@ -25,6 +27,7 @@ from ..detect import DCP_SHARD_SUFFIX as SHARD_SUFFIX
 from ..detect import EXTENSION_HINTS, extension_of, sniff
 from ..detect import lists_dcp_metadata as lists_metadata
 from ..model import Format
+from ..policy import DEFAULT_LIMITS, DEFAULT_POLICY, Limits, Policy
 from ..primitives import open_readonly
 
 VCS_DIRS = frozenset({".git", ".hg", ".svn"})
@@ -56,6 +59,10 @@ class Discovery:
     _by_key: dict[tuple[int, int, str], Target] = field(default_factory=dict)
     _seq: int = 0
     linked: set[str] = field(default_factory=set)  # real paths that snapshot links point to
+    #: the scan's policy and limits: the audit that decides whether a file that is no
+    #: model file runs code (``looks_like_model``) uses them
+    policy: Policy = DEFAULT_POLICY
+    limits: Limits = DEFAULT_LIMITS
 
     def _next(self) -> int:
         self._seq += 1
@@ -104,10 +111,14 @@ def _model_extension(name: str) -> bool:
     return hints is not None and Format.UNKNOWN not in hints and ext != ".json"
 
 
-def looks_like_model(path: str, name: str) -> bool:
+def looks_like_model(path: str, name: str, *, policy: Policy = DEFAULT_POLICY,
+                     limits: Limits = DEFAULT_LIMITS) -> bool:
     """Keep a file found in a folder? By content first: any format ckptguard audits, except
     empty files and JSON other than a sharded index; files with a model extension always.
-    Anything that cannot be read or is not a regular file is kept (the scan reports it)."""
+    Anything that cannot be read or is not a regular file is kept (the scan reports it).
+    A file that is none of these is kept all the same when a loader that takes any file
+    would run it as code: the engine's audit of it (under ``policy`` and ``limits``) finds
+    a live reading or another reason to report it (``analysis/skipped.py``)."""
     if _model_extension(name):
         return True
     try:
@@ -120,15 +131,27 @@ def looks_like_model(path: str, name: str) -> bool:
             return True
         head = os.pread(fd, _HEAD, 0)
         fmt, _ = sniff(head, st.st_size)
+        if fmt in (Format.UNKNOWN, Format.EMPTY) or (
+                fmt is Format.JSON and not name.lower().endswith(".index.json")):
+            return _runs_code(path, fd, st.st_size, head, policy, limits)
     except Exception:  # noqa: BLE001 - fail closed: a file we cannot classify is scanned
         return True
     finally:
         os.close(fd)
-    if fmt in (Format.UNKNOWN, Format.EMPTY):
-        return False
-    if fmt is Format.JSON:
-        return name.lower().endswith(".index.json")
     return True
+
+
+def _runs_code(path: str, fd: int, size: int, head: bytes, policy: Policy,
+               limits: Limits) -> bool:
+    """Does a code-running reading take this file that is no model file? The cheap test
+    first (most such files fail it), then the engine's audit from the same descriptor."""
+    from ..analysis.skipped import may_run_code_fd, worth_reporting
+
+    if not may_run_code_fd(fd, size, head):
+        return False
+    from ..analysis.engine import audit_fd
+
+    return worth_reporting(audit_fd(path, fd, policy=policy, limits=limits))
 
 
 def walk_folder(root: str, excludes: tuple[str, ...], found: Discovery, *,
@@ -184,7 +207,8 @@ def walk_folder(root: str, excludes: tuple[str, ...], found: Discovery, *,
         real = os.path.realpath(entry.path) if is_link else entry.path
         if metadata is not None:
             found.linked.add(real)
-        if looks_like_model(entry.path, entry.name):
+        if looks_like_model(entry.path, entry.name, policy=found.policy,
+                            limits=found.limits):
             meta = metadata
             if metadata is not None and is_link:
                 meta = {**metadata, "hf_cache.blob": os.path.basename(real)}
@@ -306,7 +330,8 @@ def _unreferenced_blobs(repo: str, display: str, excludes: tuple[str, ...],
             continue
         if os.path.realpath(entry.path) in found.linked:
             continue
-        if looks_like_model(entry.path, entry.name):
+        if looks_like_model(entry.path, entry.name, policy=found.policy,
+                            limits=found.limits):
             found.add(entry.path, name, metadata={
                 "hf_cache.repo": display, "hf_cache.blob": entry.name,
                 CACHE_FILE: f"{os.path.basename(repo)}/blobs/{entry.name}"})
@@ -315,15 +340,17 @@ def _unreferenced_blobs(repo: str, display: str, excludes: tuple[str, ...],
 
 
 def discover(paths: Iterable[str], *, excludes: tuple[str, ...] = (),
-             hf_cache: str | None = None, filter_files: bool = False) -> Discovery:
+             hf_cache: str | None = None, filter_files: bool = False,
+             policy: Policy = DEFAULT_POLICY, limits: Limits = DEFAULT_LIMITS) -> Discovery:
     """Files named in ``paths`` are always scanned (a missing one is reported), unless
-    ``filter_files``: then they are kept by content like files found in folders."""
-    found = Discovery()
+    ``filter_files``: then they are kept by content like files found in folders.
+    ``policy`` and ``limits``: the scan's (``looks_like_model`` audits with them)."""
+    found = Discovery(policy=policy, limits=limits)
     for path in paths:
         if os.path.isdir(path):
             walk_folder(path, excludes, found, display_root=None)
         elif filter_files and os.path.lexists(path) and not looks_like_model(
-                path, os.path.basename(path)):
+                path, os.path.basename(path), policy=policy, limits=limits):
             found.skipped += 1
         else:
             found.add(path, path)

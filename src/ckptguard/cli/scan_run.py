@@ -70,7 +70,8 @@ def run_scan(
             raise fail(f"Hugging Face cache not found: {cache_dir}")
 
     with Interrupts() as interrupts:
-        found = _discover(paths, excludes, cache_dir, skip_non_models, interrupts)
+        found = _discover(paths, excludes, cache_dir, skip_non_models, interrupts,
+                          policy=policy, limits=limits)
         remote_reports: list[Report] = []
         if found is not None and remote:
             got = _scan_remote(remote, policy, limits, concurrency, interrupts)
@@ -161,11 +162,12 @@ def _scan_remote(targets: list[str], policy: Policy, limits: Limits, concurrency
 
 
 def _discover(paths: tuple[str, ...], excludes: tuple[str, ...], cache_dir: str | None,
-              skip_non_models: bool, interrupts: Interrupts) -> Discovery | None:
+              skip_non_models: bool, interrupts: Interrupts, *, policy: Policy,
+              limits: Limits) -> Discovery | None:
     """The files to scan; None when a Ctrl-C came first (a 20,000-file walk takes a while)."""
     try:
         return discover(paths, excludes=excludes, hf_cache=cache_dir,
-                        filter_files=skip_non_models)
+                        filter_files=skip_non_models, policy=policy, limits=limits)
     except KeyboardInterrupt:
         interrupts.reporting()
         return None
