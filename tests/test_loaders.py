@@ -26,6 +26,7 @@ from ckg_loader_helpers import (
 )
 from safetensors.torch import load_file
 
+from ckptguard import scan
 from ckptguard.errors import FileChangedError, IncompleteScanError, UnsafeCheckpointError
 from ckptguard.loaders import (
     AuditedFile,
@@ -60,7 +61,9 @@ def pt_file(path: Path, obj: object = None, *, legacy: bool = False,
     sd = obj
     save_torch(path, sd, legacy=legacy)
     fd = _open(path)
-    infos = infos_from(sd) if with_infos and isinstance(sd, dict) else ()
+    # the tensors as the audit names them (whatever its verdict): torch.load's result is
+    # compared with them after every torch load (loaders/structure.py)
+    infos = infos_from(sd) if with_infos and isinstance(sd, dict) else scan(path).tensors
     return AuditedFile(str(path), fd, torch_report(path, fd, legacy=legacy, tensors=infos))
 
 

@@ -66,7 +66,7 @@ def _report(rng: random.Random, n: int, odd: bool = False, children: int = 0) ->
         path="/tmp/\u65e5.bin", format=Format.TORCH_ZIP, verdict=rng.choice(list(Verdict)),
         findings=findings, tensors=tuple(_tensor(rng, i, odd and rng.random() < 0.3)
                                          for i in range(n)),
-        identity=FileIdentity(1, 2, 3, 4, (Region(0, 10, "ab"),)),
+        identity=FileIdentity(1, 2, 3, 4, 5, (Region(0, 10, "ab"),)),
         members=tuple(f"archive/data/{i}" for i in range(n)),
         metadata=(("k", "v\u2028"),), bytes_read=123, limits=(("max_tensors", 5.0),),
         tool_version="9", children=tuple(_report(rng, rng.randrange(50)) for _ in range(children)))

@@ -339,7 +339,8 @@ class AuditContext:
 
 def identity_of(fd: int, regions: tuple[Region, ...] = ()) -> FileIdentity:
     st = os.fstat(fd)
-    return FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, regions)
+    return FileIdentity(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                        regions)
 
 
 __all__ = ["AuditContext", "AuditedRegion", "LimitExceeded", "SliceSource", "Source", "SourceError",

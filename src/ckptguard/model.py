@@ -275,12 +275,16 @@ class Region:
 
 @dataclass(frozen=True)
 class FileIdentity:
-    """What identifies the exact file that was audited."""
+    """What identifies the exact file that was audited: the descriptor's ``fstat`` (device,
+    inode, size, mtime and ctime in ns) and the regions the audit relied on. ``ctime_ns``
+    is what a writer cannot put back: ``os.utime`` resets the mtime, but every write,
+    truncate or ``utime`` sets the inode's change time to now."""
 
     device: int
     inode: int
     size: int
     mtime_ns: int
+    ctime_ns: int
     regions: tuple[Region, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -289,6 +293,7 @@ class FileIdentity:
             "inode": self.inode,
             "size": self.size,
             "mtime_ns": self.mtime_ns,
+            "ctime_ns": self.ctime_ns,
             "regions": [r.to_dict() for r in self.regions],
         }
 
@@ -299,6 +304,7 @@ class FileIdentity:
             inode=d["inode"],
             size=d["size"],
             mtime_ns=d["mtime_ns"],
+            ctime_ns=d["ctime_ns"],
             regions=tuple(Region.from_dict(r) for r in d.get("regions", ())),
         )
 

@@ -4,7 +4,7 @@ refuse anything not SAFE, and re-check the file's identity around the load.
 The same-bytes rule (DESIGN.md "Same bytes"): the file is opened once; the audit reads it
 through that descriptor with ``pread``; the loader reads the *same inode* through
 ``/proc/self/fd/N`` (or ``/dev/fd/N``); before tensors are handed out the descriptor's
-``fstat`` (device, inode, size, mtime) and the SHA-256 of every region the audit relied
+``fstat`` (device, inode, size, mtime, ctime) and the SHA-256 of every region the audit relied
 on are compared with the audit's :class:`~ckptguard.model.FileIdentity`, and the original
 path must still name that inode. Any difference raises :class:`FileChangedError`.
 """
@@ -100,6 +100,11 @@ def check_stat(path: str, fd: int, ident: FileIdentity | None) -> os.stat_result
         raise FileChangedError(path, f"size changed from {ident.size} to {st.st_size} bytes")
     if st.st_mtime_ns != ident.mtime_ns:
         raise FileChangedError(path, "modification time changed (the file was written to)")
+    if st.st_ctime_ns != ident.ctime_ns:
+        # a write, truncate, chmod or utime since the audit: the mtime may have been put
+        # back with os.utime, the change time cannot be
+        raise FileChangedError(path, "inode change time changed (the file was written to or "
+                               "its times were reset since the audit)")
     try:
         sp = os.stat(path)
     except OSError as e:

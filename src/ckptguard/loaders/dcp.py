@@ -2,7 +2,7 @@
 
 ``load_dcp(folder)``: the folder is audited (``analysis.dcp_folder.audit_dcp``) and must be SAFE;
 then every file the audit read is opened once, checked against the audit's identity (same
-inode, size, mtime, and the SHA-256 of every region the audit relied on: the whole
+inode, size, mtime, ctime, and the SHA-256 of every region the audit relied on: the whole
 ``.metadata``, each torch.save archive's directory and pickle), and torch's own DCP
 reader (``FileSystemReader`` + ``_EmptyStateDictLoadPlanner``, what ``dcp_to_torch_save``
 uses) loads through those descriptors. Differences from torch's reader:

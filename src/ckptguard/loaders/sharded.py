@@ -3,7 +3,7 @@
 The index is audited as the formats layer audits it (``analysis.folder.audit_index``:
 weight map, shard names and links, every shard, index/shard cross-checks) and must be
 SAFE before the first tensor is handed out. Each shard is then opened once and checked to
-be the very bytes its audit saw (inode, size, mtime, SHA-256 of the audited regions); the
+be the very bytes its audit saw (inode, size, mtime, ctime, SHA-256 of the audited regions); the
 descriptors stay open so each shard is later loaded through that inode. Shards are then
 loaded one after the other: the iterator keeps at most one shard mapped (tensors it
 already handed out keep their own shard's pages alive, as usual).
@@ -94,7 +94,7 @@ def audit_index_for(af: AuditedFile) -> Report:
 def open_shards(index_af: AuditedFile, index_report: Report, index: ShardIndex
                 ) -> list[AuditedFile]:
     """Open every shard the SAFE ``index_report`` audited and check that each descriptor
-    holds exactly the audited bytes (inode, size, mtime, audited regions); returns them
+    holds exactly the audited bytes (inode, size, mtime, ctime, audited regions); returns them
     in weight-map order. On any failure all are closed."""
     require_safe(index_report)
     folder = os.path.dirname(index_af.path)

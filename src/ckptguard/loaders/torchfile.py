@@ -22,6 +22,7 @@ from ..model import Format
 from ._torch import MapLocation, safe_globals, torch, torch_load
 from .base import AuditedFile, LoaderError, fd_path
 from .invariants import check_loaded
+from .structure import NOT_EXACT, structure_difference
 
 #: What torch raises when the bytes under it change mid-load (a torn or truncated file):
 #: translated to FileChangedError when the file's identity no longer matches the audit.
@@ -41,13 +42,16 @@ def translate_if_changed(af: AuditedFile, error: BaseException) -> None:
 
 def load_torch(af: AuditedFile, map_location: MapLocation = "cpu", *, mmap: bool | None = True,
                exact_mmap: bool = False, copy: bool = False, **pickle_load_args: Any) -> Any:
-    """``torch.load`` the audited file through the same inode, verify its identity and the
-    tensor invariants torch skips (:mod:`.invariants`), then return what torch returned.
+    """``torch.load`` the audited file through the same inode, verify its identity, that
+    torch built the tensors the audit saw (:mod:`.structure`) and, unless that comparison
+    was exact on a fast-path-proven zip, the tensor invariants torch skips
+    (:mod:`.invariants`); then return what torch returned.
 
     ``mmap`` is dropped for legacy files unless ``exact_mmap`` (the guard passes the
     caller's value through unchanged, so torch's own rules and errors apply). ``copy``
     loads without mmap, so the tensors own their memory and no longer follow the file.
-    A load that fails because the file changed under it raises :class:`FileChangedError`.
+    A load that fails because the file changed under it, or that built tensors other than
+    the audited ones, raises :class:`FileChangedError`.
     """
     legacy = af.report.format is Format.TORCH_LEGACY
     use_mmap: bool | None = mmap if exact_mmap else (bool(mmap) and not legacy and not copy)
@@ -65,10 +69,20 @@ def load_torch(af: AuditedFile, map_location: MapLocation = "cpu", *, mmap: bool
         translate_if_changed(af, e)
         raise
     af.verify()
-    if not (af.proven and af.report.format is Format.TORCH_ZIP):
+    # The file holds the audited bytes again, but torch parsed data.pkl by reading the file
+    # a second time: prove that what it built is what the audit saw (.structure).
+    zipped = af.report.format is Format.TORCH_ZIP
+    diff = structure_difference(obj, af.report.tensors, storages=zipped,
+                                offsets=zipped and bool(use_mmap) and path is not None)
+    if isinstance(diff, str):
+        raise FileChangedError(af.path, f"what torch.load built differs from the audited "
+                               f"pickle: {diff}")
+    if diff is NOT_EXACT or not (af.proven and zipped):
         # A data.pkl the fast path proved holds only dense strided rebuilds whose views it
-        # checked against their storages (and torch's set_ checks them again): nothing the
-        # walk could find. Anything else -- the VM's files, legacy streams -- is walked.
+        # checked against their storages (and torch's set_ checks them again), and the
+        # comparison just proved torch built exactly those: nothing the walk could find.
+        # Anything else -- the VM's files, legacy streams, a load the comparison cannot
+        # model -- is walked.
         check_loaded(obj, af.report)
     return obj
 
