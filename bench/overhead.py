@@ -11,7 +11,9 @@ that imports what bench/child.py's ``safe_load_prep`` imports, then calls ``safe
 three times on the same file (call 1 is the one bench/run.py times; call 3 is warm). The
 native calls are wrapped to split call 1: ``zipcore.prove_fd`` (the zip proof, one pread
 per local header), ``picklecore.split_records``, ``picklecore.scan`` (data.pkl),
-``zipcore.same_bytes`` (the re-read after the load); *glue* is the rest (the Python around
+``zipcore.same_bytes`` (the re-read after the load) and ``structure`` (the comparison of
+what torch built with the audit, loaders/structure.py, on the object a real
+``torch.load`` built once before the timed calls); *glue* is the rest (the Python around
 them). ``faults`` are the minor page faults of call 1 (``ru_minflt``): first touches of
 fresh memory, which cost ~1-2 us each on a VM. ``torch.load(mmap)`` runs in its own fresh
 interpreters (``--torch-python``); *budget* is 5 % of its first call, the room a 1.05
@@ -29,7 +31,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARTS = ("prove_fd", "split_records", "scan", "same_bytes")
+PARTS = ("prove_fd", "split_records", "scan", "same_bytes", "structure")
 
 
 def _child_ours(path: str) -> dict:
@@ -46,25 +48,31 @@ def _child_ours(path: str) -> dict:
 
     cg = child.safe_load_prep()
     import ckptguard.loaders._torch as lt
+    import ckptguard.loaders.torchfile as ltf
 
-    lt.ORIGINAL_LOAD = lambda *a, **k: {}  # what torch.load costs is measured on its own
+    # what torch.load costs is measured on its own: the stub hands back what it built, once,
+    # before the timed calls (the comparison after the load walks the real object)
+    built = lt.ORIGINAL_LOAD(path, weights_only=True, mmap=True, map_location="cpu")
+    lt.ORIGINAL_LOAD = lambda *a, **k: built
     spent = dict.fromkeys(PARTS, 0.0)
 
-    def wrap(mod, name):
+    def wrap(mod, name, part=None):
         fn = getattr(mod, name)
+        part = part or name
 
         def timed(*a, **k):
             t = time.perf_counter()
             try:
                 return fn(*a, **k)
             finally:
-                spent[name] += time.perf_counter() - t
+                spent[part] += time.perf_counter() - t
 
         setattr(mod, name, timed)
 
     for mod, name in ((zc, "prove_fd"), (zc, "same_bytes"), (pc, "split_records"),
                       (pc, "scan")):
         wrap(mod, name)
+    wrap(ltf, "structure_difference", "structure")  # what torch built against the audit
     calls = []
     for _ in range(3):
         for k in spent:

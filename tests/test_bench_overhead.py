@@ -17,7 +17,7 @@ from ckptguard._native import native  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "overhead.py"
 COLUMNS = ("file", "torch.load(mmap)", "budget (5 %)", "ours, call 1", "prove_fd",
-           "split_records", "scan", "same_bytes", "glue", "faults", "ours, call 3",
+           "split_records", "scan", "same_bytes", "structure", "glue", "faults", "ours, call 3",
            "ratio (est.)")
 
 
@@ -49,12 +49,12 @@ def test_overhead_splits_every_native_call(tmp_path: Path) -> None:
     row = dict(zip(COLUMNS, (c.strip() for c in lines[2].strip("|").split("|")), strict=True))
     assert row["file"] == "w.bin"
     # each wrapped native call really ran inside safe_load (a renamed or bypassed call reads 0)
-    for part in ("prove_fd", "split_records", "scan", "same_bytes"):
+    for part in ("prove_fd", "split_records", "scan", "same_bytes", "structure"):
         assert _median(row[part]) > 0, (part, out.stdout)
     assert _median(row["glue"]) > 0
     total = _median(row["ours, call 1"])
     parts = sum(_median(row[p]) for p in ("prove_fd", "split_records", "scan", "same_bytes",
-                                           "glue"))
+                                           "structure", "glue"))
     assert abs(total - parts) < 0.01, out.stdout
     assert _median(row["torch.load(mmap)"]) > 0
     assert float(row["budget (5 %)"]) == pytest.approx(

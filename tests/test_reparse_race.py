@@ -308,3 +308,20 @@ def test_unchanged_file_loads_bit_exact(tmp_path: Path, monkeypatch: pytest.Monk
     assert list(got) == list(ref)
     for k, v in ref.items():
         assert_same_tensor(got[k], v, k)
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_views_without_elements_keep_their_storage(tmp_path: Path, copy: bool) -> None:
+    """A view with no elements has no data pointer (``data_ptr()`` is 0): the comparison
+    takes its storage's, so empty slices of shared storages load (a generated checkpoint
+    of tests/test_direct_loader.py was refused before)."""
+    base = torch.arange(10, dtype=torch.int8)
+    sd = {"base": base, "empty": base[4:4], "empty2d": base[2:2].view(0, 2),
+          "alone": torch.zeros(0, 3)}
+    p = tmp_path / "empty_views.pt"
+    torch.save(sd, p)
+    got = ckptguard.safe_load(p, copy=copy)
+    want = torch.load(p, weights_only=True, mmap=not copy)
+    assert list(got) == list(want)
+    for k, v in want.items():
+        assert_same_tensor(got[k], v, k)

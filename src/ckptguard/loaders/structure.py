@@ -169,8 +169,11 @@ def structure_difference(obj: Any, infos: Sequence[TensorInfo], *, storages: boo
                     return diff
                 so = t.storage_offset()
             if storages and info.storage_nbytes:
+                # the storage's first byte (a tensor without elements has no data pointer)
+                ptr = t.data_ptr() - so * t.element_size() if t.numel() else \
+                    t.untyped_storage().data_ptr()
                 if offsets and info.data_offset is not None and t.is_cpu:
-                    b = t.data_ptr() - so * t.element_size() - info.data_offset
+                    b = ptr - info.data_offset
                     if base is None:
                         base = b
                     elif b != base:
@@ -178,7 +181,6 @@ def structure_difference(obj: Any, infos: Sequence[TensorInfo], *, storages: boo
                                f"{info.storage!r} at file offset {info.data_offset}"
                 elif not t.is_meta:
                     key = info.storage
-                    ptr = t.data_ptr() - so * t.element_size()
                     if by_key.setdefault(key, ptr) != ptr or by_ptr.setdefault(ptr, key) != key:
                         return f"tensor {name!r} does not share storage with the tensors the " \
                                f"audit placed in {key!r} (or shares another's)"
