@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from ckg_families import generate_module, reached
 from nginx_server import NGINX, TOKEN, NginxServer, hub_repo, serve_fixtures
 
 import ckptguard
@@ -174,6 +175,29 @@ def test_hf_repo_with_payload_and_remote_code(hub: NginxServer) -> None:
     r = ckptguard.scan("hf://org/trojan")
     assert r.verdict is Verdict.UNSAFE
     assert {"CKG101", "CKG705"} <= r.rule_ids()
+
+
+def test_hf_repo_reports_a_runnable_file_that_is_no_model_file(
+        hub: NginxServer, tmp_path: Path) -> None:
+    """A repository file that sniffs as no checkpoint (a pickle opening with an 8,000-byte
+    string literal) but that torch.load / pickle.load run is audited and reported, as in
+    local folders (analysis/skipped.py); ordinary text files stay skipped."""
+    g = generate_module()
+    hostile = tmp_path / "model_best.pth.tar"
+    hostile.write_bytes(g.op.BINUNICODE("a" * 8000) + g.op.POP + g.pl_exec())
+    assert reached(hostile.read_bytes()) == "builtins.exec"
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"Model card: see README\n")  # 'M' is an opcode: audited, skipped
+    hub_repo(hub.www, "org/resume", {"pytorch_model.bin": FIXTURES / "benign/linear.pt",
+                                     "model_best.pth.tar": hostile, "notes.txt": notes,
+                                     "README.md": FIXTURES / "README.md"})
+    r = ckptguard.scan("hf://org/resume")
+    assert r.verdict is Verdict.UNSAFE, sorted(r.rule_ids())
+    paths = {c.path: c for c in r.children}
+    bad = paths["hf://org/resume@main/model_best.pth.tar"]
+    assert bad.verdict is Verdict.UNSAFE and {"CKG011", "CKG101"} <= bad.rule_ids()
+    assert "hf://org/resume@main/notes.txt" not in paths
+    assert dict(r.metadata)["skipped_files"] == "2"  # notes.txt, README.md
 
 
 def test_gated_repo_needs_the_token(hub: NginxServer, monkeypatch: pytest.MonkeyPatch) -> None:

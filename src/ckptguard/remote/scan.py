@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from ..analysis.engine import audit_source
 from ..analysis.folder import AUDITED_FORMATS, CODE_EXTENSIONS
+from ..analysis.skipped import HEAD_BYTES, may_run_code, worth_reporting
 from ..context import AuditContext, Source
 from ..detect import extension_of, sniff
 from ..errors import ScanInputError
@@ -91,12 +92,19 @@ def _scan_file(sess: Session, url: str, display: str, filename: str, policy: Pol
         src = _open(sess, url, display, limits, auth=auth)
     except RemoteError as e:
         return _error_report(display, e, limits)
-    return _audit_remote(src, display, filename, policy, limits)
+    report = _audit_remote(src, display, filename, policy, limits)
+    assert report is not None
+    return report
 
 
 def _audit_remote(src: HttpSource, display: str, filename: str, policy: Policy,
-                  limits: Limits) -> Report:
+                  limits: Limits, *, unless: Callable[[Report], bool] | None = None
+                  ) -> Report | None:
+    """The audit of ``src`` with the transfer's findings; None when ``unless`` says the
+    engine's own report is not worth one (a repository's file that is no model file)."""
     report = audit_source(display, src, policy=policy, limits=limits, name=filename)
+    if unless is not None and unless(report):
+        return None
     extra = _transfer_metadata(src)
     findings = report.findings
     if src.validator is None and src.fetches > 1:
@@ -148,9 +156,15 @@ def _scan_repo(sess: Session, repo: HubRepo, endpoint: str, policy: Policy,
             src = _open(sess, hub_file.resolve_url(endpoint), shown, limits, auth=True)
         except RemoteError as e:
             return _error_report(shown, e, limits)
-        fmt, _ = sniff(src.read(0, 4096), src.size)
+        head = src.read(0, HEAD_BYTES)
+        fmt, _ = sniff(head, src.size)
         if fmt not in AUDITED_FORMATS and extension_of(rel) != ".safetensors":
-            return None
+            # no model file, unless a loader that takes any file would run it (the local
+            # folder walks' decision, analysis/skipped.py: at most one more range request)
+            if not may_run_code(src, head):
+                return None
+            return _audit_remote(src, shown, rel, policy, limits,
+                                 unless=lambda r: not worth_reporting(r))
         return _audit_remote(src, shown, rel, policy, limits)
 
     for rel, rep in bounded_map(one, candidates, sess.options.concurrency):
