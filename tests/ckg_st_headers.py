@@ -22,8 +22,9 @@ from ckptguard.analysis import safetensors as st_audit
 from ckptguard.context import AuditContext, LimitExceeded, Source
 from ckptguard.policy import DEFAULT_LIMITS, Limits, Policy
 
-DTYPE_NAMES = sorted(st_audit.DTYPES)
+DTYPE_NAMES = sorted(st_audit.PLAIN_DTYPES)
 U64 = (1 << 64) - 1
+I64 = (1 << 63) - 1
 
 
 def _name(rng: random.Random, i: int) -> str:
@@ -66,7 +67,7 @@ def plain_header(rng: random.Random, n: int | None = None) -> tuple[dict[str, An
         bits = st_audit.DTYPES[dt][0]
         shape = [rng.choice([0, 1, 2, 3, 4, 8, 16]) for _ in range(rng.choice([0, 1, 1, 2, 3]))]
         if rng.random() < 0.03:
-            shape = [0, U64, U64]  # a zero dimension zeroes a product that would overflow
+            shape = [0, I64, I64]  # a zero dimension zeroes a product that would overflow
         shape, nbytes = whole_bytes(shape, bits)
         name = _name(rng, i)
         while name in names:

@@ -19,7 +19,13 @@ from safetensors.torch import save_file
 import ckptguard
 from ckptguard import Limits, Verdict
 from ckptguard.analysis.engine import audit_bytes
-from ckptguard.analysis.safetensors import DTYPES, audit_safetensors
+from ckptguard.analysis.safetensors import (
+    BINDING_REFUSES,
+    DTYPES,
+    PACKED,
+    PLAIN_DTYPES,
+    audit_safetensors,
+)
 from ckptguard.context import AuditContext, LimitExceeded, Source
 from ckptguard.model import Format, decide
 from ckptguard.policy import DEFAULT_LIMITS, Policy
@@ -86,15 +92,82 @@ def test_real_file_without_tensors_is_safe(tmp_path: Path) -> None:
     assert r.verdict is Verdict.SAFE and r.tensors == ()
 
 
-@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("dtype", sorted(PLAIN_DTYPES))
 def test_every_known_dtype_accepted(tmp_path: Path, dtype: str) -> None:
     bits = DTYPES[dtype][0]
     nbytes = 8 * bits // 8  # shape [8]
     p = write(tmp_path, build({"x": t(dtype, [8], 0, nbytes)}, b"\0" * nbytes))
     r = ckptguard.scan(p)
     assert r.verdict is Verdict.SAFE and r.rule_ids() == set()
-    with safe_open(str(p), "np") as f:  # the library agrees
-        assert list(f.keys()) == ["x"]
+    with safe_open(str(p), "pt") as f:  # the library reads what the report says
+        got = f.get_tensor("x")
+    (info,) = r.tensors
+    assert str(got.dtype) == f"torch.{info.dtype}" and tuple(got.shape) == info.shape
+
+
+def test_the_dtype_tables_partition_the_crates_list() -> None:
+    assert PLAIN_DTYPES.keys() | BINDING_REFUSES | PACKED.keys() == DTYPES.keys()
+    assert not PLAIN_DTYPES.keys() & (BINDING_REFUSES | PACKED.keys())
+    assert {"F6_E2M3", "F6_E3M2"} == BINDING_REFUSES and PACKED == {"F4": "float4_e2m1fn_x2"}
+
+
+@pytest.mark.parametrize("dtype", sorted(BINDING_REFUSES))
+def test_dtypes_the_binding_refuses_are_ckg503(tmp_path: Path, dtype: str) -> None:
+    """In the crate's list, refused by the Python binding: no Python program loads it."""
+    p = write(tmp_path, build({"x": t(dtype, [4], 0, 3)}, b"\0" * 3))
+    r = ckptguard.scan(p)
+    assert r.verdict is Verdict.UNSAFE and "CKG503" in r.rule_ids()
+    with pytest.raises(Exception, match="not understood"), safe_open(str(p), "pt") as f:
+        f.get_tensor("x")
+
+
+@pytest.mark.parametrize("shape", [[4], [2, 4], [3, 2], [1, 1, 6]])
+def test_f4_is_reported_as_torch_builds_it(tmp_path: Path, shape: list[int]) -> None:
+    """The torch binding loads F4 as float4_e2m1fn_x2: two values a byte, last dim halved."""
+    n = 1
+    for d in shape:
+        n *= d
+    data = bytes(range(n // 2))
+    p = write(tmp_path, build({"x": t("F4", shape, 0, n // 2)}, data))
+    r = ckptguard.scan(p)
+    assert r.verdict is Verdict.SAFE and r.rule_ids() == set()
+    (info,) = r.tensors
+    assert info.dtype == "float4_e2m1fn_x2" and info.shape == (*shape[:-1], shape[-1] // 2)
+    with safe_open(str(p), "pt") as f:
+        want = f.get_tensor("x")
+    assert want.dtype == torch.float4_e2m1fn_x2 and tuple(want.shape) == info.shape
+    got = ckptguard.safe_load(p)["x"]
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert got.view(torch.uint8).tolist() == want.view(torch.uint8).tolist()
+
+
+@pytest.mark.parametrize("shape", [[3], [2, 3], []])
+def test_f4_with_an_odd_last_dimension_is_ckg503(tmp_path: Path, shape: list[int]) -> None:
+    n = 1
+    for d in shape:
+        n *= d
+    nbytes = (n + 1) // 2
+    p = write(tmp_path, build({"x": t("F4", shape, 0, nbytes)}, b"\0" * nbytes))
+    r = ckptguard.scan(p)
+    assert r.verdict is Verdict.UNSAFE and "CKG503" in r.rule_ids(), sorted(r.rule_ids())
+    with pytest.raises(Exception), safe_open(str(p), "pt") as f:
+        f.get_tensor("x")
+
+
+@pytest.mark.parametrize("shape,rule", [
+    ([2**32, 2**32, 0], "CKG504"), ([2**62, 2**62, 0], "CKG504"), ([0, 2**63], "CKG501"),
+    ([2**63, 0], "CKG501"), ([0, 2**64 - 1], "CKG501"),
+])
+def test_shapes_no_python_reader_loads(tmp_path: Path, shape: list[int], rule: str) -> None:
+    """Zero elements, yet refused: the crate's checked product overflows before the zero, or
+    a dimension does not fit torch's and numpy's int64. Was SAFE, and safe_load raised a
+    raw RuntimeError/TypeError."""
+    p = write(tmp_path, build({"x": t("F32", shape, 0, 0), "y": t("F32", [1], 0, 4)},
+                              b"\0" * 4))
+    r = ckptguard.scan(p)
+    assert r.verdict is Verdict.UNSAFE and rule in r.rule_ids(), sorted(r.rule_ids())
+    with pytest.raises(Exception), safe_open(str(p), "pt") as f:
+        f.get_tensor("x")
 
 
 # --- CKG501: header ---------------------------------------------------------------------
@@ -241,7 +314,6 @@ def test_unknown_dtype(tmp_path: Path, dtype: object) -> None:
     pytest.param({"x": t("F32", [1], 4, 8)}, b"\0" * 8, id="gap-at-start"),
     pytest.param({"x": t("F32", [1], 0, 4)}, b"\0" * 4 + b"HIDDEN", id="trailing-bytes"),
     pytest.param({"x": t("F32", [2], 0, 8)}, b"\0" * 4, id="past-end-of-file"),
-    pytest.param({"x": t("F4", [3], 0, 2)}, b"\0" * 2, id="sub-byte-not-whole-bytes"),
     pytest.param({"x": t("F32", [2**40, 2**40], 0, 4)}, b"\0" * 4, id="shape-overflow"),
     pytest.param({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0]}}, b"\0" * 4,
                  id="offsets-not-pair"),

@@ -25,7 +25,7 @@ from ckptguard.model import Verdict
 from ckptguard.policy import DEFAULT_LIMITS, Limits, Policy
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-DTYPE_NAMES = sorted(st_audit.DTYPES)
+DTYPE_NAMES = sorted(st_audit.PLAIN_DTYPES)
 
 
 def _audit(blob: bytes, fast: bool, monkeypatch: pytest.MonkeyPatch,
@@ -249,7 +249,13 @@ def _file(header: bytes, data: bytes = b"") -> bytes:
                  b"", "CKG501", id="trailing-garbage"),
     pytest.param(b'{"a":' + b"[" * 3000 + b"]" * 3000 + b"}", b"", "CKG501", id="deep"),
     pytest.param(b'{"a":{"dtype":"F4","shape":[3],"data_offsets":[0,1]}}', b"\0",
-                 "CKG504", id="half-byte"),
+                 "CKG503", id="half-byte"),  # torch packs F4 in pairs: an odd last dim
+    pytest.param(b'{"a":{"dtype":"F6_E2M3","shape":[4],"data_offsets":[0,3]}}', b"\0" * 3,
+                 "CKG503", id="f6-binding-refuses"),
+    pytest.param(b'{"a":{"dtype":"F64","shape":[4294967296,4294967296,0],'
+                 b'"data_offsets":[0,0]}}', b"", "CKG504", id="overflow-before-zero"),
+    pytest.param(b'{"a":{"dtype":"F32","shape":[0,9223372036854775808],'
+                 b'"data_offsets":[0,0]}}', b"", "CKG501", id="dim-over-i64"),
 ])
 def test_declined_headers_get_the_strict_finding(header: bytes, data: bytes, rule: str,
                                                  monkeypatch: pytest.MonkeyPatch,

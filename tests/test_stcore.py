@@ -185,7 +185,7 @@ def test_records_are_the_strict_records() -> None:
     """Field by field, including shared shapes, zero-length tensors and their order."""
     header = (b'{"b":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},'
               b'"a":{"shape":[1],"data_offsets":[0,4],"dtype":"F32"},'
-              b'"c":{"dtype":"F4","shape":[0,18446744073709551615],"data_offsets":[4,4]},'
+              b'"c":{"dtype":"F16","shape":[0,9223372036854775807],"data_offsets":[4,4]},'
               b'"d":{"dtype":"BF16","shape":[],"data_offsets":[4,6]},'
               b'"__metadata__":{"k\\"":"v\\u00e9\\ud83d\\ude00","a":""}}')
     rec = audit(join(header, bytes(6)), "native")
@@ -244,9 +244,15 @@ T = b'"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}'
     pytest.param(b'{"t":{"dtype":"F64","shape":[0,4294967296,4294967296],"data_offsets":[0,0]}}',
                  0, True, None, id="zero-first-then-huge"),
     pytest.param(b'{"t":{"dtype":"F64","shape":[4294967296,4294967296,0],"data_offsets":[0,0]}}',
-                 0, False, None, id="overflow-before-zero"),  # Python: 0; the crate: overflow
+                 0, False, "CKG504", id="overflow-before-zero"),  # the crate's checked fold
+    pytest.param(b'{"t":{"dtype":"F32","shape":[0,9223372036854775808],"data_offsets":[0,0]}}',
+                 0, False, "CKG501", id="dim-over-i64"),  # torch and numpy: int64 dims
     pytest.param(b'{"t":{"dtype":"F4","shape":[3],"data_offsets":[0,1]}}', 1, False,
-                 "CKG504", id="half-byte"),
+                 "CKG503", id="half-byte"),  # torch packs F4 in pairs: an odd last dim
+    pytest.param(b'{"t":{"dtype":"F4","shape":[4],"data_offsets":[0,2]}}', 2, False,
+                 None, id="f4-packed"),  # the strict path builds the pairs
+    pytest.param(b'{"t":{"dtype":"F6_E3M2","shape":[4],"data_offsets":[0,3]}}', 3, False,
+                 "CKG503", id="f6-binding-refuses"),
     pytest.param(b'{"t":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}', 4, False,
                  "CKG504", id="shape-mismatch"),
     pytest.param(b'{"t":{"dtype":"F32","shape":[1],"data_offsets":[1,5]}}', 5, False,
@@ -335,9 +341,9 @@ def test_fields_pinned() -> None:
 
 
 @needs_native
-@pytest.mark.parametrize("dtype", sorted(st_audit.DTYPES))
+@pytest.mark.parametrize("dtype", sorted(st_audit.PLAIN_DTYPES))
 def test_every_dtype_proven_with_its_torch_name(dtype: str) -> None:
-    bits, torch_name = st_audit.DTYPES[dtype]
+    bits, torch_name = st_audit.PLAIN_DTYPES[dtype]
     nbytes = 8 * bits // 8
     header = (b'{"t":{"dtype":"' + dtype.encode() + b'","shape":[2,4],"data_offsets":[0,'
               + str(nbytes).encode() + b"]}}")

@@ -24,7 +24,8 @@
  *   - every other value: an object with exactly the keys ``dtype``, ``shape`` and
  *     ``data_offsets`` (any order, each once), the dtype a known name, the shape an array of
  *     integers, the offsets an array of two integers; integers are plain digit strings
- *     without a sign, fraction, exponent or leading zero, at most 2**64-1;
+ *     without a sign, fraction, exponent or leading zero, at most 2**64-1 (a dimension at
+ *     most 2**63-1: torch and numpy hold dimensions as signed 64-bit integers);
  *   - each tensor's bytes = product(shape) * bits / 8, a whole number, and end - begin
  *     equal to it; no step of the product, folded left to right as the crate folds it,
  *     overflows 64 bits (after a zero dimension it stays 0: both readers agree);
@@ -279,7 +280,9 @@ static int entry(P *s, Dims *dims, Entry *e, int *last_dtype) {
             if (!lit(s, ']')) {
                 for (;;) {
                     uint64_t v;
-                    if (!u64_lit(s, &v))
+                    /* torch and numpy hold dimensions as signed 64-bit integers: a larger
+                     * one declines (the Python path reports it, CKG501) */
+                    if (!u64_lit(s, &v) || v > (uint64_t)INT64_MAX)
                         return 0;
                     if (dims_push(dims, v) < 0)
                         return -1;

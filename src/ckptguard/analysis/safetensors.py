@@ -19,7 +19,6 @@ import json
 import sys
 from dataclasses import fields
 from itertools import chain, islice, repeat
-from math import prod
 from operator import add, lt, mul, sub
 from typing import Any
 
@@ -55,12 +54,23 @@ DTYPES: dict[str, tuple[int, str]] = {
     "U64": (64, "uint64"),
 }
 
+#: dtypes the crate knows that the Python binding (torch and numpy alike) refuses to load
+#: ("Dtype not understood"): a file holding one loads nowhere in Python (CKG503)
+BINDING_REFUSES = frozenset({"F6_E2M3", "F6_E3M2"})
+#: dtypes the torch binding packs: F4 loads as ``float4_e2m1fn_x2``, two values a byte, the
+#: last dimension halved (it must be even; numpy cannot load it at all)
+PACKED = {"F4": "float4_e2m1fn_x2"}
+#: the dtypes every fast path proves (the others go to the strict path, which explains)
+PLAIN_DTYPES = {k: v for k, v in DTYPES.items() if k not in BINDING_REFUSES and k not in PACKED}
+#: torch and numpy take dimensions as signed 64-bit integers (the crate as usize)
+_I64 = (1 << 63) - 1
+
 _METADATA = "__metadata__"
 _FIELDS = frozenset({"dtype", "shape", "data_offsets"})
 #: the fields of a tensor entry in the order the safetensors library writes them
 _FIELD_ORDER = ("dtype", "shape", "data_offsets")
-_BITS = {k: bits for k, (bits, _) in DTYPES.items()}
-_TORCH_DTYPE = {k: name for k, (_, name) in DTYPES.items()}
+_BITS = {k: bits for k, (bits, _) in PLAIN_DTYPES.items()}
+_TORCH_DTYPE = {k: name for k, (_, name) in PLAIN_DTYPES.items()}
 #: the fast path leaves headers to the strict parser when the C JSON scanner could recurse
 #: deeper than this (the interpreter's recursion limit bounds it; see ``_fast_header``)
 _FAST_MAX_RECURSION = 20_000
@@ -74,6 +84,18 @@ _MAX_METADATA_ITEMS = 64  # copied into Report.metadata (the rest is only counte
 
 def _is_uint(v: Any) -> bool:
     return type(v) is int and 0 <= v <= _U64
+
+
+def _crate_numel(shape: list[int]) -> int | None:
+    """The element count as the crate computes it: the shape folded left to right with
+    checked 64-bit multiplications, so a step that overflows refuses the file even when a
+    later dimension is 0 (the exact product would be 0). None: it overflows."""
+    numel = 1
+    for d in shape:
+        numel *= d
+        if numel > _U64:
+            return None
+    return numel
 
 
 def _printable(name: str) -> bool:
@@ -152,7 +174,7 @@ def _stcore() -> Any:
         if tuple(f.name for f in fields(TensorInfo)) != STCORE_FIELDS or \
                 hasattr(TensorInfo, "__post_init__"):
             return None
-        core.init(TensorInfo, tuple((k, bits, name) for k, (bits, name) in DTYPES.items()))
+        core.init(TensorInfo, tuple((k, bits, name) for k, (bits, name) in PLAIN_DTYPES.items()))
         _STCORE_READY.append(core)
     return core
 
@@ -267,8 +289,11 @@ def _fast_header(ctx: AuditContext, data: bytes, data_start: int, size: int) -> 
                 set(map(len, offsets)) != {2}:
             return False
         dims = list(chain.from_iterable(shapes))
-        if dims and (set(map(type, dims)) != {int} or min(dims) < 0 or max(dims) > _U64):
+        if dims and (set(map(type, dims)) != {int} or min(dims) < 0 or max(dims) > _I64):
             return False
+        numels = list(map(_crate_numel, shapes))
+        if None in numels:
+            return False  # the crate's product overflows on the way (the strict path says so)
         bounds = list(chain.from_iterable(offsets))
         del offsets
         if set(map(type, bounds)) != {int}:
@@ -278,7 +303,7 @@ def _fast_header(ctx: AuditContext, data: bytes, data_start: int, size: int) -> 
         if min(begins) < 0 or max(ends) > _U64:
             return False
         nbytes = list(map(sub, ends, begins))
-        total_bits = list(map(mul, map(prod, shapes), map(_BITS.__getitem__, dtypes)))
+        total_bits = list(map(mul, numels, map(_BITS.__getitem__, dtypes)))
         if min(nbytes) < 0 or max(total_bits) > _U64 or \
                 list(map(mul, nbytes, repeat(8))) != total_bits:
             return False
@@ -337,16 +362,19 @@ def _check_tensor(ctx: AuditContext, name: str, info: Any, data_start: int) -> T
     if (type(info) is dict and len(info) == 3 and type(name) is str and name.isprintable()
             and name):
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        spec = DTYPES.get(dtype) if type(dtype) is str else None
+        spec = PLAIN_DTYPES.get(dtype) if type(dtype) is str else None
         if spec is not None and type(shape) is list and type(offsets) is list and \
                 len(offsets) == 2:
             numel = 1
             ok = True
             for d in shape:
-                if type(d) is not int or d < 0 or d > _U64:
+                if type(d) is not int or d < 0 or d > _I64:
                     ok = False
                     break
                 numel *= d
+                if numel > _U64:  # the crate's checked product overflows here
+                    ok = False
+                    break
             begin, end = offsets
             if ok and type(begin) is int and type(end) is int and 0 <= begin <= end <= _U64:
                 total_bits = numel * spec[0]
@@ -382,9 +410,24 @@ def _check_tensor_slow(ctx: AuditContext, name: str, info: Any,
         ctx.add("CKG503", f"tensor {shown!r}: unknown dtype {shown_dtype!r}", offset=8,
                 evidence={"name": shown, "dtype": shown_dtype})
         return None
+    if dtype in BINDING_REFUSES:
+        ctx.add("CKG503", f"tensor {shown!r}: dtype {dtype} is in the safetensors crate's list, "
+                "but its Python binding (torch and numpy) refuses it: no Python program "
+                "loads this file", offset=8, evidence={"name": shown, "dtype": dtype})
+        return None
     if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
         ctx.add("CKG501", f"tensor {shown!r}: shape is not a list of non-negative integers",
                 offset=8, evidence={"name": shown})
+        return None
+    if any(d > _I64 for d in shape):
+        ctx.add("CKG501", f"tensor {shown!r}: a dimension above 2**63-1, which torch and numpy "
+                "cannot hold (they refuse the tensor)", offset=8, evidence={"name": shown})
+        return None
+    if dtype in PACKED and (not shape or shape[-1] % 2):
+        ctx.add("CKG503", f"tensor {shown!r}: {dtype} loads in torch as {PACKED[dtype]}, two "
+                "values a byte, which needs an even last dimension (the binding refuses "
+                f"shape {escape(str(shape), 80)})", offset=8,
+                evidence={"name": shown, "dtype": dtype})
         return None
     if (not isinstance(offsets, list) or len(offsets) != 2
             or not all(_is_uint(o) for o in offsets)):
@@ -393,9 +436,12 @@ def _check_tensor_slow(ctx: AuditContext, name: str, info: Any,
         return None
     begin, end = offsets
     bits, torch_name = DTYPES[dtype]
-    numel = 1
-    for d in shape:
-        numel *= d
+    numel = _crate_numel(shape)
+    if numel is None:
+        ctx.add("CKG504", f"tensor {shown!r}: shape {escape(str(shape), 80)} overflows 64 bits "
+                "as the safetensors crate multiplies it (left to right, checked): the library "
+                "refuses the file", offset=8, evidence={"name": shown})
+        return None
     total_bits = numel * bits
     if total_bits > _U64 or total_bits % 8:
         ctx.add("CKG504", f"tensor {shown!r}: shape {shape} of {dtype} is not a whole number "
@@ -408,6 +454,8 @@ def _check_tensor_slow(ctx: AuditContext, name: str, info: Any,
                 evidence={"name": shown, "expected_bytes": str(nbytes),
                           "span": f"{begin}..{end}"})
         return None
+    if dtype in PACKED:  # what the torch binding builds: two values per element
+        torch_name, shape = PACKED[dtype], [*shape[:-1], shape[-1] // 2]
     return TensorInfo(
         name=name,
         dtype=torch_name,
@@ -442,4 +490,4 @@ def _check_layout(ctx: AuditContext, spans: list[tuple[int, int, str]], data_sta
                     offset=size, evidence={"missing_bytes": str(expected - size)})
 
 
-__all__ = ["DTYPES", "audit_safetensors"]
+__all__ = ["BINDING_REFUSES", "DTYPES", "PACKED", "PLAIN_DTYPES", "audit_safetensors"]
