@@ -260,6 +260,23 @@ def test_npz_is_safe_and_tensors_match(tmp_path: Path, compressed: bool) -> None
         assert blob[w.data_offset:w.data_offset + w.nbytes] == arrays["weight"].tobytes()
 
 
+@pytest.mark.parametrize("member", ["a.npy", "a.NPY", "b.Npy"])
+def test_npz_tensor_names_are_numpys_keys(tmp_path: Path, member: str) -> None:
+    """numpy cuts ".npy" case-sensitively: member a.NPY is the key "a.NPY"."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    np.save(buf, np.arange(3, dtype=np.int16))
+    p = tmp_path / "m.npz"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr(member, buf.getvalue())
+    r = ckptguard.scan(p)
+    assert r.verdict is Verdict.SAFE
+    with np.load(p) as f:
+        assert [t.name for t in r.tensors] == f.files
+
+
 def test_npz_with_object_member(tmp_path: Path) -> None:
     p = tmp_path / "o.npz"
     np.savez(p, ok=np.zeros(2), obj=np.array([{"a": 1}], dtype=object))

@@ -99,7 +99,8 @@ def audit_npz(ctx: AuditContext, archive: ZipArchive) -> None:
     for entry in archive.entries:
         ctx.source.check_time()
         member = str(entry.name)
-        key = member[:-4] if member.lower().endswith(".npy") else member
+        # numpy's key: ".npy" cut case-sensitively (NpzFile.files), "a.NPY" stays "a.NPY"
+        key = member[:-4] if member.endswith(".npy") else member
         if not member.lower().endswith(".npy"):
             ctx.add("CKG601", f"npz member {escape(member, 80)!r} is not a .npy file",
                     member=member)
