@@ -189,6 +189,24 @@ def test_torch_zip_uses_mmap_and_the_fd_path(tmp_path: Path,
     assert kw["weights_only"] is True and kw["mmap"] is True
 
 
+@pytest.mark.parametrize("obj", [{"a": 1}, [], 5, {"a": 1, "b": "x" * 40}, (1.5, None),
+                                 {"e": torch.zeros(0)}, {"w": torch.ones(2)}],
+                         ids=lambda o: type(o).__name__ + str(len(str(o))))
+def test_legacy_file_whose_last_pickle_is_short_is_safe(tmp_path: Path, obj: object) -> None:
+    """A legacy stream ends with the storage keys pickle: for a checkpoint without storages
+    it is a few bytes, and the extent scan wanted 16 bytes of read-ahead past each opcode
+    (INCOMPLETE, CKG201). torch.save(_use_new_zipfile_serialization=False) writes these."""
+    import ckptguard
+
+    p = tmp_path / "legacy.pt"
+    torch.save(obj, p, _use_new_zipfile_serialization=False)
+    r = scan(p)
+    assert r.verdict is Verdict.SAFE and r.format is Format.TORCH_LEGACY, sorted(r.rule_ids())
+    want = REAL_LOAD(p, weights_only=True)
+    got = ckptguard.safe_load(p)
+    assert type(got) is type(want) and repr(got) == repr(want)
+
+
 def test_legacy_loads_without_mmap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[dict[str, object]] = []
 

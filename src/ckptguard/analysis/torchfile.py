@@ -499,17 +499,17 @@ def pickle_extent(ctx: AuditContext, start: int) -> int | None:
     pos = start
     fixed, counted, lines = O.FIXED_ARG, O.COUNTED_ARG, O.LINE_ARG
     while True:
-        need = pos - buf_start + 16
-        if need > len(buf):
-            if buf_start + len(buf) >= limit:
-                return None
-            more = src.read(buf_start + len(buf), min(chunk, limit - buf_start - len(buf)))
-            if not more:
-                return None
-            buf += more
-            chunk = min(chunk * 2, 1 << 26)
-            continue
         i = pos - buf_start
+        # read ahead while fewer than 16 bytes are buffered past the opcode (a fixed
+        # argument is at most 8): near the end of the stream, go on with what is there
+        if i + 16 > len(buf) and buf_start + len(buf) < limit:
+            more = src.read(buf_start + len(buf), min(chunk, limit - buf_start - len(buf)))
+            if more:
+                buf += more
+                chunk = min(chunk * 2, 1 << 26)
+                continue
+        if i >= len(buf):
+            return None  # the stream ends before its STOP
         op = buf[i]
         if op == O.STOP:
             return pos + 1
