@@ -1236,6 +1236,10 @@ static int run(St *s) {
                 return -1;
             if (plain_meta(s, state.a, 4) != 1)
                 return -1;
+            /* a second BUILD merges into the first in every loader; pickle never writes
+             * one, and the VM reports it (CKG204): decline */
+            if (STATE(s, in).tag != V_UNSET)
+                return -1;
             STATE(s, in) = state;
             break;
         }

@@ -208,6 +208,8 @@ class FastOrderedDict(dict[Any, Any]):
             raise _Decline("state set on a tensor's backward-hooks dict after the rebuild")
         if type(state) is not FastDict or not _plain_meta(state, 4):
             raise _Decline("OrderedDict state that is not plain metadata")
+        if self.state is not None:
+            raise _Decline("a second BUILD on one OrderedDict (the VM reports it, CKG204)")
         self.state = state
         _tls.builds += 1
 

@@ -762,6 +762,19 @@ class _VM:
         else:
             raise self.malformed(f"{how} on a {type(target).__name__}", pos)
 
+    def _set_state(self, target: Call, state: object, pos: int) -> None:
+        """BUILD's state on ``target``. pickle writes one BUILD per object; a second one
+        is applied on top of the first by every loader (a dict state updates the
+        instance's ``__dict__``), so the states merge here as they merge there, and the
+        file is CKG204: an audit that kept only the last state (DCP metadata read its
+        fields from it) missed what the first one set."""
+        if target.state is not None:
+            self.add("CKG204", "BUILD applied twice to one object: loaders merge the second "
+                     "state into the first (pickle never writes this)", pos)
+            if isinstance(target.state, dict) and isinstance(state, dict):
+                state = {**target.state, **state}
+        target.state = state
+
     def build(self, target: object, state: object, pos: int) -> None:
         if isinstance(target, Call) and isinstance(target.func, Global):
             full = target.func.full
@@ -772,12 +785,19 @@ class _VM:
                          "torch.save never writes this and the tensor would no longer be the "
                          "one audited", pos)
                 return
+            if full == "torch.Tensor" and not isinstance(state, dict):
+                # torch.Tensor.__setstate__ with a tuple runs set_(storage, offset, size,
+                # stride): a tensor the audit has no record of
+                self.add("CKG408", "BUILD re-points a torch.Tensor() with set_ arguments: "
+                         "torch.save never writes this and the tensor is not one the audit "
+                         "recorded", pos)
+                return
             if full in _BUILDABLE or target.func.status in USER_ALLOWED:
-                target.state = state
+                self._set_state(target, state, pos)
                 return
             if target.func.status is GlobalStatus.ALLOW and self.torch:
                 # torch's loader allows BUILD on allowlisted types only
-                target.state = state
+                self._set_state(target, state, pos)
                 return
             self.add("CKG111", f"BUILD sets state on {clip(full)} instance (runs its "
                      "__setstate__ or writes its __dict__)", pos, {"target": clip(full)})
