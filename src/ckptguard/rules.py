@@ -179,7 +179,7 @@ _RULES: tuple[Rule, ...] = (
          "Do not load this file."),
     Rule("CKG204", "parser-differential", S.HIGH, B,
          "A construct that pickle implementations decode differently (FRAME misuse, odd literal "
-         "forms, non-UTF-8 names).",
+         "forms, non-UTF-8 names, a second BUILD on one object).",
          "Do not load this file; it may read differently in the loader than in any scanner."),
     # --- zip container ----------------------------------------------------------------------
     Rule("CKG301", "zip-duplicate-name", S.HIGH, B,
@@ -308,11 +308,14 @@ _RULES: tuple[Rule, ...] = (
          "The safetensors header JSON repeats a key: JSON parsers keep different copies.",
          "Do not load this file."),
     Rule("CKG503", "safetensors-dtype", S.HIGH, B,
-         "A tensor has an unknown dtype.",
+         "A tensor has a dtype the safetensors Python binding cannot load: unknown, in the "
+         "crate's list but refused by the binding (F6), or F4 with an odd last dimension "
+         "(torch loads F4 in pairs).",
          "Re-save the file with a current safetensors."),
     Rule("CKG504", "safetensors-offsets", S.HIGH, B,
          "Tensor offsets are not sorted, contiguous, non-overlapping and covering the data "
-         "region exactly, or shape x itemsize differs from the byte span.",
+         "region exactly, or shape x itemsize differs from the byte span, or the shape's "
+         "product overflows 64 bits as the crate folds it.",
          "Do not load this file; it can hide bytes or alias tensors."),
     Rule("CKG505", "safetensors-metadata", S.MEDIUM, B,
          "__metadata__ is not a string-to-string map.",
