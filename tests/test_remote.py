@@ -452,3 +452,106 @@ def test_retries(status: int, failures: int, retries: int, expect: Verdict) -> N
     else:
         assert r.rule_ids() == {"CKG910"}
         assert len(handler.seen) == (1 if status == 404 else retries + 1)
+
+
+# --- the token and the clock (a review round's findings) -------------------------------------
+
+class _Recording(_Lying):
+    """Serves ``body`` by ranges and records each request's path and Authorization."""
+
+    seen: typing.ClassVar[list[tuple[str, str | None]]] = []
+
+    def do_GET(self) -> None:
+        type(self).seen.append((self.path, self.headers.get("Authorization")))
+        super().do_GET()
+
+
+class _Redirect(BaseHTTPRequestHandler):
+    """The hub: every resolve/ request is redirected to ``target`` (another origin)."""
+
+    target = ""
+    seen: typing.ClassVar[list[tuple[str, str | None]]] = []
+
+    def log_message(self, *a: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        type(self).seen.append((self.path, self.headers.get("Authorization")))
+        self.send_response(302)
+        self.send_header("Location", type(self).target + "/blob/m.bin")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def _serving(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
+
+
+@pytest.mark.parametrize("many_ranges", [False, True])
+def test_token_never_reaches_the_origin_a_hub_redirects_to(
+        monkeypatch: pytest.MonkeyPatch, many_ranges: bool) -> None:
+    """The hub redirects resolve/ to a CDN: httpx drops the token on that hop, and the
+    later range requests (made to the final URL) must not send it either."""
+    torch = pytest.importorskip("torch")
+    import io
+
+    buf = io.BytesIO()
+    n = 60 if many_ranges else 1  # many members: the audit reads past the first 64 KiB
+    torch.save({f"w{i}": torch.zeros(64, 64) for i in range(n)}, buf)
+    blob = type("B", (_Recording,), {"body": buf.getvalue(), "mode": "ok", "seen": []})
+    cdn, cdn_url = _serving(blob)
+    hub = type("H", (_Redirect,), {"target": cdn_url, "seen": []})
+    hub_srv, hub_url = _serving(hub)
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", hub_url)
+        r = scan_remote("hf://org/model/m.bin",
+                        options=RemoteOptions(timeout=5, retries=0, token="hf_SECRET"))
+    finally:
+        cdn.shutdown()
+        hub_srv.shutdown()
+    assert r.verdict is Verdict.SAFE, sorted(r.rule_ids())
+    assert hub.seen and all(a == "Bearer hf_SECRET" for _, a in hub.seen)
+    assert len(blob.seen) > (2 if many_ranges else 0), blob.seen
+    assert all(a is None for _, a in blob.seen), blob.seen
+
+
+class _Trickle(BaseHTTPRequestHandler):
+    """A 206 whose body arrives a byte every 25 ms (each byte resets httpx's timeout)."""
+
+    def log_message(self, *a: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        import time as _time
+
+        self.send_response(206)
+        self.send_header("Content-Range", "bytes 0-65535/1000000")
+        self.send_header("Content-Length", "65536")
+        self.send_header("ETag", '"v1"')
+        self.end_headers()
+        try:  # ~10 s of trickle, then silence: never the whole body
+            for _ in range(400):
+                self.wfile.write(b"\0")
+                self.wfile.flush()
+                _time.sleep(0.025)
+            _time.sleep(6)
+        except OSError:
+            pass  # the client gave up
+
+
+def test_a_trickling_server_cannot_outlast_max_seconds() -> None:
+    import time as _time
+
+    httpd, url = _serving(_Trickle)
+    try:
+        t = _time.monotonic()
+        r = scan_remote(url + "/m.bin", limits=DEFAULT_LIMITS.replace(max_seconds=1),
+                        options=RemoteOptions(timeout=5, retries=0))
+        took = _time.monotonic() - t
+    finally:
+        httpd.shutdown()
+    assert r.verdict is Verdict.INCOMPLETE and "CKG910" in r.rule_ids(), sorted(r.rule_ids())
+    assert "max_seconds" in " ".join(f.message for f in r.findings)
+    assert took < 4, took

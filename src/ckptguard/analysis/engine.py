@@ -97,8 +97,11 @@ def audit_bytes(data: bytes, name: str, *, policy: Policy, limits: Limits) -> Re
 def audit_source(path: str, src: Source, *, policy: Policy, limits: Limits,
                  name: str | None = None) -> Report:
     """Audit one file read through ``src`` (in memory, or over HTTP ranges); the report
-    carries no file identity, since there is no local inode to load from."""
-    src.deadline = time.monotonic() + limits.max_seconds
+    carries no file identity, since there is no local inode to load from. A deadline the
+    source already has (a remote file's, set before its first response) is kept when
+    earlier."""
+    deadline = time.monotonic() + limits.max_seconds
+    src.deadline = deadline if src.deadline is None else min(src.deadline, deadline)
     ctx = AuditContext(path, src, policy, limits)
     fmt = _audit(ctx, name or path)
     return _finish(ctx, fmt, None)

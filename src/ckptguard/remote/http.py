@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import io
 import os
 import re
 import time
@@ -184,27 +185,42 @@ class Session:
 
 
 def _read_capped(resp: httpx.Response, cap: int, display: str,
-                 failure: Failure = Failure.TOO_BIG_WITHOUT_RANGES) -> bytes:
-    """The body, refused (``failure``) once it passes ``cap`` bytes: never read further."""
+                 failure: Failure = Failure.TOO_BIG_WITHOUT_RANGES, *,
+                 deadline: float | None = None) -> bytes:
+    """The body, refused (``failure``) once it passes ``cap`` bytes: never read further.
+    ``deadline`` (``time.monotonic()``): a body still arriving then is refused (TIMEOUT),
+    however steadily its bytes trickle in (each one resets httpx's per-phase timeout).
+    The chunks go into one buffer that becomes the result without a second copy."""
     declared = resp.headers.get("Content-Length")
     if declared is not None and declared.isdigit() and int(declared) > cap:
         raise RemoteError(failure, display, f"{int(declared)} bytes > {cap}")
-    chunks: list[bytes] = []
+    buf = io.BytesIO()
     got = 0
     for chunk in resp.iter_raw():
         got += len(chunk)
         if got > cap:
             raise RemoteError(failure, display, f"more than {cap} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if deadline is not None and time.monotonic() > deadline:
+            raise RemoteError(Failure.TIMEOUT, display,
+                              "the scan's wall-time budget (max_seconds) ran out while the "
+                              "body was still arriving")
+        buf.write(chunk)
+    return buf.getvalue()
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    import httpx
+
+    u = httpx.URL(url)
+    return u.scheme, u.host, u.port
 
 
 class HttpSource(Source):
     """Random-access reads of one remote file through range requests."""
 
     def __init__(self, session: Session, url: str, display: str, *, auth: bool,
-                 stream_cap: int) -> None:
-        super().__init__(-1, 0)
+                 stream_cap: int, deadline: float | None = None) -> None:
+        super().__init__(-1, 0, deadline=deadline)
         self.session = session
         self.url = url            # becomes the final URL after the first redirect chain
         self.display = display
@@ -221,8 +237,12 @@ class HttpSource(Source):
     def _first(self, stream_cap: int) -> None:
         resp = self._get({"Range": f"bytes=0-{MIN_FETCH * 16 - 1}"}, allow_416=True)
         try:
-            self.url = str(resp.url)
-            # a redirect to another origin drops auth (httpx does too): never resend it there
+            final = str(resp.url)
+            if self.auth and _origin(final) != _origin(self.url):
+                # a redirect to another origin: httpx dropped the token on that hop, and
+                # every later range request goes straight there: never send it again
+                self.auth = False
+            self.url = final
             self.etag = resp.headers.get("ETag")
             if self.etag and self.etag.startswith("W/"):
                 self.etag = None  # weak validators cannot guard a range (RFC 9110 13.1.5)
@@ -236,7 +256,7 @@ class HttpSource(Source):
             if resp.status_code == 200:
                 # the server ignores ranges: take the whole body, up to the cap
                 self.ranges = False
-                data = _read_capped(resp, stream_cap, self.display)
+                data = _read_capped(resp, stream_cap, self.display, deadline=self.deadline)
                 self.size = len(data)
                 self.bytes_read += len(data)
                 self._keep(0, data)
@@ -275,7 +295,8 @@ class HttpSource(Source):
         return start, end, total
 
     def _body(self, resp: httpx.Response, expected: int) -> bytes:
-        data = _read_capped(resp, expected, self.display, Failure.INCONSISTENT)
+        data = _read_capped(resp, expected, self.display, Failure.INCONSISTENT,
+                            deadline=self.deadline)
         if len(data) != expected:
             raise RemoteError(Failure.INCONSISTENT, self.display,
                               f"body of {len(data)} bytes for a range of {expected}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
@@ -82,8 +83,11 @@ def _report(ctx: AuditContext, fmt: Format, *, bytes_read: int,
 
 
 def _open(sess: Session, url: str, display: str, limits: Limits, *, auth: bool) -> HttpSource:
+    """The file's source; its wall-time budget (``max_seconds``) starts now, before the
+    first response is read (the audit keeps the earlier deadline)."""
     return HttpSource(sess, url, display, auth=auth,
-                      stream_cap=limits.max_remote_stream_bytes)
+                      stream_cap=limits.max_remote_stream_bytes,
+                      deadline=time.monotonic() + limits.max_seconds)
 
 
 def _scan_file(sess: Session, url: str, display: str, filename: str, policy: Policy,
