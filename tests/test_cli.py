@@ -630,6 +630,12 @@ def test_hostile_names_escaped_everywhere(here: Path, fmt: str) -> None:
             jsonschema.Draft202012Validator(SARIF_SCHEMA).validate(doc)
             uris = {a["location"]["uri"] for a in doc["runs"][0]["artifacts"]}
             assert "h/new%0Aline.pkl" in uris
+            # a message is for display (viewers print it): decoded, it holds no control
+            texts = [x["message"]["text"] for x in doc["runs"][0]["results"]]
+            assert any("esc\\x1b[31mred" in t for t in texts)
+            for t in texts:
+                for bad in ("\x1b", "\r", "\n", "\x07", "\u202e"):
+                    assert bad not in t, (t, repr(bad))
 
 
 def test_undecodable_file_name(here: Path) -> None:

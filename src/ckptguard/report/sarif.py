@@ -20,6 +20,7 @@ import urllib.parse
 from typing import Any
 
 from ..model import Effect, Finding, Report, Severity
+from ..primitives import escape_untrusted
 from ..rules import RULES, Rule
 from .jsonreport import dumps, tool_info
 from .options import FormatOptions
@@ -150,7 +151,9 @@ def _result(f: Finding, report: Report) -> dict[str, Any]:
     out: dict[str, Any] = {
         "ruleId": f.rule_id,
         "level": level_of(f.effect, f.severity),
-        "message": {"text": f"{f.message} ({loc})"},
+        # a message is for display (viewers print it): the location's member and path are
+        # the file's own bytes, and so may be text a message quotes
+        "message": {"text": escape_untrusted(f"{f.message} ({loc})", None)},
         "locations": [location],
         "partialFingerprints": {"ckptguardFinding/v1": _fingerprint(f)},
         "properties": props,
@@ -176,7 +179,7 @@ def sarif_document(result: ScanResult) -> dict[str, Any]:
         for p in r.problems:
             notifications.append({
                 "level": "error",
-                "message": {"text": f"{p.message} ({p.location})"},
+                "message": {"text": escape_untrusted(f"{p.message} ({p.location})", None)},
                 "locations": [{"physicalLocation": {
                     "artifactLocation": _report_location(r, p.location.path)}}],
             })
