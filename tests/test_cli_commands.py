@@ -125,6 +125,44 @@ def test_explain_hostile_strings_escaped(here: Path) -> None:
     assert "\x1b" not in res.output and "\x07" not in res.output
 
 
+def _shared_lists(depth: int) -> bytes:
+    """L_i = [L_i-1, L_i-1] through the memo: ~20 bytes a level, 2**depth lists written out."""
+    import struct
+
+    def put(i: int) -> bytes:
+        return b"r" + struct.pack("<I", i)
+
+    def get(i: int) -> bytes:
+        return b"j" + struct.pack("<I", i)
+
+    q = b"\x80\x02]" + put(0) + b"0"
+    for i in range(1, depth + 1):
+        q += b"](" + get(i - 1) + get(i - 1) + b"e" + put(i) + b"0"
+    return q + get(depth) + b"."
+
+
+@pytest.mark.parametrize("depth", [8, 79])
+def test_explain_of_shared_values_is_bounded(here: Path, depth: int) -> None:
+    """A 1.6 KB program whose tree has 2**79 nodes: written out up to a budget, never
+    expanded (it grew to gigabytes in ast.walk / ast.unparse). A small one renders."""
+    import ast
+
+    from ckptguard.report.explain import MAX_RENDER_NODES, _expanded_size
+
+    write(here / "dag.pkl", _shared_lists(depth))
+    res = run("explain", "dag.pkl")
+    assert res.exit_code == 0, res.output
+    if depth == 79:
+        assert f"more than {MAX_RENDER_NODES:,} nodes" in res.stdout
+    else:
+        assert "not rendered" not in res.stdout and "[[[[" in res.stdout
+    shared = ast.List(elts=[], ctx=ast.Load())
+    for _ in range(depth):
+        shared = ast.List(elts=[shared, shared], ctx=ast.Load())
+    # each list and its ctx node, once per reference
+    assert _expanded_size(shared, 10**6) == min(2 * (2 ** (depth + 1) - 1), 10**6 + 1)
+
+
 def test_explain_truncated_pickle(here: Path) -> None:
     write(here / "cut.pkl", evil_pickle()[:-5])
     res = run("explain", "cut.pkl")

@@ -14,6 +14,7 @@ import contextlib
 import io
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..errors import LoaderUnavailableError
@@ -71,6 +72,49 @@ def _flagged(report: Report) -> dict[tuple[str, str], list[str]]:
     return out
 
 
+#: a statement is written out only up to this many AST nodes. fickling's AST shares one
+#: node per memo reference, so a few hundred bytes of BINPUT/BINGET (L_i = [L_i-1, L_i-1])
+#: describe a tree of 2**depth nodes: ast.walk / ast.unparse would expand every copy
+MAX_RENDER_NODES = 200_000
+
+
+def _nodes_once(root: ast.AST) -> Iterator[ast.AST]:
+    """Every node under ``root`` once, shared ones included (ast.walk visits a shared node
+    once per reference)."""
+    seen: set[int] = set()
+    todo = [root]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        yield node
+        todo.extend(ast.iter_child_nodes(node))
+
+
+def _expanded_size(root: ast.AST, cap: int) -> int:
+    """How many nodes ``root`` has written out as a tree (shared nodes counted once per
+    reference), computed over the shared graph and saturated just above ``cap``."""
+    size: dict[int, int] = {}
+    open_: set[int] = set()  # on the current path: a node reached again is a cycle
+    stack: list[tuple[ast.AST, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if id(node) in size:
+            continue
+        kids = list(ast.iter_child_nodes(node))
+        if not done:
+            if id(node) in open_:
+                return cap + 1  # a cycle: no tree to write out
+            open_.add(id(node))
+            stack.append((node, True))
+            stack.extend((k, False) for k in kids if id(k) not in size)
+            continue
+        open_.discard(id(node))
+        size[id(node)] = min(cap + 1, 1 + sum(size[id(k)] for k in kids))
+    return size[id(root)]
+
+
 def _decompile(data: bytes, limits: Limits,
                flagged: dict[tuple[str, str], list[str]]) -> tuple[list[ExplainedLine], str | None,
                                                                    str | None, int]:
@@ -104,15 +148,20 @@ def _decompile(data: bytes, limits: Limits,
                     marks.extend(m for m in hit if m not in marks)
                     flagged_locals[alias.asname or alias.name] = hit
         else:
-            for node in ast.walk(stmt):
+            for node in _nodes_once(stmt):
                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
                     for m in flagged_locals.get(node.func.id, ()):
                         if m not in marks:
                             marks.append(m)
-        try:
-            text = ast.unparse(stmt)
-        except Exception as e:  # noqa: BLE001 - an AST fickling built that cannot print
-            text = f"<cannot render statement: {type(e).__name__}>"
+        size = _expanded_size(stmt, MAX_RENDER_NODES)
+        if size > MAX_RENDER_NODES:
+            text = (f"<statement not rendered: more than {MAX_RENDER_NODES:,} nodes once its "
+                    "shared (memoized) values are written out>")
+        else:
+            try:
+                text = ast.unparse(stmt)
+            except Exception as e:  # noqa: BLE001 - an AST fickling built that cannot print
+                text = f"<cannot render statement: {type(e).__name__}>"
         lines.append(ExplainedLine(escape_untrusted(text, MAX_LINE), tuple(marks)))
     if pickled.has_invalid_opcode:
         err = "decoding stopped at an invalid opcode; the rest of the program is not shown"
