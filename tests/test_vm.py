@@ -137,7 +137,7 @@ def test_build_on_unknown_object(tmp_path: Path) -> None:
 
 
 def test_policy_allows_a_benign_global_on_purpose(tmp_path: Path) -> None:
-    prog = b"\x80\x02cargparse\nNamespace\n)R."
+    prog = b"\x80\x02cargparse\nNamespace\n)\x81."  # NEWOBJ: the form pickle writes
     pol = Policy().allow("argparse", "Namespace", reason="hparams")
     r = scan(tmp_path, prog, policy=pol)
     assert_verdict(r, Verdict.SAFE, "CKG106")

@@ -149,6 +149,13 @@ _RULES: tuple[Rule, ...] = (
          "A numpy dtype of kind object ('O') is rebuilt inside the pickle: object arrays "
          "hold arbitrary Python objects, not numbers, and no profile allows them.",
          "Save plain numeric arrays; do not load this file with a numpy profile."),
+    Rule("CKG123", "profile-row-misuse", S.HIGH, B,
+         "A global a profile or policy allows (a reviewed benign row) is used in a way its "
+         "row does not cover: a data class or torch module called (running __init__ / "
+         "__post_init__) instead of restored by NEWOBJ + BUILD, an enum given state or odd "
+         "arguments, a reconstructor handed a callable, a value constructor asked for an "
+         "unbounded value.",
+         "Do not load this file: the profile's review does not cover what it does."),
     Rule("CKG112", "allocating-call", S.HIGH, B,
          "An allowlisted constructor is called with a size (torch.Tensor(n), a legacy tensor or "
          "storage type, bytearray(n)): the load allocates memory that is not backed by bytes "

@@ -45,8 +45,11 @@ class Global:
         self.model = CALL_MODELS.get(full) if status is GlobalStatus.ALLOW else None
         # plain calls of it are weights-only and need no argument checks beyond the tensor
         # rebuild (checked once here, not per call); everything else goes through call()
+        # (a global a profile or policy allows is checked against its reviewed row on
+        # every call: vm._profile_call)
         self.ok = status.allowed and self.kind in ("class", "function") and (
-            self.model is None or self.model.effect is Effect.VIEW)
+            self.model is None or self.model.effect is Effect.VIEW) and \
+            status not in USER_ALLOWED
         # a call without arguments needs no checks either (OrderedDict(), set())
         self.ok_empty = self.ok or (self.model is not None and
                                     self.model.effect is Effect.DATA)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import codecs
+import re
 import struct
 import sys
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from ..context import AuditContext, LimitExceeded
 from ..detect import sniff
 from ..model import Format, Severity
 from ..policy import GlobalDecision, GlobalStatus, classify_global, global_message
+from ..policy.benign import BenignKind, BenignRow, benign_row
 from ..policy.benign_formats import ScopedAllowance
 from ..primitives import clip, gc_paused
 from . import opcodes as O
@@ -527,11 +529,14 @@ class _VM:
                 self._model_call(c, func, func.model, args, pos, how)
             elif func.rebuild:
                 self.tensors.rebuild(c, func, args, pos)
-            if func.full == "numpy.dtype" and isinstance(args, tuple) and args and \
-                    isinstance(args[0], str) and args[0].lstrip("|<>=").startswith("O"):
-                self.add("CKG122", f"numpy.dtype({clip(args[0])!r}): an object dtype, whose "
-                         "arrays hold Python objects instead of numbers", pos,
-                         {"global": "numpy.dtype", "dtype": clip(args[0])})
+            if func.full == "numpy.dtype" and isinstance(args, tuple) and \
+                    (not args or _may_hold_objects(args[0])):
+                shown = clip(repr(args[0]) if args else "()")
+                self.add("CKG122", f"numpy.dtype({shown}): an object (or structured) dtype, "
+                         "whose arrays may hold Python objects instead of numbers", pos,
+                         {"global": "numpy.dtype", "dtype": shown})
+            if func.status in USER_ALLOWED and (row := benign_row(func.full)) is not None:
+                self._profile_call(func, row, args, pos, how)
         elif isinstance(func, Call):
             self.add("CKG103", f"{how} calls the result of an earlier call "
                      f"({describe(func)})", pos, {"callable": describe(func)})
@@ -542,6 +547,49 @@ class _VM:
             raise self.malformed(f"{how} calls a {type(func).__name__} literal, which is not "
                                  "callable", pos)
         return c
+
+    # -- globals a profile or policy allows (policy/benign.py rows) -------------------------
+    def _profile_call(self, func: Global, row: BenignRow, args: object, pos: int,
+                      how: str) -> None:
+        """A call of a reviewed benign row, checked against what its row covers: a row
+        says how the global is unpickled (NEWOBJ + BUILD for data classes and torch
+        modules, a member lookup for enums, plain arguments for value types and
+        reconstructors); any other use runs code the review did not cover (CKG123)."""
+        name = clip(func.full)
+        kind = row.kind
+        if kind in (BenignKind.DATACLASS, BenignKind.MODULE) and how not in ("NEWOBJ", "NEWOBJ_EX"):
+            self.add("CKG123", f"{how} calls {name}: that runs its __init__ / __post_init__ "
+                     "(which may read files, create state, allocate); its reviewed row covers "
+                     "only NEWOBJ + BUILD, the form pickle writes", pos, {"global": name})
+            return
+        items = args if isinstance(args, tuple) else ()
+        if kind is BenignKind.ENUM and not (
+                how == "REDUCE" and len(items) == 1 and _plain_literal(items[0])):
+            self.add("CKG123", f"{how} of the enum {name} with something other than one "
+                     "plain value (a member lookup is what pickle writes)", pos,
+                     {"global": name})
+            return
+        for a in items:
+            if isinstance(a, Global) and not _profile_callable_arg(a):
+                self.add("CKG123", f"{how} of {name} is handed the callable {clip(a.full)}, "
+                         "which it calls with arguments the audit does not check", pos,
+                         {"global": name, "argument": clip(a.full)})
+                return
+            if kind is BenignKind.VALUE_TYPE and isinstance(a, Call) and \
+                    func.full in _PROFILE_CONTAINERS:
+                self.add("CKG114", f"{name} iterates a value computed at load time "
+                         f"({describe(a)})", pos, {"global": name})
+                return
+            if kind is BenignKind.VALUE_TYPE and type(a) is int and abs(a) > _PROFILE_MAX_INT:
+                self.add("CKG123", f"{how} of {name} with the integer {a}: a value "
+                         "constructor asked for a size or magnitude no checkpoint needs", pos,
+                         {"global": name})
+                return
+            if func.full == "fractions.Fraction" and isinstance(a, str) and \
+                    not _PLAIN_FRACTION.fullmatch(a):
+                self.add("CKG123", f"Fraction({clip(repr(a))}): an exponent makes it compute a "
+                         "power of ten of that size", pos, {"global": name})
+                return
 
     # -- what allowlisted callables call and allocate (callmodels.py) ---------------------
     def _model_call(self, c: Call, func: Global, model: CallModel, args: tuple[Any, ...],
@@ -791,6 +839,19 @@ class _VM:
                 self.add("CKG408", "BUILD re-points a torch.Tensor() with set_ arguments: "
                          "torch.save never writes this and the tensor is not one the audit "
                          "recorded", pos)
+                return
+            row = benign_row(full) if target.func.status in USER_ALLOWED else None
+            if row is not None and row.kind is BenignKind.ENUM:
+                self.add("CKG123", f"BUILD sets state on a member of the enum {clip(full)}",
+                         pos, {"global": clip(full)})
+                return
+            if full == "numpy.dtype" and not _plain_dtype_state(state):
+                # numpy's dtype.__setstate__ takes names, fields and flags from the state:
+                # an object field without the flags that make numpy pickle it as objects
+                # lets ndarray.__setstate__ copy raw bytes into PyObject* slots
+                self.add("CKG122", "BUILD gives numpy.dtype a structured or flagged state "
+                         "(fields, names, sub-arrays or flags): only plain numeric dtypes are "
+                         "reviewed", pos, {"global": "numpy.dtype"})
                 return
             if full in _BUILDABLE or target.func.status in USER_ALLOWED:
                 self._set_state(target, state, pos)
@@ -1059,6 +1120,46 @@ _FIXED_HASH = frozenset({str, bytes, Global, Call, PersRef, Blob, Opaque, type(N
 _DICT_LIKE = frozenset({"collections.OrderedDict", "collections.Counter"})
 _BUILDABLE = frozenset({"collections.OrderedDict", "torch.nn.parameter.Parameter",
                         "torch.Tensor"})
+
+
+#: profile value types that iterate their argument (a computed one can be made huge)
+_PROFILE_CONTAINERS = frozenset({"builtins.list", "builtins.tuple", "builtins.frozenset",
+                                 "builtins.dict", "builtins.bytes", "builtins.str",
+                                 "collections.deque", "collections.defaultdict"})
+#: the largest integer a profile value constructor takes (bytes(n), range(n) ...)
+_PROFILE_MAX_INT = 1 << 24
+#: Fraction from a string without an exponent ("1e30000000" computes 10**30000000)
+_PLAIN_FRACTION = re.compile(r"\s*[+-]?\d{1,4300}(?:\.\d{0,4300})?(?:/\d{1,4300})?\s*")
+
+
+def _plain_literal(v: object) -> bool:
+    return v is None or type(v) in (str, int, float, bool, bytes)
+
+
+def _profile_callable_arg(g: Global) -> bool:
+    """A global a profile reconstructor may receive and call: numpy's own array and random
+    generator classes (numpy.random pickles pass the bit generator class by name)."""
+    row = benign_row(g.full)
+    return row is not None and row.group == "numpy" and row.kind is BenignKind.VALUE_TYPE \
+        and g.full != "numpy.dtype"
+
+
+def _may_hold_objects(spec: object) -> bool:
+    """Could ``numpy.dtype(spec)`` hold Python objects? Any spelling of 'O', 'object', a
+    comma (structured) string, or anything that is not a string (a list of fields, a
+    dtype class, a tuple)."""
+    if not isinstance(spec, str):
+        return True
+    return "O" in spec or "object" in spec.lower() or "," in spec or "(" in spec
+
+
+def _plain_dtype_state(state: object) -> bool:
+    """numpy.dtype.__reduce__'s state for a plain numeric dtype: (version, byte order,
+    subarray None, names None, fields None, elsize, alignment, flags 0[, metadata])."""
+    return isinstance(state, tuple) and len(state) in (8, 9) and state[2] is None and \
+        state[3] is None and state[4] is None and state[7] == 0 and \
+        all(type(x) is int for x in (state[0], state[5], state[6], state[7])) and \
+        (len(state) == 8 or state[8] is None)
 
 
 def _never(x: NoReturn) -> NoReturn:
