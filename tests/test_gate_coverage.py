@@ -331,13 +331,33 @@ def test_subprocess_with_pth_is_gated(tmp_path: Path, pth: bool) -> None:
 
 
 @pytest.mark.slow
-def test_unusable_policy_file_fails_closed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("policy", ["missing", "deep", "invalid"])
+def test_unusable_policy_file_fails_closed(tmp_path: Path, policy: str) -> None:
     """CKPTGUARD_POLICY names a file that cannot be used: the gate still turns on and
     refuses every load (the start-up hook cannot stop the interpreter, so it must not
-    silently leave torch.load unguarded)."""
-    path = save_torch(tmp_path / "m.pt", {"x": torch.ones(2)})
+    silently leave torch.load unguarded). A TOML nested 5,000 deep made tomllib raise
+    RecursionError, which escaped `import ckptguard`: the gate stayed off and a hostile
+    pickle ran."""
+    marker = tmp_path / "pwned"
+    path = hostile_torch_zip(tmp_path / "evil.pt", marker)
+    pol = tmp_path / f"{policy}.toml"
+    if policy == "deep":
+        pol.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    elif policy == "invalid":
+        pol.write_text("allow = [\n")
     r = subprocess.run([sys.executable, "-c", _PLAIN_CHILD.format(path=str(path))],
                        capture_output=True, text=True,
-                       env=_child_env(tmp_path, pth=True, policy=tmp_path / "missing.toml"),
+                       env=_child_env(tmp_path, pth=True, policy=pol),
                        timeout=180, check=False)
     assert r.stdout.strip() == "PolicyError", (r.stdout, r.stderr[-2000:])
+    assert not marker.exists()
+
+
+def test_deeply_nested_policy_is_a_clear_error(tmp_path: Path) -> None:
+    from ckptguard.errors import PolicyError
+    from ckptguard.policy import Policy
+
+    pol = tmp_path / "deep.toml"
+    pol.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(PolicyError, match="nested too deep"):
+        Policy.from_file(pol)

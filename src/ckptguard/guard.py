@@ -305,7 +305,7 @@ def install_from_env(environ: Mapping[str, str] | None = None, *, strict: bool =
         names = [n for n in env.get(PROFILES_ENV_VAR, "").split(",") if n.strip()]
         policy = effective_policy(policy, names, origin=PolicyOrigin(
             OriginKind.ENVIRONMENT, PROFILES_ENV_VAR))
-    except (CkptGuardError, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - whatever it is, the gate must not stay off
         # fail closed: the gate goes on and refuses every load with this error
         refusal = e if isinstance(e, CkptGuardError) else PolicyError(
             f"cannot use the gate's policy: {e}", source=policy_file or PROFILES_ENV_VAR)

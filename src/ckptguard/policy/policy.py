@@ -53,6 +53,22 @@ if TYPE_CHECKING:  # pathlib is imported when a policy file is read
     from .benign import BenignRow
 
 
+def _parse_toml(text: str, what: str, source: str) -> dict[str, Any]:
+    """A policy file's TOML, or PolicyError: tomllib's own errors, and the recursion and
+    memory errors a deeply nested or huge document raises (a policy file named by
+    CKPTGUARD_POLICY is read by ``import ckptguard``: nothing may escape as another
+    exception and leave the torch.load gate off)."""
+    tomllib = _toml()
+    try:
+        data: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError(f"{what}: {e}", source=source) from None
+    except (RecursionError, MemoryError):
+        raise PolicyError(f"{what}: nested too deep or too large to parse",
+                          source=source) from None
+    return data
+
+
 def _toml() -> Any:
     """The TOML parser, imported when a policy file is read (a scan with the default
     policy never parses TOML)."""
@@ -338,13 +354,13 @@ class Policy:
         from pathlib import Path
 
         p = Path(path)
-        tomllib = _toml()
         try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
+            text = p.read_text(encoding="utf-8")
         except OSError as e:
             raise PolicyError(f"cannot read policy: {e.strerror or e}", source=str(p)) from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        except UnicodeDecodeError as e:
             raise PolicyError(f"invalid TOML: {e}", source=str(p)) from None
+        data = _parse_toml(text, "invalid TOML", str(p))
         return cls.from_mapping(data, source=str(p),
                                 origin=origin or PolicyOrigin(OriginKind.FILE, str(p)))
 
@@ -358,14 +374,14 @@ class Policy:
         from pathlib import Path
 
         here = Path(start).resolve()
-        tomllib = _toml()
         for d in (here, *here.parents):
             pp = d / "pyproject.toml"
             if pp.is_file():
                 try:
-                    data = tomllib.loads(pp.read_text(encoding="utf-8"))
-                except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+                    text = pp.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as e:
                     raise PolicyError(f"invalid pyproject.toml: {e}", source=str(pp)) from None
+                data = _parse_toml(text, "invalid pyproject.toml", str(pp))
                 if isinstance(data.get("tool"), dict) and "ckptguard" in data["tool"]:
                     return cls.from_mapping(data, source=str(pp),
                                             origin=PolicyOrigin(OriginKind.DISCOVERED, str(pp)))
