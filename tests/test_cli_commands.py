@@ -207,6 +207,29 @@ def test_convert_refuses_unsafe(here: Path) -> None:
     assert run("convert", "empty.bin", "out.safetensors").exit_code == 2
 
 
+@pytest.mark.parametrize("obj", [
+    {"m": {"a": [1.0]}, "m.a": [2.0]},     # a nested key and a dotted one
+    {1: [1.0], "1": [2.0]},                # an int key and its string
+    {"l": [[1.0], [2.0]], "l.0": [3.0]},  # a list index and a dotted key
+], ids=["dotted", "int-str", "list"])
+def test_convert_refuses_names_that_collide(here: Path, obj: dict) -> None:
+    """Two tensors flattening to one name: one was dropped, and the write still said
+    'verified' (the re-check compared against the flattened dict)."""
+    import torch
+
+    def tensors(v: object) -> object:
+        if isinstance(v, dict):
+            return {k: tensors(x) for k, x in v.items()}
+        if isinstance(v, list) and v and isinstance(v[0], list):
+            return [tensors(x) for x in v]
+        return torch.tensor(v)
+
+    torch.save(tensors(obj), here / "c.pt")
+    res = run("convert", "c.pt", "c.safetensors")
+    assert res.exit_code == 2 and "flatten to the name" in res.stderr, res.output
+    assert not (here / "c.safetensors").exists()
+
+
 def test_convert_argument_errors(here: Path) -> None:
     tied_checkpoint(here / "m.pt")
     assert run("convert", "m.pt", "out.bin").exit_code == 2

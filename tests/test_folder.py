@@ -391,3 +391,17 @@ def test_folder_report_round_trips(tmp_path: Path) -> None:
     r = ckptguard.scan(tmp_path)
     assert Report.from_dict(json.loads(json.dumps(r.to_dict()))) == r
     assert r.verdict is Verdict.SAFE and r.rule_ids() == set()
+
+
+def test_shard_whose_names_collide_once_flattened(tmp_path: Path) -> None:
+    """{"m.a": x, "m": {"a": y}} in a .bin shard: transformers' load_state_dict sees
+    "m.a" = x, a flattening loader keeps the last one. The index scan said SAFE."""
+    d = tmp_path / "model"
+    d.mkdir()
+    torch.save({"m.a": torch.tensor([9.0]), "m": {"a": torch.tensor([1.0])}},
+               d / "s1.bin")
+    (d / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {"m.a": "s1.bin"}}))
+    r = ckptguard.scan(d / "pytorch_model.bin.index.json")
+    assert r.verdict is Verdict.UNSAFE and "CKG704" in r.rule_ids(), sorted(r.rule_ids())
+    assert any("once its nesting is flattened" in f.message for f in r.findings)

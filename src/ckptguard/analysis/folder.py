@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -372,6 +373,17 @@ class _ShardCheck:
                 continue  # its tensors are not fully known; the shard is INCOMPLETE anyway
             names = [t.name for t in report.tensors]
             present[shard] = set(names)
+            if len(present[shard]) != len(names):
+                # {"m.a": x, "m": {"a": y}} (or keys 1 and "1"): one dotted name for two
+                # tensors; a loader that flattens the shard keeps one of them, which one
+                # depends on the loader
+                counts = Counter(names)
+                dup = sorted(n for n, k in counts.items() if k > 1)
+                self.ctx.add("CKG704", f"{len(dup)} name(s) stand for more than one tensor in "
+                             f"'{escape(shard, 200)}' once its nesting is flattened: "
+                             f"{self._names(dup)}",
+                             evidence={"shard": escape(shard, 200),
+                                       "tensors": escape(", ".join(dup[:50]), 1000)})
             self.tensors.extend(replace(t, file=shard) for t in report.tensors)
         self._compare(by_shard, present)
         self._unlisted_shards(by_shard)

@@ -23,7 +23,7 @@ from typing import Any
 from ..errors import CkptGuardError
 from ..model import Report, Verdict
 from ..policy import DEFAULT_LIMITS, DEFAULT_POLICY, Limits, Policy
-from ..primitives import or_default
+from ..primitives import escape_untrusted, or_default
 
 
 class ConversionError(CkptGuardError, RuntimeError):
@@ -41,7 +41,9 @@ class ConvertResult:
 
 
 def flatten_state(obj: Any, prefix: str = "") -> tuple[dict[str, Any], list[str]]:
-    """``{dotted.name: tensor}`` and the names of non-tensor leaves."""
+    """``{dotted.name: tensor}`` and the names of non-tensor leaves. Raises
+    ConversionError when two tensors flatten to one name ({"m.a": x, "m": {"a": y}}, or
+    keys 1 and "1"): one of them would be dropped without a word."""
     import torch
 
     tensors: dict[str, Any] = {}
@@ -49,6 +51,11 @@ def flatten_state(obj: Any, prefix: str = "") -> tuple[dict[str, Any], list[str]
 
     def walk(value: Any, name: str) -> None:
         if isinstance(value, torch.Tensor):
+            if name in tensors:
+                raise ConversionError(
+                    f"two tensors flatten to the name {escape_untrusted(name, 200)!r} (nested "
+                    "keys with dots, or keys like 1 and '1'): safetensors has one name per "
+                    "tensor, so one would be lost")
             tensors[name] = value
         elif isinstance(value, dict):
             for k, v in value.items():
