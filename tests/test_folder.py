@@ -405,3 +405,21 @@ def test_shard_whose_names_collide_once_flattened(tmp_path: Path) -> None:
     r = ckptguard.scan(d / "pytorch_model.bin.index.json")
     assert r.verdict is Verdict.UNSAFE and "CKG704" in r.rule_ids(), sorted(r.rule_ids())
     assert any("once its nesting is flattened" in f.message for f in r.findings)
+
+
+@pytest.mark.parametrize("layout", ["self", "mutual"])
+def test_index_naming_an_index_is_not_followed(tmp_path: Path, layout: str) -> None:
+    """An index json named as a shard (itself, or two naming each other) recursed without
+    end (INCOMPLETE with a RecursionError; safe_load raised it raw). A loader opens a shard
+    as a checkpoint, never as an index: the tensors are not in it (CKG704)."""
+    d = tmp_path / "model"
+    d.mkdir()
+    a, b = d / "a.safetensors.index.json", d / "b.safetensors.index.json"
+    other = a if layout == "self" else b
+    a.write_text(json.dumps({"metadata": {}, "weight_map": {"w": other.name}}))
+    b.write_text(json.dumps({"metadata": {}, "weight_map": {"w": a.name}}))
+    r = ckptguard.scan(a)
+    assert r.verdict is Verdict.UNSAFE and "CKG704" in r.rule_ids(), sorted(r.rule_ids())
+    assert "CKG902" not in r.rule_ids()
+    with pytest.raises(ckptguard.UnsafeCheckpointError):
+        ckptguard.safe_load(a)

@@ -323,9 +323,9 @@ class _ShardCheck:
         self.tensors: list[TensorInfo] = []
 
     def _audit(self, full: str) -> Report:
-        # a shard that is itself an index json is audited as one (run() skips directories)
-        if full.lower().endswith(INDEX_SUFFIX) and os.path.isfile(full):
-            return audit_index(full, policy=self.policy, limits=self.limits)
+        # a shard is audited as the file a loader opens for it: an index json named as a
+        # shard is JSON holding none of its tensors (CKG704), never followed as an index
+        # (no loader does; following it let an index naming itself recurse without end)
         return audit_file(full, policy=self.policy, limits=self.limits)
 
     def _shard_report(self, name: str, full: str) -> Report:
