@@ -230,6 +230,23 @@ def test_convert_refuses_names_that_collide(here: Path, obj: dict) -> None:
     assert not (here / "c.safetensors").exists()
 
 
+@pytest.mark.parametrize("kind", ["sparse_coo", "sparse_csr", "nested", "quantized"])
+def test_convert_refuses_tensors_safetensors_cannot_hold(here: Path, kind: str) -> None:
+    """Was 'internal error: RuntimeError ... data pointer' (a raw RuntimeError from the
+    library call)."""
+    import torch
+
+    dense = torch.tensor([[0.0, 1.0], [2.0, 0.0]])
+    t = {"sparse_coo": dense.to_sparse, "sparse_csr": dense.to_sparse_csr,
+         "nested": lambda: torch.nested.nested_tensor([torch.ones(2), torch.ones(3)]),
+         "quantized": lambda: torch.quantize_per_tensor(dense, 0.1, 0, torch.qint8)}[kind]()
+    torch.save({"t": t}, here / "k.pt")
+    res = run("convert", "k.pt", "k.safetensors")
+    assert res.exit_code == 2 and "dense tensors only" in res.stderr, res.output
+    assert "internal error" not in res.output
+    assert not (here / "k.safetensors").exists()
+
+
 def test_convert_argument_errors(here: Path) -> None:
     tied_checkpoint(here / "m.pt")
     assert run("convert", "m.pt", "out.bin").exit_code == 2

@@ -144,6 +144,14 @@ def convert_to_safetensors(src: str | os.PathLike[str], dst: str | os.PathLike[s
     flat, skipped = flatten_state(obj)
     if not flat:
         raise ConversionError(f"{src_s}: no tensors to write")
+    import torch
+
+    for name, t in flat.items():  # safetensors holds dense strided tensors only
+        if t.layout is not torch.strided or t.is_nested or t.is_quantized:
+            kind = "nested" if t.is_nested else "quantized" if t.is_quantized else \
+                str(t.layout).removeprefix("torch.")
+            raise ConversionError(f"tensor {escape_untrusted(name, 200)!r} is {kind}: "
+                                  "safetensors stores dense tensors only")
     prepared, aliases, copied = prepare_shared(flat)
     metadata = {"format": "pt"}
     if aliases:
