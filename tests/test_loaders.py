@@ -24,7 +24,7 @@ from ckg_loader_helpers import (
     sharing,
     torch_report,
 )
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from ckptguard import scan
 from ckptguard.errors import FileChangedError, IncompleteScanError, UnsafeCheckpointError
@@ -426,3 +426,29 @@ def test_invariant_walk_only_where_the_fast_path_did_not_prove(
     assert bool(calls) is walked
     if name not in ("sparse.pt", "quantized.pt"):  # (those: tests/test_tensor_invariants.py)
         assert_same_state_dict(obj, REAL_LOAD(path, weights_only=True))
+
+
+def test_more_shards_than_the_open_file_limit_is_a_clear_error(tmp_path: Path) -> None:
+    """Not 'the file changed' (nothing did): a LoaderError naming the limit."""
+    import json
+    import resource
+
+    import ckptguard
+    from ckptguard.errors import LoaderError
+
+    d = tmp_path / "m"
+    d.mkdir()
+    wm = {}
+    for i in range(40):
+        save_file({f"w{i}": torch.ones(1)}, str(d / f"s{i}.safetensors"))
+        wm[f"w{i}"] = f"s{i}.safetensors"
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    used = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (used + 20, hard))
+    try:
+        with pytest.raises(LoaderError, match="open-file limit") as e:
+            ckptguard.safe_load(d / "model.safetensors.index.json")
+        assert not isinstance(e.value, FileChangedError)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

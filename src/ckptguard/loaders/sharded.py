@@ -11,6 +11,7 @@ already handed out keep their own shard's pages alive, as usual).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import posixpath
@@ -112,6 +113,11 @@ def open_shards(index_af: AuditedFile, index_report: Report, index: ShardIndex
             try:
                 fd = open_readonly(path)
             except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE):  # nothing changed: a process limit
+                    raise LoaderError(
+                        f"{index_af.path}: cannot hold {len(index.shards)} shards open at "
+                        f"once ({e.strerror}): every shard stays open from its audit to its "
+                        "load (same bytes); raise the open-file limit (ulimit -n)") from None
                 raise FileChangedError(path, f"cannot reopen the shard ({e.strerror or e})") \
                     from None
             af = AuditedFile(path, fd, child, index_af.policy, index_af.limits)
