@@ -28,13 +28,12 @@ import re
 import struct
 import sys
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..context import AuditContext, LimitExceeded
 from ..detect import sniff
 from ..model import Format, Severity
 from ..policy import GlobalDecision, GlobalStatus, classify_global, global_message
-from ..policy.benign import BenignKind, BenignRow, benign_row
 from ..policy.benign_formats import ScopedAllowance
 from ..primitives import clip, gc_paused
 from . import opcodes as O
@@ -54,6 +53,9 @@ from .values import (
     int_tuple,
     plain,
 )
+
+if TYPE_CHECKING:
+    from ..policy.benign import BenignRow
 
 _MAX_KEY_DEPTH = 1000  # tuples hashed as dict keys / set items (C recursion)
 _BIG_LITERAL = 4096  # literals longer than this are kept as Blob placeholders (no copy)
@@ -535,8 +537,11 @@ class _VM:
                 self.add("CKG122", f"numpy.dtype({shown}): an object (or structured) dtype, "
                          "whose arrays may hold Python objects instead of numbers", pos,
                          {"global": "numpy.dtype", "dtype": shown})
-            if func.status in USER_ALLOWED and (row := benign_row(func.full)) is not None:
-                self._profile_call(func, row, args, pos, how)
+            if func.status in USER_ALLOWED:  # a profile's or policy's row (imported then)
+                from ..policy.benign import benign_row
+
+                if (row := benign_row(func.full)) is not None:
+                    self._profile_call(func, row, args, pos, how)
         elif isinstance(func, Call):
             self.add("CKG103", f"{how} calls the result of an earlier call "
                      f"({describe(func)})", pos, {"callable": describe(func)})
@@ -555,6 +560,8 @@ class _VM:
         says how the global is unpickled (NEWOBJ + BUILD for data classes and torch
         modules, a member lookup for enums, plain arguments for value types and
         reconstructors); any other use runs code the review did not cover (CKG123)."""
+        from ..policy.benign import BenignKind
+
         name = clip(func.full)
         kind = row.kind
         if kind in (BenignKind.DATACLASS, BenignKind.MODULE) and how not in ("NEWOBJ", "NEWOBJ_EX"):
@@ -840,8 +847,12 @@ class _VM:
                          "torch.save never writes this and the tensor is not one the audit "
                          "recorded", pos)
                 return
-            row = benign_row(full) if target.func.status in USER_ALLOWED else None
-            if row is not None and row.kind is BenignKind.ENUM:
+            row = None
+            if target.func.status in USER_ALLOWED:
+                from ..policy.benign import benign_row
+
+                row = benign_row(full)
+            if row is not None and row.kind.value == "enum":
                 self.add("CKG123", f"BUILD sets state on a member of the enum {clip(full)}",
                          pos, {"global": clip(full)})
                 return
@@ -1139,6 +1150,8 @@ def _plain_literal(v: object) -> bool:
 def _profile_callable_arg(g: Global) -> bool:
     """A global a profile reconstructor may receive and call: numpy's own array and random
     generator classes (numpy.random pickles pass the bit generator class by name)."""
+    from ..policy.benign import BenignKind, benign_row
+
     row = benign_row(g.full)
     return row is not None and row.group == "numpy" and row.kind is BenignKind.VALUE_TYPE \
         and g.full != "numpy.dtype"
