@@ -452,3 +452,41 @@ def test_more_shards_than_the_open_file_limit_is_a_clear_error(tmp_path: Path) -
         assert not isinstance(e.value, FileChangedError)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_iter_state_dict_of_a_dict_that_holds_itself(tmp_path: Path) -> None:
+    """torch.load returns the cycle as it is; iter_state_dict's walk recursed forever
+    (a raw RecursionError). Names and order are the nested walk's."""
+    import ckptguard
+
+    d: dict[str, object] = {"w": torch.ones(2), "sub": {"b": torch.zeros(1)}}
+    d["me"] = d
+    p = tmp_path / "cycle.pt"
+    torch.save(d, p)
+    with ckptguard.iter_state_dict(p) as it:
+        got = [(k, v.tolist()) for k, v in it]
+    assert got == [("w", [1.0, 1.0]), ("sub.b", [0.0])]
+
+
+def test_meta_load_of_a_big_endian_checkpoint_is_refused_not_a_crash(tmp_path: Path) -> None:
+    """torch.load(map_location='meta') of a big-endian archive dies with SIGSEGV (torch
+    byte-swaps storages that hold no data); safe_load refuses it, in a child process."""
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "le.pt"
+    torch.save({"w": torch.arange(4.0)}, src)
+    p = tmp_path / "be.pt"
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(p, "w") as zo:
+        for n in z.namelist():
+            zo.writestr(n, b"big" if n.endswith("/byteorder") else z.read(n))
+    assert scan(p).verdict is Verdict.SAFE
+    code = ("import ckptguard, ckptguard.errors\n"
+            "try:\n"
+            f"    ckptguard.safe_load({str(p)!r}, map_location='meta')\n"
+            "except ckptguard.errors.LoaderError as e:\n"
+            "    print('refused', 'big-endian' in str(e))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, check=False)
+    assert r.returncode == 0 and r.stdout.strip() == "refused True", (r.returncode, r.stderr)

@@ -89,15 +89,29 @@ def load_torch(af: AuditedFile, map_location: MapLocation = "cpu", *, mmap: bool
 
 def iter_tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
     """``(dotted name, tensor)`` for the tensors of a (possibly nested) state dict; other
-    leaves are skipped."""
+    leaves are skipped. Iterative, each mapping once (a dict that holds itself, which
+    torch.load returns as it is, raised RecursionError)."""
     if isinstance(obj, torch.Tensor):
         yield prefix, obj
         return
     if not isinstance(obj, Mapping):
         return
-    for key, value in obj.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        yield from iter_tensors(value, name)
+    def items(at: str, m: Mapping[Any, Any]) -> Iterator[tuple[str, Any]]:
+        return ((f"{at}.{k}" if at else str(k), v) for k, v in m.items())
+
+    seen = {id(obj)}
+    stack = [items(prefix, obj)]
+    while stack:
+        nxt = next(stack[-1], None)
+        if nxt is None:
+            stack.pop()
+            continue
+        name, value = nxt
+        if isinstance(value, torch.Tensor):
+            yield name, value
+        elif isinstance(value, Mapping) and id(value) not in seen:
+            seen.add(id(value))
+            stack.append(items(name, value))
 
 
 def state_dict_items(af: AuditedFile, obj: Any) -> Iterator[tuple[str, torch.Tensor]]:
