@@ -67,3 +67,52 @@ def reached(data: bytes) -> str | None:
     except Exception:
         return None
     return None
+
+
+# --- the real readers, in a child process ------------------------------------------------------
+
+_LOADER = r"""
+import json, os, pickle, sys, warnings
+warnings.filterwarnings("ignore")
+jobs = json.loads(sys.argv[1])
+if any(how != "pickle" for _, how in jobs):
+    import torch
+out = {}
+for path, how in jobs:
+    d = os.path.dirname(path)
+    os.chdir(d)
+    try:
+        if how == "pickle":
+            with open(path, "rb") as fh:
+                pickle.load(fh)
+        elif how.startswith("torch-file"):
+            with open(path, "rb") as fh:
+                torch.load(fh, weights_only=how.endswith("-wo"))
+        else:
+            torch.load(path, weights_only=how.endswith("-wo"))
+        err = ""
+    except Exception as e:
+        err = type(e).__name__ + ": " + str(e)[:200]
+    out[path] = [os.path.exists(os.path.join(d, sys.argv[2])), err]
+print(json.dumps(out))
+"""
+
+#: how a job's file is read: pickle.load of an open file; torch.load(weights_only=False) of
+#: the path or of an open file; the same with weights_only=True ("-wo")
+READERS = ("pickle", "torch", "torch-file", "torch-wo", "torch-file-wo")
+
+
+def load_for_real(jobs: list[tuple[str, str]], marker: str) -> dict[str, tuple[bool, str]]:
+    """Run every ``(path, reader)`` job in one child process, each in its file's folder
+    (the payloads create ``marker`` in the working directory): path -> (the marker exists
+    afterwards, the reader's error or "")."""
+    import json
+    import os
+    import subprocess
+
+    assert all(how in READERS for _, how in jobs), jobs
+    out = subprocess.run([sys.executable, "-c", _LOADER, json.dumps(jobs), marker],
+                         capture_output=True, text=True, timeout=300, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    return {p: (bool(f), str(e)) for p, (f, e) in got.items()}

@@ -28,13 +28,11 @@ import itertools
 import json
 import os
 import struct
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from ckg_families import generate_module, reached
+from ckg_families import generate_module, load_for_real, reached
 from cli_helpers import safetensors_bytes
 from click.testing import CliRunner
 
@@ -316,28 +314,6 @@ def test_ordinary_files_stay_skipped(name: str, data: bytes, tmp_path: Path) -> 
 
 # --- control: every generated program runs under the loaders that take any file ----------
 
-_LOADER = r"""
-import json, os, pickle, sys, warnings
-warnings.filterwarnings("ignore")
-jobs = json.loads(sys.argv[1])
-if any(loader == "torch" for _, loader in jobs):
-    import torch
-out = {}
-for path, loader in jobs:
-    d = os.path.dirname(path)
-    os.chdir(d)
-    try:
-        if loader == "torch":
-            torch.load(path, weights_only=False)
-        else:
-            with open(path, "rb") as fh:
-                pickle.load(fh)
-        err = ""
-    except Exception as e:
-        err = type(e).__name__ + ": " + str(e)[:200]
-    out[path] = [os.path.exists(os.path.join(d, sys.argv[2])), err]
-print(json.dumps(out))
-"""
 
 
 @pytest.mark.slow
@@ -351,10 +327,7 @@ def test_every_variant_fires_under_pickle_and_torch_load(tmp_path: Path) -> None
             d.mkdir()
             (d / name).write_bytes(hostile(dodge, payload))
             jobs.append((str(d / name), loader))
-    out = subprocess.run([sys.executable, "-c", _LOADER, json.dumps(jobs), MARKER],
-                         capture_output=True, text=True, timeout=300, check=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = load_for_real(jobs, MARKER)
     assert len(got) == len(jobs) == len(DODGES) * len(PAYLOADS) * 2
     for path, _ in jobs:
         fired, err = got[path]

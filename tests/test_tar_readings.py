@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
-import os
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-from ckg_families import Probe, family, reached
+from ckg_families import Probe, family, load_for_real, reached
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -255,26 +251,6 @@ def test_torch_load_of_an_open_file_reads_by_content() -> None:
 
 # --- for real: torch.load(weights_only=False) runs each host's payload ------------------
 
-_LOADER = r"""
-import json, os, sys, warnings
-import torch
-warnings.filterwarnings("ignore")
-out = {}
-for path, as_file, wo in json.loads(sys.argv[1]):
-    d = os.path.dirname(path)
-    os.chdir(d)
-    try:
-        if as_file:
-            with open(path, "rb") as fh:
-                torch.load(fh, weights_only=wo)
-        else:
-            torch.load(path, weights_only=wo)
-        err = ""
-    except Exception as e:
-        err = type(e).__name__ + ": " + str(e)[:200]
-    out[path] = [os.path.exists(os.path.join(d, sys.argv[2])), err]
-print(json.dumps(out))
-"""
 
 
 @pytest.mark.slow
@@ -292,10 +268,8 @@ def test_payload_fires_under_torch_load(tmp_path: Path) -> None:
             name = "model.safetensors" if host == "safetensors" and as_file else "m.bin"
             (d / name).write_bytes(data)
             jobs.append((str(d / name), as_file, wo))
-    out = subprocess.run([sys.executable, "-c", _LOADER, json.dumps(jobs), MARKER],
-                         capture_output=True, text=True, timeout=300, check=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = load_for_real([(p, ("torch-file" if f else "torch") + ("-wo" if w else ""))
+                         for p, f, w in jobs], MARKER)
     for path, as_file, wo in jobs:
         fired, err = got[path]
         if wo:  # weights_only=True refuses the tar before unpickling anything
