@@ -227,3 +227,32 @@ def test_real_tensor_kinds_stay_safe(tmp_path: Path) -> None:
     assert torch.equal(loaded["q"].int_repr(), ref["q"].int_repr())
     assert torch.equal(loaded["attr"], ref["attr"]) and loaded["attr"].note == 1
     assert torch.equal(loaded["pattr"], ref["pattr"])
+
+
+@pytest.mark.parametrize("full,n", [("torch.Size", 2), ("collections.OrderedDict", 2),
+                                    ("builtins.set", 2), ("collections.Counter", 2),
+                                    ("builtins.complex", 3), ("builtins.bytearray", 4)])
+def test_data_constructor_with_too_many_arguments_is_refused(full: str, n: int) -> None:
+    """Every loader raises TypeError (safe_load raised it raw): not SAFE. One argument
+    fewer is the control."""
+    import pickle as _pickle
+
+    from ckptguard.model import Verdict
+
+    mod, name = full.rsplit(".", 1)
+
+    def prog(k: int) -> bytes:
+        return (b"\x80\x02c" + mod.encode() + b"\n" + name.encode() + b"\n("
+                + b"".join([b")"] if full in ("torch.Size", "collections.OrderedDict",
+                                              "builtins.set", "collections.Counter")
+                           else [b"K\x01"]) + b"K\x01" * (k - 1) + b"tR.")
+
+    from ckptguard.analysis.engine import audit_bytes
+    from ckptguard.policy import DEFAULT_LIMITS, DEFAULT_POLICY
+
+    r = audit_bytes(prog(n), "x.pkl", policy=DEFAULT_POLICY, limits=DEFAULT_LIMITS)
+    assert r.verdict is Verdict.UNSAFE and "CKG202" in r.rule_ids(), sorted(r.rule_ids())
+    with pytest.raises(TypeError):
+        _pickle.loads(prog(n))
+    ok = audit_bytes(prog(n - 1), "x.pkl", policy=DEFAULT_POLICY, limits=DEFAULT_LIMITS)
+    assert "CKG202" not in ok.rule_ids(), sorted(ok.rule_ids())

@@ -604,6 +604,11 @@ class _VM:
         """Check one call of an allowlisted global against its row in CALL_MODELS."""
         name = clip(func.full)
         effect = model.effect
+        most = _MAX_POSITIONAL.get(func.full)
+        if most is not None and how in ("REDUCE", "INST", "OBJ") and len(args) > most:
+            # every loader raises TypeError there (safe_load raised it raw): not loadable
+            raise self.malformed(f"{how} {name} with {len(args)} arguments; it takes at most "
+                                 f"{most}, so every loader refuses the file", pos)
         if model.literal_args:
             for a in args:
                 if isinstance(a, (Call, PersRef, Opaque)) and not (
@@ -1132,6 +1137,11 @@ _DICT_LIKE = frozenset({"collections.OrderedDict", "collections.Counter"})
 _BUILDABLE = frozenset({"collections.OrderedDict", "torch.nn.parameter.Parameter",
                         "torch.Tensor"})
 
+
+#: the data constructors on the allowlist and the positional arguments they take
+_MAX_POSITIONAL = {"builtins.set": 1, "builtins.frozenset": 1, "collections.Counter": 1,
+                   "collections.OrderedDict": 1, "torch.Size": 1, "builtins.bytearray": 3,
+                   "builtins.complex": 2}
 
 #: profile value types that iterate their argument (a computed one can be made huge)
 _PROFILE_CONTAINERS = frozenset({"builtins.list", "builtins.tuple", "builtins.frozenset",
