@@ -490,3 +490,20 @@ def test_meta_load_of_a_big_endian_checkpoint_is_refused_not_a_crash(tmp_path: P
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=120, check=False)
     assert r.returncode == 0 and r.stdout.strip() == "refused True", (r.returncode, r.stderr)
+
+
+def test_iter_state_dict_names_lists_as_the_audit_does(tmp_path: Path) -> None:
+    """On the CPU only dict keys were walked, on meta (names from the audit) list and
+    tuple positions too: the same file yielded different tensors."""
+    import ckptguard
+
+    t1, t2, t3 = torch.ones(2), torch.zeros(3), torch.arange(4.0)
+    p = tmp_path / "lists.pt"
+    torch.save({"layers": [t1, t2], "pair": (t3,), "w": t1, "n": 5}, p)
+    with ckptguard.iter_state_dict(p) as it:
+        cpu = [(k, v.shape) for k, v in it]
+    with ckptguard.iter_state_dict(p, map_location="meta") as it:
+        meta = [(k, v.shape) for k, v in it]
+    assert [k for k, _ in cpu] == ["layers.0", "layers.1", "pair.0", "w"]
+    assert cpu == meta
+    assert sorted(k for k, _ in cpu) == sorted(t.name for t in scan(p).tensors)

@@ -176,8 +176,9 @@ def iter_state_dict(
     SAFE) before the iterator is returned, so no tensor is handed out from a checkpoint
     with any unsafe shard. Shards then load one at a time, at most one mapped by the
     iterator. Names are the safetensors names, or the dotted key paths of the state dict
-    a torch file holds (non-tensor entries are skipped). ``close()`` the iterator (or use
-    it in a ``with``) to release the shard descriptors early. ``copy`` as in
+    a torch file holds (dict keys and list/tuple positions, as the audit's report names
+    them, the same on the CPU and on meta; non-tensor entries are skipped). ``close()``
+    the iterator (or use it in a ``with``) to release the shard descriptors early. ``copy`` as in
     :func:`safe_load` (tensors own their memory instead of following the file).
     """
     ld = _loaders()

@@ -88,16 +88,19 @@ def load_torch(af: AuditedFile, map_location: MapLocation = "cpu", *, mmap: bool
 
 
 def iter_tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    """``(dotted name, tensor)`` for the tensors of a (possibly nested) state dict; other
-    leaves are skipped. Iterative, each mapping once (a dict that holds itself, which
-    torch.load returns as it is, raised RecursionError)."""
+    """``(dotted name, tensor)`` for the tensors of a (possibly nested) state dict: dict
+    keys, and list and tuple positions, joined with dots, as the audit names them (a meta
+    load's names); other leaves are skipped. Iterative, each container once (a dict that
+    holds itself, which torch.load returns as it is, raised RecursionError)."""
     if isinstance(obj, torch.Tensor):
         yield prefix, obj
         return
-    if not isinstance(obj, Mapping):
+    if not isinstance(obj, _CONTAINERS):
         return
-    def items(at: str, m: Mapping[Any, Any]) -> Iterator[tuple[str, Any]]:
-        return ((f"{at}.{k}" if at else str(k), v) for k, v in m.items())
+
+    def items(at: str, c: Any) -> Iterator[tuple[str, Any]]:
+        pairs = c.items() if isinstance(c, Mapping) else enumerate(c)
+        return ((f"{at}.{k}" if at else str(k), v) for k, v in pairs)
 
     seen = {id(obj)}
     stack = [items(prefix, obj)]
@@ -109,9 +112,12 @@ def iter_tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor
         name, value = nxt
         if isinstance(value, torch.Tensor):
             yield name, value
-        elif isinstance(value, Mapping) and id(value) not in seen:
+        elif isinstance(value, _CONTAINERS) and id(value) not in seen:
             seen.add(id(value))
             stack.append(items(name, value))
+
+
+_CONTAINERS = (Mapping, list, tuple)
 
 
 def state_dict_items(af: AuditedFile, obj: Any) -> Iterator[tuple[str, torch.Tensor]]:
