@@ -178,3 +178,39 @@ def test_hooks_filled_after_the_rebuild_are_refused(tmp_path: Path) -> None:
     for engine in ("ckptguard", "torch"):
         with pytest.raises(ckptguard.UnsafeCheckpointError):
             ckptguard.safe_load(p, engine=engine)
+
+
+_HOOKS_REF = (b"\x80\x02}q\x00(X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n"
+              b"((X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00"
+              b"\x00\x00cpuK\x02tQK\x00K\x02\x85K\x01\x85\x89ccollections\nOrderedDict\n)Rq\t"
+              b"tRX\x01\x00\x00\x00hh\tu.")
+_HOOKS_SHARED = (b"\x80\x02}q\x00(X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\nq\x01"
+                 b"((X\x07\x00\x00\x00storagectorch\nFloatStorage\nq\x02X\x01\x00\x00\x000X"
+                 b"\x03\x00\x00\x00cpuK\x02tQK\x00K\x02\x85K\x01\x85\x89ccollections\n"
+                 b"OrderedDict\n)Rq\ttRX\x01\x00\x00\x00vh\x01((X\x07\x00\x00\x00storageh"
+                 b"\x02X\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x02tQK\x01K\x01\x85K\x01\x85"
+                 b"\x89h\ttRu.")
+
+
+@pytest.mark.parametrize("name", ["referenced", "shared"])
+def test_a_hooks_dict_held_elsewhere_keeps_its_identity(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        name: str) -> None:
+    """A tensor's (empty) backward-hooks dict that the program also holds as a value, or
+    that two tensors share: torch.load keeps one dict, the engine built fresh ones (a hook
+    registered through it reached only torch's tensor). It now falls back to torch.load."""
+    pkl = _HOOKS_REF if name == "referenced" else _HOOKS_SHARED
+    p = tmp_path / f"{name}.pt"
+    p.write_bytes(_torch_zip(pkl, {"0": b"\x00\x00\x80?\x00\x00\x00@"}))
+    assert ckptguard.scan(p).verdict is ckptguard.Verdict.SAFE
+    want = torch.load(p, weights_only=True, mmap=True)
+    with monkeypatch.context() as m:
+        used_torch = spy_torch_load(m)
+        got = ckptguard.safe_load(p, engine=Engine.CKPTGUARD)
+    assert used_torch
+    if name == "referenced":
+        assert want["h"] is want["w"]._backward_hooks
+        assert got["h"] is got["w"]._backward_hooks
+    else:
+        assert want["v"]._backward_hooks is want["w"]._backward_hooks
+        assert got["v"]._backward_hooks is got["w"]._backward_hooks

@@ -745,9 +745,12 @@ static inline int is_tuple_of_ints(St *s, Val v) {
 #define STATE(s, nd) ((s)->vecs[(nd)->aux].state)
 #define VEC(s, nd) ((s)->vecs[(nd)->aux].vec)
 
+/* an OrderedDict() a rebuild may take as its backward hooks: empty, no state, and not
+ * already a tensor's hooks (torch.load shares one dict between two tensors; the engine
+ * that builds from the graph gives each its own: declined) */
 static inline int is_empty_od(St *s, Val v) {
     return v.tag == V_NODE && s->nodes[v.a].type == N_OD && s->nodes[v.a].len == 0 &&
-           STATE(s, &s->nodes[v.a]).tag == V_UNSET;
+           STATE(s, &s->nodes[v.a]).tag == V_UNSET && !(s->nodes[v.a].flags & F_HOOKS);
 }
 
 /* ---- _metadata (an OrderedDict's BUILD state) ---------------------------------------------- */

@@ -392,6 +392,7 @@ class _Run:
         if type(st) is not StorageRef or type(offset) is not int or type(rg) is not bool or \
                 type(size) is not tuple or type(stride) is not tuple or \
                 type(hooks) is not FastOrderedDict or hooks or hooks.state is not None or \
+                hooks.hooks or \
                 len(size) != len(stride):
             raise _Decline("rebuild arguments")
         self.items_left -= 2 * len(size)
@@ -430,7 +431,7 @@ class _Run:
     def _rebuild_parameter(self, *args: Any) -> FastTensor:
         # torch._utils._rebuild_parameter(data, requires_grad, backward_hooks)
         if len(args) != 3 or type(args[0]) is not FastTensor or type(args[1]) is not bool or \
-                not _empty_od(args[2]):
+                not _empty_od(args[2]) or args[2].hooks:
             raise _Decline("parameter arguments")
         args[2].hooks = True
         t = args[0].tensor

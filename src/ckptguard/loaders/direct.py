@@ -338,6 +338,10 @@ def _build(root: Any, make: _Maker) -> Any:
             out = memo[vid] = make(v.tensor)
             return out
         if t is FastDict or t is FastOrderedDict:
+            if t is FastOrderedDict and v.hooks:
+                # a tensor's backward-hooks dict the program also holds elsewhere: torch
+                # shares it with the tensor, the tensors made here get their own
+                raise _Unsupported("a backward-hooks dict that is also a value")
             out = memo[vid] = {} if t is FastDict else OrderedDict()
             for k, x in v.items():
                 tx = type(x)
