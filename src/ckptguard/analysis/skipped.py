@@ -25,9 +25,6 @@ JSON, Python source, images) fail the cheap test and are never audited.
 
 from __future__ import annotations
 
-import os
-import stat
-
 from ..context import Source
 from ..detect import (
     PICKLE_OPCODE_BYTES,
@@ -37,7 +34,6 @@ from ..detect import (
 )
 from ..model import Effect, Report
 from ..policy import Limits, Policy
-from ..primitives import open_readonly
 
 #: The engine's findings that only say the content is no checkpoint (unknown format,
 #: a wrapper it does not open, an empty file): a skipped file with nothing else stays
@@ -75,29 +71,19 @@ def worth_reporting(report: Report) -> bool:
         for f in report.findings)
 
 
-def audit_skipped(path: str, *, policy: Policy, limits: Limits) -> Report | None:
-    """The engine's audit of ``path``, a file a folder walk would skip as no model file,
-    when it is worth reporting (``worth_reporting``); None when it stays skipped (also
-    when it is no regular file or cannot be opened: the walks decide those themselves).
-    The cheap test and the audit read one descriptor."""
+def runs_code_fd(path: str, fd: int, size: int, head: bytes, *, policy: Policy,
+                 limits: Limits) -> Report | None:
+    """The engine's audit of an open regular file a folder walk would skip as no model
+    file (``head``: its first bytes), when it is worth reporting (``worth_reporting``);
+    None when it stays skipped. The cheap test first (most such files fail it), then the
+    audit from the same descriptor."""
+    if not may_run_code_fd(fd, size, head):
+        return None
     from .engine import audit_fd
 
-    try:
-        fd = open_readonly(path)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        head = os.pread(fd, HEAD_BYTES, 0)
-        if not may_run_code_fd(fd, st.st_size, head):
-            return None
-        report = audit_fd(path, fd, policy=policy, limits=limits)
-    finally:
-        os.close(fd)
+    report = audit_fd(path, fd, policy=policy, limits=limits)
     return report if worth_reporting(report) else None
 
 
-__all__ = ["HEAD_BYTES", "NOT_A_CHECKPOINT", "audit_skipped", "may_run_code",
-           "may_run_code_fd", "worth_reporting"]
+__all__ = ["HEAD_BYTES", "NOT_A_CHECKPOINT", "may_run_code", "may_run_code_fd",
+           "runs_code_fd", "worth_reporting"]

@@ -133,25 +133,15 @@ def looks_like_model(path: str, name: str, *, policy: Policy = DEFAULT_POLICY,
         fmt, _ = sniff(head, st.st_size)
         if fmt in (Format.UNKNOWN, Format.EMPTY) or (
                 fmt is Format.JSON and not name.lower().endswith(".index.json")):
-            return _runs_code(path, fd, st.st_size, head, policy, limits)
+            from ..analysis.skipped import runs_code_fd
+
+            return runs_code_fd(path, fd, st.st_size, head, policy=policy,
+                                limits=limits) is not None
     except Exception:  # noqa: BLE001 - fail closed: a file we cannot classify is scanned
         return True
     finally:
         os.close(fd)
     return True
-
-
-def _runs_code(path: str, fd: int, size: int, head: bytes, policy: Policy,
-               limits: Limits) -> bool:
-    """Does a code-running reading take this file that is no model file? The cheap test
-    first (most such files fail it), then the engine's audit from the same descriptor."""
-    from ..analysis.skipped import may_run_code_fd, worth_reporting
-
-    if not may_run_code_fd(fd, size, head):
-        return False
-    from ..analysis.engine import audit_fd
-
-    return worth_reporting(audit_fd(path, fd, policy=policy, limits=limits))
 
 
 def walk_folder(root: str, excludes: tuple[str, ...], found: Discovery, *,
