@@ -256,3 +256,12 @@ def test_data_constructor_with_too_many_arguments_is_refused(full: str, n: int) 
         _pickle.loads(prog(n))
     ok = audit_bytes(prog(n - 1), "x.pkl", policy=DEFAULT_POLICY, limits=DEFAULT_LIMITS)
     assert "CKG202" not in ok.rule_ids(), sorted(ok.rule_ids())
+
+
+def test_arity_table_covers_every_data_constructor() -> None:
+    """vm._MAX_POSITIONAL has a row for every DATA call model and nothing else."""
+    from ckptguard.analysis.callmodels import CALL_MODELS, Effect
+    from ckptguard.analysis.vm import _MAX_POSITIONAL
+
+    assert set(_MAX_POSITIONAL) == {k for k, m in CALL_MODELS.items()
+                                    if m.effect is Effect.DATA}
