@@ -3,6 +3,7 @@
 
     python bench/overhead.py [--ckpts bench/out/ckpts] [--files small.bin,big.bin] [-n 5]
         [--python .venv/bin/python] [--torch-python bench/.venvs/torch/bin/python]
+        [--no-lease]
 
 ``safe_load`` = the audit + ``torch.load(weights_only=True, mmap=True)`` + the same-bytes
 check. Its ratio to ``torch.load(mmap)`` is ``1 + ours / torch``, where *ours* is what
@@ -15,7 +16,10 @@ per local header), ``picklecore.split_records``, ``picklecore.scan`` (data.pkl),
 what torch built with the audit, loaders/structure.py, on the object a real
 ``torch.load`` built once before the timed calls); *glue* is the rest (the Python around
 them). ``faults`` are the minor page faults of call 1 (``ru_minflt``): first touches of
-fresh memory, which cost ~1-2 us each on a VM. ``torch.load(mmap)`` runs in its own fresh
+fresh memory, which cost ~1-2 us each on a VM. *lease*: whether call 1 held the read lease
+(loaders/base.py): under an unbroken lease ``same_bytes`` and ``structure`` do not run
+(0); ``--no-lease`` measures the path without one (another owner, NFS, a writer holding the
+file). ``torch.load(mmap)`` runs in its own fresh
 interpreters (``--torch-python``); *budget* is 5 % of its first call, the room a 1.05
 ratio leaves. Prints a markdown table of medians (min-max over the runs).
 """
@@ -34,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTS = ("prove_fd", "split_records", "scan", "same_bytes", "structure")
 
 
-def _child_ours(path: str) -> dict:
+def _child_ours(path: str, lease: bool) -> dict:
     import resource
 
     from ckptguard._native import native
@@ -48,7 +52,18 @@ def _child_ours(path: str) -> dict:
 
     cg = child.safe_load_prep()
     import ckptguard.loaders._torch as lt
+    import ckptguard.loaders.base as lb
     import ckptguard.loaders.torchfile as ltf
+
+    leases: list[bool] = []
+    take = lb.take_read_lease
+
+    def take_recorded(fd: int) -> bool:
+        got = take(fd) if lease else False
+        leases.append(got)
+        return got
+
+    lb.take_read_lease = take_recorded
 
     # what torch.load costs is measured on its own: the stub hands back what it built, once,
     # before the timed calls (the comparison after the load walks the real object)
@@ -86,7 +101,7 @@ def _child_ours(path: str) -> dict:
         cg.safe_load(path)
         dt = time.perf_counter() - t
         f1 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        calls.append({"total": dt, "faults": f1 - f0, **spent})
+        calls.append({"total": dt, "faults": f1 - f0, "lease": leases[-1], **spent})
     return {"calls": calls}
 
 
@@ -98,11 +113,12 @@ def _child_torch(path: str) -> dict:
     return {"first": time.perf_counter() - t}
 
 
-def _run(py: str, mode: str, path: str) -> dict:
+def _run(py: str, mode: str, path: str, lease: bool = True) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "src"),
                                            os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    out = subprocess.run([py, os.path.abspath(__file__), "--child", mode, path],
+    out = subprocess.run([py, os.path.abspath(__file__), "--child", mode, path]
+                         + ([] if lease else ["--no-lease"]),
                          capture_output=True, text=True, env=env, timeout=300, check=False)
     if out.returncode != 0:
         raise SystemExit(f"overhead.py: {mode} child failed on {path}:\n{out.stderr[-2000:]}")
@@ -122,11 +138,15 @@ def main() -> None:
     ap.add_argument("--python", default=os.path.join(ROOT, ".venv", "bin", "python"))
     ap.add_argument("--torch-python",
                     default=os.path.join(ROOT, "bench", ".venvs", "torch", "bin", "python"))
+    ap.add_argument("--no-lease", action="store_true",
+                    help="measure safe_load without the read lease (its re-read and "
+                         "comparison after the load)")
     ap.add_argument("--child", nargs=2, metavar=("MODE", "FILE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         mode, path = a.child
-        print(json.dumps(_child_ours(path) if mode == "ours" else _child_torch(path)))
+        print(json.dumps(_child_ours(path, not a.no_lease) if mode == "ours"
+                         else _child_torch(path)))
         return
     rows = []
     for name in a.files.split(","):
@@ -136,7 +156,7 @@ def main() -> None:
                              "python bench/run.py --only load, generates it)")
         ours, torch_first = [], []
         for _ in range(a.n):  # alternating, so a noise burst hits both sides alike
-            ours.append(_run(a.python, "ours", path)["calls"])
+            ours.append(_run(a.python, "ours", path, not a.no_lease)["calls"])
             torch_first.append(_run(a.torch_python, "torch", path)["first"])
         first = [c[0] for c in ours]
         warm = [c[2] for c in ours]
@@ -147,15 +167,17 @@ def main() -> None:
             f"{_mmm([c['total'] for c in first])} | "
             + " | ".join(_mmm([c[k] for c in first]) for k in PARTS)
             + f" | {_mmm(glue)} | {statistics.median(c['faults'] for c in first):.0f} | "
+            f"{'yes' if all(c['lease'] for c in first) else 'no'} | "
             f"{_mmm([c['total'] for c in warm])} | "
             f"{1 + statistics.median(c['total'] for c in first) / tl:.3f} |")
-    print(f"`python bench/overhead.py --files {a.files} -n {a.n}` "
+    print(f"`python bench/overhead.py --files {a.files} -n {a.n}"
+          f"{' --no-lease' if a.no_lease else ''}` "
           f"({time.strftime('%Y-%m-%d %H:%M')}, load average "
           f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}); ms, median (min-max) of "
           f"{a.n} fresh processes:\n")
     print("| file | torch.load(mmap) | budget (5 %) | ours, call 1 | "
-          + " | ".join(PARTS) + " | glue | faults | ours, call 3 | ratio (est.) |")
-    print("|---" * (8 + len(PARTS)) + "|")
+          + " | ".join(PARTS) + " | glue | faults | lease | ours, call 3 | ratio (est.) |")
+    print("|---" * (9 + len(PARTS)) + "|")
     print("\n".join(rows))
 
 

@@ -93,3 +93,15 @@ def _name_group(item: pytest.Item, group: str) -> None:
     nodeid = item.nodeid
     if nodeid.rfind("@") <= nodeid.rfind("]"):   # xdist did not name it already
         item._id = NodeId.parse(f"{nodeid}@{group}")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def no_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loads without the read lease (loaders/base.py): for tests that play a writer *inside*
+    this process during a load. Under the lease that writer's ``open`` would wait for the
+    load to end (up to the kernel's 45 s lease-break time) -- which is the lease's point,
+    and what tests/test_lease.py proves with a writer in another process. These tests
+    exercise the checks that stand in for the lease where the kernel refuses one."""
+    import ckptguard.loaders.base as base
+
+    monkeypatch.setattr(base, "take_read_lease", lambda fd: False)

@@ -38,6 +38,9 @@ from ckptguard import (
 )
 from ckptguard.loaders import _torch
 
+#: writers inside this process during a load: the lease would make them wait (conftest)
+pytestmark = pytest.mark.usefixtures("no_lease")
+
 REAL_LOAD = _torch.ORIGINAL_LOAD
 SRC = str(Path(ckptguard.__file__).resolve().parents[1])
 

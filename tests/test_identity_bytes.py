@@ -46,6 +46,9 @@ from ckptguard.loaders import _torch, load_audited, open_audited
 from ckptguard.model import Region
 from ckptguard.report import ScanResult, render
 
+#: writers inside this process during a load: the lease would make them wait (conftest)
+pytestmark = pytest.mark.usefixtures("no_lease")
+
 REAL_LOAD = _torch.ORIGINAL_LOAD
 
 needs_native = pytest.mark.skipif(native("zipcore") is None,

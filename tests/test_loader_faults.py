@@ -28,6 +28,9 @@ from ckptguard import FileChangedError, LoaderUnavailableError
 from ckptguard.loaders import _torch
 from ckptguard.loaders import safetensors as st_loader
 
+#: writers inside this process during a load: the lease would make them wait (conftest)
+pytestmark = pytest.mark.usefixtures("no_lease")
+
 REAL_LOAD = _torch.ORIGINAL_LOAD
 SRC = str(Path(ckptguard.__file__).resolve().parents[1])
 
@@ -278,6 +281,7 @@ def test_without_copy_tensors_follow_the_file(tmp_path: Path, kind: str) -> None
 
 _SIGBUS_CHILD = """
 import os, sys, ckptguard
+
 out = ckptguard.safe_load({path!r}, copy={copy})
 os.truncate({path!r}, 0)
 print(float(out["w"].sum()))

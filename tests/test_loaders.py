@@ -41,6 +41,9 @@ from ckptguard.loaders.sharded import _valid_shard_name
 from ckptguard.model import Format, Verdict
 from ckptguard.policy import Policy
 
+#: writers inside this process during a load: the lease would make them wait (conftest)
+pytestmark = pytest.mark.usefixtures("no_lease")
+
 REAL_LOAD = _torch.ORIGINAL_LOAD
 
 

@@ -31,6 +31,9 @@ from ckptguard.errors import FileChangedError
 from ckptguard.loaders import _torch, torchfile
 from ckptguard.loaders.base import open_audited
 
+#: writers inside this process during a load: the lease would make them wait (conftest)
+pytestmark = pytest.mark.usefixtures("no_lease")
+
 REAL_LOAD = _torch.ORIGINAL_LOAD
 REAL_FSTAT = os.fstat
 

@@ -113,10 +113,11 @@ def safe_load(
         if ld.is_meta(map_location):
             from .loaders.direct import open_audited_meta
 
-            af = open_audited_meta(path, policy=pol, limits=lim)
+            af = open_audited_meta(path, policy=pol, limits=lim, lease=True)
         else:
+            # lease: a writer's open waits until this load is over (loaders/base.py)
             af = ld.open_audited(path, policy=pol, limits=lim,
-                                 keep_graph=eng is Engine.CKPTGUARD)
+                                 keep_graph=eng is Engine.CKPTGUARD, lease=True)
         try:
             ld.require_safe(af.report)
             if af.report.format is Format.TORCH_EXPORT:

@@ -9,6 +9,8 @@ of the package).
 - ``gc_paused``: the cyclic collector paused around an audit that allocates millions of
   acyclic objects (nests: the outermost pause restores the collector);
 - ``or_default``: ``value if value is not None else default``;
+- ``take_read_lease`` / ``read_lease_held``: a kernel read lease on a descriptor (Linux), the
+  proof that nobody opened the file for writing (or truncated it) while it was held;
 - ``is_remote``: an ``http://``, ``https://`` or ``hf://`` scan target (here, not in
   ``remote.targets``, so that a local scan imports nothing of ``remote``).
 
@@ -100,6 +102,60 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+#: the signal a lease break is announced with (``F_SETSIG``): SIGURG, whose default action is
+#: to ignore it. The kernel's own default, SIGIO, would kill the process.
+LEASE_SIGNAL_NAME = "SIGURG"
+
+
+def take_read_lease(fd: int) -> bool:
+    """Take a read lease (``fcntl F_SETLEASE F_RDLCK``) on ``fd``, a read-only descriptor.
+
+    True when it is held: from now on any open of the file for writing, from any process
+    (this one included), and any truncate, first *breaks* the lease and then waits until
+    the lease is released (``close(fd)``) or ``/proc/sys/fs/lease-break-time`` (45 s by
+    default) has passed; a non-blocking open fails with EAGAIN. :func:`read_lease_held`
+    says whether that happened. False (nothing changed) when the kernel refuses the lease:
+    the file is open for writing somewhere, or mapped writable and shared (EAGAIN); this
+    process neither owns the file nor has CAP_LEASE (EACCES); the file system has no
+    leases (NFS, FUSE: EINVAL); not Linux; or SIGURG has a handler (the break is announced
+    with it, see :data:`LEASE_SIGNAL_NAME`)."""
+    try:
+        import fcntl
+        import signal
+
+        setlease, setsig = fcntl.F_SETLEASE, fcntl.F_SETSIG
+        sig = getattr(signal, LEASE_SIGNAL_NAME)
+        if signal.getsignal(sig) not in (signal.SIG_DFL, signal.SIG_IGN):
+            return False  # someone listens to SIGURG: a lease break would reach them
+        fcntl.fcntl(fd, setsig, sig)
+        fcntl.fcntl(fd, setlease, fcntl.F_RDLCK)
+    except (ImportError, AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
+def read_lease_held(fd: int) -> bool:
+    """True while the read lease :func:`take_read_lease` took on ``fd`` is unbroken (no
+    open for writing and no truncate since it was taken; ``F_GETLEASE`` is F_RDLCK)."""
+    try:
+        import fcntl
+
+        return bool(fcntl.fcntl(fd, fcntl.F_GETLEASE) == fcntl.F_RDLCK)
+    except (ImportError, AttributeError, OSError):
+        return False
+
+
+def release_lease(fd: int) -> None:
+    """Give the read lease on ``fd`` back (a writer waiting on it goes on); no-op without
+    one."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
 def or_default(value: T | None, default: T) -> T:
     """``value`` unless it is None (a falsy value is kept)."""
     return value if value is not None else default
@@ -114,6 +170,6 @@ def is_remote(target: str) -> bool:
     return target[:8].lower().startswith(REMOTE_SCHEMES)
 
 
-__all__ = ["DISPLAY_LIMIT", "READONLY_FLAGS", "REMOTE_SCHEMES", "clip", "escape",
-           "escape_untrusted", "gc_paused", "has_unsafe_chars", "is_remote", "open_readonly",
-           "or_default"]
+__all__ = ["DISPLAY_LIMIT", "LEASE_SIGNAL_NAME", "READONLY_FLAGS", "REMOTE_SCHEMES", "clip",
+           "escape", "escape_untrusted", "gc_paused", "has_unsafe_chars", "is_remote",
+           "open_readonly", "or_default", "read_lease_held", "release_lease", "take_read_lease"]

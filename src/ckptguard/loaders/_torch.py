@@ -128,6 +128,21 @@ _SAFETENSORS_DTYPES: dict[str, str] = {
 }
 
 
+def mmap_opens_for_writing(mmap: bool | None) -> bool:
+    """Would ``torch.load(..., mmap=mmap)`` open the file for writing? It does to map it
+    shared (``torch.serialization.set_default_mmap_options(mmap.MAP_SHARED)``), and with
+    ``mmap=None`` when torch's config turns mmap on; torch builds without the option map
+    privately."""
+    if mmap is False:
+        return False
+    get = getattr(torch.serialization, "get_default_mmap_options", None)
+    if get is None:
+        return False
+    import mmap as _mmap
+
+    return bool(get() == getattr(_mmap, "MAP_SHARED", None))
+
+
 def dtype_of(name: str) -> torch.dtype:
     """A torch dtype from a torch name (``float32``, ``torch.bfloat16``) or a safetensors
     code (``F32``, ``BF16``, ``F8_E4M3``)."""
@@ -285,6 +300,7 @@ __all__ = [
     "extra_safe_globals",
     "import_failure",
     "is_meta",
+    "mmap_opens_for_writing",
     "register_safe_globals",
     "release_safe_globals",
     "resolve_global",

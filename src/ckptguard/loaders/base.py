@@ -7,10 +7,20 @@ through that descriptor with ``pread``; the loader reads the *same inode* throug
 ``fstat`` (device, inode, size, mtime, ctime) and the SHA-256 of every region the audit relied
 on are compared with the audit's :class:`~ckptguard.model.FileIdentity`, and the original
 path must still name that inode. Any difference raises :class:`FileChangedError`.
+
+Where the kernel grants it (Linux, a local file system, a file this process owns or
+``CAP_LEASE``, nobody holding it open for writing), ``safe_load`` and the gate also take a
+read lease on the descriptor right after opening it (:func:`~ckptguard.primitives.take_read_lease`),
+before the audit reads a byte. While the lease is held, a writer's ``open`` waits until the
+load is over (a truncate too), so the bytes ``torch.load`` parses *are* the audited
+ones; :meth:`AuditedFile.verify` then finds the lease unbroken and only compares the
+``fstat`` (nothing to re-read, nothing of the loaded object to compare: SECURITY.md "Same
+bytes"). A broken or refused lease leaves every check of the paragraph above in place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -30,9 +40,18 @@ from ..errors import (
 )
 from ..model import FileIdentity, Format, Region, Report, Verdict
 from ..policy import DEFAULT_LIMITS, DEFAULT_POLICY, Limits, Policy
-from ..primitives import open_readonly, or_default
+from ..primitives import (
+    open_readonly,
+    or_default,
+    read_lease_held,
+    release_lease,
+    take_read_lease,
+)
 
 logger = logging.getLogger("ckptguard")
+
+with contextlib.suppress(ImportError):  # the lease helpers' module (POSIX only): loaded
+    import fcntl  # noqa: F401  with the loaders, not by the first load (~0.2 ms)
 
 #: Formats the torch-backed loader reads with ``torch.load(weights_only=True)``.
 TORCH_FORMATS = frozenset({Format.TORCH_ZIP, Format.TORCH_LEGACY})
@@ -162,10 +181,17 @@ class AuditedFile:
     #: a dense strided ``_rebuild_tensor_v2`` / ``_rebuild_parameter`` rebuild whose view
     #: lies inside its storage, and the only other objects are plain containers and scalars
     proven: bool = False
+    #: a read lease was taken on ``fd`` before the audit read anything (``open_audited(
+    #: lease=True)``): while it stays unbroken, nobody has opened the file for writing
+    leased: bool = False
 
     def close(self) -> None:
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
+            # given back explicitly: a lease lives as long as its open file description,
+            # which a memory map of this descriptor (the safetensors loader's) keeps open
+            # after close -- the caller's own later write would wait on it
+            self.drop_lease_of(fd)
             os.close(fd)
 
     def __enter__(self) -> AuditedFile:
@@ -178,17 +204,40 @@ class AuditedFile:
     def check_stat(self) -> os.stat_result:
         return check_stat(self.path, self.fd, self.report.identity)
 
-    def verify(self) -> None:
+    def verify(self) -> bool:
+        """The same-bytes check after a load. True when the kernel proved it: the read
+        lease taken before the audit is unbroken, so no one has opened the file for writing
+        or truncated it since, and only the ``fstat`` and the path are compared (nothing is
+        re-read, and what torch parsed were the audited bytes). False when every audited
+        region was re-read (:func:`verify_identity`). Raises :class:`FileChangedError`."""
+        if self.leased and read_lease_held(self.fd):
+            self.check_stat()
+            return True
         verify_identity(self.path, self.fd, self.report.identity)
+        return False
+
+    def drop_lease(self) -> None:
+        """Give the read lease back before this process opens the file for writing
+        itself (a shared torch mmap does): else that open would wait on our own lease.
+        The checks after the load then re-read and compare, as without a lease."""
+        self.drop_lease_of(self.fd)
+
+    def drop_lease_of(self, fd: int) -> None:
+        if self.leased:
+            self.leased = False
+            release_lease(fd)
 
 
 def open_audited(path: str | os.PathLike[str], *, policy: Policy | None = None,
-                 limits: Limits | None = None, keep_graph: bool = False) -> AuditedFile:
+                 limits: Limits | None = None, keep_graph: bool = False,
+                 lease: bool = False) -> AuditedFile:
     """Open ``path`` once and audit it from that descriptor. Does not judge the verdict.
 
     ``keep_graph``: keep the fast path's graph for ``engine="ckptguard"`` and meta loads
     (else it is freed with the audit; :attr:`AuditedFile.proven` says either way whether
-    the fast path proved the file)."""
+    the fast path proved the file). ``lease``: take a read lease on the descriptor before
+    the audit (:attr:`AuditedFile.leased`), for a caller that loads and closes the file
+    right after: a writer waits for it while it is held."""
     from ..analysis.engine import audit_fd
 
     p = os.fspath(path)
@@ -200,6 +249,7 @@ def open_audited(path: str | os.PathLike[str], *, policy: Policy | None = None,
         raise ScanInputError(p, "no such file or directory") from None
     except OSError as e:
         raise ScanInputError(p, e.strerror or str(e)) from None
+    leased = lease and take_read_lease(fd)
     graph: list[object] = []
     try:
         report = audit_fd(p, fd, policy=pol, limits=lim, graph_out=graph, keep_bytes=True)
@@ -207,7 +257,8 @@ def open_audited(path: str | os.PathLike[str], *, policy: Policy | None = None,
         os.close(fd)
         raise
     g = graph[0] if graph else None
-    return AuditedFile(p, fd, report, pol, lim, g if keep_graph else None, g is not None)
+    return AuditedFile(p, fd, report, pol, lim, g if keep_graph else None, g is not None,
+                       leased)
 
 
 __all__ = [

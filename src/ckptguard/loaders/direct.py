@@ -105,7 +105,7 @@ def load_direct(af: AuditedFile, map_location: MapLocation = "cpu") -> Any:
 
 
 def open_audited_meta(path: str | os.PathLike[str], *, policy: Policy | None = None,
-                      limits: Limits | None = None) -> AuditedFile:
+                      limits: Limits | None = None, lease: bool = False) -> AuditedFile:
     """``open_audited(path, keep_graph=True)``, where the native core, when it proves the
     torch zip's ``data.pkl``, builds the meta load's object during the audit (straight
     from its own graph, with this module's meta maker: no symbolic graph, no second walk);
@@ -117,7 +117,7 @@ def open_audited_meta(path: str | os.PathLike[str], *, policy: Policy | None = N
     spec, fresh = _meta_spec()
     prev = set_maker(spec)
     try:
-        af = open_audited(path, policy=policy, limits=limits, keep_graph=True)
+        af = open_audited(path, policy=policy, limits=limits, keep_graph=True, lease=lease)
     finally:
         set_maker(prev)
     graph = af.graph

@@ -210,7 +210,7 @@ def _load_path(f: Any, cfg: GuardConfig, map_location: Any, mmap: bool | None,
     if isinstance(path, bytes):
         path = os.fsdecode(path)
     try:
-        af = open_audited(path, policy=cfg.policy, limits=cfg.limits)
+        af = open_audited(path, policy=cfg.policy, limits=cfg.limits, lease=True)
     except ScanInputError:
         if not os.path.lexists(path):  # torch.load's own error type for a missing file
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None

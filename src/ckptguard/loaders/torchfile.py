@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import FileChangedError
 from ..model import Format
-from ._torch import MapLocation, safe_globals, torch, torch_load
+from ._torch import MapLocation, mmap_opens_for_writing, safe_globals, torch, torch_load
 from .base import AuditedFile, LoaderError, fd_path
 from .invariants import check_loaded
 from .structure import NOT_EXACT, structure_difference
@@ -47,6 +47,11 @@ def load_torch(af: AuditedFile, map_location: MapLocation = "cpu", *, mmap: bool
     was exact on a fast-path-proven zip, the tensor invariants torch skips
     (:mod:`.invariants`); then return what torch returned.
 
+    Under an unbroken read lease (``af.leased``: no one opened the file for writing since
+    before the audit, so torch parsed the audited bytes) the identity check is the
+    ``fstat`` alone and the comparison with the audit is not needed; the invariants are
+    still checked unless the fast path proved the zip.
+
     ``mmap`` is dropped for legacy files unless ``exact_mmap`` (the guard passes the
     caller's value through unchanged, so torch's own rules and errors apply). ``copy``
     loads without mmap, so the tensors own their memory and no longer follow the file.
@@ -56,6 +61,8 @@ def load_torch(af: AuditedFile, map_location: MapLocation = "cpu", *, mmap: bool
     legacy = af.report.format is Format.TORCH_LEGACY
     use_mmap: bool | None = mmap if exact_mmap else (bool(mmap) and not legacy and not copy)
     path = fd_path(af.fd, af.check_stat())
+    if af.leased and path is not None and mmap_opens_for_writing(use_mmap):
+        af.drop_lease()  # torch opens the file read-write to map it shared
     try:
         with safe_globals(af.policy, af.report):
             if path is not None:
@@ -68,10 +75,15 @@ def load_torch(af: AuditedFile, map_location: MapLocation = "cpu", *, mmap: bool
     except LOAD_FAILURES as e:
         translate_if_changed(af, e)
         raise
-    af.verify()
+    zipped = af.report.format is Format.TORCH_ZIP
+    if af.verify():
+        # the lease held from before the audit to now: the bytes torch parsed are the
+        # audited ones, so it built what the audit saw
+        if not (af.proven and zipped):
+            check_loaded(obj, af.report)
+        return obj
     # The file holds the audited bytes again, but torch parsed data.pkl by reading the file
     # a second time: prove that what it built is what the audit saw (.structure).
-    zipped = af.report.format is Format.TORCH_ZIP
     diff = structure_difference(obj, af.report.tensors, storages=zipped,
                                 offsets=zipped and bool(use_mmap) and path is not None)
     if isinstance(diff, str):
