@@ -57,6 +57,10 @@ class CallModel:
     #: returns a tensor (a valid function for _rebuild_from_type_v2 to call)
     makes_tensor: bool = False
     note: str = ""
+    #: keyword arguments the call may take (NEWOBJ_EX's kwargs reach ``cls.__new__``):
+    #: allow, don't deny -- a keyword not named here is refused (analysis/vm.py
+    #: ``_keywords``). torch.save never writes one for an allowlisted global, so none is.
+    keywords: frozenset[str] = frozenset()
 
 
 _CONSTANT = CallModel(Effect.CONSTANT, Alloc.NONE, note="a constant; calling it fails")

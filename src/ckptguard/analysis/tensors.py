@@ -23,6 +23,7 @@ from .callmodels import TENSOR_TYPES, Effect
 from .qparams import qparams_problem
 from .values import (
     USER_ALLOWED,
+    Blob,
     Call,
     Global,
     Opaque,
@@ -311,7 +312,10 @@ class TorchTensors:
             self.add("CKG408", f"requires_grad on a {dtype} tensor: torch refuses to load it "
                      "(only floating point and complex tensors can require gradients)", pos)
             return
-        self.check_hooks(args[5] if len(args) > 5 else None, pos)
+        # (..., requires_grad, backward_hooks, ...); _rebuild_qtensor has its quantizer
+        # parameters first: (..., qparams, requires_grad, backward_hooks)
+        h = 6 if full.endswith("_rebuild_qtensor") else 5
+        self.check_hooks(args[h] if len(args) > h else None, pos)
         numel = 1
         for s in size:
             numel *= s
@@ -329,26 +333,48 @@ class TorchTensors:
                                 self.base + pos, "qtensor" if "qtensor" in full else "tensor")
 
     def check_hooks(self, hooks: object, pos: int) -> None:
-        """A rebuild's backward hooks must be empty, and stay empty: torch attaches that very
-        container to the tensor, so items added later (setitems) are hooks too."""
+        """A rebuild's backward hooks must be None or an empty mapping, and stay empty:
+        torch attaches that very object to the tensor (``tensor._backward_hooks = hooks``,
+        whatever it is), so items added later (setitems) are hooks too. A mapping built
+        any other way -- ``OrderedDict([(k, f)])``, ``Counter(...)``, a call result, a
+        persistent id -- or anything else but None is refused as a filled one is."""
         if isinstance(hooks, (Call, dict)):
             self.hooks[id(hooks)] = hooks
-        if (isinstance(hooks, Call) and hooks.items) or (isinstance(hooks, dict) and hooks):
-            self.add("CKG408", "tensor with backward hooks: torch.save never writes them and "
-                     "the loader would attach callables to the tensor", pos)
+        if hooks is None or mapping_empty(hooks):
+            return
+        self.add("CKG408", f"tensor with backward hooks ({describe_value(hooks)}, not an empty "
+                 "mapping): torch.save never writes them and the loader would attach "
+                 "callables to the tensor", pos)
 
     def check_tensor_state(self, state: object, full: str, pos: int) -> None:
-        """The state torch applies with setattr on a rebuilt tensor: user attributes are
-        fine; private names and tensor properties (data, grad, __class__...) would change
-        the tensor after the audit recorded it."""
-        dicts = [state] if isinstance(state, dict) else (
-            [x for x in state if isinstance(x, dict)] if isinstance(state, tuple) else [])
-        for d in dicts:
-            self._count_items(len(d))  # a memoised state may be applied many times
-            for k in d:
+        """The state torch applies with setattr on a rebuilt tensor (``_set_obj_state``: a
+        (dict state, slots state) pair, or one mapping; every item of any truthy mapping
+        is set, an OrderedDict or a Counter as well as a dict): user attributes are fine;
+        private names and tensor properties (data, grad, __class__...) would change the
+        tensor after the audit recorded it. A state the audit cannot see into is refused."""
+        short = clip(full.rsplit(".", 1)[-1])
+        if isinstance(state, tuple):
+            if len(state) != 2:
+                self.add("CKG408", f"{short} state is a {len(state)}-tuple (torch takes a "
+                         "mapping or a (dict state, slots state) pair)", pos)
+                return
+            parts: tuple[object, ...] = state
+        else:
+            parts = (state,)
+        for d in parts:
+            if not isinstance(d, _SYMBOLIC) and not d:
+                continue  # None, {}: torch skips a falsy state
+            keys = mapping_keys(d)
+            if keys is None:
+                self.add("CKG408", f"{short} sets the state {describe_value(d)} on the "
+                         "rebuilt tensor: torch setattr's every item of it and the audit "
+                         "cannot see its keys", pos)
+                continue
+            self._count_items(len(keys))  # a memoised state may be applied many times
+            for k in keys:
                 if not isinstance(k, str) or k.startswith("_") or k in _TENSOR_PROPERTIES:
-                    self.add("CKG408", f"{clip(full.rsplit('.', 1)[-1])} sets attribute "
-                             f"{clip(repr(plain(k)))} on the rebuilt tensor", pos)
+                    self.add("CKG408", f"{short} sets attribute {clip(repr(plain(k)))} on the "
+                             "rebuilt tensor", pos)
 
     def tensor_arg(self, v: object, name: str, i: int, pos: int,
                     allow_none: bool = False) -> TensorRecord | None:
@@ -455,6 +481,72 @@ class TorchTensors:
             self.add("CKG442", f"{name} builds a tensor with no storage bytes on device "
                      f"{clip(repr(plain(dev)))}: its data is whatever the subclass "
                      "computes, not bytes ckptguard audited", pos, {"global": name})
+
+
+# --- mappings a loader builds ------------------------------------------------------------
+
+#: dict subclasses on the allowlist: a call of one is a mapping (its items: args + SETITEMS)
+DICT_LIKE = frozenset({"collections.OrderedDict", "collections.Counter"})
+_SYMBOLIC = (Call, Global, PersRef, Opaque, Blob)
+_MAX_MAPPING_DEPTH = 32
+
+
+def _dict_like(v: object) -> bool:
+    return isinstance(v, Call) and isinstance(v.func, Global) and v.func.full in DICT_LIKE
+
+
+def mapping_empty(v: object) -> bool:
+    """Is ``v`` a mapping the loader builds empty (a ``{}``, an ``OrderedDict()``, a dict
+    subclass called with an empty literal and given no items)? Cheap: no key is walked."""
+    if type(v) is dict:
+        return not v
+    if not isinstance(v, Call) or not _dict_like(v):
+        return False
+    if v.items:
+        return False
+    args = v.args
+    return args == () or (type(args) is tuple and len(args) == 1 and
+                          type(args[0]) in (dict, list, tuple, str, bytes) and not args[0])
+
+
+def mapping_keys(v: object, _depth: int = 0) -> list[object] | None:
+    """The keys of the mapping a loader builds from ``v``: a dict literal (however built:
+    DICT, SETITEMS, through the memo), or an OrderedDict / Counter call (its argument's
+    keys -- a mapping, pairs for OrderedDict, elements for Counter -- then the items
+    SETITEM(S) added). None where the audit cannot see the keys (a value computed at load
+    time, a persistent id, a literal that is not a mapping)."""
+    if type(v) is dict:
+        return list(v)
+    if not isinstance(v, Call) or not isinstance(v.func, Global) or \
+            v.func.full not in DICT_LIKE or _depth > _MAX_MAPPING_DEPTH:
+        return None
+    counter = v.func.full == "collections.Counter"
+    args = v.args
+    if type(args) is not tuple or len(args) > 1:
+        return None
+    keys: list[object] = []
+    if args:
+        a = args[0]
+        if type(a) is dict or _dict_like(a):
+            inner = mapping_keys(a, _depth + 1)
+            if inner is None:
+                return None
+            keys.extend(inner)
+        elif type(a) in (list, tuple):
+            if counter:
+                keys.extend(a)
+            else:
+                for pair in a:
+                    if type(pair) not in (tuple, list, str, bytes) or len(pair) != 2:
+                        return None
+                    keys.append(pair[0])
+        elif type(a) is str and counter:
+            keys.extend(a)
+        elif not (type(a) in (str, bytes) and not a):
+            return None
+    if v.items:
+        keys.extend(k for k, _ in v.items)
+    return keys
 
 
 # --- naming tensors ----------------------------------------------------------------------
@@ -566,6 +658,6 @@ def _join(prefix: str, key: object) -> str:
     return k if not prefix else f"{prefix}.{k}"
 
 
-__all__ = ["DTYPE_SIZES", "GRAD_DTYPES", "LOCATION_PREFIXES", "QUANTIZED_DTYPES",
+__all__ = ["DICT_LIKE", "DTYPE_SIZES", "GRAD_DTYPES", "LOCATION_PREFIXES", "QUANTIZED_DTYPES",
            "STORAGE_DTYPES", "StorageCatalog", "StorageRef", "TensorRecord", "TorchTensors",
-           "name_tensors"]
+           "mapping_empty", "mapping_keys", "name_tensors"]

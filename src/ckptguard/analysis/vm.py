@@ -39,7 +39,14 @@ from ..primitives import clip, gc_paused
 from . import opcodes as O
 from ._torch_names import IMPORT_MAPPING, NAME_MAPPING  # every torch global is mapped
 from .callmodels import CallModel, Effect
-from .tensors import StorageCatalog, TensorRecord, TorchTensors, name_tensors
+from .tensors import (
+    DICT_LIKE,
+    StorageCatalog,
+    TensorRecord,
+    TorchTensors,
+    mapping_keys,
+    name_tensors,
+)
 from .values import (
     USER_ALLOWED,
     Blob,
@@ -49,6 +56,7 @@ from .values import (
     PersRef,
     PickleMode,
     describe,
+    describe_value,
     encoded_bytes,
     int_tuple,
     plain,
@@ -486,8 +494,9 @@ class _VM:
             raise LimitExceeded("max_literal_bytes", self.ctx.limits.max_literal_bytes,
                                 f"{ln}-byte literal")
 
-    def _check_utf8(self, data: bytes, pos: int, ln: int, op_pos: int) -> None:
-        dec = codecs.getincrementaldecoder("utf-8")("surrogatepass")
+    def _check_utf8(self, data: bytes, pos: int, ln: int, op_pos: int,
+                    errors: str = "surrogatepass") -> None:
+        dec = codecs.getincrementaldecoder("utf-8")(errors)
         step = 1 << 20
         try:
             for i in range(pos, pos + ln, step):
@@ -552,6 +561,42 @@ class _VM:
             raise self.malformed(f"{how} calls a {type(func).__name__} literal, which is not "
                                  "callable", pos)
         return c
+
+    def _keywords(self, func: object, kwargs: object, pos: int) -> None:
+        """NEWOBJ_EX's keyword arguments: CPython runs ``cls.__new__(cls, *args, **kwargs)``
+        (torch.Tensor.__new__ takes ``cdata=`` -- a raw TensorImpl pointer -- and ``size=``;
+        UntypedStorage's ``allocator=`` is a pointer too). Allow, don't deny: they reach
+        the global's call model, which names the keywords it takes (none does: torch.save
+        never writes one); a global a profile reviewed may take none either."""
+        keys = mapping_keys(kwargs)
+        if keys == []:
+            return
+        if not isinstance(func, Global) or not func.status.allowed:
+            return  # a computed callable or a refused global: reported already
+        name = clip(func.full)
+        if keys is None:
+            self.add("CKG103", f"NEWOBJ_EX of {name} with keyword arguments computed at load "
+                     f"time ({describe(kwargs)})", pos, {"global": name})
+            return
+        self._count_items(len(keys))
+        shown = clip(repr([plain(k) for k in keys[:8]]))
+        model = func.model
+        if model is not None:
+            unknown = [k for k in keys if k not in model.keywords]
+            if unknown:
+                rule = _KEYWORD_RULES[model.effect]
+                self.add(rule, f"NEWOBJ_EX {name}.__new__(**{{{shown}}}): keyword arguments "
+                         f"its call model does not take ({model.effect.value}"
+                         f"{'; ' + model.note if model.note else ''}); torch.save never "
+                         "writes them", pos, {"global": name, "keywords": shown})
+            return
+        if func.status in USER_ALLOWED:
+            from ..policy.benign import benign_row
+
+            if benign_row(func.full) is not None:
+                self.add("CKG123", f"NEWOBJ_EX of {name} with keyword arguments {shown}: its "
+                         "reviewed row covers NEWOBJ with positional arguments only", pos,
+                         {"global": name})
 
     # -- globals a profile or policy allows (policy/benign.py rows) -------------------------
     def _profile_call(self, func: Global, row: BenignRow, args: object, pos: int,
@@ -631,7 +676,7 @@ class _VM:
             case Effect.ENCODE:
                 if len(args) != 2 or not isinstance(args[0], (str, Blob)) or \
                         (isinstance(args[0], Blob) and args[0].kind != "str") or \
-                        args[1] not in ("latin1", "latin-1"):
+                        args[1] not in _WRITTEN_CODECS:
                     self.add("CKG117", f"{name} called as {clip(repr(plain(args)))}: pickle "
                              "and torch.save only write encode(str, 'latin1') (other codecs "
                              "import modules and expand their input)", pos,
@@ -660,6 +705,17 @@ class _VM:
                 not isinstance(args[0], bool) and args[0] > 0 and how != "NEWOBJ":
             self.add("CKG112", f"bytearray({args[0]}) allocates and zeroes {args[0]} bytes "
                      "that are not in the file", pos, {"global": full})
+            return
+        if full == "builtins.bytearray" and how not in ("NEWOBJ", "NEWOBJ_EX") and (
+                len(args) > 1 or (args and isinstance(args[0], str))) and not (
+                len(args) == 2 and isinstance(args[0], (str, Blob)) and
+                (not isinstance(args[0], Blob) or args[0].kind == "str") and
+                args[1] in _WRITTEN_CODECS):
+            # bytearray(str, codec[, errors]) encodes like _codecs.encode: any codec name
+            # imports its encodings module, and some are quadratic (punycode)
+            self.add("CKG117", f"bytearray called as {clip(repr(plain(args)))}: pickle "
+                     "writes bytearray(str, 'latin-1') only (other codecs import modules and "
+                     "expand their input)", pos, {"global": full})
             return
         if full == "torch.Size" and args and not int_tuple(args[0]) and \
                 not (type(args[0]) is list and all(type(x) is int for x in args[0])):
@@ -845,12 +901,18 @@ class _VM:
                          "torch.save never writes this and the tensor would no longer be the "
                          "one audited", pos)
                 return
-            if full == "torch.Tensor" and not isinstance(state, dict):
-                # torch.Tensor.__setstate__ with a tuple runs set_(storage, offset, size,
-                # stride): a tensor the audit has no record of
-                self.add("CKG408", "BUILD re-points a torch.Tensor() with set_ arguments: "
-                         "torch.save never writes this and the tensor is not one the audit "
-                         "recorded", pos)
+            m = target.func.model
+            if target.func.status.allowed and (full in _TENSOR_TYPES or (
+                    m is not None and m.makes_tensor and target.tensor is None)):
+                # torch's weights-only BUILD runs tensor.set_(*state) on a torch.Tensor
+                # (a dict state: set_ over its keys) and Parameter.__setstate__ (set_ for
+                # 4 items, .data and hooks for 5 or 3); pickle.load runs __setstate__:
+                # the tensor (or the one a Parameter wraps) is no longer one the audit
+                # recorded
+                self.add("CKG408", f"BUILD sets state on a {clip(full)} "
+                         f"({describe_value(state)}): torch runs set_ / __setstate__ on the "
+                         "tensor, which then is not the one audited (torch.save never writes "
+                         "this)", pos)
                 return
             row = None
             if target.func.status in USER_ALLOWED:
@@ -987,10 +1049,25 @@ class _VM:
             if pos + ln > n:
                 raise self.truncated(f"a {ln}-byte {O.NAMES[op]} literal", op_pos)
             self._check_literal(ln, op_pos)
-            if ln > _BIG_LITERAL:
+            py2_str = op in (0x54, 0x55)
+            if py2_str and self.torch:
+                # Python 2 str: torch.load passes encoding="utf-8" (strict) to every
+                # unpickler it uses; bytes that do not decode make it raise
+                if ln > _BIG_LITERAL:
+                    self._check_utf8(data, pos, ln, op_pos, "strict")
+                    stack.append(Blob("str", ln, self.base + pos))
+                else:
+                    try:
+                        stack.append(data[pos : pos + ln].decode("utf-8"))
+                    except UnicodeDecodeError:
+                        raise self.malformed(f"{O.NAMES[op]} is not valid UTF-8, the "
+                                             "encoding torch.load decodes it with",
+                                             op_pos) from None
+            elif ln > _BIG_LITERAL:
                 stack.append(Blob("bytes", ln, self.base + pos))
-            elif op in (0x54, 0x55):
-                # Python 2 str: decoded with the loader's encoding (torch: utf-8; pickle: ASCII)
+            elif py2_str:
+                # Python 2 str in a plain pickle: pickle.load decodes it as ASCII (strict),
+                # encoding="latin1" loaders byte for byte: latin-1 keeps every byte
                 raw = data[pos : pos + ln]
                 stack.append(raw.decode("latin-1"))
             elif op == 0x96:
@@ -1000,7 +1077,15 @@ class _VM:
             pos += ln
         elif op in {0x49, 0x4C, 0x46, 0x53, 0x56}:  # INT / LONG / FLOAT / STRING / UNICODE
             line, pos = self._line(data, pos, n, op_pos, O.NAMES[op])
-            stack.append(self._text_literal(op, line, op_pos))
+            v = self._text_literal(op, line, op_pos)
+            if op == 0x53 and self.torch and isinstance(v, str):
+                # the unpickler decodes the escaped bytes with its encoding: utf-8 in torch
+                try:
+                    v = v.encode("latin-1").decode("utf-8")
+                except UnicodeDecodeError:
+                    raise self.malformed("STRING is not valid UTF-8, the encoding torch.load "
+                                         "decodes it with", op_pos) from None
+            stack.append(v)
         elif op == 0x67:  # GET (text)
             line, pos = self._line(data, pos, n, op_pos, "GET")
             idx = self._text_literal(op, line, op_pos)
@@ -1040,9 +1125,22 @@ class _VM:
             kwargs = stack.pop()
             args = stack.pop()
             cls = stack[-1]
-            if not isinstance(kwargs, dict) and not isinstance(kwargs, (Call, Opaque)):
+            if not isinstance(kwargs, (dict, Call, Opaque, PersRef)):
                 raise self.malformed("NEWOBJ_EX keyword arguments are not a dict", op_pos)
-            stack[-1] = self.call(cls, args, op_pos, "NEWOBJ_EX")
+            if not isinstance(args, (tuple, Call, PersRef, Opaque)):
+                if not isinstance(args, (list, set, frozenset, dict, str, bytes, bytearray)):
+                    raise self.malformed(f"NEWOBJ_EX arguments are a {type(args).__name__}, "
+                                         "not a tuple", op_pos)
+                # pickle.py runs cls.__new__(cls, *args, **kwargs) on any iterable; the C
+                # unpickler refuses what is not a tuple: audit what pickle.py would call
+                self.add("CKG204", f"NEWOBJ_EX arguments are a {type(args).__name__}: the C "
+                         "unpickler refuses them, pickle.py unpacks them into the call",
+                         op_pos)
+                self._count_items(len(args))
+                args = tuple(args)
+            c = self.call(cls, args, op_pos, "NEWOBJ_EX")
+            self._keywords(cls, kwargs, op_pos)
+            stack[-1] = c
         elif op in (0x82, 0x83, 0x84):  # EXT1/2/4
             w = {0x82: 1, 0x83: 2, 0x84: 4}[op]
             if pos + w > n:
@@ -1133,9 +1231,10 @@ def _canonical_int(text: bytes) -> bool:
 #: value types whose hash a file cannot steer: str/bytes are randomised, the VM's own
 #: records hash by identity, None/True/False are single values
 _FIXED_HASH = frozenset({str, bytes, Global, Call, PersRef, Blob, Opaque, type(None), bool})
-_DICT_LIKE = frozenset({"collections.OrderedDict", "collections.Counter"})
-_BUILDABLE = frozenset({"collections.OrderedDict", "torch.nn.parameter.Parameter",
-                        "torch.Tensor"})
+_DICT_LIKE = DICT_LIKE
+_BUILDABLE = frozenset({"collections.OrderedDict"})
+#: tensor classes a BUILD never applies to (their state reaches set_)
+_TENSOR_TYPES = frozenset({"torch.Tensor", "torch.nn.parameter.Parameter"})
 
 
 #: the data constructors on the allowlist and the positional arguments they take
@@ -1213,6 +1312,20 @@ def _py_mapped(module: str, name: str) -> str:
 
 #: allowed callables whose arguments call() checks (the inline REDUCE path skips them)
 _ARG_CHECKED = frozenset({"builtins.bytearray", "numpy.dtype"})
+
+#: the rule a call of an allowlisted global reports for keyword arguments its model does
+#: not take, by the model's effect (a test pins that every Effect has one)
+_KEYWORD_RULES: dict[Effect, str] = {
+    Effect.ALLOCATE: "CKG112",      # size= allocates; cdata= / allocator= are raw pointers
+    Effect.DATA: "CKG114", Effect.LOOKUP: "CKG114", Effect.CONSTANT: "CKG114",
+    Effect.ENCODE: "CKG117",
+    Effect.VIEW: "CKG408", Effect.QUANTIZED: "CKG408", Effect.COPY: "CKG408",
+    Effect.WRAP: "CKG408", Effect.CALLS_ARGUMENT: "CKG408", Effect.META: "CKG408",
+    Effect.NO_DATA: "CKG408", Effect.COMPOSITE: "CKG408",
+}
+
+#: the codecs pickle and torch.save write for bytes as text (_codecs.encode, bytearray)
+_WRITTEN_CODECS = ("latin1", "latin-1")
 
 
 # --- entry point -------------------------------------------------------------------------
