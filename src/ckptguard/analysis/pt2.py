@@ -29,6 +29,22 @@ at load time) and every ``guards_code`` entry (``exec`` when ``ep.module()`` is 
 They must be plain expressions (CKG823, CRITICAL otherwise). Members outside the layout
 are noted (CKG824), and audited too when they hold a pickle or an archive.
 
+Members outside the archive folder are another program (``audit_outside``). load_pt2 refuses
+such an archive (RuntimeError: "file in archive is not in a subdirectory"), and
+``torch.export.load`` then falls back to the torch 2.7 layout: Python's ``zipfile`` opens the
+file, a top-level ``version`` must exist (``"8.x"``: SCHEMA_VERSION's major), every member is
+read, and by exact name ``serialized_exported_program.json`` goes to
+``torch._export.serde.serialize.deserialize`` (the same ExportedProgram schema as
+models/*.json: every expr_str is sympify'd) while ``serialized_{state_dict,constants,
+example_inputs}.pt`` and the deprecated ``serialized_{state_dict,constants}.json`` go to
+``deserialize_torch_artifact`` (b"" -> {}, else ``torch.load(weights_only=True)``, then
+``weights_only=False`` when that fails); ``extra_files*`` members are decoded as text for
+the caller. Those members are audited exactly so (whether or not ``version`` is there), and
+any member outside the folder is CKG821: torch.export.load either loads the fallback's
+program instead of the folder's, or fails. Without a member outside the folder the fallback
+finds no top-level ``version`` (Python's zipfile and miniz read the same names, CKG313
+otherwise) and stops before reading anything.
+
 Other readers of the same archive (DESIGN.md principle 2): ``torch.load`` reads
 ``<folder>/data.pkl`` of ANY zip (found as miniz finds it, ignoring ASCII case) and unpickles
 it with torch's persistent ids resolving to ``<folder>/data/<key>``, so a data.pkl is
@@ -151,13 +167,79 @@ def audit_pt2(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEntr
     return Format.TORCH_EXPORT
 
 
+#: torch.export.load's torch 2.7 fallback (torch/export/__init__.py, ``load``), by the exact
+#: names Python's zipfile gives the top-level members it keeps
+FALLBACK_VERSION = "version"
+FALLBACK_PROGRAM = "serialized_exported_program.json"
+#: handed to ``deserialize_torch_artifact``: torch.load(weights_only=True), then False
+FALLBACK_TORCH_LOAD = frozenset({"serialized_state_dict.pt", "serialized_constants.pt",
+                                 "serialized_example_inputs.pt", "serialized_state_dict.json",
+                                 "serialized_constants.json"})
+FALLBACK_EXTRA = "extra_files"  # a prefix: decoded as UTF-8 text for the caller
+_FALLBACK_READER = "torch.export.load (torch 2.7 fallback)"
+
+
+def _python_name(e: ZipEntry) -> str:
+    """The name CPython's zipfile gives the member (cut at the first NUL; a name that reads
+    differently otherwise is already CKG313)."""
+    return e.name.split("\0", 1)[0]
+
+
 def audit_outside(ctx: AuditContext, archive: ZipArchive, outside: list[ZipEntry]) -> None:
-    """Members outside the archive folder: torch never reads them; audited by content."""
-    for e in outside:
-        ctx.add("CKG824", f"{e.name} lies outside the archive folder; torch.export.load "
-                "never reads it", member=e.name)
-        if not e.name.endswith("/") and _nestable(archive, e):
-            _nested(ctx, archive, e)
+    """Members outside the archive folder: load_pt2 refuses the archive and torch.export.load
+    falls back to the torch 2.7 layout (module docstring). The members that fallback reads
+    are audited as it reads them; the others by content."""
+    if not outside:
+        return
+    named = [(_python_name(e), e) for e in outside]
+    versions = [e for n, e in named if n == FALLBACK_VERSION]
+    shown = ", ".join(escape(e.name, 80) for e in outside[:10])[:500]
+    if versions:
+        raw = read_small_record(ctx, archive, versions[-1], "CKG821")  # zipfile: the last
+        text = escape(raw.decode("utf-8", "replace"), 40) if raw is not None else "?"
+        ctx.metadata["pt2.fallback_version"] = text
+        ctx.add("CKG821", f"{len(outside)} member(s) lie outside the archive folder: load_pt2 "
+                "refuses the archive (RuntimeError) and torch.export.load falls back to its "
+                f"torch 2.7 reader, which finds the top-level version ({text!r}) and loads "
+                f"{FALLBACK_PROGRAM} (every expr_str through sympy.sympify) and the "
+                "serialized_*.pt members (torch.load, weights_only=False when weights_only="
+                "True fails) instead of the folder's program; audited as it reads them",
+                member=versions[-1].name,
+                evidence={"members": shown, "reader": _FALLBACK_READER})
+    else:
+        ctx.add("CKG821", f"{len(outside)} member(s) lie outside the archive folder: load_pt2 "
+                "refuses the archive (RuntimeError) and torch.export.load's torch 2.7 "
+                "fallback finds no top-level 'version': torch.export.load fails",
+                member=outside[0].name, evidence={"members": shown})
+    for n, e in named:
+        if n == FALLBACK_VERSION:
+            continue
+        if n == FALLBACK_PROGRAM:
+            _audit_model(ctx, archive, e, meta="pt2.fallback")
+        elif n in FALLBACK_TORCH_LOAD:
+            _fallback_torch_load(ctx, archive, e)
+        elif n.startswith(FALLBACK_EXTRA):  # text for the caller; other readers by content
+            if not e.name.endswith("/") and _nestable(archive, e):
+                _nested(ctx, archive, e)
+        else:
+            ctx.add("CKG824", f"{e.name} lies outside the archive folder; torch.export.load's "
+                    "torch 2.7 fallback inflates it but does not use it (CKG821: load_pt2 "
+                    "refuses the archive)", member=e.name)
+            if not e.name.endswith("/") and _nestable(archive, e):
+                _nested(ctx, archive, e)
+
+
+def _fallback_torch_load(ctx: AuditContext, archive: ZipArchive, e: ZipEntry) -> None:
+    """A serialized_*.pt/.json member of the torch 2.7 fallback: ``deserialize_torch_artifact``
+    returns {} for no bytes, else ``torch.load``s them (weights_only=False on failure)."""
+    if e.size == 0:
+        return  # zipfile reads b"" (or fails its CRC check)
+    result = _nested(ctx, archive, e)
+    if result.format not in (Format.TORCH_ZIP, Format.TORCH_LEGACY):
+        ctx.add("CKG821", f"{e.name} holds {result.format.value} content, not the torch.save "
+                "archive torch.export.load's torch 2.7 fallback torch.loads from it "
+                "(weights_only=False when weights_only=True fails)", member=e.name,
+                evidence={"reader": _FALLBACK_READER})
 
 
 # --- records ---------------------------------------------------------------------------------
@@ -207,7 +289,8 @@ def _json(ctx: AuditContext, archive: ZipArchive, e: ZipEntry) -> Any:
 
 # --- models/<name>.json: the program's expressions --------------------------------------------
 
-def _audit_model(ctx: AuditContext, archive: ZipArchive, e: ZipEntry) -> None:
+def _audit_model(ctx: AuditContext, archive: ZipArchive, e: ZipEntry, *,
+                 meta: str = "pt2") -> None:
     value = _json(ctx, archive, e)
     if value is None:
         return
@@ -235,8 +318,8 @@ def _audit_model(ctx: AuditContext, archive: ZipArchive, e: ZipEntry) -> None:
                     stack.append(x)
         elif isinstance(v, list):
             stack.extend(v)
-    ctx.metadata["pt2.expressions"] = str(exprs)
-    ctx.metadata["pt2.guards"] = str(guards)
+    ctx.metadata[f"{meta}.expressions"] = str(exprs)
+    ctx.metadata[f"{meta}.guards"] = str(guards)
 
 
 #: names sympy.sympify may CALL in an expr_str: sympy's own constructors and torch's
@@ -532,4 +615,5 @@ def _nested(ctx: AuditContext, archive: ZipArchive, e: ZipEntry) -> NestedResult
     return audit_data(ctx, data, e.data_offset, e.name)
 
 
-__all__ = ["SYMPY_CALLABLES", "audit_outside", "audit_pt2", "expr_problem", "guard_problem"]
+__all__ = ["FALLBACK_PROGRAM", "FALLBACK_TORCH_LOAD", "FALLBACK_VERSION", "SYMPY_CALLABLES",
+           "audit_outside", "audit_pt2", "expr_problem", "guard_problem"]
