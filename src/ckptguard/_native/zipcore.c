@@ -22,7 +22,8 @@
  * the space up to the end records, stored members in ascending offset order with no gap,
  * overlap or prefix, ASCII names without suspect bytes that stay distinct under ASCII case
  * folding, no entry miniz takes for a directory unless it has no bytes (a '/' name
- * without bytes; the DOS directory attribute declines), local headers equal to the
+ * without bytes; the DOS directory attribute declines), extra fields (central and local)
+ * of the harmless kinds only (HARMLESS_EXTRA), local headers equal to the
  * central directory, data descriptors (with signature) that agree with it. Every
  * condition the Python reader checks is covered by a C condition at least as strict (see
  * the comments naming the rule each one stands for).
@@ -243,13 +244,38 @@ static int zip64_extra(const unsigned char *x, Py_ssize_t xlen, int need_u, int 
     return -1;
 }
 
-/* zipfile._python_same_entry's extra-field part: well formed, at most one Zip64 field */
-static int extra_well_formed(const unsigned char *x, Py_ssize_t xlen) {
+/* zipfile.HarmlessExtra: the extra-field ids known to leave how every reader names, sizes,
+ * places and decodes a member alone (the module's HARMLESS_EXTRA_IDS; a test pins the two
+ * tables to each other). Any other id (0x7075, the Info-ZIP Unicode Path that renames a
+ * member for CPython >= 3.12's zipfile and Info-ZIP unzip, first of all) is CKG313. */
+static const unsigned HARMLESS_EXTRA[] = {
+    0x0001, /* Zip64 */
+    0x000A, /* NTFS times */
+    0x4246, /* torch.save's 'FB' padding */
+    0x5455, /* Info-ZIP extended timestamp */
+    0x5855, /* Info-ZIP Unix, first form */
+    0x7855, /* Info-ZIP Unix owner, second form */
+    0x7875, /* Info-ZIP Unix owner */
+    0xCAFE, /* JAR marker */
+    0xD935, /* Android zipalign */
+};
+#define N_HARMLESS_EXTRA ((int)(sizeof(HARMLESS_EXTRA) / sizeof(HARMLESS_EXTRA[0])))
+
+static inline int harmless_extra(unsigned hid) {
+    for (int k = 0; k < N_HARMLESS_EXTRA; k++)
+        if (HARMLESS_EXTRA[k] == hid) return 1;
+    return 0;
+}
+
+/* zipfile._python_same_entry's extra-field part and zipfile._unlisted_extra (CKG313): well
+ * formed, harmless ids only, at most one Zip64 field. The local header's extra field is
+ * held to the same (Info-ZIP unzip reads fields there too). */
+static int extra_plain(const unsigned char *x, Py_ssize_t xlen) {
     Py_ssize_t pos = 0;
     int z = 0;
     while (pos + 4 <= xlen) {
         unsigned hid = rd16(x + pos), hlen = rd16(x + pos + 2);
-        if (pos + 4 + (Py_ssize_t)hlen > xlen) return 0;
+        if (pos + 4 + (Py_ssize_t)hlen > xlen || !harmless_extra(hid)) return 0;
         z += hid == 0x0001;
         pos += 4 + (Py_ssize_t)hlen;
     }
@@ -541,6 +567,8 @@ static int check_locals(Reader *read, Ent *ents, Py_ssize_t n, int64_t cd_off) {
             /* Python reads again (record=True) when the name or extra is not buffered */
             if (name_end > blen || name_end + lxlen > blen) { ok = 0; break; }
             const unsigned char *lextra = buf + name_end;
+            /* CKG313: a local extra field outside HarmlessExtra (or not well formed) */
+            if (!extra_plain(lextra, (Py_ssize_t)lxlen)) { ok = 0; break; }
             int64_t data_off = (int64_t)e->hoff + LOC_SIZE + lnlen + lxlen;
             /* CKG302: name, method, flags differ */
             if (lnlen != e->nlen || !same_bytes(buf + rel + LOC_SIZE, e->name, lnlen) ||
@@ -733,8 +761,8 @@ static PyObject *prove_with(Reader *read, long long size_ll, long long max_membe
         const unsigned char *name = h + CEN_SIZE, *extra = h + CEN_SIZE + nlen;
         /* zipfile reads it the same (_python_same_entry), CKG302/308/315 names */
         if (vn > 63 || !plain_name(name, (Py_ssize_t)nlen) ||
-            !extra_well_formed(extra, (Py_ssize_t)xlen))
-            goto decline;
+            !extra_plain(extra, (Py_ssize_t)xlen))
+            goto decline; /* ... and CKG313: an extra field outside HarmlessExtra */
         if (csize == 0xFFFFFFFFULL || usize == 0xFFFFFFFFULL || hoff == 0xFFFFFFFFULL) {
             if (zip64_extra(extra, (Py_ssize_t)xlen, usize == 0xFFFFFFFFULL,
                             csize == 0xFFFFFFFFULL, hoff == 0xFFFFFFFFULL, &usize, &csize,
@@ -976,5 +1004,19 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "zipcore",
 PyMODINIT_FUNC PyInit_zipcore(void) {
     kw_record = Py_BuildValue("(s)", "record");
     if (!kw_record) return NULL;
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    PyObject *ids = PyTuple_New(N_HARMLESS_EXTRA);
+    if (!ids) { Py_DECREF(m); return NULL; }
+    for (int k = 0; k < N_HARMLESS_EXTRA; k++) {
+        PyObject *v = PyLong_FromUnsignedLong(HARMLESS_EXTRA[k]);
+        if (!v) { Py_DECREF(ids); Py_DECREF(m); return NULL; }
+        PyTuple_SET_ITEM(ids, k, v);
+    }
+    if (PyModule_AddObject(m, "HARMLESS_EXTRA_IDS", ids) < 0) {
+        Py_DECREF(ids);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -3,10 +3,12 @@
 ``prove_canonical`` runs the C prover over the audit's own ``Source.read`` (the same reads,
 with the same ``record`` flags, in the same order as the pure-Python reader, so the
 recorded regions and the report are identical). The prover either proves the plain case
-(see zipcore.c: no finding of any kind, Python's zipfile reads the same directory) and
-returns the entries built exactly as ``read_archive`` builds them, or declines; then the
-read counters are put back and ``read_archive`` runs as before and explains
-(DESIGN.md principle 9: the fast path proves, the slow path explains).
+(see zipcore.c: no finding of any kind, Python's zipfile reads the same directory, extra
+fields of the harmless kinds only -- ``same_extra_table`` checks that the module's table
+is ``zipfile.HarmlessExtra``, or the module is not used) and returns the entries built
+exactly as ``read_archive`` builds them, or declines; then the read counters are put back
+and ``read_archive`` runs as before and explains (DESIGN.md principle 9: the fast path
+proves, the slow path explains).
 
 ``facts(archive)`` gives the summary facts the prover established for an archive it
 accepted, so per-member loops of the torch-zip auditor that provably find nothing can be
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -84,14 +87,31 @@ def _entry_layout_ok(entry_cls: type[ZipEntry]) -> bool:
     return names == FIELDS and not hasattr(entry_cls, "__post_init__")
 
 
+def same_extra_table(core: object, harmless: Iterable[int]) -> bool:
+    """Does the compiled prover accept exactly the extra-field ids ``harmless`` (the reader's
+    ``zipfile.HarmlessExtra``) lists? A module built from other sources (a stale build
+    without the table, or with another one) could prove an archive the Python reader flags:
+    it is not used."""
+    ids = getattr(core, "HARMLESS_EXTRA_IDS", None)
+    return isinstance(ids, tuple) and sorted(ids) == sorted(int(x) for x in harmless)
+
+
+_TABLE_OK: list[bool] = []   # same_extra_table of the loaded module, computed once
+
+
 def prove_canonical(ctx: AuditContext, archive_cls: type[ZipArchive],
-                    entry_cls: type[ZipEntry], on_defect: DefectSink | None) -> ZipArchive | None:
+                    entry_cls: type[ZipEntry], on_defect: DefectSink | None,
+                    harmless: Iterable[int]) -> ZipArchive | None:
     """The archive ``read_archive`` would return without any defect, or None (declined:
     nothing was recorded and the read counters are as before). ``on_defect`` goes to the
     archive: its members' later reads (CRC, size, deflate) still report there."""
     core = native("zipcore")
     src = ctx.source
     if core is None or not _local(src) or not _entry_layout_ok(entry_cls):
+        return None
+    if not _TABLE_OK:
+        _TABLE_OK.append(same_extra_table(core, harmless))
+    if not _TABLE_OK[0]:
         return None
     lim = ctx.limits
     fd_at = _fd_of(src)
@@ -127,4 +147,4 @@ def facts(archive: object) -> ArchiveFacts | None:
     return _FACTS.get(archive)
 
 
-__all__ = ["FIELDS", "ArchiveFacts", "facts", "prove_canonical"]
+__all__ = ["FIELDS", "ArchiveFacts", "facts", "prove_canonical", "same_extra_table"]

@@ -19,10 +19,10 @@ import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, IntEnum
 
 from ..context import AuditContext, LimitExceeded
-from ..primitives import or_default
+from ..primitives import escape, or_default
 
 _EOCD_SIG = b"PK\x05\x06"
 _Z64_LOC_SIG = b"PK\x06\x07"
@@ -47,6 +47,43 @@ DOS_DIRECTORY = 0x10
 #: miniz's MZ_ZIP_MAX_ARCHIVE_FILENAME_SIZE: torch's getAllRecords copies names into a buffer
 #: of this size (NUL included), so longer names are cut.
 TORCH_NAME_BUFFER = 512
+
+
+class HarmlessExtra(IntEnum):
+    """The extra-field ids (central directory and local headers) known to leave how every
+    reader names, sizes, places and decodes a member alone: what torch.save, CPython's
+    zipfile and common zippers write. Allow, don't deny: any other id, in the central
+    directory or a local header, is a PYTHON_READS_DIFFERENTLY defect (the Info-ZIP Unicode
+    Path field 0x7075 renames a member for CPython >= 3.12's zipfile and Info-ZIP unzip;
+    the next field a reader learns could do anything), and the zip prover
+    (``_native/zipcore.c``, its ``HARMLESS_EXTRA_IDS``) declines it."""
+
+    #: Zip64 sizes and offset: decoded by the reader itself (``_zip64_extra``)
+    ZIP64 = 0x0001
+    #: NTFS times (Windows, 7-Zip)
+    NTFS_TIMES = 0x000A
+    #: torch.save's 'FB' padding that aligns tensor data (PyTorchStreamWriter, local headers)
+    TORCH_PADDING = 0x4246
+    #: Info-ZIP extended timestamp 'UT'
+    EXTENDED_TIMESTAMP = 0x5455
+    #: Info-ZIP Unix, first form 'UX' (times, owner)
+    INFOZIP_UNIX_OLD = 0x5855
+    #: Info-ZIP Unix owner, second form 'Ux'
+    INFOZIP_UNIX_OWNER_OLD = 0x7855
+    #: Info-ZIP Unix owner 'ux' (zip 3.0)
+    INFOZIP_UNIX_OWNER = 0x7875
+    #: the JAR marker (java.util.jar, empty)
+    JAR_MARKER = 0xCAFE
+    #: Android zipalign's alignment padding
+    ANDROID_ALIGNMENT = 0xD935
+
+
+_HARMLESS_EXTRA = frozenset(int(x) for x in HarmlessExtra)
+#: how the messages name a few ids that are not harmless
+_EXTRA_NAMES = {0x7075: "Info-ZIP Unicode Path", 0x6375: "Info-ZIP Unicode Comment",
+                0x000D: "PKWARE Unix", 0x756E: "ASi Unix", 0x0017: "strong encryption",
+                0x9901: "WinZip AES", 0x4453: "Windows NT security descriptor"}
+_UNICODE_PATH = 0x7075
 
 
 class ZipDefect(Enum):
@@ -380,7 +417,7 @@ def read_archive(ctx: AuditContext, on_defect: DefectSink | None = None) -> ZipA
     (``analysis/zipdefects.record_defects(ctx)`` makes them findings); None if unusable."""
     from .zipfast import prove_canonical  # the C prover: no defect at all, or it declines
 
-    proven = prove_canonical(ctx, ZipArchive, ZipEntry, on_defect)
+    proven = prove_canonical(ctx, ZipArchive, ZipEntry, on_defect, HarmlessExtra)
     if proven is not None:
         return proven
     report = Reporter(on_defect)
@@ -524,6 +561,7 @@ def _parse_central(report: Reporter, cd: bytes, cd_off: int, n_total: int,
             return None
         if canonical[0] and not _python_same_entry(name_b, flags, vn, extra):
             canonical[0] = False
+        odd_extra = _unlisted_extra(extra, name_b, "central-directory")
         if 0xFFFFFFFF in (csize, usize, hoff):
             z = _zip64_extra(extra, usize == 0xFFFFFFFF, csize == 0xFFFFFFFF,
                              hoff == 0xFFFFFFFF)
@@ -545,6 +583,9 @@ def _parse_central(report: Reporter, cd: bytes, cd_off: int, n_total: int,
             if any(b >= 0x80 for b in name_b):
                 report(D.NAME_NOT_ASCII, i, offset=cd_off + pos)
             name = name_b.decode("utf-8", "surrogateescape")
+        if odd_extra is not None:
+            report(D.PYTHON_READS_DIFFERENTLY, name, None, csize, usize, method, odd_extra,
+                   member=name, offset=cd_off + pos)
         if disk != 0:
             report(D.ENTRY_ON_OTHER_DISK, name, member=name)
         if (method == STORED and csize != usize) or (usize and not csize):
@@ -589,17 +630,55 @@ def _miniz_directory(name: bytes, ext_attr: int, csize: int, usize: int) -> bool
 def _python_same_entry(name: bytes, flags: int, version_needed: int, extra: bytes) -> bool:
     """Does CPython's zipfile read this entry exactly as the strict reader does? Plain
     ASCII (or UTF-8-flagged) names without NUL, version needed <= 63, and extra fields that
-    are well formed with at most one Zip64 field."""
+    are well formed, of harmless kinds only (``HarmlessExtra``: the zipfile of another
+    Python version decodes more of them), with at most one Zip64 field."""
     if b"\0" in name or version_needed > 63 or (not flags & 0x0800 and not name.isascii()):
         return False
     pos = zip64 = 0
     while pos + 4 <= len(extra):
         hid, hlen = struct.unpack_from("<HH", extra, pos)
-        if pos + 4 + hlen > len(extra):
+        if pos + 4 + hlen > len(extra) or hid not in _HARMLESS_EXTRA:
             return False
         zip64 += hid == 0x0001
         pos += 4 + hlen
     return pos == len(extra) and zip64 <= 1
+
+
+def _unlisted_extra(extra: bytes, raw_name: bytes, where: str) -> str | None:
+    """Why the extra fields of one header are not harmless (an id outside
+    ``HarmlessExtra``, even one whose length runs past the field), or None. Readers differ
+    on which fields they decode and on whether they read them in the central directory
+    (CPython) or in the local header as well (Info-ZIP unzip): any unlisted id, anywhere,
+    is a defect, whether today's readers would act on it or not (a Unicode Path field with
+    another version or a wrong name CRC included)."""
+    pos = 0
+    odd: list[str] = []
+    while pos + 4 <= len(extra) and len(odd) < 3:
+        hid, hlen = struct.unpack_from("<HH", extra, pos)
+        body = extra[pos + 4 : pos + 4 + hlen]
+        pos += 4 + hlen
+        if hid in _HARMLESS_EXTRA:
+            continue
+        label = _EXTRA_NAMES.get(hid)
+        what = f"0x{hid:04x}" + (f" ({label})" if label is not None else "")
+        if hid == _UNICODE_PATH and len(body) >= 5:
+            version, crc = struct.unpack_from("<BI", body, 0)
+            new = escape(body[5:].decode("utf-8", "replace"), 80)
+            if version == 1 and crc == zlib.crc32(raw_name) & 0xFFFFFFFF:
+                what += (f" renames it '{new}' for CPython >= 3.12's zipfile and Info-ZIP "
+                         "unzip" if where == "central-directory" else
+                         f" renames it '{new}' for readers that take names from local "
+                         "headers (Info-ZIP unzip decodes it there)")
+            else:
+                what += (f" names it '{new}' (version {version}, name CRC "
+                         f"{'matches' if crc == zlib.crc32(raw_name) & 0xFFFFFFFF else 'differs'}"
+                         ": today's readers skip it, a laxer one renames the member)")
+        else:
+            what += " is not of a kind known to leave a member's name, size and place alone"
+        odd.append(what)
+    if not odd:
+        return None
+    return f"its {where} extra field {'; '.join(odd)}"
 
 
 def _zip64_extra(extra: bytes, need_u: bool, need_c: bool,
@@ -712,6 +791,10 @@ def _check_locals(ctx: AuditContext, report: Reporter, entries: list[ZipEntry],
                 if len(lextra) < lxlen:
                     lextra = src.read(e.header_offset + _LOC.size + lnlen, lxlen, record=True)
             data_off = e.header_offset + _LOC.size + lnlen + lxlen
+            odd_extra = _unlisted_extra(lextra, lname, "local-header")
+            if odd_extra is not None:
+                report(D.PYTHON_READS_DIFFERENTLY, e.name, None, e.compressed_size, e.size,
+                       e.method, odd_extra, member=e.name, offset=e.header_offset)
             if lname != e.raw_name:
                 report(D.LOCAL_NAME_DIFFERS, lname, e.raw_name, member=e.name,
                        offset=e.header_offset)
@@ -966,5 +1049,5 @@ def compare_python_zipfile(ctx: AuditContext, archive: ZipArchive) -> ZipArchive
 
 
 __all__ = ["DEFLATED", "DOS_DIRECTORY", "STORED", "TORCH_NAME_BUFFER", "Defect", "DefectSink",
-           "DefectValue", "Reporter", "ZipArchive", "ZipDefect", "ZipEntry",
+           "DefectValue", "HarmlessExtra", "Reporter", "ZipArchive", "ZipDefect", "ZipEntry",
            "compare_python_zipfile", "python_zipfile_view", "read_archive"]
