@@ -170,8 +170,8 @@ _RULES: tuple[Rule, ...] = (
          "or converts a value computed at load time, e.g. a tensor element by element.",
          "Do not load this file."),
     Rule("CKG117", "unusual-codec-call", S.MEDIUM, B,
-         "_codecs.encode is called in a form pickle and torch.save never write (another codec, "
-         "a non-string argument).",
+         "_codecs.encode or bytearray(str, codec) is called in a form pickle and torch.save "
+         "never write (another codec, a non-string argument).",
          "Do not load this file; other codecs import modules and expand their input."),
     # --- pickle program structure ----------------------------------------------------------
     Rule("CKG201", "truncated-pickle", S.MEDIUM, U,
@@ -232,7 +232,9 @@ _RULES: tuple[Rule, ...] = (
          "Harmless for torch; remove it when re-saving."),
     Rule("CKG313", "zip-reader-disagreement", S.HIGH, B,
          "CPython's zipfile (numpy.load for npz, every Python program) and miniz (torch) read "
-         "different members, offsets or sizes from the archive, or only one can open it.",
+         "different members, offsets or sizes from the archive, or only one can open it; or "
+         "an entry carries an extra field outside the harmless kinds (e.g. the Unicode Path "
+         "field 0x7075, which renames a member for CPython >= 3.12 and Info-ZIP unzip).",
          "Do not load this file: a reader other than the audited one would see other content."),
     Rule("CKG314", "zip64-extensible-data", S.HIGH, B,
          "The Zip64 end-of-central-directory record carries extensible data: Python's zipfile "
@@ -268,7 +270,9 @@ _RULES: tuple[Rule, ...] = (
          "A storage names a device location ckptguard does not recognise.",
          "Pass map_location when loading."),
     Rule("CKG408", "malformed-tensor-record", S.MEDIUM, B,
-         "A tensor rebuild call has arguments of the wrong shape or type.",
+         "A tensor rebuild call has arguments of the wrong shape or type, or something "
+         "changes a tensor after it is rebuilt (a state or backward hooks set on it, a BUILD "
+         "on a Tensor or Parameter, keyword arguments to a tensor call).",
          "Re-save the checkpoint with torch.save."),
     # tensor invariants torch's loaders skip: checked on every tensor a loader rebuilt,
     # before it is handed out (ckptguard.loaders.invariants); the file is refused
@@ -405,7 +409,9 @@ _RULES: tuple[Rule, ...] = (
          "source is not trusted."),
     Rule("CKG821", "pt2-layout-invalid", S.HIGH, B,
          "The .pt2 archive does not follow torch.export's layout (archive_format, "
-         "archive_version, byteorder, JSON configs and models).",
+         "archive_version, byteorder, JSON configs and models), or has members outside the "
+         "archive folder: load_pt2 then refuses it and torch.export.load falls back to its "
+         "torch 2.7 reader, which loads the top-level members instead.",
          "Re-export the program with torch.export.save."),
     Rule("CKG822", "pt2-native-code", S.CRITICAL, B,
          "The .pt2 archive carries AOTInductor artifacts: torch.export.load loads the "
@@ -417,7 +423,9 @@ _RULES: tuple[Rule, ...] = (
          "it as Python.",
          "Do not load this archive."),
     Rule("CKG824", "pt2-unknown-member", S.LOW, N,
-         "A .pt2 member is not part of torch.export's layout; torch.export.load never reads it.",
+         "A .pt2 member is not part of torch.export's layout and torch.export.load does not "
+         "use it (inside the folder: not named by the layout; outside: not read by the torch "
+         "2.7 fallback, and CKG821 blocks the archive).",
          "Harmless for torch.export.load; re-export to drop it."),
     Rule("CKG825", "pt2-payload-mismatch", S.HIGH, B,
          "A .pt2 weights or constants config disagrees with the archive (a missing member, a "
