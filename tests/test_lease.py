@@ -34,7 +34,7 @@ from ckg_loader_helpers import (
 )
 
 import ckptguard
-from ckptguard.errors import FileChangedError
+from ckptguard.errors import FileChangedError, LoaderError
 from ckptguard.loaders import _torch, base, torchfile
 from ckptguard.primitives import read_lease_held, take_read_lease
 
@@ -348,3 +348,30 @@ def test_the_lease_ends_with_the_load_even_while_tensors_map_the_file(leasable: 
     fd = os.open(p, os.O_RDWR | os.O_NONBLOCK)  # EAGAIN while a lease is held
     os.close(fd)
     assert len(out) == len(sd)
+
+
+@pytest.mark.filterwarnings("ignore:pickle_load_args only works")
+def test_another_encoding_is_refused_unless_proven(leasable: Path) -> None:
+    """torch.load(encoding="latin1") under the gate reads a Python 2 storage key otherwise
+    than the audit (UTF-8, as torch.load decodes by default): the same bytes, another
+    record. The lease proves the bytes, not the reading: such a load is refused, unless
+    the fast path proved the pickle (no Python 2 string in it)."""
+    from ckg_families import family
+
+    fam = family("vm_round8")
+    p = leasable / "key.pt"
+    p.write_bytes(fam["binstring_variant"]("short_binstring", "é".encode(), "storage_key"))
+    assert ckptguard.scan(p).verdict.value == "SAFE"
+    assert torch.load(p, weights_only=True, encoding="latin1")["x"].tolist() == [1.0, 2.0]
+    plain = save_torch(leasable / "plain.pt", {"w": torch.arange(4.0)})
+    with ckptguard.guard_torch_load():
+        # what the audit read: the UTF-8 record
+        assert torch.load(p, weights_only=True)["x"].tolist() == fam["R8_TORCH_VALUES"]
+        assert torch.load(p, weights_only=True, encoding="UTF8")["x"].tolist() == \
+            fam["R8_TORCH_VALUES"]
+        with pytest.raises(LoaderError, match="encoding='latin1'"):
+            torch.load(p, weights_only=True, encoding="latin1")
+        out = torch.load(plain, weights_only=True, encoding="latin1")  # proven: no py2 str
+        assert torch.equal(out["w"], torch.arange(4.0))
+        with open(p, "rb") as fh, pytest.raises(LoaderError, match="encoding='latin1'"):
+            torch.load(fh, weights_only=True, encoding="latin1")  # a file object too

@@ -51,7 +51,7 @@ from ._torch import INSIDE_AUDITED_LOAD, ORIGINAL_CODE, safe_globals, torch
 from .base import open_audited, require_safe
 from .invariants import check_loaded
 from .safetensors import load_safetensors
-from .torchfile import load_torch
+from .torchfile import check_encoding, load_torch
 
 
 @dataclass(frozen=True, eq=False)
@@ -241,6 +241,7 @@ def _load_filelike(f: Any, cfg: GuardConfig, map_location: Any, mmap: bool | Non
         else "<file-like object>"
     report = audit_bytes(data, name, policy=cfg.policy, limits=cfg.limits)
     require_safe(report)
+    check_encoding(name, pickle_load_args.get("encoding"), False)
     with safe_globals(cfg.policy, report):
         obj = _torch.torch_load(io.BytesIO(data), map_location=map_location,
                                 weights_only=True, mmap=mmap, **pickle_load_args)

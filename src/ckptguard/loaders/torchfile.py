@@ -12,6 +12,7 @@ value is whatever ``torch.load`` returns (a state dict is usually a dict/Ordered
 
 from __future__ import annotations
 
+import codecs
 import os
 import pickle
 from collections.abc import Iterator, Mapping
@@ -40,6 +41,25 @@ def translate_if_changed(af: AuditedFile, error: BaseException) -> None:
         raise changed from error
 
 
+def check_encoding(path: str, encoding: object, proven: bool) -> None:
+    """torch.load's ``encoding=`` (the gate passes the caller's through) decodes the pickle's
+    Python 2 strings; the audit reads them as torch does by default, as UTF-8. Another
+    encoding can turn a storage key into the name of another record, so it is refused
+    unless the fast path ``proven`` the pickle (it holds no Python 2 string)."""
+    if encoding is None or proven:
+        return
+    try:
+        name = codecs.lookup(str(encoding)).name
+    except LookupError:
+        return  # torch raises its own error for it
+    if name != "utf-8":
+        raise LoaderError(
+            f"{path}: torch.load(encoding={encoding!r}): the audit read this pickle's "
+            "Python 2 strings as torch.load decodes them by default (UTF-8), and another "
+            "encoding can make a storage key name another record; load it without "
+            "encoding=, or re-save the checkpoint with torch.save")
+
+
 def load_torch(af: AuditedFile, map_location: MapLocation = "cpu", *, mmap: bool | None = True,
                exact_mmap: bool = False, copy: bool = False, **pickle_load_args: Any) -> Any:
     """``torch.load`` the audited file through the same inode, verify its identity, that
@@ -59,6 +79,7 @@ def load_torch(af: AuditedFile, map_location: MapLocation = "cpu", *, mmap: bool
     the audited ones, raises :class:`FileChangedError`.
     """
     legacy = af.report.format is Format.TORCH_LEGACY
+    check_encoding(af.path, pickle_load_args.get("encoding"), af.proven)
     use_mmap: bool | None = mmap if exact_mmap else (bool(mmap) and not legacy and not copy)
     path = fd_path(af.fd, af.check_stat())
     if af.leased and path is not None and mmap_opens_for_writing(use_mmap):
@@ -139,5 +160,5 @@ def state_dict_items(af: AuditedFile, obj: Any) -> Iterator[tuple[str, torch.Ten
     return iter_tensors(obj)
 
 
-__all__ = ["LOAD_FAILURES", "iter_tensors", "load_torch", "state_dict_items",
+__all__ = ["LOAD_FAILURES", "check_encoding", "iter_tensors", "load_torch", "state_dict_items",
            "translate_if_changed"]
