@@ -375,3 +375,44 @@ def test_another_encoding_is_refused_unless_proven(leasable: Path) -> None:
         assert torch.equal(out["w"], torch.arange(4.0))
         with open(p, "rb") as fh, pytest.raises(LoaderError, match="encoding='latin1'"):
             torch.load(fh, weights_only=True, encoding="latin1")  # a file object too
+
+
+def _sharded(d: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    import json
+
+    sd = benign_state_dict()
+    names = list(sd)
+    parts = [{k: sd[k] for k in names[:5]}, {k: sd[k] for k in names[5:]}]
+    weight_map: dict[str, str] = {}
+    for i, part in enumerate(parts, 1):
+        shard = f"model-{i:05d}-of-00002.bin"
+        save_torch(d / shard, part)
+        weight_map.update({k: shard for k in part})
+    index = d / "pytorch_model.bin.index.json"
+    index.write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+    return index, sd
+
+
+def test_sharded_safe_load_leases_every_shard(leasable: Path, checks: dict[str, int]) -> None:
+    """safe_load of an index: each shard is re-read once when it is reopened after the
+    index audit (its lease came after that audit), then the lease stands in for the
+    checks after its load."""
+    index, sd = _sharded(leasable)
+    out = ckptguard.safe_load(index)
+    assert list(out) == list(sd)
+    for k in sd:
+        assert_same_state_dict({k: out[k]}, {k: sd[k]})
+    assert checks == {"reread": 2, "structure": 0}
+    for shard in leasable.glob("model-*.bin"):  # and every lease ended with the load
+        os.close(os.open(shard, os.O_RDWR | os.O_NONBLOCK))
+
+
+def test_iter_state_dict_over_shards_takes_no_lease(leasable: Path,
+                                                   checks: dict[str, int]) -> None:
+    index, sd = _sharded(leasable)
+    with ckptguard.iter_state_dict(index) as it:
+        shard = next(iter(leasable.glob("model-*.bin")))
+        os.close(os.open(shard, os.O_RDWR | os.O_NONBLOCK))  # no lease while iterating
+        got = dict(it)
+    assert list(got) == list(sd)
+    assert checks["structure"] == 2

@@ -126,7 +126,7 @@ def safe_load(
                     "ckptguard.scan() audits it and torch.export.load() loads it (audited "
                     "first under ckptguard.guard_torch_load())"))
             if af.report.format is Format.JSON:
-                it = ld.iterate_audited(af, map_location, mmap=mmap, copy=copy)
+                it = ld.iterate_audited(af, map_location, mmap=mmap, copy=copy, lease=True)
                 with it:
                     return dict(it)
             return ld.load_audited(af, map_location, mmap=mmap, copy=copy, engine=eng)

@@ -78,16 +78,19 @@ def load_audited(af: AuditedFile, map_location: MapLocation = "cpu", *,
 
 
 def iterate_audited(af: AuditedFile, map_location: MapLocation = "cpu", *,
-                    mmap: bool | None = True, copy: bool = False) -> StateDictIterator:
+                    mmap: bool | None = True, copy: bool = False,
+                    lease: bool = False) -> StateDictIterator:
     """An iterator over a single file or, for an index json, all of its shards (every
-    shard audited and SAFE before this returns). Takes ownership of ``af`` (closes it)."""
+    shard audited and SAFE before this returns). Takes ownership of ``af`` (closes it).
+    ``lease``: read leases on the shards, for a caller that exhausts the iterator at once
+    (``safe_load``): a writer waits for it while they are held."""
     try:
         require_safe(af.report)
         if af.report.format is Format.JSON:
             index_report = audit_index_for(af)
             require_safe(index_report)
             index = parse_index(af)
-            files = open_shards(af, index_report, index)
+            files = open_shards(af, index_report, index, lease=lease)
             af.close()
         elif af.report.format in TORCH_FORMATS or af.report.format is Format.SAFETENSORS:
             files = [af]

@@ -24,6 +24,7 @@ from typing import Any
 from ..errors import FileChangedError
 from ..model import Format, Report
 from ..primitives import open_readonly
+from . import base
 from ._torch import MapLocation, is_meta, torch
 from .base import (
     TORCH_FORMATS,
@@ -92,11 +93,13 @@ def audit_index_for(af: AuditedFile) -> Report:
     return report
 
 
-def open_shards(index_af: AuditedFile, index_report: Report, index: ShardIndex
-                ) -> list[AuditedFile]:
+def open_shards(index_af: AuditedFile, index_report: Report, index: ShardIndex, *,
+                lease: bool = False) -> list[AuditedFile]:
     """Open every shard the SAFE ``index_report`` audited and check that each descriptor
     holds exactly the audited bytes (inode, size, mtime, ctime, audited regions); returns them
-    in weight-map order. On any failure all are closed."""
+    in weight-map order. On any failure all are closed. ``lease``: take a read lease on each
+    shard before that check (a caller that loads them all right away): from the check on,
+    an unbroken lease proves the bytes (loaders/base.py)."""
     require_safe(index_report)
     folder = os.path.dirname(index_af.path)
     children = {os.path.normpath(c.path): c for c in index_report.children}
@@ -120,9 +123,11 @@ def open_shards(index_af: AuditedFile, index_report: Report, index: ShardIndex
                         "load (same bytes); raise the open-file limit (ulimit -n)") from None
                 raise FileChangedError(path, f"cannot reopen the shard ({e.strerror or e})") \
                     from None
+            leased = lease and base.take_read_lease(fd)
             af = AuditedFile(path, fd, child, index_af.policy, index_af.limits)
             opened.append(af)
-            af.verify()
+            af.verify()  # the full re-read: the lease was taken after the shard's audit
+            af.leased = leased  # from that re-read on, an unbroken lease proves the bytes
             names = {t.name for t in child.tensors}
             missing = sorted(k for k, v in index.weight_map.items()
                              if v == shard and k not in names)
