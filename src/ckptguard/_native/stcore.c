@@ -331,6 +331,20 @@ static int entry(P *s, Dims *dims, Entry *e, int *last_dtype) {
             return 0;
         numel *= d;
     }
+    if (numel == 0) {
+        /* no elements: torch still lays the tensor out contiguously (each dimension at
+         * least 1) and refuses a stride above INT64_MAX; the largest is the product of the
+         * dimensions after the first (the Python path says so, CKG504) */
+        uint64_t stride = 1;
+        for (size_t i = 1; i < e->ndim; i++) {
+            uint64_t d = dims->d[e->dims_off + i];
+            if (d > 1) {
+                if (stride > (uint64_t)INT64_MAX / d)
+                    return 0;
+                stride *= d;
+            }
+        }
+    }
     uint64_t bits = dtypes[e->dtype].bits;
     if (bits && numel > UINT64_MAX / bits)
         return 0;

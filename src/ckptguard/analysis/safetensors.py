@@ -98,6 +98,20 @@ def _crate_numel(shape: list[int]) -> int | None:
     return numel
 
 
+def _strides_overflow(shape: list[int]) -> bool:
+    """Does a tensor of ``shape`` without elements need a stride above 2**63-1? torch lays
+    it out contiguously (each dimension counted as at least 1), and its largest stride, the
+    first, is the product of the others: torch refuses it ("Stride calculation overflowed")
+    whoever builds it, and the safetensors binding does too when the overflow is past the
+    first zero dimension. A tensor with elements is bounded by its bytes in the file."""
+    stride = 1
+    for d in shape[1:]:
+        stride *= d if d > 1 else 1
+        if stride > _I64:
+            return True
+    return False
+
+
 def _printable(name: str) -> bool:
     return bool(name) and name.isprintable()
 
@@ -294,6 +308,9 @@ def _fast_header(ctx: AuditContext, data: bytes, data_start: int, size: int) -> 
         numels = list(map(_crate_numel, shapes))
         if None in numels:
             return False  # the crate's product overflows on the way (the strict path says so)
+        if 0 in numels and any(_strides_overflow(sh) for sh, n in zip(shapes, numels, strict=True)
+                               if not n):
+            return False  # no elements, but strides torch cannot hold (the strict path says so)
         bounds = list(chain.from_iterable(offsets))
         del offsets
         if set(map(type, bounds)) != {int}:
@@ -375,6 +392,8 @@ def _check_tensor(ctx: AuditContext, name: str, info: Any, data_start: int) -> T
                 if numel > _U64:  # the crate's checked product overflows here
                     ok = False
                     break
+            if ok and not numel and _strides_overflow(shape):
+                ok = False
             begin, end = offsets
             if ok and type(begin) is int and type(end) is int and 0 <= begin <= end <= _U64:
                 total_bits = numel * spec[0]
@@ -441,6 +460,12 @@ def _check_tensor_slow(ctx: AuditContext, name: str, info: Any,
         ctx.add("CKG504", f"tensor {shown!r}: shape {escape(str(shape), 80)} overflows 64 bits "
                 "as the safetensors crate multiplies it (left to right, checked): the library "
                 "refuses the file", offset=8, evidence={"name": shown})
+        return None
+    if not numel and _strides_overflow(shape):
+        ctx.add("CKG504", f"tensor {shown!r}: shape {escape(str(shape), 80)} has no elements "
+                "but its contiguous strides overflow 64 bits: torch refuses to build it "
+                "(\"Stride calculation overflowed\"), in the binding and in every loader",
+                offset=8, evidence={"name": shown})
         return None
     total_bits = numel * bits
     if total_bits > _U64 or total_bits % 8:
