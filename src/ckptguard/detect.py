@@ -10,6 +10,7 @@ import enum
 import os
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .analysis.opcodes import ALL_OPCODES, scan_opcodes_prefix
@@ -164,20 +165,45 @@ def lists_dcp_metadata(entries: list[os.DirEntry[str]]) -> bool:
     return False
 
 
-#: a zip's end-of-central-directory record (22 bytes) and the longest comment it may carry:
-#: readers that look from the end (miniz, CPython's zipfile) search this many last bytes
-ZIP_END_RECORD_MAX = 22 + 0xFFFF
+#: how many last bytes of a file the zip readers that look from the end search for the end
+#: of central directory record (22 bytes): CPython's zipfile the longest comment back
+#: (22 + 65,535); miniz (torch.jit.load) scans 4 KiB blocks backwards and gives up only
+#: after a block that starts 65,557 or more bytes from the end, so up to ~4 KiB further
+ZIP_END_RECORD_MAX = 22 + 0xFFFF + 4096
 
 
-def ends_in_zip_end_record(tail: bytes) -> bool:
-    """Whether ``tail`` (a file's last ``min(size, ZIP_END_RECORD_MAX)`` bytes) ends in a zip
-    end record whose comment ends exactly at the end of the file: zip readers that look
-    from the end (torch.jit.load's miniz, zipfile) then open the file as an archive."""
-    i = tail.rfind(b"PK\x05\x06")
-    if i < 0 or len(tail) - i < 22:
+def ends_in_zip_end_record(tail: bytes, tail_start: int,
+                           read: Callable[[int, int], bytes]) -> bool:
+    """Whether a zip reader that looks from the end opens the file as an archive: ``tail``
+    is its last ``min(size, ZIP_END_RECORD_MAX)`` bytes, starting at file offset
+    ``tail_start``; ``read(offset, n)`` reads elsewhere in it.
+
+    The end record is the one miniz takes: the last signature with 22 bytes after it.
+    Neither miniz nor CPython's zipfile checks that its comment ends the file, so bytes
+    after it change nothing. It opens when the central directory it names starts with a
+    central-directory signature, at its recorded offset (miniz) or right before the end
+    record (CPython's zipfile, which shifts a prefixed archive), or when a Zip64 locator
+    precedes it (its records decide; counted as opening), or it lists no member (an empty
+    archive). A signature in tensor bytes
+    (about one file in 60,000 has one in its last 69 KB) names no such directory."""
+    i = tail.rfind(b"PK\x05\x06", 0, max(len(tail) - 18, 0))
+    if i < 0:
         return False
-    comment_len = int.from_bytes(tail[i + 20 : i + 22], "little")
-    return i + 22 + comment_len == len(tail)
+    if i >= 20 and tail[i - 20 : i - 16] == b"PK\x06\x07":
+        return True
+    n_total = int.from_bytes(tail[i + 10 : i + 12], "little")
+    cd_size = int.from_bytes(tail[i + 12 : i + 16], "little")
+    cd_off = int.from_bytes(tail[i + 16 : i + 20], "little")
+    if n_total == 0:
+        return True  # an empty archive: nothing to load, but an archive (as it always was)
+    eocd = tail_start + i
+    for at in {cd_off, eocd - cd_size}:
+        if 0 <= at <= eocd - 4:
+            sig = tail[at - tail_start : at - tail_start + 4] if at >= tail_start else \
+                read(at, 4)
+            if sig == b"PK\x01\x02":
+                return True
+    return False
 
 
 def extension_of(name: str) -> str:
@@ -276,8 +302,10 @@ LOADER_RULES: tuple[LoaderRule, ...] = (
 )
 
 #: Loaders that take any file whatever its name or content says (they never look at the
-#: name, and they fall back to unpickling): always plausible.
-ANY_FILE_LOADERS = frozenset({Loader.PICKLE_LOAD, Loader.NUMPY_LOAD, Loader.TORCH_LOAD})
+#: name, and they fall back to unpickling, or, for torch.jit.load, find an archive from the
+#: end of any file): always plausible.
+ANY_FILE_LOADERS = frozenset({Loader.PICKLE_LOAD, Loader.NUMPY_LOAD, Loader.TORCH_LOAD,
+                              Loader.TORCH_JIT_LOAD})
 
 #: Format (by content) -> loaders that read that content on purpose.
 FORMAT_LOADERS: dict[Format, frozenset[Loader]] = {

@@ -196,7 +196,7 @@ def _has_eocd(ctx: AuditContext) -> bool:
     if size < 22:
         return False
     n = min(size, ZIP_END_RECORD_MAX)
-    return ends_in_zip_end_record(ctx.source.read(size - n, n))
+    return ends_in_zip_end_record(ctx.source.read(size - n, n), size - n, ctx.source.read)
 
 
 def _check_extension(ctx: AuditContext, name: str, fmt: Format) -> None:

@@ -55,7 +55,7 @@ def may_run_code(src: Source, head: bytes) -> bool:
         return False
     n = min(src.size, ZIP_END_RECORD_MAX)
     tail = head[-n:] if len(head) >= src.size else src.read(src.size - n, n)
-    return ends_in_zip_end_record(tail)
+    return ends_in_zip_end_record(tail, src.size - n, src.read)
 
 
 def may_run_code_fd(fd: int, size: int, head: bytes) -> bool:
