@@ -109,15 +109,17 @@ def safe_load(
     # The audit and the load each build up to millions of objects that form no cycles
     # (records, tensors, containers); the cyclic collector would re-walk them over and
     # over (~20% of a 50k-tensor torch.load). It is paused for the call and restored after.
+    # a read lease makes a writer's open wait until this load is over (loaders/base.py),
+    # unless torch will open the file for writing itself (a shared mmap)
+    lease = not ld.mmap_opens_for_writing(mmap and not copy)
     with gc_paused():
         if ld.is_meta(map_location):
             from .loaders.direct import open_audited_meta
 
-            af = open_audited_meta(path, policy=pol, limits=lim, lease=True)
+            af = open_audited_meta(path, policy=pol, limits=lim, lease=lease)
         else:
-            # lease: a writer's open waits until this load is over (loaders/base.py)
             af = ld.open_audited(path, policy=pol, limits=lim,
-                                 keep_graph=eng is Engine.CKPTGUARD, lease=True)
+                                 keep_graph=eng is Engine.CKPTGUARD, lease=lease)
         try:
             ld.require_safe(af.report)
             if af.report.format is Format.TORCH_EXPORT:
@@ -126,7 +128,7 @@ def safe_load(
                     "ckptguard.scan() audits it and torch.export.load() loads it (audited "
                     "first under ckptguard.guard_torch_load())"))
             if af.report.format is Format.JSON:
-                it = ld.iterate_audited(af, map_location, mmap=mmap, copy=copy, lease=True)
+                it = ld.iterate_audited(af, map_location, mmap=mmap, copy=copy, lease=lease)
                 with it:
                     return dict(it)
             return ld.load_audited(af, map_location, mmap=mmap, copy=copy, engine=eng)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..model import Engine, Format
-from ._torch import MapLocation, is_meta
+from ._torch import MapLocation, is_meta, mmap_opens_for_writing
 from .base import (
     LOADABLE_FORMATS,
     TORCH_FORMATS,
@@ -110,6 +110,7 @@ __all__ = [
     "UnsupportedFormatError",
     "iterate_audited",
     "load_audited",
+    "mmap_opens_for_writing",
     "open_audited",
     "require_safe",
     "verify_identity",

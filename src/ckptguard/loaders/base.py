@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -228,6 +229,19 @@ class AuditedFile:
             release_lease(fd)
 
 
+def take_load_lease(fd: int) -> bool:
+    """:func:`~ckptguard.primitives.take_read_lease` for a load, where a lease cannot stall
+    this process: only while one Python thread runs. Another thread that opens the file for
+    writing from C++ while holding the GIL (``torch.save(path)``, a shared torch mmap) would
+    wait on our lease while the loading thread waits for the GIL, until the kernel's
+    lease-break time (45 s). Processes with more threads keep the checks after the load."""
+    return _one_python_thread() and take_read_lease(fd)
+
+
+def _one_python_thread() -> bool:
+    return threading.active_count() == 1
+
+
 def open_audited(path: str | os.PathLike[str], *, policy: Policy | None = None,
                  limits: Limits | None = None, keep_graph: bool = False,
                  lease: bool = False) -> AuditedFile:
@@ -236,8 +250,9 @@ def open_audited(path: str | os.PathLike[str], *, policy: Policy | None = None,
     ``keep_graph``: keep the fast path's graph for ``engine="ckptguard"`` and meta loads
     (else it is freed with the audit; :attr:`AuditedFile.proven` says either way whether
     the fast path proved the file). ``lease``: take a read lease on the descriptor before
-    the audit (:attr:`AuditedFile.leased`), for a caller that loads and closes the file
-    right after: a writer waits for it while it is held."""
+    the audit (:attr:`AuditedFile.leased`, :func:`take_load_lease`), for a caller that
+    loads and closes the file right after and whose load will not open the file for writing
+    itself (a shared torch mmap): a writer waits for it while it is held."""
     from ..analysis.engine import audit_fd
 
     p = os.fspath(path)
@@ -249,11 +264,13 @@ def open_audited(path: str | os.PathLike[str], *, policy: Policy | None = None,
         raise ScanInputError(p, "no such file or directory") from None
     except OSError as e:
         raise ScanInputError(p, e.strerror or str(e)) from None
-    leased = lease and take_read_lease(fd)
+    leased = lease and take_load_lease(fd)
     graph: list[object] = []
     try:
         report = audit_fd(p, fd, policy=pol, limits=lim, graph_out=graph, keep_bytes=True)
     except BaseException:
+        if leased:
+            release_lease(fd)
         os.close(fd)
         raise
     g = graph[0] if graph else None
@@ -272,5 +289,6 @@ __all__ = [
     "open_audited",
     "pread_all",
     "require_safe",
+    "take_load_lease",
     "verify_identity",
 ]

@@ -47,7 +47,7 @@ from ..errors import CkptGuardError, ScanInputError, UnauditedLoadError
 from ..model import Format
 from ..policy import DEFAULT_LIMITS, Limits, Policy, with_caller_globals
 from . import _torch
-from ._torch import INSIDE_AUDITED_LOAD, ORIGINAL_CODE, safe_globals, torch
+from ._torch import INSIDE_AUDITED_LOAD, ORIGINAL_CODE, mmap_opens_for_writing, safe_globals, torch
 from .base import open_audited, require_safe
 from .invariants import check_loaded
 from .safetensors import load_safetensors
@@ -210,7 +210,8 @@ def _load_path(f: Any, cfg: GuardConfig, map_location: Any, mmap: bool | None,
     if isinstance(path, bytes):
         path = os.fsdecode(path)
     try:
-        af = open_audited(path, policy=cfg.policy, limits=cfg.limits, lease=True)
+        af = open_audited(path, policy=cfg.policy, limits=cfg.limits,
+                          lease=not mmap_opens_for_writing(mmap))
     except ScanInputError:
         if not os.path.lexists(path):  # torch.load's own error type for a missing file
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None

@@ -24,7 +24,6 @@ from typing import Any
 from ..errors import FileChangedError
 from ..model import Format, Report
 from ..primitives import open_readonly
-from . import base
 from ._torch import MapLocation, is_meta, torch
 from .base import (
     TORCH_FORMATS,
@@ -33,6 +32,7 @@ from .base import (
     UnsupportedFormatError,
     pread_all,
     require_safe,
+    take_load_lease,
     verify_identity,
 )
 from .meta import iter_meta
@@ -123,7 +123,7 @@ def open_shards(index_af: AuditedFile, index_report: Report, index: ShardIndex, 
                         "load (same bytes); raise the open-file limit (ulimit -n)") from None
                 raise FileChangedError(path, f"cannot reopen the shard ({e.strerror or e})") \
                     from None
-            leased = lease and base.take_read_lease(fd)
+            leased = lease and take_load_lease(fd)
             af = AuditedFile(path, fd, child, index_af.policy, index_af.limits)
             opened.append(af)
             af.verify()  # the full re-read: the lease was taken after the shard's audit
