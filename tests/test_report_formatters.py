@@ -341,10 +341,26 @@ def test_sarif_subset_schema_is_strict() -> None:
     ("zero\u200bwidth", "zero\\u200bwidth"),
     ("bad\udcffbyte", "bad\\udcffbyte"),
     ("unicode-ok-模型.pt", "unicode-ok-模型.pt"),
+    # the review's spoofing gaps: invisible format characters, language tags, and a name
+    # that spells an escape (the backslash is escaped, so no two names print alike)
+    ("model\U000e0001\U000e0020.pt", "model\\U000e0001\\U000e0020.pt"),
+    ("model\u206b.pt", "model\\u206b.pt"),
+    ("sign\u0600s", "sign\\u0600s"),
+    ("hangul\u3164filler", "hangul\\u3164filler"),
+    ("music\U0001d173.pt", "music\\U0001d173.pt"),
+    ("evil_\\x1b[31m.pt", "evil_\\x5cx1b[31m.pt"),
 ])
 def test_escape(raw: str, expected: str) -> None:
     assert escape_untrusted(raw) == expected
-    assert not has_unsafe_chars(escape_untrusted(raw))
+    # what is left unescaped is printable, and only the escapes' own backslashes remain
+    assert not has_unsafe_chars(escape_untrusted(raw).replace("\\", ""))
+
+
+def test_escape_is_one_to_one() -> None:
+    names = ["evil_\x1b[31m.pt", "evil_\\x1b[31m.pt", "a\u200bb", "a\\u200bb", "t\U000e0041",
+             "t\\U000e0041"]
+    shown = [escape_untrusted(n, None) for n in names]
+    assert len(set(shown)) == len(names), shown
 
 
 def test_escape_truncates_keeping_tail() -> None:

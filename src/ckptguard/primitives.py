@@ -2,7 +2,8 @@
 of the package).
 
 - ``open_readonly``: how ckptguard opens a file it reads (never blocks on a FIFO, never
-  leaks into a child process, binary on Windows);
+  leaks into a child process, binary on Windows); ``read_regular_file``: a small file read
+  whole that way, refused when it is no regular file or too large;
 - ``clip`` / ``escape``: untrusted text in a finding's message or evidence (``escape``
   spells every non-printable character as a Python escape; both cut to a length);
 - ``escape_untrusted``: untrusted text shown on a terminal (reports, progress, errors);
@@ -45,6 +46,40 @@ def open_readonly(path: str) -> int:
     return os.open(path, READONLY_FLAGS)
 
 
+class NotARegularFile(OSError):
+    """:func:`read_regular_file` refused the path: not a regular file, or too large."""
+
+
+def read_regular_file(path: str, limit: int) -> bytes:
+    """The whole content of the regular file ``path``, at most ``limit`` bytes: opened as
+    :func:`open_readonly` opens (a FIFO never blocks) and refused with
+    :class:`NotARegularFile` when it is not a regular file (a FIFO, a device, a socket,
+    ``/dev/zero``) or is larger than ``limit``. For the small files the CLI and the policy
+    read whole (index jsons, refs, policy TOML)."""
+    import stat
+
+    fd = open_readonly(path)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotARegularFile(f"{path}: not a regular file")
+        if st.st_size > limit:
+            raise NotARegularFile(f"{path}: larger than {limit} bytes")
+        chunks: list[bytes] = []
+        got = 0
+        while got <= limit:
+            b = os.read(fd, min(limit + 1 - got, 1 << 20))
+            if not b:
+                break
+            chunks.append(b)
+            got += len(b)
+        if got > limit:
+            raise NotARegularFile(f"{path}: larger than {limit} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def clip(text: str, n: int = 160) -> str:
     """``text`` cut to ``n`` characters, with "..." when cut."""
     return text if len(text) <= n else text[:n] + "..."
@@ -55,10 +90,18 @@ def escape(text: str, n: int = 120) -> str:
     return clip(text.encode("unicode_escape", "backslashreplace").decode("ascii"), n)
 
 
-#: C0 + DEL + C1 controls, zero-width and bidi format characters, separators, BOM, surrogates.
+#: C0 + DEL + C1 controls; every format character (Unicode category Cf: soft hyphen,
+#: Arabic number signs, zero-width and bidi controls, invisible operators, BOM,
+#: interlinear annotation, Egyptian and shorthand format controls, musical symbol
+#: formatting, language tags); line and paragraph separators; blank-looking letters
+#: (Hangul fillers, braille blank); lone surrogates; and the backslash itself, so that the
+#: escaping is one-to-one (a name spelled ``\x1b`` shows as ``\x5cx1b``).
 _UNSAFE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069"
-    "\ufeff\ufff9-\ufffb\ud800-\udfff]"
+    "[\x00-\x1f\\\\\x7f-\x9f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891"
+    "\u08e2\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u2028-\u202e"
+    "\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb\ud800-\udfff"
+    "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
 )
 DISPLAY_LIMIT = 200
 _ELLIPSIS = "..."
@@ -66,7 +109,7 @@ _ELLIPSIS = "..."
 
 def _escape_char(m: re.Match[str]) -> str:
     c = ord(m.group(0))
-    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" if c < 0x10000 else f"\\U{c:08x}"
 
 
 def escape_untrusted(text: object, limit: int | None = DISPLAY_LIMIT) -> str:
@@ -111,14 +154,15 @@ def take_read_lease(fd: int) -> bool:
     """Take a read lease (``fcntl F_SETLEASE F_RDLCK``) on ``fd``, a read-only descriptor.
 
     True when it is held: from now on any open of the file for writing, from any process
-    (this one included), and any truncate, first *breaks* the lease and then waits until
+    (this one included), and ``truncate(2)``, first *breaks* the lease and then waits until
     the lease is released (``close(fd)``) or ``/proc/sys/fs/lease-break-time`` (45 s by
     default) has passed; a non-blocking open fails with EAGAIN. :func:`read_lease_held`
-    says whether that happened. False (nothing changed) when the kernel refuses the lease:
-    the file is open for writing somewhere, or mapped writable and shared (EAGAIN); this
-    process neither owns the file nor has CAP_LEASE (EACCES); the file system has no
-    leases (NFS, FUSE: EINVAL); not Linux; or SIGURG has a handler (the break is announced
-    with it, see :data:`LEASE_SIGNAL_NAME`)."""
+    says whether that happened. (A read-only open with ``O_TRUNC`` truncates without
+    breaking it: the size and the ctime tell.) False (nothing changed) when the kernel
+    refuses the lease: the file is open for writing somewhere, or mapped writable and
+    shared (EAGAIN); this process neither owns the file nor has CAP_LEASE (EACCES); the
+    file system has no leases (NFS, FUSE: EINVAL); not Linux; or SIGURG has a handler (the
+    break is announced with it, see :data:`LEASE_SIGNAL_NAME`)."""
     try:
         import fcntl
         import signal
@@ -170,6 +214,7 @@ def is_remote(target: str) -> bool:
     return target[:8].lower().startswith(REMOTE_SCHEMES)
 
 
-__all__ = ["DISPLAY_LIMIT", "LEASE_SIGNAL_NAME", "READONLY_FLAGS", "REMOTE_SCHEMES", "clip",
-           "escape", "escape_untrusted", "gc_paused", "has_unsafe_chars", "is_remote",
-           "open_readonly", "or_default", "read_lease_held", "release_lease", "take_read_lease"]
+__all__ = ["DISPLAY_LIMIT", "LEASE_SIGNAL_NAME", "READONLY_FLAGS", "REMOTE_SCHEMES",
+           "NotARegularFile", "clip", "escape", "escape_untrusted", "gc_paused",
+           "has_unsafe_chars", "is_remote", "open_readonly", "or_default", "read_lease_held",
+           "read_regular_file", "release_lease", "take_read_lease"]

@@ -134,9 +134,12 @@ def load_limits(items: tuple[str, ...]) -> Limits:
             parsed = kind(value.strip())
         except ValueError:
             raise _bad_limit(f"{item!r}: {value!r} is not a valid {kind.__name__}") from None
-        if parsed <= 0:
+        if not parsed > 0:  # NaN too
             raise _bad_limit(f"{item!r}: must be positive")
-        limits = limits.replace(**{name: parsed})
+        try:
+            limits = limits.replace(**{name: parsed})
+        except ValueError as e:  # inf, NaN, beyond what the cores hold
+            raise _bad_limit(f"{item!r}: {e}") from None
     return limits
 
 

@@ -28,7 +28,7 @@ from ..detect import EXTENSION_HINTS, extension_of, sniff
 from ..detect import lists_dcp_metadata as lists_metadata
 from ..model import Format
 from ..policy import DEFAULT_LIMITS, DEFAULT_POLICY, Limits, Policy
-from ..primitives import open_readonly
+from ..primitives import open_readonly, read_regular_file
 
 VCS_DIRS = frozenset({".git", ".hg", ".svn"})
 #: metadata key: a cache file's path inside the Hugging Face cache (SARIF resolves it)
@@ -246,9 +246,8 @@ def read_refs(refs_dir: str) -> dict[str, list[str]]:
         for name in sorted(files):
             path = os.path.join(folder, name)
             try:
-                with open(path, "rb") as fh:
-                    raw = fh.read(_MAX_REF_BYTES + 1)
-            except OSError:
+                raw = read_regular_file(path, _MAX_REF_BYTES)
+            except OSError:  # unreadable, a FIFO, too long: not a ref
                 continue
             rev = raw.decode("ascii", "replace").strip()
             if not rev or len(raw) > _MAX_REF_BYTES or not rev.isalnum():
@@ -360,11 +359,8 @@ def index_shards(path: str) -> list[str]:
     be read or parsed here -- the scan of the index reports why."""
     from ..readers.jsonfile import JsonError, parse_json
 
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(_MAX_INDEX_BYTES + 1)
-        if len(data) > _MAX_INDEX_BYTES:
-            return []
+    try:  # a FIFO or device named like an index is the scan's to report (CKG010)
+        data = read_regular_file(path, _MAX_INDEX_BYTES)
         value = parse_json(data, max_depth=64).value
     except (OSError, JsonError):
         return []

@@ -78,10 +78,17 @@ def run_list(targets: Iterable[str], *, policy: Policy, limits: Limits, concurre
         stream = iter_scan(targets, policy=policy, limits=limits,
                            options=options_for(concurrency))
     reports = []
-    for target, report in stream:
-        out.write(json_line(target, report) + "\n")
-        out.flush()
-        reports.append(_summary(report))
+    try:
+        for target, report in stream:
+            out.write(json_line(target, report) + "\n")
+            out.flush()
+            reports.append(_summary(report))
+    except ValueError as e:
+        from ..remote.distributed import DaskAddressError
+
+        if not isinstance(e, DaskAddressError):
+            raise
+        raise click.BadParameter(str(e), param_hint="--dask") from None
     return reports
 
 
@@ -95,11 +102,14 @@ def _summary(report: Report) -> Report:
 
 def open_list(path: str) -> IO[str]:
     if path == "-":
-        return sys.stdin
-    try:
-        return open(path, encoding="utf-8")
+        import io
+
+        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
+    try:  # a line that is no UTF-8 is a path as the OS spells it (undecodable bytes kept)
+        return open(path, encoding="utf-8", errors="surrogateescape")
     except OSError as e:
-        raise click.ClickException(f"cannot read {path}: {e.strerror or e}") from None
+        raise click.BadParameter(f"cannot read {path}: {e.strerror or e}",
+                                 param_hint="--from-file") from None
 
 
 __all__ = ["json_line", "open_list", "read_targets", "run_list", "scan_remote_targets"]

@@ -6,6 +6,9 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 MiB = 1024 * 1024
+#: the largest value a limit may take: the native cores hold limits as 64-bit integers,
+#: and an infinite or NaN limit would switch the bound off
+MAX_LIMIT = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,13 @@ class Limits:
     max_files: int = 1_000_000             # files in a folder scan
     max_json_depth: int = 64               # nesting in JSON headers
     max_remote_stream_bytes: int = 256 * MiB  # a file from a server without byte ranges
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or \
+                    not 0 <= v <= MAX_LIMIT:  # NaN fails every comparison: refused too
+                raise ValueError(f"limit {f.name}={v!r}: a number from 0 to {MAX_LIMIT}")
 
     def replace(self, **changes: Any) -> Limits:
         return replace(self, **changes)

@@ -42,10 +42,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import PolicyError
 from ..model import Finding
-from ..primitives import or_default
+from ..primitives import or_default, read_regular_file
 from .defaults import ALLOW, DENY, DENY_ATTRIBUTES, DenyKind
 from .profile_names import ProfileName
 from .provenance import API_ORIGIN, DEFAULT_ORIGIN, OriginKind, PolicyOrigin
+
+#: a policy TOML (or a pyproject.toml) is read whole up to this size
+_MAX_POLICY_BYTES = 16 << 20
 
 if TYPE_CHECKING:  # pathlib is imported when a policy file is read
     from pathlib import Path
@@ -355,7 +358,7 @@ class Policy:
 
         p = Path(path)
         try:
-            text = p.read_text(encoding="utf-8")
+            text = read_regular_file(str(p), _MAX_POLICY_BYTES).decode("utf-8")
         except OSError as e:
             raise PolicyError(f"cannot read policy: {e.strerror or e}", source=str(p)) from None
         except UnicodeDecodeError as e:
@@ -378,7 +381,7 @@ class Policy:
             pp = d / "pyproject.toml"
             if pp.is_file():
                 try:
-                    text = pp.read_text(encoding="utf-8")
+                    text = read_regular_file(str(pp), _MAX_POLICY_BYTES).decode("utf-8")
                 except (OSError, UnicodeDecodeError) as e:
                     raise PolicyError(f"invalid pyproject.toml: {e}", source=str(pp)) from None
                 data = _parse_toml(text, "invalid pyproject.toml", str(pp))

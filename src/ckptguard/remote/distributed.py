@@ -42,6 +42,10 @@ def _scan_batch(targets: list[str], policy: Policy, limits: Limits, concurrency:
                                                    session=sess)]
 
 
+class DaskAddressError(ValueError):
+    """The ``--dask`` address is not one a Dask client can connect to."""
+
+
 def scan_on_dask(targets: Iterable[str], *, address: str | None = None, client: Any = None,
                  policy: Policy | None = None, limits: Limits | None = None,
                  batch: int = BATCH, concurrency: int = 4, max_in_flight: int = 64
@@ -67,7 +71,11 @@ def scan_on_dask(targets: Iterable[str], *, address: str | None = None, client: 
                                        dashboard_address=None)
             own_client = client = Client(own_cluster)
         else:
-            own_client = client = Client(address)
+            try:
+                own_client = client = Client(address)
+            except (ValueError, TypeError) as e:  # dask's own words for a bad address
+                raise DaskAddressError(f"{address!r} is not a Dask scheduler address "
+                                       f"({e})") from None
     try:
         it = iter(targets)
         pending = as_completed()
@@ -95,4 +103,4 @@ def scan_on_dask(targets: Iterable[str], *, address: str | None = None, client: 
             own_cluster.close()
 
 
-__all__ = ["scan_on_dask"]
+__all__ = ["DaskAddressError", "scan_on_dask"]

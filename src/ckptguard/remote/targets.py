@@ -93,6 +93,10 @@ class HubFile:
 RemoteTarget = UrlTarget | HubRepo | HubFile
 
 
+#: the longest URL a scan target may be (httpx refuses 65,536 characters and more)
+_MAX_URL = 8192
+
+
 def _segment_ok(s: str) -> bool:
     return bool(s) and s not in (".", "..") and all(c.isalnum() or c in "-_." for c in s)
 
@@ -103,7 +107,16 @@ def parse_target(target: str) -> RemoteTarget:
     if low.startswith(("http://", "https://")):
         from urllib.parse import urlsplit
 
-        parts = urlsplit(target)
+        import httpx
+
+        if len(target) > _MAX_URL:
+            raise ScanInputError(target[:200], f"a URL longer than {_MAX_URL} characters")
+        try:  # every way urllib and httpx refuse it, here, as a malformed target
+            parts = urlsplit(target)
+            _ = parts.port
+            httpx.URL(target)
+        except (ValueError, httpx.InvalidURL) as e:
+            raise ScanInputError(target, f"malformed URL ({e})") from None
         if not parts.hostname:
             raise ScanInputError(target, "a URL needs a host")
         return UrlTarget(target)
