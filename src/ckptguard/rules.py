@@ -326,7 +326,8 @@ _RULES: tuple[Rule, ...] = (
     Rule("CKG504", "safetensors-offsets", S.HIGH, B,
          "Tensor offsets are not sorted, contiguous, non-overlapping and covering the data "
          "region exactly, or shape x itemsize differs from the byte span, or the shape's "
-         "product overflows 64 bits as the crate folds it.",
+         "product overflows 64 bits as the crate folds it, or a tensor without elements "
+         "needs a contiguous stride above 2**63-1 (torch refuses to build it).",
          "Do not load this file; it can hide bytes or alias tensors."),
     Rule("CKG505", "safetensors-metadata", S.MEDIUM, B,
          "__metadata__ is not a string-to-string map.",
