@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import importlib
+import sys
 import threading
 import types
 from collections.abc import Callable, Iterator
@@ -134,6 +135,11 @@ def mmap_opens_for_writing(mmap: bool | None) -> bool:
     ``mmap=None`` when torch's config turns mmap on; torch builds without the option map
     privately."""
     if mmap is False:
+        return False
+    if "torch.utils.serialization.config" not in sys.modules:
+        # the option lives there, and nothing changed it before the module was imported
+        # (no environment variable feeds it): MAP_PRIVATE. Not importing it here keeps its
+        # first import (~0.2 ms) inside torch.load, where it happens anyway
         return False
     get = getattr(torch.serialization, "get_default_mmap_options", None)
     if get is None:
