@@ -111,6 +111,21 @@ def save_torch(path: Path, obj: Any, *, legacy: bool = False) -> Path:
     return path
 
 
+def save_torch_shards(folder: Path, parts: list[dict[str, torch.Tensor]]) -> Path:
+    """``parts`` saved as torch shards ``model-0000i-of-0000n.bin`` in ``folder``, with the
+    ``pytorch_model.bin.index.json`` that maps every name to its shard; returns the index."""
+    import json
+
+    weight_map: dict[str, str] = {}
+    for i, part in enumerate(parts, 1):
+        shard = f"model-{i:05d}-of-{len(parts):05d}.bin"
+        save_torch(folder / shard, part)
+        weight_map.update({k: shard for k in part})
+    index = folder / "pytorch_model.bin.index.json"
+    index.write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+    return index
+
+
 def save_safetensors(path: Path, sd: dict[str, torch.Tensor]) -> Path:
     from safetensors.torch import save_file
 

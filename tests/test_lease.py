@@ -31,6 +31,7 @@ from ckg_loader_helpers import (
     safetensors_state_dict,
     save_safetensors,
     save_torch,
+    save_torch_shards,
 )
 
 import ckptguard
@@ -381,18 +382,10 @@ def test_another_encoding_is_refused_unless_proven(leasable: Path) -> None:
 
 
 def _sharded(d: Path) -> tuple[Path, dict[str, torch.Tensor]]:
-    import json
-
     sd = benign_state_dict()
     names = list(sd)
-    parts = [{k: sd[k] for k in names[:5]}, {k: sd[k] for k in names[5:]}]
-    weight_map: dict[str, str] = {}
-    for i, part in enumerate(parts, 1):
-        shard = f"model-{i:05d}-of-00002.bin"
-        save_torch(d / shard, part)
-        weight_map.update({k: shard for k in part})
-    index = d / "pytorch_model.bin.index.json"
-    index.write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+    index = save_torch_shards(d, [{k: sd[k] for k in names[:5]},
+                                  {k: sd[k] for k in names[5:]}])
     return index, sd
 
 

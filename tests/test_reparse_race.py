@@ -15,7 +15,6 @@ descriptor overwrites part of data.pkl, and just after, the bytes and times are 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytest
 import torch
-from ckg_loader_helpers import assert_same_tensor, save_torch
+from ckg_loader_helpers import assert_same_tensor, save_torch, save_torch_shards
 
 import ckptguard
 from ckptguard.errors import FileChangedError
@@ -163,14 +162,8 @@ def _sharded(tmp_path: Path) -> tuple[Path, Path]:
     """An index with two torch shards; every name the variants touch is in the second."""
     sd = state_dict()
     names = list(sd)
-    parts = [{k: sd[k] for k in names[:1]}, {k: sd[k] for k in names[1:]}]
-    weight_map = {}
-    for i, part in enumerate(parts, 1):
-        shard = f"model-{i:05d}-of-00002.bin"
-        save_torch(tmp_path / shard, part)
-        weight_map.update({k: shard for k in part})
-    index = tmp_path / "pytorch_model.bin.index.json"
-    index.write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+    index = save_torch_shards(tmp_path, [{k: sd[k] for k in names[:1]},
+                                         {k: sd[k] for k in names[1:]}])
     return index, tmp_path / "model-00002-of-00002.bin"
 
 
