@@ -59,8 +59,10 @@ def json_line(target: str, report: Report) -> str:
     # the report last, its tensors column by column (no dict per tensor): the same bytes
     # as json.dumps of the row with ``"report": report.to_dict()``
     from ..report.fastjson import report_json
+    from ..report.jsonreport import lone_surrogates_as_text
 
-    return json.dumps(row, separators=(",", ":"))[:-1] + ',"report":' + report_json(report) + "}"
+    return lone_surrogates_as_text(json.dumps(row, separators=(",", ":"))[:-1] + ',"report":'
+                                   + report_json(report) + "}")
 
 
 def run_list(targets: Iterable[str], *, policy: Policy, limits: Limits, concurrency: int,

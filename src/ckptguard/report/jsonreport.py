@@ -18,6 +18,7 @@ and non-ASCII bytes of hostile names never reach a terminal raw.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,11 +59,29 @@ def scan_document(result: ScanResult) -> dict[str, Any]:
 COMPACT_ABOVE = 1 << 20
 
 
+#: in JSON text: an escaped backslash, a surrogate pair, or a lone surrogate escape
+_SURROGATES = re.compile(r"\\\\|\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})|"
+                         r"\\u(d[89a-f][0-9a-f]{2})")
+
+
+def _surrogate_text(m: re.Match[str]) -> str:
+    return m.group(0) if m.group(3) is None else "\\\\u" + m.group(3)
+
+
+def lone_surrogates_as_text(text: str) -> str:
+    """JSON text whose lone surrogate escapes (``"\\ud800"``: a Python string from a
+    pickle's UTF-8 with ``surrogatepass``, a file name's undecodable byte) are spelled as
+    text (``"\\\\ud800"``, six characters), as strict parsers (jq, serde_json) refuse them;
+    pairs and everything else are unchanged. Applied to every JSON document written."""
+    return text if "\\ud" not in text else _SURROGATES.sub(_surrogate_text, text)
+
+
 def dumps(doc: object) -> str:
     compact = json.dumps(doc, ensure_ascii=True, separators=(",", ":"))
     if len(compact) > COMPACT_ABOVE:
-        return compact + "\n"
-    return json.dumps(doc, indent=2, ensure_ascii=True, sort_keys=False) + "\n"
+        return lone_surrogates_as_text(compact) + "\n"
+    return lone_surrogates_as_text(json.dumps(doc, indent=2, ensure_ascii=True,
+                                              sort_keys=False)) + "\n"
 
 
 #: a lower bound of a tensor's compact JSON (its keys alone take 150 bytes)
@@ -74,6 +93,12 @@ def _tensor_count(reports: tuple[Report, ...]) -> int:
 
 
 def iter_json(result: ScanResult) -> Iterator[str]:
+    """:func:`_iter_json_raw` with lone surrogates spelled as text
+    (:func:`lone_surrogates_as_text`)."""
+    return _iter_json(result)
+
+
+def _iter_json_raw(result: ScanResult) -> Iterator[str]:
     """``dumps(scan_document(result))`` in pieces, byte for byte, without a dict per
     tensor (:mod:`.fastjson`): a large document streamed compact as it is encoded, one
     that stays under ``COMPACT_ABOVE`` indented in one piece."""
@@ -128,6 +153,11 @@ def format_json(result: ScanResult, options: FormatOptions) -> str:
     return "".join(iter_json(result))
 
 
+def _iter_json(result: ScanResult) -> Iterator[str]:
+    # every piece is whole JSON tokens (a string is never cut), so each is fixed alone
+    return map(lone_surrogates_as_text, _iter_json_raw(result))
+
+
 def load_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of the document ``format_json`` writes."""
     from importlib import resources
@@ -137,5 +167,14 @@ def load_schema() -> dict[str, Any]:
     return schema
 
 
-__all__ = ["SCHEMA_VERSION", "dumps", "format_json", "indented_document", "iter_json",
-           "load_schema", "scan_document", "tool_info"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "dumps",
+    "format_json",
+    "indented_document",
+    "iter_json",
+    "load_schema",
+    "lone_surrogates_as_text",
+    "scan_document",
+    "tool_info",
+]
