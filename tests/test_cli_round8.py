@@ -130,3 +130,14 @@ def test_limits_that_switch_a_bound_off_are_refused(value: str) -> None:
 def test_the_library_refuses_such_limits_too(change: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="limit"):
         DEFAULT_LIMITS.replace(**change)
+
+
+def test_the_time_limit_message_names_the_limit(tmp_path: Path) -> None:
+    """CKG901 for max_seconds said 'max_seconds=<the monotonic deadline>'."""
+    import pickle
+
+    p = tmp_path / "big.pkl"
+    p.write_bytes(pickle.dumps(list(range(300_000)), protocol=2))
+    r = ckptguard.scan(p, limits=DEFAULT_LIMITS.replace(max_seconds=1e-6))
+    msgs = [f.message for f in r.findings if f.rule_id == "CKG901"]
+    assert msgs and "max_seconds=1e-06 reached" in msgs[0], msgs

@@ -191,7 +191,9 @@ class Source:
 
     def check_time(self) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
-            raise LimitExceeded("max_seconds", self.deadline, "wall-time budget spent")
+            # the source knows the deadline, not the limit: the report names the limit
+            # (AuditContext.limit_hit)
+            raise LimitExceeded("max_seconds", 0, "wall-time budget spent")
 
     def read(self, offset: int, length: int, *, record: bool = False) -> bytes:
         """Read ``length`` bytes at ``offset`` (fewer at end of file). ``record=True`` keeps
@@ -310,9 +312,10 @@ class AuditContext:
 
     def limit_hit(self, exc: LimitExceeded, *, member: str | None = None,
                   offset: int | None = None) -> None:
+        value = self.limits.max_seconds if exc.limit == "max_seconds" else exc.value
         self.add(
             "CKG901",
-            f"audit stopped: limit {exc.limit}={limit_text(exc.value)} reached"
+            f"audit stopped: limit {exc.limit}={limit_text(value)} reached"
             + (f" ({exc.detail})" if exc.detail else ""),
             member=member, offset=offset, evidence={"limit": exc.limit},
         )
