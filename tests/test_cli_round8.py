@@ -141,3 +141,13 @@ def test_the_time_limit_message_names_the_limit(tmp_path: Path) -> None:
     r = ckptguard.scan(p, limits=DEFAULT_LIMITS.replace(max_seconds=1e-6))
     msgs = [f.message for f in r.findings if f.rule_id == "CKG901"]
     assert msgs and "max_seconds=1e-06 reached" in msgs[0], msgs
+
+
+def test_a_malformed_url_never_prints_its_credentials() -> None:
+    url = "https://alice:S3CRETPASS@127.0.0.1:99999/m.bin?token=QSECRET"
+    with pytest.raises(ScanInputError) as e:
+        ckptguard.scan(url)
+    assert "S3CRET" not in str(e.value) and "QSECRET" not in str(e.value)
+    assert "Port out of range" in str(e.value)
+    r = cli("scan", "--format", "json", url)
+    assert "S3CRET" not in r.stdout + r.stderr and "QSECRET" not in r.stdout + r.stderr

@@ -555,3 +555,129 @@ def test_a_trickling_server_cannot_outlast_max_seconds() -> None:
     assert r.verdict is Verdict.INCOMPLETE and "CKG910" in r.rule_ids(), sorted(r.rule_ids())
     assert "max_seconds" in " ".join(f.message for f in r.findings)
     assert took < 4, took
+
+
+class _Oversized(BaseHTTPRequestHandler):
+    """Answers the first range with far more than was asked (Content-Range 0-8 GiB)."""
+
+    def log_message(self, *a: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        total = 8 << 30
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes 0-{total - 1}/{total}")
+        self.send_header("Content-Length", str(total))
+        self.end_headers()
+        try:
+            for _ in range(64):  # a little of it: the client must stop at the header
+                self.wfile.write(b"\0" * 65536)
+        except OSError:
+            pass
+
+
+class _CutShort(BaseHTTPRequestHandler):
+    """A 206 whose body stops after 10 of its 65,536 bytes (the connection closes)."""
+
+    def log_message(self, *a: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(206)
+        self.send_header("Content-Range", "bytes 0-65535/100000")
+        self.send_header("Content-Length", "65536")
+        self.end_headers()
+        self.wfile.write(b"\x80\x02" + b"\0" * 8)
+        self.wfile.flush()
+        self.close_connection = True
+
+
+@pytest.mark.parametrize(("handler", "word"), [(_Oversized, "asked bytes 0-"),
+                                               (_CutShort, "while reading the body")])
+def test_a_first_range_the_client_did_not_ask_for_is_a_failed_read(
+        handler: type[BaseHTTPRequestHandler], word: str) -> None:
+    """(Remote review, round 8: an 8 GiB answer to a 64 KiB range went into memory; a body
+    cut short raised httpx's error out of scan())."""
+    httpd, url = _serving(handler)
+    try:
+        r = scan_remote(url + "/m.bin", options=RemoteOptions(timeout=5, retries=0))
+    finally:
+        httpd.shutdown()
+    assert r.verdict is Verdict.INCOMPLETE, sorted(r.rule_ids())
+    assert {"CKG910", "CKG911"} & r.rule_ids(), sorted(r.rule_ids())
+    assert word in " ".join(f.message for f in r.findings), [f.message for f in r.findings]
+
+
+class _Hub(BaseHTTPRequestHandler):
+    """A hub: the listing API and resolve/ with byte ranges. ``files``: name -> bytes;
+    ``broken``: names whose ranges after the first are answered 404."""
+
+    files: typing.ClassVar[dict[str, bytes]] = {}
+    broken: typing.ClassVar[frozenset[str]] = frozenset()
+    sha = "0123456789abcdef0123456789abcdef01234567"
+
+    def log_message(self, *a: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/api/models/"):
+            body = json.dumps({"sha": self.sha, "siblings": [
+                {"rfilename": n} for n in type(self).files]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        name = self.path.rsplit("/", 1)[-1]
+        data = type(self).files.get(name)
+        rng = self.headers.get("Range", "")
+        start, _, end = rng.removeprefix("bytes=").partition("-")
+        if data is None or (name in type(self).broken and int(start) > 0):
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        a, b = int(start), min(int(end), len(data) - 1)
+        if name in type(self).broken:
+            b = min(b, 9)  # a short first answer: the next range is needed at once
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {a}-{b}/{len(data)}")
+        self.send_header("Content-Length", str(b - a + 1))
+        self.end_headers()
+        self.wfile.write(data[a:b + 1])
+
+
+def _hub_scan(monkeypatch: pytest.MonkeyPatch, files: dict[str, bytes],
+              broken: frozenset[str] = frozenset()) -> ckptguard.Report:
+    hub = type("Hub", (_Hub,), {"files": files, "broken": broken})
+    httpd, url = _serving(hub)
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        return scan_remote("hf://org/name", options=RemoteOptions(timeout=5, retries=0))
+    finally:
+        httpd.shutdown()
+
+
+def test_a_repo_past_the_file_cap_is_never_silently_safe(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """(Remote review, round 8: files past the 10,000th were dropped without a word; a
+    pickle sorted last went unaudited.)"""
+    import ckptguard.remote.scan as remote_scan
+
+    monkeypatch.setattr(remote_scan, "MAX_REPO_FILES", 2)
+    files = {"a.txt": b"notes", "b.txt": b"more notes",
+             "pytorch_model.bin": b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00idR."}
+    r = _hub_scan(monkeypatch, files)
+    assert r.verdict is not Verdict.SAFE and "CKG901" in r.rule_ids(), sorted(r.rule_ids())
+
+
+def test_a_repo_file_whose_later_range_fails_is_one_failed_file(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Remote review, round 8: a SourceError from a later range escaped the repo scan.)"""
+    good = b"\x80\x02}q\x00."  # an empty dict
+    r = _hub_scan(monkeypatch, {"ok.pkl": good, "model.bin": b"\x80\x02" + b"\0" * 100_000},
+                  broken=frozenset({"model.bin"}))
+    assert r.verdict is Verdict.INCOMPLETE, sorted(r.rule_ids())
+    failed = [c for c in r.children if c.path.endswith("model.bin")]
+    assert failed and {"CKG910", "CKG911"} & failed[0].rule_ids(), \
+        [(c.path, sorted(c.rule_ids())) for c in r.children]

@@ -194,17 +194,25 @@ def _read_capped(resp: httpx.Response, cap: int, display: str,
     declared = resp.headers.get("Content-Length")
     if declared is not None and declared.isdigit() and int(declared) > cap:
         raise RemoteError(failure, display, f"{int(declared)} bytes > {cap}")
+    import httpx
+
     buf = io.BytesIO()
     got = 0
-    for chunk in resp.iter_raw():
-        got += len(chunk)
-        if got > cap:
-            raise RemoteError(failure, display, f"more than {cap} bytes")
-        if deadline is not None and time.monotonic() > deadline:
-            raise RemoteError(Failure.TIMEOUT, display,
-                              "the scan's wall-time budget (max_seconds) ran out while the "
-                              "body was still arriving")
-        buf.write(chunk)
+    try:
+        for chunk in resp.iter_raw():
+            got += len(chunk)
+            if got > cap:
+                raise RemoteError(failure, display, f"more than {cap} bytes")
+            if deadline is not None and time.monotonic() > deadline:
+                raise RemoteError(Failure.TIMEOUT, display,
+                                  "the scan's wall-time budget (max_seconds) ran out while "
+                                  "the body was still arriving")
+            buf.write(chunk)
+    except httpx.TimeoutException as e:  # the body stalled: a failed read, not a crash
+        raise RemoteError(Failure.TIMEOUT, display, f"while reading the body ({e})") from None
+    except httpx.HTTPError as e:  # cut short, reset, malformed: a failed read
+        raise RemoteError(Failure.CONNECTION, display,
+                          f"while reading the body ({type(e).__name__}: {e})") from None
     return buf.getvalue()
 
 
@@ -235,7 +243,8 @@ class HttpSource(Source):
 
     # -- set-up ---------------------------------------------------------------------------
     def _first(self, stream_cap: int) -> None:
-        resp = self._get({"Range": f"bytes=0-{MIN_FETCH * 16 - 1}"}, allow_416=True)
+        asked = MIN_FETCH * 16
+        resp = self._get({"Range": f"bytes=0-{asked - 1}"}, allow_416=True)
         try:
             final = str(resp.url)
             if self.auth and _origin(final) != _origin(self.url):
@@ -267,6 +276,9 @@ class HttpSource(Source):
             if start != 0 or total is None:
                 raise RemoteError(Failure.INCONSISTENT, self.display,
                                   "first range does not start at 0 or has no total size")
+            if end >= asked:  # never more than was asked for: the body is read into memory
+                raise RemoteError(Failure.INCONSISTENT, self.display,
+                                  f"asked bytes 0-{asked - 1}, got 0-{end}")
             self.size = total
             data = self._body(resp, end - start + 1)
             self.bytes_read += len(data)

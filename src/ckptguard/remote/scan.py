@@ -20,7 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from ..analysis.engine import audit_source
 from ..analysis.folder import AUDITED_FORMATS, CODE_EXTENSIONS
 from ..analysis.skipped import HEAD_BYTES, may_run_code, worth_reporting
-from ..context import AuditContext, Source
+from ..context import AuditContext, Source, SourceError
 from ..detect import extension_of, sniff
 from ..errors import ScanInputError
 from ..model import Format, Location, Report, decide
@@ -36,6 +36,7 @@ from .targets import (
     hub_endpoint,
     hub_token,
     parse_target,
+    redact_target,
 )
 
 MAX_LISTING_BYTES = 16 << 20   # a repo's file listing (JSON)
@@ -69,10 +70,10 @@ def _scan(parsed: RemoteTarget, policy: Policy, limits: Limits, sess: Session) -
     return _scan_repo(sess, parsed, endpoint, policy, limits)
 
 
-def _error_report(display: str, err: RemoteError, limits: Limits, fmt: Format = Format.UNKNOWN
-                  ) -> Report:
+def _error_report(display: str, err: RemoteError | SourceError, limits: Limits,
+                  fmt: Format = Format.UNKNOWN) -> Report:
     ctx = AuditContext(display, Source.from_bytes(b""), Policy(), limits)
-    src = err.as_source_error()
+    src = err.as_source_error() if isinstance(err, RemoteError) else err
     ctx.add(src.rule_id, src.message, evidence=src.evidence)
     return _report(ctx, fmt, bytes_read=0)
 
@@ -149,7 +150,13 @@ def _scan_repo(sess: Session, repo: HubRepo, endpoint: str, policy: Policy,
         ctx.add("CKG705", f"Python file '{escape_untrusted(rel, 200)}' ships beside the "
                 "weights: trust_remote_code=True would import and run it", member=rel,
                 evidence={"file": escape_untrusted(rel, 300)})
-    candidates = [f for f in files if f not in code][:MAX_REPO_FILES]
+    candidates = [f for f in files if f not in code]
+    if len(candidates) > MAX_REPO_FILES:
+        # the files past the cap are not audited: never a silent SAFE for the repo
+        ctx.add("CKG901", f"audit stopped: the repository lists {len(candidates)} files; "
+                f"only the first {MAX_REPO_FILES} (by name) are audited",
+                evidence={"limit": "max_repo_files"})
+        candidates = candidates[:MAX_REPO_FILES]
     children: list[Report] = []
     skipped: list[str] = []
 
@@ -160,12 +167,17 @@ def _scan_repo(sess: Session, repo: HubRepo, endpoint: str, policy: Policy,
             src = _open(sess, hub_file.resolve_url(endpoint), shown, limits, auth=True)
         except RemoteError as e:
             return _error_report(shown, e, limits)
-        head = src.read(0, HEAD_BYTES)
-        fmt, _ = sniff(head, src.size)
+        try:  # a later range can fail too: that file's report, not the repo's crash
+            head = src.read(0, HEAD_BYTES)
+            fmt, _ = sniff(head, src.size)
+            runs = fmt in AUDITED_FORMATS or extension_of(rel) == ".safetensors" or \
+                may_run_code(src, head)
+        except SourceError as e:
+            return _error_report(shown, e, limits)
         if fmt not in AUDITED_FORMATS and extension_of(rel) != ".safetensors":
             # no model file, unless a loader that takes any file would run it (the local
             # folder walks' decision, analysis/skipped.py: at most one more range request)
-            if not may_run_code(src, head):
+            if not runs:
                 return None
             return _audit_remote(src, shown, rel, policy, limits,
                                  unless=lambda r: not worth_reporting(r))
@@ -233,7 +245,8 @@ def scan_target(target: str, policy: Policy, limits: Limits, sess: Session) -> R
     try:
         return _scan(parse_target(target), policy, limits, sess)
     except ScanInputError as e:
-        return _error_report(target, RemoteError(Failure.BAD_TARGET, target, e.reason), limits)
+        shown = redact_target(target)
+        return _error_report(shown, RemoteError(Failure.BAD_TARGET, shown, e.reason), limits)
 
 
 __all__ = ["bounded_map", "scan_remote", "scan_target"]

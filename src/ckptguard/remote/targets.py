@@ -8,6 +8,7 @@ nothing heavy (the CLI calls :func:`is_remote` on every argument): ``urllib.pars
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from ..errors import ScanInputError
@@ -96,6 +97,14 @@ RemoteTarget = UrlTarget | HubRepo | HubFile
 #: the longest URL a scan target may be (httpx refuses 65,536 characters and more)
 _MAX_URL = 8192
 
+_USERINFO_QUERY = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)(?:[^/?#@]*@)?([^?#]*).*$", re.S)
+
+
+def redact_target(target: str) -> str:
+    """``target`` as it may be printed: without user info, query or fragment (they may
+    carry credentials), even when it does not parse as a URL."""
+    return _USERINFO_QUERY.sub(r"\1\2", target)
+
 
 def _segment_ok(s: str) -> bool:
     return bool(s) and s not in (".", "..") and all(c.isalnum() or c in "-_." for c in s)
@@ -109,16 +118,20 @@ def parse_target(target: str) -> RemoteTarget:
 
         import httpx
 
+        shown = redact_target(target)
         if len(target) > _MAX_URL:
-            raise ScanInputError(target[:200], f"a URL longer than {_MAX_URL} characters")
+            raise ScanInputError(shown[:200], f"a URL longer than {_MAX_URL} characters")
         try:  # every way urllib and httpx refuse it, here, as a malformed target
             parts = urlsplit(target)
             _ = parts.port
             httpx.URL(target)
         except (ValueError, httpx.InvalidURL) as e:
-            raise ScanInputError(target, f"malformed URL ({e})") from None
+            why = str(e)
+            if any(c in why for c in "@?#"):  # it quotes the URL: user info or a query
+                why = type(e).__name__
+            raise ScanInputError(shown, f"malformed URL ({why})") from None
         if not parts.hostname:
-            raise ScanInputError(target, "a URL needs a host")
+            raise ScanInputError(shown, "a URL needs a host")
         return UrlTarget(target)
     if not low.startswith("hf://"):
         raise ScanInputError(target, "not a remote target (http://, https:// or hf://)")
@@ -144,4 +157,4 @@ def parse_target(target: str) -> RemoteTarget:
 
 
 __all__ = ["DEFAULT_ENDPOINT", "SCHEMES", "HubFile", "HubRepo", "RemoteTarget", "UrlTarget",
-           "hub_endpoint", "hub_token", "is_remote", "parse_target"]
+           "hub_endpoint", "hub_token", "is_remote", "parse_target", "redact_target"]
