@@ -94,8 +94,9 @@ def _tensor_count(reports: tuple[Report, ...]) -> int:
 
 def iter_json(result: ScanResult) -> Iterator[str]:
     """:func:`_iter_json_raw` with lone surrogates spelled as text
-    (:func:`lone_surrogates_as_text`)."""
-    return _iter_json(result)
+    (:func:`lone_surrogates_as_text`): every piece is whole JSON tokens (a string is never
+    cut), so each is rewritten alone."""
+    return map(lone_surrogates_as_text, _iter_json_raw(result))
 
 
 def _iter_json_raw(result: ScanResult) -> Iterator[str]:
@@ -152,10 +153,6 @@ def indented_document(result: ScanResult) -> str:
 def format_json(result: ScanResult, options: FormatOptions) -> str:
     return "".join(iter_json(result))
 
-
-def _iter_json(result: ScanResult) -> Iterator[str]:
-    # every piece is whole JSON tokens (a string is never cut), so each is fixed alone
-    return map(lone_surrogates_as_text, _iter_json_raw(result))
 
 
 def load_schema() -> dict[str, Any]:
