@@ -434,3 +434,69 @@ def test_no_lease_while_another_python_thread_runs(tmp_path: Path,
         stop.set()
         t.join()
     assert checks == {"reread": 1, "structure": 1}
+
+
+_FORKING_PARENT = textwrap.dedent("""
+    import os, sys, time
+    from ckptguard.loaders import base
+    af = base.open_audited(sys.argv[1], lease=True)
+    assert af.leased
+    pid = os.fork()
+    if pid == 0:  # the child outlives its parent, without touching the file
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)  # (the pipes the test reads close with the parent)
+        time.sleep(60)
+        os._exit(0)
+    print(pid, flush=True)
+    os._exit(0)  # the parent dies mid-load: nothing is closed or released
+""")
+
+
+@pytest.mark.parametrize("forget", [True, False])
+def test_a_forked_child_does_not_keep_the_lease(leasable: Path, forget: bool) -> None:
+    """A child forked while a load holds the lease shares the open file description that
+    the lease belongs to: if the parent dies without closing it, the child alone would keep
+    every writer waiting for the kernel's lease-break time. The at-fork hook points the
+    child's copies at /dev/null; without it (the control) the writer is refused."""
+    p = save_torch(leasable / "m.pt", benign_state_dict())
+    script = _FORKING_PARENT if forget else _FORKING_PARENT.replace(
+        "import os, sys, time", "import os, sys, time\nimport ckptguard.primitives as pr\n"
+        "pr._forget_leases_in_child.__code__ = (lambda: None).__code__")
+    out = subprocess.run([sys.executable, "-c", script, str(p)], capture_output=True,
+                         text=True, timeout=60, check=True)
+    child = int(out.stdout.split()[0])
+    try:
+        if forget:
+            fd = os.open(p, os.O_RDWR | os.O_NONBLOCK)  # EAGAIN while a lease is held
+            os.close(fd)
+        else:
+            with pytest.raises(BlockingIOError):
+                os.open(p, os.O_RDWR | os.O_NONBLOCK)
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+def test_a_forked_child_gets_an_identity_error_not_the_file(leasable: Path) -> None:
+    """The child's leased descriptor now reads /dev/null: a child that goes on with the load
+    fails the identity check cleanly instead of reading (or leasing) the parent's file."""
+    p = save_torch(leasable / "m.pt", benign_state_dict())
+    af = base.open_audited(p, lease=True)
+    try:
+        assert af.leased
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                af.check_stat()
+            except FileChangedError:
+                code = 0 if os.fstat(af.fd).st_ino != os.stat(p).st_ino else 2
+            except BaseException:
+                code = 3
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert read_lease_held(af.fd)  # the parent's lease is untouched
+        assert af.verify() is True
+    finally:
+        af.close()

@@ -149,6 +149,38 @@ def gc_paused() -> Iterator[None]:
 #: to ignore it. The kernel's own default, SIGIO, would kill the process.
 LEASE_SIGNAL_NAME = "SIGURG"
 
+#: descriptors of this process that hold a read lease (:func:`take_read_lease`), so that a
+#: forked child can let go of them (:func:`_forget_leases_in_child`)
+_LEASED: set[int] = set()
+
+
+def _forget_leases_in_child() -> None:
+    """After ``fork()``, in the child: point every leased descriptor at ``/dev/null``. The
+    child shares the parent's open file descriptions, and a lease lives as long as its
+    description: a child that outlived a parent killed mid-load would keep the file leased
+    (a writer waiting up to the lease-break time). The descriptor numbers stay valid, so a
+    child that goes on through the loader gets a clean identity error, not EBADF."""
+    # only descriptors that still hold the lease: a number closed without release_lease may
+    # name an unrelated file by now
+    held = [fd for fd in _LEASED if read_lease_held(fd)]
+    _LEASED.clear()
+    if not held:
+        return
+    try:
+        null = os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return
+    try:
+        for fd in held:
+            with contextlib.suppress(OSError):
+                os.dup2(null, fd, inheritable=False)
+    finally:
+        os.close(null)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_leases_in_child)
+
 
 def take_read_lease(fd: int) -> bool:
     """Take a read lease (``fcntl F_SETLEASE F_RDLCK``) on ``fd``, a read-only descriptor.
@@ -175,6 +207,7 @@ def take_read_lease(fd: int) -> bool:
         fcntl.fcntl(fd, setlease, fcntl.F_RDLCK)
     except (ImportError, AttributeError, OSError, ValueError):
         return False
+    _LEASED.add(fd)
     return True
 
 
@@ -192,6 +225,7 @@ def read_lease_held(fd: int) -> bool:
 def release_lease(fd: int) -> None:
     """Give the read lease on ``fd`` back (a writer waiting on it goes on); no-op without
     one."""
+    _LEASED.discard(fd)
     try:
         import fcntl
 
