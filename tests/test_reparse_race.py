@@ -280,6 +280,7 @@ def test_the_replay_is_a_real_attack(tmp_path: Path, monkeypatch: pytest.MonkeyP
     edits, _message, rewritten = VARIANTS[variant]
     rewrite_during_load(monkeypatch, path, edits, blind_ctime=True)
     monkeypatch.setattr(torchfile, "structure_difference", lambda *a, **k: None)
+    monkeypatch.setattr(torchfile, "graph_difference", lambda *a, **k: None)
     got = ckptguard.safe_load(path)
     assert rewritten(got)
 
@@ -321,3 +322,99 @@ def test_views_without_elements_keep_their_storage(tmp_path: Path, copy: bool) -
     assert list(got) == list(want)
     for k, v in want.items():
         assert_same_tensor(got[k], v, k)
+
+
+# --- 3. the values around the tensors ----------------------------------------------------------
+
+def values_checkpoint(tmp_path: Path) -> Path:
+    """A training checkpoint whose non-tensor values each have a unique encoding in
+    data.pkl (so each variant below edits exactly the value it names)."""
+    from collections import OrderedDict
+
+    model: OrderedDict[str, Any] = OrderedDict(w=torch.arange(4, dtype=torch.float32))
+    model._metadata = OrderedDict({"": {"version": 1}})  # type: ignore[attr-defined]
+    obj = {"model": model, "step": 0x13572468, "lr": 0.1234567, "tag": "alpha-audited",
+           "flag": True, "none": None, "pair": (7, 9), "list": [1, 2]}
+    p = tmp_path / "values.pt"
+    torch.save(obj, p)
+    return p
+
+
+#: (what to find in data.pkl (a regex; its one match is edited), how to edit the match,
+#: what safe_load's refusal says, what the unguarded load returned)
+VALUE_VARIANTS: dict[str, tuple[bytes, Callable[[bytes], bytes], str,
+                                Callable[[dict[str, Any]], bool]]] = {
+    "int": (rb"Jh\$W\x13", lambda b: b"Ji$W\x13", r"value 'step' is int 324478057",
+            lambda o: o["step"] == 0x13572469),
+    "float": (rb"G\?\xbf\x9a\xdb\xb8\xf8\xdar", lambda b: b[:-1] + b"s",
+              r"value 'lr' is float 0\.1234567000", lambda o: o["lr"] != 0.1234567),
+    "str": (rb"alpha-audited", lambda b: b"omega-swapped", "value 'tag' is str 'omega",
+            lambda o: o["tag"] == "omega-swapped"),
+    "bool": (rb"flagq.\x88", lambda b: b[:-1] + b"\x89", "value 'flag' is bool False",
+             lambda o: o["flag"] is False),
+    "none-to-true": (rb"noneq.N", lambda b: b[:-1] + b"\x88", "value 'none' is bool True",
+                     lambda o: o["none"] is True),
+    "key": (rb"X\x04\x00\x00\x00none", lambda b: b[:-4] + b"nada",
+            r"has keys \[.*'nada'", lambda o: "nada" in o and "none" not in o),
+    "tuple-item": (rb"K\x07K\t\x86", lambda b: b"K\x08K\t\x86", r"value 'pair\.0' is int 8",
+                   lambda o: o["pair"] == (8, 9)),
+    "list-item": (rb"K\x01K\x02eu\.", lambda b: b"K\x01K\x03eu.", r"value 'list\.1' is int 3",
+                  lambda o: o["list"] == [1, 3]),
+    "metadata": (rb"versionq.K\x01", lambda b: b[:-1] + b"\x02",
+                 r"value 'model\._metadata\.\.version' is int 2",
+                 lambda o: o["model"]._metadata[""]["version"] == 2),
+}
+
+
+def _value_edit(path: Path, variant: str) -> list[tuple[bytes, bytes]]:
+    pattern, edit, _, _ = VALUE_VARIANTS[variant]
+    found = re.findall(pattern, path.read_bytes(), re.S)
+    assert len(found) == 1, (variant, found)
+    return [(found[0], edit(found[0]))]
+
+
+#: the single-file loaders that hand torch.load's object out (or check it whole)
+VALUE_APIS = {k: APIS[k] for k in ("safe_load", "safe_load-copy", "gate", "gate-mmap",
+                                   "iter_state_dict")}
+
+
+@pytest.mark.parametrize("variant", list(VALUE_VARIANTS))
+@pytest.mark.parametrize("api", list(VALUE_APIS))
+def test_rewritten_values_caught_by_the_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              api: str, variant: str) -> None:
+    """Without a lease and with the ctime blinded, a writer swaps a non-tensor value (an
+    int, a float, a string, a flag, a key, an item, ``_metadata``) while torch re-reads the
+    file: every tensor is the audited one, so only the comparison of the values with the
+    fast path's graph can tell."""
+    _make, load, _mmap = VALUE_APIS[api]
+    path = values_checkpoint(tmp_path)
+    with open_audited(path) as af:
+        assert af.proven and af.values_graph is not None
+    attacked = rewrite_during_load(monkeypatch, path, _value_edit(path, variant),
+                                   blind_ctime=True)
+    with pytest.raises(FileChangedError, match=r"what torch\.load built differs") as info:
+        load(path)
+    assert re.search(VALUE_VARIANTS[variant][2], str(info.value)), str(info.value)
+    assert attacked == [1]
+
+
+@pytest.mark.parametrize("variant", list(VALUE_VARIANTS))
+def test_the_value_replay_is_a_real_attack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           variant: str) -> None:
+    """The control: with the graph comparison switched off, safe_load returns the rewritten
+    value (the tensor comparison alone passes it)."""
+    path = values_checkpoint(tmp_path)
+    rewrite_during_load(monkeypatch, path, _value_edit(path, variant), blind_ctime=True)
+    monkeypatch.setattr(torchfile, "graph_difference", lambda *a, **k: None)
+    assert VALUE_VARIANTS[variant][3](ckptguard.safe_load(path))
+
+
+def test_unchanged_values_load_equal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No edit: the values come back as torch.load gives them (the comparison passes)."""
+    path = values_checkpoint(tmp_path)
+    rewrite_during_load(monkeypatch, path, [], blind_ctime=True)
+    got = ckptguard.safe_load(path)
+    want = REAL_LOAD(path, weights_only=True)
+    assert {k: v for k, v in got.items() if k != "model"} == \
+        {k: v for k, v in want.items() if k != "model"}
+    assert got["model"]._metadata == want["model"]._metadata

@@ -136,7 +136,7 @@ def safe_load(
             af.close()
             # the fast path's graph (~4 objects a tensor) dies while the collector is
             # still paused: else its first pass after the pause walks it (~20 ms at 50k)
-            af.graph = None
+            af.graph = af.values_graph = None
 
 
 def load_state_dict(

@@ -185,6 +185,9 @@ class AuditedFile:
     #: a read lease was taken on ``fd`` before the audit read anything (``open_audited(
     #: lease=True)``): while it stays unbroken, nobody has opened the file for writing
     leased: bool = False
+    #: the fast path's graph, kept where no lease was taken: a load that cannot count on
+    #: the lease compares the values torch built with it (``structure.graph_difference``)
+    values_graph: object = None
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -275,7 +278,7 @@ def open_audited(path: str | os.PathLike[str], *, policy: Policy | None = None,
         raise
     g = graph[0] if graph else None
     return AuditedFile(p, fd, report, pol, lim, g if keep_graph else None, g is not None,
-                       leased)
+                       leased, None if leased else g)
 
 
 __all__ = [

@@ -22,12 +22,14 @@ invariants whatever built it.
 
 from __future__ import annotations
 
+import struct
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from itertools import chain
 from typing import Any, Final
 
 from ..model import TensorInfo
+from ..primitives import escape_untrusted
 from ._torch import torch
 
 
@@ -200,4 +202,110 @@ def structure_difference(obj: Any, infos: Sequence[TensorInfo], *, storages: boo
     return None
 
 
-__all__ = ["NOT_EXACT", "structure_difference"]
+# --- the values around the tensors ------------------------------------------------------------
+
+#: the fast path's graph leaves that are values (analysis/fastpath.py accepts no others)
+_GRAPH_SCALARS = frozenset({str, int, float, bool, type(None)})
+_PACK_DOUBLE = struct.Struct("<d").pack
+
+
+def _same_scalar(a: Any, b: Any) -> bool:
+    """``a`` and ``b`` (of one type) are the same value: floats bit for bit (-0.0, NaN)."""
+    return _PACK_DOUBLE(a) == _PACK_DOUBLE(b) if type(a) is float else bool(a == b)
+
+
+def _show(v: Any) -> str:
+    """A loaded value for a message (untrusted: escaped and clipped; no giant ints)."""
+    if type(v) is int and v.bit_length() > 200:
+        return f"an int of {v.bit_length()} bits"
+    if type(v) not in _GRAPH_SCALARS:
+        return f"a {escape_untrusted(type(v).__name__, 40)}"
+    return f"{type(v).__name__} {escape_untrusted(repr(v), 60)}"
+
+
+def _where(at: str) -> str:
+    return f"value '{escape_untrusted(at, 80)}'" if at else "the top-level value"
+
+
+def _show_keys(keys: list[Any]) -> str:
+    return escape_untrusted(", ".join(escape_untrusted(repr(k), 40) for k in keys[:8])
+                            + (f", ... ({len(keys)} in all)" if len(keys) > 8 else ""), 160)
+
+
+def graph_difference(obj: Any, root: Any) -> str | _NotExact | None:
+    """None when ``obj`` (what ``torch.load`` built) has exactly the containers, keys,
+    values and sharing of the fast path's graph of the audited ``data.pkl`` (``root``,
+    ``analysis.fastpath.FastResult.root``); else what differs first, or :data:`NOT_EXACT`
+    when the graph holds a node this comparison does not model.
+
+    :func:`structure_difference` compares the tensors with the audit's records; this
+    compares everything around them -- ints, floats (bit for bit), strings, bools, None,
+    the container types, every key in order, an ``OrderedDict``'s attributes
+    (``_metadata``), and which objects are shared -- and matches each tensor by place and
+    kind (tensor or ``Parameter``). Together they leave nothing of a proven pickle that
+    torch could have read differently unnoticed."""
+    from ..analysis.fastpath import FastDict, FastList, FastOrderedDict, FastTensor
+
+    pairs: dict[int, Any] = {}   # id(graph node) -> the loaded object paired with it
+    back: dict[int, int] = {}    # id(loaded object) -> id(its graph node)
+    stack: list[tuple[str, Any, Any]] = [("", obj, root)]
+    scalars = _GRAPH_SCALARS
+    while stack:
+        at, o, g = stack.pop()
+        tg = type(g)
+        if tg in scalars:
+            if type(o) is not tg or not _same_scalar(o, g):
+                return f"{_where(at)} is {_show(o)}, the audit saw {_show(g)}"
+            continue
+        gid, oid = id(g), id(o)
+        seen = pairs.get(gid)
+        if seen is not None:
+            if seen is not o:
+                return f"{_where(at)} is a copy where the audit shares one object"
+            continue
+        if back.setdefault(oid, gid) != gid:
+            return f"{_where(at)} is shared where the audit has two objects"
+        pairs[gid] = o
+        if tg is FastTensor:
+            want = _PARAMETER if g.tensor.kind == "parameter" else _TENSOR
+            if type(o) is not want:
+                return f"{_where(at)} is a {type(o).__name__}, the audit saw a {want.__name__}"
+            continue
+        if tg is tuple:
+            want_type: Any = tuple
+        elif tg is FastList:
+            want_type = list
+        elif tg is FastDict:
+            want_type = dict
+        elif tg is FastOrderedDict:
+            want_type = OrderedDict
+        else:
+            return NOT_EXACT
+        if type(o) is not want_type:
+            return f"{_where(at)} is a {type(o).__name__}, the audit saw a {want_type.__name__}"
+        prefix = f"{at}." if at else ""
+        if want_type is tuple or want_type is list:
+            if len(o) != len(g):
+                return f"{_where(at)} has {len(o)} items, the audit saw {len(g)}"
+            stack.extend((f"{prefix}{i}", x, y) for i, (x, y) in enumerate(zip(o, g, strict=True)))
+            continue
+        keys, gkeys = list(o), list(g)
+        if len(keys) != len(gkeys) or any(type(a) is not type(b) or a != b
+                                          for a, b in zip(keys, gkeys, strict=True)):
+            return f"{_where(at)} has keys [{_show_keys(keys)}], the audit saw " \
+                   f"[{_show_keys(gkeys)}]"
+        stack.extend((f"{prefix}{k}", o[k], g[k]) for k in gkeys)
+        if tg is FastOrderedDict:
+            # BUILD's state, applied with __dict__.update (torch's weights-only unpickler):
+            # its items, not the dict object itself
+            attrs = o.__dict__
+            state = g.state if g.state is not None else {}
+            akeys, skeys = list(attrs), list(state)
+            if akeys != skeys or any(type(k) is not str for k in skeys):
+                return f"{_where(at)} has attributes [{_show_keys(akeys)}], the audit saw " \
+                       f"[{_show_keys(skeys)}]"
+            stack.extend((f"{prefix}{k}", attrs[k], state[k]) for k in skeys)
+    return None
+
+
+__all__ = ["NOT_EXACT", "graph_difference", "structure_difference"]

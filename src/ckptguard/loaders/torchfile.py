@@ -18,12 +18,13 @@ import pickle
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from ..analysis.fastpath import FastResult
 from ..errors import FileChangedError
 from ..model import Format
 from ._torch import MapLocation, mmap_opens_for_writing, safe_globals, torch, torch_load
 from .base import AuditedFile, LoaderError, fd_path
 from .invariants import check_loaded
-from .structure import NOT_EXACT, structure_difference
+from .structure import NOT_EXACT, graph_difference, structure_difference
 
 #: What torch raises when the bytes under it change mid-load (a torn or truncated file):
 #: translated to FileChangedError when the file's identity no longer matches the audit.
@@ -110,6 +111,12 @@ def load_torch(af: AuditedFile, map_location: MapLocation = "cpu", *, mmap: bool
     if isinstance(diff, str):
         raise FileChangedError(af.path, f"what torch.load built differs from the audited "
                                f"pickle: {diff}")
+    if diff is None and zipped and isinstance(af.values_graph, FastResult):
+        # ... and the values around the tensors (ints, strings, flags, keys, sharing)
+        values = graph_difference(obj, af.values_graph.root)
+        if isinstance(values, str):
+            raise FileChangedError(af.path, f"what torch.load built differs from the "
+                                   f"audited pickle: {values}")
     if diff is NOT_EXACT or not (af.proven and zipped):
         # A data.pkl the fast path proved holds only dense strided rebuilds whose views it
         # checked against their storages (and torch's set_ checks them again), and the
