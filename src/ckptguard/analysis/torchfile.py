@@ -14,6 +14,7 @@ from .._native import native
 from ..context import AuditContext, LimitExceeded
 from ..detect import TORCH_LEGACY_MAGIC, sniff
 from ..model import Format, TensorInfo
+from ..primitives import clip
 from ..readers.zipfast import facts
 from ..readers.zipfile import (
     STORED,
@@ -223,6 +224,10 @@ def _read_small(ctx: AuditContext, archive: ZipArchive, e: ZipEntry) -> bytes | 
     return read_small_record(ctx, archive, e, "CKG311")
 
 
+#: torch passes ``.storage_alignment`` to C++ as a ``uint64_t``
+STORAGE_ALIGNMENT_LIMIT = 1 << 64
+
+
 def _torch_zip(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEntry],
                prefix: str, outside: list[ZipEntry],
                split: dict[str, tuple[str, int, int]] | None = None) -> None:
@@ -252,8 +257,25 @@ def _torch_zip(ctx: AuditContext, archive: ZipArchive, records: dict[str, ZipEnt
         e = records.get(rec)
         if e is not None:
             raw = _read_small(ctx, archive, e)
-            if raw is not None and not raw.strip().isdigit():
+            if raw is None:
+                continue
+            if not raw.strip().isdigit():
                 ctx.add("CKG311", f"{rec} record is not a number", member=e.name)
+            elif rec == ".storage_alignment":
+                # torch computes record offsets modulo it (getRecordOffsetNoRead: every
+                # meta load, and mmap loads under config.load.calculate_storage_offsets):
+                # 0 divides by zero (SIGFPE), 2**64 and more fail its uint64 argument
+                digits = raw.strip()
+                # (no int() of thousands of digits: past 4300 it raises)
+                sig = digits.lstrip(b"0")
+                n = int(sig or b"0") if len(sig) <= 24 else STORAGE_ALIGNMENT_LIMIT
+                if not 0 < n < STORAGE_ALIGNMENT_LIMIT:
+                    why = "0 crashes the process (division by zero)" if n == 0 else \
+                        "it does not fit torch's 64-bit argument"
+                    ctx.add("CKG311", f"{rec} record says {clip(digits.decode(), 24)}: torch "
+                            f"computes record offsets modulo it, and {why}", member=e.name)
+                else:
+                    ctx.metadata["torch.storage_alignment"] = str(n)
 
     catalog = StorageCatalog()
     others: list[tuple[str, ZipEntry]] = []  # the records that are not tensor data
