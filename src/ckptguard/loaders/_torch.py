@@ -106,6 +106,71 @@ def torch_load(f: Any, **kwargs: Any) -> Any:
         INSIDE_AUDITED_LOAD.reset(token)
 
 
+# --- torch's computed storage offsets (loaders/offsets.py) ------------------------------------
+
+#: a zip holding one stored member ``a/version`` (``3\n``): the smallest archive
+#: ``PyTorchFileReader`` opens, for :func:`_offsets_model_holds`
+_PROBE_ARCHIVE = bytes.fromhex(
+    "504b030414000000000000002100d19e6755020000000200000009000000612f76657273696f6e330a"
+    "504b0102140314000000000000002100d19e67550200000002000000090000000000000000000000"
+    "800100000000612f76657273696f6e504b0506000000000100010037000000290000000000")
+#: (cursor, record name, size, alignment): every branch of getRecordOffsetNoRead
+_PROBES = ((0, "data/0", 24, 64), (100, "data/7", 10, 64), (161, "data/12", 0, 64),
+           (1000, "data/3", 8, 1), (4011, "data/3", 8, 4096), (26, "data/99", 5, 3),
+           (0xFFFFFFFF, "data/5", 24, 64), (0xFFFFFF00, "data/5", 0xFFFFFFFF, 64),
+           (1 << 40, "data/123456", 1 << 33, 64), (7, "data/1", 0xFFFFFFFE, 4096))
+
+
+def _offsets_model_holds() -> bool:
+    """Whether this torch computes record offsets as :mod:`.offsets` models them: its own
+    ``get_record_offset_no_read`` on every branch, once per process (with ckptguard's
+    import of torch, ~0.1 ms). False (torch always reads the headers) on a torch without
+    the option or with another formula."""
+    import io
+
+    from .offsets import record_offset_no_read
+
+    try:
+        from torch.utils.serialization import config
+
+        if not hasattr(config.load, "calculate_storage_offsets"):
+            return False
+        reader = torch._C.PyTorchFileReader(io.BytesIO(_PROBE_ARCHIVE))
+        computed = getattr(reader, "get_record_offset_no_read")  # noqa: B009 - not in the stubs
+        return all(computed(c, name, size, a) == record_offset_no_read(c, 2 + len(name), size, a)
+                   for c, name, size, a in _PROBES)
+    except Exception:  # noqa: BLE001 - any failure: torch reads the headers, as by default
+        return False
+
+
+#: :func:`_offsets_model_holds`, decided with the import
+OFFSETS_MODEL_HOLDS = _offsets_model_holds()
+
+
+@contextlib.contextmanager
+def computed_storage_offsets(on: bool) -> Iterator[None]:
+    """Let the ``torch.load`` in this block compute storage offsets instead of reading every
+    storage's local header (``config.load.calculate_storage_offsets``), when ``on`` -- the
+    audit proved the computation exact for this file (:func:`.offsets.computed_offsets_hold`)
+    -- and this torch computes them as modelled. The option is process-wide, so it is only
+    set while one Python thread runs (no other ``torch.load`` can see it), and put back
+    after."""
+    if not (on and OFFSETS_MODEL_HOLDS and threading.active_count() == 1):
+        yield
+        return
+    from torch.utils.serialization import config
+
+    cfg = config.load
+    if cfg.calculate_storage_offsets:
+        yield
+        return
+    cfg.calculate_storage_offsets = True
+    try:
+        yield
+    finally:
+        cfg.calculate_storage_offsets = False
+
+
 #: safetensors dtype codes -> torch dtype attribute names.
 _SAFETENSORS_DTYPES: dict[str, str] = {
     "BOOL": "bool",
@@ -300,8 +365,10 @@ def safe_globals(policy: Policy | None, report: Report | None = None) -> Iterato
 
 __all__ = [
     "INSIDE_AUDITED_LOAD",
+    "OFFSETS_MODEL_HOLDS",
     "ORIGINAL_CODE",
     "ORIGINAL_LOAD",
+    "computed_storage_offsets",
     "dtype_of",
     "extra_safe_globals",
     "import_failure",

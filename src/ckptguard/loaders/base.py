@@ -26,10 +26,15 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from .._native import native
+
+if TYPE_CHECKING:
+    from ..analysis.tensors import StorageRef
 from ..context import AuditedRegion
 from ..errors import (
     FileChangedError,
@@ -188,6 +193,9 @@ class AuditedFile:
     #: the fast path's graph, kept where no lease was taken: a load that cannot count on
     #: the lease compares the values torch built with it (``structure.graph_difference``)
     values_graph: object = None
+    #: the fast path's storage references in the order the pickle first names them (when
+    #: it proved the file): whether torch may compute their offsets (loaders/offsets.py)
+    storages: Mapping[str, StorageRef] | None = None
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -278,7 +286,8 @@ def open_audited(path: str | os.PathLike[str], *, policy: Policy | None = None,
         raise
     g = graph[0] if graph else None
     return AuditedFile(p, fd, report, pol, lim, g if keep_graph else None, g is not None,
-                       leased, None if leased else g)
+                       leased, None if leased else g,
+                       getattr(g, "storages", None))
 
 
 __all__ = [

@@ -21,9 +21,18 @@ from typing import Any
 from ..analysis.fastpath import FastResult
 from ..errors import FileChangedError
 from ..model import Format
-from ._torch import MapLocation, mmap_opens_for_writing, safe_globals, torch, torch_load
+from ._torch import (
+    OFFSETS_MODEL_HOLDS,
+    MapLocation,
+    computed_storage_offsets,
+    mmap_opens_for_writing,
+    safe_globals,
+    torch,
+    torch_load,
+)
 from .base import AuditedFile, LoaderError, fd_path
 from .invariants import check_loaded
+from .offsets import DEFAULT_ALIGNMENT, computed_offsets_hold
 from .structure import NOT_EXACT, graph_difference, structure_difference
 
 #: What torch raises when the bytes under it change mid-load (a torn or truncated file):
@@ -85,8 +94,10 @@ def load_torch(af: AuditedFile, map_location: MapLocation = "cpu", *, mmap: bool
     path = fd_path(af.fd, af.check_stat())
     if af.leased and path is not None and mmap_opens_for_writing(use_mmap):
         af.drop_lease()  # torch opens the file read-write to map it shared
+    calc = OFFSETS_MODEL_HOLDS and bool(use_mmap) and path is not None and \
+        _offsets_hold(af)
     try:
-        with safe_globals(af.policy, af.report):
+        with safe_globals(af.policy, af.report), computed_storage_offsets(calc):
             if path is not None:
                 obj = torch_load(path, map_location=map_location, weights_only=True,
                                  mmap=use_mmap, **pickle_load_args)
@@ -125,6 +136,17 @@ def load_torch(af: AuditedFile, map_location: MapLocation = "cpu", *, mmap: bool
         # model -- is walked.
         check_loaded(obj, af.report)
     return obj
+
+
+def _offsets_hold(af: AuditedFile) -> bool:
+    """torch may compute this proven torch zip's storage offsets (loaders/offsets.py)."""
+    if af.storages is None or af.report.format is not Format.TORCH_ZIP:
+        return False
+    meta = dict(af.report.metadata)
+    folder = meta.get("torch.archive_folder")
+    align = meta.get("torch.storage_alignment")
+    return folder is not None and computed_offsets_hold(
+        af.storages.values(), folder, DEFAULT_ALIGNMENT if align is None else int(align))
 
 
 def iter_tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
