@@ -224,6 +224,19 @@ def test_not_with_another_thread_or_without_mmap(tmp_path: Path, seen: list[bool
     assert seen == [False, False]
 
 
+def test_not_without_the_lease(tmp_path: Path, seen: list[bool],
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch computes from the file as it reads it: only the lease keeps that the audited
+    file (a racing writer could hand it an alignment of 0: SIGFPE)."""
+    from ckptguard.loaders import base
+
+    p = tmp_path / "m.pt"
+    torch.save({"a": torch.ones(3)}, p)
+    monkeypatch.setattr(base, "take_load_lease", lambda fd: False)
+    ckptguard.safe_load(p)
+    assert seen == [False]
+
+
 def test_the_option_is_put_back_when_the_load_fails(tmp_path: Path, seen: list[bool],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     p = tmp_path / "m.pt"

@@ -152,7 +152,8 @@ def computed_storage_offsets(on: bool) -> Iterator[None]:
     """Let the ``torch.load`` in this block compute storage offsets instead of reading every
     storage's local header (``config.load.calculate_storage_offsets``), when ``on`` -- the
     audit proved the computation exact for this file (:func:`.offsets.computed_offsets_hold`)
-    -- and this torch computes them as modelled. The option is process-wide, so it is only
+    -- and this torch computes them as modelled. The caller holds the read lease (torch
+    computes from the file as it reads it then). The option is process-wide, so it is only
     set while one Python thread runs (no other ``torch.load`` can see it), and put back
     after."""
     if not (on and OFFSETS_MODEL_HOLDS and threading.active_count() == 1):

@@ -94,7 +94,9 @@ def load_torch(af: AuditedFile, map_location: MapLocation = "cpu", *, mmap: bool
     path = fd_path(af.fd, af.check_stat())
     if af.leased and path is not None and mmap_opens_for_writing(use_mmap):
         af.drop_lease()  # torch opens the file read-write to map it shared
-    calc = OFFSETS_MODEL_HOLDS and bool(use_mmap) and path is not None and \
+    # only under the lease: torch computes from the file as it reads it then (its pickle,
+    # its .storage_alignment), which only the lease keeps equal to what the audit proved
+    calc = OFFSETS_MODEL_HOLDS and af.leased and bool(use_mmap) and path is not None and \
         _offsets_hold(af)
     try:
         with safe_globals(af.policy, af.report), computed_storage_offsets(calc):
