@@ -12,18 +12,29 @@ changed the file under us, and the read fails with CKG911 (INCOMPLETE, never SAF
 The HTTP client is httpx: timeouts per phase, redirects followed within a limit (and the
 ``Authorization`` header dropped when a redirect leaves the origin, so a hub token never
 reaches a CDN), streamed bodies that can be abandoned unread, a thread-safe pooled client.
+
+One wall-time budget per file (``max_seconds``): httpx's timeouts are per phase and a
+server that trickles its status line, headers or body a byte at a time resets them with
+every byte. So every socket the client opens goes through :func:`_deadline_backend`, an
+httpcore network backend that clamps each connect, TLS handshake, read and write to the
+time left before the calling thread's deadline (set by :meth:`Session.open` and
+:func:`_read_capped` for the duration of one request) and fails it once that deadline has
+passed. The retry loop stops at the deadline too, back-off sleep included.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import io
 import os
 import re
+import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..context import Source, SourceError
 from ..errors import CkptGuardError
@@ -31,6 +42,7 @@ from ..errors import CkptGuardError
 if TYPE_CHECKING:
     import ssl
 
+    import httpcore
     import httpx
 
 MIN_FETCH = 4096           # bytes: the smallest range asked for (headers are tiny)
@@ -91,6 +103,141 @@ class RemoteOptions:
     user_agent: str = "ckptguard"
 
 
+_BUDGET_SPENT = "the scan's wall-time budget (max_seconds) ran out"
+
+
+class _Budget(threading.local):
+    """The calling thread's deadline for the request in progress (``time.monotonic()``;
+    None: only httpx's per-phase timeouts apply) and whether a network wait hit it. Per
+    thread: one :class:`Session` serves many worker threads, each on its own connection."""
+
+    deadline: float | None = None
+    hit: bool = False
+
+
+_BUDGET = _Budget()
+
+
+@contextlib.contextmanager
+def _bounded(deadline: float | None) -> Iterator[None]:
+    """Every network wait of this thread inside the block ends by ``deadline``."""
+    saved = (_BUDGET.deadline, _BUDGET.hit)
+    _BUDGET.deadline, _BUDGET.hit = deadline, False
+    try:
+        yield
+    finally:
+        _BUDGET.deadline, _BUDGET.hit = saved
+
+
+def _spent(deadline: float | None) -> bool:
+    """Has the budget run out (a clamped wait hit it, or the clock is past it)?"""
+    return deadline is not None and (_BUDGET.hit or time.monotonic() >= deadline)
+
+
+def _clamp(timeout: float | None, expired: type[Exception]) -> tuple[float | None, bool]:
+    """``timeout`` cut to the time left before this thread's deadline (and whether it was
+    cut); ``expired`` (an httpcore timeout) once no time is left."""
+    deadline = _BUDGET.deadline
+    if deadline is None:
+        return timeout, False
+    left = deadline - time.monotonic()
+    if left <= 0:
+        _BUDGET.hit = True
+        raise expired(_BUDGET_SPENT)
+    if timeout is None or left < timeout:
+        return left, True
+    return timeout, False
+
+
+def _deadline_backend(inner: httpcore.NetworkBackend) -> httpcore.NetworkBackend:
+    """``inner`` (httpcore's SyncBackend) with every wait clamped to the thread's deadline:
+    connect (``create_connection``'s timeout covers the whole connect), the TLS handshake
+    (CPython bounds the whole handshake by the socket timeout), each read and each write
+    (``sendall``: the whole buffer)."""
+    import httpcore
+
+    def waiting(call: Any, timeout: float | None, expired: type[Exception],
+                *args: Any, **kwargs: Any) -> Any:
+        t, cut = _clamp(timeout, expired)
+        try:
+            return call(*args, timeout=t, **kwargs)
+        except httpcore.TimeoutException:
+            if cut:
+                _BUDGET.hit = True
+            raise
+
+    class Stream(httpcore.NetworkStream):
+        def __init__(self, inner: httpcore.NetworkStream) -> None:
+            self._inner = inner
+
+        def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+            data: bytes = waiting(self._inner.read, timeout, httpcore.ReadTimeout, max_bytes)
+            return data
+
+        def write(self, buffer: bytes, timeout: float | None = None) -> None:
+            waiting(self._inner.write, timeout, httpcore.WriteTimeout, buffer)
+
+        def close(self) -> None:
+            self._inner.close()
+
+        def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                      timeout: float | None = None) -> httpcore.NetworkStream:
+            return Stream(waiting(self._inner.start_tls, timeout, httpcore.ConnectTimeout,
+                                  ssl_context, server_hostname=server_hostname))
+
+        def get_extra_info(self, info: str) -> Any:
+            return self._inner.get_extra_info(info)
+
+    class Backend(httpcore.NetworkBackend):
+        def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                        local_address: str | None = None,
+                        socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+            return Stream(waiting(inner.connect_tcp, timeout, httpcore.ConnectTimeout,
+                                  host, port, local_address=local_address,
+                                  socket_options=socket_options))
+
+        def connect_unix_socket(self, path: str, timeout: float | None = None,
+                                socket_options: Iterable[Any] | None = None
+                                ) -> httpcore.NetworkStream:
+            return Stream(waiting(inner.connect_unix_socket, timeout, httpcore.ConnectTimeout,
+                                  path, socket_options=socket_options))
+
+        def sleep(self, seconds: float) -> None:
+            t, _ = _clamp(seconds, httpcore.ConnectTimeout)
+            inner.sleep(seconds if t is None else t)
+
+    return Backend()
+
+
+def _install_deadline_backend(client: httpx.Client) -> None:
+    """Route every connection ``client`` opens (direct, and through the proxies httpx took
+    from the environment) through :func:`_deadline_backend`. httpx has no public hook for
+    a network backend: its transports keep httpcore's pool at ``_pool`` and the pool its
+    backend at ``_network_backend`` (httpx 0.28, httpcore 1.0). If a later version moves
+    them, refuse to build the session rather than scan without the ``max_seconds`` bound."""
+    import httpcore
+    import httpx
+
+    def unsupported() -> RuntimeError:
+        return RuntimeError(
+            f"ckptguard cannot bound remote reads by max_seconds with httpx {httpx.__version__}"
+            f" / httpcore {httpcore.__version__}: the network backend is no longer at "
+            "HTTPTransport._pool._network_backend (checked with httpx 0.28, httpcore 1.0)")
+
+    mounts = getattr(client, "_mounts", None)
+    if not isinstance(mounts, dict):
+        raise unsupported()
+    transports = [getattr(client, "_transport", None)]
+    transports += [t for t in mounts.values() if t is not None]  # None: the default transport
+    for transport in transports:
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if not isinstance(transport, httpx.HTTPTransport) or \
+                not isinstance(backend, httpcore.NetworkBackend):
+            raise unsupported()
+        pool._network_backend = _deadline_backend(backend)  # type: ignore[union-attr]
+
+
 @functools.lru_cache(maxsize=4)
 def _tls_context(cafile: str | None, capath: str | None) -> ssl.SSLContext:
     """The context httpx builds for ``verify=True`` (certifi's bundle, or SSL_CERT_FILE /
@@ -117,6 +264,11 @@ class Session:
             headers={"User-Agent": self.options.user_agent, "Accept-Encoding": "identity"},
             limits=httpx.Limits(max_connections=max(4, self.options.concurrency * 2)),
         )
+        try:
+            _install_deadline_backend(self._client)
+        except BaseException:
+            self._client.close()
+            raise
 
     def close(self) -> None:
         self._client.close()
@@ -134,52 +286,83 @@ class Session:
         return h
 
     def open(self, url: str, display: str, headers: dict[str, str], *,
-             auth: bool) -> httpx.Response:
+             auth: bool, deadline: float | None = None) -> httpx.Response:
         """Send a GET and return the streamed response (status < 400), retrying transient
-        failures with exponential back-off; the caller closes it."""
+        failures with exponential back-off; the caller closes it. ``deadline``
+        (``time.monotonic()``): every network wait (connect, TLS, status line, headers) ends
+        by then, and no retry (nor its back-off) runs past it: TIMEOUT, naming the budget."""
         import httpx
 
         delay = self.options.backoff
+        cause = ""
         for attempt in range(self.options.retries + 1):
             last = attempt == self.options.retries
+            if _spent(deadline):
+                raise RemoteError(Failure.TIMEOUT, display,
+                                  f"{_BUDGET_SPENT} before the request{cause}")
             self.requests += 1
-            try:
-                req = self._client.build_request("GET", url, headers=self._headers(auth, headers))
-                resp = self._client.send(req, stream=True)
-            except httpx.TooManyRedirects as e:
-                raise RemoteError(Failure.REDIRECTS, display,
-                                  f"more than {self.options.max_redirects}") from e
-            except httpx.TimeoutException as e:
-                if last:
-                    raise RemoteError(Failure.TIMEOUT, display,
-                                      f"{self.options.timeout:g} s per phase") from e
-            except httpx.TransportError as e:
-                if last:
-                    raise RemoteError(Failure.CONNECTION, display, type(e).__name__) from e
-            else:
-                code = resp.status_code
-                if code < 400:
-                    return resp
-                resp.close()
-                if code in (429, 500, 502, 503, 504) and not last:
-                    pass  # transient: retry
-                elif code == 404:
-                    raise RemoteError(Failure.NOT_FOUND, display)
-                elif code in (401, 403):
-                    raise RemoteError(Failure.DENIED, display, f"HTTP {code}")
-                elif code == 416:
-                    raise RemoteError(Failure.RANGE_REFUSED, display)
+            with _bounded(deadline):
+                try:
+                    req = self._client.build_request(
+                        "GET", url, headers=self._headers(auth, headers),
+                        timeout=self._timeout(deadline))
+                    resp = self._client.send(req, stream=True)
+                except httpx.TooManyRedirects as e:
+                    raise RemoteError(Failure.REDIRECTS, display,
+                                      f"more than {self.options.max_redirects}") from e
+                except httpx.TimeoutException as e:
+                    if _spent(deadline):
+                        raise RemoteError(Failure.TIMEOUT, display,
+                                          f"{_BUDGET_SPENT} while waiting for the response "
+                                          f"({type(e).__name__})") from e
+                    if last:
+                        raise RemoteError(Failure.TIMEOUT, display,
+                                          f"{self.options.timeout:g} s per phase") from e
+                    cause = f" (last try: {type(e).__name__})"
+                except httpx.TransportError as e:
+                    if last:
+                        raise RemoteError(Failure.CONNECTION, display, type(e).__name__) from e
+                    cause = f" (last try: {type(e).__name__})"
                 else:
-                    raise RemoteError(Failure.HTTP_STATUS, display, f"HTTP {code}")
+                    code = resp.status_code
+                    if code < 400:
+                        return resp
+                    resp.close()
+                    if code in (429, 500, 502, 503, 504) and not last:
+                        cause = f" (last try: HTTP {code})"  # transient: retry
+                    elif code == 404:
+                        raise RemoteError(Failure.NOT_FOUND, display)
+                    elif code in (401, 403):
+                        raise RemoteError(Failure.DENIED, display, f"HTTP {code}")
+                    elif code == 416:
+                        raise RemoteError(Failure.RANGE_REFUSED, display)
+                    else:
+                        raise RemoteError(Failure.HTTP_STATUS, display, f"HTTP {code}")
+            if deadline is not None and time.monotonic() + delay >= deadline:
+                # the back-off would end past the budget: no time for another try
+                raise RemoteError(Failure.TIMEOUT, display,
+                                  f"{_BUDGET_SPENT} before the next retry{cause}")
             time.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def get_bytes(self, url: str, display: str, *, cap: int, auth: bool) -> bytes:
-        """A whole (small) response body, refused past ``cap`` bytes."""
-        resp = self.open(url, display, {}, auth=auth)
+    def _timeout(self, deadline: float | None) -> httpx.Timeout:
+        """The request's per-phase timeouts, none longer than the time left (this bounds
+        the wait for a free pooled connection too, which is no network wait)."""
+        import httpx
+
+        t = self.options.timeout
+        if deadline is not None:
+            t = max(0.0, min(t, deadline - time.monotonic()))
+        return httpx.Timeout(t)
+
+    def get_bytes(self, url: str, display: str, *, cap: int, auth: bool,
+                  deadline: float | None = None) -> bytes:
+        """A whole (small) response body, refused past ``cap`` bytes (and, with a
+        ``deadline``, once it passes)."""
+        resp = self.open(url, display, {}, auth=auth, deadline=deadline)
         try:
-            return _read_capped(resp, cap, display)
+            return _read_capped(resp, cap, display, deadline=deadline)
         finally:
             resp.close()
 
@@ -189,7 +372,8 @@ def _read_capped(resp: httpx.Response, cap: int, display: str,
                  deadline: float | None = None) -> bytes:
     """The body, refused (``failure``) once it passes ``cap`` bytes: never read further.
     ``deadline`` (``time.monotonic()``): a body still arriving then is refused (TIMEOUT),
-    however steadily its bytes trickle in (each one resets httpx's per-phase timeout).
+    however steadily its bytes trickle in (each one resets httpx's per-phase timeout), and
+    no read waits past it.
     The chunks go into one buffer that becomes the result without a second copy."""
     declared = resp.headers.get("Content-Length")
     if declared is not None and declared.isdigit() and int(declared) > cap:
@@ -198,21 +382,26 @@ def _read_capped(resp: httpx.Response, cap: int, display: str,
 
     buf = io.BytesIO()
     got = 0
-    try:
-        for chunk in resp.iter_raw():
-            got += len(chunk)
-            if got > cap:
-                raise RemoteError(failure, display, f"more than {cap} bytes")
-            if deadline is not None and time.monotonic() > deadline:
+    with _bounded(deadline):  # a stalled body waits no longer than the budget either
+        try:
+            for chunk in resp.iter_raw():
+                got += len(chunk)
+                if got > cap:
+                    raise RemoteError(failure, display, f"more than {cap} bytes")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise RemoteError(Failure.TIMEOUT, display,
+                                      f"{_BUDGET_SPENT} while the body was still arriving")
+                buf.write(chunk)
+        except httpx.TimeoutException as e:  # the body stalled: a failed read, not a crash
+            if _spent(deadline):
                 raise RemoteError(Failure.TIMEOUT, display,
-                                  "the scan's wall-time budget (max_seconds) ran out while "
-                                  "the body was still arriving")
-            buf.write(chunk)
-    except httpx.TimeoutException as e:  # the body stalled: a failed read, not a crash
-        raise RemoteError(Failure.TIMEOUT, display, f"while reading the body ({e})") from None
-    except httpx.HTTPError as e:  # cut short, reset, malformed: a failed read
-        raise RemoteError(Failure.CONNECTION, display,
-                          f"while reading the body ({type(e).__name__}: {e})") from None
+                                  f"{_BUDGET_SPENT} while the body was still arriving "
+                                  f"({type(e).__name__})") from None
+            raise RemoteError(Failure.TIMEOUT, display,
+                              f"while reading the body ({e})") from None
+        except httpx.HTTPError as e:  # cut short, reset, malformed: a failed read
+            raise RemoteError(Failure.CONNECTION, display,
+                              f"while reading the body ({type(e).__name__}: {e})") from None
     return buf.getvalue()
 
 
@@ -288,12 +477,27 @@ class HttpSource(Source):
 
     def _get(self, headers: dict[str, str], *, allow_416: bool = False) -> httpx.Response:
         try:
-            return self.session.open(self.url, self.display, headers, auth=self.auth)
+            return self.session.open(self.url, self.display, headers, auth=self.auth,
+                                     deadline=self.deadline)
         except RemoteError as e:
             if allow_416 and e.failure is Failure.RANGE_REFUSED:
                 # an empty file: ask again without a range to learn its size
-                return self.session.open(self.url, self.display, {}, auth=self.auth)
+                return self.session.open(self.url, self.display, {}, auth=self.auth,
+                                         deadline=self.deadline)
             raise
+
+    def _same_version(self, resp: httpx.Response) -> None:
+        """A later 206 carries the validator the first response had, or the file changed
+        (a server or cache that ignores ``If-Range`` answers a range of the new version).
+        A strong ETag decides alone (a weak or missing one is a change); without one, the
+        ``Last-Modified`` sent as ``If-Range`` must come back unchanged. A first response
+        with neither (or only a weak ETag) leaves nothing to compare: when more than one
+        range was read, CKG913 says so (remote/scan.py)."""
+        if self.etag:
+            if resp.headers.get("ETag") != self.etag:
+                raise RemoteError(Failure.CHANGED, self.display, "ETag changed")
+        elif self.validator is not None and resp.headers.get("Last-Modified") != self.validator:
+            raise RemoteError(Failure.CHANGED, self.display, "Last-Modified changed")
 
     def _content_range(self, resp: httpx.Response) -> tuple[int, int, int | None]:
         m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
@@ -361,9 +565,7 @@ class HttpSource(Source):
                                   "the server stopped serving ranges")
             if resp.status_code != 206:
                 raise RemoteError(Failure.HTTP_STATUS, self.display, f"HTTP {resp.status_code}")
-            etag = resp.headers.get("ETag")
-            if self.etag and etag != self.etag:
-                raise RemoteError(Failure.CHANGED, self.display, "ETag changed")
+            self._same_version(resp)
             start, end, total = self._content_range(resp)
             if total is not None and total != self.size:
                 raise RemoteError(Failure.INCONSISTENT, self.display,

@@ -135,7 +135,9 @@ def _scan_repo(sess: Session, repo: HubRepo, endpoint: str, policy: Policy,
     display = repo.display
     ctx = AuditContext(display, Source.from_bytes(b""), policy, limits)
     try:
-        raw = sess.get_bytes(repo.api_url(endpoint), display, cap=MAX_LISTING_BYTES, auth=True)
+        # the listing has its own max_seconds, as each file does
+        raw = sess.get_bytes(repo.api_url(endpoint), display, cap=MAX_LISTING_BYTES, auth=True,
+                             deadline=time.monotonic() + limits.max_seconds)
     except RemoteError as e:
         return _error_report(display, e, limits, Format.MODEL_FOLDER)
     files, commit = _parse_listing(raw)
