@@ -230,15 +230,22 @@ def test_unexpected_graph_falls_back_to_torch_load(tmp_path: Path, loc: str,
         assert got["w"].is_meta and got["w"].shape == (2,)
 
 
-def test_built_in_the_audit_and_fallbacks(tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("lease", [True, False], ids=["lease", "no-lease"])
+def test_built_in_the_audit_and_fallbacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          lease: bool) -> None:
     """With the native core, safe_load's meta object is built during the audit (no graph
     is kept, torch.load is not called; picklecore's meta maker); a build that fails there
     leaves the proof as it is and torch.load(map_location="meta") builds the object after
-    the audit."""
+    the audit -- with the read lease and without it (then what torch built is compared
+    with the audit, and the graph the failed build used up is not there to compare)."""
     from ckptguard._native import native
     from ckptguard.analysis.fastpath import FastResult
-    from ckptguard.loaders import direct
+    from ckptguard.loaders import base, direct
+
+    if lease:
+        monkeypatch.setattr(base, "_one_python_thread", lambda: True)
+    else:
+        monkeypatch.setattr(base, "take_read_lease", lambda fd: False)
 
     sd = _state_dict()
     p = save_torch(tmp_path / "m.pt", sd)

@@ -124,9 +124,11 @@ def load_torch(af: AuditedFile, map_location: MapLocation = "cpu", *, mmap: bool
     if isinstance(diff, str):
         raise FileChangedError(af.path, f"what torch.load built differs from the audited "
                                f"pickle: {diff}")
-    if diff is None and zipped and isinstance(af.values_graph, FastResult):
-        # ... and the values around the tensors (ints, strings, flags, keys, sharing)
-        values = graph_difference(obj, af.values_graph.root)
+    graph = af.values_graph
+    if diff is None and zipped and isinstance(graph, FastResult) and graph.root is not None:
+        # ... and the values around the tensors (ints, strings, flags, keys, sharing); no
+        # root: a meta build used the graph up during the audit, then failed
+        values = graph_difference(obj, graph.root)
         if isinstance(values, str):
             raise FileChangedError(af.path, f"what torch.load built differs from the "
                                    f"audited pickle: {values}")
