@@ -471,9 +471,27 @@ def test_iter_state_dict_of_a_dict_that_holds_itself(tmp_path: Path) -> None:
     assert got == [("w", [1.0, 1.0]), ("sub.b", [0.0])]
 
 
-def test_meta_load_of_a_big_endian_checkpoint_is_refused_not_a_crash(tmp_path: Path) -> None:
+#: a meta load of a big-endian archive, by each way into it (run in a child process)
+_BIG_ENDIAN_META = {
+    "torch.load": "torch.load(P, weights_only=True, map_location='meta')",
+    "safe_load": "ckptguard.safe_load(P, map_location='meta')",
+    "gate": "with ckptguard.guard_torch_load():\n        torch.load(P, map_location='meta')",
+    "gate-device": ("with ckptguard.guard_torch_load():\n"
+                    "        torch.load(P, map_location=torch.device('meta'))"),
+    "gate-fake-mode": ("from torch._subclasses.fake_tensor import FakeTensorMode\n"
+                       "    with ckptguard.guard_torch_load(), FakeTensorMode():\n"
+                       "        torch.load(P)"),
+}
+
+
+@pytest.mark.parametrize("way", list(_BIG_ENDIAN_META))
+def test_meta_load_of_a_big_endian_checkpoint_is_refused_not_a_crash(tmp_path: Path,
+                                                                    way: str) -> None:
     """torch.load(map_location='meta') of a big-endian archive dies with SIGSEGV (torch
-    byte-swaps storages that hold no data); safe_load refuses it, in a child process."""
+    byte-swaps storages that hold no data; under a fake-tensor mode too). The archive is
+    SAFE (every other load works); safe_load and the gate refuse this load instead. Each
+    way runs in a child process; plain torch.load shows the crash is real."""
+    import signal
     import subprocess
     import sys
     import zipfile
@@ -485,14 +503,19 @@ def test_meta_load_of_a_big_endian_checkpoint_is_refused_not_a_crash(tmp_path: P
         for n in z.namelist():
             zo.writestr(n, b"big" if n.endswith("/byteorder") else z.read(n))
     assert scan(p).verdict is Verdict.SAFE
-    code = ("import ckptguard, ckptguard.errors\n"
+    code = ("import torch, ckptguard, ckptguard.errors\n"
+            f"P = {str(p)!r}\n"
             "try:\n"
-            f"    ckptguard.safe_load({str(p)!r}, map_location='meta')\n"
+            f"    {_BIG_ENDIAN_META[way]}\n"
             "except ckptguard.errors.LoaderError as e:\n"
-            "    print('refused', 'big-endian' in str(e))\n")
+            "    print('refused', 'other byte order' in str(e))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=120, check=False)
-    assert r.returncode == 0 and r.stdout.strip() == "refused True", (r.returncode, r.stderr)
+    if way == "torch.load":
+        assert r.returncode == -signal.SIGSEGV, (r.returncode, r.stderr[-500:])
+    else:
+        assert r.returncode == 0 and r.stdout.strip() == "refused True", (r.returncode,
+                                                                           r.stderr[-800:])
 
 
 def test_iter_state_dict_names_lists_as_the_audit_does(tmp_path: Path) -> None:

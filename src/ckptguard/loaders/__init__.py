@@ -58,11 +58,6 @@ def load_audited(af: AuditedFile, map_location: MapLocation = "cpu", *,
             obj = load_meta_direct(af)
             if obj is not FALLBACK:
                 return obj
-            if dict(af.report.metadata).get("torch.byteorder", "little") != "little":
-                # torch byte-swaps the meta storages of a big-endian archive, which hold
-                # no data: the process dies (SIGSEGV, torch 2.13)
-                raise LoaderError(f"{af.path}: a meta load of a big-endian checkpoint crashes "
-                                  "torch.load itself; load it on the CPU instead")
             return load_torch(af, map_location, mmap=mmap, copy=copy, **pickle_load_args)
         af.verify()
         return load_meta(af.report.tensors)

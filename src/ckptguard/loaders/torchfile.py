@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import os
 import pickle
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ from ._torch import (
     OFFSETS_MODEL_HOLDS,
     MapLocation,
     computed_storage_offsets,
+    is_meta,
     mmap_opens_for_writing,
     safe_globals,
     torch,
@@ -70,6 +72,22 @@ def check_encoding(path: str, encoding: object, proven: bool) -> None:
             "encoding=, or re-save the checkpoint with torch.save")
 
 
+def check_meta_byteorder(af: AuditedFile, map_location: MapLocation) -> None:
+    """Refuse a meta load torch itself would die of: for a torch zip whose byte order is
+    not this machine's, ``torch.load`` byte-swaps every storage, and on the meta device (or
+    under a fake-tensor mode) those hold no data: SIGSEGV (torch 2.13). The audit calls
+    such an archive SAFE (it is, for every other load); the loaders and the gate refuse
+    this one load instead of letting the process crash."""
+    if af.report.format is not Format.TORCH_ZIP or \
+            dict(af.report.metadata).get("torch.byteorder", "little") == sys.byteorder:
+        return
+    guards = getattr(torch, "_guards", None)
+    fake = guards is not None and guards.detect_fake_mode(None) is not None
+    if fake or is_meta(map_location):
+        raise LoaderError(f"{af.path}: a meta load of a checkpoint saved with the other byte "
+                          "order crashes torch.load itself; load it on the CPU instead")
+
+
 def load_torch(af: AuditedFile, map_location: MapLocation = "cpu", *, mmap: bool | None = True,
                exact_mmap: bool = False, copy: bool = False, **pickle_load_args: Any) -> Any:
     """``torch.load`` the audited file through the same inode, verify its identity, that
@@ -90,6 +108,7 @@ def load_torch(af: AuditedFile, map_location: MapLocation = "cpu", *, mmap: bool
     """
     legacy = af.report.format is Format.TORCH_LEGACY
     check_encoding(af.path, pickle_load_args.get("encoding"), af.proven)
+    check_meta_byteorder(af, map_location)
     use_mmap: bool | None = mmap if exact_mmap else (bool(mmap) and not legacy and not copy)
     path = fd_path(af.fd, af.check_stat())
     if af.leased and path is not None and mmap_opens_for_writing(use_mmap):
