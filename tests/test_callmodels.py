@@ -88,6 +88,13 @@ def test_only_allocators_allocate_from_an_argument() -> None:
         EXPECTED_NON_CONSTANT[Effect.COPY] | EXPECTED_NON_CONSTANT[Effect.QUANTIZED]
 
 
+def test_only_the_nested_rebuild_reads_tensor_values_while_unpickling() -> None:
+    """CKG431: in a legacy stream no storage byte is read until the pickle is done; the
+    calls that read their tensor arguments' values then are exactly these."""
+    assert {k for k, m in CALL_MODELS.items() if m.reads_tensor_values} == \
+        {"torch._utils._rebuild_nested_tensor"}
+
+
 def test_every_tensor_maker_is_a_valid_from_type_target() -> None:
     makers = {k for k, m in CALL_MODELS.items() if m.makes_tensor}
     tensor_effects = (Effect.VIEW, Effect.QUANTIZED, Effect.COPY, Effect.WRAP,

@@ -299,6 +299,12 @@ _RULES: tuple[Rule, ...] = (
          "A legacy storage persistent id carries view metadata (view key, offset, size) that "
          "torch's legacy loader applies and torch.save never writes.",
          "Re-save the checkpoint with a current torch.save."),
+    Rule("CKG431", "legacy-rebuild-reads-unread-storage", S.HIGH, B,
+         "A legacy torch stream rebuilds a tensor whose construction reads the values of "
+         "other tensors (a nested tensor's sizes, strides and offsets), but the legacy loader "
+         "reads storage bytes only after the whole pickle: torch builds it from "
+         "uninitialized memory.",
+         "Re-save the checkpoint with a current torch.save (the zip format)."),
     Rule("CKG440", "allocation-not-backed-by-file", S.HIGH, B,
          "A tensor rebuild allocates or copies more memory than the storage bytes it is built "
          "from (a device copy of a broadcast view, a quantized tensor larger than its storage, "

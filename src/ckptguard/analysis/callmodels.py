@@ -61,6 +61,9 @@ class CallModel:
     #: allow, don't deny -- a keyword not named here is refused (analysis/vm.py
     #: ``_keywords``). torch.save never writes one for an allowlisted global, so none is.
     keywords: frozenset[str] = frozenset()
+    #: the call reads the *values* of its tensor arguments while unpickling (not only
+    #: references them): a legacy stream has not read any storage bytes yet (CKG431)
+    reads_tensor_values: bool = False
 
 
 _CONSTANT = CallModel(Effect.CONSTANT, Alloc.NONE, note="a constant; calling it fails")
@@ -117,7 +120,8 @@ _EXPLICIT: dict[str, CallModel] = {
                                                      tensor_args=(1,), makes_tensor=True),
     "torch._utils._rebuild_nested_tensor": CallModel(Effect.COMPOSITE, Alloc.NONE,
                                                      tensor_args=(0, 1, 2, 3),
-                                                     makes_tensor=True),
+                                                     makes_tensor=True,
+                                                     reads_tensor_values=True),
     "torch._tensor._rebuild_from_type_v2": CallModel(
         Effect.CALLS_ARGUMENT, Alloc.NONE, makes_tensor=True,
         note="ret = func(*args); ret.as_subclass(new_type); set state"),

@@ -666,6 +666,11 @@ class _VM:
         for i in model.tensor_args:
             if i < len(args):
                 self.tensors.tensor_arg(args[i], name, i, pos, allow_none=effect is Effect.WRAP)
+        if model.reads_tensor_values and self.tensors.catalog is not None and \
+                self.tensors.catalog.deferred:
+            self.add("CKG431", f"{how} {name}(...) reads its tensor arguments' values while "
+                     "the legacy loader unpickles, before it has read any storage bytes: "
+                     "torch builds it from uninitialized memory", pos, {"global": name})
         match effect:
             case Effect.CONSTANT | Effect.LOOKUP | Effect.VIEW | Effect.META | \
                     Effect.COMPOSITE | Effect.WRAP:
