@@ -416,3 +416,53 @@ def test_view_outside_storage_is_refused() -> None:
     with pytest.raises(Violation) as ei:
         check_tensor(view)
     assert ei.value.rule_id == "CKG404"
+
+
+def _nested_file(tmp_path: Path, n: int, meta_strides: dict[str, tuple[int, ...]]) -> Path:
+    """A nested tensor of ``n`` components of 1 element each over a 6-float buffer, whose
+    sizes / strides / offsets tensors have the given strides (contiguous by default)."""
+    import struct
+
+    from ckg_families import generate_module
+
+    g = generate_module()
+    op = g.op
+
+    def meta(key: str, which: str, values: list[int], shape: tuple[int, ...]) -> bytes:
+        stride = meta_strides.get(which, (1,) if len(shape) == 1 else (shape[1], 1))
+        numel = 1 if 0 in stride else len(values)
+        return g.tensor(key, "LongStorage", numel, 0, shape, stride), \
+            struct.pack(f"<{numel}q", *values[:numel])
+
+    sizes, sz_b = meta("1", "sizes", [1] * n, (n, 1))
+    strides, st_b = meta("2", "strides", [1] * n, (n, 1))
+    offsets, of_b = meta("3", "offsets", list(range(n)) if n <= 6 else [0] * n, (n,))
+    expr = g.P(op.GLOBAL("torch._utils", "_rebuild_nested_tensor"), op.MARK,
+               g.tensor("0", "FloatStorage", 6, 0, (6,), (1,)), sizes, strides, offsets,
+               op.TUPLE, op.REDUCE)
+    pkl = g.state_dict([("n", expr)])
+    p = tmp_path / "nested_meta.pt"
+    p.write_bytes(g.torch_zip(pkl, [("0", g.F32_6), ("1", sz_b), ("2", st_b), ("3", of_b)],
+                              seed="nested-meta"))
+    return p
+
+
+@pytest.mark.parametrize("n", [4, 1000])
+def test_nested_offsets_that_are_not_contiguous_are_refused(tmp_path: Path, n: int) -> None:
+    """torch's NestedTensorImpl reads the offsets tensor as a plain contiguous array from
+    its data pointer (it asserts contiguity for sizes and strides, not for offsets); a
+    stride-0 one over a single element (which .tolist() reads as n copies of it) makes torch
+    read n x 8 bytes past an 8-byte storage. CKG422."""
+    p = _nested_file(tmp_path, n, {"offsets": (0,)})
+    assert ckptguard.scan(p).verdict is Verdict.SAFE  # the values are tensor data
+    with pytest.raises(TensorInvariantError) as info:
+        ckptguard.safe_load(p)
+    assert "CKG422" in str(info.value) and "contiguous" in str(info.value)
+
+
+def test_contiguous_nested_metadata_loads(tmp_path: Path) -> None:
+    """The control: the same file with contiguous metadata loads, equal to torch.load."""
+    p = _nested_file(tmp_path, 6, {})
+    got = ckptguard.safe_load(p)["n"]
+    want = torch.load(p, weights_only=True)["n"]
+    assert [t.tolist() for t in got.unbind()] == [t.tolist() for t in want.unbind()]

@@ -172,6 +172,29 @@ def computed_storage_offsets(on: bool) -> Iterator[None]:
         cfg.calculate_storage_offsets = False
 
 
+@contextlib.contextmanager
+def sparse_checks_deferred(on: bool) -> Iterator[None]:
+    """Turn torch's own sparse invariant checking off for the ``torch.load`` in this block,
+    when ``on`` (a file the fast path did not prove: it may hold sparse tensors) and the
+    caller enabled it (``torch.sparse.check_sparse_tensor_invariants``). torch 2.13's
+    validator reads compressed indices without bounds checks (``crow_indices=[0, 3, 0]``
+    with no column: SIGSEGV inside torch.load); ckptguard's own walk
+    (``invariants.check_loaded``) checks the same invariants safely right after the load,
+    before anything is handed out. The flag is process-wide, so it is only touched while
+    one Python thread runs, and put back after."""
+    get = getattr(torch._C, "_check_sparse_tensor_invariants", None)
+    put = getattr(torch._C, "_set_check_sparse_tensor_invariants", None)
+    if not (on and get is not None and put is not None and get()
+            and threading.active_count() == 1):
+        yield
+        return
+    put(False)
+    try:
+        yield
+    finally:
+        put(True)
+
+
 #: safetensors dtype codes -> torch dtype attribute names.
 _SAFETENSORS_DTYPES: dict[str, str] = {
     "BOOL": "bool",
@@ -380,6 +403,7 @@ __all__ = [
     "resolve_global",
     "safe_globals",
     "single_device",
+    "sparse_checks_deferred",
     "torch",
     "torch_load",
 ]

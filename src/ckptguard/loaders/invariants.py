@@ -130,9 +130,15 @@ def _check_quantized(t: torch.Tensor) -> None:
 
 
 def _check_nested(t: torch.Tensor) -> None:
-    sizes = t._nested_tensor_size().tolist()
-    strides = t._nested_tensor_strides().tolist()
-    offsets = t._nested_tensor_storage_offsets().tolist()
+    meta = (t._nested_tensor_size(), t._nested_tensor_strides(),
+            t._nested_tensor_storage_offsets())
+    if not all(m.is_contiguous() and m.storage_offset() == 0 for m in meta):
+        # torch's NestedTensorImpl reads these as plain contiguous int64 arrays from their
+        # data pointer (a stride-0 offsets tensor over one element makes it read past the
+        # storage); .tolist() below would follow the strides and see something else
+        raise Violation("CKG422", "nested sizes, strides or offsets are not a contiguous "
+                        "array (torch reads them as one)")
+    sizes, strides, offsets = (m.tolist() for m in meta)
     buffer_numel = t.untyped_storage().nbytes() // max(t.element_size(), 1)
     if not len(sizes) == len(strides) == len(offsets):
         raise Violation("CKG422", "nested sizes, strides and offsets disagree in count")

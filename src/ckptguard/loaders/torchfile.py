@@ -29,6 +29,7 @@ from ._torch import (
     is_meta,
     mmap_opens_for_writing,
     safe_globals,
+    sparse_checks_deferred,
     torch,
     torch_load,
 )
@@ -118,7 +119,8 @@ def load_torch(af: AuditedFile, map_location: MapLocation = "cpu", *, mmap: bool
     calc = OFFSETS_MODEL_HOLDS and af.leased and bool(use_mmap) and path is not None and \
         _offsets_hold(af)
     try:
-        with safe_globals(af.policy, af.report), computed_storage_offsets(calc):
+        with safe_globals(af.policy, af.report), computed_storage_offsets(calc), \
+                sparse_checks_deferred(not af.proven):
             if path is not None:
                 obj = torch_load(path, map_location=map_location, weights_only=True,
                                  mmap=use_mmap, **pickle_load_args)
