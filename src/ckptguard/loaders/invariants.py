@@ -178,15 +178,21 @@ def _compressed_shape_problem(t: torch.Tensor, compressed: torch.Tensor,
     if len(size) < 2:
         return "a compressed sparse tensor needs two sparse dimensions"
     row_major = t.layout in (torch.sparse_csr, torch.sparse_bsr)
-    dim = size[-2] if row_major else size[-1]
+    b = compressed.dim() - 1  # batch dimensions; then the two sparse ones, then dense ones
+    if len(size) < b + 2:
+        return "a compressed sparse tensor needs two sparse dimensions after its batch ones"
+    srows, scols = size[b], size[b + 1]
+    dim = srows if row_major else scols
     if t.layout in (torch.sparse_bsr, torch.sparse_bsc):
         values = t.values()
-        if values.dim() < 3:
+        # values: (*batch, nnz, block rows, block columns, *dense); torch divides both sparse
+        # dimensions by both block sizes (to_dense of a 2x0 block: SIGFPE)
+        if values.dim() < b + 3:
             return "block values need a block shape"
-        block = values.shape[-2] if row_major else values.shape[-1]
-        if block <= 0 or dim % block:
+        rows, cols = values.shape[b + 1], values.shape[b + 2]
+        if rows <= 0 or cols <= 0 or srows % rows or scols % cols:
             return "the block size does not divide the sparse dimensions"
-        dim //= block
+        dim //= rows if row_major else cols
     if compressed.shape[-1] != dim + 1:
         return f"{compressed.shape[-1]} compressed indices for {dim} compressed rows/columns"
     nnz = plain.shape[-1]
