@@ -488,17 +488,25 @@ def _zero_block_file(tmp_path: Path, layout: str, block: tuple[int, int]) -> Pat
 @pytest.mark.parametrize(("layout", "block"), ZERO_BLOCKS)
 def test_block_sparse_with_a_zero_block_side_is_refused(tmp_path: Path, layout: str,
                                                         block: tuple[int, int]) -> None:
-    """Either side of the block counts (only the compressed one was checked: a BSR with
-    2x0 blocks loaded, and its to_dense died of SIGFPE)."""
+    """Either side of the block counts: the scan reads the block shape from the values
+    record, and the load-time walk checks it again (it checked only the compressed side: a
+    BSR with 2x0 blocks loaded, and its to_dense died of SIGFPE)."""
     import signal
     import subprocess
     import sys
 
     p = _zero_block_file(tmp_path, layout, block)
-    assert ckptguard.scan(p).verdict is Verdict.SAFE  # the block shape is checked at load
-    with pytest.raises(TensorInvariantError) as info:
+    # the block shape is a record: the scan names it
+    report = ckptguard.scan(p)
+    assert report.verdict is Verdict.UNSAFE and report.rule_ids() == {"CKG420"}
+    assert f"{block[0]}x{block[1]} blocks" in report.findings[0].message
+    with pytest.raises(UnsafeCheckpointError) as info:
         ckptguard.safe_load(p)
-    assert "CKG420" in str(info.value) and "block size" in str(info.value)
+    assert "CKG420" in str(info.value)
+    # ... and the load-time walk refuses it too, whatever reached it
+    with pytest.raises(Violation) as v:
+        check_tensor(REAL_LOAD(p, weights_only=True)["s"])
+    assert v.value.rule_id == "CKG420" and "block size" in str(v.value)
     code = ("import sys, warnings, torch\nwarnings.simplefilter('ignore')\n"
             "torch.load(sys.argv[1], weights_only=True)['s'].to_dense()\n")
     out = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True,

@@ -45,6 +45,8 @@ GRAD_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16", "complex12
 QUANTIZED_DTYPES = frozenset({"qint8", "qint32", "quint8", "quint4x2", "quint2x4"})
 
 #: positional arity (min, max) of torch's tensor rebuild functions
+#: the block-sparse layouts, as torch.save names them for ``_get_layout``
+_BLOCK_LAYOUTS = frozenset({"torch.sparse_bsr", "torch.sparse_bsc"})
 _REBUILD_ARITY = {"_rebuild_tensor": (4, 4), "_rebuild_tensor_v2": (6, 7),
                   "_rebuild_tensor_v3": (7, 8), "_rebuild_qtensor": (7, 7)}
 
@@ -251,6 +253,30 @@ class TorchTensors:
                 c.tensor = TensorRecord(None, 0, tuple(args[1]), tuple(args[2]), dtype,
                                         bool(args[3]) if len(args) > 3 else False,
                                         self.base + pos, "meta")
+
+    def block_sides(self, args: tuple[Any, ...], pos: int) -> None:
+        """A BSR / BSC rebuild whose values record gives a block a zero side: torch's own
+        validator accepts it and ``to_dense`` divides by the block size (SIGFPE). The block
+        shape is a record (values: ``(*batch, nnz, rows, columns, *dense)``), so the scan
+        names it; everything that needs index values is checked at load (CKG420 there)."""
+        if len(args) < 2 or not isinstance(args[1], tuple) or len(args[1]) < 3:
+            return
+        lay = args[0]
+        if not (isinstance(lay, Call) and isinstance(lay.func, Global)
+                and lay.func.full == "torch.serialization._get_layout"
+                and isinstance(lay.args, tuple) and len(lay.args) == 1
+                and lay.args[0] in _BLOCK_LAYOUTS):
+            return
+        comp, values = args[1][0], args[1][2]
+        if not (isinstance(comp, Call) and comp.tensor is not None
+                and isinstance(values, Call) and values.tensor is not None):
+            return  # CKG441 already, or nothing to read
+        b = len(comp.tensor.shape) - 1
+        shape = values.tensor.shape
+        if len(shape) >= b + 3 and (shape[b + 1] <= 0 or shape[b + 2] <= 0):
+            self.add("CKG420", f"{lay.args[0]} tensor with {shape[b + 1]}x{shape[b + 2]} "
+                     "blocks: torch loads it and divides by the block size on first use",
+                     pos)
 
     def _tensor_from_storage(self, c: Call, full: str, args: tuple[Any, ...], pos: int) -> None:
         v3 = full.endswith("_v3")

@@ -676,6 +676,8 @@ class _VM:
                     Effect.COMPOSITE | Effect.WRAP:
                 if func.rebuild:
                     self.tensors.rebuild(c, func, args, pos)
+                elif func.full == "torch._utils._rebuild_sparse_tensor":
+                    self.tensors.block_sides(args, pos)
             case Effect.DATA:
                 self._data_call(func.full, args, pos, how)
             case Effect.ENCODE:
