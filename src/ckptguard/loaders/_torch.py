@@ -172,11 +172,19 @@ def computed_storage_offsets(on: bool) -> Iterator[None]:
         cfg.calculate_storage_offsets = False
 
 
+_UNCHANGED: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
+def sparse_checks_deferred(on: bool) -> contextlib.AbstractContextManager[None]:
+    """:func:`_sparse_checks_off` when ``on`` (a file the fast path did not prove), else a
+    shared no-op (a proven file holds no sparse tensor: nothing to set up per load)."""
+    return _sparse_checks_off() if on else _UNCHANGED
+
+
 @contextlib.contextmanager
-def sparse_checks_deferred(on: bool) -> Iterator[None]:
+def _sparse_checks_off() -> Iterator[None]:
     """Turn torch's own sparse invariant checking off for the ``torch.load`` in this block,
-    when ``on`` (a file the fast path did not prove: it may hold sparse tensors) and the
-    caller enabled it (``torch.sparse.check_sparse_tensor_invariants``). torch 2.13's
+    when the caller enabled it (``torch.sparse.check_sparse_tensor_invariants``). torch 2.13's
     validator reads compressed indices without bounds checks (``crow_indices=[0, 3, 0]``
     with no column: SIGSEGV inside torch.load); ckptguard's own walk
     (``invariants.check_loaded``) checks the same invariants safely right after the load,
@@ -184,8 +192,7 @@ def sparse_checks_deferred(on: bool) -> Iterator[None]:
     one Python thread runs, and put back after."""
     get = getattr(torch._C, "_check_sparse_tensor_invariants", None)
     put = getattr(torch._C, "_set_check_sparse_tensor_invariants", None)
-    if not (on and get is not None and put is not None and get()
-            and threading.active_count() == 1):
+    if not (get is not None and put is not None and get() and threading.active_count() == 1):
         yield
         return
     put(False)
