@@ -124,17 +124,15 @@ _PROBES = ((0, "data/0", 24, 64), (100, "data/7", 10, 64), (161, "data/12", 0, 6
 def _offsets_model_holds() -> bool:
     """Whether this torch computes record offsets as :mod:`.offsets` models them: its own
     ``get_record_offset_no_read`` on every branch, once per process (with ckptguard's
-    import of torch, ~0.1 ms). False (torch always reads the headers) on a torch without
-    the option or with another formula."""
+    import of torch, ~0.1 ms). False (torch always reads the headers) on a torch with
+    another formula. Whether torch has the option at all is asked at the first load
+    (:func:`computed_storage_offsets`): importing its config module here would make every
+    :func:`mmap_opens_for_writing` take its slow path."""
     import io
 
     from .offsets import record_offset_no_read
 
     try:
-        from torch.utils.serialization import config
-
-        if not hasattr(config.load, "calculate_storage_offsets"):
-            return False
         reader = torch._C.PyTorchFileReader(io.BytesIO(_PROBE_ARCHIVE))
         computed = getattr(reader, "get_record_offset_no_read")  # noqa: B009 - not in the stubs
         return all(computed(c, name, size, a) == record_offset_no_read(c, 2 + len(name), size, a)
@@ -159,11 +157,12 @@ def computed_storage_offsets(on: bool) -> Iterator[None]:
     if not (on and OFFSETS_MODEL_HOLDS and threading.active_count() == 1):
         yield
         return
+    # (torch.load imports this module itself; importing it here moves that, adds nothing)
     from torch.utils.serialization import config
 
     cfg = config.load
-    if cfg.calculate_storage_offsets:
-        yield
+    if not hasattr(cfg, "calculate_storage_offsets") or cfg.calculate_storage_offsets:
+        yield  # a torch without the option, or the caller already turned it on
         return
     cfg.calculate_storage_offsets = True
     try:
