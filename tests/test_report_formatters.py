@@ -370,3 +370,12 @@ def test_escape_truncates_keeping_tail() -> None:
     assert out.endswith("/model.pt") and "..." in out
     assert escape_untrusted(name, None) == name
     assert len(escape_untrusted("\x1b" * 300)) == 200
+
+
+def test_report_meta_reads_one_value() -> None:
+    r = Report(path="m.pt", format=Format.TORCH_ZIP, verdict=Verdict.SAFE,
+               metadata=(("torch.byteorder", "big"), ("torch.archive_folder", "m")))
+    assert r.meta("torch.byteorder", "little") == "big"
+    assert r.meta("torch.archive_folder") == "m"
+    assert r.meta("torch.storage_alignment") is None
+    assert r.meta("torch.storage_alignment", "64") == "64"

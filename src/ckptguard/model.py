@@ -377,6 +377,13 @@ class Report:
     def rule_ids(self) -> set[str]:
         return {f.rule_id for f in self.all_findings()}
 
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        """One metadata value (``metadata`` is a tuple of pairs)."""
+        for k, v in self.metadata:
+            if k == key:
+                return v
+        return default
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": self.path,

@@ -77,7 +77,7 @@ def _graph(af: AuditedFile) -> FastResult | None:
     rep = af.report
     if not isinstance(graph, FastResult) or rep.format is not Format.TORCH_ZIP or \
             rep.identity is None or \
-            dict(rep.metadata).get("torch.byteorder", "little") != "little" or \
+            rep.meta("torch.byteorder", "little") != "little" or \
             sys.byteorder != "little":
         return None
     return graph

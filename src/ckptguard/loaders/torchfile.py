@@ -80,7 +80,7 @@ def check_meta_byteorder(af: AuditedFile, map_location: MapLocation) -> None:
     such an archive SAFE (it is, for every other load); the loaders and the gate refuse
     this one load instead of letting the process crash."""
     if af.report.format is not Format.TORCH_ZIP or \
-            dict(af.report.metadata).get("torch.byteorder", "little") == sys.byteorder:
+            af.report.meta("torch.byteorder", "little") == sys.byteorder:
         return
     guards = getattr(torch, "_guards", None)
     fake = guards is not None and guards.detect_fake_mode(None) is not None
@@ -167,9 +167,8 @@ def _offsets_hold(af: AuditedFile) -> bool:
     """torch may compute this proven torch zip's storage offsets (loaders/offsets.py)."""
     if af.storages is None or af.report.format is not Format.TORCH_ZIP:
         return False
-    meta = dict(af.report.metadata)
-    folder = meta.get("torch.archive_folder")
-    align = meta.get("torch.storage_alignment")
+    folder = af.report.meta("torch.archive_folder")
+    align = af.report.meta("torch.storage_alignment")
     return folder is not None and computed_offsets_hold(
         af.storages.values(), folder, DEFAULT_ALIGNMENT if align is None else int(align))
 
