@@ -24,7 +24,7 @@ from ckg_families import generate_module
 from ckg_loader_helpers import assert_same_tensor, random_checkpoint, random_tensor
 
 import ckptguard
-from ckptguard.loaders import _torch, torchfile
+from ckptguard.loaders import _torch, base, torchfile
 from ckptguard.loaders.base import open_audited
 from ckptguard.loaders.offsets import record_offset_no_read
 
@@ -214,27 +214,27 @@ def test_safe_load_reads_the_headers_where_it_does_not(tmp_path: Path, seen: lis
     assert seen == [False]
 
 
-def test_not_with_another_thread_or_without_mmap(tmp_path: Path, seen: list[bool],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+#: when torch must read every header itself, and why
+READS_HEADERS = {
+    "without-mmap": "torch reads each record anyway",
+    "another-thread": "the option is process-wide",
+    "without-the-lease": "torch computes from the file as it reads it: only the lease keeps "
+                         "that the audited file (a racing writer could hand it an alignment "
+                         "of 0: SIGFPE)",
+}
+
+
+@pytest.mark.parametrize("case", list(READS_HEADERS))
+def test_torch_reads_the_headers_when(tmp_path: Path, seen: list[bool],
+                                      monkeypatch: pytest.MonkeyPatch, case: str) -> None:
     p = tmp_path / "m.pt"
     torch.save({"a": torch.ones(3)}, p)
-    ckptguard.safe_load(p, copy=True)  # no mmap: torch reads each record anyway
-    monkeypatch.setattr(_torch.threading, "active_count", lambda: 2)
-    ckptguard.safe_load(p)
-    assert seen == [False, False]
-
-
-def test_not_without_the_lease(tmp_path: Path, seen: list[bool],
-                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """torch computes from the file as it reads it: only the lease keeps that the audited
-    file (a racing writer could hand it an alignment of 0: SIGFPE)."""
-    from ckptguard.loaders import base
-
-    p = tmp_path / "m.pt"
-    torch.save({"a": torch.ones(3)}, p)
-    monkeypatch.setattr(base, "take_load_lease", lambda fd: False)
-    ckptguard.safe_load(p)
-    assert seen == [False]
+    if case == "another-thread":
+        monkeypatch.setattr(_torch.threading, "active_count", lambda: 2)
+    elif case == "without-the-lease":
+        monkeypatch.setattr(base, "take_load_lease", lambda fd: False)
+    ckptguard.safe_load(p, copy=case == "without-mmap")
+    assert seen == [False], READS_HEADERS[case]
 
 
 def test_the_option_is_put_back_when_the_load_fails(tmp_path: Path, seen: list[bool],

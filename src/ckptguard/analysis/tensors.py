@@ -44,9 +44,9 @@ GRAD_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16", "complex12
 #: rebuild over such a storage makes a quantized tensor with none (torch asserts on its use)
 QUANTIZED_DTYPES = frozenset({"qint8", "qint32", "quint8", "quint4x2", "quint2x4"})
 
-#: positional arity (min, max) of torch's tensor rebuild functions
 #: the block-sparse layouts, as torch.save names them for ``_get_layout``
 _BLOCK_LAYOUTS = frozenset({"torch.sparse_bsr", "torch.sparse_bsc"})
+#: positional arity (min, max) of torch's tensor rebuild functions
 _REBUILD_ARITY = {"_rebuild_tensor": (4, 4), "_rebuild_tensor_v2": (6, 7),
                   "_rebuild_tensor_v3": (7, 8), "_rebuild_qtensor": (7, 7)}
 
@@ -265,7 +265,7 @@ class TorchTensors:
         if not (isinstance(lay, Call) and isinstance(lay.func, Global)
                 and lay.func.full == "torch.serialization._get_layout"
                 and isinstance(lay.args, tuple) and len(lay.args) == 1
-                and lay.args[0] in _BLOCK_LAYOUTS):
+                and isinstance(lay.args[0], str) and lay.args[0] in _BLOCK_LAYOUTS):
             return
         comp, values = args[1][0], args[1][2]
         if not (isinstance(comp, Call) and comp.tensor is not None

@@ -32,9 +32,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from .._native import native
-
-if TYPE_CHECKING:
-    from ..analysis.tensors import StorageRef
 from ..context import AuditedRegion
 from ..errors import (
     FileChangedError,
@@ -53,6 +50,9 @@ from ..primitives import (
     release_lease,
     take_read_lease,
 )
+
+if TYPE_CHECKING:
+    from ..analysis.tensors import StorageRef
 
 logger = logging.getLogger("ckptguard")
 

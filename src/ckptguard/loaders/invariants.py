@@ -175,8 +175,6 @@ def _compressed_shape_problem(t: torch.Tensor, compressed: torch.Tensor,
             compressed.shape[:-1] != plain.shape[:-1] or compressed.shape[-1] < 1:
         return "compressed and plain indices have incompatible shapes"
     size = t.size()
-    if len(size) < 2:
-        return "a compressed sparse tensor needs two sparse dimensions"
     row_major = t.layout in (torch.sparse_csr, torch.sparse_bsr)
     b = compressed.dim() - 1  # batch dimensions; then the two sparse ones, then dense ones
     if len(size) < b + 2:
